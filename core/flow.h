@@ -1,0 +1,28 @@
+/*  flow: attention flow (Abnar & Zuidema 2020) as a per-trade method.
+
+    The layered graph has nodes (k, j) for k = 0..L and tokens j; for each
+    layer l an edge (l+1, i) -> (l, j) of capacity Â_l[i][j], where
+    Â_l = rownorm(I + mean_h A_l) (rollout's matrices with mean fusion).
+    The attribution of token j is the maximum flow from the source
+    (L, cls) to the sink (0, j); without CLS every top node is a source in
+    turn and the result is the mean over sources.  */
+#ifndef XPL_FLOW_H
+#define XPL_FLOW_H
+
+#include <stdint.h>
+
+typedef struct flow_work_t flow_work_t;
+
+/* Create an empty flow work area (caller owns; grows with the shape). */
+flow_work_t *flow_work_new(void);
+
+/* Free a flow work area and set *self_p to NULL; NULL-safe. */
+void flow_work_destroy(flow_work_t **self_p);
+
+/* Max-flow attributions for one trade. `layers` holds [L][n][n]
+   capacities; `out` receives n - 1 values (tokens j != cls, in order) or
+   n values without CLS. Returns 0, or -1 when out of memory. */
+int flow_compute(flow_work_t *w, uint32_t L, uint32_t n, int32_t cls,
+                 const float *layers, float *out);
+
+#endif

@@ -1,0 +1,532 @@
+/*  wire: contract v1 ingest decoding. See wire.h and proto/.  */
+#include "wire.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *s_reason_names[XR_NREASONS] = {
+    [XR_OK] = "ok",
+    [XR_FRAMES] = "frames",
+    [XR_TOPIC] = "topic",
+    [XR_MSGPACK] = "msgpack",
+    [XR_NOT_MAP] = "not_map",
+    [XR_VERSION] = "version",
+    [XR_MISSING_KEY] = "missing_key",
+    [XR_WRONG_TYPE] = "wrong_type",
+    [XR_DUPLICATE_KEY] = "duplicate_key",
+    [XR_MODEL_NAME] = "model_name",
+    [XR_DTYPE] = "dtype",
+    [XR_SHAPE] = "shape",
+    [XR_TOO_LARGE] = "too_large",
+    [XR_SIZE] = "size",
+    [XR_LENGTH] = "length",
+    [XR_BAD_STRING] = "bad_string",
+    [XR_NONFINITE] = "nonfinite",
+    [XR_NOT_ALLOWED] = "not_allowed",
+    [XR_TOO_MANY_MODELS] = "too_many_models",
+    [XR_NO_SCHEMA] = "no_schema",
+    [XR_INTERNAL] = "internal",
+};
+
+const char *
+xr_reason_name(xr_reason_t r)
+{
+    return (unsigned)r < XR_NREASONS ? s_reason_names[r] : "unknown";
+}
+
+void
+wire_limits_default(wire_limits_t *lim)
+{
+    lim->max_batch = 4096;
+    lim->max_layers = 64;
+    lim->max_heads = 64;
+    lim->max_tokens = 1024;
+    lim->max_elems = 64u << 20;     /* 64 Mi values: 256 MiB of f32 */
+    lim->max_str = 256;
+}
+
+void
+wire_decoder_init(wire_decoder_t *d, const wire_limits_t *lim)
+{
+    memset(d, 0, sizeof *d);
+    d->lim = *lim;
+}
+
+void
+wire_decoder_destroy(wire_decoder_t *d)
+{
+    free(d->ids);
+    free(d->target);
+    free(d->y);
+    free(d->tokens);
+    memset(d, 0, sizeof *d);
+}
+
+bool
+wire_model_name_ok(const void *name, size_t len)
+{
+    const uint8_t *p = (const uint8_t *)name;
+    if (len < 1 || len > WIRE_MODEL_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        uint8_t c = p[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '.' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+bool
+wire_utf8_ok(const void *str, size_t len)
+{
+    const uint8_t *s = (const uint8_t *)str, *end = s + len;
+    while (s < end) {
+        uint8_t c = *s;
+        if (c < 0x80) {
+            s++;
+            continue;
+        }
+        size_t need;
+        uint32_t cp, min;
+        if ((c & 0xe0) == 0xc0) { need = 1; cp = c & 0x1f; min = 0x80; }
+        else if ((c & 0xf0) == 0xe0) { need = 2; cp = c & 0x0f; min = 0x800; }
+        else if ((c & 0xf8) == 0xf0) { need = 3; cp = c & 0x07; min = 0x10000; }
+        else return false;
+        if ((size_t)(end - s) <= need)
+            return false;
+        for (size_t k = 1; k <= need; k++) {
+            if ((s[k] & 0xc0) != 0x80)
+                return false;
+            cp = cp << 6 | (s[k] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return false;
+        s += need + 1;
+    }
+    return true;
+}
+
+int
+wire_dtype_parse(const void *s, size_t len)
+{
+    if (len == 3 && memcmp(s, "f32", 3) == 0) return XM_F32;
+    if (len == 3 && memcmp(s, "f16", 3) == 0) return XM_F16;
+    if (len == 4 && memcmp(s, "bf16", 4) == 0) return XM_BF16;
+    return -1;
+}
+
+const char *
+wire_dtype_name(xm_dtype_t d)
+{
+    return d == XM_F16 ? "f16" : d == XM_BF16 ? "bf16" : "f32";
+}
+
+__attribute__((format(printf, 3, 4))) static xr_reason_t
+s_fail(wire_decoder_t *d, xr_reason_t r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(d->detail, sizeof d->detail, fmt, ap);
+    va_end(ap);
+    return r;
+}
+
+static xr_reason_t
+s_msgpack_fail(wire_decoder_t *d, mpr_err_t e, const char *where)
+{
+    return s_fail(d, XR_MSGPACK, "%s: %s", where,
+                  e == MPR_ETRUNC   ? "truncated (a declared length exceeds the bytes present)"
+                  : e == MPR_EDEPTH ? "nested too deeply"
+                                    : "invalid msgpack byte 0xc1");
+}
+
+/* The keys the decoder knows, as bits for the seen/duplicate check. */
+enum {
+    K_V, K_MODEL, K_SEQ, K_TS, K_IDS, K_L, K_H, K_N, K_DTYPE, K_ATTN, K_GRAD,
+    K_TARGET, K_Y, K_CLS, K_TOKENS, K_COUNT
+};
+static const char *s_keys[K_COUNT] = {"v", "model", "seq", "ts", "ids", "L", "H", "n",
+                                      "dtype", "attn", "grad", "target", "y", "cls", "tokens"};
+static const unsigned s_required = 1u << K_V | 1u << K_MODEL | 1u << K_SEQ | 1u << K_TS |
+                                   1u << K_IDS | 1u << K_L | 1u << K_H | 1u << K_N |
+                                   1u << K_DTYPE | 1u << K_ATTN;
+
+static int
+s_key_index(const mpr_obj_t *k)
+{
+    for (int i = 0; i < K_COUNT; i++)
+        if (mpr_str_eq(k, s_keys[i]))
+            return i;
+    return -1;
+}
+
+static int
+s_grow_batch(wire_decoder_t *d, uint32_t count)
+{
+    if (count <= d->cap_batch)
+        return 0;
+    uint32_t cap = d->cap_batch ? d->cap_batch : 16;
+    while (cap < count)
+        cap *= 2;
+    wire_id_t *ids = realloc(d->ids, cap * sizeof *ids);
+    if (ids)
+        d->ids = ids;
+    int64_t *t = realloc(d->target, cap * sizeof *t);
+    if (t)
+        d->target = t;
+    double *y = realloc(d->y, cap * sizeof *y);
+    if (y)
+        d->y = y;
+    if (!ids || !t || !y)
+        return -1;
+    d->cap_batch = cap;
+    return 0;
+}
+
+static int
+s_grow_tokens(wire_decoder_t *d, uint32_t count)
+{
+    if (count <= d->cap_tokens)
+        return 0;
+    uint32_t cap = d->cap_tokens ? d->cap_tokens : 64;
+    while (cap < count)
+        cap *= 2;
+    wire_sv_t *t = realloc(d->tokens, cap * sizeof *t);
+    if (!t)
+        return -1;
+    d->tokens = t;
+    d->cap_tokens = cap;
+    return 0;
+}
+
+/* A string that goes back out to subscribers must be UTF-8 and bounded. */
+static xr_reason_t
+s_check_str(wire_decoder_t *d, const mpr_obj_t *o, const char *what, uint32_t idx)
+{
+    if (o->v.raw.len > d->lim.max_str)
+        return s_fail(d, XR_BAD_STRING, "%s[%" PRIu32 "] is %" PRIu32 " bytes (limit %" PRIu32 ")",
+                      what, idx, o->v.raw.len, d->lim.max_str);
+    if (!wire_utf8_ok(o->v.raw.ptr, o->v.raw.len))
+        return s_fail(d, XR_BAD_STRING, "%s[%" PRIu32 "] is not valid UTF-8", what, idx);
+    return XR_OK;
+}
+
+static xr_reason_t
+s_wrong_type(wire_decoder_t *d, const char *key, const char *want, const mpr_obj_t *got)
+{
+    return s_fail(d, XR_WRONG_TYPE, "key '%s': expected %s, got %s", key, want,
+                  mpr_type_name(got->type));
+}
+
+/* First pass: find "v" and check it before anything else is believed, so
+   that a message of a future version is reported as such. */
+static xr_reason_t
+s_check_version(wire_decoder_t *d, mpr_t r, uint32_t pairs)
+{
+    for (uint32_t k = 0; k < pairs; k++) {
+        mpr_obj_t key, val;
+        mpr_err_t e = mpr_next(&r, &key);
+        if (e)
+            return s_msgpack_fail(d, e, "map key");
+        if (key.type != MPR_STR)
+            return s_fail(d, XR_NOT_MAP, "map key %" PRIu32 " is a %s, not a str", k,
+                          mpr_type_name(key.type));
+        if (mpr_str_eq(&key, "v")) {
+            if ((e = mpr_next(&r, &val)))
+                return s_msgpack_fail(d, e, "key 'v'");
+            if (val.type != MPR_UINT || val.v.u != WIRE_VERSION)
+                return s_fail(d, XR_VERSION, "unsupported version (v must be 1, got %s%s%" PRIu64 ")",
+                              val.type == MPR_UINT ? "" : mpr_type_name(val.type),
+                              val.type == MPR_UINT ? "" : " ",
+                              val.type == MPR_UINT ? val.v.u : 0);
+            return XR_OK;
+        }
+        if ((e = mpr_skip(&r, 32)))
+            return s_msgpack_fail(d, e, "value");
+    }
+    return s_fail(d, XR_VERSION, "key 'v' is missing");
+}
+
+static xr_reason_t
+s_uint_field(wire_decoder_t *d, const mpr_obj_t *o, const char *key, uint64_t *out)
+{
+    if (o->type != MPR_UINT)
+        return s_wrong_type(d, key, "uint", o);
+    *out = o->v.u;
+    return XR_OK;
+}
+
+static xr_reason_t
+s_int_field(wire_decoder_t *d, const mpr_obj_t *o, const char *key, int64_t *out)
+{
+    if (o->type == MPR_INT)
+        *out = o->v.i;
+    else if (o->type == MPR_UINT && o->v.u <= INT64_MAX)
+        *out = (int64_t)o->v.u;
+    else
+        return s_wrong_type(d, key, "int", o);
+    return XR_OK;
+}
+
+/* Overflow-checked product; false when it exceeds `limit`. */
+static bool
+s_mul_le(uint64_t a, uint64_t b, uint64_t limit, uint64_t *out)
+{
+    if (a != 0 && b > limit / a)
+        return false;
+    *out = a * b;
+    return *out <= limit;
+}
+
+xr_reason_t
+wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const void *body,
+                   size_t body_len, wire_ingest_t *out)
+{
+    memset(out, 0, sizeof *out);
+    d->detail[0] = '\0';
+    const uint8_t *tp = (const uint8_t *)topic;
+    if (topic_len < 5 || memcmp(tp, "attn/", 5) != 0)
+        return s_fail(d, XR_TOPIC, "topic does not start with 'attn/'");
+    if (!wire_model_name_ok(tp + 5, topic_len - 5))
+        return s_fail(d, XR_MODEL_NAME, "model name in topic is not 1-64 bytes of [A-Za-z0-9_.-]");
+
+    mpr_t r;
+    mpr_obj_t o;
+    mpr_err_t e;
+    mpr_init(&r, body, body_len);
+    if ((e = mpr_next(&r, &o)))
+        return s_msgpack_fail(d, e, "body");
+    if (o.type != MPR_MAP)
+        return s_fail(d, XR_NOT_MAP, "body is a %s, not a map", mpr_type_name(o.type));
+    const uint32_t pairs = o.v.count;
+    xr_reason_t rc = s_check_version(d, r, pairs);
+    if (rc)
+        return rc;
+
+    unsigned seen = 0;
+    uint64_t L = 0, H = 0, n = 0, seq = 0;
+    int64_t cls = -1;
+    uint32_t nids = 0, ntarget = 0, ny = 0, ntokens = 0;
+    wire_sv_t attn = {0}, grad = {0};
+    for (uint32_t k = 0; k < pairs; k++) {
+        mpr_obj_t key;
+        if ((e = mpr_next(&r, &key)))
+            return s_msgpack_fail(d, e, "map key");
+        if (key.type != MPR_STR)
+            return s_fail(d, XR_NOT_MAP, "map key %" PRIu32 " is a %s, not a str", k,
+                          mpr_type_name(key.type));
+        int ki = s_key_index(&key);
+        if (ki < 0) {
+            if ((e = mpr_skip(&r, 32)))
+                return s_msgpack_fail(d, e, "value of an unknown key");
+            continue;
+        }
+        const char *kn = s_keys[ki];
+        if (seen & (1u << ki))
+            return s_fail(d, XR_DUPLICATE_KEY, "key '%s' appears twice", kn);
+        seen |= 1u << ki;
+        if ((e = mpr_next(&r, &o)))
+            return s_msgpack_fail(d, e, kn);
+
+        switch (ki) {
+        case K_V:
+            break;  /* checked in the first pass */
+        case K_MODEL:
+            if (o.type != MPR_STR)
+                return s_wrong_type(d, kn, "str", &o);
+            if (!wire_model_name_ok(o.v.raw.ptr, o.v.raw.len))
+                return s_fail(d, XR_MODEL_NAME, "model name is not 1-64 bytes of [A-Za-z0-9_.-]");
+            if (o.v.raw.len != topic_len - 5 || memcmp(o.v.raw.ptr, tp + 5, o.v.raw.len) != 0)
+                return s_fail(d, XR_TOPIC, "key 'model' differs from the topic's model");
+            out->model.ptr = o.v.raw.ptr;
+            out->model.len = o.v.raw.len;
+            break;
+        case K_SEQ:
+            if ((rc = s_uint_field(d, &o, kn, &seq)))
+                return rc;
+            out->has_seq = true;
+            out->seq = seq;
+            break;
+        case K_TS:
+            if ((rc = s_int_field(d, &o, kn, &out->ts)))
+                return rc;
+            break;
+        case K_L:
+            if ((rc = s_uint_field(d, &o, kn, &L)))
+                return rc;
+            break;
+        case K_H:
+            if ((rc = s_uint_field(d, &o, kn, &H)))
+                return rc;
+            break;
+        case K_N:
+            if ((rc = s_uint_field(d, &o, kn, &n)))
+                return rc;
+            break;
+        case K_CLS:
+            if ((rc = s_int_field(d, &o, kn, &cls)))
+                return rc;
+            out->has_cls = true;
+            break;
+        case K_DTYPE: {
+            if (o.type != MPR_STR)
+                return s_wrong_type(d, kn, "str", &o);
+            int dt = wire_dtype_parse(o.v.raw.ptr, o.v.raw.len);
+            if (dt < 0)
+                return s_fail(d, XR_DTYPE, "dtype must be \"f32\", \"f16\" or \"bf16\"");
+            out->dtype = (xm_dtype_t)dt;
+            break;
+        }
+        case K_ATTN:
+        case K_GRAD:
+            if (ki == K_GRAD && o.type == MPR_NIL) {
+                seen &= ~(1u << K_GRAD);
+                break;
+            }
+            if (o.type != MPR_BIN)
+                return s_wrong_type(d, kn, "bin", &o);
+            *(ki == K_ATTN ? &attn : &grad) = (wire_sv_t){o.v.raw.ptr, o.v.raw.len};
+            break;
+        case K_IDS:
+            if (o.type != MPR_ARRAY)
+                return s_wrong_type(d, kn, "array", &o);
+            if (o.v.count == 0 || o.v.count > d->lim.max_batch)
+                return s_fail(d, XR_LENGTH, "ids has %" PRIu32 " entries (1 to %" PRIu32 " allowed)",
+                              o.v.count, d->lim.max_batch);
+            nids = o.v.count;
+            if (s_grow_batch(d, nids))
+                return s_fail(d, XR_INTERNAL, "out of memory for %" PRIu32 " ids", nids);
+            for (uint32_t b = 0; b < nids; b++) {
+                mpr_obj_t it;
+                if ((e = mpr_next(&r, &it)))
+                    return s_msgpack_fail(d, e, "ids");
+                wire_id_t *id = &d->ids[b];
+                if (it.type == MPR_UINT) {
+                    *id = (wire_id_t){.is_str = false, .u = it.v.u};
+                } else if (it.type == MPR_STR) {
+                    if ((rc = s_check_str(d, &it, "ids", b)))
+                        return rc;
+                    *id = (wire_id_t){.is_str = true, .s = {it.v.raw.ptr, it.v.raw.len}};
+                } else {
+                    return s_fail(d, XR_WRONG_TYPE, "ids[%" PRIu32 "]: expected str or uint, got %s",
+                                  b, mpr_type_name(it.type));
+                }
+            }
+            break;
+        case K_TARGET:
+        case K_Y: {
+            if (o.type != MPR_ARRAY)
+                return s_wrong_type(d, kn, "array", &o);
+            if (o.v.count > d->lim.max_batch)
+                return s_fail(d, XR_LENGTH, "%s has %" PRIu32 " entries (limit %" PRIu32 ")", kn,
+                              o.v.count, d->lim.max_batch);
+            uint32_t cnt = o.v.count;
+            if (s_grow_batch(d, cnt))
+                return s_fail(d, XR_INTERNAL, "out of memory for %" PRIu32 " values", cnt);
+            for (uint32_t b = 0; b < cnt; b++) {
+                mpr_obj_t it;
+                if ((e = mpr_next(&r, &it)))
+                    return s_msgpack_fail(d, e, kn);
+                if (ki == K_TARGET) {
+                    if (it.type == MPR_UINT && it.v.u <= INT64_MAX)
+                        d->target[b] = (int64_t)it.v.u;
+                    else if (it.type == MPR_INT)
+                        d->target[b] = it.v.i;
+                    else
+                        return s_fail(d, XR_WRONG_TYPE, "target[%" PRIu32 "]: expected int, got %s",
+                                      b, mpr_type_name(it.type));
+                } else {
+                    if (it.type == MPR_FLOAT)
+                        d->y[b] = it.v.f;
+                    else if (it.type == MPR_UINT)
+                        d->y[b] = (double)it.v.u;
+                    else if (it.type == MPR_INT)
+                        d->y[b] = (double)it.v.i;
+                    else
+                        return s_fail(d, XR_WRONG_TYPE, "y[%" PRIu32 "]: expected float, got %s", b,
+                                      mpr_type_name(it.type));
+                }
+            }
+            *(ki == K_TARGET ? &ntarget : &ny) = cnt;
+            break;
+        }
+        case K_TOKENS:
+            if (o.type != MPR_ARRAY)
+                return s_wrong_type(d, kn, "array", &o);
+            if (o.v.count > d->lim.max_tokens)
+                return s_fail(d, XR_LENGTH, "tokens has %" PRIu32 " entries (limit %" PRIu32 ")",
+                              o.v.count, d->lim.max_tokens);
+            ntokens = o.v.count;
+            if (s_grow_tokens(d, ntokens))
+                return s_fail(d, XR_INTERNAL, "out of memory for %" PRIu32 " tokens", ntokens);
+            for (uint32_t t = 0; t < ntokens; t++) {
+                mpr_obj_t it;
+                if ((e = mpr_next(&r, &it)))
+                    return s_msgpack_fail(d, e, "tokens");
+                if (it.type != MPR_STR)
+                    return s_fail(d, XR_WRONG_TYPE, "tokens[%" PRIu32 "]: expected str, got %s", t,
+                                  mpr_type_name(it.type));
+                if ((rc = s_check_str(d, &it, "tokens", t)))
+                    return rc;
+                d->tokens[t] = (wire_sv_t){it.v.raw.ptr, it.v.raw.len};
+            }
+            break;
+        }
+    }
+    if (mpr_left(&r) != 0)
+        return s_fail(d, XR_MSGPACK, "%zu trailing bytes after the body map", mpr_left(&r));
+    if ((seen & s_required) != s_required) {
+        for (int ki = 0; ki < K_COUNT; ki++)
+            if ((s_required & (1u << ki)) && !(seen & (1u << ki)))
+                return s_fail(d, XR_MISSING_KEY, "required key '%s' is missing", s_keys[ki]);
+    }
+
+    /* Shape and sizes: every declared count is checked against the limits
+       and the bytes present before anyone uses it. */
+    if (L == 0 || L > d->lim.max_layers || H == 0 || H > d->lim.max_heads || n == 0 ||
+        n > d->lim.max_tokens)
+        return s_fail(d, XR_SHAPE,
+                      "L=%" PRIu64 " H=%" PRIu64 " n=%" PRIu64 " out of range (1..%" PRIu32
+                      ", 1..%" PRIu32 ", 1..%" PRIu32 ")",
+                      L, H, n, d->lim.max_layers, d->lim.max_heads, d->lim.max_tokens);
+    if (out->has_cls && (cls < -1 || cls >= (int64_t)n || (cls >= 0 && n < 2)))
+        return s_fail(d, XR_SHAPE, "cls=%" PRId64 " is not -1 or a token index below n=%" PRIu64,
+                      cls, n);
+    uint64_t elems, trade_elems;
+    if (!s_mul_le(L * H, n * n, d->lim.max_elems, &trade_elems) ||
+        !s_mul_le(trade_elems, nids, d->lim.max_elems, &elems))
+        return s_fail(d, XR_TOO_LARGE,
+                      "B*L*H*n*n for B=%" PRIu32 " L=%" PRIu64 " H=%" PRIu64 " n=%" PRIu64
+                      " exceeds the limit of %" PRIu64 " values",
+                      nids, L, H, n, d->lim.max_elems);
+    size_t es = xm_dtype_size(out->dtype);
+    if (attn.len != elems * es)
+        return s_fail(d, XR_SIZE,
+                      "attn has %" PRIu32 " bytes, B*L*H*n*n*%zu = %" PRIu64 " expected", attn.len,
+                      es, elems * es);
+    if ((seen & (1u << K_GRAD)) && grad.len != elems * es)
+        return s_fail(d, XR_SIZE,
+                      "grad has %" PRIu32 " bytes, B*L*H*n*n*%zu = %" PRIu64 " expected", grad.len,
+                      es, elems * es);
+    if ((seen & (1u << K_TARGET)) && ntarget != nids)
+        return s_fail(d, XR_LENGTH, "target has %" PRIu32 " entries for %" PRIu32 " ids", ntarget, nids);
+    if ((seen & (1u << K_Y)) && ny != nids)
+        return s_fail(d, XR_LENGTH, "y has %" PRIu32 " entries for %" PRIu32 " ids", ny, nids);
+    if ((seen & (1u << K_TOKENS)) && ntokens != n)
+        return s_fail(d, XR_LENGTH, "tokens has %" PRIu32 " entries for n=%" PRIu64, ntokens, n);
+
+    out->B = nids;
+    out->shape = (xm_shape_t){(uint32_t)L, (uint32_t)H, (uint32_t)n, (int32_t)cls};
+    out->attn = attn.ptr;
+    out->grad = (seen & (1u << K_GRAD)) ? grad.ptr : NULL;
+    out->trade_bytes = (size_t)trade_elems * es;
+    out->ids = d->ids;
+    out->target = (seen & (1u << K_TARGET)) ? d->target : NULL;
+    out->y = (seen & (1u << K_Y)) ? d->y : NULL;
+    out->tokens = (seen & (1u << K_TOKENS)) ? d->tokens : NULL;
+    return XR_OK;
+}

@@ -1,0 +1,134 @@
+/*  wire: contract v1 ingest decoding and the rejection vocabulary.
+
+    wire_decode_ingest() turns the two frames of an `attn/<model>` message
+    into a view: tensors, strings and ids point into the message bytes;
+    nothing is copied or allocated once the decoder's small arrays have
+    grown to the largest batch seen. Every way a message can be wrong has a
+    named reason (xr_reason_t), shared by the daemon's counters, its logs,
+    the `stats` query and the metrics endpoint.  */
+#ifndef XPL_WIRE_H
+#define XPL_WIRE_H
+
+#include "mpr.h"
+#include "xmath.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define WIRE_VERSION 1
+#define WIRE_MODEL_MAX 64
+
+/* Why a message was rejected. Values are stable (used as array indices
+   and exported in metrics by name). */
+typedef enum {
+    XR_OK = 0,
+    XR_FRAMES,          /* not exactly two frames */
+    XR_TOPIC,           /* topic is not attn/<model>, or differs from "model" */
+    XR_MSGPACK,         /* truncated or invalid msgpack, trailing bytes */
+    XR_NOT_MAP,         /* body is not a map with string keys */
+    XR_VERSION,         /* "v" missing or not 1 */
+    XR_MISSING_KEY,     /* a required key is absent */
+    XR_WRONG_TYPE,      /* a key holds the wrong msgpack type */
+    XR_DUPLICATE_KEY,   /* a key appears twice */
+    XR_MODEL_NAME,      /* model name not 1-64 bytes of [A-Za-z0-9_.-] */
+    XR_DTYPE,           /* dtype not f32, f16 or bf16 */
+    XR_SHAPE,           /* L, H or n zero or above the limits; bad cls */
+    XR_TOO_LARGE,       /* B*L*H*n*n above the configured maximum */
+    XR_SIZE,            /* bin length differs from B*L*H*n*n*elem */
+    XR_LENGTH,          /* ids / target / y / tokens count wrong */
+    XR_BAD_STRING,      /* string not UTF-8 or too long */
+    XR_NONFINITE,       /* NaN or Inf in a tensor */
+    XR_NOT_ALLOWED,     /* model not in the configured allow-list */
+    XR_TOO_MANY_MODELS, /* model table full */
+    XR_NO_SCHEMA,       /* cls/tokens never given for this model */
+    XR_INTERNAL,        /* out of memory while explaining */
+    XR_NREASONS
+} xr_reason_t;
+
+/* Stable snake_case name of a reason ("size", "nonfinite", ...). */
+const char *xr_reason_name(xr_reason_t r);
+
+typedef struct {
+    const uint8_t *ptr;
+    uint32_t len;
+} wire_sv_t;
+
+/* A trade id: a string (view) or an unsigned integer. */
+typedef struct {
+    bool is_str;
+    uint64_t u;
+    wire_sv_t s;
+} wire_id_t;
+
+typedef struct {
+    uint32_t max_batch;     /* B */
+    uint32_t max_layers;    /* L */
+    uint32_t max_heads;     /* H */
+    uint32_t max_tokens;    /* n */
+    uint64_t max_elems;     /* B*L*H*n*n */
+    uint32_t max_str;       /* bytes of an id or token string */
+} wire_limits_t;
+
+/* A decoded ingest message: a view into the message bytes and into the
+   decoder's arrays, valid until the next decode or the message is freed. */
+typedef struct {
+    wire_sv_t model;
+    bool has_seq;           /* seq decoded (set even if the message is rejected later) */
+    uint64_t seq;
+    int64_t ts;
+    uint32_t B;
+    xm_shape_t shape;       /* shape.cls valid only when has_cls */
+    bool has_cls;
+    xm_dtype_t dtype;
+    const uint8_t *attn;    /* B*L*H*n*n values */
+    const uint8_t *grad;    /* same, or NULL */
+    size_t trade_bytes;     /* bytes of one trade's tensor: L*H*n*n*elem */
+    const wire_id_t *ids;   /* B */
+    const int64_t *target;  /* B, or NULL */
+    const double *y;        /* B, or NULL */
+    const wire_sv_t *tokens;/* n, or NULL */
+} wire_ingest_t;
+
+typedef struct {
+    wire_limits_t lim;
+    wire_id_t *ids;
+    int64_t *target;
+    double *y;
+    uint32_t cap_batch;
+    wire_sv_t *tokens;
+    uint32_t cap_tokens;
+    char detail[192];       /* why the last decode failed */
+} wire_decoder_t;
+
+/* Safe defaults for the limits. */
+void wire_limits_default(wire_limits_t *lim);
+
+/* Initialise a decoder in caller storage; wire_decoder_destroy frees its
+   arrays. */
+void wire_decoder_init(wire_decoder_t *d, const wire_limits_t *lim);
+void wire_decoder_destroy(wire_decoder_t *d);
+
+/* Decode one ingest message from its topic frame and body frame. Returns
+   XR_OK with *out filled, or a reason with wire_detail() saying more. */
+xr_reason_t wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len,
+                               const void *body, size_t body_len, wire_ingest_t *out);
+
+/* Human-readable detail of the last failed decode. */
+static inline const char *
+wire_detail(const wire_decoder_t *d)
+{
+    return d->detail;
+}
+
+/* True when `name` (len bytes) is a valid model name. */
+bool wire_model_name_ok(const void *name, size_t len);
+
+/* True when `len` bytes at `s` are well-formed UTF-8. */
+bool wire_utf8_ok(const void *s, size_t len);
+
+/* Dtype name to enum, -1 when unknown; and back. */
+int wire_dtype_parse(const void *s, size_t len);
+const char *wire_dtype_name(xm_dtype_t d);
+
+#endif

@@ -1,0 +1,656 @@
+/*  xmath: per-trade attribution methods. See xmath.h and MATH.md.
+
+    The hot path is s_layer_pass: every attention row (and its gradient
+    row) is read once, and in that single read we accumulate the head
+    mean, the max/min fusion, the clamped gradient product, the head
+    statistics and the finiteness check. Kernels use GCC/Clang vector
+    extensions (8 floats) so that reductions vectorise without relaxing
+    IEEE semantics; the build picks AVX2 or SSE2 code at load time.  */
+#include "xmath.h"
+
+#include "flow.h"
+#include "half.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+struct xm_work_t {
+    xm_shape_t shape;
+    bool has_grad;
+    bool fused_separately;      /* fusion != mean: ffus holds its own Â */
+    size_t cap_layers;          /* floats in each [L][n][n] buffer */
+    float *fmean;               /* mean_h A_l, then Â_l (mean fusion) */
+    float *ffus;                /* max/min over heads, then Â_l (that fusion) */
+    float *gbar;                /* Ā_l = mean_h max(0, G A) */
+    size_t cap_row;
+    float *rowa, *rowg;         /* one row decoded from 16-bit dtypes */
+    size_t cap_heads;
+    float *imp, *conf;          /* [L][H] */
+    double *imp_acc;
+    size_t cap_feat;
+    float *attr;                /* XM_NMETHODS blocks of cap_feat */
+    size_t cap_vec;
+    double *v, *v2, *acc;       /* n each */
+    size_t cap_full;
+    float *full, *tmp;          /* n*n, for resnorm without CLS */
+    flow_work_t *flow;
+};
+
+static const char *s_method_names[XM_NMETHODS] = {
+    "rollout", "grad_rollout", "first_layer", "attn_mean", "diag", "flow"};
+
+const char *
+xm_method_name(xm_method_t m)
+{
+    return (unsigned)m < XM_NMETHODS ? s_method_names[m] : NULL;
+}
+
+int
+xm_method_parse(const char *name, size_t len)
+{
+    for (int m = 0; m < XM_NMETHODS; m++)
+        if (strlen(s_method_names[m]) == len && memcmp(s_method_names[m], name, len) == 0)
+            return m;
+    return -1;
+}
+
+int
+xm_methods_parse(const char *list, unsigned *out, const char **bad)
+{
+    unsigned set = 0;
+    const char *p = list;
+    while (*p) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        if (!*p)
+            break;
+        const char *q = p;
+        while (*q && *q != ',' && *q != ' ')
+            q++;
+        int m = xm_method_parse(p, (size_t)(q - p));
+        if (m < 0) {
+            if (bad)
+                *bad = p;
+            return -1;
+        }
+        set |= XM_BIT(m);
+        p = q;
+    }
+    *out = set;
+    return 0;
+}
+
+int
+xm_fusion_parse(const char *name)
+{
+    if (strcmp(name, "mean") == 0) return XM_FUSE_MEAN;
+    if (strcmp(name, "max") == 0) return XM_FUSE_MAX;
+    if (strcmp(name, "min") == 0) return XM_FUSE_MIN;
+    return -1;
+}
+
+const char *
+xm_fusion_name(xm_fusion_t f)
+{
+    return f == XM_FUSE_MAX ? "max" : f == XM_FUSE_MIN ? "min" : "mean";
+}
+
+xm_work_t *
+xm_work_new(void)
+{
+    xm_work_t *w = calloc(1, sizeof *w);
+    if (w && !(w->flow = flow_work_new())) {
+        free(w);
+        return NULL;
+    }
+    return w;
+}
+
+void
+xm_work_destroy(xm_work_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    xm_work_t *w = *self_p;
+    free(w->fmean); free(w->ffus); free(w->gbar);
+    free(w->rowa); free(w->rowg);
+    free(w->imp); free(w->conf); free(w->imp_acc);
+    free(w->attr);
+    free(w->v); free(w->v2); free(w->acc);
+    free(w->full); free(w->tmp);
+    flow_work_destroy(&w->flow);
+    free(w);
+    *self_p = NULL;
+}
+
+/* Grow `*p` to hold `need` elements of `size` bytes (64-byte aligned,
+   padded by one vector so kernels may over-read nothing). Never shrinks. */
+static int
+s_grow(void **p, size_t need, size_t size)
+{
+    size_t bytes = (need * size + 32 + 63) & ~(size_t)63;
+    void *q = aligned_alloc(64, bytes);
+    if (!q)
+        return -1;
+    memset(q, 0, bytes);
+    free(*p);
+    *p = q;
+    return 0;
+}
+
+static int
+s_reserve(xm_work_t *w, const xm_shape_t *s)
+{
+    size_t nn = (size_t)s->n * s->n;
+    size_t layers = (size_t)s->L * nn;
+    if (layers > w->cap_layers) {
+        if (s_grow((void **)&w->fmean, layers, 4) || s_grow((void **)&w->ffus, layers, 4) ||
+            s_grow((void **)&w->gbar, layers, 4))
+            return -1;
+        w->cap_layers = layers;
+    }
+    if (s->n > w->cap_row) {
+        if (s_grow((void **)&w->rowa, s->n, 4) || s_grow((void **)&w->rowg, s->n, 4))
+            return -1;
+        w->cap_row = s->n;
+    }
+    size_t heads = (size_t)s->L * s->H;
+    if (heads > w->cap_heads) {
+        if (s_grow((void **)&w->imp, heads, 4) || s_grow((void **)&w->conf, heads, 4) ||
+            s_grow((void **)&w->imp_acc, heads, 8))
+            return -1;
+        w->cap_heads = heads;
+    }
+    if (s->n > w->cap_feat) {
+        if (s_grow((void **)&w->attr, (size_t)XM_NMETHODS * s->n, 4))
+            return -1;
+        w->cap_feat = s->n;
+    }
+    if (s->n > w->cap_vec) {
+        if (s_grow((void **)&w->v, s->n, 8) || s_grow((void **)&w->v2, s->n, 8) ||
+            s_grow((void **)&w->acc, s->n, 8))
+            return -1;
+        w->cap_vec = s->n;
+    }
+    return 0;
+}
+
+static inline v8f
+s_ld(const void *p)
+{
+    v8f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void
+s_st(void *p, v8f v)
+{
+    memcpy(p, &v, sizeof v);
+}
+
+static inline float
+s_hsum(v8f v)
+{
+    return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+}
+
+static inline v8f
+s_vmax(v8f a, v8f b)
+{
+    v8i m = a > b;
+    return (v8f)(((v8i)a & m) | ((v8i)b & ~m));
+}
+
+static inline v8f
+s_vmin(v8f a, v8f b)
+{
+    v8i m = a < b;
+    return (v8f)(((v8i)a & m) | ((v8i)b & ~m));
+}
+
+/* Row statistics that come out of the fused pass. */
+typedef struct {
+    float rowmax;   /* max_j a_j */
+    float dot;      /* sum_j a_j g_j */
+    v8f bad;        /* accumulates x * 0: NaN as soon as any x is not finite */
+} s_rowout_t;
+
+/* The fused row kernel. `a` and `g` are float32 rows at any alignment.
+   `first` (first head), `fusion` and `grad` are compile-time constants
+   at every call site, so each combination compiles to its own loop. */
+static inline __attribute__((always_inline)) void
+s_row(const int first, const int fusion, const int grad, uint32_t n,
+      float *restrict fm, float *restrict ff, float *restrict gb,
+      const uint8_t *a, const uint8_t *g, s_rowout_t *ro)
+{
+    const v8f zero = {0};
+    const v8f ninf = zero - INFINITY;
+    v8f vmax = ninf, vdot = zero, bad = ro->bad;
+    uint32_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        v8f x = s_ld(a + 4 * j);
+        bad += x * zero;
+        vmax = s_vmax(x, vmax);
+        s_st(fm + j, first ? x : s_ld(fm + j) + x);
+        if (fusion == XM_FUSE_MAX)
+            s_st(ff + j, first ? x : s_vmax(x, s_ld(ff + j)));
+        else if (fusion == XM_FUSE_MIN)
+            s_st(ff + j, first ? x : s_vmin(x, s_ld(ff + j)));
+        if (grad) {
+            v8f y = s_ld(g + 4 * j);
+            bad += y * zero;
+            v8f p = x * y;
+            vdot += p;
+            v8f c = s_vmax(p, zero);
+            s_st(gb + j, first ? c : s_ld(gb + j) + c);
+        }
+    }
+    float mx = vmax[0];
+    for (int k = 1; k < 8; k++)
+        mx = vmax[k] > mx ? vmax[k] : mx;
+    float dot = grad ? s_hsum(vdot) : 0.0f;
+    for (; j < n; j++) {
+        float x;
+        memcpy(&x, a + 4 * j, 4);
+        bad[0] += x * 0.0f;
+        mx = x > mx ? x : mx;
+        fm[j] = first ? x : fm[j] + x;
+        if (fusion == XM_FUSE_MAX)
+            ff[j] = first ? x : (x > ff[j] ? x : ff[j]);
+        else if (fusion == XM_FUSE_MIN)
+            ff[j] = first ? x : (x < ff[j] ? x : ff[j]);
+        if (grad) {
+            float y;
+            memcpy(&y, g + 4 * j, 4);
+            bad[0] += y * 0.0f;
+            float p = x * y;
+            dot += p;
+            float c = p > 0.0f ? p : 0.0f;
+            gb[j] = first ? c : gb[j] + c;
+        }
+    }
+    ro->rowmax = mx;
+    ro->dot = dot;
+    ro->bad = bad;
+}
+
+#define S_ROW_CASE(F, U, G)                                                   \
+    s_row(F, U, G, n, fm, ff, gb, a, g, ro)
+
+static void
+s_row_dispatch(int first, int fusion, int grad, uint32_t n, float *fm, float *ff,
+               float *gb, const uint8_t *a, const uint8_t *g, s_rowout_t *ro)
+{
+    switch ((first << 3) | (fusion << 1) | grad) {
+    case 0x0: S_ROW_CASE(0, XM_FUSE_MEAN, 0); break;
+    case 0x1: S_ROW_CASE(0, XM_FUSE_MEAN, 1); break;
+    case 0x2: S_ROW_CASE(0, XM_FUSE_MAX, 0); break;
+    case 0x3: S_ROW_CASE(0, XM_FUSE_MAX, 1); break;
+    case 0x4: S_ROW_CASE(0, XM_FUSE_MIN, 0); break;
+    case 0x5: S_ROW_CASE(0, XM_FUSE_MIN, 1); break;
+    case 0x8: S_ROW_CASE(1, XM_FUSE_MEAN, 0); break;
+    case 0x9: S_ROW_CASE(1, XM_FUSE_MEAN, 1); break;
+    case 0xa: S_ROW_CASE(1, XM_FUSE_MAX, 0); break;
+    case 0xb: S_ROW_CASE(1, XM_FUSE_MAX, 1); break;
+    case 0xc: S_ROW_CASE(1, XM_FUSE_MIN, 0); break;
+    default: S_ROW_CASE(1, XM_FUSE_MIN, 1); break;
+    }
+}
+
+/* One layer: read H heads of A (and G) once; leave mean_h A in fm, the
+   max/min fusion in ff, Ā in gb, head statistics in w->imp/conf. */
+__attribute__((target_clones("avx2", "default"))) static void
+s_layer_pass(xm_work_t *w, xm_fusion_t fusion, xm_dtype_t dt, uint32_t l,
+             const uint8_t *A, const uint8_t *G, v8f *bad)
+{
+    const xm_shape_t *s = &w->shape;
+    const uint32_t n = s->n, H = s->H;
+    const size_t nn = (size_t)n * n, es = xm_dtype_size(dt);
+    float *fm = w->fmean + l * nn, *ff = w->ffus + l * nn, *gb = w->gbar + l * nn;
+    s_rowout_t ro = {.bad = *bad};
+    const int grad = G != NULL;
+
+    for (uint32_t h = 0; h < H; h++) {
+        double conf = 0.0, dot = 0.0;
+        for (uint32_t i = 0; i < n; i++) {
+            size_t off = (((size_t)l * H + h) * nn + (size_t)i * n) * es;
+            const uint8_t *a = A + off, *g = grad ? G + off : NULL;
+            if (dt != XM_F32) {
+                if (dt == XM_F16) {
+                    half_f16_decode(w->rowa, a, n);
+                    if (grad)
+                        half_f16_decode(w->rowg, g, n);
+                } else {
+                    half_bf16_decode(w->rowa, a, n);
+                    if (grad)
+                        half_bf16_decode(w->rowg, g, n);
+                }
+                a = (const uint8_t *)w->rowa;
+                g = grad ? (const uint8_t *)w->rowg : NULL;
+            }
+            s_row_dispatch(h == 0, fusion, grad, n, fm + (size_t)i * n, ff + (size_t)i * n,
+                           gb + (size_t)i * n, a, g, &ro);
+            conf += ro.rowmax;
+            dot += ro.dot;
+        }
+        w->conf[l * H + h] = (float)(conf / n);
+        w->imp_acc[l * H + h] = fabs(dot);
+    }
+    *bad = ro.bad;
+}
+
+/* out = r(M) for an n x n matrix (row cls without column cls, or column
+   means), accumulated with weight `wgt` into a double vector. */
+static void
+s_readout_acc(const xm_shape_t *s, const float *M, double wgt, double *acc)
+{
+    const uint32_t n = s->n;
+    if (s->cls >= 0) {
+        const float *row = M + (size_t)s->cls * n;
+        for (uint32_t j = 0, k = 0; j < n; j++)
+            if ((int32_t)j != s->cls)
+                acc[k++] += wgt * row[j];
+    } else {
+        double c = wgt / n;
+        for (uint32_t i = 0; i < n; i++)
+            for (uint32_t j = 0; j < n; j++)
+                acc[j] += c * M[(size_t)i * n + j];
+    }
+}
+
+void
+xm_readout(const xm_shape_t *s, const float *M, float *out)
+{
+    const uint32_t n = s->n;
+    for (uint32_t j = 0, k = 0; j < n; j++) {
+        if ((int32_t)j == s->cls)
+            continue;
+        if (s->cls >= 0) {
+            out[k++] = M[(size_t)s->cls * n + j];
+        } else {
+            double sum = 0.0;
+            for (uint32_t i = 0; i < n; i++)
+                sum += M[(size_t)i * n + j];
+            out[k++] = (float)(sum / n);
+        }
+    }
+}
+
+/* In place: M <- rownorm(I + M). A row summing to 0 becomes 0. */
+static void
+s_residual_rownorm(float *M, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        float *row = M + (size_t)i * n;
+        row[i] += 1.0f;
+        double sum = 0.0;
+        for (uint32_t j = 0; j < n; j++)
+            sum += row[j];
+        float inv = sum != 0.0 ? (float)(1.0 / sum) : 0.0f;
+        for (uint32_t j = 0; j < n; j++)
+            row[j] *= inv;
+    }
+}
+
+static void
+s_scale(float *M, size_t count, float c)
+{
+    for (size_t k = 0; k < count; k++)
+        M[k] *= c;
+}
+
+/* v <- v M (row vector times n x n matrix), in double. */
+static void
+s_vecmat(const double *v, const float *M, uint32_t n, double *out)
+{
+    memset(out, 0, n * sizeof *out);
+    for (uint32_t i = 0; i < n; i++) {
+        double vi = v[i];
+        if (vi == 0.0)
+            continue;
+        const float *row = M + (size_t)i * n;
+        for (uint32_t j = 0; j < n; j++)
+            out[j] += vi * row[j];
+    }
+}
+
+/* Initial row vector of a readout: e_cls, or the uniform 1/n. */
+static void
+s_vec_start(const xm_shape_t *s, double *v)
+{
+    for (uint32_t j = 0; j < s->n; j++)
+        v[j] = s->cls >= 0 ? (j == (uint32_t)s->cls) : 1.0 / s->n;
+}
+
+/* Drop the CLS entry of a length-n vector into `out`. */
+static void
+s_vec_out(const xm_shape_t *s, const double *v, float *out)
+{
+    for (uint32_t j = 0, k = 0; j < s->n; j++)
+        if ((int32_t)j != s->cls)
+            out[k++] = (float)v[j];
+}
+
+static void
+s_rollout_vec(xm_work_t *w, const float *layers, float *out)
+{
+    const xm_shape_t *s = &w->shape;
+    size_t nn = (size_t)s->n * s->n;
+    double *v = w->v, *t = w->v2;
+    s_vec_start(s, v);
+    for (uint32_t l = s->L; l-- > 0;) {
+        s_vecmat(v, layers + l * nn, s->n, t);
+        double *x = v; v = t; t = x;
+    }
+    s_vec_out(s, v, out);
+}
+
+static void
+s_grad_rollout_vec(xm_work_t *w, bool resnorm, float *out)
+{
+    const xm_shape_t *s = &w->shape;
+    const uint32_t n = s->n;
+    size_t nn = (size_t)n * n;
+    if (resnorm && s->cls < 0) {
+        /* Column means of rownorm(R - I) + I need every row of R. */
+        xm_grad_rollout_matrix(s->L, n, w->gbar, true, w->full, w->tmp);
+        xm_readout(s, w->full, out);
+        return;
+    }
+    double *v = w->v, *t = w->v2;
+    s_vec_start(s, v);
+    for (uint32_t l = s->L; l-- > 0;) {
+        s_vecmat(v, w->gbar + l * nn, n, t);
+        for (uint32_t j = 0; j < n; j++)
+            t[j] += v[j];
+        double *x = v; v = t; t = x;
+    }
+    if (resnorm) {
+        /* Row cls of rownorm(R - I) + I, column cls dropped. */
+        v[s->cls] -= 1.0;
+        double sum = 0.0;
+        for (uint32_t j = 0; j < n; j++)
+            sum += v[j];
+        double inv = sum != 0.0 ? 1.0 / sum : 0.0;
+        for (uint32_t j = 0; j < n; j++)
+            v[j] *= inv;
+    }
+    s_vec_out(s, v, out);
+}
+
+static bool
+s_all_finite(const float *x, size_t count)
+{
+    float bad = 0.0f;
+    for (size_t k = 0; k < count; k++)
+        bad += x[k] * 0.0f;
+    return bad == 0.0f;
+}
+
+xm_err_t
+xm_explain(xm_work_t *w, const xm_opts_t *o, const xm_shape_t *s, xm_dtype_t dt,
+           const void *attn, const void *grad, xm_result_t *out)
+{
+    memset(out, 0, sizeof *out);
+    if (s->L == 0 || s->H == 0 || s->n == 0 || s->cls < -1 || s->cls >= (int32_t)s->n ||
+        (s->cls >= 0 && s->n < 2) || (unsigned)dt > XM_BF16 || (unsigned)o->fusion > XM_FUSE_MIN)
+        return XM_EARG;
+    if (s_reserve(w, s))
+        return XM_ENOMEM;
+    w->shape = *s;
+    w->has_grad = grad != NULL;
+    w->fused_separately = o->fusion != XM_FUSE_MEAN;
+
+    const uint32_t n = s->n, L = s->L, H = s->H, nf = xm_nfeat(s);
+    const size_t nn = (size_t)n * n;
+    const float invH = 1.0f / (float)H;
+    unsigned want = o->methods;
+    if (!grad)
+        want &= ~XM_GRAD_METHODS;
+    if (grad && o->grad_resnorm && s->cls < 0 && w->cap_full < nn) {
+        if (s_grow((void **)&w->full, nn, 4) || s_grow((void **)&w->tmp, nn, 4))
+            return XM_ENOMEM;
+        w->cap_full = nn;
+    }
+
+    double *acc = w->acc;
+    memset(acc, 0, n * sizeof *acc);
+    float *attr[XM_NMETHODS];
+    for (int m = 0; m < XM_NMETHODS; m++)
+        attr[m] = w->attr + (size_t)m * w->cap_feat;
+
+    v8f bad = {0};
+    for (uint32_t l = 0; l < L; l++) {
+        s_layer_pass(w, o->fusion, dt, l, (const uint8_t *)attn, (const uint8_t *)grad, &bad);
+        float *fm = w->fmean + l * nn, *ff = w->ffus + l * nn;
+        s_scale(fm, nn, invH);
+        if (grad)
+            s_scale(w->gbar + l * nn, nn, invH);
+        if (want & XM_BIT(XM_ATTN_MEAN))
+            s_readout_acc(s, fm, 1.0 / L, acc);
+        if (l == 0) {
+            if (want & XM_BIT(XM_FIRST_LAYER))
+                xm_readout(s, w->fused_separately ? ff : fm, attr[XM_FIRST_LAYER]);
+            if (want & XM_BIT(XM_DIAG))
+                for (uint32_t j = 0, k = 0; j < n; j++)
+                    if ((int32_t)j != s->cls)
+                        attr[XM_DIAG][k++] = fm[(size_t)j * n + j];
+        }
+        s_residual_rownorm(fm, n);
+        if (w->fused_separately)
+            s_residual_rownorm(ff, n);
+    }
+    if (s_hsum(bad) != 0.0f)
+        return XM_ENONFINITE;
+
+    if (want & XM_BIT(XM_ATTN_MEAN))
+        for (uint32_t k = 0; k < nf; k++)
+            attr[XM_ATTN_MEAN][k] = (float)acc[k];
+    if (want & XM_BIT(XM_ROLLOUT))
+        s_rollout_vec(w, xm_work_rollout_layers(w), attr[XM_ROLLOUT]);
+    if (want & XM_BIT(XM_GRAD_ROLLOUT))
+        s_grad_rollout_vec(w, o->grad_resnorm, attr[XM_GRAD_ROLLOUT]);
+    if ((want & XM_BIT(XM_FLOW)) && flow_compute(w->flow, L, n, s->cls, w->fmean, attr[XM_FLOW]))
+        return XM_ENOMEM;
+
+    for (int m = 0; m < XM_NMETHODS; m++) {
+        if (!(want & XM_BIT(m)))
+            continue;
+        if (!s_all_finite(attr[m], nf))
+            return XM_ENONFINITE;
+        out->attr[m] = attr[m];
+    }
+    for (size_t k = 0; k < (size_t)L * H; k++)
+        w->imp[k] = (float)w->imp_acc[k];
+    out->computed = want;
+    out->head_confidence = w->conf;
+    out->head_importance = grad ? w->imp : NULL;
+    return XM_OK;
+}
+
+const float *
+xm_work_rollout_layers(const xm_work_t *w)
+{
+    return w->fused_separately ? w->ffus : w->fmean;
+}
+
+const float *
+xm_work_flow_layers(const xm_work_t *w)
+{
+    return w->fmean;
+}
+
+const float *
+xm_work_grad_layers(const xm_work_t *w)
+{
+    return w->has_grad ? w->gbar : NULL;
+}
+
+static void
+s_identity(float *M, uint32_t n)
+{
+    memset(M, 0, (size_t)n * n * sizeof *M);
+    for (uint32_t i = 0; i < n; i++)
+        M[(size_t)i * n + i] = 1.0f;
+}
+
+void
+xm_rollout_matrix(uint32_t L, uint32_t n, const float *layers, float *out, float *tmp)
+{
+    size_t nn = (size_t)n * n;
+    if (L == 0) {
+        s_identity(out, n);
+        return;
+    }
+    /* Ping-pong between out and tmp, starting where the L - 1 products
+       will end in out. */
+    float *R = (L % 2) ? out : tmp, *T = (L % 2) ? tmp : out;
+    memcpy(R, layers, nn * sizeof *R);
+    for (uint32_t l = 1; l < L; l++) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)n, (int)n, 1.0f,
+                    layers + l * nn, (int)n, R, (int)n, 0.0f, T, (int)n);
+        float *x = R; R = T; T = x;
+    }
+}
+
+void
+xm_grad_rollout_matrix(uint32_t L, uint32_t n, const float *layers, bool resnorm, float *out,
+                       float *tmp)
+{
+    size_t nn = (size_t)n * n;
+    float *R = out, *T = tmp;
+    s_identity(R, n);
+    for (uint32_t l = 0; l < L; l++) {
+        memcpy(T, R, nn * sizeof *T);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)n, (int)n, 1.0f,
+                    layers + l * nn, (int)n, R, (int)n, 1.0f, T, (int)n);
+        float *x = R; R = T; T = x;
+    }
+    if (R != out)
+        memcpy(out, R, nn * sizeof *R);
+    if (resnorm) {
+        for (uint32_t i = 0; i < n; i++) {
+            float *row = out + (size_t)i * n;
+            row[i] -= 1.0f;
+            double sum = 0.0;
+            for (uint32_t j = 0; j < n; j++)
+                sum += row[j];
+            float inv = sum != 0.0 ? (float)(1.0 / sum) : 0.0f;
+            for (uint32_t j = 0; j < n; j++)
+                row[j] *= inv;
+            row[i] += 1.0f;
+        }
+    }
+}
+
+void
+xm_blas_single_thread(void)
+{
+    openblas_set_num_threads(1);
+}

@@ -1,0 +1,35 @@
+/*  ref: an independent float64 reference of MATH.md for the tests.
+
+    Written from the definitions with full n x n matrices and naive triple
+    loops, sharing no code and no shortcut (row-vector readouts, fused
+    passes, BLAS) with the library under test.  */
+#ifndef XPL_TEST_REF_H
+#define XPL_TEST_REF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+enum { REF_MEAN, REF_MAX, REF_MIN };
+
+/* A: [L][H][n][n] doubles; out: readout vector (n-1 or n values). */
+void ref_rollout(int L, int H, int n, int cls, const double *A, int fusion, double *out);
+void ref_rollout_matrix(int L, int H, int n, const double *A, int fusion, double *R);
+void ref_grad_rollout(int L, int H, int n, int cls, const double *A, const double *G,
+                      bool resnorm, double *out);
+void ref_grad_rollout_matrix(int L, int H, int n, const double *A, const double *G,
+                             bool resnorm, double *R);
+void ref_first_layer(int L, int H, int n, int cls, const double *A, int fusion, double *out);
+void ref_attn_mean(int L, int H, int n, int cls, const double *A, double *out);
+void ref_diag(int L, int H, int n, int cls, const double *A, double *out);
+void ref_head_stats(int L, int H, int n, const double *A, const double *G, double *imp,
+                    double *conf);
+void ref_readout(int n, int cls, const double *M, double *out);
+
+/* Spearman's rho with average ranks; returns false when undefined. */
+bool ref_spearman(const double *a, const double *b, int n, double *rho);
+/* nDCG@k of `cur` against reference `ref`; false when IDCG = 0. */
+bool ref_ndcg(const double *cur, const double *ref, int n, int k, double *out);
+/* Jensen-Shannon divergence, base 2. */
+double ref_js(const double *a, const double *b, int n);
+
+#endif
