@@ -1,0 +1,78 @@
+/*  log: sd-daemon prefixed, rate-limited stderr logging. See log.h.  */
+#include "log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+static log_level_t s_level = LOG_INFO_;
+static uint32_t s_rate = 5;
+
+static struct {
+    int64_t second;     /* the second the budget belongs to */
+    uint32_t used;      /* lines printed this second */
+    uint64_t held;      /* lines held back since the last printed one */
+} s_keys[LOG_KEYS];
+
+void log_set_level(log_level_t level) { s_level = level; }
+log_level_t log_get_level(void) { return s_level; }
+void log_set_rate(uint32_t per_second) { s_rate = per_second; }
+
+int
+log_level_parse(const char *name)
+{
+    static const char *names[] = {"err", "warning", "notice", "info", "debug"};
+    for (int k = 0; k < 5; k++)
+        if (strcmp(name, names[k]) == 0)
+            return LOG_ERR_ + k;
+    return -1;
+}
+
+static void
+s_vlog(log_level_t level, const char *fmt, va_list ap)
+{
+    char line[1024];
+    int len = snprintf(line, sizeof line, "<%d>xplaind: ", (int)level);
+    vsnprintf(line + len, sizeof line - (size_t)len, fmt, ap);
+    /* One write per line, so that lines from threads never interleave. */
+    fprintf(stderr, "%s\n", line);
+}
+
+void
+log_msg(log_level_t level, const char *fmt, ...)
+{
+    if (level > s_level)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    s_vlog(level, fmt, ap);
+    va_end(ap);
+}
+
+void
+log_limited(unsigned key, log_level_t level, const char *fmt, ...)
+{
+    if (level > s_level)
+        return;
+    key %= LOG_KEYS;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    if (s_keys[key].second != ts.tv_sec) {
+        s_keys[key].second = ts.tv_sec;
+        s_keys[key].used = 0;
+    }
+    if (s_keys[key].used >= s_rate) {
+        s_keys[key].held++;
+        return;
+    }
+    s_keys[key].used++;
+    if (s_keys[key].held) {
+        log_msg(level, "(%llu similar messages suppressed)", (unsigned long long)s_keys[key].held);
+        s_keys[key].held = 0;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    s_vlog(level, fmt, ap);
+    va_end(ap);
+}
