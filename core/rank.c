@@ -87,7 +87,8 @@ s_sort(s_pair_t *p, const double *x, size_t n, int (*cmp)(const void *, const vo
         p[i].v = x[i];
         p[i].i = (uint32_t)i;
     }
-    qsort(p, n, sizeof *p, cmp);
+    if (n > 1)      /* a cold work area has p = NULL, which qsort may not take */
+        qsort(p, n, sizeof *p, cmp);
 }
 
 /* Average ranks of finite x; returns the number of distinct values. */

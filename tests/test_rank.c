@@ -68,6 +68,19 @@ Test(rank, average_ranks_by_hand)
         cr_assert_eq(r[i], want[i], "[%d] %g", i, r[i]);
 }
 
+Test(rank, empty_vectors_on_a_cold_work_area)
+{
+    /* Nothing allocated yet and nothing to rank: defined answers, no
+       null pointer handed to qsort (the sanitizer build checks that). */
+    double v = 42, r[1];
+    cr_assert_eq(rank_average(&w, NULL, 0, r), RANK_OK);
+    cr_assert_eq(rank_ndcg(&w, NULL, NULL, 0, 3, &v), RANK_UNDEFINED);
+    cr_assert_eq(rank_spearman(&w, NULL, NULL, 0, &v), RANK_UNDEFINED);
+    cr_assert_eq(rank_js(NULL, NULL, 0, &v), RANK_UNDEFINED);
+    cr_assert_eq(v, 42.0);
+    cr_assert_eq(w.cap, 0u);
+}
+
 Test(rank, warm_work_area_is_reused)
 {
     cr_assert_eq(rank_work_reserve(&w, NMAX), RANK_OK);
