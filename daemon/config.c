@@ -1,0 +1,576 @@
+/*  config: the option table, INI file, flags, help. See config.h.  */
+#include "config.h"
+
+#include "log.h"
+#include "xmath.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+typedef enum { T_STR, T_LIST, T_UINT, T_SIZE, T_BOOL } opt_type_t;
+
+typedef struct {
+    const char *section;
+    const char *key;
+    const char *flag;       /* without the leading "--" */
+    opt_type_t type;
+    size_t offset;
+    const char *def;
+    uint64_t min, max;      /* for T_UINT / T_SIZE */
+    bool reloadable;
+    const char *help;
+} opt_t;
+
+#define O(f) offsetof(config_t, f)
+#define U64 UINT64_MAX
+
+static const opt_t s_opts[] = {
+    {"ingest", "connect", "ingest-connect", T_LIST, O(ingest_connect), "", 0, 0, false,
+     "Connect the ingest SUB socket to a model's PUB endpoint (repeatable; several per line)."},
+    {"ingest", "bind", "ingest-bind", T_LIST, O(ingest_bind), "", 0, 0, false,
+     "Bind the ingest SUB socket so that many model publishers connect to it (repeatable)."},
+    {"ingest", "rcvhwm", "ingest-rcvhwm", T_UINT, O(ingest_rcvhwm), "10000", 0, 10000000, false,
+     "Receive high-water mark of the ingest socket, in messages (0: unlimited)."},
+    {"ingest", "max_msg_size", "max-msg-size", T_SIZE, O(max_msg_size), "256M", 1024, 1ull << 32, false,
+     "Largest ingest message accepted by ZeroMQ (ZMQ_MAXMSGSIZE); larger ones drop the connection."},
+    {"ingest", "max_batch", "max-batch", T_UINT, O(max_batch), "4096", 1, 1u << 20, true,
+     "Largest batch B (trades per message) accepted."},
+    {"ingest", "max_layers", "max-layers", T_UINT, O(max_layers), "64", 1, 4096, true,
+     "Largest number of layers L accepted."},
+    {"ingest", "max_heads", "max-heads", T_UINT, O(max_heads), "64", 1, 4096, true,
+     "Largest number of heads H accepted."},
+    {"ingest", "max_tokens", "max-tokens", T_UINT, O(max_tokens), "1024", 2, 65536, true,
+     "Largest number of tokens n accepted."},
+    {"ingest", "max_elems", "max-elems", T_SIZE, O(max_elems), "64M", 1, 1ull << 34, true,
+     "Largest B*L*H*n*n (values per tensor in one message) accepted."},
+    {"ingest", "max_str", "max-str", T_UINT, O(max_str), "256", 1, 65536, true,
+     "Longest trade id or token name accepted, in bytes."},
+    {"ingest", "allow_models", "allow-models", T_LIST, O(allow_models), "", 0, 0, true,
+     "Only accept these model names (empty: any valid name)."},
+    {"ingest", "max_models", "max-models", T_UINT, O(max_models), "256", 1, 65536, false,
+     "Most models tracked at once; messages for further models are rejected."},
+    {"publish", "endpoint", "publish", T_STR, O(publish), "tcp://127.0.0.1:5557", 0, 0, false,
+     "Bind the PUB socket for xpl/, glob/, drift/ and heads/ here."},
+    {"publish", "sndhwm", "publish-sndhwm", T_UINT, O(publish_sndhwm), "100000", 0, 100000000, false,
+     "Send high-water mark per subscriber, in messages; a slower subscriber loses messages past it."},
+    {"query", "endpoint", "query", T_STR, O(query), "tcp://127.0.0.1:5558", 0, 0, false,
+     "Bind the ROUTER socket for queries here."},
+    {"explain", "methods", "methods", T_STR, O(methods), "rollout,grad_rollout,first_layer,attn_mean",
+     0, 0, true,
+     "Methods to compute: rollout, grad_rollout, first_layer, attn_mean, diag, flow "
+     "(grad_rollout only runs when a gradient is sent)."},
+    {"explain", "fusion", "fusion", T_STR, O(fusion), "mean", 0, 0, true,
+     "Head fusion for rollout and first_layer: mean, max or min."},
+    {"explain", "grad_resnorm", "grad-resnorm", T_BOOL, O(grad_resnorm), "false", 0, 0, true,
+     "Apply the residual normalisation rownorm(R - I) + I to grad_rollout."},
+    {"explain", "flow_every", "flow-every", T_UINT, O(flow_every), "1", 0, 1u << 30, true,
+     "When flow is enabled, compute it for every k-th trade of a model (0: only on request)."},
+    {"cache", "entries", "cache-entries", T_UINT, O(cache_entries), "4096", 0, 1u << 24, false,
+     "Recent trades kept for the trade query (with their per-layer matrices)."},
+    {"cache", "mb", "cache-mb", T_UINT, O(cache_mb), "64", 0, 1u << 20, false,
+     "Memory budget of the recent-trade cache, in MiB; the oldest trades go first."},
+    {"log", "level", "log-level", T_STR, O(log_level), "info", 0, 0, true,
+     "Log level: err, warning, notice, info or debug."},
+    {"log", "rate", "log-rate", T_UINT, O(log_rate), "5", 1, 1000000, true,
+     "Lines per second per kind of message caused by network input (more are counted, not printed)."},
+    {"demo", "enabled", "demo", T_BOOL, O(demo), "false", 0, 0, false,
+     "Run a built-in synthetic model stream (with a drift half-way) into the daemon."},
+    {"demo", "rate", "demo-rate", T_UINT, O(demo_rate), "200", 1, 10000000, false,
+     "Trades per second of the demo stream."},
+    {"demo", "batch", "demo-batch", T_UINT, O(demo_batch), "1", 1, 4096, false,
+     "Trades per message of the demo stream."},
+};
+#define NOPTS (sizeof s_opts / sizeof s_opts[0])
+
+static void *
+s_field(config_t *cfg, const opt_t *o)
+{
+    return (char *)cfg + o->offset;
+}
+
+static const void *
+s_cfield(const config_t *cfg, const opt_t *o)
+{
+    return (const char *)cfg + o->offset;
+}
+
+static void
+s_list_clear(cfg_list_t *l)
+{
+    for (int k = 0; k < l->count; k++)
+        free(l->items[k]);
+    l->count = 0;
+}
+
+/* Append the comma/space separated items of `value`. */
+static int
+s_list_add(cfg_list_t *l, const char *value, char *err, size_t elen)
+{
+    const char *p = value;
+    while (*p) {
+        while (*p == ',' || *p == ' ' || *p == '\t')
+            p++;
+        if (!*p)
+            break;
+        const char *q = p;
+        while (*q && *q != ',' && *q != ' ' && *q != '\t')
+            q++;
+        if (l->count == CFG_LIST_MAX) {
+            snprintf(err, elen, "more than %d entries", CFG_LIST_MAX);
+            return -1;
+        }
+        l->items[l->count++] = strndup(p, (size_t)(q - p));
+        p = q;
+    }
+    return 0;
+}
+
+static int
+s_parse_uint(const char *v, bool size, uint64_t *out)
+{
+    errno = 0;
+    char *end;
+    if (*v == '-' || *v == '\0')
+        return -1;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (errno || end == v)
+        return -1;
+    if (size && *end) {
+        unsigned shift = 0;
+        switch (*end) {
+        case 'k': case 'K': shift = 10; break;
+        case 'm': case 'M': shift = 20; break;
+        case 'g': case 'G': shift = 30; break;
+        default: return -1;
+        }
+        if (x > (UINT64_MAX >> shift))
+            return -1;
+        x <<= shift;
+        end++;
+        if (*end == 'i' || *end == 'B')
+            end++;
+        if (*end == 'B')
+            end++;
+    }
+    if (*end)
+        return -1;
+    *out = x;
+    return 0;
+}
+
+static int
+s_parse_bool(const char *v, bool *out)
+{
+    static const char *yes[] = {"1", "true", "yes", "on"}, *no[] = {"0", "false", "no", "off"};
+    for (int k = 0; k < 4; k++) {
+        if (strcasecmp(v, yes[k]) == 0) { *out = true; return 0; }
+        if (strcasecmp(v, no[k]) == 0) { *out = false; return 0; }
+    }
+    return -1;
+}
+
+/* Set one option from text. `replace_list`: the first time a list option
+   is set from a new source, it replaces what the previous source said. */
+static int
+s_set(config_t *cfg, const opt_t *o, const char *value, bool replace_list, char *err, size_t elen)
+{
+    void *f = s_field(cfg, o);
+    switch (o->type) {
+    case T_STR:
+        free(*(char **)f);
+        *(char **)f = strdup(value);
+        return 0;
+    case T_LIST:
+        if (replace_list)
+            s_list_clear(f);
+        return s_list_add(f, value, err, elen);
+    case T_UINT:
+    case T_SIZE: {
+        uint64_t x;
+        if (s_parse_uint(value, o->type == T_SIZE, &x) || x < o->min || x > o->max) {
+            snprintf(err, elen, "'%s' is not %s from %" PRIu64 " to %" PRIu64, value,
+                     o->type == T_SIZE ? "a size (with optional K, M, G suffix)" : "an integer",
+                     o->min, o->max);
+            return -1;
+        }
+        *(uint64_t *)f = x;
+        return 0;
+    }
+    case T_BOOL:
+        if (s_parse_bool(value, f)) {
+            snprintf(err, elen, "'%s' is not a boolean (true/false, yes/no, on/off, 1/0)", value);
+            return -1;
+        }
+        return 0;
+    }
+    return -1;
+}
+
+static const opt_t *
+s_find_key(const char *section, const char *key)
+{
+    for (size_t k = 0; k < NOPTS; k++)
+        if (strcmp(s_opts[k].section, section) == 0 && strcmp(s_opts[k].key, key) == 0)
+            return &s_opts[k];
+    return NULL;
+}
+
+static const opt_t *
+s_find_flag(const char *flag, size_t len)
+{
+    for (size_t k = 0; k < NOPTS; k++)
+        if (strlen(s_opts[k].flag) == len && memcmp(s_opts[k].flag, flag, len) == 0)
+            return &s_opts[k];
+    return NULL;
+}
+
+typedef struct {
+    config_t *cfg;
+    const char *file;
+    FILE *fp;
+    int lineno;             /* line the parser is on (our reader counts) */
+    bool list_seen[NOPTS];
+    int errors;
+} s_ini_ctx_t;
+
+/* inih line reader that counts lines (Debian's inih passes no line
+   numbers to handlers) and refuses lines longer than inih's buffer
+   instead of letting them be split silently. */
+static char *
+s_ini_reader(char *buf, int num, void *stream)
+{
+    s_ini_ctx_t *c = stream;
+    if (!fgets(buf, num, c->fp))
+        return NULL;
+    c->lineno++;
+    size_t len = strlen(buf);
+    if (len == (size_t)num - 1 && buf[len - 1] != '\n' && !feof(c->fp)) {
+        fprintf(stderr, "xplaind: %s:%d: line longer than %d bytes\n", c->file, c->lineno, num - 2);
+        c->errors++;
+        int ch;
+        while ((ch = fgetc(c->fp)) != EOF && ch != '\n')
+            ;
+        buf[0] = '\0';
+    }
+    return buf;
+}
+
+static int
+s_ini_handler(void *user, const char *section, const char *name, const char *value)
+{
+    s_ini_ctx_t *c = user;
+    int lineno = c->lineno;
+    const opt_t *o = s_find_key(section, name);
+    if (!o) {
+        fprintf(stderr, "xplaind: %s:%d: unknown option '%s' in section [%s]\n", c->file, lineno,
+                name, section);
+        c->errors++;
+        return 1;
+    }
+    size_t idx = (size_t)(o - s_opts);
+    char err[256];
+    if (s_set(c->cfg, o, value, !c->list_seen[idx], err, sizeof err)) {
+        fprintf(stderr, "xplaind: %s:%d: bad value for %s.%s: %s\n", c->file, lineno, section, name, err);
+        c->errors++;
+    }
+    c->list_seen[idx] = true;
+    return 1;
+}
+
+static void
+s_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: xplaind [--config FILE] [options]\n"
+            "\n"
+            "Streaming attention-attribution daemon: subscribes to attn/<model> tensors,\n"
+            "publishes per-trade explanations (xpl/<model>) and answers queries.\n"
+            "It runs in the foreground and logs to stderr.\n"
+            "\n"
+            "  --config FILE        read options from an INI file (flags win over it)\n"
+            "  --check-config       validate the configuration and exit\n"
+            "  --print-config       print the effective configuration as INI and exit\n"
+            "  --version            print the version and exit\n"
+            "  --help               this text\n\n");
+    const char *section = "";
+    for (size_t k = 0; k < NOPTS; k++) {
+        const opt_t *o = &s_opts[k];
+        if (strcmp(section, o->section) != 0) {
+            section = o->section;
+            fprintf(out, "[%s]\n", section);
+        }
+        const char *arg = o->type == T_BOOL ? "[=BOOL]" : o->type == T_LIST ? " LIST" : " VALUE";
+        fprintf(out, "  --%s%s\n      %s\n      (%s.%s, default '%s'%s)\n", o->flag, arg, o->help,
+                o->section, o->key, o->def, o->reloadable ? ", SIGHUP reloads" : "");
+    }
+}
+
+/* Derive the parsed forms and check cross-field rules. */
+static int
+s_finish(config_t *cfg)
+{
+    int errors = 0;
+    const char *bad = NULL;
+    if (xm_methods_parse(cfg->methods, &cfg->method_set, &bad)) {
+        fprintf(stderr, "xplaind: bad value for explain.methods: unknown method near '%s' "
+                        "(known: rollout, grad_rollout, first_layer, attn_mean, diag, flow)\n", bad);
+        errors++;
+    } else if (cfg->method_set == 0) {
+        fprintf(stderr, "xplaind: bad value for explain.methods: no method enabled\n");
+        errors++;
+    }
+    if ((cfg->fusion_id = xm_fusion_parse(cfg->fusion)) < 0) {
+        fprintf(stderr, "xplaind: bad value for explain.fusion: '%s' (mean, max or min)\n", cfg->fusion);
+        errors++;
+    }
+    if ((cfg->log_level_id = log_level_parse(cfg->log_level)) < 0) {
+        fprintf(stderr, "xplaind: bad value for log.level: '%s' (err, warning, notice, info, debug)\n",
+                cfg->log_level);
+        errors++;
+    }
+    for (int k = 0; k < cfg->allow_models.count; k++) {
+        const char *m = cfg->allow_models.items[k];
+        size_t len = strlen(m);
+        bool ok = len >= 1 && len <= 64;
+        for (size_t i = 0; ok && i < len; i++)
+            ok = (m[i] >= 'a' && m[i] <= 'z') || (m[i] >= 'A' && m[i] <= 'Z') ||
+                 (m[i] >= '0' && m[i] <= '9') || m[i] == '_' || m[i] == '.' || m[i] == '-';
+        if (!ok) {
+            fprintf(stderr, "xplaind: bad value for ingest.allow_models: '%s' is not a model name\n", m);
+            errors++;
+        }
+    }
+    if (!cfg->demo && cfg->ingest_connect.count == 0 && cfg->ingest_bind.count == 0) {
+        fprintf(stderr, "xplaind: nothing to ingest from: give --ingest-connect EP or "
+                        "--ingest-bind EP (or --demo)\n");
+        errors++;
+    }
+    return errors ? -1 : 0;
+}
+
+static cfg_action_t
+s_load(config_t *cfg, int argc, char **argv, bool quiet_actions)
+{
+    memset(cfg, 0, sizeof *cfg);
+    char err[256];
+    for (size_t k = 0; k < NOPTS; k++)
+        if (s_set(cfg, &s_opts[k], s_opts[k].def, true, err, sizeof err))
+            abort();    /* a bad default is a programming error */
+
+    /* The config file is read first wherever --config appears. */
+    bool check = false, print = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            if (!quiet_actions)
+                s_usage(stdout);
+            return CFG_EXIT_OK;
+        }
+        if (strcmp(a, "--version") == 0) {
+            if (!quiet_actions)
+                printf("xplaind %s\n", XPL_VERSION);
+            return CFG_EXIT_OK;
+        }
+        if (strcmp(a, "--config") == 0 || strncmp(a, "--config=", 9) == 0) {
+            const char *file = a[8] == '=' ? a + 9 : (i + 1 < argc ? argv[++i] : NULL);
+            if (!file) {
+                fprintf(stderr, "xplaind: --config needs a file name\n");
+                return CFG_EXIT_USAGE;
+            }
+            free(cfg->config_file);
+            cfg->config_file = strdup(file);
+        }
+    }
+    if (cfg->config_file) {
+        s_ini_ctx_t ctx = {.cfg = cfg, .file = cfg->config_file};
+        if (!(ctx.fp = fopen(cfg->config_file, "r"))) {
+            fprintf(stderr, "xplaind: cannot read config file %s: %s\n", cfg->config_file,
+                    strerror(errno));
+            return CFG_EXIT_USAGE;
+        }
+        int rc = ini_parse_stream(s_ini_reader, &ctx, s_ini_handler, &ctx);
+        fclose(ctx.fp);
+        if (rc > 0 && ctx.errors == 0) {
+            fprintf(stderr, "xplaind: %s:%d: syntax error\n", cfg->config_file, rc);
+            return CFG_EXIT_USAGE;
+        }
+        if (ctx.errors)
+            return CFG_EXIT_USAGE;
+    }
+
+    bool list_seen[NOPTS] = {false};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--config") == 0) {
+            i++;
+            continue;
+        }
+        if (strncmp(a, "--config=", 9) == 0)
+            continue;
+        if (strcmp(a, "--check-config") == 0) { check = true; continue; }
+        if (strcmp(a, "--print-config") == 0) { print = true; continue; }
+        if (strncmp(a, "--", 2) != 0) {
+            fprintf(stderr, "xplaind: unexpected argument '%s' (see --help)\n", a);
+            return CFG_EXIT_USAGE;
+        }
+        const char *name = a + 2, *eq = strchr(name, '=');
+        size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
+        const opt_t *o = s_find_flag(name, nlen);
+        if (!o) {
+            fprintf(stderr, "xplaind: unknown flag --%.*s (see --help)\n", (int)nlen, name);
+            return CFG_EXIT_USAGE;
+        }
+        const char *value = eq ? eq + 1 : NULL;
+        if (!value) {
+            if (o->type == T_BOOL)
+                value = "true";
+            else if (i + 1 < argc)
+                value = argv[++i];
+            else {
+                fprintf(stderr, "xplaind: --%s needs a value\n", o->flag);
+                return CFG_EXIT_USAGE;
+            }
+        }
+        size_t idx = (size_t)(o - s_opts);
+        if (s_set(cfg, o, value, !list_seen[idx], err, sizeof err)) {
+            fprintf(stderr, "xplaind: bad value for --%s: %s\n", o->flag, err);
+            return CFG_EXIT_USAGE;
+        }
+        list_seen[idx] = true;
+    }
+    if (s_finish(cfg))
+        return CFG_EXIT_USAGE;
+    if (print && !quiet_actions) {
+        config_print(cfg, stdout);
+        return CFG_EXIT_OK;
+    }
+    if (check && !quiet_actions) {
+        if (cfg->config_file)
+            printf("xplaind: configuration OK (%s)\n", cfg->config_file);
+        else
+            printf("xplaind: configuration OK\n");
+        return CFG_EXIT_OK;
+    }
+    return CFG_RUN;
+}
+
+cfg_action_t
+config_load(config_t *cfg, int argc, char **argv)
+{
+    cfg_action_t a = s_load(cfg, argc, argv, false);
+    if (a != CFG_RUN)
+        config_free(cfg);
+    return a;
+}
+
+int
+config_reload(config_t *next, int argc, char **argv)
+{
+    if (s_load(next, argc, argv, true) != CFG_RUN) {
+        config_free(next);
+        return -1;
+    }
+    return 0;
+}
+
+static bool
+s_equal(const config_t *a, const config_t *b, const opt_t *o)
+{
+    const void *x = s_cfield(a, o), *y = s_cfield(b, o);
+    switch (o->type) {
+    case T_STR:
+        return strcmp(*(char *const *)x, *(char *const *)y) == 0;
+    case T_LIST: {
+        const cfg_list_t *l = x, *m = y;
+        if (l->count != m->count)
+            return false;
+        for (int k = 0; k < l->count; k++)
+            if (strcmp(l->items[k], m->items[k]) != 0)
+                return false;
+        return true;
+    }
+    case T_UINT:
+    case T_SIZE:
+        return *(const uint64_t *)x == *(const uint64_t *)y;
+    case T_BOOL:
+        return *(const bool *)x == *(const bool *)y;
+    }
+    return true;
+}
+
+static void
+s_append(char *buf, size_t len, const char *name)
+{
+    size_t used = strlen(buf);
+    snprintf(buf + used, len - used, "%s%s", used ? ", " : "", name);
+}
+
+int
+config_diff(const config_t *a, const config_t *b, char *reloadable, size_t rlen, char *restart,
+            size_t slen)
+{
+    int diffs = 0;
+    reloadable[0] = restart[0] = '\0';
+    for (size_t k = 0; k < NOPTS; k++) {
+        const opt_t *o = &s_opts[k];
+        if (s_equal(a, b, o))
+            continue;
+        char name[96];
+        snprintf(name, sizeof name, "%s.%s", o->section, o->key);
+        if (o->reloadable)
+            s_append(reloadable, rlen, name);
+        else
+            s_append(restart, slen, name);
+        diffs++;
+    }
+    return diffs;
+}
+
+void
+config_free(config_t *cfg)
+{
+    for (size_t k = 0; k < NOPTS; k++) {
+        void *f = s_field(cfg, &s_opts[k]);
+        if (s_opts[k].type == T_STR) {
+            free(*(char **)f);
+            *(char **)f = NULL;
+        } else if (s_opts[k].type == T_LIST) {
+            s_list_clear(f);
+        }
+    }
+    free(cfg->config_file);
+    cfg->config_file = NULL;
+}
+
+void
+config_print(const config_t *cfg, FILE *out)
+{
+    const char *section = "";
+    for (size_t k = 0; k < NOPTS; k++) {
+        const opt_t *o = &s_opts[k];
+        if (strcmp(section, o->section) != 0) {
+            section = o->section;
+            fprintf(out, "%s[%s]\n", k ? "\n" : "", section);
+        }
+        fprintf(out, "; %s%s\n", o->help, o->reloadable ? " (SIGHUP reloads)" : "");
+        const void *f = s_cfield(cfg, o);
+        fprintf(out, "%s = ", o->key);
+        switch (o->type) {
+        case T_STR: fprintf(out, "%s", *(char *const *)f); break;
+        case T_LIST: {
+            const cfg_list_t *l = f;
+            for (int i = 0; i < l->count; i++)
+                fprintf(out, "%s%s", i ? ", " : "", l->items[i]);
+            break;
+        }
+        case T_UINT:
+        case T_SIZE: fprintf(out, "%" PRIu64, *(const uint64_t *)f); break;
+        case T_BOOL: fprintf(out, "%s", *(const bool *)f ? "true" : "false"); break;
+        }
+        fprintf(out, "\n");
+    }
+}

@@ -1,0 +1,90 @@
+/*  config: every option of xplaind, in one table.
+
+    The table drives everything an operator sees: the INI file (libinih),
+    the command-line flags that override it, `--help`, `--print-config`,
+    and `--check-config`. An option is defined once, with its section, key,
+    flag, type, default, limits, whether SIGHUP can change it, and the
+    sentence that documents it.  */
+#ifndef XPLD_CONFIG_H
+#define XPLD_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define CFG_LIST_MAX 16
+
+typedef struct {
+    int count;
+    char *items[CFG_LIST_MAX];
+} cfg_list_t;
+
+typedef struct {
+    /* [ingest] */
+    cfg_list_t ingest_connect;
+    cfg_list_t ingest_bind;
+    uint64_t ingest_rcvhwm;
+    uint64_t max_msg_size;
+    uint64_t max_batch, max_layers, max_heads, max_tokens, max_elems, max_str;
+    cfg_list_t allow_models;
+    uint64_t max_models;
+    /* [publish] */
+    char *publish;
+    uint64_t publish_sndhwm;
+    /* [query] */
+    char *query;
+    /* [explain] */
+    char *methods;
+    char *fusion;
+    bool grad_resnorm;
+    uint64_t flow_every;
+    /* [cache] */
+    uint64_t cache_entries;
+    uint64_t cache_mb;
+    /* [log] */
+    char *log_level;
+    uint64_t log_rate;
+    /* [demo] */
+    bool demo;
+    uint64_t demo_rate;
+    uint64_t demo_batch;
+
+    /* Derived by config_load from the strings above. */
+    unsigned method_set;
+    int fusion_id;
+    int log_level_id;
+
+    /* Where the values came from (for messages). */
+    char *config_file;
+} config_t;
+
+/* Outcome of reading the command line. */
+typedef enum {
+    CFG_RUN = 0,        /* run the daemon */
+    CFG_EXIT_OK = 1,    /* --help, --version, --check-config, --print-config done */
+    CFG_EXIT_USAGE = 2  /* bad flag, file or value: message printed, exit 2 */
+} cfg_action_t;
+
+/* Fill `cfg` from defaults, the config file (--config) and the flags, in
+   that order of precedence. Prints errors to stderr prefixed "xplaind: ".
+   The caller owns cfg and frees it with config_free. */
+cfg_action_t config_load(config_t *cfg, int argc, char **argv);
+
+/* Load again for SIGHUP (same argv: flags still win over the file) into
+   `next`; returns 0 or -1 (errors logged, `next` freed). */
+int config_reload(config_t *next, int argc, char **argv);
+
+/* Names of options whose value differs between a and b, split into those
+   SIGHUP can apply (`reloadable`) and those needing a restart. Writes
+   comma-separated names; returns the number of differences. */
+int config_diff(const config_t *a, const config_t *b, char *reloadable, size_t rlen,
+                char *restart, size_t slen);
+
+/* Release every string the config owns. */
+void config_free(config_t *cfg);
+
+/* Print the annotated configuration (INI) with current values. */
+void config_print(const config_t *cfg, FILE *out);
+
+#endif

@@ -1,0 +1,172 @@
+/*  models: model table, schema epochs, seq tracking. See models.h.  */
+#include "models.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int
+models_init(models_t *m, uint32_t max_models)
+{
+    m->items = calloc(max_models, sizeof *m->items);
+    m->count = 0;
+    m->max = max_models;
+    return m->items ? 0 : -1;
+}
+
+static void
+s_schema_free(schema_t *s)
+{
+    if (!s)
+        return;
+    for (uint32_t k = 0; k < s->shape.n; k++)
+        free(s->tokens[k]);
+    free(s->tokens);
+    free(s->features);
+    free(s);
+}
+
+void
+models_destroy(models_t *m)
+{
+    for (uint32_t k = 0; k < m->count; k++) {
+        for (int e = 0; e < MODEL_EPOCHS_KEPT; e++)
+            s_schema_free(m->items[k]->schemas[e]);
+        free(m->items[k]);
+    }
+    free(m->items);
+    memset(m, 0, sizeof *m);
+}
+
+model_t *
+models_find(const models_t *m, const void *name, size_t len)
+{
+    for (uint32_t k = 0; k < m->count; k++) {
+        model_t *md = m->items[k];
+        if (md->name_len == len && memcmp(md->name, name, len) == 0)
+            return md;
+    }
+    return NULL;
+}
+
+model_t *
+models_add(models_t *m, const void *name, size_t len)
+{
+    if (m->count >= m->max || len > WIRE_MODEL_MAX)
+        return NULL;
+    model_t *md = calloc(1, sizeof *md);
+    if (!md)
+        return NULL;
+    memcpy(md->name, name, len);
+    md->name_len = (uint32_t)len;
+    md->index = m->count;
+    md->topic_xpl_len = (uint32_t)snprintf(md->topic_xpl, sizeof md->topic_xpl, "xpl/%s", md->name);
+    m->items[m->count++] = md;
+    return md;
+}
+
+uint64_t
+model_track_seq(model_t *md, uint64_t seq, bool *restart)
+{
+    uint64_t lost = 0;
+    *restart = false;
+    if (md->seq_known) {
+        if (seq > md->last_seq + 1)
+            lost = seq - md->last_seq - 1;
+        else if (seq <= md->last_seq)
+            *restart = true;
+    }
+    md->seq_known = true;
+    md->last_seq = seq;
+    return lost;
+}
+
+const schema_t *
+model_schema(const model_t *md, uint32_t epoch)
+{
+    if (epoch == 0)
+        return NULL;
+    const schema_t *s = md->schemas[(epoch - 1) % MODEL_EPOCHS_KEPT];
+    return s && s->epoch == epoch ? s : NULL;
+}
+
+static bool
+s_tokens_equal(const schema_t *s, const wire_ingest_t *in)
+{
+    for (uint32_t k = 0; k < s->shape.n; k++)
+        if (strlen(s->tokens[k]) != in->tokens[k].len ||
+            memcmp(s->tokens[k], in->tokens[k].ptr, in->tokens[k].len) != 0)
+            return false;
+    return true;
+}
+
+/* A new schema from the message, tokens taken from the message or, when
+   it sent none (same n), from the previous schema. */
+static schema_t *
+s_schema_new(const schema_t *prev, const wire_ingest_t *in, int32_t cls)
+{
+    schema_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->shape = in->shape;
+    s->shape.cls = cls;
+    uint32_t n = s->shape.n;
+    s->tokens = calloc(n, sizeof *s->tokens);
+    s->features = calloc(n, sizeof *s->features);
+    if (!s->tokens || !s->features) {
+        free(s->tokens);
+        free(s->features);
+        free(s);
+        return NULL;
+    }
+    for (uint32_t k = 0; k < n; k++) {
+        s->tokens[k] = in->tokens ? strndup((const char *)in->tokens[k].ptr, in->tokens[k].len)
+                                  : strdup(prev->tokens[k]);
+        if (!s->tokens[k]) {
+            s_schema_free(s);
+            return NULL;
+        }
+    }
+    for (uint32_t k = 0; k < n; k++)
+        if ((int32_t)k != cls)
+            s->features[s->nf++] = s->tokens[k];
+    return s;
+}
+
+xr_reason_t
+model_apply_schema(model_t *md, const wire_ingest_t *in, bool *new_epoch, char *why, size_t wlen)
+{
+    const schema_t *cur = md->cur;
+    *new_epoch = false;
+    if (!cur && (!in->has_cls || !in->tokens)) {
+        snprintf(why, wlen, "first message of model '%s' must carry 'cls' and 'tokens'", md->name);
+        return XR_NO_SCHEMA;
+    }
+    int32_t cls = in->has_cls ? in->shape.cls : cur->shape.cls;
+    if (cur && in->shape.n != cur->shape.n && !in->tokens) {
+        snprintf(why, wlen, "n changed from %" PRIu32 " to %" PRIu32 " without 'tokens'",
+                 cur->shape.n, in->shape.n);
+        return XR_NO_SCHEMA;
+    }
+    if (cur && (cls >= (int32_t)in->shape.n || (cls >= 0 && in->shape.n < 2))) {
+        snprintf(why, wlen, "known cls=%" PRId32 " is out of range for n=%" PRIu32, cls, in->shape.n);
+        return XR_NO_SCHEMA;
+    }
+    if (cur && in->shape.L == cur->shape.L && in->shape.H == cur->shape.H &&
+        in->shape.n == cur->shape.n && cls == cur->shape.cls && (!in->tokens || s_tokens_equal(cur, in)))
+        return XR_OK;
+
+    schema_t *s = s_schema_new(cur, in, cls);
+    if (!s) {
+        snprintf(why, wlen, "out of memory for the schema");
+        return XR_INTERNAL;
+    }
+    s->epoch = cur ? cur->epoch + 1 : 1;
+    schema_t **slot = &md->schemas[(s->epoch - 1) % MODEL_EPOCHS_KEPT];
+    s_schema_free(*slot);
+    *slot = s;
+    md->cur = s;
+    *new_epoch = true;
+    return XR_OK;
+}

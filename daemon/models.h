@@ -1,0 +1,77 @@
+/*  models: the table of models the daemon has seen, their schemas and
+    schema epochs, their publisher sequence tracking and their counters.
+
+    The table is bounded (max_models); a model, once added, lives until
+    the daemon stops, so other modules may keep model_t pointers and the
+    model's stable `index`. A model keeps the schemas of its last
+    MODEL_EPOCHS_KEPT epochs, so that state of an old epoch can still be
+    reported with the feature names it refers to.  */
+#ifndef XPLD_MODELS_H
+#define XPLD_MODELS_H
+
+#include "wire.h"
+#include "xmath.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#define MODEL_EPOCHS_KEPT 8
+
+/* One schema epoch: the shape and the names of its tokens. */
+typedef struct {
+    uint32_t epoch;         /* 1, 2, ... */
+    xm_shape_t shape;
+    char **tokens;          /* n names */
+    const char **features;  /* nf names: the tokens without CLS */
+    uint32_t nf;
+} schema_t;
+
+typedef struct {
+    char name[WIRE_MODEL_MAX + 1];
+    uint32_t name_len;
+    uint32_t index;                 /* position in the table, stable */
+    char topic_xpl[WIRE_MODEL_MAX + 8];
+    uint32_t topic_xpl_len;
+
+    schema_t *schemas[MODEL_EPOCHS_KEPT];   /* ring by epoch */
+    schema_t *cur;                  /* current schema, NULL before the first */
+    xm_dtype_t last_dtype;
+
+    bool seq_known;
+    uint64_t last_seq;
+    int64_t last_ts;
+
+    uint64_t received, trades, explained, rejected, lost, restarts;
+    uint64_t xpl_seq;               /* next seq on xpl/<model> */
+    uint64_t flow_counter;          /* trades seen, for flow sampling */
+} model_t;
+
+typedef struct {
+    model_t **items;
+    uint32_t count, max;
+} models_t;
+
+int models_init(models_t *m, uint32_t max_models);
+void models_destroy(models_t *m);
+
+/* Find a model by name; NULL when unknown. */
+model_t *models_find(const models_t *m, const void *name, size_t len);
+
+/* Add a model (name already validated); NULL when the table is full or
+   memory runs out. */
+model_t *models_add(models_t *m, const void *name, size_t len);
+
+/* Track the publisher's seq: returns the number of messages lost (0 when
+   in order); sets *restart when seq went back. */
+uint64_t model_track_seq(model_t *md, uint64_t seq, bool *restart);
+
+/* Resolve the schema of an ingest message for this model, starting a new
+   epoch when the shape, CLS or tokens changed. Returns XR_OK (and
+   *new_epoch), XR_NO_SCHEMA (with a detail in `why`) or XR_INTERNAL. */
+xr_reason_t model_apply_schema(model_t *md, const wire_ingest_t *in, bool *new_epoch,
+                               char *why, size_t wlen);
+
+/* Schema of a given epoch if still kept, else NULL. */
+const schema_t *model_schema(const model_t *md, uint32_t epoch);
+
+#endif

@@ -1,0 +1,358 @@
+/*  server: sockets, the poll loop, signals and SIGHUP reload. See
+    server.h.  */
+#define _GNU_SOURCE
+#include "server.h"
+
+#include "demo.h"
+#include "ingest.h"
+#include "log.h"
+#include "query.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zmq.h>
+
+/* Messages handled per socket per poll round: enough to amortise the
+   poll, few enough that queries are answered between ingest bursts. */
+#define INGEST_BURST 256
+#define QUERY_BURST 64
+#define QUERY_MAX_FRAMES 18
+
+static void
+s_limits(const config_t *c, wire_limits_t *lim)
+{
+    lim->max_batch = (uint32_t)c->max_batch;
+    lim->max_layers = (uint32_t)c->max_layers;
+    lim->max_heads = (uint32_t)c->max_heads;
+    lim->max_tokens = (uint32_t)c->max_tokens;
+    lim->max_elems = c->max_elems;
+    lim->max_str = (uint32_t)c->max_str;
+}
+
+void
+server_apply_options(server_t *s)
+{
+    s->opts.methods = s->cfg.method_set;
+    s->opts.fusion = (xm_fusion_t)s->cfg.fusion_id;
+    s->opts.grad_resnorm = s->cfg.grad_resnorm;
+    s_limits(&s->cfg, &s->dec.lim);
+    log_set_level((log_level_t)s->cfg.log_level_id);
+    log_set_rate((uint32_t)s->cfg.log_rate);
+}
+
+static int
+s_setopt_int(void *sock, int opt, int value, const char *what)
+{
+    if (zmq_setsockopt(sock, opt, &value, sizeof value) == 0)
+        return 0;
+    log_err("cannot set %s: %s", what, zmq_strerror(errno));
+    return -1;
+}
+
+static int
+s_endpoint(void *sock, const char *ep, bool bind, const char *what)
+{
+    int rc = bind ? zmq_bind(sock, ep) : zmq_connect(sock, ep);
+    if (rc == 0) {
+        log_info("%s: %s %s", what, bind ? "bound to" : "connecting to", ep);
+        return 0;
+    }
+    log_err("%s: cannot %s %s: %s", what, bind ? "bind" : "connect", ep, zmq_strerror(errno));
+    return -1;
+}
+
+static int s_sigpipe[2] = {-1, -1};
+
+static void
+s_on_signal(int sig)
+{
+    int saved = errno;
+    uint8_t b = (uint8_t)sig;
+    if (write(s_sigpipe[1], &b, 1) < 0) {
+        /* Pipe full: enough signals are already pending. */
+    }
+    errno = saved;
+}
+
+static int
+s_signals_install(server_t *s)
+{
+    if (pipe2(s_sigpipe, O_NONBLOCK | O_CLOEXEC) != 0) {
+        log_err("cannot create the signal pipe: %s", strerror(errno));
+        return -1;
+    }
+    s->sigfd = s_sigpipe[0];
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = s_on_signal;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGTERM, &sa, NULL) || sigaction(SIGINT, &sa, NULL) || sigaction(SIGHUP, &sa, NULL)) {
+        log_err("cannot install signal handlers: %s", strerror(errno));
+        return -1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    return 0;
+}
+
+int
+server_init(server_t *s)
+{
+    config_t *c = &s->cfg;
+    wire_limits_t lim;
+    s_limits(c, &lim);
+    wire_decoder_init(&s->dec, &lim);
+    stats_init(&s->stats);
+    msgpack_sbuffer_init(&s->pbuf);
+    msgpack_packer_init(&s->ppk, &s->pbuf, msgpack_sbuffer_write);
+    msgpack_sbuffer_init(&s->qbuf);
+    msgpack_packer_init(&s->qpk, &s->qbuf, msgpack_sbuffer_write);
+    s->sigfd = -1;
+
+    /* Signals reach the loop through a self-pipe: a handler (run by
+       whichever thread the kernel picks: OpenBLAS starts its threads
+       before main, so masks cannot keep them out) writes the signal
+       number, and the loop polls the pipe. */
+    if (s_signals_install(s))
+        return -1;
+    xm_blas_single_thread();
+    server_apply_options(s);
+    if (!(s->work = xm_work_new()) || !(s->qflow = flow_work_new()) ||
+        models_init(&s->models, (uint32_t)c->max_models) ||
+        cache_init(&s->cache, (uint32_t)c->cache_entries, (size_t)c->cache_mb << 20)) {
+        log_err("out of memory at start");
+        return -1;
+    }
+
+    if (!(s->zctx = zmq_ctx_new())) {
+        log_err("cannot create the ZeroMQ context: %s", zmq_strerror(errno));
+        return -1;
+    }
+    s->sub = zmq_socket(s->zctx, ZMQ_SUB);
+    s->pub = zmq_socket(s->zctx, ZMQ_PUB);
+    s->router = zmq_socket(s->zctx, ZMQ_ROUTER);
+    if (!s->sub || !s->pub || !s->router) {
+        log_err("cannot create sockets: %s", zmq_strerror(errno));
+        return -1;
+    }
+    int64_t maxmsg = (int64_t)c->max_msg_size, qmax = 16 << 20;
+    if (s_setopt_int(s->sub, ZMQ_RCVHWM, (int)c->ingest_rcvhwm, "ingest.rcvhwm") ||
+        zmq_setsockopt(s->sub, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
+        zmq_setsockopt(s->sub, ZMQ_SUBSCRIBE, "attn/", 5) ||
+        s_setopt_int(s->sub, ZMQ_LINGER, 0, "ingest linger") ||
+        s_setopt_int(s->pub, ZMQ_SNDHWM, (int)c->publish_sndhwm, "publish.sndhwm") ||
+        s_setopt_int(s->pub, ZMQ_LINGER, 100, "publish linger") ||
+        zmq_setsockopt(s->router, ZMQ_MAXMSGSIZE, &qmax, sizeof qmax) ||
+        s_setopt_int(s->router, ZMQ_LINGER, 100, "query linger") ||
+        s_setopt_int(s->router, ZMQ_SNDHWM, 10000, "query sndhwm")) {
+        log_err("cannot configure sockets: %s", zmq_strerror(errno));
+        return -1;
+    }
+    if (s_endpoint(s->pub, c->publish, true, "publish") ||
+        s_endpoint(s->router, c->query, true, "query"))
+        return -1;
+    for (int k = 0; k < c->ingest_bind.count; k++)
+        if (s_endpoint(s->sub, c->ingest_bind.items[k], true, "ingest"))
+            return -1;
+    for (int k = 0; k < c->ingest_connect.count; k++)
+        if (s_endpoint(s->sub, c->ingest_connect.items[k], false, "ingest"))
+            return -1;
+    if (c->demo) {
+        if (!(s->demo = demo_start(s->zctx, c->demo_rate, (uint32_t)c->demo_batch)))
+            return -1;
+        if (s_endpoint(s->sub, DEMO_ENDPOINT, false, "ingest"))
+            return -1;
+    }
+
+    return 0;
+}
+
+static void
+s_reload(server_t *s)
+{
+    config_t next;
+    if (config_reload(&next, s->argc, s->argv)) {
+        log_err("SIGHUP: configuration not reloaded (errors above); keeping the running one");
+        return;
+    }
+    char rel[512], rst[512];
+    config_diff(&s->cfg, &next, rel, sizeof rel, rst, sizeof rst);
+    if (rst[0])
+        log_warn("SIGHUP: cannot apply without a restart: %s (kept the running values)", rst);
+    if (!rel[0]) {
+        log_notice("SIGHUP: nothing to change");
+        config_free(&next);
+        return;
+    }
+    /* Swap in the reloadable values only: the rest keeps running as it
+       was started. */
+    config_t cur = s->cfg;
+#define TAKE(f) do { __typeof__(cur.f) t_ = cur.f; cur.f = next.f; next.f = t_; } while (0)
+    TAKE(max_batch); TAKE(max_layers); TAKE(max_heads); TAKE(max_tokens); TAKE(max_elems);
+    TAKE(max_str); TAKE(allow_models); TAKE(methods); TAKE(fusion); TAKE(grad_resnorm);
+    TAKE(flow_every); TAKE(log_level); TAKE(log_rate);
+    TAKE(method_set); TAKE(fusion_id); TAKE(log_level_id);
+#undef TAKE
+    s->cfg = cur;
+    config_free(&next);
+    server_apply_options(s);
+    log_notice("SIGHUP: applied %s", rel);
+}
+
+static void
+s_signals(server_t *s)
+{
+    uint8_t sig;
+    while (read(s->sigfd, &sig, 1) == 1) {
+        if (sig == SIGHUP) {
+            s_reload(s);
+        } else {
+            log_notice("received %s, stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+            s->stop = true;
+        }
+    }
+}
+
+/* Receive one whole multipart message; keeps the first `keep` frames. */
+static int
+s_recv_multipart(void *sock, zmq_msg_t *parts, int keep, int *total)
+{
+    int n = 0;
+    for (;;) {
+        zmq_msg_t scratch, *m = n < keep ? &parts[n] : &scratch;
+        zmq_msg_init(m);
+        if (zmq_msg_recv(m, sock, n == 0 ? ZMQ_DONTWAIT : 0) < 0) {
+            zmq_msg_close(m);
+            for (int k = 0; k < n && k < keep; k++)
+                zmq_msg_close(&parts[k]);
+            return -1;
+        }
+        int more = zmq_msg_more(m);
+        if (m == &scratch)
+            zmq_msg_close(m);
+        n++;
+        if (!more)
+            break;
+    }
+    *total = n;
+    return 0;
+}
+
+static void
+s_close_parts(zmq_msg_t *parts, int n, int keep)
+{
+    for (int k = 0; k < n && k < keep; k++)
+        zmq_msg_close(&parts[k]);
+}
+
+static void
+s_ingest_burst(server_t *s)
+{
+    for (int k = 0; k < INGEST_BURST; k++) {
+        zmq_msg_t parts[3];
+        int n;
+        if (s_recv_multipart(s->sub, parts, 3, &n))
+            return;
+        ingest_handle(s, parts, n, now_mono_ns());
+        s_close_parts(parts, n, 3);
+    }
+}
+
+static void
+s_query_burst(server_t *s)
+{
+    for (int k = 0; k < QUERY_BURST; k++) {
+        zmq_msg_t parts[QUERY_MAX_FRAMES];
+        int n;
+        if (s_recv_multipart(s->router, parts, QUERY_MAX_FRAMES, &n))
+            return;
+        /* Envelope: the identity, then up to and including the first
+           empty frame (REQ); DEALER clients may send no delimiter. */
+        int env = 1;
+        for (int i = 1; i < n && i < QUERY_MAX_FRAMES; i++)
+            if (zmq_msg_size(&parts[i]) == 0) {
+                env = i + 1;
+                break;
+            }
+        if (n > QUERY_MAX_FRAMES || env > 16) {
+            s->stats.query_dropped++;
+            log_limited(XR_NREASONS + 4, LOG_WARN_, "query: dropped a request of %d frames", n);
+            s_close_parts(parts, n, QUERY_MAX_FRAMES);
+            continue;
+        }
+        if (n - env == 1) {
+            query_handle(s, zmq_msg_data(&parts[env]), zmq_msg_size(&parts[env]));
+        } else {
+            query_reply_error(s, "bad_request", "expected exactly one request frame after the envelope");
+        }
+        bool ok = true;
+        for (int i = 0; i < env && ok; i++)
+            ok = zmq_send(s->router, zmq_msg_data(&parts[i]), zmq_msg_size(&parts[i]),
+                          ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0;
+        if (!ok || zmq_send(s->router, s->qbuf.data, s->qbuf.size, ZMQ_DONTWAIT) < 0)
+            s->stats.query_dropped++;
+        s_close_parts(parts, n, QUERY_MAX_FRAMES);
+    }
+}
+
+int
+server_run(server_t *s)
+{
+    log_notice("xplaind %s running (methods %s, fusion %s)", XPL_VERSION, s->cfg.methods, s->cfg.fusion);
+    while (!s->stop) {
+        zmq_pollitem_t items[] = {
+            {s->sub, 0, ZMQ_POLLIN, 0},
+            {s->router, 0, ZMQ_POLLIN, 0},
+            {NULL, s->sigfd, ZMQ_POLLIN, 0},
+        };
+        int rc = zmq_poll(items, 3, 1000);
+        if (rc < 0) {
+            if (errno == EINTR)
+                continue;
+            log_err("poll failed: %s", zmq_strerror(errno));
+            return 1;
+        }
+        if (items[2].revents & ZMQ_POLLIN)
+            s_signals(s);
+        if (items[0].revents & ZMQ_POLLIN)
+            s_ingest_burst(s);
+        if (items[1].revents & ZMQ_POLLIN)
+            s_query_burst(s);
+    }
+    log_notice("stopped: %llu messages received, %llu trades explained, %llu rejected",
+               (unsigned long long)s->stats.received, (unsigned long long)s->stats.explained,
+               (unsigned long long)s->stats.rejected_total);
+    return 0;
+}
+
+void
+server_destroy(server_t *s)
+{
+    demo_stop(&s->demo);
+    if (s->sub) zmq_close(s->sub);
+    if (s->pub) zmq_close(s->pub);
+    if (s->router) zmq_close(s->router);
+    if (s->zctx) zmq_ctx_term(s->zctx);
+    if (s_sigpipe[0] >= 0) {
+        signal(SIGTERM, SIG_DFL);
+        signal(SIGINT, SIG_DFL);
+        signal(SIGHUP, SIG_DFL);
+        close(s_sigpipe[0]);
+        close(s_sigpipe[1]);
+        s_sigpipe[0] = s_sigpipe[1] = -1;
+    }
+    wire_decoder_destroy(&s->dec);
+    xm_work_destroy(&s->work);
+    flow_work_destroy(&s->qflow);
+    models_destroy(&s->models);
+    cache_destroy(&s->cache);
+    msgpack_sbuffer_destroy(&s->pbuf);
+    msgpack_sbuffer_destroy(&s->qbuf);
+    free(s->mat);
+    free(s->tmp);
+    free(s->fout);
+    config_free(&s->cfg);
+}

@@ -1,0 +1,67 @@
+/*  server: the daemon's state and its main loop.
+
+    One thread owns everything here. The loop polls the ingest SUB, the
+    query ROUTER and a signal self-pipe; an ingest message goes decode -> explain
+    -> cache -> publish before the next one is read, so there is no queue
+    to grow and no lock to take.  */
+#ifndef XPLD_SERVER_H
+#define XPLD_SERVER_H
+
+#include "cache.h"
+#include "config.h"
+#include "models.h"
+#include "stats.h"
+#include "wire.h"
+#include "xmath.h"
+#include "flow.h"
+
+#include <msgpack.h>
+#include <stdbool.h>
+
+typedef struct demo_t demo_t;
+
+typedef struct {
+    config_t cfg;
+    int argc;
+    char **argv;
+
+    void *zctx;
+    void *sub;          /* ingest */
+    void *pub;          /* xpl/ glob/ drift/ heads/ */
+    void *router;       /* queries */
+    int sigfd;          /* read end of the signal self-pipe */
+    bool stop;
+
+    wire_decoder_t dec;
+    xm_work_t *work;
+    xm_opts_t opts;
+    models_t models;
+    cache_t cache;
+    stats_t stats;
+
+    msgpack_sbuffer pbuf;   /* publish encoder, reused */
+    msgpack_packer ppk;
+    msgpack_sbuffer qbuf;   /* query replies, reused */
+    msgpack_packer qpk;
+
+    /* Scratch for the trade query (full matrices, on-demand flow). */
+    float *mat, *tmp, *fout;
+    size_t cap_mat;
+    flow_work_t *qflow;
+
+    demo_t *demo;
+} server_t;
+
+/* Set up sockets and state from s->cfg (already loaded). Returns 0, or -1
+   with the reason logged. */
+int server_init(server_t *s);
+
+/* Run until SIGTERM/SIGINT; returns the process exit status. */
+int server_run(server_t *s);
+
+void server_destroy(server_t *s);
+
+/* Apply the explain options of the current config (methods, fusion, ...). */
+void server_apply_options(server_t *s);
+
+#endif

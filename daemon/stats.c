@@ -1,0 +1,79 @@
+/*  stats: counters and log-linear histograms. See stats.h.  */
+#include "stats.h"
+
+#include <string.h>
+#include <time.h>
+
+void
+stats_init(stats_t *s)
+{
+    memset(s, 0, sizeof *s);
+    s->start_ns = now_mono_ns();
+}
+
+/* Values below 32 have a bucket each; above, 16 buckets per octave. */
+static int
+s_bucket(uint64_t v)
+{
+    if (v < 32)
+        return (int)v;
+    int e = 63 - __builtin_clzll(v);
+    int idx = 32 + (e - 5) * 16 + (int)((v >> (e - 4)) & 15);
+    return idx < HIST_BUCKETS ? idx : HIST_BUCKETS - 1;
+}
+
+uint64_t
+hist_bucket_upper(int i)
+{
+    if (i < 32)
+        return (uint64_t)i;
+    int e = (i - 32) / 16 + 5, sub = (i - 32) % 16;
+    if (e >= 63)
+        return UINT64_MAX;
+    return ((16ull + (uint64_t)sub + 1) << (e - 4)) - 1;
+}
+
+void
+hist_add(hist_t *h, uint64_t v)
+{
+    h->buckets[s_bucket(v)]++;
+    h->count++;
+    h->sum += (double)v;
+    if (v > h->max)
+        h->max = v;
+}
+
+uint64_t
+hist_quantile(const hist_t *h, double q)
+{
+    if (h->count == 0)
+        return 0;
+    uint64_t rank = (uint64_t)(q * (double)h->count);
+    if (rank >= h->count)
+        rank = h->count - 1;
+    uint64_t seen = 0;
+    for (int i = 0; i < HIST_BUCKETS; i++) {
+        seen += h->buckets[i];
+        if (seen > rank) {
+            uint64_t up = hist_bucket_upper(i);
+            return up < h->max ? up : h->max;
+        }
+    }
+    return h->max;
+}
+
+int64_t
+now_mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t
+now_wall_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}

@@ -1,0 +1,55 @@
+/*  stats: the daemon's counters and latency histograms.
+
+    One owner (the main loop) updates them; the query handler and the
+    metrics endpoint read them. Latencies go into a log-linear histogram
+    (16 buckets per power of two, about 4% resolution) that answers
+    percentiles without storing samples and never allocates.  */
+#ifndef XPLD_STATS_H
+#define XPLD_STATS_H
+
+#include "wire.h"
+
+#include <stdint.h>
+
+#define HIST_BUCKETS 640
+
+typedef struct {
+    uint64_t count;
+    uint64_t max;
+    double sum;
+    uint64_t buckets[HIST_BUCKETS];
+} hist_t;
+
+typedef struct {
+    uint64_t received;          /* ingest messages */
+    uint64_t received_trades;   /* trades in accepted-for-decoding messages */
+    uint64_t explained;         /* trades explained */
+    uint64_t published;         /* messages sent on PUB */
+    uint64_t dropped;           /* PUB sends refused */
+    uint64_t lost;              /* ingest messages missing from seq gaps */
+    uint64_t restarts;          /* publisher restarts (seq went back) */
+    uint64_t rejected_total;
+    uint64_t rejected[XR_NREASONS];
+    uint64_t queries;
+    uint64_t query_errors;      /* replies with ok: false */
+    uint64_t query_dropped;     /* requests that could not be answered */
+    hist_t latency;             /* ns, ingest receive -> trade published */
+    int64_t start_ns;           /* CLOCK_MONOTONIC at start */
+} stats_t;
+
+void stats_init(stats_t *s);
+
+/* Record one value (ns) in a histogram. */
+void hist_add(hist_t *h, uint64_t v);
+
+/* Value at quantile q in [0, 1] (upper edge of its bucket); 0 if empty. */
+uint64_t hist_quantile(const hist_t *h, double q);
+
+/* Upper edge of bucket `i` (values in bucket i are <= this). */
+uint64_t hist_bucket_upper(int i);
+
+/* Monotonic and wall clocks in ns. */
+int64_t now_mono_ns(void);
+int64_t now_wall_ns(void);
+
+#endif
