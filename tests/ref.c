@@ -215,11 +215,14 @@ ref_spearman(const double *a, const double *b, int n, double *rho)
     double *ra = malloc(sizeof(double) * n), *rb = malloc(sizeof(double) * n);
     ranks(a, n, ra);
     ranks(b, n, rb);
-    double ma = 0, mb = 0;
-    for (int i = 0; i < n; i++) {
-        ma += ra[i] / n;
-        mb += rb[i] / n;
+    /* Average ranks are exact halves: a constant vector has all ranks
+       equal, and the mean rank is exactly (n + 1) / 2. */
+    bool const_a = true, const_b = true;
+    for (int i = 1; i < n; i++) {
+        const_a = const_a && ra[i] == ra[0];
+        const_b = const_b && rb[i] == rb[0];
     }
+    double ma = (n + 1) / 2.0, mb = ma;
     double sab = 0, saa = 0, sbb = 0;
     for (int i = 0; i < n; i++) {
         sab += (ra[i] - ma) * (rb[i] - mb);
@@ -228,7 +231,7 @@ ref_spearman(const double *a, const double *b, int n, double *rho)
     }
     free(ra);
     free(rb);
-    if (saa == 0 || sbb == 0)
+    if (n < 2 || const_a || const_b)
         return false;
     *rho = sab / sqrt(saa * sbb);
     return true;
