@@ -82,6 +82,26 @@ s_explain_trades(server_t *s, model_t *md, const wire_ingest_t *in, int64_t t_re
     }
 }
 
+/* Sequence tracking counts every message that names its seq, so that a
+   rejected message is not mistaken for a lost one. */
+static void
+s_track_seq(server_t *s, model_t *md, uint64_t seq)
+{
+    bool restart;
+    uint64_t lost = model_track_seq(md, seq, &restart);
+    md->lost += lost;
+    s->stats.lost += lost;
+    if (lost)
+        log_limited(XR_NREASONS + 1, LOG_WARN_, "ingest: model '%s': %" PRIu64
+                    " message(s) lost before seq %" PRIu64, md->name, lost, seq);
+    if (restart) {
+        md->restarts++;
+        s->stats.restarts++;
+        log_limited(XR_NREASONS + 2, LOG_NOTICE_, "ingest: model '%s': publisher restarted "
+                    "(seq went back to %" PRIu64 ")", md->name, seq);
+    }
+}
+
 void
 ingest_handle(server_t *s, zmq_msg_t *parts, int nparts, int64_t t_recv)
 {
@@ -90,6 +110,10 @@ ingest_handle(server_t *s, zmq_msg_t *parts, int nparts, int64_t t_recv)
         char why[64];
         snprintf(why, sizeof why, "%d frames, expected 2 (topic, body)", nparts);
         model_t *md = nparts >= 1 ? s_topic_model(s, &parts[0]) : NULL;
+        if (md) {
+            md->received++;
+            md->unsequenced++;
+        }
         ingest_reject(s, md, XR_FRAMES, md ? md->name : NULL, md ? md->name_len : 0, why);
         return;
     }
@@ -100,23 +124,10 @@ ingest_handle(server_t *s, zmq_msg_t *parts, int nparts, int64_t t_recv)
                              : s_topic_model(s, &parts[0]);
     if (md) {
         md->received++;
-        if (in.has_seq) {
-            /* Sequence tracking counts every message that names its seq,
-               so that a rejected message is not mistaken for a lost one. */
-            bool restart;
-            uint64_t lost = model_track_seq(md, in.seq, &restart);
-            md->lost += lost;
-            s->stats.lost += lost;
-            if (lost)
-                log_limited(XR_NREASONS + 1, LOG_WARN_, "ingest: model '%s': %" PRIu64
-                            " message(s) lost before seq %" PRIu64, md->name, lost, in.seq);
-            if (restart) {
-                md->restarts++;
-                s->stats.restarts++;
-                log_limited(XR_NREASONS + 2, LOG_NOTICE_, "ingest: model '%s': publisher restarted "
-                            "(seq went back to %" PRIu64 ")", md->name, in.seq);
-            }
-        }
+        if (in.has_seq && r != XR_TOPIC)
+            s_track_seq(s, md, in.seq);
+        else
+            md->unsequenced++;
     }
     if (r != XR_OK) {
         ingest_reject(s, md, r, md ? md->name : NULL, md ? md->name_len : 0, wire_detail(&s->dec));
@@ -135,8 +146,7 @@ ingest_handle(server_t *s, zmq_msg_t *parts, int nparts, int64_t t_recv)
         }
         log_info("ingest: new model '%s'", md->name);
         md->received++;
-        bool restart;
-        model_track_seq(md, in.seq, &restart);
+        s_track_seq(s, md, in.seq);
     } else if (!s_allowed(s, &in.model)) {
         /* The allow-list can shrink on SIGHUP. */
         ingest_reject(s, md, XR_NOT_ALLOWED, md->name, md->name_len, "model is not in ingest.allow_models");

@@ -72,11 +72,16 @@ model_track_seq(model_t *md, uint64_t seq, bool *restart)
     uint64_t lost = 0;
     *restart = false;
     if (md->seq_known) {
-        if (seq > md->last_seq + 1)
-            lost = seq - md->last_seq - 1;
-        else if (seq <= md->last_seq)
+        if (seq > md->last_seq + 1) {
+            /* Messages that arrived but were too broken to read their seq
+               fill part of the gap: they were received, not lost. */
+            uint64_t gap = seq - md->last_seq - 1;
+            lost = gap - (md->unsequenced < gap ? md->unsequenced : gap);
+        } else if (seq <= md->last_seq) {
             *restart = true;
+        }
     }
+    md->unsequenced = 0;
     md->seq_known = true;
     md->last_seq = seq;
     return lost;

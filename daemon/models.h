@@ -39,6 +39,7 @@ typedef struct {
 
     bool seq_known;
     uint64_t last_seq;
+    uint64_t unsequenced;           /* rejected since, seq unreadable */
     int64_t last_ts;
 
     uint64_t received, trades, explained, rejected, lost, restarts;
@@ -62,7 +63,8 @@ model_t *models_find(const models_t *m, const void *name, size_t len);
 model_t *models_add(models_t *m, const void *name, size_t len);
 
 /* Track the publisher's seq: returns the number of messages lost (0 when
-   in order); sets *restart when seq went back. */
+   in order), not counting messages received since the last seq whose own
+   seq could not be read; sets *restart when seq went back. */
 uint64_t model_track_seq(model_t *md, uint64_t seq, bool *restart);
 
 /* Resolve the schema of an ingest message for this model, starting a new

@@ -1,0 +1,192 @@
+"""Shared helpers of the end-to-end tests: start a real xplaind on ipc://
+endpoints in a temporary directory, talk to it with plain pyzmq + msgpack
+(no project code), and stop it, checking that it exits cleanly.
+
+Run by Debian's /usr/bin/python3 (python3-zmq, python3-msgpack, python3-numpy).
+"""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import msgpack
+import numpy as np
+import zmq
+
+BUILD = os.environ.get("XPL_BUILD_DIR") or os.path.join(os.path.dirname(__file__), "..", "build")
+SOURCE = os.environ.get("XPL_SOURCE_DIR") or os.path.join(os.path.dirname(__file__), "..")
+XPLAIND = os.path.join(BUILD, "daemon", "xplaind")
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ref  # noqa: E402  (the float64 reference of MATH.md)
+
+
+class Daemon:
+    """A running xplaind. Ingest binds at self.ingest (models connect)."""
+
+    def __init__(self, *args, ingest_bind=True):
+        self.dir = tempfile.mkdtemp(prefix="xpltest-")
+        self.ingest = f"ipc://{self.dir}/in"
+        self.publish = f"ipc://{self.dir}/pub"
+        self.query_ep = f"ipc://{self.dir}/q"
+        cmd = [XPLAIND, "--publish", self.publish, "--query", self.query_ep]
+        if ingest_bind:
+            cmd += ["--ingest-bind", self.ingest]
+        cmd += list(args)
+        self.log_path = os.path.join(self.dir, "stderr.log")
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, stderr=self.log, stdout=self.log)
+        self.ctx = zmq.Context()
+        self.req = None
+        self._wait_ready()
+
+    def _new_req(self):
+        if self.req is not None:
+            self.req.close(linger=0)
+        self.req = self.ctx.socket(zmq.REQ)
+        self.req.setsockopt(zmq.RCVTIMEO, 5000)
+        self.req.setsockopt(zmq.LINGER, 0)
+        self.req.connect(self.query_ep)
+
+    def _wait_ready(self):
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("xplaind exited early:\n" + self.stderr())
+            try:
+                self._new_req()
+                self.req.setsockopt(zmq.RCVTIMEO, 200)
+                self.req.send(msgpack.packb({"v": 1, "op": "ping"}))
+                if msgpack.unpackb(self.req.recv())["ok"]:
+                    self.req.setsockopt(zmq.RCVTIMEO, 5000)
+                    return
+            except zmq.Again:
+                continue
+        raise RuntimeError("xplaind did not answer ping:\n" + self.stderr())
+
+    def query(self, op, **args):
+        body = {"v": 1, "op": op}
+        body.update(args)
+        self.req.send(msgpack.packb(body))
+        return msgpack.unpackb(self.req.recv())
+
+    def query_raw(self, frame):
+        self.req.send(frame)
+        return msgpack.unpackb(self.req.recv())
+
+    def stats(self):
+        st = self.query("stats")
+        assert st["ok"], st
+        return st
+
+    def subscriber(self, topic=b"xpl/"):
+        s = self.ctx.socket(zmq.SUB)
+        s.setsockopt(zmq.RCVTIMEO, 10000)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(self.publish)
+        s.subscribe(topic)
+        return s
+
+    def publisher(self):
+        p = self.ctx.socket(zmq.PUB)
+        p.setsockopt(zmq.LINGER, 1000)
+        p.setsockopt(zmq.SNDHWM, 0)
+        p.connect(self.ingest)
+        return p
+
+    def stderr(self):
+        self.log.flush()
+        with open(self.log_path) as f:
+            return f.read()
+
+    def stop(self):
+        """SIGTERM, and check the daemon stops cleanly with status 0."""
+        if self.req is not None:
+            self.req.close(linger=0)
+        self.ctx.destroy(linger=0)
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError("xplaind did not stop on SIGTERM")
+        self.log.close()
+        out = open(self.log_path).read()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        assert rc == 0, f"xplaind exited with {rc}:\n{out}"
+        return out
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+        self.ctx.destroy(linger=0)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def wait_until(pred, timeout=10.0, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def join(daemon, pub, model="probe"):
+    """Beat ZeroMQ's slow joiner: publish probe messages for a throw-away
+    model until the daemon has counted one, so that what follows is not
+    dropped before the subscription reaches the publisher."""
+    seq = 0
+
+    def probe():
+        nonlocal seq
+        A = np.full((1, 1, 1, 2, 2), 0.5, dtype="<f4")
+        pub.send_multipart([f"attn/{model}".encode(), msgpack.packb({
+            "v": 1, "model": model, "seq": seq, "ts": 0, "ids": [seq], "L": 1, "H": 1, "n": 2,
+            "dtype": "f32", "attn": A.tobytes(), "cls": -1, "tokens": ["a", "b"]})])
+        seq += 1
+        for m in daemon.stats()["models"]:
+            if m["model"] == model and m["explained"] > 0:
+                return True
+        return False
+    wait_until(probe, what="the daemon to receive from the test publisher")
+
+
+def random_attention(rng, shape, temp=1.0):
+    logits = rng.standard_normal(shape) * temp
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def f32_to_bf16_bits(x):
+    """Round-to-nearest-even float32 -> bfloat16 bit patterns (uint16)."""
+    b = np.asarray(x, dtype="<f4").view("<u4").astype(np.uint64)
+    b = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
+    return b.astype("<u2")
+
+
+def encode(x, dtype):
+    """Wire bytes of a float array, and the exact float64 values they hold."""
+    if dtype == "f32":
+        a = np.asarray(x, dtype="<f4")
+        return a.tobytes(), a.astype(np.float64)
+    if dtype == "f16":
+        a = np.asarray(x, dtype="<f2")
+        return a.tobytes(), a.astype(np.float64)
+    bits = f32_to_bf16_bits(x)
+    return bits.tobytes(), (bits.astype("<u4") << 16).view("<f4").astype(np.float64)
+
+
+def assert_close(got, want, rel=1e-5, what=""):
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} vs {want.shape}"
+    err = np.abs(got - want) - (rel * np.abs(want) + 1e-12)
+    if (err > 0).any():
+        k = int(np.argmax(err))
+        raise AssertionError(f"{what}: [{k}] got {got.flat[k]!r} want {want.flat[k]!r}")
