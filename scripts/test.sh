@@ -1,0 +1,24 @@
+#!/bin/sh
+# Every test, on a fresh Debian 12 machine: install what is missing, then
+# build and run the whole suite twice: a normal build (-Werror) and an
+# AddressSanitizer + UndefinedBehaviorSanitizer build. The fuzzers' seed
+# corpora replay as ordinary tests in both.
+set -eu
+cd "$(dirname "$0")/.."
+scripts/deps.sh test
+JOBS=$(nproc)
+
+run_suite() {
+    dir=$1
+    shift
+    echo "== $dir: configure and build"
+    cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DXPL_WERROR=ON "$@" >/dev/null
+    cmake --build "$dir" -j"$JOBS"
+    echo "== $dir: tests"
+    (cd "$dir" && ctest --output-on-failure -j"$JOBS" --timeout 900)
+}
+
+run_suite build-test
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    run_suite build-asan -DXPL_SANITIZE=ON -DXPL_BENCH=OFF
+echo "== all tests passed (normal and ASan+UBSan builds)"
