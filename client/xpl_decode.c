@@ -1,0 +1,534 @@
+/*  xpl_decode: daemon messages and replies -> the public structs.
+
+    Decoders read a parsed document (xpl_doc.c) and copy what they keep
+    into the result's arena, so a result never points into a ZeroMQ
+    message. Every key is type-checked; a required key that is absent or
+    of the wrong type makes the whole result an XPL_EPROTO error naming
+    the key. Unknown keys are ignored (forward compatibility).  */
+#include "xpl_private.h"
+
+#include <string.h>
+
+/* Decoding context: the object being filled and what is being decoded,
+   for error messages. */
+typedef struct {
+    void *obj;
+    const char *what;
+} s_dc_t;
+
+static int
+s_bad(s_dc_t *c, const char *key, const char *want)
+{
+    return xpl_fail(XPL_EPROTO, "%s: key '%s' missing or not %s", c->what, key, want);
+}
+
+static int
+s_str(s_dc_t *c, const xnode_t *map, const char *key, const char **out)
+{
+    const xnode_t *n = xn_get(map, key);
+    if (!xn_is(n, MPR_STR))
+        return s_bad(c, key, "a string");
+    *out = xobj_strndup(c->obj, n->o.v.raw.ptr, n->o.v.raw.len);
+    return *out ? 0 : -1;
+}
+
+static int
+s_u64(s_dc_t *c, const xnode_t *map, const char *key, uint64_t *out)
+{
+    if (xn_uint(xn_get(map, key), out))
+        return s_bad(c, key, "an unsigned integer");
+    return 0;
+}
+
+static int
+s_u32(s_dc_t *c, const xnode_t *map, const char *key, uint32_t *out)
+{
+    uint64_t v;
+    if (xn_uint(xn_get(map, key), &v) || v > UINT32_MAX)
+        return s_bad(c, key, "a 32-bit unsigned integer");
+    *out = (uint32_t)v;
+    return 0;
+}
+
+static int
+s_i64(s_dc_t *c, const xnode_t *map, const char *key, int64_t *out)
+{
+    if (xn_int(xn_get(map, key), out))
+        return s_bad(c, key, "an integer");
+    return 0;
+}
+
+static int
+s_cls(s_dc_t *c, const xnode_t *map, int32_t *out)
+{
+    int64_t v;
+    if (xn_int(xn_get(map, "cls"), &v) || v < -1 || v > INT32_MAX)
+        return s_bad(c, "cls", "an integer >= -1");
+    *out = (int32_t)v;
+    return 0;
+}
+
+/* An optional number: absent is fine, a wrong type is not. */
+static int
+s_opt_num(s_dc_t *c, const xnode_t *map, const char *key, double *out)
+{
+    const xnode_t *n = xn_get(map, key);
+    if (n && xn_num(n, out))
+        return s_bad(c, key, "a number");
+    return 0;
+}
+
+static int
+s_opt_u64(s_dc_t *c, const xnode_t *map, const char *key, uint64_t *out)
+{
+    const xnode_t *n = xn_get(map, key);
+    if (n && xn_uint(n, out))
+        return s_bad(c, key, "an unsigned integer");
+    return 0;
+}
+
+/* An array of strings, copied; *count receives its length. */
+static int
+s_strs(s_dc_t *c, const xnode_t *map, const char *key, const char *const **out, uint32_t *count)
+{
+    const xnode_t *a = xn_get(map, key);
+    if (!xn_is(a, MPR_ARRAY))
+        return s_bad(c, key, "an array of strings");
+    uint32_t n = xn_count(a);
+    const char **v = xobj_alloc(c->obj, (size_t)(n ? n : 1) * sizeof *v);
+    if (!v)
+        return -1;
+    const xnode_t *e = xn_first(a);
+    for (uint32_t i = 0; i < n; i++, e = xn_next(e)) {
+        if (!xn_is(e, MPR_STR))
+            return s_bad(c, key, "an array of strings");
+        if (!(v[i] = xobj_strndup(c->obj, e->o.v.raw.ptr, e->o.v.raw.len)))
+            return -1;
+    }
+    *out = v;
+    *count = n;
+    return 0;
+}
+
+/* An array of numbers as floats. */
+static int
+s_floats(s_dc_t *c, const xnode_t *a, const char *key, const float **out, uint32_t *count)
+{
+    if (!xn_is(a, MPR_ARRAY))
+        return s_bad(c, key, "an array of numbers");
+    uint32_t n = xn_count(a);
+    float *v = xobj_alloc(c->obj, (size_t)(n ? n : 1) * sizeof *v);
+    if (!v)
+        return -1;
+    const xnode_t *e = xn_first(a);
+    for (uint32_t i = 0; i < n; i++, e = xn_next(e)) {
+        double d;
+        if (xn_num(e, &d))
+            return s_bad(c, key, "an array of numbers");
+        v[i] = (float)d;
+    }
+    *out = v;
+    *count = n;
+    return 0;
+}
+
+int
+xpl_reply_check(const xdoc_t *d, const char *op)
+{
+    const xnode_t *root = d->nodes;
+    uint64_t v;
+    bool ok;
+    if (!xn_is(root, MPR_MAP))
+        return xpl_fail(XPL_EPROTO, "reply to '%s' is not a map", op);
+    if (xn_uint(xn_get(root, "v"), &v) || v != XPL_WIRE_VERSION)
+        return xpl_fail(XPL_EPROTO, "reply to '%s': 'v' missing or not %d", op,
+                        XPL_WIRE_VERSION);
+    if (xn_bool(xn_get(root, "ok"), &ok))
+        return xpl_fail(XPL_EPROTO, "reply to '%s': 'ok' missing or not a bool", op);
+    if (ok)
+        return 0;
+    const xnode_t *code = xn_get(root, "code");
+    const xnode_t *err = xn_get(root, "error");
+    char codebuf[64] = "";
+    if (xn_is(code, MPR_STR) && code->o.v.raw.len < sizeof codebuf)
+        memcpy(codebuf, code->o.v.raw.ptr, code->o.v.raw.len);
+    int c = xpl_errno_from_code(codebuf);
+    if (xn_is(err, MPR_STR))
+        return xpl_fail(c, "%s: %.*s", op, (int)err->o.v.raw.len, (const char *)err->o.v.raw.ptr);
+    return xpl_fail(c, "%s: daemon error%s%s", op, codebuf[0] ? " " : "", codebuf);
+}
+
+/* ---- schema ----------------------------------------------------------- */
+
+xpl_schema_t *
+xpl_decode_schema(const xnode_t *root, const char *what)
+{
+    xpl_schema_t *s = xobj_new(sizeof *s);
+    if (!s)
+        return NULL;
+    s_dc_t c = {s, what};
+    uint32_t ntok;
+    const xnode_t *dt = xn_get(root, "dtype");
+    if (s_str(&c, root, "model", &s->model) || s_u64(&c, root, "epoch", &s->epoch)
+        || s_u32(&c, root, "L", &s->L) || s_u32(&c, root, "H", &s->H)
+        || s_u32(&c, root, "n", &s->n) || s_cls(&c, root, &s->cls)
+        || s_strs(&c, root, "tokens", &s->tokens, &ntok)
+        || s_strs(&c, root, "features", &s->features, &s->nfeat))
+        goto fail;
+    if (ntok != s->n) {
+        xpl_fail(XPL_EPROTO, "%s: %u tokens for n = %u", what, ntok, s->n);
+        goto fail;
+    }
+    if (s->nfeat != s->n - (s->cls >= 0 ? 1u : 0u) || (s->cls >= 0 && (uint32_t)s->cls >= s->n)) {
+        xpl_fail(XPL_EPROTO, "%s: %u features for n = %u, cls = %d", what, s->nfeat, s->n, s->cls);
+        goto fail;
+    }
+    if (xn_is(dt, MPR_STR))
+        s->dtype = xobj_strndup(s, dt->o.v.raw.ptr, dt->o.v.raw.len);
+    else
+        s->dtype = "";
+    if (!s->dtype)
+        goto fail;
+    return s;
+fail:
+    xobj_unref(&s);
+    return NULL;
+}
+
+xpl_schema_t *
+xpl_schema_ref(const xpl_schema_t *self)
+{
+    return xobj_ref(self);
+}
+
+void
+xpl_schema_destroy(xpl_schema_t **self_p)
+{
+    xobj_unref(self_p);
+}
+
+/* ---- explanations ------------------------------------------------------ */
+
+static void
+s_explanation_fini(void *obj)
+{
+    xpl_explanation_t *e = obj;
+    xpl_schema_t *s = (xpl_schema_t *)e->schema;
+    xpl_schema_destroy(&s);
+}
+
+/* Little-endian float32 bytes to floats, whatever the host order. */
+static void
+s_le_floats(float *dst, const uint8_t *src, size_t count)
+{
+    for (size_t i = 0; i < count; i++) {
+        uint32_t b = (uint32_t)src[4 * i] | (uint32_t)src[4 * i + 1] << 8
+                     | (uint32_t)src[4 * i + 2] << 16 | (uint32_t)src[4 * i + 3] << 24;
+        memcpy(&dst[i], &b, 4);
+    }
+}
+
+static int
+s_matrices(s_dc_t *c, const xnode_t *root, xpl_explanation_t *e)
+{
+    const xnode_t *m = xn_get(root, "matrices");
+    if (!m)
+        return 0;
+    if (!xn_is(m, MPR_MAP))
+        return s_bad(c, "matrices", "a map");
+    uint32_t n = xn_count(m);
+    xpl_matrix_t *v = xobj_alloc(c->obj, (size_t)(n ? n : 1) * sizeof *v);
+    if (!v)
+        return -1;
+    size_t bytes = (size_t)e->n * e->n * 4;
+    const xnode_t *k = xn_first(m);
+    for (uint32_t i = 0; i < n; i++) {
+        const xnode_t *val = xn_next(k);
+        if (!xn_is(k, MPR_STR) || !xn_is(val, MPR_BIN))
+            return s_bad(c, "matrices", "a map of str to bin");
+        if (val->o.v.raw.len != bytes)
+            return xpl_fail(XPL_EPROTO, "%s: matrix of %zu bytes for n = %u", c->what,
+                            (size_t)val->o.v.raw.len, e->n);
+        float *f = xobj_alloc(c->obj, bytes ? bytes : 1);
+        if (!f || !(v[i].method = xobj_strndup(c->obj, k->o.v.raw.ptr, k->o.v.raw.len)))
+            return -1;
+        s_le_floats(f, val->o.v.raw.ptr, bytes / 4);
+        v[i].n = e->n;
+        v[i].values = f;
+        k = xn_next(val);
+    }
+    e->nmatrices = n;
+    e->matrices = v;
+    return 0;
+}
+
+xpl_explanation_t *
+xpl_decode_explanation(const xnode_t *root, bool trade, const char *what)
+{
+    xpl_explanation_t *e = xobj_new(sizeof *e);
+    if (!e)
+        return NULL;
+    xobj_set_fini(e, s_explanation_fini);
+    s_dc_t c = {e, what};
+    if (!xn_is(root, MPR_MAP)) {
+        xpl_fail(XPL_EPROTO, "%s: body is not a map", what);
+        goto fail;
+    }
+    if (s_str(&c, root, "model", &e->model) || s_i64(&c, root, "ts", &e->ts)
+        || s_u64(&c, root, "epoch", &e->epoch))
+        goto fail;
+    if (!trade && s_u64(&c, root, "seq", &e->seq))
+        goto fail;
+    const xnode_t *id = xn_get(root, "id");
+    if (xn_is(id, MPR_STR)) {
+        e->id.is_str = true;
+        if (!(e->id.s = xobj_strndup(e, id->o.v.raw.ptr, id->o.v.raw.len)))
+            goto fail;
+    } else if (xn_uint(id, &e->id.u)) {
+        s_bad(&c, "id", "a string or an unsigned integer");
+        goto fail;
+    }
+    const xnode_t *t = xn_get(root, "target");
+    if (t) {
+        if (xn_int(t, &e->target)) {
+            s_bad(&c, "target", "an integer");
+            goto fail;
+        }
+        e->has_target = true;
+    }
+    if (xn_get(root, "y")) {
+        if (s_opt_num(&c, root, "y", &e->y))
+            goto fail;
+        e->has_y = true;
+    }
+    const xnode_t *a = xn_get(root, "attr");
+    if (!xn_is(a, MPR_MAP)) {
+        s_bad(&c, "attr", "a map");
+        goto fail;
+    }
+    uint32_t na = xn_count(a);
+    xpl_attr_t *attr = xobj_alloc(e, (size_t)(na ? na : 1) * sizeof *attr);
+    if (!attr)
+        goto fail;
+    const xnode_t *k = xn_first(a);
+    for (uint32_t i = 0; i < na; i++) {
+        const xnode_t *val = xn_next(k);
+        if (!xn_is(k, MPR_STR)) {
+            s_bad(&c, "attr", "a map with string keys");
+            goto fail;
+        }
+        if (!(attr[i].method = xobj_strndup(e, k->o.v.raw.ptr, k->o.v.raw.len))
+            || s_floats(&c, val, "attr", &attr[i].values, &attr[i].count))
+            goto fail;
+        k = xn_next(val);
+    }
+    e->nattr = na;
+    e->attr = attr;
+    if (trade) {
+        /* features is absent when the daemon no longer keeps the schema
+           of the trade's epoch. */
+        if (s_u32(&c, root, "n", &e->n) || s_cls(&c, root, &e->cls)
+            || (xn_get(root, "features") && s_strs(&c, root, "features", &e->features, &e->nfeat))
+            || s_matrices(&c, root, e))
+            goto fail;
+    }
+    for (uint32_t i = 0; i < na; i++) {
+        if (e->features && attr[i].count != e->nfeat) {
+            xpl_fail(XPL_EPROTO, "%s: '%s' has %u values for %u features", what,
+                     attr[i].method, attr[i].count, e->nfeat);
+            goto fail;
+        }
+    }
+    return e;
+fail:
+    xobj_unref(&e);
+    return NULL;
+}
+
+void
+xpl_explanation_attach(xpl_explanation_t *e, const xpl_schema_t *schema)
+{
+    if (!schema || e->schema || schema->epoch != e->epoch || strcmp(schema->model, e->model))
+        return;
+    for (uint32_t i = 0; i < e->nattr; i++)
+        if (e->attr[i].count != schema->nfeat)
+            return;
+    e->schema = xpl_schema_ref(schema);
+    e->features = schema->features;
+    e->nfeat = schema->nfeat;
+}
+
+const xpl_attr_t *
+xpl_explanation_attr(const xpl_explanation_t *self, const char *method)
+{
+    for (uint32_t i = 0; i < self->nattr; i++)
+        if (strcmp(self->attr[i].method, method) == 0)
+            return &self->attr[i];
+    return NULL;
+}
+
+const xpl_matrix_t *
+xpl_explanation_matrix(const xpl_explanation_t *self, const char *method)
+{
+    for (uint32_t i = 0; i < self->nmatrices; i++)
+        if (strcmp(self->matrices[i].method, method) == 0)
+            return &self->matrices[i];
+    return NULL;
+}
+
+void
+xpl_explanation_destroy(xpl_explanation_t **self_p)
+{
+    xobj_unref(self_p);
+}
+
+/* ---- models and stats -------------------------------------------------- */
+
+static int
+s_model_info(s_dc_t *c, const xnode_t *m, xpl_model_info_t *out)
+{
+    if (!xn_is(m, MPR_MAP))
+        return s_bad(c, "models", "an array of maps");
+    if (s_str(c, m, "model", &out->model) || s_u64(c, m, "epoch", &out->epoch)
+        || s_u32(c, m, "L", &out->L) || s_u32(c, m, "H", &out->H) || s_u32(c, m, "n", &out->n)
+        || s_cls(c, m, &out->cls) || s_u64(c, m, "received", &out->received)
+        || s_u64(c, m, "trades", &out->trades) || s_u64(c, m, "explained", &out->explained)
+        || s_u64(c, m, "rejected", &out->rejected) || s_u64(c, m, "lost", &out->lost)
+        || s_opt_u64(c, m, "restarts", &out->restarts)
+        || s_opt_u64(c, m, "last_seq", &out->last_seq))
+        return -1;
+    const xnode_t *ts = xn_get(m, "last_ts");
+    if (ts && xn_int(ts, &out->last_ts))
+        return s_bad(c, "last_ts", "an integer");
+    return 0;
+}
+
+static int
+s_model_list(s_dc_t *c, const xnode_t *root, const xpl_model_info_t **out, uint32_t *count)
+{
+    const xnode_t *a = xn_get(root, "models");
+    if (!xn_is(a, MPR_ARRAY))
+        return s_bad(c, "models", "an array");
+    uint32_t n = xn_count(a);
+    xpl_model_info_t *v = xobj_alloc(c->obj, (size_t)(n ? n : 1) * sizeof *v);
+    if (!v)
+        return -1;
+    const xnode_t *e = xn_first(a);
+    for (uint32_t i = 0; i < n; i++, e = xn_next(e))
+        if (s_model_info(c, e, &v[i]))
+            return -1;
+    *out = v;
+    *count = n;
+    return 0;
+}
+
+xpl_models_t *
+xpl_decode_models(const xnode_t *root, const char *what)
+{
+    xpl_models_t *m = xobj_new(sizeof *m);
+    if (!m)
+        return NULL;
+    s_dc_t c = {m, what};
+    if (s_model_list(&c, root, &m->models, &m->count))
+        xobj_unref(&m);
+    return m;
+}
+
+const xpl_model_info_t *
+xpl_models_find(const xpl_models_t *self, const char *model)
+{
+    for (uint32_t i = 0; i < self->count; i++)
+        if (strcmp(self->models[i].model, model) == 0)
+            return &self->models[i];
+    return NULL;
+}
+
+void
+xpl_models_destroy(xpl_models_t **self_p)
+{
+    xobj_unref(self_p);
+}
+
+/* A map of str -> uint as counters. */
+static int
+s_counters(s_dc_t *c, const xnode_t *root, const char *key, const xpl_counter_t **out,
+           uint32_t *count)
+{
+    const xnode_t *m = xn_get(root, key);
+    if (!xn_is(m, MPR_MAP))
+        return s_bad(c, key, "a map of counters");
+    uint32_t n = xn_count(m);
+    xpl_counter_t *v = xobj_alloc(c->obj, (size_t)(n ? n : 1) * sizeof *v);
+    if (!v)
+        return -1;
+    const xnode_t *k = xn_first(m);
+    for (uint32_t i = 0; i < n; i++) {
+        const xnode_t *val = xn_next(k);
+        if (!xn_is(k, MPR_STR) || xn_uint(val, &v[i].value))
+            return s_bad(c, key, "a map of str to unsigned integer");
+        if (!(v[i].name = xobj_strndup(c->obj, k->o.v.raw.ptr, k->o.v.raw.len)))
+            return -1;
+        k = xn_next(val);
+    }
+    *out = v;
+    *count = n;
+    return 0;
+}
+
+xpl_stats_t *
+xpl_decode_stats(const xnode_t *root, const char *what)
+{
+    xpl_stats_t *s = xobj_new(sizeof *s);
+    if (!s)
+        return NULL;
+    s_dc_t c = {s, what};
+    if (s_opt_num(&c, root, "uptime_s", &s->uptime_s)
+        || s_counters(&c, root, "counters", &s->counters, &s->ncounters)
+        || s_counters(&c, root, "rejected", &s->rejected_by_reason, &s->nreasons)
+        || s_model_list(&c, root, &s->models, &s->nmodels))
+        goto fail;
+    struct {
+        const char *name;
+        uint64_t *field;
+    } known[] = {
+        {"received", &s->received}, {"received_trades", &s->received_trades},
+        {"explained", &s->explained}, {"published", &s->published},
+        {"rejected", &s->rejected}, {"lost", &s->lost}, {"restarts", &s->restarts},
+        {"dropped", &s->dropped}, {"queries", &s->queries}, {"query_errors", &s->query_errors},
+    };
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+        xpl_stats_counter(s, known[i].name, known[i].field);
+    const xnode_t *lat = xn_get(root, "latency_us");
+    if (!xn_is(lat, MPR_MAP)) {
+        s_bad(&c, "latency_us", "a map");
+        goto fail;
+    }
+    if (s_opt_u64(&c, lat, "count", &s->latency_us.count)
+        || s_opt_num(&c, lat, "p50", &s->latency_us.p50)
+        || s_opt_num(&c, lat, "p90", &s->latency_us.p90)
+        || s_opt_num(&c, lat, "p99", &s->latency_us.p99)
+        || s_opt_num(&c, lat, "p999", &s->latency_us.p999)
+        || s_opt_num(&c, lat, "max", &s->latency_us.max))
+        goto fail;
+    return s;
+fail:
+    xobj_unref(&s);
+    return NULL;
+}
+
+int
+xpl_stats_counter(const xpl_stats_t *self, const char *name, uint64_t *value)
+{
+    for (uint32_t i = 0; i < self->ncounters; i++)
+        if (strcmp(self->counters[i].name, name) == 0) {
+            *value = self->counters[i].value;
+            return 0;
+        }
+    return -1;
+}
+
+void
+xpl_stats_destroy(xpl_stats_t **self_p)
+{
+    xobj_unref(self_p);
+}

@@ -1,0 +1,140 @@
+/*  xpl_private: what the libxplain modules share and users never see.
+
+      errors     xpl_fail() sets the thread's error code and reason
+      context    one ZeroMQ context for the whole process, created by the
+                 first object and terminated with the last
+      objects    result objects with an arena: one allocation to free,
+                 reference counted, an optional finaliser
+      documents  a bounds-checked msgpack document (a flat tree over
+                 core/mpr) that decoders query by key
+      decoders   msgpack bodies -> the public structs (xpl_decode.c)
+      encoding   small msgpack-c helpers (xpl_encode.c)  */
+#ifndef XPL_PRIVATE_H
+#define XPL_PRIVATE_H
+
+#include "xplain/xplain.h"
+#include "mpr.h"
+
+#include <msgpack.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+
+/* ---- errors ---------------------------------------------------------- */
+
+/* Set the calling thread's error and return -1. */
+int xpl_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* The same, for functions returning a pointer: returns NULL. */
+void *xpl_fail_null(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Set the error from a failed ZeroMQ call (zmq_errno), naming `what`. */
+int xpl_fail_zmq(const char *what);
+
+/* Clear the calling thread's error (start of an operation that may
+   succeed with a NULL result). */
+void xpl_clear_error(void);
+
+/* Map a daemon error code ("unknown_model") to XPL_E*. */
+int xpl_errno_from_code(const char *code);
+
+/* ---- the process's ZeroMQ context ------------------------------------ */
+
+/* Take a reference to the shared context (created on first use); NULL on
+   failure with the error set. Every acquire needs one release. */
+void *xpl_ctx_acquire(void);
+void xpl_ctx_release(void);
+
+/* Milliseconds on a monotonic clock. */
+int64_t xpl_now_ms(void);
+
+/* ---- result objects -------------------------------------------------- */
+
+/* Allocate a zeroed public struct of `size` bytes with a hidden header
+   (arena, reference count, finaliser). NULL with XPL_ENOMEM. */
+void *xobj_new(size_t size);
+
+/* Allocate `size` zeroed bytes that live as long as `obj` (16-aligned).
+   NULL with XPL_ENOMEM. */
+void *xobj_alloc(void *obj, size_t size);
+
+/* Copy `len` bytes as a NUL-terminated string owned by `obj`. */
+char *xobj_strndup(void *obj, const void *s, size_t len);
+
+/* Called once, when the last reference is dropped, before the memory is
+   freed (to drop references the object holds). */
+void xobj_set_fini(void *obj, void (*fini)(void *obj));
+
+/* Take a reference; returns obj. */
+void *xobj_ref(const void *obj);
+
+/* Drop a reference (free on the last) and set *obj_p to NULL. */
+void xobj_unref(void *obj_p);
+
+/* ---- msgpack documents ----------------------------------------------- */
+
+/* A node of a parsed document: the mpr object and the number of nodes in
+   its subtree, itself included. The children of an array or map follow
+   it in order (a map's as key, value, key, value, ...). */
+typedef struct {
+    mpr_obj_t o;
+    uint32_t span;
+} xnode_t;
+
+typedef struct {
+    xnode_t *nodes;             /* nodes[0] is the root */
+    uint32_t count;
+} xdoc_t;
+
+/* Parse one msgpack object filling exactly `len` bytes (views into buf,
+   which must outlive the document). Nesting is limited to 32 levels.
+   Returns 0, or -1 with XPL_EPROTO naming `what`. */
+int xdoc_parse(xdoc_t *d, const void *buf, size_t len, const char *what);
+void xdoc_free(xdoc_t *d);
+
+static inline const xnode_t *xn_first(const xnode_t *n) { return n + 1; }
+static inline const xnode_t *xn_next(const xnode_t *n) { return n + n->span; }
+
+/* Number of children of an array, or pairs of a map. */
+static inline uint32_t xn_count(const xnode_t *n) { return n->o.v.count; }
+
+/* Value of `key` in a map with string keys; NULL when absent or when
+   `map` is not a map. */
+const xnode_t *xn_get(const xnode_t *map, const char *key);
+
+/* Typed readers: 0 when the node has the type (integers accepted as
+   floats; any non-negative integer as uint), -1 otherwise. */
+int xn_uint(const xnode_t *n, uint64_t *out);
+int xn_int(const xnode_t *n, int64_t *out);
+int xn_num(const xnode_t *n, double *out);
+int xn_bool(const xnode_t *n, bool *out);
+bool xn_is(const xnode_t *n, mpr_type_t t);
+
+/* ---- decoders (xpl_decode.c) ------------------------------------------ */
+
+/* Check the common reply envelope {"v": 1, "ok": ...}. Returns 0 for
+   ok: true; -1 with the daemon's error (code mapped to XPL_E*, its
+   sentence as the reason) for ok: false, or XPL_EPROTO. */
+int xpl_reply_check(const xdoc_t *d, const char *op);
+
+/* Decoders from a parsed body. Each returns a new object or NULL with
+   XPL_EPROTO (or XPL_ENOMEM) naming `what` and the offending key. */
+xpl_schema_t *xpl_decode_schema(const xnode_t *root, const char *what);
+xpl_explanation_t *xpl_decode_explanation(const xnode_t *root, bool trade, const char *what);
+xpl_models_t *xpl_decode_models(const xnode_t *root, const char *what);
+xpl_stats_t *xpl_decode_stats(const xnode_t *root, const char *what);
+
+/* Attach a schema reference (and its feature names) to an explanation
+   whose epoch matches; no-op when schema is NULL or does not match. */
+void xpl_explanation_attach(xpl_explanation_t *e, const xpl_schema_t *schema);
+
+/* ---- encoding (xpl_encode.c) ------------------------------------------ */
+
+/* msgpack-c packer helpers over an sbuffer. */
+void xpk_str(msgpack_packer *pk, const char *s);
+void xpk_key(msgpack_packer *pk, const char *key);
+void xpk_id(msgpack_packer *pk, const xpl_id_t *id);
+
+/* True when `s` is a valid model name (1-64 bytes of [A-Za-z0-9_.-]). */
+bool xpl_model_name_ok(const char *s);
+
+#endif

@@ -1,0 +1,99 @@
+/*  xpl_pub: publish contract-v1 ingest messages (topic attn/<model>)
+    from a C/C++ inference server.
+
+    The publisher keeps, per model, the schema (L, H, n, cls, token names)
+    and the message counter `seq`; each xpl_pub_send() encodes one batch of
+    B trades with msgpack-c and sends it without copying the tensors twice.
+    Tensors are given as float32, binary16 (f16) or bfloat16 buffers and
+    may be converted to another wire dtype on the way (e.g. float32 in,
+    f16 on the wire: half the bytes).
+
+    `cls` and `tokens` go with the first message of a model, with the
+    first message after its schema changed, and with the first message
+    after a new subscriber (a daemon starting or restarting) subscribed:
+    the socket is an XPUB, so the publisher sees subscriptions arrive and
+    a late-joining daemon still learns the schema. xpl_pub_wait_subscriber
+    lets a program wait for the daemon before its first message (ZeroMQ
+    drops what a PUB sends before anyone has subscribed).
+
+    Errors: -1 with XPL_EINVAL for a bad argument (model name, shape,
+    missing schema, NULL buffer), XPL_EZMQ for a socket failure,
+    XPL_ETIMEOUT when no subscriber came in time. A publisher is used by
+    one thread at a time.  */
+#ifndef XPL_PUB_H_INCLUDED
+#define XPL_PUB_H_INCLUDED
+
+#include "xpl_types.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct xpl_pub_t xpl_pub_t;
+
+/* Wire dtype: as the buffers given to xpl_pub_send (the default). */
+#define XPL_WIRE_AS_GIVEN (-1)
+
+/* One message: B trades of one model. Nothing is kept after the call. */
+typedef struct {
+    const char *model;          /* 1-64 bytes of [A-Za-z0-9_.-]; schema set */
+    uint32_t B;                 /* trades in this message, >= 1 */
+    const xpl_id_t *ids;        /* B trade ids */
+    xpl_dtype_t dtype;          /* element type of attn and grad */
+    const void *attn;           /* B*L*H*n*n values, order [b][l][h][i][j],
+                                   little-endian (host order on x86/ARM) */
+    const void *grad;           /* d y_t / d attn, same shape and dtype, or NULL */
+    const int64_t *target;      /* B target classes, or NULL */
+    const double *y;            /* B model outputs, or NULL */
+    int64_t ts;                 /* event time, ns since the Unix epoch; 0 = now */
+} xpl_batch_t;
+
+/* A publisher that binds `endpoint` (the daemon then runs with
+   --ingest-connect), or connects to it (the daemon runs with
+   --ingest-bind). Caller owns the publisher. NULL on error (XPL_EINVAL
+   for an endpoint that cannot be bound or connected). */
+XPL_EXPORT xpl_pub_t *xpl_pub_new_bind(const char *endpoint);
+XPL_EXPORT xpl_pub_t *xpl_pub_new_connect(const char *endpoint);
+
+/* Close the publisher, sending what is queued for up to the linger time
+   (1 s by default), and set *self_p to NULL; NULL-safe. */
+XPL_EXPORT void xpl_pub_destroy(xpl_pub_t **self_p);
+
+/* The endpoint actually bound or connected (a tcp://...:* bind resolved
+   to its port). Owned by the publisher. */
+XPL_EXPORT const char *xpl_pub_endpoint(const xpl_pub_t *self);
+
+/* Declare (or change) a model's schema: L layers, H heads, n tokens,
+   cls the CLS token index or -1, tokens the n token names (copied). A
+   change starts a new schema epoch in the daemon; setting the same
+   schema again changes nothing. */
+XPL_EXPORT int xpl_pub_set_schema(xpl_pub_t *self, const char *model, uint32_t L, uint32_t H,
+                                  uint32_t n, int32_t cls, const char *const *tokens);
+
+/* Dtype on the wire: XPL_F32, XPL_F16, XPL_BF16, or XPL_WIRE_AS_GIVEN.
+   Conversions round to nearest even. */
+XPL_EXPORT int xpl_pub_set_wire_dtype(xpl_pub_t *self, int dtype);
+
+/* Also send cls and tokens with every `messages`-th message of a model
+   (0, the default: only when needed, see above). */
+XPL_EXPORT void xpl_pub_set_schema_every(xpl_pub_t *self, uint32_t messages);
+
+/* How long xpl_pub_destroy may spend sending queued messages (ms). */
+XPL_EXPORT void xpl_pub_set_linger(xpl_pub_t *self, int linger_ms);
+
+/* Wait until at least one subscriber (a daemon) has subscribed to the
+   publisher's attn/ messages, for up to timeout_ms (-1: forever).
+   Returns 0 at once when one already has. */
+XPL_EXPORT int xpl_pub_wait_subscriber(xpl_pub_t *self, int timeout_ms);
+
+/* Encode and send one batch. Returns 0, or -1 (nothing sent). */
+XPL_EXPORT int xpl_pub_send(xpl_pub_t *self, const xpl_batch_t *batch);
+
+/* The seq the next message of `model` will carry (0 before the first). */
+XPL_EXPORT uint64_t xpl_pub_next_seq(const xpl_pub_t *self, const char *model);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
