@@ -122,11 +122,17 @@ s_number(s_buf_t *b, double x)
         s_puts(b, "null");
         return;
     }
-    /* Shortest text that reads back as the same value: 9 digits for
-       values a float32 holds exactly (most of ours), 17 otherwise. */
-    snprintf(num, sizeof num, "%.9g", x);
-    if (strtod(num, NULL) != x)
-        snprintf(num, sizeof num, "%.17g", x);
+    /* The fewest digits that read back as the same value: attribution
+       vectors travel as float32, which mpr widens, so a value a float32
+       holds exactly is written as that float32 (0.1, not
+       0.10000000149011612); any other as the double it is. */
+    bool f32 = (double)(float)x == x;
+    for (int digits = f32 ? 6 : 15; digits <= 17; digits++) {
+        snprintf(num, sizeof num, "%.*g", digits, x);
+        double back = strtod(num, NULL);
+        if (f32 ? (float)back == (float)x : back == x)
+            break;
+    }
     if (!strpbrk(num, ".eEn"))
         strcat(num, ".0");
     s_puts(b, num);

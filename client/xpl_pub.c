@@ -23,7 +23,7 @@ struct xpl_pub_t {
     char endpoint[256];
     int wire_dtype;
     uint32_t schema_every;
-    bool subscribed;            /* a subscription has been seen */
+    int subscribers;            /* subscriptions to attn/ minus unsubscriptions */
     s_model_t *models;
     size_t nmodels;
     void *scratch;              /* conversion buffers, grown on demand */
@@ -48,7 +48,9 @@ s_new(const char *endpoint, bool bind)
     }
     self->sock = zmq_socket(ctx, ZMQ_XPUB);
     int one = 1, linger = 1000;
-    if (!self->sock || zmq_setsockopt(self->sock, ZMQ_XPUB_VERBOSE, &one, sizeof one)
+    /* VERBOSER: every subscription and unsubscription of every peer
+       comes up, so the publisher knows when a daemon joins or leaves. */
+    if (!self->sock || zmq_setsockopt(self->sock, ZMQ_XPUB_VERBOSER, &one, sizeof one)
         || zmq_setsockopt(self->sock, ZMQ_LINGER, &linger, sizeof linger)) {
         xpl_fail_zmq("ingest socket");
         goto fail;
@@ -216,8 +218,8 @@ xpl_pub_set_linger(xpl_pub_t *self, int linger_ms)
     zmq_setsockopt(self->sock, ZMQ_LINGER, &linger_ms, sizeof linger_ms);
 }
 
-/* Read pending subscription messages; a new subscription means a daemon
-   (re)joined, and must be told every model's schema again. */
+/* Read pending (un)subscription messages. A new subscription means a
+   daemon (re)joined, and must be told every model's schema again. */
 static void
 s_read_subscriptions(xpl_pub_t *self, int timeout_ms)
 {
@@ -225,11 +227,14 @@ s_read_subscriptions(xpl_pub_t *self, int timeout_ms)
     while (zmq_poll(&it, 1, timeout_ms) > 0) {
         zmq_msg_t m;
         zmq_msg_init(&m);
-        if (zmq_msg_recv(&m, self->sock, ZMQ_DONTWAIT) >= 0 && zmq_msg_size(&m) >= 1
-            && ((const uint8_t *)zmq_msg_data(&m))[0] == 1) {
-            self->subscribed = true;
-            for (size_t i = 0; i < self->nmodels; i++)
-                self->models[i].schema_pending = true;
+        if (zmq_msg_recv(&m, self->sock, ZMQ_DONTWAIT) >= 0 && zmq_msg_size(&m) >= 1) {
+            uint8_t op = ((const uint8_t *)zmq_msg_data(&m))[0];
+            if (op == 1) {
+                self->subscribers++;
+                for (size_t i = 0; i < self->nmodels; i++)
+                    self->models[i].schema_pending = true;
+            } else if (op == 0 && self->subscribers > 0)
+                self->subscribers--;
         }
         zmq_msg_close(&m);
         timeout_ms = 0;
@@ -242,15 +247,16 @@ xpl_pub_wait_subscriber(xpl_pub_t *self, int timeout_ms)
     assert(self);
     int64_t deadline = xpl_now_ms() + timeout_ms;
     for (;;) {
-        int left = timeout_ms < 0 ? -1 : (int)(deadline - xpl_now_ms());
-        if (timeout_ms >= 0 && left < 0)
-            left = 0;
-        s_read_subscriptions(self, self->subscribed ? 0 : left);
-        if (self->subscribed)
+        s_read_subscriptions(self, 0);
+        if (self->subscribers > 0)
             return 0;
-        if (timeout_ms >= 0 && xpl_now_ms() >= deadline)
+        int left = timeout_ms < 0 ? -1 : (int)(deadline - xpl_now_ms());
+        if (timeout_ms >= 0 && left <= 0)
             return xpl_fail(XPL_ETIMEOUT, "no subscriber on %s within %d ms", self->endpoint,
                             timeout_ms);
+        zmq_pollitem_t it = {self->sock, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, left) < 0)
+            return xpl_fail_zmq("wait for a subscriber");
     }
 }
 

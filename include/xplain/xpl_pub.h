@@ -81,9 +81,10 @@ XPL_EXPORT void xpl_pub_set_schema_every(xpl_pub_t *self, uint32_t messages);
 /* How long xpl_pub_destroy may spend sending queued messages (ms). */
 XPL_EXPORT void xpl_pub_set_linger(xpl_pub_t *self, int linger_ms);
 
-/* Wait until at least one subscriber (a daemon) has subscribed to the
-   publisher's attn/ messages, for up to timeout_ms (-1: forever).
-   Returns 0 at once when one already has. */
+/* Wait until at least one subscriber (a daemon) is subscribed to the
+   publisher's messages, for up to timeout_ms (-1: forever). Returns 0 at
+   once when one is; a subscriber that went away (daemon stopped) no
+   longer counts. XPL_ETIMEOUT when none came, XPL_EINTR on a signal. */
 XPL_EXPORT int xpl_pub_wait_subscriber(xpl_pub_t *self, int timeout_ms);
 
 /* Encode and send one batch. Returns 0, or -1 (nothing sent). */
