@@ -11,7 +11,7 @@
 #include <string.h>
 #include <strings.h>
 
-typedef enum { T_STR, T_LIST, T_UINT, T_SIZE, T_BOOL } opt_type_t;
+typedef enum { T_STR, T_LIST, T_UINT, T_SIZE, T_BOOL, T_DOUBLE } opt_type_t;
 
 typedef struct {
     const char *section;
@@ -23,6 +23,7 @@ typedef struct {
     uint64_t min, max;      /* for T_UINT / T_SIZE */
     bool reloadable;
     const char *help;
+    double dmin, dmax;      /* for T_DOUBLE */
 } opt_t;
 
 #define O(f) offsetof(config_t, f)
@@ -77,6 +78,32 @@ static const opt_t s_opts[] = {
      "Log level: err, warning, notice, info or debug."},
     {"log", "rate", "log-rate", T_UINT, O(log_rate), "5", 1, 1000000, true,
      "Lines per second per kind of message caused by network input (more are counted, not printed)."},
+    {"global", "half_life", "half-life", T_UINT, O(half_life), "1000", 1, 1u << 30, false,
+     "Half-life of the decayed global mean, in trades."},
+    {"global", "publish_interval_ms", "glob-interval-ms", T_UINT, O(glob_interval_ms), "1000", 10,
+     3600000, true, "How often glob/ and heads/ are published for models that changed, in ms."},
+    {"global", "max_targets", "max-targets", T_UINT, O(max_targets), "16", 0, 4096, false,
+     "Target classes kept separately per model and epoch (more are counted as untracked)."},
+    {"drift", "window", "drift-window", T_UINT, O(drift_window), "500", 1, 1u << 30, false,
+     "Trades per tumbling drift window."},
+    {"drift", "rho_min", "drift-rho-min", T_DOUBLE, O(drift_rho_min), "0.8", 0, 0, true,
+     "Alert when Spearman's rho of a window against its reference falls below this.", -1.0, 1.0},
+    {"drift", "ndcg_min", "drift-ndcg-min", T_DOUBLE, O(drift_ndcg_min), "0.9", 0, 0, true,
+     "Alert when nDCG@k of a window against its reference falls below this.", 0.0, 1.0},
+    {"drift", "ndcg_k", "drift-ndcg-k", T_UINT, O(drift_ndcg_k), "10", 1, 65536, true,
+     "k of nDCG@k."},
+    {"drift", "js_max", "drift-js-max", T_DOUBLE, O(drift_js_max), "0.1", 0, 0, true,
+     "Alert when the Jensen-Shannon divergence (base 2) of a window from its reference exceeds this.",
+     0.0, 1.0},
+    {"drift", "alerts_kept", "alerts-kept", T_UINT, O(alerts_kept), "100", 0, 1000000, false,
+     "Alerts kept per model for the drift query."},
+    {"drift", "reference_file", "reference-file", T_STR, O(reference_file), "", 0, 0, true,
+     "External reference attributions ('<model> <method> <v1> ... <v_nf>' per line), e.g. "
+     "permutation importance; read at start and on SIGHUP."},
+    {"state", "dir", "state-dir", T_STR, O(state_dir), "", 0, 0, false,
+     "Directory for durable state (global aggregates, drift references, alerts); empty: none."},
+    {"state", "interval_s", "snapshot-interval", T_UINT, O(snapshot_interval_s), "10", 1, 86400, true,
+     "Seconds between state snapshots (a kill -9 loses at most this much)."},
     {"demo", "enabled", "demo", T_BOOL, O(demo), "false", 0, 0, false,
      "Run a built-in synthetic model stream (with a drift half-way) into the daemon."},
     {"demo", "rate", "demo-rate", T_UINT, O(demo_rate), "200", 1, 10000000, false,
@@ -198,6 +225,17 @@ s_set(config_t *cfg, const opt_t *o, const char *value, bool replace_list, char 
             return -1;
         }
         *(uint64_t *)f = x;
+        return 0;
+    }
+    case T_DOUBLE: {
+        char *end;
+        errno = 0;
+        double x = strtod(value, &end);
+        if (errno || end == value || *end || !(x >= o->dmin && x <= o->dmax)) {
+            snprintf(err, elen, "'%s' is not a number from %g to %g", value, o->dmin, o->dmax);
+            return -1;
+        }
+        *(double *)f = x;
         return 0;
     }
     case T_BOOL:
@@ -498,6 +536,8 @@ s_equal(const config_t *a, const config_t *b, const opt_t *o)
         return *(const uint64_t *)x == *(const uint64_t *)y;
     case T_BOOL:
         return *(const bool *)x == *(const bool *)y;
+    case T_DOUBLE:
+        return *(const double *)x == *(const double *)y;
     }
     return true;
 }
@@ -570,6 +610,7 @@ config_print(const config_t *cfg, FILE *out)
         case T_UINT:
         case T_SIZE: fprintf(out, "%" PRIu64, *(const uint64_t *)f); break;
         case T_BOOL: fprintf(out, "%s", *(const bool *)f ? "true" : "false"); break;
+        case T_DOUBLE: fprintf(out, "%g", *(const double *)f); break;
         }
         fprintf(out, "\n");
     }

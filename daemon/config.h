@@ -45,6 +45,19 @@ typedef struct {
     /* [log] */
     char *log_level;
     uint64_t log_rate;
+    /* [global] */
+    uint64_t half_life;
+    uint64_t glob_interval_ms;
+    uint64_t max_targets;
+    /* [drift] */
+    uint64_t drift_window;
+    double drift_rho_min, drift_ndcg_min, drift_js_max;
+    uint64_t drift_ndcg_k;
+    uint64_t alerts_kept;
+    char *reference_file;
+    /* [state] */
+    char *state_dir;
+    uint64_t snapshot_interval_s;
     /* [demo] */
     bool demo;
     uint64_t demo_rate;

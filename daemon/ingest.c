@@ -1,6 +1,7 @@
 /*  ingest: decode -> schema -> explain -> cache -> publish. See ingest.h.  */
 #include "ingest.h"
 
+#include "global.h"
 #include "log.h"
 #include "publish.h"
 
@@ -76,6 +77,7 @@ s_explain_trades(server_t *s, model_t *md, const wire_ingest_t *in, int64_t t_re
             .shape = shape, .res = &res, .roll = roll, .flow = xm_work_flow_layers(s->work),
             .grad = xm_work_grad_layers(s->work), .resnorm = opts.grad_resnorm});
         publish_xpl(s, md, in, b, &res);
+        global_add(s, md, in->target ? &in->target[b] : NULL, &res);
         md->explained++;
         s->stats.explained++;
         hist_add(&s->stats.latency, (uint64_t)(now_mono_ns() - t_recv));

@@ -175,3 +175,28 @@ model_apply_schema(model_t *md, const wire_ingest_t *in, bool *new_epoch, char *
     *new_epoch = true;
     return XR_OK;
 }
+
+int
+model_restore_schema(model_t *md, uint32_t epoch, const xm_shape_t *shape, const wire_sv_t *tokens,
+                     bool current)
+{
+    if (epoch == 0 || shape->n == 0 || shape->cls < -1 || shape->cls >= (int32_t)shape->n)
+        return -1;
+    wire_ingest_t in;
+    memset(&in, 0, sizeof in);
+    in.shape = *shape;
+    in.has_cls = true;
+    in.tokens = tokens;
+    schema_t *s = s_schema_new(NULL, &in, shape->cls);
+    if (!s)
+        return -1;
+    s->epoch = epoch;
+    schema_t **slot = &md->schemas[(epoch - 1) % MODEL_EPOCHS_KEPT];
+    if (*slot == md->cur)
+        md->cur = NULL;
+    s_schema_free(*slot);
+    *slot = s;
+    if (current)
+        md->cur = s;
+    return 0;
+}

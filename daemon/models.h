@@ -73,6 +73,12 @@ uint64_t model_track_seq(model_t *md, uint64_t seq, bool *restart);
 xr_reason_t model_apply_schema(model_t *md, const wire_ingest_t *in, bool *new_epoch,
                                char *why, size_t wlen);
 
+/* Install a schema read back from a snapshot: `n` token names (copied)
+   for `epoch`, made current when `current`. Returns 0 or -1 (out of
+   memory, or a shape the names do not fit). */
+int model_restore_schema(model_t *md, uint32_t epoch, const xm_shape_t *shape,
+                         const wire_sv_t *tokens, bool current);
+
 /* Schema of a given epoch if still kept, else NULL. */
 const schema_t *model_schema(const model_t *md, uint32_t epoch);
 

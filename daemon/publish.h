@@ -18,6 +18,14 @@
 void enc_str(msgpack_packer *pk, const char *s);
 void enc_strn(msgpack_packer *pk, const void *s, size_t len);
 void enc_id(msgpack_packer *pk, const wire_id_t *id);
+static inline void
+enc_bool(msgpack_packer *pk, bool b)
+{
+    if (b)
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
+}
 /* "attr": map method -> array of float32, for the methods in `computed`. */
 void enc_attr(msgpack_packer *pk, unsigned computed, const float *const attr[XM_NMETHODS],
               uint32_t nf);

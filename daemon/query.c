@@ -1,6 +1,7 @@
 /*  query: ROUTER ops. See query.h and proto/queries.md.  */
 #include "query.h"
 
+#include "global.h"
 #include "log.h"
 #include "publish.h"
 
@@ -190,10 +191,12 @@ op_stats(server_t *s, qreq_t *q, msgpack_packer *pk)
     enc_str(pk, "counters");
     static const char *names[] = {"received", "received_trades", "explained", "published",
                                   "rejected", "lost", "restarts", "dropped", "queries",
-                                  "query_errors", "query_dropped", "cache_too_big"};
+                                  "query_errors", "query_dropped", "cache_too_big", "snapshots",
+                                  "snapshot_errors"};
     uint64_t vals[] = {st->received, st->received_trades, st->explained, st->published,
                        st->rejected_total, st->lost, st->restarts, st->dropped, st->queries,
-                       st->query_errors, st->query_dropped, s->cache.too_big};
+                       st->query_errors, st->query_dropped, s->cache.too_big, st->snapshots,
+                       st->snapshot_errors};
     msgpack_pack_map(pk, sizeof names / sizeof *names);
     for (size_t k = 0; k < sizeof names / sizeof *names; k++) {
         enc_str(pk, names[k]);
@@ -348,6 +351,10 @@ static const struct {
     {"schema", op_schema},
     {"stats", op_stats},
     {"trade", op_trade},
+    {"global", global_op_global},
+    {"baseline", global_op_baseline},
+    {"reference", global_op_reference},
+    {"drift", global_op_drift},
 };
 
 /* Read the request map into q. Returns 0 or fails with bad_request. */

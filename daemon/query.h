@@ -17,7 +17,7 @@
 #define QUERY_MAX_ARGS 16
 
 /* A decoded request: its arguments by name (views into the body). */
-typedef struct {
+typedef struct qreq_t {
     int nargs;
     struct {
         mpr_obj_t key;

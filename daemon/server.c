@@ -5,11 +5,14 @@
 
 #include "demo.h"
 #include "ingest.h"
+#include "global.h"
 #include "log.h"
+#include "state.h"
 #include "query.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,9 +36,21 @@ s_limits(const config_t *c, wire_limits_t *lim)
     lim->max_str = (uint32_t)c->max_str;
 }
 
+static void
+s_drift_opts(const config_t *c, drift_opts_t *o)
+{
+    o->rho_min = c->drift_rho_min;
+    o->ndcg_min = c->drift_ndcg_min;
+    o->ndcg_k = (uint32_t)c->drift_ndcg_k;
+    o->js_max = c->drift_js_max;
+}
+
 void
 server_apply_options(server_t *s)
 {
+    drift_opts_t d;
+    s_drift_opts(&s->cfg, &d);
+    global_set_thresholds(&s->global, &d);
     s->opts.methods = s->cfg.method_set;
     s->opts.fusion = (xm_fusion_t)s->cfg.fusion_id;
     s->opts.grad_resnorm = s->cfg.grad_resnorm;
@@ -119,13 +134,27 @@ server_init(server_t *s)
     if (s_signals_install(s))
         return -1;
     xm_blas_single_thread();
-    server_apply_options(s);
+    global_params_t gp = {.half_life = (double)c->half_life, .window = (uint32_t)c->drift_window,
+                          .max_targets = (uint32_t)c->max_targets,
+                          .alerts_kept = (uint32_t)c->alerts_kept};
+    s_drift_opts(c, &gp.drift);
     if (!(s->work = xm_work_new()) || !(s->qflow = flow_work_new()) ||
         models_init(&s->models, (uint32_t)c->max_models) ||
+        global_init(&s->global, (uint32_t)c->max_models, &gp) ||
         cache_init(&s->cache, (uint32_t)c->cache_entries, (size_t)c->cache_mb << 20)) {
         log_err("out of memory at start");
         return -1;
     }
+    server_apply_options(s);
+    if (c->state_dir[0]) {
+        if (mkdir(c->state_dir, 0700) != 0 && errno != EEXIST) {
+            log_err("state: cannot create %s: %s", c->state_dir, strerror(errno));
+            return -1;
+        }
+        state_load(s, c->state_dir);
+    }
+    if (c->reference_file[0] && global_load_references(s, c->reference_file) < 0)
+        return -1;
 
     if (!(s->zctx = zmq_ctx_new())) {
         log_err("cannot create the ZeroMQ context: %s", zmq_strerror(errno));
@@ -193,13 +222,17 @@ s_reload(server_t *s)
 #define TAKE(f) do { __typeof__(cur.f) t_ = cur.f; cur.f = next.f; next.f = t_; } while (0)
     TAKE(max_batch); TAKE(max_layers); TAKE(max_heads); TAKE(max_tokens); TAKE(max_elems);
     TAKE(max_str); TAKE(allow_models); TAKE(methods); TAKE(fusion); TAKE(grad_resnorm);
-    TAKE(flow_every); TAKE(log_level); TAKE(log_rate);
+    TAKE(flow_every); TAKE(log_level); TAKE(log_rate); TAKE(glob_interval_ms);
+    TAKE(drift_rho_min); TAKE(drift_ndcg_min); TAKE(drift_ndcg_k); TAKE(drift_js_max);
+    TAKE(reference_file); TAKE(snapshot_interval_s);
     TAKE(method_set); TAKE(fusion_id); TAKE(log_level_id);
 #undef TAKE
     s->cfg = cur;
     config_free(&next);
     server_apply_options(s);
     log_notice("SIGHUP: applied %s", rel);
+    if (strstr(rel, "drift.reference_file") && s->cfg.reference_file[0])
+        global_load_references(s, s->cfg.reference_file);
 }
 
 static void
@@ -298,17 +331,32 @@ s_query_burst(server_t *s)
     }
 }
 
+/* Milliseconds until `deadline` (monotonic ns), at least 0. */
+static long
+s_until(int64_t deadline, int64_t now)
+{
+    return deadline <= now ? 0 : (long)((deadline - now + 999999) / 1000000);
+}
+
 int
 server_run(server_t *s)
 {
     log_notice("xplaind %s running (methods %s, fusion %s)", XPL_VERSION, s->cfg.methods, s->cfg.fusion);
+    int64_t now = now_mono_ns();
+    int64_t next_glob = now + (int64_t)s->cfg.glob_interval_ms * 1000000;
+    int64_t next_snap = now + (int64_t)s->cfg.snapshot_interval_s * 1000000000;
+    uint64_t snap_gen = s->global.gen;
     while (!s->stop) {
         zmq_pollitem_t items[] = {
             {s->sub, 0, ZMQ_POLLIN, 0},
             {s->router, 0, ZMQ_POLLIN, 0},
             {NULL, s->sigfd, ZMQ_POLLIN, 0},
         };
-        int rc = zmq_poll(items, 3, 1000);
+        now = now_mono_ns();
+        long timeout = s_until(next_glob, now);
+        if (s->cfg.state_dir[0] && s_until(next_snap, now) < timeout)
+            timeout = s_until(next_snap, now);
+        int rc = zmq_poll(items, 3, timeout);
         if (rc < 0) {
             if (errno == EINTR)
                 continue;
@@ -321,7 +369,20 @@ server_run(server_t *s)
             s_ingest_burst(s);
         if (items[1].revents & ZMQ_POLLIN)
             s_query_burst(s);
+        now = now_mono_ns();
+        if (now >= next_glob) {
+            global_publish_changed(s);
+            next_glob = now + (int64_t)s->cfg.glob_interval_ms * 1000000;
+        }
+        if (s->cfg.state_dir[0] && now >= next_snap) {
+            if (s->global.gen != snap_gen && state_save(s, s->cfg.state_dir) == 0)
+                snap_gen = s->global.gen;
+            next_snap = now + (int64_t)s->cfg.snapshot_interval_s * 1000000000;
+        }
     }
+    global_publish_changed(s);
+    if (s->cfg.state_dir[0] && state_save(s, s->cfg.state_dir) == 0)
+        log_notice("state: snapshot written to %s", s->cfg.state_dir);
     log_notice("stopped: %llu messages received, %llu trades explained, %llu rejected",
                (unsigned long long)s->stats.received, (unsigned long long)s->stats.explained,
                (unsigned long long)s->stats.rejected_total);
@@ -347,6 +408,7 @@ server_destroy(server_t *s)
     wire_decoder_destroy(&s->dec);
     xm_work_destroy(&s->work);
     flow_work_destroy(&s->qflow);
+    global_destroy(&s->global);
     models_destroy(&s->models);
     cache_destroy(&s->cache);
     msgpack_sbuffer_destroy(&s->pbuf);

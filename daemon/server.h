@@ -14,13 +14,14 @@
 #include "wire.h"
 #include "xmath.h"
 #include "flow.h"
+#include "global.h"
 
 #include <msgpack.h>
 #include <stdbool.h>
 
 typedef struct demo_t demo_t;
 
-typedef struct {
+typedef struct server_t {
     config_t cfg;
     int argc;
     char **argv;
@@ -36,6 +37,7 @@ typedef struct {
     xm_work_t *work;
     xm_opts_t opts;
     models_t models;
+    global_t global;
     cache_t cache;
     stats_t stats;
 

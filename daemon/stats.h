@@ -33,6 +33,8 @@ typedef struct {
     uint64_t queries;
     uint64_t query_errors;      /* replies with ok: false */
     uint64_t query_dropped;     /* requests that could not be answered */
+    uint64_t snapshots;         /* state snapshots written */
+    uint64_t snapshot_errors;   /* state snapshots that failed */
     hist_t latency;             /* ns, ingest receive -> trade published */
     int64_t start_ns;           /* CLOCK_MONOTONIC at start */
 } stats_t;

@@ -1,0 +1,134 @@
+/*  global: per-model global attributions, head statistics and drift, the
+    one owner of that state.
+
+    For every model and schema epoch it keeps, per method, a float64
+    aggregate of the per-trade vectors (count, mean, sample std, decayed
+    mean: core/agg.h) over all trades and per target class, the head
+    statistics, and one tumbling-window drift detector (core/drift.h)
+    with its reference (baseline, pinned, or external). An external
+    reference is also compared with the global mean (Spearman's rho: the
+    agreement of attention attributions with, say, permutation
+    importance). Closed windows go out at once on drift/<model>; global
+    state and head statistics go out on glob/<model> and heads/<model>
+    every publish interval when they changed. Every topic has its own seq
+    per model, and the `global` query answers with the seq its state is
+    current at, so a client can join a snapshot with the updates that
+    follow (zguide's Clone pattern): every glob/ message is a whole state,
+    never a delta.
+
+    The query ops global, baseline, reference and drift are here; state.c
+    reads and writes this state through global_snapshot/global_restore.  */
+#ifndef XPLD_GLOBAL_H
+#define XPLD_GLOBAL_H
+
+#include "agg.h"
+#include "drift.h"
+#include "models.h"
+#include "xmath.h"
+
+#include <msgpack.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Last closed window of one method. */
+typedef struct {
+    bool valid;
+    uint64_t window;
+    drift_ref_t ref;
+    bool compared;
+    drift_stat_t spearman, ndcg, js;
+    bool alert;
+    int64_t ts;
+} glast_t;
+
+typedef struct {
+    int64_t target;
+    agg_t agg[XM_NMETHODS];
+} gclass_t;
+
+/* State of one schema epoch of one model. */
+typedef struct {
+    uint32_t epoch, nf, L, H;
+    uint64_t count;                 /* trades aggregated */
+    unsigned methods;               /* methods with state below */
+    agg_t all[XM_NMETHODS];
+    gclass_t *classes;
+    uint32_t nclasses, cap_classes;
+    uint64_t untracked;             /* trades whose target class is past max_targets */
+    agg_heads_t heads;
+    drift_t drift[XM_NMETHODS];
+    glast_t last[XM_NMETHODS];
+    double *extref[XM_NMETHODS];    /* external reference, NULL when none */
+} gepoch_t;
+
+/* One alert, kept for the `drift` query. */
+typedef struct {
+    int64_t ts;
+    uint32_t epoch;
+    uint8_t method;
+    uint64_t window;
+    drift_ref_t ref;
+    drift_stat_t spearman, ndcg, js;
+} galert_t;
+
+typedef struct {
+    gepoch_t *epochs[MODEL_EPOCHS_KEPT];    /* ring by epoch */
+    uint64_t glob_seq, drift_seq, heads_seq;    /* next seq per topic */
+    bool dirty;                     /* changed since glob/ was last sent */
+    galert_t *alerts;               /* ring of alerts_kept */
+    uint32_t alerts_next, alerts_count;
+    uint64_t alerts_total;
+} gmodel_t;
+
+typedef struct {
+    double half_life;
+    uint32_t window;
+    drift_opts_t drift;
+    uint32_t max_targets;
+    uint32_t alerts_kept;
+} global_params_t;
+
+typedef struct {
+    global_params_t p;
+    gmodel_t **models;              /* by model index */
+    uint32_t cap;
+    uint64_t gen;                   /* bumped on every change, for snapshots */
+} global_t;
+
+struct server_t;
+struct qreq_t;
+
+int global_init(global_t *g, uint32_t max_models, const global_params_t *p);
+void global_destroy(global_t *g);
+
+/* Thresholds can change at run time (SIGHUP); windows and half-life not. */
+void global_set_thresholds(global_t *g, const drift_opts_t *o);
+
+/* Account one explained trade of model md (current epoch): aggregates,
+   heads, drift (closed windows are published at once on drift/). */
+void global_add(struct server_t *s, model_t *md, const int64_t *target, const xm_result_t *res);
+
+/* Publish glob/ and heads/ of every model that changed; call from the loop. */
+void global_publish_changed(struct server_t *s);
+
+/* Load external references from a text file, one per line:
+   `<model> <method> <v1> <v2> ... <v_nf>` ('#' comments). They apply to
+   the model's current epoch when its feature count matches (now, or when
+   the model first appears). Returns the number of references read, or
+   -1 when the file cannot be read or a line is malformed (logged). */
+int global_load_references(struct server_t *s, const char *path);
+
+/* Apply pending file references to a model whose epoch just started. */
+void global_apply_pending(struct server_t *s, model_t *md);
+
+/* Epoch state of a model (for state.c); create it when `create`. */
+gepoch_t *global_epoch(struct server_t *s, model_t *md, uint32_t epoch, bool create);
+gmodel_t *global_model(struct server_t *s, model_t *md);
+
+/* Query ops. */
+int global_op_global(struct server_t *s, struct qreq_t *q, msgpack_packer *pk);
+int global_op_baseline(struct server_t *s, struct qreq_t *q, msgpack_packer *pk);
+int global_op_reference(struct server_t *s, struct qreq_t *q, msgpack_packer *pk);
+int global_op_drift(struct server_t *s, struct qreq_t *q, msgpack_packer *pk);
+
+#endif

@@ -1,0 +1,35 @@
+/*  state: durable snapshots of the global state.
+
+    What survives a restart: every model (its counters, publisher seq, the
+    schemas of its kept epochs), each epoch's aggregates per method and
+    target class, head statistics, drift windows and references, and the
+    alert history. Not the recent-trade cache: it is a cache.
+
+    The file <state_dir>/state.msgpack is a 28-byte header (magic
+    "XPLSTATE", format version, payload length, FNV-1a-64 of the payload)
+    and a msgpack payload. It is written the safe way (temp file in the
+    same directory, fsync, rename over the old one, fsync the directory),
+    so a crash leaves either the old snapshot or the new one, never a
+    torn file. A snapshot that fails any check on load is reported,
+    renamed to state.msgpack.corrupt-<unix time>, and the daemon starts
+    fresh.  */
+#ifndef XPLD_STATE_H
+#define XPLD_STATE_H
+
+#include <stdint.h>
+
+struct server_t;
+
+#define STATE_FILE "state.msgpack"
+
+/* Restore from <dir>/state.msgpack into an empty server (models and
+   global state initialised, nothing ingested yet). Returns 1 when state
+   was restored, 0 when there was no snapshot, -1 when the snapshot was
+   unusable (reported, moved aside, server state reset to empty). */
+int state_load(struct server_t *s, const char *dir);
+
+/* Write a snapshot now. Returns 0, or -1 (reported; the previous
+   snapshot stays). */
+int state_save(struct server_t *s, const char *dir);
+
+#endif
