@@ -7,6 +7,7 @@
 #include "ingest.h"
 #include "global.h"
 #include "log.h"
+#include "notify.h"
 #include "state.h"
 #include "query.h"
 
@@ -346,6 +347,10 @@ server_run(server_t *s)
     int64_t next_glob = now + (int64_t)s->cfg.glob_interval_ms * 1000000;
     int64_t next_snap = now + (int64_t)s->cfg.snapshot_interval_s * 1000000000;
     uint64_t snap_gen = s->global.gen;
+    const int64_t watchdog = notify_init();
+    int64_t next_status = now, next_watchdog = now;
+    uint64_t last_explained = s->stats.explained;
+    notify_ready();
     while (!s->stop) {
         zmq_pollitem_t items[] = {
             {s->sub, 0, ZMQ_POLLIN, 0},
@@ -356,6 +361,8 @@ server_run(server_t *s)
         long timeout = s_until(next_glob, now);
         if (s->cfg.state_dir[0] && s_until(next_snap, now) < timeout)
             timeout = s_until(next_snap, now);
+        if (watchdog && s_until(next_watchdog, now) < timeout)
+            timeout = s_until(next_watchdog, now);
         int rc = zmq_poll(items, 3, timeout);
         if (rc < 0) {
             if (errno == EINTR)
@@ -379,7 +386,21 @@ server_run(server_t *s)
                 snap_gen = s->global.gen;
             next_snap = now + (int64_t)s->cfg.snapshot_interval_s * 1000000000;
         }
+        if (watchdog && now >= next_watchdog) {
+            notify_watchdog();
+            next_watchdog = now + watchdog;
+        }
+        if (now >= next_status) {
+            double rate = (double)(s->stats.explained - last_explained) / 5.0;
+            notify_status("%u model(s), %llu trades explained (%.0f/s), %llu rejected, %llu lost",
+                          s->models.count, (unsigned long long)s->stats.explained, rate,
+                          (unsigned long long)s->stats.rejected_total,
+                          (unsigned long long)s->stats.lost);
+            last_explained = s->stats.explained;
+            next_status = now + 5000000000ll;
+        }
     }
+    notify_stopping();
     global_publish_changed(s);
     if (s->cfg.state_dir[0] && state_save(s, s->cfg.state_dir) == 0)
         log_notice("state: snapshot written to %s", s->cfg.state_dir);

@@ -117,7 +117,7 @@ def bad_inputs(seq=100):
 def test_bad_inputs(d):
     pub = d.publisher()
     sub = d.subscriber(b"xpl/m1")
-    join(d, pub, model="m2")
+    join(d, pub, sub)
     seq = 0
 
     def good_one():
@@ -220,7 +220,7 @@ def test_bad_queries(d):
 
 
 def main():
-    d = Daemon("--allow-models", "m1,m2,m3,probe", "--log-rate", "1000")
+    d = Daemon("--allow-models", "m1,m2,m3,__probe", "--log-rate", "1000")
     try:
         test_bad_inputs(d)
         test_bad_queries(d)

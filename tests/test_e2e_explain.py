@@ -53,7 +53,7 @@ def check_trade(msg, A, G, cls, methods, fusion="mean", resnorm=False):
 def test_shapes_dtypes_batches(d):
     pub = d.publisher()
     sub = d.subscriber(b"xpl/m")
-    join(d, pub)
+    join(d, pub, sub)
     rng = np.random.default_rng(7)
     methods = ["rollout", "grad_rollout", "first_layer", "attn_mean"]
     cases = []
@@ -103,7 +103,7 @@ def test_shapes_dtypes_batches(d):
 def test_schema_epochs_and_seq(d):
     pub = d.publisher()
     sub = d.subscriber(b"xpl/ep")
-    join(d, pub)
+    join(d, pub, sub)
     rng = np.random.default_rng(3)
     tok = ["a", "b", "c", "CLS"]
     A = random_attention(rng, (1, 2, 2, 4, 4))
@@ -138,7 +138,7 @@ def test_method_options(d_opts):
     d = d_opts
     pub = d.publisher()
     sub = d.subscriber(b"xpl/opt")
-    join(d, pub)
+    join(d, pub, sub)
     rng = np.random.default_rng(11)
     methods = ["rollout", "grad_rollout", "first_layer", "attn_mean", "diag", "flow"]
     for c, (L, H, n, cls) in enumerate([(2, 3, 5, 4), (3, 2, 6, -1), (1, 4, 4, 0)]):
@@ -158,7 +158,7 @@ def test_flow_sampling_and_on_demand(d_flow):
     d = d_flow
     pub = d.publisher()
     sub = d.subscriber(b"xpl/fl")
-    join(d, pub)
+    join(d, pub, sub)
     rng = np.random.default_rng(5)
     A = random_attention(rng, (4, 2, 2, 5, 5), temp=2.0)
     Ax, _ = send(pub, "fl", 0, [0, 1, 2, 3], A, None, "f32", 4, list("abcdC"))

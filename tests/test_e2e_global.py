@@ -76,7 +76,7 @@ def check_state(state, vectors, target=None):
 
 def test_global_state(d):
     st = Stream(d, "g1")
-    join(d, st.pub)
+    join(d, st.pub, st.sub)
     glob = d.subscriber(b"glob/g1")
     heads = d.subscriber(b"heads/g1")
     rng = np.random.default_rng(1)
@@ -138,7 +138,7 @@ def test_global_state(d):
 def test_drift_alert_on_shift(d):
     W = 40
     st = Stream(d, "dr", L=2, H=2, n=7)
-    join(d, st.pub)
+    join(d, st.pub, st.sub)
     drift = d.subscriber(b"drift/dr")
     rng = np.random.default_rng(2)
     before = [3.0, 2.5, 2.0, 1.5, 1.0, 0.5]

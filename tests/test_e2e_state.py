@@ -33,7 +33,7 @@ class StatefulDaemon(Daemon):
 def stream(d, model, start, count, rng, vectors, rate=None):
     pub = d.publisher()
     sub = d.subscriber(f"xpl/{model}".encode())
-    join(d, pub, model=f"probe{start}")
+    join(d, pub, sub)
     for k in range(start, start + count):
         A = random_attention(rng, (1, L, H, N, N), temp=2.0)
         body = {"v": 1, "model": model, "seq": k, "ts": time.time_ns(), "ids": [k], "L": L,

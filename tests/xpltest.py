@@ -137,11 +137,23 @@ def wait_until(pred, timeout=10.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def join(daemon, pub, model="probe"):
-    """Beat ZeroMQ's slow joiner: publish probe messages for a throw-away
-    model until the daemon has counted one, so that what follows is not
-    dropped before the subscription reaches the publisher."""
-    seq = 0
+def join(daemon, pub, sub=None, model="__probe"):
+    """Beat ZeroMQ's slow joiner on both sides: publish probe messages for a
+    throw-away model until the daemon has explained one from this publisher
+    (and, when `sub` is given, until one reached this subscriber), so that
+    nothing the test sends next is dropped before the subscriptions are in
+    place. Probe messages are drained from `sub` before returning."""
+    def explained():
+        for m in daemon.stats()["models"]:
+            if m["model"] == model:
+                return m["explained"]
+        return 0
+
+    before = explained()
+    topic = f"xpl/{model}".encode()
+    if sub is not None:
+        sub.subscribe(topic)
+    seq = 1 << 40
 
     def probe():
         nonlocal seq
@@ -150,11 +162,20 @@ def join(daemon, pub, model="probe"):
             "v": 1, "model": model, "seq": seq, "ts": 0, "ids": [seq], "L": 1, "H": 1, "n": 2,
             "dtype": "f32", "attn": A.tobytes(), "cls": -1, "tokens": ["a", "b"]})])
         seq += 1
-        for m in daemon.stats()["models"]:
-            if m["model"] == model and m["explained"] > 0:
-                return True
+        if sub is None:
+            return explained() > before
+        if sub.poll(50):
+            t, _ = sub.recv_multipart()
+            assert t == topic, f"unexpected message on {t!r} while joining"
+            return True
         return False
-    wait_until(probe, what="the daemon to receive from the test publisher")
+    wait_until(probe, what="the test publisher and subscriber to be connected")
+    if sub is not None:
+        sub.unsubscribe(topic)
+        time.sleep(0.05)
+        while sub.poll(0):
+            t, _ = sub.recv_multipart()
+            assert t == topic, f"unexpected message on {t!r} while joining"
 
 
 def random_attention(rng, shape, temp=1.0):
