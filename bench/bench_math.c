@@ -1,0 +1,390 @@
+/*  bench_math: the math library alone, in process, no ZeroMQ (ISSUE 7).
+
+    - single-core read bandwidth: a streaming sum over a buffer far larger
+      than the last-level cache;
+    - all five methods (rollout, grad_rollout, first_layer, attn_mean, diag)
+      on tab32 (and tab32-f16, tab16) streaming through a pool of trades
+      larger than the cache: trades/s against the bandwidth bound
+      (bandwidth / tensor bytes per trade), and the same trade repeated
+      (cache-hot, as in the daemon where the tensor was just received);
+    - wide128: GFLOP/s of the full-matrix products (xm_rollout_matrix,
+      xm_grad_rollout_matrix: cblas_sgemm) against OpenBLAS's own sgemm peak
+      measured here, and OpenBLAS against a lean loop for small n;
+    - the sweep n in {8..256} x L in {1,2,4,8,12} (H=8): cost per trade.
+    Bandwidth and method runs are interleaved and repeated; medians are
+    reported.
+
+    usage: bench_math [all|bw|methods|gemm|sweep] [--reps N] [--seconds S]  */
+#define _GNU_SOURCE
+#include "bench_common.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdbool.h>
+
+static int s_reps = 5;
+static double s_secs = 0.5;
+static volatile float s_sink;
+
+typedef float v8f __attribute__((vector_size(32)));
+
+static int
+s_cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double
+median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, s_cmp_d);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* ---- read bandwidth ---------------------------------------------------- */
+
+#define BW_BYTES ((size_t)512 << 20)
+static float *s_bwbuf;
+
+__attribute__((target_clones("avx2", "default"))) static float
+s_stream_sum(const float *p, size_t n)
+{
+    v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    for (size_t i = 0; i + 32 <= n; i += 32) {
+        v8f x0, x1, x2, x3;
+        memcpy(&x0, p + i, 32);
+        memcpy(&x1, p + i + 8, 32);
+        memcpy(&x2, p + i + 16, 32);
+        memcpy(&x3, p + i + 24, 32);
+        a0 += x0;
+        a1 += x1;
+        a2 += x2;
+        a3 += x3;
+    }
+    v8f a = (a0 + a1) + (a2 + a3);
+    return a[0] + a[1] + a[2] + a[3] + a[4] + a[5] + a[6] + a[7];
+}
+
+/* One bandwidth measurement in GB/s (10^9 bytes/s). */
+static double
+bw_once(void)
+{
+    if (!s_bwbuf) {
+        s_bwbuf = aligned_alloc(64, BW_BYTES);
+        for (size_t i = 0; i < BW_BYTES / 4; i++)
+            s_bwbuf[i] = (float)(i & 1023);
+        s_sink += s_stream_sum(s_bwbuf, BW_BYTES / 4);
+    }
+    int64_t t0 = now_mono();
+    s_sink += s_stream_sum(s_bwbuf, BW_BYTES / 4);
+    int64_t t1 = now_mono();
+    return (double)BW_BYTES / (double)(t1 - t0);
+}
+
+/* ---- methods ----------------------------------------------------------- */
+
+typedef struct {
+    wl_t w;
+    size_t trade;       /* bytes of one trade's attn (= grad) */
+    uint32_t ntrades;
+    uint8_t *attn, *grad;
+} pool_t;
+
+/* A pool of `bytes` worth of trades, made of copies of 8 distinct ones. */
+static void
+pool_make(pool_t *p, const wl_t *w, size_t bytes)
+{
+    p->w = *w;
+    p->w.B = 1;
+    p->trade = wl_trade_elems(w) * xm_dtype_size(w->dtype);
+    size_t per = p->trade * (w->grad ? 2 : 1);
+    p->ntrades = (uint32_t)(bytes / per);
+    if (p->ntrades < 2)
+        p->ntrades = 2;
+    uint32_t distinct = p->ntrades < 8 ? p->ntrades : 8;
+    void *a, *g;
+    wl_t wd = p->w;
+    wd.B = distinct;
+    wl_tensors(&wd, distinct, 7, &a, &g);
+    p->attn = aligned_alloc(64, p->trade * p->ntrades + 64);
+    p->grad = w->grad ? aligned_alloc(64, p->trade * p->ntrades + 64) : NULL;
+    for (uint32_t t = 0; t < p->ntrades; t++) {
+        memcpy(p->attn + t * p->trade, (uint8_t *)a + (t % distinct) * p->trade, p->trade);
+        if (g)
+            memcpy(p->grad + t * p->trade, (uint8_t *)g + (t % distinct) * p->trade, p->trade);
+    }
+    free(a);
+    free(g);
+}
+
+static void
+pool_free(pool_t *p)
+{
+    free(p->attn);
+    free(p->grad);
+}
+
+static const unsigned FIVE = XM_BIT(XM_ROLLOUT) | XM_BIT(XM_GRAD_ROLLOUT) |
+                             XM_BIT(XM_FIRST_LAYER) | XM_BIT(XM_ATTN_MEAN) | XM_BIT(XM_DIAG);
+
+/* Trades/s of xm_explain (five methods) over the pool, or over trade 0
+   only when `hot`. */
+static double
+methods_once(xm_work_t *wk, const pool_t *p, bool hot, double secs)
+{
+    xm_opts_t o = {.methods = FIVE, .fusion = XM_FUSE_MEAN};
+    xm_shape_t s = {p->w.L, p->w.H, p->w.n, p->w.cls};
+    xm_result_t res;
+    uint64_t done = 0;
+    int64_t t0 = now_mono(), lim = (int64_t)(secs * 1e9), t1;
+    uint32_t k = 0;
+    do {
+        for (int r = 0; r < 16; r++) {
+            size_t off = hot ? 0 : (size_t)k * p->trade;
+            if (xm_explain(wk, &o, &s, p->w.dtype, p->attn + off, p->grad ? p->grad + off : NULL,
+                           &res) != XM_OK) {
+                fprintf(stderr, "xm_explain failed\n");
+                exit(1);
+            }
+            s_sink += res.attr[XM_ROLLOUT][0];
+            if (++k == p->ntrades)
+                k = 0;
+        }
+        done += 16;
+        t1 = now_mono();
+    } while (t1 - t0 < lim);
+    return (double)done / ((double)(t1 - t0) / 1e9);
+}
+
+static void
+bench_methods(void)
+{
+    static const char *names[] = {"tab32", "tab32-f16", "tab16", "wide128"};
+    printf("\n### Math library alone: five methods per trade, in process\n\n");
+    printf("Read bandwidth and method runs interleaved, %d repetitions, medians. "
+           "Bound = bandwidth / tensor bytes per trade (attn + grad).\n\n", s_reps);
+    printf("| workload | bytes/trade | read GB/s | bound trades/s | streaming trades/s | ratio "
+           "| cache-hot trades/s | hot us/trade |\n|---|---|---|---|---|---|---|---|\n");
+    xm_work_t *wk = xm_work_new();
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        const wl_t *w = wl_find(names[i]);
+        pool_t p;
+        pool_make(&p, w, (size_t)256 << 20);
+        double bw[32], st[32], hot[32], ratio[32];
+        size_t bytes = wl_trade_bytes(w);
+        for (int r = 0; r < s_reps && r < 32; r++) {
+            bw[r] = bw_once();
+            st[r] = methods_once(wk, &p, false, s_secs);
+            hot[r] = methods_once(wk, &p, true, s_secs);
+            ratio[r] = st[r] / (bw[r] * 1e9 / (double)bytes);
+        }
+        double mbw = median(bw, s_reps), mst = median(st, s_reps), mhot = median(hot, s_reps);
+        printf("| %s | %zu | %.1f | %.0f | %.0f | %.2f | %.0f | %.2f |\n", names[i], bytes, mbw,
+               mbw * 1e9 / (double)bytes, mst, median(ratio, s_reps), mhot, 1e6 / mhot);
+        fflush(stdout);
+        pool_free(&p);
+    }
+    xm_work_destroy(&wk);
+}
+
+/* ---- products ---------------------------------------------------------- */
+
+/* A lean row-major C = A B (n x n), i-k-j order, vectorised by the
+   compiler: the candidate replacement for cblas_sgemm at small n. */
+__attribute__((target_clones("avx2", "default"))) static void
+lean_gemm(uint32_t n, const float *A, const float *B, float *C)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        float *c = C + (size_t)i * n;
+        memset(c, 0, n * sizeof *c);
+        for (uint32_t k = 0; k < n; k++) {
+            float a = A[(size_t)i * n + k];
+            const float *b = B + (size_t)k * n;
+            for (uint32_t j = 0; j < n; j++)
+                c[j] += a * b[j];
+        }
+    }
+}
+
+static double
+gflops_sgemm(uint32_t n, double secs, bool lean)
+{
+    size_t nn = (size_t)n * n;
+    float *A = aligned_alloc(64, nn * 4), *B = aligned_alloc(64, nn * 4), *C = aligned_alloc(64, nn * 4);
+    for (size_t k = 0; k < nn; k++) {
+        A[k] = (float)(k % 7) / 7.0f;
+        B[k] = (float)(k % 5) / 5.0f;
+    }
+    uint64_t done = 0;
+    int64_t t0 = now_mono(), t1;
+    do {
+        if (lean)
+            lean_gemm(n, A, B, C);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)n, (int)n, 1.0f, A,
+                        (int)n, B, (int)n, 0.0f, C, (int)n);
+        done++;
+        t1 = now_mono();
+    } while (t1 - t0 < (int64_t)(secs * 1e9));
+    s_sink += C[0];
+    free(A);
+    free(B);
+    free(C);
+    return 2.0 * n * n * (double)n * (double)done / (double)(t1 - t0);
+}
+
+static void
+bench_gemm(void)
+{
+    xm_blas_single_thread();
+    printf("\n### Products: OpenBLAS sgemm (single thread) against a lean loop\n\n");
+    printf("| n | OpenBLAS GFLOP/s | lean loop GFLOP/s | OpenBLAS us/product | lean us/product |\n"
+           "|---|---|---|---|---|\n");
+    static const uint32_t ns[] = {8, 16, 32, 64, 128, 256, 1024};
+    double peak = 0;
+    for (size_t i = 0; i < sizeof ns / sizeof *ns; i++) {
+        double b[32], l[32];
+        for (int r = 0; r < s_reps && r < 32; r++) {
+            b[r] = gflops_sgemm(ns[i], s_secs / 2, false);
+            l[r] = ns[i] <= 256 ? gflops_sgemm(ns[i], s_secs / 2, true) : 0;
+        }
+        double mb = median(b, s_reps), ml = median(l, s_reps);
+        double fl = 2.0 * ns[i] * ns[i] * ns[i];
+        if (mb > peak)
+            peak = mb;
+        if (ns[i] <= 256)
+            printf("| %u | %.1f | %.1f | %.2f | %.2f |\n", ns[i], mb, ml, fl / mb / 1e3, fl / ml / 1e3);
+        else
+            printf("| %u | %.1f | - | %.0f | - |\n", ns[i], mb, fl / mb / 1e3);
+        fflush(stdout);
+    }
+
+    /* wide128: the full matrices the trade query builds. */
+    const wl_t *w = wl_find("wide128");
+    void *a, *g;
+    wl_tensors(w, 1, 3, &a, &g);
+    xm_work_t *wk = xm_work_new();
+    xm_opts_t o = {.methods = FIVE, .fusion = XM_FUSE_MEAN};
+    xm_shape_t s = {w->L, w->H, w->n, w->cls};
+    xm_result_t res;
+    xm_explain(wk, &o, &s, w->dtype, a, g, &res);
+    size_t nn = (size_t)w->n * w->n;
+    float *out = aligned_alloc(64, nn * 4), *tmp = aligned_alloc(64, nn * 4);
+    double gr[32], gg[32];
+    for (int r = 0; r < s_reps && r < 32; r++) {
+        for (int which = 0; which < 2; which++) {
+            uint64_t done = 0;
+            int64_t t0 = now_mono(), t1;
+            do {
+                if (which == 0)
+                    xm_rollout_matrix(w->L, w->n, xm_work_rollout_layers(wk), out, tmp);
+                else
+                    xm_grad_rollout_matrix(w->L, w->n, xm_work_grad_layers(wk), false, out, tmp);
+                done++;
+                t1 = now_mono();
+            } while (t1 - t0 < (int64_t)(s_secs * 1e9 / 2));
+            double flops = 2.0 * w->n * w->n * (double)w->n * (which == 0 ? w->L - 1 : w->L);
+            (which == 0 ? gr : gg)[r] = flops * (double)done / (double)(t1 - t0);
+        }
+    }
+    double mr = median(gr, s_reps), mg = median(gg, s_reps);
+    printf("\nwide128 full matrices (L=6, n=128): xm_rollout_matrix %.1f GFLOP/s (%.2f of peak), "
+           "xm_grad_rollout_matrix %.1f GFLOP/s (%.2f of peak); OpenBLAS sgemm peak here "
+           "%.1f GFLOP/s (best of the sizes above, single thread).\n",
+           mr, mr / peak, mg, mg / peak, peak);
+    s_sink += out[0];
+    free(out);
+    free(tmp);
+    free(a);
+    free(g);
+    xm_work_destroy(&wk);
+}
+
+/* ---- sweep ------------------------------------------------------------- */
+
+static void
+bench_sweep(void)
+{
+    static const uint32_t ns[] = {8, 16, 32, 64, 128, 256}, Ls[] = {1, 2, 4, 8, 12};
+    printf("\n### Sweep: cost per trade of the five methods (H=8, f32, attn + grad, streaming "
+           "from memory)\n\n");
+    printf("| n \\ L |");
+    for (size_t j = 0; j < 5; j++)
+        printf(" L=%u |", Ls[j]);
+    printf("\n|---|---|---|---|---|---|\n");
+    xm_work_t *wk = xm_work_new();
+    double bwv[32];
+    for (int r = 0; r < 3; r++)
+        bwv[r] = bw_once();
+    double bw = median(bwv, 3);
+    for (size_t i = 0; i < 6; i++) {
+        printf("| n=%u |", ns[i]);
+        for (size_t j = 0; j < 5; j++) {
+            wl_t w = {NULL, Ls[j], 8, ns[i], (int32_t)ns[i] - 1, XM_F32, 1, 1};
+            pool_t p;
+            pool_make(&p, &w, (size_t)128 << 20);
+            double v[32];
+            for (int r = 0; r < 3; r++)
+                v[r] = methods_once(wk, &p, false, s_secs / 2);
+            double tps = median(v, 3), bytes = (double)wl_trade_bytes(&w);
+            printf(" %.1f us (%.0f%%) |", 1e6 / tps, 100.0 * tps * bytes / (bw * 1e9));
+            fflush(stdout);
+            pool_free(&p);
+        }
+        printf("\n");
+    }
+    printf("\nEach cell: microseconds per trade (percentage of the read-bandwidth bound "
+           "at %.1f GB/s).\n", bw);
+    xm_work_destroy(&wk);
+}
+
+int
+main(int argc, char **argv)
+{
+    const char *what = "all";
+    if (argc == 4 && strcmp(argv[1], "prof") == 0) {
+        /* For callgrind: N cache-hot trades of one workload. */
+        const wl_t *w = wl_find(argv[2]);
+        if (!w)
+            return 2;
+        pool_t p;
+        pool_make(&p, w, 1);
+        xm_work_t *wk = xm_work_new();
+        xm_opts_t o = {.methods = FIVE, .fusion = XM_FUSE_MEAN};
+        xm_shape_t s = {w->L, w->H, w->n, w->cls};
+        xm_result_t res;
+        for (int k = atoi(argv[3]); k > 0; k--)
+            xm_explain(wk, &o, &s, w->dtype, p.attn, p.grad, &res);
+        xm_work_destroy(&wk);
+        pool_free(&p);
+        return 0;
+    }
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc)
+            s_reps = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc)
+            s_secs = atof(argv[++i]);
+        else
+            what = argv[i];
+    }
+    if (s_reps < 1)
+        s_reps = 1;
+    if (s_reps > 32)
+        s_reps = 32;
+    xm_blas_single_thread();
+    bool all = strcmp(what, "all") == 0;
+    if (all || strcmp(what, "bw") == 0) {
+        double v[32];
+        for (int r = 0; r < s_reps; r++)
+            v[r] = bw_once();
+        printf("single-core read bandwidth: %.1f GB/s (median of %d)\n", median(v, s_reps), s_reps);
+    }
+    if (all || strcmp(what, "methods") == 0)
+        bench_methods();
+    if (all || strcmp(what, "gemm") == 0)
+        bench_gemm();
+    if (all || strcmp(what, "sweep") == 0)
+        bench_sweep();
+    return 0;
+}
