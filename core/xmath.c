@@ -27,6 +27,8 @@ struct xm_work_t {
     float *fmean;               /* mean_h A_l, then Â_l (mean fusion) */
     float *ffus;                /* max/min over heads, then Â_l (that fusion) */
     float *gbar;                /* Ā_l = mean_h max(0, G A) */
+    size_t cap_rowsum;
+    double *rowsum;             /* [L][n] row sums of mean_h A_l */
     size_t cap_row;
     float *rowa, *rowg;         /* one row decoded from 16-bit dtypes */
     size_t cap_heads;
@@ -117,7 +119,7 @@ xm_work_destroy(xm_work_t **self_p)
     if (!self_p || !*self_p)
         return;
     xm_work_t *w = *self_p;
-    free(w->fmean); free(w->ffus); free(w->gbar);
+    free(w->fmean); free(w->ffus); free(w->gbar); free(w->rowsum);
     free(w->rowa); free(w->rowg);
     free(w->imp); free(w->conf); free(w->imp_acc);
     free(w->attr);
@@ -153,6 +155,11 @@ s_reserve(xm_work_t *w, const xm_shape_t *s)
             s_grow((void **)&w->gbar, layers, 4))
             return -1;
         w->cap_layers = layers;
+    }
+    if ((size_t)s->L * s->n > w->cap_rowsum) {
+        if (s_grow((void **)&w->rowsum, (size_t)s->L * s->n, 8))
+            return -1;
+        w->cap_rowsum = (size_t)s->L * s->n;
     }
     if (s->n > w->cap_row) {
         if (s_grow((void **)&w->rowa, s->n, 4) || s_grow((void **)&w->rowg, s->n, 4))
@@ -218,26 +225,40 @@ s_vmin(v8f a, v8f b)
 typedef struct {
     float rowmax;   /* max_j a_j */
     float dot;      /* sum_j a_j g_j */
+    double rowsum;  /* last head only: sum_j of the finished head-mean row */
     v8f bad;        /* accumulates x * 0: NaN as soon as any x is not finite */
 } s_rowout_t;
 
+typedef double v4d __attribute__((vector_size(32)));
+
 /* The fused row kernel. `a` and `g` are float32 rows at any alignment.
-   `first` (first head), `fusion` and `grad` are compile-time constants
-   at every call site, so each combination compiles to its own loop. */
+   `first` (first head), `last` (last head: finish the head means by
+   multiplying by 1/H and sum the finished row for the row normalisation),
+   `fusion` and `grad` are compile-time constants at every call site, so
+   each combination compiles to its own loop, inside the caller's target
+   clone. */
 static inline __attribute__((always_inline)) void
-s_row(const int first, const int fusion, const int grad, uint32_t n,
-      float *restrict fm, float *restrict ff, float *restrict gb,
+s_row(const int first, const int last, const int fusion, const int grad, uint32_t n,
+      float invH, float *restrict fm, float *restrict ff, float *restrict gb,
       const uint8_t *a, const uint8_t *g, s_rowout_t *ro)
 {
     const v8f zero = {0};
     const v8f ninf = zero - INFINITY;
+    const v8f vinv = zero + invH;
     v8f vmax = ninf, vdot = zero, bad = ro->bad;
+    v4d vs0 = {0}, vs1 = {0};
     uint32_t j = 0;
     for (; j + 8 <= n; j += 8) {
         v8f x = s_ld(a + 4 * j);
         bad += x * zero;
         vmax = s_vmax(x, vmax);
-        s_st(fm + j, first ? x : s_ld(fm + j) + x);
+        v8f m = first ? x : s_ld(fm + j) + x;
+        if (last) {
+            m *= vinv;
+            vs0 += __builtin_convertvector(__builtin_shufflevector(m, m, 0, 1, 2, 3), v4d);
+            vs1 += __builtin_convertvector(__builtin_shufflevector(m, m, 4, 5, 6, 7), v4d);
+        }
+        s_st(fm + j, m);
         if (fusion == XM_FUSE_MAX)
             s_st(ff + j, first ? x : s_vmax(x, s_ld(ff + j)));
         else if (fusion == XM_FUSE_MIN)
@@ -248,19 +269,27 @@ s_row(const int first, const int fusion, const int grad, uint32_t n,
             v8f p = x * y;
             vdot += p;
             v8f c = s_vmax(p, zero);
-            s_st(gb + j, first ? c : s_ld(gb + j) + c);
+            v8f q = first ? c : s_ld(gb + j) + c;
+            s_st(gb + j, last ? q * vinv : q);
         }
     }
     float mx = vmax[0];
     for (int k = 1; k < 8; k++)
         mx = vmax[k] > mx ? vmax[k] : mx;
     float dot = grad ? s_hsum(vdot) : 0.0f;
+    v4d vs = vs0 + vs1;
+    double sum = (vs[0] + vs[2]) + (vs[1] + vs[3]);
     for (; j < n; j++) {
         float x;
         memcpy(&x, a + 4 * j, 4);
         bad[0] += x * 0.0f;
         mx = x > mx ? x : mx;
-        fm[j] = first ? x : fm[j] + x;
+        float m = first ? x : fm[j] + x;
+        if (last) {
+            m *= invH;
+            sum += m;
+        }
+        fm[j] = m;
         if (fusion == XM_FUSE_MAX)
             ff[j] = first ? x : (x > ff[j] ? x : ff[j]);
         else if (fusion == XM_FUSE_MIN)
@@ -272,52 +301,35 @@ s_row(const int first, const int fusion, const int grad, uint32_t n,
             float p = x * y;
             dot += p;
             float c = p > 0.0f ? p : 0.0f;
-            gb[j] = first ? c : gb[j] + c;
+            float q = first ? c : gb[j] + c;
+            gb[j] = last ? q * invH : q;
         }
     }
     ro->rowmax = mx;
     ro->dot = dot;
+    ro->rowsum = sum;
     ro->bad = bad;
 }
 
-#define S_ROW_CASE(F, U, G)                                                   \
-    s_row(F, U, G, n, fm, ff, gb, a, g, ro)
-
-static void
-s_row_dispatch(int first, int fusion, int grad, uint32_t n, float *fm, float *ff,
-               float *gb, const uint8_t *a, const uint8_t *g, s_rowout_t *ro)
-{
-    switch ((first << 3) | (fusion << 1) | grad) {
-    case 0x0: S_ROW_CASE(0, XM_FUSE_MEAN, 0); break;
-    case 0x1: S_ROW_CASE(0, XM_FUSE_MEAN, 1); break;
-    case 0x2: S_ROW_CASE(0, XM_FUSE_MAX, 0); break;
-    case 0x3: S_ROW_CASE(0, XM_FUSE_MAX, 1); break;
-    case 0x4: S_ROW_CASE(0, XM_FUSE_MIN, 0); break;
-    case 0x5: S_ROW_CASE(0, XM_FUSE_MIN, 1); break;
-    case 0x8: S_ROW_CASE(1, XM_FUSE_MEAN, 0); break;
-    case 0x9: S_ROW_CASE(1, XM_FUSE_MEAN, 1); break;
-    case 0xa: S_ROW_CASE(1, XM_FUSE_MAX, 0); break;
-    case 0xb: S_ROW_CASE(1, XM_FUSE_MAX, 1); break;
-    case 0xc: S_ROW_CASE(1, XM_FUSE_MIN, 0); break;
-    default: S_ROW_CASE(1, XM_FUSE_MIN, 1); break;
-    }
-}
-
-/* One layer: read H heads of A (and G) once; leave mean_h A in fm, the
-   max/min fusion in ff, Ā in gb, head statistics in w->imp/conf. */
-__attribute__((target_clones("avx2", "default"))) static void
-s_layer_pass(xm_work_t *w, xm_fusion_t fusion, xm_dtype_t dt, uint32_t l,
+/* One layer of one (fusion, grad) combination: read H heads of A (and
+   G) once; leave mean_h A in fm (already divided by H), the max/min
+   fusion in ff, Ā in gb (divided by H), the row sums of fm in
+   w->rowsum, head statistics in w->imp_acc/conf. */
+static inline __attribute__((always_inline)) void
+s_layer_body(const int fusion, const int grad, xm_work_t *w, xm_dtype_t dt, uint32_t l,
              const uint8_t *A, const uint8_t *G, v8f *bad)
 {
     const xm_shape_t *s = &w->shape;
     const uint32_t n = s->n, H = s->H;
     const size_t nn = (size_t)n * n, es = xm_dtype_size(dt);
+    const float invH = 1.0f / (float)H;
     float *fm = w->fmean + l * nn, *ff = w->ffus + l * nn, *gb = w->gbar + l * nn;
+    double *rs = w->rowsum + (size_t)l * n;
     s_rowout_t ro = {.bad = *bad};
-    const int grad = G != NULL;
 
     for (uint32_t h = 0; h < H; h++) {
         double conf = 0.0, dot = 0.0;
+        const int hf = h == 0, hl = h == H - 1;
         for (uint32_t i = 0; i < n; i++) {
             size_t off = (((size_t)l * H + h) * nn + (size_t)i * n) * es;
             const uint8_t *a = A + off, *g = grad ? G + off : NULL;
@@ -334,10 +346,19 @@ s_layer_pass(xm_work_t *w, xm_fusion_t fusion, xm_dtype_t dt, uint32_t l,
                 a = (const uint8_t *)w->rowa;
                 g = grad ? (const uint8_t *)w->rowg : NULL;
             }
-            s_row_dispatch(h == 0, fusion, grad, n, fm + (size_t)i * n, ff + (size_t)i * n,
-                           gb + (size_t)i * n, a, g, &ro);
+            float *fmr = fm + (size_t)i * n, *ffr = ff + (size_t)i * n, *gbr = gb + (size_t)i * n;
+            if (hf && hl)
+                s_row(1, 1, fusion, grad, n, invH, fmr, ffr, gbr, a, g, &ro);
+            else if (hf)
+                s_row(1, 0, fusion, grad, n, invH, fmr, ffr, gbr, a, g, &ro);
+            else if (hl)
+                s_row(0, 1, fusion, grad, n, invH, fmr, ffr, gbr, a, g, &ro);
+            else
+                s_row(0, 0, fusion, grad, n, invH, fmr, ffr, gbr, a, g, &ro);
             conf += ro.rowmax;
             dot += ro.dot;
+            if (hl)
+                rs[i] = ro.rowsum;
         }
         w->conf[l * H + h] = (float)(conf / n);
         w->imp_acc[l * H + h] = fabs(dot);
@@ -345,9 +366,28 @@ s_layer_pass(xm_work_t *w, xm_fusion_t fusion, xm_dtype_t dt, uint32_t l,
     *bad = ro.bad;
 }
 
+/* The whole layer pass is compiled once per target (AVX2+FMA+F16C, and a
+   baseline), with every kernel inlined into it. */
+#define XM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+
+XM_CLONES static void
+s_layer_pass(xm_work_t *w, xm_fusion_t fusion, xm_dtype_t dt, uint32_t l, const uint8_t *A,
+             const uint8_t *G, v8f *bad)
+{
+    const int grad = G != NULL;
+    switch (fusion * 2 + grad) {
+    case XM_FUSE_MEAN * 2: s_layer_body(XM_FUSE_MEAN, 0, w, dt, l, A, G, bad); break;
+    case XM_FUSE_MEAN * 2 + 1: s_layer_body(XM_FUSE_MEAN, 1, w, dt, l, A, G, bad); break;
+    case XM_FUSE_MAX * 2: s_layer_body(XM_FUSE_MAX, 0, w, dt, l, A, G, bad); break;
+    case XM_FUSE_MAX * 2 + 1: s_layer_body(XM_FUSE_MAX, 1, w, dt, l, A, G, bad); break;
+    case XM_FUSE_MIN * 2: s_layer_body(XM_FUSE_MIN, 0, w, dt, l, A, G, bad); break;
+    default: s_layer_body(XM_FUSE_MIN, 1, w, dt, l, A, G, bad); break;
+    }
+}
+
 /* out = r(M) for an n x n matrix (row cls without column cls, or column
    means), accumulated with weight `wgt` into a double vector. */
-static void
+XM_CLONES static void
 s_readout_acc(const xm_shape_t *s, const float *M, double wgt, double *acc)
 {
     const uint32_t n = s->n;
@@ -382,31 +422,30 @@ xm_readout(const xm_shape_t *s, const float *M, float *out)
     }
 }
 
-/* In place: M <- rownorm(I + M). A row summing to 0 becomes 0. */
-static void
-s_residual_rownorm(float *M, uint32_t n)
+/* In place: M <- rownorm(I + M), given the row sums of M (or NULL to
+   compute them). A row summing to 0 becomes 0. */
+XM_CLONES static void
+s_residual_rownorm(float *M, uint32_t n, const double *sums)
 {
     for (uint32_t i = 0; i < n; i++) {
         float *row = M + (size_t)i * n;
-        row[i] += 1.0f;
-        double sum = 0.0;
-        for (uint32_t j = 0; j < n; j++)
-            sum += row[j];
+        double sum = 1.0;
+        if (sums) {
+            sum += sums[i];
+        } else {
+            for (uint32_t j = 0; j < n; j++)
+                sum += row[j];
+        }
         float inv = sum != 0.0 ? (float)(1.0 / sum) : 0.0f;
+        float d = row[i] + 1.0f;
         for (uint32_t j = 0; j < n; j++)
             row[j] *= inv;
+        row[i] = d * inv;
     }
 }
 
-static void
-s_scale(float *M, size_t count, float c)
-{
-    for (size_t k = 0; k < count; k++)
-        M[k] *= c;
-}
-
 /* v <- v M (row vector times n x n matrix), in double. */
-static void
+XM_CLONES static void
 s_vecmat(const double *v, const float *M, uint32_t n, double *out)
 {
     memset(out, 0, n * sizeof *out);
@@ -509,7 +548,6 @@ xm_explain(xm_work_t *w, const xm_opts_t *o, const xm_shape_t *s, xm_dtype_t dt,
 
     const uint32_t n = s->n, L = s->L, H = s->H, nf = xm_nfeat(s);
     const size_t nn = (size_t)n * n;
-    const float invH = 1.0f / (float)H;
     unsigned want = o->methods;
     if (!grad)
         want &= ~XM_GRAD_METHODS;
@@ -529,9 +567,6 @@ xm_explain(xm_work_t *w, const xm_opts_t *o, const xm_shape_t *s, xm_dtype_t dt,
     for (uint32_t l = 0; l < L; l++) {
         s_layer_pass(w, o->fusion, dt, l, (const uint8_t *)attn, (const uint8_t *)grad, &bad);
         float *fm = w->fmean + l * nn, *ff = w->ffus + l * nn;
-        s_scale(fm, nn, invH);
-        if (grad)
-            s_scale(w->gbar + l * nn, nn, invH);
         if (want & XM_BIT(XM_ATTN_MEAN))
             s_readout_acc(s, fm, 1.0 / L, acc);
         if (l == 0) {
@@ -542,9 +577,9 @@ xm_explain(xm_work_t *w, const xm_opts_t *o, const xm_shape_t *s, xm_dtype_t dt,
                     if ((int32_t)j != s->cls)
                         attr[XM_DIAG][k++] = fm[(size_t)j * n + j];
         }
-        s_residual_rownorm(fm, n);
+        s_residual_rownorm(fm, n, w->rowsum + (size_t)l * n);
         if (w->fused_separately)
-            s_residual_rownorm(ff, n);
+            s_residual_rownorm(ff, n, NULL);
     }
     if (s_hsum(bad) != 0.0f)
         return XM_ENONFINITE;
