@@ -1,0 +1,35 @@
+"""xplain: Python side of xplaind's wire contract v1 (proto/).
+
+Pure Python on pyzmq, msgpack and numpy; torch is imported only when the
+PyTorch helper is used.
+
+    from xplain import Publisher, Subscriber, Client
+    from xplain.torch_capture import AttentionCapture     # needs torch
+
+Publisher    live model -> daemon: attention/gradient tensors (attn/<model>)
+Subscriber   daemon -> you: per-trade explanations (xpl/), glob/drift/heads
+GlobalView   one model's global state, kept current by the Clone pattern
+Client       the query ops (ping, models, schema, stats, trade, global,
+             drift, baseline, reference); QueryError / QueryTimeout on failure
+"""
+from .codec import DTYPES, decode, encode, round_to, f32_to_bf16_bits, bf16_bits_to_f32
+from .publisher import Publisher
+from .query import Client, QueryError, QueryTimeout, XplainError
+from .subscriber import Explanation, Subscriber, Update
+from .clone import GlobalView
+from .launch import Daemon, find_xplaind, free_tcp_endpoint
+
+__version__ = "0.1.0"
+
+__all__ = ["Publisher", "Subscriber", "Client", "GlobalView", "Explanation", "Update",
+           "QueryError", "QueryTimeout", "XplainError", "AttentionCapture", "capture",
+           "Daemon", "find_xplaind", "free_tcp_endpoint",
+           "DTYPES", "encode", "decode", "round_to", "f32_to_bf16_bits", "bf16_bits_to_f32"]
+
+
+def __getattr__(name):
+    # The PyTorch helper, loaded (and torch imported) on first use.
+    if name in ("AttentionCapture", "capture", "Captured"):
+        from . import torch_capture
+        return getattr(torch_capture, name)
+    raise AttributeError("module 'xplain' has no attribute %r" % name)

@@ -1,0 +1,117 @@
+"""GlobalView: a model's global state kept current by the Clone pattern
+(proto/global.md; zguide chapter 5).
+
+    view = GlobalView("tcp://127.0.0.1:5557", "tcp://127.0.0.1:5558", "m1")
+    view.poll(1.0)                       # apply the updates that arrived
+    view.state["methods"]["rollout"]["mean"]     # numpy float64
+
+The SUB socket subscribes to glob/<model> before the snapshot is asked for
+(the order that avoids the race of zguide issue 818); updates with a seq
+at or below the snapshot's are dropped; every glob/ message is a whole
+state, so a later one simply replaces the view. A seq at or below the
+last applied one in a message sent later (its `ts` is newer than the
+state's) means the daemon restarted and counts again: the view takes a new
+snapshot. (The `global` reply's `ts` is the time of the reply, so every
+message queued before the snapshot is older than it.)
+"""
+import time
+
+import msgpack
+import zmq
+
+from .query import Client, QueryError, arrays
+
+
+class GlobalView:
+    """Clone-pattern view of one model's glob/ state.
+
+    state   the last whole state (dict as in glob/, vectors as numpy), or
+            None while the daemon has none for the model
+    seq     its seq (-1 before the first)
+    """
+
+    def __init__(self, publish, query, model, context=None, timeout=5.0):
+        self._ctx = context or zmq.Context.instance()
+        self.model = model
+        self._sub = self._ctx.socket(zmq.SUB)
+        self._sub.setsockopt(zmq.LINGER, 0)
+        self._sub.setsockopt(zmq.SUBSCRIBE, ("glob/" + model).encode())
+        self._sub.connect(publish)
+        if isinstance(query, str):
+            self._q, self._own_q = Client(query, timeout=timeout, context=self._ctx), True
+        else:
+            self._q, self._own_q = query, False
+        self.state = None
+        self.seq = -1
+        self.snapshots = 0
+        self.updates = 0
+        self.restarts = 0
+        self.snapshot()
+
+    def snapshot(self):
+        """Take a snapshot (the `global` query) now. Messages queued on the
+        SUB socket stay queued and are filtered by seq in poll()."""
+        try:
+            r = self._q.global_state(self.model)
+        except QueryError as e:
+            if e.code not in ("unknown_model", "not_found"):
+                raise
+            self.state, self.seq = None, -1
+            return False
+        for k in ("ok",):
+            r.pop(k, None)
+        self.state, self.seq = r, int(r.get("seq", -1))
+        self.snapshots += 1
+        return True
+
+    def poll(self, timeout=0.0):
+        """Apply every glob/ update that arrives within `timeout` seconds
+        (0: only those already queued). Returns the number applied."""
+        applied = 0
+        deadline = time.monotonic() + timeout
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            if not self._sub.poll(int(left * 1000), zmq.POLLIN):
+                return applied
+            topic, body = self._sub.recv_multipart()[:2]
+            try:
+                m = msgpack.unpackb(body, raw=False, strict_map_key=False)
+            except Exception:
+                continue
+            if not isinstance(m, dict) or m.get("model") != self.model or not isinstance(m.get("seq"), int):
+                continue          # glob/m10 also matches the prefix glob/m1
+            seq = m["seq"]
+            if seq <= self.seq:
+                # Older than the state held: either sent before the snapshot
+                # (drop it) or, when it was sent after the state held was
+                # (ts), by a daemon that restarted and counts again.
+                if self.state is not None and m.get("ts", 0) > self.state.get("ts", 0):
+                    self.restarts += 1
+                    self.snapshot()
+                continue
+            self.state, self.seq = arrays(m), seq
+            self.updates += 1
+            applied += 1
+
+    def mean(self, method, target=None):
+        """The global mean vector of a method (overall or for a target
+        class), or None."""
+        if self.state is None:
+            return None
+        if target is None:
+            ms = self.state.get("methods", {})
+        else:
+            ms = next((t["methods"] for t in self.state.get("targets", []) if t.get("target") == target), {})
+        e = ms.get(method)
+        return None if e is None else e.get("mean")
+
+    def close(self):
+        self._sub.close(0)
+        if self._own_q:
+            self._q.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,226 @@
+"""Publisher: a live model's side of contract v1 (proto/ingest.md).
+
+    pub = Publisher("m1", bind="tcp://127.0.0.1:5556",
+                    tokens=["price", "size", "spread", "CLS"], cls=3)
+    pub.wait_subscriber(5.0)         # the daemon's SUB has subscribed
+    pub.send(attn, grad=grad, target=[1], y=[0.73])
+
+The socket is an XPUB, which is a PUB to the daemon's SUB but also lets the
+publisher see subscriptions arrive. That is used twice: `wait_subscriber`
+avoids losing the first messages to ZeroMQ's slow-joiner window, and a new
+subscription (a daemon started or restarted) makes the next message carry
+`cls` and `tokens` again, so that a daemon that joins mid-stream learns the
+schema instead of rejecting every message as `no_schema`.
+"""
+import re
+import time
+
+import msgpack
+import numpy as np
+import zmq
+
+from . import codec
+
+MODEL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class Publisher:
+    """Encodes attention (and gradient) tensors as `attn/<model>` messages.
+
+    model     model name, 1-64 bytes of [A-Za-z0-9_.-]
+    bind / connect  ZeroMQ endpoint(s) (str or list); give one of the two:
+              bind when the daemon runs --ingest-connect, connect when it
+              runs --ingest-bind
+    tokens, cls     the schema: n token names and the CLS index (-1: none);
+              may also be given (or changed) per send()
+    dtype     "f32" (default), "f16" or "bf16"
+    seq       first sequence number (default 0)
+    context   a zmq.Context to use (default: the process-wide instance)
+    sndhwm    send high-water mark in messages (default 1000)
+    """
+
+    def __init__(self, model, bind=None, connect=None, tokens=None, cls=None,
+                 dtype="f32", seq=0, context=None, sndhwm=1000, linger_ms=2000):
+        if not isinstance(model, str) or not MODEL_RE.match(model):
+            raise ValueError("model name must be 1-64 bytes of [A-Za-z0-9_.-], not %r" % (model,))
+        if dtype not in codec.DTYPES:
+            raise ValueError("dtype must be one of %s, not %r" % (", ".join(codec.DTYPES), dtype))
+        if (bind is None) == (connect is None):
+            raise ValueError("give exactly one of bind= or connect=")
+        self.model = model
+        self.topic = ("attn/" + model).encode()
+        self.dtype = dtype
+        self.seq = int(seq)
+        self.tokens = list(tokens) if tokens is not None else None
+        self.cls = int(cls) if cls is not None else None
+        self._sent_schema = None     # (L, H, n, cls, tokens) last sent
+        self._next_id = 0
+        self.subscriptions = 0       # subscribe events seen on the XPUB
+        self._ctx = context or zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.XPUB)
+        self._sock.setsockopt(zmq.SNDHWM, sndhwm)
+        self._sock.setsockopt(zmq.LINGER, linger_ms)
+        # Report every subscription, duplicates included: a restarted daemon
+        # subscribes with the same prefix and must be noticed.
+        self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)
+        for ep in _as_list(bind):
+            self._sock.bind(ep)
+        for ep in _as_list(connect):
+            self._sock.connect(ep)
+
+    @property
+    def endpoint(self):
+        """The last bound endpoint, with the real port when tcp port 0/* was asked."""
+        return self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def _drain_subscriptions(self):
+        new = 0
+        while True:
+            try:
+                ev = self._sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return new
+            if ev[:1] == b"\x01" and self.topic.startswith(ev[1:]):
+                new += 1
+        # unreachable
+
+    def _poll_subscriptions(self):
+        new = self._drain_subscriptions()
+        if new:
+            self.subscriptions += new
+            self._sent_schema = None     # a (re)joined daemon needs the schema
+        return new
+
+    def wait_subscriber(self, timeout=5.0):
+        """Block until a subscriber covering `attn/<model>` has subscribed
+        (returns True), or `timeout` seconds passed (returns False).
+        Returns at once if one has subscribed since the last call."""
+        if self._poll_subscriptions():
+            return True
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self._sock.poll(int(left * 1000) + 1, zmq.POLLIN) and self._poll_subscriptions():
+                return True
+
+    def send(self, attn, grad=None, ids=None, target=None, y=None, ts=None,
+             tokens=None, cls=None, extra=None):
+        """Send one message with the B trades of `attn` and return its seq.
+
+        attn    [B, L, H, n, n] or, for a single trade, [L, H, n, n]; numpy
+                array or torch tensor, post-softmax attention
+        grad    same shape, d y_t / d attn (optional)
+        ids     B trade ids (str or non-negative int); default: a running
+                counter of this publisher
+        target  B target classes (or one int for all); y: B floats (or one)
+        ts      event time, ns since the epoch (default: now)
+        tokens, cls  change the schema (starts a new epoch in the daemon)
+        extra   further keys for the body (ignored by contract-v1 daemons)
+        """
+        a = codec.to_numpy(attn)
+        if a.ndim == 4:
+            a = a[None]
+        if a.ndim != 5 or a.shape[3] != a.shape[4]:
+            raise ValueError("attn must be [B,L,H,n,n] or [L,H,n,n], got shape %s" % (a.shape,))
+        B, L, H, n, _ = a.shape
+        g = None
+        if grad is not None:
+            g = codec.to_numpy(grad)
+            if g.ndim == 4:
+                g = g[None]
+            if g.shape != a.shape:
+                raise ValueError("grad shape %s differs from attn shape %s" % (g.shape, a.shape))
+        if tokens is not None:
+            self.tokens = list(tokens)
+        if cls is not None:
+            self.cls = int(cls)
+        if self.tokens is None or self.cls is None:
+            raise ValueError("the schema is unknown: give tokens= and cls= (to the constructor or send)")
+        if len(self.tokens) != n:
+            raise ValueError("%d token names for n = %d tokens" % (len(self.tokens), n))
+        if not -1 <= self.cls < n:
+            raise ValueError("cls = %d out of range for n = %d" % (self.cls, n))
+
+        if ids is None:
+            ids = list(range(self._next_id, self._next_id + B))
+            self._next_id += B
+        else:
+            ids = [_trade_id(i) for i in _as_seq(ids)]
+            if len(ids) != B:
+                raise ValueError("%d ids for a batch of %d trades" % (len(ids), B))
+
+        body = {
+            "v": 1, "model": self.model, "seq": self.seq,
+            "ts": int(time.time_ns() if ts is None else ts),
+            "ids": ids, "L": L, "H": H, "n": n, "dtype": self.dtype,
+            "attn": codec.encode(a, self.dtype),
+        }
+        if g is not None:
+            body["grad"] = codec.encode(g, self.dtype)
+        if target is not None:
+            t = [int(v) for v in _broadcast(target, B, "target")]
+            body["target"] = t
+        if y is not None:
+            body["y"] = [float(v) for v in _broadcast(y, B, "y")]
+        self._poll_subscriptions()
+        schema = (L, H, n, self.cls, tuple(self.tokens))
+        if schema != self._sent_schema:
+            body["cls"] = self.cls
+            body["tokens"] = list(self.tokens)
+        if extra:
+            for k, v in extra.items():
+                body.setdefault(k, v)
+        self._sock.send_multipart([self.topic, msgpack.packb(body, use_bin_type=True)])
+        self._sent_schema = schema
+        seq = self.seq
+        self.seq += 1
+        return seq
+
+    def close(self, linger_ms=None):
+        if linger_ms is not None:
+            self._sock.setsockopt(zmq.LINGER, linger_ms)
+        self._sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _as_list(x):
+    if x is None:
+        return []
+    return [x] if isinstance(x, str) else list(x)
+
+
+def _as_seq(x):
+    if hasattr(x, "tolist"):
+        x = x.tolist()
+    if isinstance(x, (str, int)):
+        return [x]
+    return list(x)
+
+
+def _trade_id(i):
+    if isinstance(i, str):
+        return i
+    if isinstance(i, bytes):
+        return i.decode("utf-8")
+    v = int(i)
+    if v < 0 or v != i:
+        raise ValueError("a trade id is a str or a non-negative integer, not %r" % (i,))
+    return v
+
+
+def _broadcast(x, B, what):
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    arr = np.asarray(x).reshape(-1)
+    if arr.size == 1 and B != 1:
+        arr = np.repeat(arr, B)
+    if arr.size != B:
+        raise ValueError("%d values of %s for a batch of %d trades" % (arr.size, what, B))
+    return arr.tolist()

@@ -1,0 +1,208 @@
+"""Subscriber: decoded messages from the daemon's PUB socket.
+
+    sub = Subscriber("tcp://127.0.0.1:5557", models=["m1"],
+                     query="tcp://127.0.0.1:5558")
+    for x in sub:                    # Explanation objects
+        print(x.id, x.top("rollout", 3))
+
+Per-trade explanations (`xpl/`, proto/explanations.md) come as Explanation
+objects with `attr` as numpy float32 vectors and `features` (the schema's
+token names without CLS) attached. Feature names come from the `schema`
+query, cached per (model, epoch); an epoch the daemon has moved past
+cannot be named any more and gets `features = None`.
+
+Global state, drift and head statistics (`glob/`, `drift/`, `heads/`,
+proto/global.md) come as Update objects when asked for with `kinds`.
+"""
+import time
+
+import msgpack
+import numpy as np
+import zmq
+
+from .query import Client, XplainError, arrays
+
+KINDS = ("xpl", "glob", "drift", "heads")
+
+
+class Explanation:
+    """One explained trade.
+
+    model, id, seq, ts, epoch   as in the message
+    target, y                   None when the trade had none
+    attr                        dict method -> numpy float32 vector
+    features                    list of names (len = vector length) or None
+    raw                         the decoded message body
+    """
+    kind = "xpl"
+    __slots__ = ("model", "id", "seq", "ts", "epoch", "target", "y", "attr",
+                 "features", "raw")
+
+    def __init__(self, body, features=None):
+        self.raw = body
+        self.model = body.get("model")
+        self.id = body.get("id")
+        self.seq = body.get("seq")
+        self.ts = body.get("ts")
+        self.epoch = body.get("epoch")
+        self.target = body.get("target")
+        self.y = body.get("y")
+        self.attr = {k: np.asarray(v, dtype=np.float32)
+                     for k, v in (body.get("attr") or {}).items()}
+        self.features = features
+
+    def top(self, method, k=5):
+        """The k largest features of a method: list of (name or index, value)."""
+        v = self.attr[method]
+        order = sorted(range(len(v)), key=lambda j: (-float(v[j]), j))[:k]
+        names = self.features if self.features is not None else list(range(len(v)))
+        return [(names[j], float(v[j])) for j in order]
+
+    def as_dict(self, method):
+        """{feature name: value} of one method (names are indices without a schema)."""
+        names = self.features if self.features is not None else list(range(len(self.attr[method])))
+        return dict(zip(names, (float(x) for x in self.attr[method])))
+
+    def __repr__(self):
+        return "Explanation(model=%r, id=%r, epoch=%r, methods=%s)" % (
+            self.model, self.id, self.epoch, sorted(self.attr))
+
+
+class Update:
+    """A `glob/`, `drift/` or `heads/` message: `kind`, `model`, `seq`,
+    `epoch`, `body` (numeric vectors as numpy float64 arrays), `features`."""
+    __slots__ = ("kind", "model", "seq", "epoch", "body", "features")
+
+    def __init__(self, kind, body, features=None):
+        self.kind = kind
+        self.body = arrays(body)
+        self.model = body.get("model")
+        self.seq = body.get("seq")
+        self.epoch = body.get("epoch")
+        self.features = features
+
+    def __getitem__(self, k):
+        return self.body[k]
+
+    def get(self, k, default=None):
+        return self.body.get(k, default)
+
+    def __repr__(self):
+        return "Update(kind=%r, model=%r, seq=%r)" % (self.kind, self.model, self.seq)
+
+
+class Subscriber:
+    """SUB socket on the daemon's --publish endpoint.
+
+    endpoint  the daemon's PUB endpoint (connect)
+    models    model names to receive (None: all); filtered exactly on the
+              body's `model` too, since ZeroMQ topics are prefixes
+    kinds     which topics: any of "xpl", "glob", "drift", "heads"
+    query     a query endpoint or Client, for feature names (optional)
+    rcvhwm    receive high-water mark
+    """
+
+    def __init__(self, endpoint, models=None, kinds=("xpl",), query=None,
+                 context=None, rcvhwm=100000, query_timeout=2.0):
+        self._ctx = context or zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self.models = None if models is None else set([models] if isinstance(models, str) else models)
+        self.kinds = tuple(kinds)
+        for k in self.kinds:
+            if k not in KINDS:
+                raise ValueError("kind must be one of %s, not %r" % (", ".join(KINDS), k))
+            for m in (self.models or [None]):
+                self._sock.setsockopt(zmq.SUBSCRIBE, ("%s/%s" % (k, m or "")).encode())
+        self._sock.connect(endpoint)
+        self.endpoint = endpoint
+        if isinstance(query, str):
+            self._query, self._own_query = Client(query, timeout=query_timeout, context=self._ctx), True
+        else:
+            self._query, self._own_query = query, False
+        self._features = {}          # (model, epoch) -> list of names
+        self._last_seq = {}          # topic -> last seq seen
+        self.gaps = 0                # messages missed (seq gaps), all topics
+
+    def features(self, model, epoch):
+        """Feature names of (model, epoch), via the schema query (cached);
+        None when unknown or no query endpoint was given."""
+        key = (model, epoch)
+        if key in self._features:
+            return self._features[key]
+        if self._query is None:
+            return None
+        try:
+            s = self._query.schema(model)
+        except XplainError:
+            # Unknown model or daemon unreachable: do not ask again for
+            # every message of this epoch.
+            self._features[key] = None
+            return None
+        names = s.get("features")
+        if names is None and "tokens" in s:
+            names = [t for j, t in enumerate(s["tokens"]) if j != s.get("cls", -1)]
+        self._features[(model, s.get("epoch"))] = names
+        if s.get("epoch") != epoch and isinstance(epoch, int) and s.get("epoch", 0) > epoch:
+            self._features[key] = None       # an epoch the daemon has left behind
+        return self._features.get(key)
+
+    def recv(self, timeout=None):
+        """The next message as Explanation or Update; None after `timeout`
+        seconds (None: wait forever)."""
+        while True:
+            if timeout is not None:
+                t0 = time.monotonic()
+                if not self._sock.poll(int(timeout * 1000), zmq.POLLIN):
+                    return None
+            frames = self._sock.recv_multipart()
+            if timeout is not None:
+                timeout = max(0.0, timeout - (time.monotonic() - t0))
+            msg = self._decode(frames)
+            if msg is not None:
+                return msg
+
+    def _decode(self, frames):
+        if len(frames) != 2:
+            return None
+        topic = frames[0].decode("utf-8", "replace")
+        kind, _, model = topic.partition("/")
+        if kind not in self.kinds:
+            return None
+        try:
+            body = msgpack.unpackb(frames[1], raw=False, strict_map_key=False)
+        except Exception:
+            return None
+        if not isinstance(body, dict) or body.get("v") != 1:
+            return None
+        model = body.get("model", model)
+        if self.models is not None and model not in self.models:
+            return None
+        seq = body.get("seq")
+        if isinstance(seq, int):
+            last = self._last_seq.get(topic)
+            if last is not None and seq > last + 1:
+                self.gaps += seq - last - 1
+            self._last_seq[topic] = seq
+        if kind == "xpl":
+            return Explanation(body, self.features(model, body.get("epoch")))
+        feats = body.get("features")
+        if feats is None and kind == "glob":
+            feats = self.features(model, body.get("epoch"))
+        return Update(kind, body, feats)
+
+    def __iter__(self):
+        while True:
+            yield self.recv()
+
+    def close(self):
+        self._sock.close(0)
+        if self._own_query and self._query is not None:
+            self._query.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
