@@ -104,6 +104,9 @@ static const opt_t s_opts[] = {
      "Directory for durable state (global aggregates, drift references, alerts); empty: none."},
     {"state", "interval_s", "snapshot-interval", T_UINT, O(snapshot_interval_s), "10", 1, 86400, true,
      "Seconds between state snapshots (a kill -9 loses at most this much)."},
+    {"metrics", "listen", "metrics", T_STR, O(metrics), "", 0, 0, false,
+     "Serve Prometheus metrics over HTTP at http://ADDR:PORT/metrics (ADDR defaults to 127.0.0.1; "
+     "empty: off)."},
     {"demo", "enabled", "demo", T_BOOL, O(demo), "false", 0, 0, false,
      "Run a built-in synthetic model stream (with a drift half-way) into the daemon."},
     {"demo", "rate", "demo-rate", T_UINT, O(demo_rate), "200", 1, 10000000, false,

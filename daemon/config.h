@@ -58,6 +58,8 @@ typedef struct {
     /* [state] */
     char *state_dir;
     uint64_t snapshot_interval_s;
+    /* [metrics] */
+    char *metrics;
     /* [demo] */
     bool demo;
     uint64_t demo_rate;

@@ -80,7 +80,7 @@ s_explain_trades(server_t *s, model_t *md, const wire_ingest_t *in, int64_t t_re
         global_add(s, md, in->target ? &in->target[b] : NULL, &res);
         md->explained++;
         s->stats.explained++;
-        hist_add(&s->stats.latency, (uint64_t)(now_mono_ns() - t_recv));
+        stats_latency(&s->stats, (uint64_t)(now_mono_ns() - t_recv));
     }
 }
 

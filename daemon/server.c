@@ -127,6 +127,7 @@ server_init(server_t *s)
     msgpack_sbuffer_init(&s->qbuf);
     msgpack_packer_init(&s->qpk, &s->qbuf, msgpack_sbuffer_write);
     s->sigfd = -1;
+    s->metrics.listen_fd = -1;
 
     /* Signals reach the loop through a self-pipe: a handler (run by
        whichever thread the kernel picks: OpenBLAS starts its threads
@@ -155,6 +156,8 @@ server_init(server_t *s)
         state_load(s, c->state_dir);
     }
     if (c->reference_file[0] && global_load_references(s, c->reference_file) < 0)
+        return -1;
+    if (metrics_init(&s->metrics, c->metrics))
         return -1;
 
     if (!(s->zctx = zmq_ctx_new())) {
@@ -352,18 +355,19 @@ server_run(server_t *s)
     uint64_t last_explained = s->stats.explained;
     notify_ready();
     while (!s->stop) {
-        zmq_pollitem_t items[] = {
+        zmq_pollitem_t items[3 + 1 + METRICS_CONNS] = {
             {s->sub, 0, ZMQ_POLLIN, 0},
             {s->router, 0, ZMQ_POLLIN, 0},
             {NULL, s->sigfd, ZMQ_POLLIN, 0},
         };
+        int nmetrics = metrics_poll_items(&s->metrics, items + 3);
         now = now_mono_ns();
         long timeout = s_until(next_glob, now);
         if (s->cfg.state_dir[0] && s_until(next_snap, now) < timeout)
             timeout = s_until(next_snap, now);
         if (watchdog && s_until(next_watchdog, now) < timeout)
             timeout = s_until(next_watchdog, now);
-        int rc = zmq_poll(items, 3, timeout);
+        int rc = zmq_poll(items, 3 + nmetrics, timeout);
         if (rc < 0) {
             if (errno == EINTR)
                 continue;
@@ -376,6 +380,8 @@ server_run(server_t *s)
             s_ingest_burst(s);
         if (items[1].revents & ZMQ_POLLIN)
             s_query_burst(s);
+        if (nmetrics)
+            metrics_handle(s, items + 3, nmetrics);
         now = now_mono_ns();
         if (now >= next_glob) {
             global_publish_changed(s);
@@ -429,6 +435,7 @@ server_destroy(server_t *s)
     wire_decoder_destroy(&s->dec);
     xm_work_destroy(&s->work);
     flow_work_destroy(&s->qflow);
+    metrics_destroy(&s->metrics);
     global_destroy(&s->global);
     models_destroy(&s->models);
     cache_destroy(&s->cache);

@@ -15,6 +15,7 @@
 #include "xmath.h"
 #include "flow.h"
 #include "global.h"
+#include "metrics.h"
 
 #include <msgpack.h>
 #include <stdbool.h>
@@ -40,6 +41,7 @@ typedef struct server_t {
     global_t global;
     cache_t cache;
     stats_t stats;
+    metrics_t metrics;
 
     msgpack_sbuffer pbuf;   /* publish encoder, reused */
     msgpack_packer ppk;

@@ -4,6 +4,18 @@
 #include <string.h>
 #include <time.h>
 
+const uint64_t stats_le_bounds_ns[STATS_LE_COUNT] = {
+    10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000,
+    5000000, 10000000, 25000000, 50000000, 100000000, 250000000, 500000000, 1000000000};
+
+void
+stats_latency(stats_t *s, uint64_t ns)
+{
+    hist_add(&s->latency, ns);
+    for (int k = STATS_LE_COUNT - 1; k >= 0 && ns <= stats_le_bounds_ns[k]; k--)
+        s->latency_le[k]++;
+}
+
 void
 stats_init(stats_t *s)
 {

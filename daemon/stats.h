@@ -12,6 +12,10 @@
 #include <stdint.h>
 
 #define HIST_BUCKETS 640
+#define STATS_LE_COUNT 16
+
+/* Bounds (ns) of the Prometheus latency histogram: 10 us to 1 s. */
+extern const uint64_t stats_le_bounds_ns[STATS_LE_COUNT];
 
 typedef struct {
     uint64_t count;
@@ -36,10 +40,15 @@ typedef struct {
     uint64_t snapshots;         /* state snapshots written */
     uint64_t snapshot_errors;   /* state snapshots that failed */
     hist_t latency;             /* ns, ingest receive -> trade published */
+    uint64_t latency_le[STATS_LE_COUNT];    /* cumulative, at stats_le_bounds_ns */
     int64_t start_ns;           /* CLOCK_MONOTONIC at start */
 } stats_t;
 
 void stats_init(stats_t *s);
+
+/* Record one trade's latency (ns): the histogram and the Prometheus
+   buckets. */
+void stats_latency(stats_t *s, uint64_t ns);
 
 /* Record one value (ns) in a histogram. */
 void hist_add(hist_t *h, uint64_t v);
