@@ -10,6 +10,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -398,4 +399,134 @@ xpl_client_trade(xpl_client_t *self, const char *model, xpl_id_t id, bool flow)
     xpl_explanation_t *e = xpl_decode_explanation(doc.nodes, true, "reply to 'trade'");
     s_done(&body, &doc, &sb);
     return e;
+}
+
+/* Optional arguments shared by global and drift. */
+static void
+s_opt_args(msgpack_packer *pk, const char *method, const int64_t *target, const uint64_t *epoch)
+{
+    if (method) {
+        xpk_key(pk, "method");
+        xpk_str(pk, method);
+    }
+    if (target) {
+        xpk_key(pk, "target");
+        msgpack_pack_int64(pk, *target);
+    }
+    if (epoch) {
+        xpk_key(pk, "epoch");
+        msgpack_pack_uint64(pk, *epoch);
+    }
+}
+
+xpl_global_t *
+xpl_client_global(xpl_client_t *self, const char *model, const char *method,
+                  const int64_t *target, const uint64_t *epoch)
+{
+    assert(self);
+    if (!model)
+        return xpl_fail_null(XPL_EINVAL, "global: no model given");
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    zmq_msg_t body;
+    xdoc_t doc;
+    s_begin(&sb, &pk, "global", 1 + !!method + !!target + !!epoch);
+    xpk_key(&pk, "model");
+    xpk_str(&pk, model);
+    s_opt_args(&pk, method, target, epoch);
+    if (s_call(self, "global", &sb, &body, &doc)) {
+        msgpack_sbuffer_destroy(&sb);
+        return NULL;
+    }
+    xpl_global_t *g = xpl_decode_global(doc.nodes, "reply to 'global'");
+    s_done(&body, &doc, &sb);
+    return g;
+}
+
+xpl_drift_state_t *
+xpl_client_drift(xpl_client_t *self, const char *model, const char *method,
+                 const uint64_t *epoch)
+{
+    assert(self);
+    if (!model)
+        return xpl_fail_null(XPL_EINVAL, "drift: no model given");
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    zmq_msg_t body;
+    xdoc_t doc;
+    s_begin(&sb, &pk, "drift", 1 + !!method + !!epoch);
+    xpk_key(&pk, "model");
+    xpk_str(&pk, model);
+    s_opt_args(&pk, method, NULL, epoch);
+    if (s_call(self, "drift", &sb, &body, &doc)) {
+        msgpack_sbuffer_destroy(&sb);
+        return NULL;
+    }
+    xpl_drift_state_t *d = xpl_decode_drift_state(doc.nodes, "reply to 'drift'");
+    s_done(&body, &doc, &sb);
+    return d;
+}
+
+int
+xpl_client_baseline(xpl_client_t *self, const char *model, xpl_baseline_t action,
+                    const char *method)
+{
+    assert(self);
+    if (!model || (action != XPL_BASELINE_PIN && action != XPL_BASELINE_RESET))
+        return xpl_fail(XPL_EINVAL, "baseline: no model or unknown action");
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    zmq_msg_t body;
+    xdoc_t doc;
+    s_begin(&sb, &pk, "baseline", 2 + !!method);
+    xpk_key(&pk, "model");
+    xpk_str(&pk, model);
+    xpk_key(&pk, "action");
+    xpk_str(&pk, action == XPL_BASELINE_PIN ? "pin" : "reset");
+    s_opt_args(&pk, method, NULL, NULL);
+    if (s_call(self, "baseline", &sb, &body, &doc)) {
+        msgpack_sbuffer_destroy(&sb);
+        return -1;
+    }
+    const xnode_t *m = xn_get(doc.nodes, "methods");
+    int rc = xn_is(m, MPR_ARRAY)
+                 ? (int)xn_count(m)
+                 : xpl_fail(XPL_EPROTO, "reply to 'baseline': key 'methods' missing or not an array");
+    s_done(&body, &doc, &sb);
+    return rc;
+}
+
+int
+xpl_client_reference(xpl_client_t *self, const char *model, const char *method,
+                     const double *values, uint32_t count, double *spearman)
+{
+    assert(self);
+    if (!model || !method || (!values && count))
+        return xpl_fail(XPL_EINVAL, "reference: no model, method or values given");
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    zmq_msg_t body;
+    xdoc_t doc;
+    s_begin(&sb, &pk, "reference", 3);
+    xpk_key(&pk, "model");
+    xpk_str(&pk, model);
+    xpk_key(&pk, "method");
+    xpk_str(&pk, method);
+    xpk_key(&pk, "values");
+    msgpack_pack_array(&pk, count);
+    for (uint32_t i = 0; i < count; i++)
+        msgpack_pack_double(&pk, values[i]);
+    if (s_call(self, "reference", &sb, &body, &doc)) {
+        msgpack_sbuffer_destroy(&sb);
+        return -1;
+    }
+    const xnode_t *r = xn_get(doc.nodes, "spearman");
+    double rho = NAN;
+    int rc = 0;
+    if (r && !xn_is(r, MPR_NIL) && xn_num(r, &rho))
+        rc = xpl_fail(XPL_EPROTO, "reply to 'reference': 'spearman' is not a number or nil");
+    if (spearman)
+        *spearman = rho;
+    s_done(&body, &doc, &sb);
+    return rc;
 }

@@ -7,6 +7,7 @@
     the key. Unknown keys are ignored (forward compatibility).  */
 #include "xpl_private.h"
 
+#include <math.h>
 #include <string.h>
 
 /* Decoding context: the object being filled and what is being decoded,
@@ -529,6 +530,358 @@ xpl_stats_counter(const xpl_stats_t *self, const char *name, uint64_t *value)
 
 void
 xpl_stats_destroy(xpl_stats_t **self_p)
+{
+    xobj_unref(self_p);
+}
+
+/* ---- global state, drift, heads --------------------------------------- */
+
+/* An array of exactly `n` numbers as doubles (n == UINT32_MAX: any
+   length, stored in *n). */
+static int
+s_doubles(s_dc_t *c, const xnode_t *a, const char *key, const double **out, uint32_t *n)
+{
+    if (!xn_is(a, MPR_ARRAY) || (*n != UINT32_MAX && xn_count(a) != *n))
+        return xpl_fail(XPL_EPROTO, "%s: '%s' is not an array of %u numbers", c->what, key,
+                        *n == UINT32_MAX ? xn_count(a) : *n);
+    uint32_t count = xn_count(a);
+    double *v = xobj_alloc(c->obj, (size_t)(count ? count : 1) * sizeof *v);
+    if (!v)
+        return -1;
+    const xnode_t *e = xn_first(a);
+    for (uint32_t i = 0; i < count; i++, e = xn_next(e))
+        if (xn_num(e, &v[i]))
+            return s_bad(c, key, "an array of numbers");
+    *out = v;
+    *n = count;
+    return 0;
+}
+
+/* A float or nil (undefined: NAN). */
+static int
+s_stat(s_dc_t *c, const xnode_t *map, const char *key, double *out)
+{
+    const xnode_t *n = xn_get(map, key);
+    if (xn_is(n, MPR_NIL)) {
+        *out = NAN;
+        return 0;
+    }
+    if (xn_num(n, out))
+        return s_bad(c, key, "a number or nil");
+    return 0;
+}
+
+static int
+s_bool(s_dc_t *c, const xnode_t *map, const char *key, bool *out)
+{
+    if (xn_bool(xn_get(map, key), out))
+        return s_bad(c, key, "a bool");
+    return 0;
+}
+
+/* map method -> method-state; *nfeat fixed by the first vector seen when
+   it is UINT32_MAX on entry. */
+static int
+s_method_states(s_dc_t *c, const xnode_t *m, uint32_t *nfeat, const xpl_method_state_t **out,
+                uint32_t *count)
+{
+    if (!xn_is(m, MPR_MAP))
+        return s_bad(c, "methods", "a map");
+    uint32_t n = xn_count(m);
+    xpl_method_state_t *v = xobj_alloc(c->obj, (size_t)(n ? n : 1) * sizeof *v);
+    if (!v)
+        return -1;
+    const xnode_t *k = xn_first(m);
+    for (uint32_t i = 0; i < n; i++) {
+        const xnode_t *st = xn_next(k);
+        if (!xn_is(k, MPR_STR) || !xn_is(st, MPR_MAP))
+            return s_bad(c, "methods", "a map of method name to state");
+        if (!(v[i].method = xobj_strndup(c->obj, k->o.v.raw.ptr, k->o.v.raw.len))
+            || s_u64(c, st, "count", &v[i].count)
+            || s_doubles(c, xn_get(st, "mean"), "mean", &v[i].mean, nfeat)
+            || s_doubles(c, xn_get(st, "std"), "std", &v[i].std, nfeat)
+            || s_doubles(c, xn_get(st, "decayed"), "decayed", &v[i].decayed, nfeat))
+            return -1;
+        v[i].reference_spearman = NAN;
+        if (xn_get(st, "reference")) {
+            if (s_doubles(c, xn_get(st, "reference"), "reference", &v[i].reference, nfeat)
+                || s_stat(c, st, "reference_spearman", &v[i].reference_spearman))
+                return -1;
+        }
+        k = xn_next(st);
+    }
+    *out = v;
+    *count = n;
+    return 0;
+}
+
+xpl_global_t *
+xpl_decode_global(const xnode_t *root, const char *what)
+{
+    xpl_global_t *g = xobj_new(sizeof *g);
+    if (!g)
+        return NULL;
+    s_dc_t c = {g, what};
+    uint32_t nfeat = UINT32_MAX;
+    if (!xn_is(root, MPR_MAP)) {
+        xpl_fail(XPL_EPROTO, "%s: body is not a map", what);
+        goto fail;
+    }
+    if (s_str(&c, root, "model", &g->model) || s_u64(&c, root, "seq", &g->seq)
+        || s_i64(&c, root, "ts", &g->ts) || s_u64(&c, root, "epoch", &g->epoch)
+        || s_u64(&c, root, "count", &g->count) || s_opt_num(&c, root, "half_life", &g->half_life)
+        || s_opt_u64(&c, root, "untracked_targets", &g->untracked_targets))
+        goto fail;
+    const xnode_t *f = xn_get(root, "features");
+    if (f && !xn_is(f, MPR_NIL)) {
+        if (s_strs(&c, root, "features", &g->features, &nfeat))
+            goto fail;
+    }
+    if (s_method_states(&c, xn_get(root, "methods"), &nfeat, &g->methods, &g->nmethods))
+        goto fail;
+    const xnode_t *t = xn_get(root, "targets");
+    if (t) {
+        if (!xn_is(t, MPR_ARRAY)) {
+            s_bad(&c, "targets", "an array");
+            goto fail;
+        }
+        uint32_t nt = xn_count(t);
+        xpl_target_state_t *ts = xobj_alloc(g, (size_t)(nt ? nt : 1) * sizeof *ts);
+        if (!ts)
+            goto fail;
+        const xnode_t *e = xn_first(t);
+        for (uint32_t i = 0; i < nt; i++, e = xn_next(e)) {
+            if (s_i64(&c, e, "target", &ts[i].target)
+                || s_method_states(&c, xn_get(e, "methods"), &nfeat, &ts[i].methods,
+                                   &ts[i].nmethods))
+                goto fail;
+        }
+        g->targets = ts;
+        g->ntargets = nt;
+    }
+    g->nfeat = nfeat == UINT32_MAX ? 0 : nfeat;
+    return g;
+fail:
+    xobj_unref(&g);
+    return NULL;
+}
+
+const xpl_method_state_t *
+xpl_global_method(const xpl_global_t *self, const char *method)
+{
+    for (uint32_t i = 0; i < self->nmethods; i++)
+        if (strcmp(self->methods[i].method, method) == 0)
+            return &self->methods[i];
+    return NULL;
+}
+
+const xpl_target_state_t *
+xpl_global_target(const xpl_global_t *self, int64_t target)
+{
+    for (uint32_t i = 0; i < self->ntargets; i++)
+        if (self->targets[i].target == target)
+            return &self->targets[i];
+    return NULL;
+}
+
+xpl_global_t *
+xpl_global_ref(const xpl_global_t *self)
+{
+    return xobj_ref(self);
+}
+
+void
+xpl_global_destroy(xpl_global_t **self_p)
+{
+    xobj_unref(self_p);
+}
+
+/* The window fields shared by drift/ messages and the drift query. */
+static int
+s_window(s_dc_t *c, const xnode_t *m, xpl_window_t *w)
+{
+    if (!xn_is(m, MPR_MAP))
+        return s_bad(c, "last", "a map");
+    return s_u64(c, m, "window", &w->window) || s_str(c, m, "reference", &w->reference)
+                   || s_bool(c, m, "compared", &w->compared)
+                   || s_stat(c, m, "spearman", &w->spearman) || s_stat(c, m, "ndcg", &w->ndcg)
+                   || s_stat(c, m, "js", &w->js) || s_bool(c, m, "alert", &w->alert)
+                   || s_i64(c, m, "ts", &w->ts)
+               ? -1
+               : 0;
+}
+
+xpl_drift_t *
+xpl_decode_drift(const xnode_t *root, const char *what)
+{
+    xpl_drift_t *d = xobj_new(sizeof *d);
+    if (!d)
+        return NULL;
+    s_dc_t c = {d, what};
+    if (!xn_is(root, MPR_MAP)) {
+        xpl_fail(XPL_EPROTO, "%s: body is not a map", what);
+        xobj_unref(&d);
+    } else if (s_str(&c, root, "model", &d->model) || s_u64(&c, root, "seq", &d->seq)
+               || s_u64(&c, root, "epoch", &d->epoch) || s_str(&c, root, "method", &d->method)
+               || s_u64(&c, root, "trades", &d->trades) || s_window(&c, root, &d->window))
+        xobj_unref(&d);
+    return d;
+}
+
+void
+xpl_drift_destroy(xpl_drift_t **self_p)
+{
+    xobj_unref(self_p);
+}
+
+/* array[L] of array[H] of numbers, flattened. */
+static int
+s_lh(s_dc_t *c, const xnode_t *root, const char *key, uint32_t L, uint32_t H, const double **out)
+{
+    const xnode_t *a = xn_get(root, key);
+    if (!xn_is(a, MPR_ARRAY) || xn_count(a) != L)
+        return xpl_fail(XPL_EPROTO, "%s: '%s' is not an array of %u layers", c->what, key, L);
+    double *v = xobj_alloc(c->obj, (size_t)L * H * sizeof *v + 1);
+    if (!v)
+        return -1;
+    const xnode_t *row = xn_first(a);
+    for (uint32_t l = 0; l < L; l++, row = xn_next(row)) {
+        const double *r;
+        uint32_t n = H;
+        if (s_doubles(c, row, key, &r, &n))
+            return -1;
+        memcpy(v + (size_t)l * H, r, (size_t)H * sizeof *v);
+    }
+    *out = v;
+    return 0;
+}
+
+xpl_heads_t *
+xpl_decode_heads(const xnode_t *root, const char *what)
+{
+    xpl_heads_t *h = xobj_new(sizeof *h);
+    if (!h)
+        return NULL;
+    s_dc_t c = {h, what};
+    if (!xn_is(root, MPR_MAP)) {
+        xpl_fail(XPL_EPROTO, "%s: body is not a map", what);
+        goto fail;
+    }
+    if (s_str(&c, root, "model", &h->model) || s_u64(&c, root, "seq", &h->seq)
+        || s_i64(&c, root, "ts", &h->ts) || s_u64(&c, root, "epoch", &h->epoch)
+        || s_u32(&c, root, "L", &h->L) || s_u32(&c, root, "H", &h->H))
+        goto fail;
+    /* The arrays were bounded by the message; L * H must be too. */
+    if ((uint64_t)h->L * h->H > UINT32_MAX) {
+        xpl_fail(XPL_EPROTO, "%s: L * H = %u * %u is too large", what, h->L, h->H);
+        goto fail;
+    }
+    if (s_lh(&c, root, "importance", h->L, h->H, &h->importance)
+        || s_lh(&c, root, "confidence", h->L, h->H, &h->confidence)
+        || s_u64(&c, root, "importance_count", &h->importance_count)
+        || s_u64(&c, root, "confidence_count", &h->confidence_count))
+        goto fail;
+    return h;
+fail:
+    xobj_unref(&h);
+    return NULL;
+}
+
+void
+xpl_heads_destroy(xpl_heads_t **self_p)
+{
+    xobj_unref(self_p);
+}
+
+xpl_drift_state_t *
+xpl_decode_drift_state(const xnode_t *root, const char *what)
+{
+    xpl_drift_state_t *d = xobj_new(sizeof *d);
+    if (!d)
+        return NULL;
+    s_dc_t c = {d, what};
+    const xnode_t *th = xn_get(root, "thresholds");
+    if (!xn_is(th, MPR_MAP)) {
+        s_bad(&c, "thresholds", "a map");
+        goto fail;
+    }
+    if (s_str(&c, root, "model", &d->model) || s_u64(&c, root, "epoch", &d->epoch)
+        || s_u64(&c, root, "window", &d->window) || s_stat(&c, th, "rho_min", &d->rho_min) || s_stat(&c, th, "ndcg_min", &d->ndcg_min)
+        || s_stat(&c, th, "js_max", &d->js_max) || s_u32(&c, th, "ndcg_k", &d->ndcg_k)
+        || s_u64(&c, root, "alerts_total", &d->alerts_total))
+        goto fail;
+    const xnode_t *m = xn_get(root, "methods");
+    if (!xn_is(m, MPR_MAP)) {
+        s_bad(&c, "methods", "a map");
+        goto fail;
+    }
+    uint32_t nm = xn_count(m);
+    xpl_drift_method_t *ms = xobj_alloc(d, (size_t)(nm ? nm : 1) * sizeof *ms);
+    if (!ms)
+        goto fail;
+    const xnode_t *k = xn_first(m);
+    for (uint32_t i = 0; i < nm; i++) {
+        const xnode_t *v = xn_next(k);
+        if (!xn_is(k, MPR_STR) || !xn_is(v, MPR_MAP)) {
+            s_bad(&c, "methods", "a map of method name to status");
+            goto fail;
+        }
+        const xnode_t *last = xn_get(v, "last");
+        if (!(ms[i].method = xobj_strndup(d, k->o.v.raw.ptr, k->o.v.raw.len))
+            || s_str(&c, v, "reference", &ms[i].reference)
+            || s_u64(&c, v, "filled", &ms[i].filled) || s_u64(&c, v, "windows", &ms[i].windows))
+            goto fail;
+        if (last && !xn_is(last, MPR_NIL)) {
+            if (s_window(&c, last, &ms[i].last))
+                goto fail;
+            ms[i].has_last = true;
+        }
+        k = xn_next(v);
+    }
+    d->methods = ms;
+    d->nmethods = nm;
+    const xnode_t *al = xn_get(root, "alerts");
+    if (!xn_is(al, MPR_ARRAY)) {
+        s_bad(&c, "alerts", "an array");
+        goto fail;
+    }
+    uint32_t na = xn_count(al);
+    xpl_alert_t *as = xobj_alloc(d, (size_t)(na ? na : 1) * sizeof *as);
+    if (!as)
+        goto fail;
+    const xnode_t *e = xn_first(al);
+    for (uint32_t i = 0; i < na; i++, e = xn_next(e)) {
+        if (!xn_is(e, MPR_MAP)) {
+            s_bad(&c, "alerts", "an array of maps");
+            goto fail;
+        }
+        if (s_i64(&c, e, "ts", &as[i].ts)
+            || s_u64(&c, e, "epoch", &as[i].epoch) || s_str(&c, e, "method", &as[i].method)
+            || s_u64(&c, e, "window", &as[i].window)
+            || s_str(&c, e, "reference", &as[i].reference)
+            || s_stat(&c, e, "spearman", &as[i].spearman) || s_stat(&c, e, "ndcg", &as[i].ndcg)
+            || s_stat(&c, e, "js", &as[i].js))
+            goto fail;
+    }
+    d->alerts = as;
+    d->nalerts = na;
+    return d;
+fail:
+    xobj_unref(&d);
+    return NULL;
+}
+
+const xpl_drift_method_t *
+xpl_drift_state_method(const xpl_drift_state_t *self, const char *method)
+{
+    for (uint32_t i = 0; i < self->nmethods; i++)
+        if (strcmp(self->methods[i].method, method) == 0)
+            return &self->methods[i];
+    return NULL;
+}
+
+void
+xpl_drift_state_destroy(xpl_drift_state_t **self_p)
 {
     xobj_unref(self_p);
 }

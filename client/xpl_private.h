@@ -122,10 +122,22 @@ xpl_schema_t *xpl_decode_schema(const xnode_t *root, const char *what);
 xpl_explanation_t *xpl_decode_explanation(const xnode_t *root, bool trade, const char *what);
 xpl_models_t *xpl_decode_models(const xnode_t *root, const char *what);
 xpl_stats_t *xpl_decode_stats(const xnode_t *root, const char *what);
+xpl_global_t *xpl_decode_global(const xnode_t *root, const char *what);
+xpl_drift_t *xpl_decode_drift(const xnode_t *root, const char *what);
+xpl_heads_t *xpl_decode_heads(const xnode_t *root, const char *what);
+xpl_drift_state_t *xpl_decode_drift_state(const xnode_t *root, const char *what);
 
 /* Attach a schema reference (and its feature names) to an explanation
    whose epoch matches; no-op when schema is NULL or does not match. */
 void xpl_explanation_attach(xpl_explanation_t *e, const xpl_schema_t *schema);
+
+/* ---- subscriber internals (xpl_sub.c) --------------------------------- */
+
+/* A subscriber without feature names whose SUB socket reports `events`
+   (ZMQ_EVENT_*) on *monitor, a PAIR the caller reads and closes before
+   destroying the subscriber. The monitor is wired before the SUB
+   connects, so the first handshake is never missed. */
+xpl_sub_t *xpl_sub_new_monitored(const char *sub_endpoint, void **monitor, int events);
 
 /* ---- encoding (xpl_encode.c) ------------------------------------------ */
 

@@ -45,11 +45,17 @@ static const struct {
     const char *prefix;
 } s_kinds[] = {
     {XPL_KIND_XPL, "xpl/"},
+    {XPL_KIND_GLOB, "glob/"},
+    {XPL_KIND_DRIFT, "drift/"},
+    {XPL_KIND_HEADS, "heads/"},
 };
 #define S_NKINDS (sizeof s_kinds / sizeof s_kinds[0])
 
-xpl_sub_t *
-xpl_sub_new(const char *sub_endpoint, const char *query_endpoint)
+/* With `monitor` non-NULL, *monitor receives a PAIR socket connected to
+   the SUB's monitor for the `events` (ZMQ_EVENT_*), set up before the SUB
+   connects so that no event is missed; the caller closes it. */
+static xpl_sub_t *
+s_new(const char *sub_endpoint, const char *query_endpoint, void **monitor, int events)
 {
     if (!sub_endpoint || !*sub_endpoint)
         return xpl_fail_null(XPL_EINVAL, "no publish endpoint given");
@@ -67,6 +73,19 @@ xpl_sub_new(const char *sub_endpoint, const char *query_endpoint)
         xpl_fail_zmq("subscriber socket");
         goto fail;
     }
+    if (monitor) {
+        char ep[64];
+        snprintf(ep, sizeof ep, "inproc://xpl-sub-monitor-%p", (void *)self);
+        *monitor = NULL;
+        if (zmq_socket_monitor(self->sock, ep, events)
+            || !(*monitor = zmq_socket(ctx, ZMQ_PAIR)) || zmq_connect(*monitor, ep)) {
+            xpl_fail_zmq("subscriber monitor");
+            if (*monitor)
+                zmq_close(*monitor);
+            *monitor = NULL;
+            goto fail;
+        }
+    }
     if (zmq_connect(self->sock, sub_endpoint)) {
         xpl_fail(XPL_EINVAL, "cannot connect to publish endpoint '%s': %s", sub_endpoint,
                  zmq_strerror(zmq_errno()));
@@ -79,11 +98,27 @@ xpl_sub_new(const char *sub_endpoint, const char *query_endpoint)
     }
     return self;
 fail:
+    if (monitor && *monitor) {
+        zmq_close(*monitor);
+        *monitor = NULL;
+    }
     if (self->sock)
         zmq_close(self->sock);
     xpl_ctx_release();
     free(self);
     return NULL;
+}
+
+xpl_sub_t *
+xpl_sub_new(const char *sub_endpoint, const char *query_endpoint)
+{
+    return s_new(sub_endpoint, query_endpoint, NULL, 0);
+}
+
+xpl_sub_t *
+xpl_sub_new_monitored(const char *sub_endpoint, void **monitor, int events)
+{
+    return s_new(sub_endpoint, NULL, monitor, events);
 }
 
 void
@@ -215,6 +250,9 @@ s_event_fini(void *obj)
 {
     xpl_event_t *ev = obj;
     xpl_explanation_destroy(&ev->explanation);
+    xpl_global_destroy(&ev->global);
+    xpl_drift_destroy(&ev->drift);
+    xpl_heads_destroy(&ev->heads);
 }
 
 void
@@ -267,23 +305,45 @@ s_decode(xpl_sub_t *self, const zmq_msg_t *topic, const zmq_msg_t *body)
         s_malformed(self, "body is not a map with \"v\": 1");
         goto fail;
     }
+    const char *body_model = NULL;
     switch (ev->kind) {
     case XPL_KIND_XPL:
-        ev->explanation = xpl_decode_explanation(doc.nodes, false, what);
-        if (ev->explanation) {
+        if ((ev->explanation = xpl_decode_explanation(doc.nodes, false, what))) {
             ev->seq = ev->explanation->seq;
-            if (strcmp(ev->explanation->model, model)) {
-                s_malformed(self, "body's model differs from the topic's");
-                goto fail;
-            }
-            s_attach_schema(self, ev->explanation);
+            body_model = ev->explanation->model;
         }
         break;
+    case XPL_KIND_GLOB:
+        if ((ev->global = xpl_decode_global(doc.nodes, what))) {
+            ev->seq = ev->global->seq;
+            body_model = ev->global->model;
+        }
+        break;
+    case XPL_KIND_DRIFT:
+        if ((ev->drift = xpl_decode_drift(doc.nodes, what))) {
+            ev->seq = ev->drift->seq;
+            body_model = ev->drift->model;
+        }
+        break;
+    case XPL_KIND_HEADS:
+        if ((ev->heads = xpl_decode_heads(doc.nodes, what))) {
+            ev->seq = ev->heads->seq;
+            body_model = ev->heads->model;
+        }
+        break;
+    case XPL_KIND_ALL:
+        break;          /* not a kind of its own: s_kinds has none */
     }
-    if (!ev->explanation) {
+    if (!body_model) {
         s_malformed(self, xpl_strerror());
         goto fail;
     }
+    if (strcmp(body_model, model)) {
+        s_malformed(self, "body's model differs from the topic's");
+        goto fail;
+    }
+    if (ev->explanation)
+        s_attach_schema(self, ev->explanation);
     xdoc_free(&doc);
     s_track_seq(self, ev->kind, model, ev->seq);
     return ev;

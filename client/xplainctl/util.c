@@ -42,11 +42,13 @@ long
 ctl_long(ctl_args_t *a, const char *opt, const char *v)
 {
     char *end;
+    if (!v)
+        return -1;      /* ctl_value has reported it */
     errno = 0;
-    long x = v ? strtol(v, &end, 10) : -1;
-    if (!v || errno || end == v || *end || x < 0) {
+    long x = strtol(v, &end, 10);
+    if (errno || end == v || *end || x < 0) {
         a->status = ctl_error(a->cmd, CTL_USAGE, "option %s needs a non-negative integer, not '%s'",
-                              opt, v ? v : "");
+                              opt, v);
         return -1;
     }
     return x;

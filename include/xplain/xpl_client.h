@@ -1,4 +1,5 @@
-/*  xpl_client: queries to xplaind's ROUTER socket (proto/queries.md).
+/*  xpl_client: queries to xplaind's ROUTER socket (proto/queries.md,
+    proto/global.md).
 
     A client holds one DEALER socket connected to the daemon's query
     endpoint. Each call sends one request and waits for its reply up to
@@ -89,6 +90,42 @@ XPL_EXPORT xpl_stats_t *xpl_client_stats(xpl_client_t *self);
    XPL_ENOT_FOUND when the trade left the cache (or never was). */
 XPL_EXPORT xpl_explanation_t *xpl_client_trade(xpl_client_t *self, const char *model,
                                                xpl_id_t id, bool flow);
+
+/* `global`: a model's global state (the Clone pattern's snapshot: the
+   reply is exactly the state of glob/ message `seq`). `method` (or NULL
+   for all), `target` (or NULL for every class) and `epoch` (or NULL for
+   the current one) restrict it. Caller owns the result
+   (xpl_global_destroy). XPL_EUNKNOWN_MODEL; XPL_ENOT_FOUND when there is
+   no state yet for that epoch or method; XPL_EBAD_ARGUMENT for an
+   unknown method. */
+XPL_EXPORT xpl_global_t *xpl_client_global(xpl_client_t *self, const char *model,
+                                           const char *method, const int64_t *target,
+                                           const uint64_t *epoch);
+
+/* `drift`: thresholds, each method's drift status and the last alerts of
+   a model (`method`, `epoch` as for xpl_client_global). Caller owns the
+   result (xpl_drift_state_destroy). */
+XPL_EXPORT xpl_drift_state_t *xpl_client_drift(xpl_client_t *self, const char *model,
+                                               const char *method, const uint64_t *epoch);
+
+/* What the `baseline` query does. */
+typedef enum {
+    XPL_BASELINE_PIN = 0,       /* the current global mean becomes the drift reference */
+    XPL_BASELINE_RESET = 1      /* forget it: the next closed window becomes it */
+} xpl_baseline_t;
+
+/* `baseline` for every method of the model's current epoch, or only
+   `method`. Returns how many methods changed (>= 0), or -1. */
+XPL_EXPORT int xpl_client_baseline(xpl_client_t *self, const char *model, xpl_baseline_t action,
+                                   const char *method);
+
+/* `reference`: set an external reference attribution for `method` of the
+   model's current epoch (`count` values in feature order, e.g.
+   permutation importance). Its Spearman rho with the current global mean
+   goes to *spearman (NAN when undefined; may be NULL). XPL_EBAD_ARGUMENT
+   when count is not the model's feature count or a value is not finite. */
+XPL_EXPORT int xpl_client_reference(xpl_client_t *self, const char *model, const char *method,
+                                    const double *values, uint32_t count, double *spearman);
 
 #ifdef __cplusplus
 }

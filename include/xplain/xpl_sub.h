@@ -1,4 +1,5 @@
-/*  xpl_sub: subscribe to what xplaind publishes (PUB socket).
+/*  xpl_sub: subscribe to what xplaind publishes (PUB socket):
+    explanations, global state, drift windows, head statistics.
 
     A subscriber holds one SUB socket connected to the daemon's publish
     endpoint and, optionally, a query client used to fetch feature names:
@@ -13,7 +14,9 @@
     ZeroMQ topics are prefixes ("xpl/m1" also matches "xpl/m10"); the
     subscriber filters on the exact model name, so only what was asked for
     comes out. Messages that do not follow the contract are skipped and
-    counted (xpl_sub_malformed), never returned and never fatal.
+    counted (xpl_sub_malformed), never returned and never fatal. To follow
+   a model's global state, xpl_view (the Clone pattern) is simpler than
+   subscribing to glob/ by hand.
 
     A subscriber is used by one thread at a time.  */
 #ifndef XPL_SUB_H_INCLUDED
@@ -31,7 +34,10 @@ typedef struct xpl_sub_t xpl_sub_t;
 /* What to subscribe to (bit set). */
 typedef enum {
     XPL_KIND_XPL = 1,           /* xpl/<model>: per-trade explanations */
-    XPL_KIND_ALL = 1
+    XPL_KIND_GLOB = 2,          /* glob/<model>: whole global state */
+    XPL_KIND_DRIFT = 4,         /* drift/<model>: a closed drift window */
+    XPL_KIND_HEADS = 8,         /* heads/<model>: head statistics */
+    XPL_KIND_ALL = 15
 } xpl_kind_t;
 
 /* One received message. Exactly the member matching `kind` is set; it is
@@ -42,6 +48,9 @@ typedef struct {
     const char *model;          /* owned by the event */
     uint64_t seq;               /* the topic's publish counter */
     xpl_explanation_t *explanation;     /* XPL_KIND_XPL */
+    xpl_global_t *global;               /* XPL_KIND_GLOB */
+    xpl_drift_t *drift;                 /* XPL_KIND_DRIFT */
+    xpl_heads_t *heads;                 /* XPL_KIND_HEADS */
 } xpl_event_t;
 
 /* Free an event (and the members still in it); sets *self_p to NULL. */

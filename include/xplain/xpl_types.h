@@ -176,6 +176,143 @@ XPL_EXPORT int xpl_stats_counter(const xpl_stats_t *self, const char *name, uint
 /* Free stats and set *self_p to NULL; NULL-safe. */
 XPL_EXPORT void xpl_stats_destroy(xpl_stats_t **self_p);
 
+/* ---- global state, drift, head statistics (proto/global.md) ---------- */
+
+/* One method's global aggregate over the trades of an epoch (float64).
+   Every vector has the global state's nfeat entries, in feature order. */
+typedef struct {
+    const char *method;
+    uint64_t count;             /* trades with this method */
+    const double *mean;
+    const double *std;          /* sample std; 0 below 2 trades */
+    const double *decayed;      /* exponentially decayed mean */
+    const double *reference;    /* external reference vector, or NULL */
+    double reference_spearman;  /* its Spearman rho with mean; NAN when
+                                   undefined or no reference is set */
+} xpl_method_state_t;
+
+/* The aggregates of one target class. */
+typedef struct {
+    int64_t target;
+    uint32_t nmethods;
+    const xpl_method_state_t *methods;
+} xpl_target_state_t;
+
+/* A model's global state in one epoch: a glob/ message or the `global`
+   query's reply (always a whole state, never a delta). Reference-counted
+   so that a view can hand the same state to many readers. */
+typedef struct {
+    const char *model;
+    uint64_t seq;               /* glob/ counter this state is current at */
+    int64_t ts;                 /* when the daemon sent it, ns since the epoch */
+    uint64_t epoch;
+    uint32_t nfeat;
+    const char *const *features;/* nfeat names, or NULL when the daemon no
+                                   longer keeps the epoch's schema */
+    uint64_t count;             /* trades aggregated in this epoch */
+    double half_life;           /* of the decayed means, in trades */
+    uint32_t nmethods;
+    const xpl_method_state_t *methods;
+    uint32_t ntargets;
+    const xpl_target_state_t *targets;
+    uint64_t untracked_targets; /* trades of classes beyond the tracked ones */
+} xpl_global_t;
+
+/* A method's aggregate over all trades, or NULL. */
+XPL_EXPORT const xpl_method_state_t *xpl_global_method(const xpl_global_t *self,
+                                                       const char *method);
+
+/* A target class's aggregates, or NULL. */
+XPL_EXPORT const xpl_target_state_t *xpl_global_target(const xpl_global_t *self, int64_t target);
+
+/* Take another reference (see xpl_schema_ref). Returns `self`. */
+XPL_EXPORT xpl_global_t *xpl_global_ref(const xpl_global_t *self);
+
+/* Drop a reference and set *self_p to NULL; NULL-safe. */
+XPL_EXPORT void xpl_global_destroy(xpl_global_t **self_p);
+
+/* One closed drift window of a method, compared with its reference.
+   An undefined statistic (a constant vector, no positive reference value,
+   or a window that only became the baseline) is NAN, never a number. */
+typedef struct {
+    uint64_t window;            /* index of the window in the epoch, from 0 */
+    const char *reference;      /* "baseline", "pinned" or "external" */
+    bool compared;              /* false: this window became the baseline */
+    double spearman, ndcg, js;
+    bool alert;
+    int64_t ts;                 /* when it closed, ns since the epoch */
+} xpl_window_t;
+
+/* A drift/ message: one method's window just closed. */
+typedef struct {
+    const char *model;
+    uint64_t seq;
+    uint64_t epoch;
+    const char *method;
+    uint64_t trades;            /* trades per window */
+    xpl_window_t window;
+} xpl_drift_t;
+
+/* Free a drift message and set *self_p to NULL; NULL-safe. */
+XPL_EXPORT void xpl_drift_destroy(xpl_drift_t **self_p);
+
+/* A heads/ message: per-layer, per-head statistics. */
+typedef struct {
+    const char *model;
+    uint64_t seq;
+    int64_t ts;
+    uint64_t epoch;
+    uint32_t L, H;
+    const double *importance;   /* L*H, [l * H + h]: mean |sum A*G| */
+    const double *confidence;   /* L*H: mean over trades of mean_i max_j A */
+    uint64_t importance_count;  /* trades with a gradient */
+    uint64_t confidence_count;
+} xpl_heads_t;
+
+/* Free head statistics and set *self_p to NULL; NULL-safe. */
+XPL_EXPORT void xpl_heads_destroy(xpl_heads_t **self_p);
+
+/* A method's drift status in the `drift` query's reply. */
+typedef struct {
+    const char *method;
+    const char *reference;      /* kind of reference in force */
+    uint64_t filled;            /* trades in the open window */
+    uint64_t windows;           /* windows closed so far */
+    bool has_last;
+    xpl_window_t last;          /* the last closed window, when has_last */
+} xpl_drift_method_t;
+
+/* A past alert. */
+typedef struct {
+    int64_t ts;
+    uint64_t epoch;
+    const char *method;
+    uint64_t window;
+    const char *reference;
+    double spearman, ndcg, js;  /* NAN when undefined */
+} xpl_alert_t;
+
+/* The `drift` query's reply: thresholds, per-method status, last alerts. */
+typedef struct {
+    const char *model;
+    uint64_t epoch;
+    uint64_t window;            /* trades per window */
+    double rho_min, ndcg_min, js_max;
+    uint32_t ndcg_k;
+    uint32_t nmethods;
+    const xpl_drift_method_t *methods;
+    uint64_t alerts_total;
+    uint32_t nalerts;
+    const xpl_alert_t *alerts;  /* the last ones kept, oldest first */
+} xpl_drift_state_t;
+
+/* A method's drift status, or NULL. */
+XPL_EXPORT const xpl_drift_method_t *xpl_drift_state_method(const xpl_drift_state_t *self,
+                                                            const char *method);
+
+/* Free a drift status and set *self_p to NULL; NULL-safe. */
+XPL_EXPORT void xpl_drift_state_destroy(xpl_drift_state_t **self_p);
+
 #ifdef __cplusplus
 }
 #endif

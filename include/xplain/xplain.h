@@ -38,6 +38,7 @@
 #include "xpl_types.h"
 #include "xpl_client.h"
 #include "xpl_sub.h"
+#include "xpl_view.h"
 #include "xpl_pub.h"
 
 #endif
