@@ -107,6 +107,12 @@ static const opt_t s_opts[] = {
     {"metrics", "listen", "metrics", T_STR, O(metrics), "", 0, 0, false,
      "Serve Prometheus metrics over HTTP at http://ADDR:PORT/metrics (ADDR defaults to 127.0.0.1; "
      "empty: off)."},
+    {"security", "curve", "curve", T_BOOL, O(curve), "false", 0, 0, false,
+     "Encrypt and authenticate every socket with CURVE; only keys in clients_dir are admitted."},
+    {"security", "secret_key_file", "secret-key-file", T_STR, O(secret_key_file), "", 0, 0, false,
+     "The daemon's CURVE certificate with its secret key (xplainctl keygen writes one)."},
+    {"security", "clients_dir", "clients-dir", T_STR, O(clients_dir), "", 0, 0, true,
+     "Directory of admitted client public certificates (*.key); re-read on SIGHUP."},
     {"demo", "enabled", "demo", T_BOOL, O(demo), "false", 0, 0, false,
      "Run a built-in synthetic model stream (with a drift half-way) into the daemon."},
     {"demo", "rate", "demo-rate", T_UINT, O(demo_rate), "200", 1, 10000000, false,

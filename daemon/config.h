@@ -60,6 +60,10 @@ typedef struct {
     uint64_t snapshot_interval_s;
     /* [metrics] */
     char *metrics;
+    /* [security] */
+    bool curve;
+    char *secret_key_file;
+    char *clients_dir;
     /* [demo] */
     bool demo;
     uint64_t demo_rate;

@@ -190,6 +190,8 @@ metrics_render(server_t *s, size_t *len)
     s_counter(&b, "query_dropped_total", "Queries that could not be answered.", st->query_dropped);
     s_counter(&b, "snapshots_total", "State snapshots written.", st->snapshots);
     s_counter(&b, "snapshot_errors_total", "State snapshots that failed.", st->snapshot_errors);
+    s_counter(&b, "auth_admitted_total", "CURVE peers admitted by the ZAP handler.", s->auth.admitted);
+    s_counter(&b, "auth_refused_total", "CURVE peers refused by the ZAP handler.", s->auth.refused);
     s_gauge(&b, "cache_bytes", "Bytes held by the recent-trade cache.", (double)s->cache.bytes);
     s_counter(&b, "metrics_requests_total", "HTTP requests served on this endpoint.", s->metrics.served);
 

@@ -192,11 +192,11 @@ op_stats(server_t *s, qreq_t *q, msgpack_packer *pk)
     static const char *names[] = {"received", "received_trades", "explained", "published",
                                   "rejected", "lost", "restarts", "dropped", "queries",
                                   "query_errors", "query_dropped", "cache_too_big", "snapshots",
-                                  "snapshot_errors"};
+                                  "snapshot_errors", "auth_admitted", "auth_refused"};
     uint64_t vals[] = {st->received, st->received_trades, st->explained, st->published,
                        st->rejected_total, st->lost, st->restarts, st->dropped, st->queries,
                        st->query_errors, st->query_dropped, s->cache.too_big, st->snapshots,
-                       st->snapshot_errors};
+                       st->snapshot_errors, s->auth.admitted, s->auth.refused};
     msgpack_pack_map(pk, sizeof names / sizeof *names);
     for (size_t k = 0; k < sizeof names / sizeof *names; k++) {
         enc_str(pk, names[k]);

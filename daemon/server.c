@@ -164,6 +164,8 @@ server_init(server_t *s)
         log_err("cannot create the ZeroMQ context: %s", zmq_strerror(errno));
         return -1;
     }
+    if (auth_init(&s->auth, s->zctx, c))
+        return -1;
     s->sub = zmq_socket(s->zctx, ZMQ_SUB);
     s->pub = zmq_socket(s->zctx, ZMQ_PUB);
     s->router = zmq_socket(s->zctx, ZMQ_ROUTER);
@@ -184,6 +186,9 @@ server_init(server_t *s)
         log_err("cannot configure sockets: %s", zmq_strerror(errno));
         return -1;
     }
+    if (auth_apply(&s->auth, s->sub, "ingest") || auth_apply(&s->auth, s->pub, "publish") ||
+        auth_apply(&s->auth, s->router, "query"))
+        return -1;
     if (s_endpoint(s->pub, c->publish, true, "publish") ||
         s_endpoint(s->router, c->query, true, "query"))
         return -1;
@@ -213,6 +218,8 @@ s_reload(server_t *s)
     }
     char rel[512], rst[512];
     config_diff(&s->cfg, &next, rel, sizeof rel, rst, sizeof rst);
+    /* Certificates may change without the configuration changing. */
+    auth_reload(&s->auth, &next);
     if (rst[0])
         log_warn("SIGHUP: cannot apply without a restart: %s (kept the running values)", rst);
     if (!rel[0]) {
@@ -228,7 +235,7 @@ s_reload(server_t *s)
     TAKE(max_str); TAKE(allow_models); TAKE(methods); TAKE(fusion); TAKE(grad_resnorm);
     TAKE(flow_every); TAKE(log_level); TAKE(log_rate); TAKE(glob_interval_ms);
     TAKE(drift_rho_min); TAKE(drift_ndcg_min); TAKE(drift_ndcg_k); TAKE(drift_js_max);
-    TAKE(reference_file); TAKE(snapshot_interval_s);
+    TAKE(reference_file); TAKE(snapshot_interval_s); TAKE(clients_dir);
     TAKE(method_set); TAKE(fusion_id); TAKE(log_level_id);
 #undef TAKE
     s->cfg = cur;
@@ -355,25 +362,35 @@ server_run(server_t *s)
     uint64_t last_explained = s->stats.explained;
     notify_ready();
     while (!s->stop) {
-        zmq_pollitem_t items[3 + 1 + METRICS_CONNS] = {
+        /* Fixed slots first, then the optional ZAP handler and metrics. */
+        zmq_pollitem_t items[4 + 1 + METRICS_CONNS] = {
             {s->sub, 0, ZMQ_POLLIN, 0},
             {s->router, 0, ZMQ_POLLIN, 0},
             {NULL, s->sigfd, ZMQ_POLLIN, 0},
         };
-        int nmetrics = metrics_poll_items(&s->metrics, items + 3);
+        int nitems = 3, zap = -1;
+        if (s->auth.zap) {
+            zap = nitems;
+            items[nitems++] = (zmq_pollitem_t){s->auth.zap, 0, ZMQ_POLLIN, 0};
+        }
+        int first_metrics = nitems;
+        int nmetrics = metrics_poll_items(&s->metrics, items + first_metrics);
+        nitems += nmetrics;
         now = now_mono_ns();
         long timeout = s_until(next_glob, now);
         if (s->cfg.state_dir[0] && s_until(next_snap, now) < timeout)
             timeout = s_until(next_snap, now);
         if (watchdog && s_until(next_watchdog, now) < timeout)
             timeout = s_until(next_watchdog, now);
-        int rc = zmq_poll(items, 3 + nmetrics, timeout);
+        int rc = zmq_poll(items, nitems, timeout);
         if (rc < 0) {
             if (errno == EINTR)
                 continue;
             log_err("poll failed: %s", zmq_strerror(errno));
             return 1;
         }
+        if (zap >= 0 && (items[zap].revents & ZMQ_POLLIN))
+            auth_handle(&s->auth);
         if (items[2].revents & ZMQ_POLLIN)
             s_signals(s);
         if (items[0].revents & ZMQ_POLLIN)
@@ -381,7 +398,7 @@ server_run(server_t *s)
         if (items[1].revents & ZMQ_POLLIN)
             s_query_burst(s);
         if (nmetrics)
-            metrics_handle(s, items + 3, nmetrics);
+            metrics_handle(s, items + first_metrics, nmetrics);
         now = now_mono_ns();
         if (now >= next_glob) {
             global_publish_changed(s);
@@ -423,6 +440,7 @@ server_destroy(server_t *s)
     if (s->sub) zmq_close(s->sub);
     if (s->pub) zmq_close(s->pub);
     if (s->router) zmq_close(s->router);
+    auth_destroy(&s->auth);
     if (s->zctx) zmq_ctx_term(s->zctx);
     if (s_sigpipe[0] >= 0) {
         signal(SIGTERM, SIG_DFL);

@@ -7,6 +7,7 @@
 #ifndef XPLD_SERVER_H
 #define XPLD_SERVER_H
 
+#include "auth.h"
 #include "cache.h"
 #include "config.h"
 #include "models.h"
@@ -42,6 +43,7 @@ typedef struct server_t {
     cache_t cache;
     stats_t stats;
     metrics_t metrics;
+    auth_t auth;
 
     msgpack_sbuffer pbuf;   /* publish encoder, reused */
     msgpack_packer ppk;

@@ -1,0 +1,208 @@
+"""End to end: CURVE on every socket, with authentication that fails closed.
+
+Keys are made with pyzmq (zmq.curve_keypair) and written as czmq
+certificates. A key listed in the clients directory is admitted on the
+ingest, publish and query sockets; an unlisted key, and a peer without
+CURVE, are refused on each. Removing a certificate and sending SIGHUP
+revokes it. Without its key files the daemon refuses to start.
+"""
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import msgpack
+import numpy as np
+import zmq
+
+from xpltest import XPLAIND, Daemon, random_attention, wait_until
+
+
+def write_cert(path, public, secret=None):
+    with open(path, "w") as f:
+        f.write("#   ZeroMQ CURVE Certificate (test)\nmetadata\ncurve\n")
+        f.write(f'    public-key = "{public.decode()}"\n')
+        if secret:
+            f.write(f'    secret-key = "{secret.decode()}"\n')
+
+
+class Keys:
+    def __init__(self, root):
+        self.server_pub, self.server_sec = zmq.curve_keypair()
+        self.good_pub, self.good_sec = zmq.curve_keypair()
+        self.bad_pub, self.bad_sec = zmq.curve_keypair()
+        self.clients = os.path.join(root, "clients")
+        os.mkdir(self.clients)
+        self.server_cert = os.path.join(root, "server.key_secret")
+        write_cert(self.server_cert, self.server_pub, self.server_sec)
+        self.good_cert = os.path.join(self.clients, "good.key")
+        write_cert(self.good_cert, self.good_pub)
+        # A secret certificate in the directory must not count as admitted.
+        write_cert(os.path.join(self.clients, "bad.key_secret"), self.bad_pub, self.bad_sec)
+
+
+def curve_client(sock, keys, which):
+    if which == "plain":
+        return sock
+    pub, sec = (keys.good_pub, keys.good_sec) if which == "good" else (keys.bad_pub, keys.bad_sec)
+    sock.curve_publickey = pub
+    sock.curve_secretkey = sec
+    sock.curve_serverkey = keys.server_pub
+    return sock
+
+
+def message(model, seq):
+    A = random_attention(np.random.default_rng(seq), (1, 1, 2, 3, 3))
+    return [f"attn/{model}".encode(), msgpack.packb({
+        "v": 1, "model": model, "seq": seq, "ts": 1, "ids": [seq], "L": 1, "H": 2, "n": 3,
+        "dtype": "f32", "attn": A.astype("<f4").tobytes(), "cls": -1, "tokens": list("abc")})]
+
+
+def explained(query, model):
+    for m in query("models")["models"]:
+        if m["model"] == model:
+            return m["explained"]
+    return 0
+
+
+def test_curve(d, keys):
+    ctx = zmq.Context()
+
+    def query_as(which, op="models", timeout=1500):
+        r = curve_client(ctx.socket(zmq.REQ), keys, which)
+        r.setsockopt(zmq.LINGER, 0)
+        r.setsockopt(zmq.RCVTIMEO, timeout)
+        r.connect(d.query_ep)
+        r.send(msgpack.packb({"v": 1, "op": op}))
+        try:
+            return msgpack.unpackb(r.recv())
+        except zmq.Again:
+            return None
+        finally:
+            r.close()
+
+    good_query = lambda op: query_as("good", op, 5000)   # noqa: E731
+    # Query socket: admitted, refused, refused.
+    assert query_as("good", "ping", 5000)["ok"]
+    assert query_as("bad", "ping") is None, "unlisted key answered on the query socket"
+    assert query_as("plain", "ping") is None, "plain peer answered on the query socket"
+
+    # Publish socket: the listed subscriber hears, the others do not.
+    subs = {}
+    for which in ("good", "bad", "plain"):
+        s = curve_client(ctx.socket(zmq.SUB), keys, which)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(d.publish)
+        s.subscribe(b"xpl/")
+        subs[which] = s
+
+    # Ingest socket: only the listed publisher's messages arrive.
+    pubs = {}
+    for which in ("good", "bad", "plain"):
+        p = curve_client(ctx.socket(zmq.PUB), keys, which)
+        p.setsockopt(zmq.LINGER, 0)
+        p.connect(d.ingest)
+        pubs[which] = p
+    seq = {"good": 0, "bad": 0, "plain": 0}
+
+    def send_all():
+        for which, p in pubs.items():
+            p.send_multipart(message(f"m-{which}", seq[which]))
+            seq[which] += 1
+        return explained(good_query, "m-good") >= 3 and subs["good"].poll(0)
+    wait_until(send_all, timeout=15, what="the listed publisher's trades to be explained")
+    for _ in range(20):
+        send_all()
+        time.sleep(0.02)
+    assert explained(good_query, "m-bad") == 0, "unlisted publisher was admitted"
+    assert explained(good_query, "m-plain") == 0, "plain publisher was admitted"
+    topic, _ = subs["good"].recv_multipart()
+    assert topic == b"xpl/m-good"
+    for which in ("bad", "plain"):
+        assert not subs[which].poll(1000), f"{which} subscriber received explanations"
+    st = good_query("stats")["counters"]
+    # Plain peers fail the CURVE handshake before ZAP: only keyed refusals count.
+    assert st["auth_refused"] >= 3 and st["auth_admitted"] >= 3, st
+
+    # Revocation: remove the certificate, SIGHUP, new connections are refused.
+    os.unlink(keys.good_cert)
+    d.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "0 client key(s) admitted" in d.stderr(), what="the reload")
+    assert query_as("good", "ping") is None, "revoked key still admitted"
+    write_cert(keys.good_cert, keys.good_pub)
+    d.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "1 client key(s) admitted" in d.stderr(), what="the second reload")
+    assert query_as("good", "ping", 5000)["ok"]
+    for s in list(subs.values()) + list(pubs.values()):
+        s.close()
+    ctx.term()
+
+
+def test_ingest_connect_mode(keys, root):
+    """The daemon's SUB connects to a model's bound PUB and is still the
+    CURVE server: the model must hold a listed key."""
+    ctx = zmq.Context()
+    results = {}
+    for which in ("good", "bad"):
+        p = curve_client(ctx.socket(zmq.PUB), keys, which)
+        p.setsockopt(zmq.LINGER, 0)
+        ep = f"ipc://{root}/model-{which}"
+        p.bind(ep)
+        d = Daemon("--ingest-connect", ep, "--curve", "--secret-key-file", keys.server_cert,
+                   "--clients-dir", keys.clients, ingest_bind=False, ready_check=False)
+        d.req = curve_client(d.ctx.socket(zmq.REQ), keys, "good")
+        d.req.setsockopt(zmq.RCVTIMEO, 5000)
+        d.req.connect(d.query_ep)
+        try:
+            deadline = time.time() + (10 if which == "good" else 3)
+            n = 0
+            while time.time() < deadline and explained(d.query, f"c-{which}") == 0:
+                p.send_multipart(message(f"c-{which}", n))
+                n += 1
+                time.sleep(0.05)
+            results[which] = explained(d.query, f"c-{which}")
+        finally:
+            d.stop()
+            p.close()
+    ctx.term()
+    assert results["good"] > 0 and results["bad"] == 0, results
+
+
+def test_refuses_to_start_without_keys(root):
+    cases = [
+        (["--curve"], "secret_key_file is not set"),
+        (["--curve", "--secret-key-file", f"{root}/missing"], "cannot read"),
+        (["--curve", "--secret-key-file", f"{root}/clients/good.key", "--clients-dir", f"{root}/clients"],
+         "no secret-key line"),
+        (["--curve", "--secret-key-file", f"{root}/server.key_secret"], "clients_dir is not set"),
+        (["--curve", "--secret-key-file", f"{root}/server.key_secret", "--clients-dir", f"{root}/nope"],
+         "cannot read clients_dir"),
+    ]
+    for args, why in cases:
+        p = subprocess.run([XPLAIND, "--ingest-bind", f"ipc://{root}/x", "--publish", f"ipc://{root}/p",
+                            "--query", f"ipc://{root}/q"] + args, capture_output=True, text=True,
+                           timeout=20)
+        assert p.returncode == 1 and why in p.stderr, (args, p.returncode, p.stderr)
+
+
+def main():
+    with tempfile.TemporaryDirectory() as root:
+        keys = Keys(root)
+        d = Daemon("--curve", "--secret-key-file", keys.server_cert, "--clients-dir", keys.clients,
+                   "--log-rate", "1000", ready_check=False)
+        d.req = curve_client(d.ctx.socket(zmq.REQ), keys, "good")
+        d.req.setsockopt(zmq.RCVTIMEO, 5000)
+        d.req.connect(d.query_ep)
+        try:
+            test_curve(d, keys)
+        finally:
+            d.stop()
+        test_ingest_connect_mode(keys, root)
+        test_refuses_to_start_without_keys(root)
+    print("ok")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
