@@ -110,7 +110,10 @@ s_signals_install(server_t *s)
         log_err("cannot install signal handlers: %s", strerror(errno));
         return -1;
     }
+    /* A write past RLIMIT_FSIZE must fail with EFBIG (a snapshot error,
+       reported), not kill the daemon. */
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN);
     return 0;
 }
 
