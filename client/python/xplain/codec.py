@@ -39,7 +39,8 @@ def round_to(a, dtype):
     if dtype == "f32":
         return a.copy()
     if dtype == "f16":
-        return a.astype(np.float16).astype(np.float32)
+        with np.errstate(over="ignore"):
+            return a.astype(np.float16).astype(np.float32)
     if dtype == "bf16":
         return bf16_bits_to_f32(f32_to_bf16_bits(a)).reshape(a.shape)
     raise ValueError("dtype must be one of %s, not %r" % (", ".join(DTYPES), dtype))
@@ -57,7 +58,8 @@ def encode(a, dtype):
     if dtype == "f16":
         # numpy's float32 -> float16 cast rounds to nearest even and
         # overflows to Inf, like half_f32_to_f16.
-        return np.ascontiguousarray(a.astype("<f2")).tobytes()
+        with np.errstate(over="ignore"):
+            return np.ascontiguousarray(a.astype("<f2")).tobytes()
     if dtype == "bf16":
         return f32_to_bf16_bits(a).astype("<u2").tobytes()
     raise ValueError("dtype must be one of %s, not %r" % (", ".join(DTYPES), dtype))

@@ -72,6 +72,7 @@ class AttentionCapture:
                 raise TypeError("layers must be torch.nn.MultiheadAttention modules, got %s" % type(m).__name__)
         self._weights = {}       # layer index -> (module, weights view, tensor used)
         self._installed = False
+        self._active = False     # inside run(): calls are recorded
 
     def _wrap(self, index, module):
         original = type(module).forward
@@ -81,6 +82,8 @@ class AttentionCapture:
             for name, value in zip(_MHA_OPTIONAL, args[3:]):
                 kwargs[name] = value
             args = args[:3]
+            if not self._active:
+                return original(module, *args, **kwargs)
             want_weights = kwargs.get("need_weights", True)
             want_avg = kwargs.get("average_attn_weights", True)
             kwargs["need_weights"] = True
@@ -107,7 +110,8 @@ class AttentionCapture:
         return forward
 
     def install(self):
-        """Wrap the layers' forward (done by run() and by `with`)."""
+        """Wrap the layers' forward (done by run(), or once for many runs by
+        `with`). Outside run() the wrapped layers behave exactly as before."""
         if not self._installed:
             for i, m in enumerate(self.layers):
                 m.forward = self._wrap(i if self._explicit else None, m)
@@ -143,6 +147,7 @@ class AttentionCapture:
         if eval_mode:
             self.model.eval()
         self._weights = {}
+        self._active = True
         try:
             # Grad mode stays on even for a forward-only capture: with grad
             # disabled nn.TransformerEncoderLayer takes a fused fast path
@@ -188,6 +193,7 @@ class AttentionCapture:
                 return Captured(A, G, t.detach().cpu().numpy().astype(np.int64),
                                 lg.numpy(), prob.numpy(), score.detach().cpu().float().numpy())
         finally:
+            self._active = False
             self._weights = {}
             if eval_mode and was_training:
                 self.model.train()
