@@ -81,6 +81,27 @@ s_started(xpl_view_t *self, int code)
     pthread_mutex_unlock(&self->lock);
 }
 
+/* Read one monitor event: 1 for a completed handshake, 0 for another
+   event, -1 for none within timeout_ms. */
+static int
+s_monitor_event(void *monitor, long timeout_ms)
+{
+    zmq_pollitem_t it = {monitor, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(&it, 1, timeout_ms) <= 0)
+        return -1;
+    zmq_msg_t ev, addr;
+    zmq_msg_init(&ev);
+    zmq_msg_init(&addr);
+    uint16_t event = 0;
+    if (zmq_msg_recv(&ev, monitor, 0) >= 0 && zmq_msg_size(&ev) >= 2)
+        memcpy(&event, zmq_msg_data(&ev), 2);
+    if (zmq_msg_more(&ev))
+        zmq_msg_recv(&addr, monitor, 0);
+    zmq_msg_close(&ev);
+    zmq_msg_close(&addr);
+    return event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED;
+}
+
 /* Wait for the SUB's handshake with the daemon's PUB. */
 static int
 s_wait_handshake(xpl_view_t *self, void *monitor)
@@ -94,36 +115,24 @@ s_wait_handshake(xpl_view_t *self, void *monitor)
                             self->model, self->sub_ep, self->timeout_ms);
         if (atomic_load(&self->stop))
             return xpl_fail(XPL_EINTR, "view stopped while starting");
-        zmq_pollitem_t it = {monitor, 0, ZMQ_POLLIN, 0};
-        int rc = zmq_poll(&it, 1, left < S_POLL_MS ? (long)left : S_POLL_MS);
-        if (rc < 0 && zmq_errno() != EINTR)
-            return xpl_fail_zmq("view monitor");
-        if (rc <= 0)
-            continue;
-        zmq_msg_t ev, addr;
-        zmq_msg_init(&ev);
-        zmq_msg_init(&addr);
-        uint16_t event = 0;
-        if (zmq_msg_recv(&ev, monitor, 0) >= 0 && zmq_msg_size(&ev) >= 2)
-            memcpy(&event, zmq_msg_data(&ev), 2);
-        if (zmq_msg_more(&ev))
-            zmq_msg_recv(&addr, monitor, 0);
-        zmq_msg_close(&ev);
-        zmq_msg_close(&addr);
-        if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED)
+        if (s_monitor_event(monitor, left < S_POLL_MS ? (long)left : S_POLL_MS) == 1)
             return 0;
     }
 }
 
-/* Take a snapshot. Returns 0 (state visible, or none yet), or -1. The
-   snapshot replaces whatever is visible: it is the daemon's truth now. */
+/* Take a snapshot. Returns 0 (state visible, or none), or -1. The
+   snapshot replaces whatever is visible: it is the daemon's truth now, so
+   a daemon that has no state for the model (restarted fresh) clears it. */
 static int
 s_snapshot(xpl_view_t *self, xpl_client_t *client)
 {
     xpl_global_t *g = xpl_client_global(client, self->model, NULL, NULL, NULL);
-    if (!g && xpl_errno() != XPL_ENOT_FOUND)
+    if (!g && xpl_errno() != XPL_ENOT_FOUND && xpl_errno() != XPL_EUNKNOWN_MODEL)
         return -1;
-    if (g)
+    pthread_mutex_lock(&self->lock);
+    bool had = self->state != NULL;
+    pthread_mutex_unlock(&self->lock);
+    if (g || had)
         s_publish(self, g, true);
     return 0;
 }
@@ -168,9 +177,10 @@ s_run(void *arg)
     xpl_client_set_timeout(client, self->timeout_ms);
     /* Subscribed and connected: now the snapshot. An unknown model or an
        unreachable daemon fails the start; afterwards they only mean
-       "not synced" until a later snapshot works. */
-    if (s_snapshot(self, client)) {
-        s_started(self, xpl_errno());
+       "no state" or "not synced" until a later snapshot works. */
+    xpl_clear_error();
+    if (s_snapshot(self, client) || xpl_errno() == XPL_EUNKNOWN_MODEL) {
+        s_started(self, xpl_errno() == XPL_OK ? XPL_EZMQ : xpl_errno());
         goto done;
     }
     s_set_synced(self, true);
@@ -179,8 +189,18 @@ s_run(void *arg)
     bool need_snapshot = false;
     int64_t retry_at = 0;
     while (!atomic_load(&self->stop)) {
+        /* A new connection to the daemon's PUB (it restarted, or the
+           network came back): what was published meanwhile is lost, so
+           snapshot again, now that the subscription is back in place. */
+        int e;
+        while ((e = s_monitor_event(monitor, 0)) >= 0)
+            if (e == 1) {
+                need_snapshot = true;
+                retry_at = 0;
+                s_count(self, &self->stats.reconnects, 1);
+            }
         if (need_snapshot && xpl_now_ms() >= retry_at) {
-            if (s_snapshot(self, client) == 0 || xpl_errno() == XPL_EUNKNOWN_MODEL) {
+            if (s_snapshot(self, client) == 0) {
                 need_snapshot = false;
                 s_set_synced(self, true);
             } else {

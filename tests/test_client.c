@@ -22,6 +22,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1271,5 +1272,507 @@ Test(client_pub, schema_every, .init = setup_nodaemon, .fini = teardown_nodaemon
         cr_assert_eq(with_tokens[i], want[i], "message %d", i);
     zmq_close(sub);
     zmq_ctx_term(ctx);
+    xpl_pub_destroy(&p);
+}
+
+/* ---- global state, drift, heads ------------------------------------------ */
+
+/* A trade whose attention focuses on token `focus` (every row), so that
+   the attribution ranking is known and a change of focus is drift. */
+static void
+make_focused(trade_t *t, int focus, uint64_t seed)
+{
+    rng_t r;
+    rng_seed(&r, seed);
+    for (int i = 0; i < TRADE_VALUES; i++) {
+        int j = i % TN;
+        t->attn[i] = (float)((j == focus ? 0.8 : 0.2 / (TN - 1)) * (0.95 + 0.1 * rng_uniform(&r)));
+        t->grad[i] = (float)(rng_normal(&r) * 0.1 + (j == focus ? 1.0 : 0.0));
+    }
+    for (int row = 0; row < TL * TH * TN; row++) {     /* rows sum to 1 */
+        double s = 0;
+        for (int j = 0; j < TN; j++)
+            s += t->attn[row * TN + j];
+        for (int j = 0; j < TN; j++)
+            t->attn[row * TN + j] = (float)(t->attn[row * TN + j] / s);
+    }
+}
+
+static const char *const g_flags_fast[] = {"--glob-interval-ms", "10", "--drift-window", "4",
+                                           "--half-life", "3", NULL};
+
+static void
+setup_fast(void)
+{
+    memset(&g_d, 0, sizeof g_d);
+    daemon_start(&g_d, g_flags_fast);
+}
+
+Test(client_global, global_matches_the_explanations, .init = setup_fast, .fini = teardown)
+{
+    xpl_pub_t *p = pub_open(&g_d, "m1");
+    enum { NT = 6 };
+    trade_t t[NT];
+    xm_work_t *w = xm_work_new();
+    xm_opts_t o = {XM_BIT(XM_ROLLOUT) | XM_BIT(XM_GRAD_ROLLOUT) | XM_BIT(XM_FIRST_LAYER)
+                       | XM_BIT(XM_ATTN_MEAN),
+                   XM_FUSE_MEAN, false};
+    xm_shape_t sh = {TL, TH, TN, TCLS};
+    double sum[TN - 1] = {0}, sq[TN - 1] = {0}, dec[TN - 1] = {0};
+    const double alpha = 1 - pow(2, -1.0 / 3);
+    for (int k = 0; k < NT; k++) {
+        make_trade(&t[k], 200 + (uint64_t)k);
+        send_trade(p, "m1", xpl_id_uint((uint64_t)k), &t[k], true);
+        xm_result_t r;
+        xm_explain(w, &o, &sh, XM_F32, t[k].attn, t[k].grad, &r);
+        for (int j = 0; j < TN - 1; j++) {
+            double x = r.attr[XM_ROLLOUT][j];
+            sum[j] += x;
+            sq[j] += x * x;
+            dec[j] = k == 0 ? x : dec[j] + alpha * (x - dec[j]);
+        }
+    }
+    xm_work_destroy(&w);
+    wait_explained(&g_d, "m1", NT);
+
+    xpl_client_t *c = xpl_client_new(g_d.query);
+    xpl_global_t *g = xpl_client_global(c, "m1", NULL, NULL, NULL);
+    cr_assert_not_null(g, "%s", xpl_strerror());
+    cr_assert_str_eq(g->model, "m1");
+    cr_assert_eq(g->epoch, 1);
+    cr_assert_eq(g->count, NT);
+    cr_assert_eq(g->nfeat, TN - 1);
+    cr_assert_str_eq(g->features[0], "price");
+    cr_assert_float_eq(g->half_life, 3.0, 0);
+    cr_assert_eq(g->nmethods, 4);
+    const xpl_method_state_t *m = xpl_global_method(g, "rollout");
+    cr_assert_not_null(m);
+    cr_assert_eq(m->count, NT);
+    cr_assert_null(m->reference);
+    cr_assert(isnan(m->reference_spearman));
+    for (int j = 0; j < TN - 1; j++) {
+        double mean = sum[j] / NT, sd = sqrt((sq[j] - NT * mean * mean) / (NT - 1));
+        cr_expect(close_enough(m->mean[j], mean, 1e-6, 1e-9), "mean[%d] %g vs %g", j, m->mean[j],
+                  mean);
+        cr_expect(close_enough(m->std[j], sd, 1e-4, 1e-7), "std[%d] %g vs %g", j, m->std[j], sd);
+        cr_expect(close_enough(m->decayed[j], dec[j], 1e-6, 1e-9), "decayed[%d]", j);
+    }
+    cr_assert_null(xpl_global_method(g, "flow"));
+    cr_assert_eq(g->ntargets, 1, "every trade had target 1");
+    const xpl_target_state_t *ts = xpl_global_target(g, 1);
+    cr_assert_not_null(ts);
+    cr_assert_eq(ts->nmethods, 4);
+    cr_assert_eq(ts->methods[0].count, NT);
+    cr_assert_null(xpl_global_target(g, 0));
+    cr_assert_eq(g->untracked_targets, 0);
+    xpl_global_t *g2 = xpl_global_ref(g);
+    xpl_global_destroy(&g);
+    cr_assert_null(g);
+    cr_assert_eq(g2->count, NT);
+    xpl_global_destroy(&g2);
+
+    /* Restricted to a method and a target. */
+    int64_t target = 1;
+    uint64_t epoch = 1;
+    g = xpl_client_global(c, "m1", "attn_mean", &target, &epoch);
+    cr_assert_not_null(g, "%s", xpl_strerror());
+    cr_assert_eq(g->nmethods, 1);
+    cr_assert_str_eq(g->methods[0].method, "attn_mean");
+    cr_assert_eq(g->ntargets, 1);
+    xpl_global_destroy(&g);
+    epoch = 9;
+    cr_assert_null(xpl_client_global(c, "m1", NULL, NULL, &epoch));
+    cr_assert_eq(xpl_errno(), XPL_ENOT_FOUND);
+    cr_assert_null(xpl_client_global(c, "m1", "frob", NULL, NULL));
+    cr_assert_eq(xpl_errno(), XPL_EBAD_ARGUMENT);
+    cr_assert_null(xpl_client_global(c, "m1", "flow", NULL, NULL));
+    cr_assert_eq(xpl_errno(), XPL_ENOT_FOUND);
+    cr_assert_null(xpl_client_global(c, "m9", NULL, NULL, NULL));
+    cr_assert_eq(xpl_errno(), XPL_EUNKNOWN_MODEL);
+    cr_assert_null(xpl_client_global(c, NULL, NULL, NULL, NULL));
+    cr_assert_eq(xpl_errno(), XPL_EINVAL);
+    xpl_client_destroy(&c);
+    xpl_pub_destroy(&p);
+}
+
+Test(client_global, drift_alerts_baseline_reference, .init = setup_fast, .fini = teardown)
+{
+    xpl_pub_t *p = pub_open(&g_d, "m1");
+    xpl_sub_t *s = xpl_sub_new(g_d.pub, NULL);
+    cr_assert_eq(xpl_sub_subscribe(s, XPL_KIND_DRIFT | XPL_KIND_HEADS | XPL_KIND_GLOB, "m1"), 0);
+    sync_sub(p, s, "m1");   /* heads/glob of the sync trades arrive within 10 ms */
+    xpl_event_t *ev;
+    while ((ev = xpl_sub_recv(s, 300)))
+        xpl_event_destroy(&ev);
+    /* The sync trades opened a window; fill it, then one window focused
+       on token 0 (the baseline), then one on token 3: drift. */
+    xpl_client_t *c = xpl_client_new(g_d.query);
+    xpl_drift_state_t *d = xpl_client_drift(c, "m1", "rollout", NULL);
+    cr_assert_not_null(d, "%s", xpl_strerror());
+    uint64_t filled = d->methods[0].filled;
+    xpl_drift_state_destroy(&d);
+    trade_t t;
+    uint64_t id = 1000;
+    make_focused(&t, 0, 1);
+    for (uint64_t k = filled ? filled : 4; k < 4; k++)
+        send_trade(p, "m1", xpl_id_uint(id++), &t, true);
+    for (int k = 0; k < 4; k++) {
+        make_focused(&t, 0, (uint64_t)k);
+        send_trade(p, "m1", xpl_id_uint(id++), &t, true);
+    }
+    xpl_client_baseline(c, "m1", XPL_BASELINE_RESET, NULL);
+    for (int k = 0; k < 4; k++) {
+        make_focused(&t, 0, 10 + (uint64_t)k);
+        send_trade(p, "m1", xpl_id_uint(id++), &t, true);
+    }
+    for (int k = 0; k < 4; k++) {
+        make_focused(&t, 3, 20 + (uint64_t)k);
+        send_trade(p, "m1", xpl_id_uint(id++), &t, true);
+    }
+    int drift = 0, heads = 0, glob = 0, alerts = 0;
+    for (int i = 0; i < 200 && (alerts == 0 || heads == 0 || glob == 0); i++) {
+        ev = xpl_sub_recv(s, 2000);
+        cr_assert_not_null(ev, "%s", xpl_strerror());
+        if (ev->kind == XPL_KIND_DRIFT) {
+            xpl_drift_t *dr = ev->drift;
+            cr_assert_str_eq(dr->model, "m1");
+            cr_assert_eq(dr->trades, 4);
+            cr_assert_eq(dr->epoch, 1);
+            cr_assert_not_null(dr->method);
+            if (dr->window.compared && !isnan(dr->window.spearman))
+                cr_assert(dr->window.spearman >= -1 && dr->window.spearman <= 1);
+            if (!dr->window.compared)
+                cr_assert(isnan(dr->window.spearman));
+            alerts += dr->window.alert;
+            drift++;
+        } else if (ev->kind == XPL_KIND_HEADS) {
+            cr_assert_eq(ev->heads->L, TL);
+            cr_assert_eq(ev->heads->H, TH);
+            cr_assert(ev->heads->confidence_count > 0);
+            for (int k = 0; k < TL * TH; k++)
+                cr_assert(ev->heads->confidence[k] > 0 && ev->heads->confidence[k] <= 1.0 + 1e-9);
+            heads++;
+        } else {
+            cr_assert_eq(ev->kind, XPL_KIND_GLOB);
+            cr_assert_eq(ev->seq, ev->global->seq);
+            glob++;
+        }
+        xpl_event_destroy(&ev);
+    }
+    cr_assert(alerts > 0, "no drift alert after the focus moved (%d drift messages)", drift);
+
+    d = xpl_client_drift(c, "m1", NULL, NULL);
+    cr_assert_not_null(d, "%s", xpl_strerror());
+    cr_assert_eq(d->window, 4);
+    cr_assert_float_eq(d->rho_min, 0.8, 1e-12);
+    cr_assert_float_eq(d->ndcg_min, 0.9, 1e-12);
+    cr_assert_float_eq(d->js_max, 0.1, 1e-12);
+    cr_assert_eq(d->ndcg_k, 10);
+    cr_assert_eq(d->nmethods, 4);
+    const xpl_drift_method_t *dm = xpl_drift_state_method(d, "rollout");
+    cr_assert_not_null(dm);
+    cr_assert(dm->has_last && dm->windows >= 3);
+    cr_assert_str_eq(dm->reference, "baseline");
+    cr_assert_null(xpl_drift_state_method(d, "flow"));
+    cr_assert(d->alerts_total >= 1 && d->nalerts >= 1);
+    cr_assert_str_eq(d->alerts[d->nalerts - 1].reference, "baseline");
+    xpl_drift_state_destroy(&d);
+    cr_assert_null(xpl_client_drift(c, "m9", NULL, NULL));
+    cr_assert_eq(xpl_errno(), XPL_EUNKNOWN_MODEL);
+
+    /* Pin, reset, reference. */
+    cr_assert_eq(xpl_client_baseline(c, "m1", XPL_BASELINE_PIN, NULL), 4, "%s", xpl_strerror());
+    d = xpl_client_drift(c, "m1", "rollout", NULL);
+    cr_assert_str_eq(d->methods[0].reference, "pinned");
+    xpl_drift_state_destroy(&d);
+    cr_assert_eq(xpl_client_baseline(c, "m1", XPL_BASELINE_RESET, "rollout"), 1);
+    cr_assert_eq(xpl_client_baseline(c, "m9", XPL_BASELINE_PIN, NULL), -1);
+    cr_assert_eq(xpl_errno(), XPL_EUNKNOWN_MODEL);
+    cr_assert_eq(xpl_client_baseline(c, "m1", (xpl_baseline_t)7, NULL), -1);
+    cr_assert_eq(xpl_errno(), XPL_EINVAL);
+
+    double ref[TN - 1] = {0.1, 0.2, 0.3, 0.4};
+    double rho = 0;
+    cr_assert_eq(xpl_client_reference(c, "m1", "rollout", ref, TN - 1, &rho), 0, "%s",
+                 xpl_strerror());
+    cr_assert(rho >= -1 && rho <= 1, "rho %g", rho);
+    xpl_global_t *g = xpl_client_global(c, "m1", "rollout", NULL, NULL);
+    const xpl_method_state_t *m = xpl_global_method(g, "rollout");
+    cr_assert_not_null(m->reference);
+    cr_assert_float_eq(m->reference[3], 0.4, 1e-12);
+    cr_assert_float_eq(m->reference_spearman, rho, 1e-12);
+    xpl_global_destroy(&g);
+    d = xpl_client_drift(c, "m1", "rollout", NULL);
+    cr_assert_str_eq(d->methods[0].reference, "external");
+    xpl_drift_state_destroy(&d);
+    cr_assert_eq(xpl_client_reference(c, "m1", "rollout", ref, TN - 2, NULL), -1);
+    cr_assert_eq(xpl_errno(), XPL_EBAD_ARGUMENT);
+    ref[1] = INFINITY;
+    cr_assert_eq(xpl_client_reference(c, "m1", "rollout", ref, TN - 1, NULL), -1);
+    cr_assert_eq(xpl_errno(), XPL_EBAD_ARGUMENT);
+    cr_assert_eq(xpl_client_reference(c, "m1", "frob", ref, TN - 1, NULL), -1);
+    cr_assert_eq(xpl_errno(), XPL_EBAD_ARGUMENT);
+    cr_assert_eq(xpl_client_reference(c, "m1", NULL, ref, TN - 1, NULL), -1);
+    cr_assert_eq(xpl_errno(), XPL_EINVAL);
+    xpl_client_destroy(&c);
+    xpl_sub_destroy(&s);
+    xpl_pub_destroy(&p);
+}
+
+Test(client_malformed, global_drift_heads_messages, .init = setup_nodaemon,
+     .fini = teardown_nodaemon)
+{
+    void *ctx = zmq_ctx_new();
+    void *pub = zmq_socket(ctx, ZMQ_PUB);
+    char ep[160];
+    snprintf(ep, sizeof ep, "ipc://%s/fakepub", g_d.dir);
+    cr_assert_eq(zmq_bind(pub, ep), 0);
+    xpl_sub_t *s = xpl_sub_new(ep, NULL);
+    xpl_sub_subscribe(s, XPL_KIND_ALL, "f");
+    uint8_t good[256];
+    xpl_event_t *ev = NULL;
+    for (int i = 0; i < 200 && !ev; i++) {
+        s_fake_send(pub, "xpl/f", good, s_fake_xpl(good, "f", 0));
+        ev = xpl_sub_recv(s, 20);
+    }
+    cr_assert_not_null(ev);
+    xpl_event_destroy(&ev);
+    while ((ev = xpl_sub_recv(s, 100)))
+        xpl_event_destroy(&ev);
+    uint64_t base = xpl_sub_malformed(s);
+    /* glob: mean of 2 values where features says 1; drift: no window;
+       heads: L*H overflowing 32 bits; heads: rows of the wrong length. */
+    static const char glob[] = "\x87\xa1v\x01\xa5model\xa1" "f\xa3seq\x01\xa2ts\x01\xa5" "epoch"
+                               "\x01\xa5" "count\x01\xa7methods\x81\xa7rollout\x84\xa5" "count"
+                               "\x01\xa4mean\x92\x01\x02\xa3std\x92\x00\x00\xa7" "decayed\x91\x00";
+    static const char drift[] = "\x85\xa1v\x01\xa5model\xa1" "f\xa3seq\x01\xa5" "epoch\x01\xa6"
+                                "method\xa7rollout";
+    static const char heads_big[] = "\x86\xa1v\x01\xa5model\xa1" "f\xa3seq\x01\xa2ts\x01\xa1L"
+                                    "\xce\xff\xff\xff\xff\xa1H\xce\xff\xff\xff\xff";
+    static const char heads_row[] = "\x89\xa1v\x01\xa5model\xa1" "f\xa3seq\x01\xa2ts\x01\xa5"
+                                    "epoch\x01\xa1L\x01\xa1H\x02\xaaimportance\x91\x91\x01\xaa"
+                                    "confidence\x91\x92\x01\x01";
+    s_fake_send(pub, "glob/f", glob, sizeof glob - 1);
+    s_fake_send(pub, "drift/f", drift, sizeof drift - 1);
+    s_fake_send(pub, "heads/f", heads_big, sizeof heads_big - 1);
+    s_fake_send(pub, "heads/f", heads_row, sizeof heads_row - 1);
+    s_fake_send(pub, "xpl/f", good, s_fake_xpl(good, "f", 1));
+    ev = xpl_sub_recv(s, 3000);
+    cr_assert_not_null(ev);
+    cr_assert_eq(ev->kind, XPL_KIND_XPL);
+    xpl_event_destroy(&ev);
+    cr_assert_eq(xpl_sub_malformed(s) - base, 4, "%s", xpl_sub_last_malformed(s));
+    xpl_sub_destroy(&s);
+    zmq_close(pub);
+    zmq_ctx_term(ctx);
+}
+
+/* ---- the Clone-pattern view ---------------------------------------------- */
+
+Test(client_view, bad_arguments_and_unreachable, .init = setup_nodaemon,
+     .fini = teardown_nodaemon)
+{
+    char sub[160], q[160];
+    snprintf(sub, sizeof sub, "ipc://%s/p", g_d.dir);
+    snprintf(q, sizeof q, "ipc://%s/q", g_d.dir);
+    cr_assert_null(xpl_view_new(NULL, q, "m1", 100));
+    cr_assert_eq(xpl_errno(), XPL_EINVAL);
+    cr_assert_null(xpl_view_new(sub, q, "bad name", 100));
+    cr_assert_eq(xpl_errno(), XPL_EINVAL);
+    cr_assert_null(xpl_view_new(sub, q, "m1", 0));
+    cr_assert_eq(xpl_errno(), XPL_EINVAL);
+    cr_assert_null(xpl_view_new("nonsense://", q, "m1", 100));
+    cr_assert_eq(xpl_errno(), XPL_EINVAL);
+    cr_assert_null(xpl_view_new(sub, q, "m1", 200));
+    cr_assert_eq(xpl_errno(), XPL_ETIMEOUT);
+    cr_assert(strstr(xpl_strerror(), "is xplaind running?"), "%s", xpl_strerror());
+}
+
+Test(client_view, unknown_model_then_empty_then_filled, .init = setup_fast, .fini = teardown)
+{
+    cr_assert_null(xpl_view_new(g_d.pub, g_d.query, "m1", 2000));
+    cr_assert_eq(xpl_errno(), XPL_EUNKNOWN_MODEL);
+    /* A model with a schema but no global state yet: an empty view. */
+    xpl_pub_t *p = pub_open(&g_d, "m1");
+    trade_t t;
+    make_trade(&t, 1);
+    xpl_batch_t bad = {.model = "m1", .B = 1, .ids = (xpl_id_t[]){xpl_id_uint(0)},
+                       .dtype = XPL_F32, .attn = t.attn};
+    t.attn[0] = NAN;    /* the schema is learned, the trade rejected */
+    cr_assert_eq(xpl_pub_send(p, &bad), 0);
+    wait_explained(&g_d, "m1", 1);
+    xpl_view_t *v = xpl_view_new(g_d.pub, g_d.query, "m1", 2000);
+    cr_assert_not_null(v, "%s", xpl_strerror());
+    cr_assert_null(xpl_view_state(v));
+    cr_assert_eq(xpl_errno(), XPL_ENOT_FOUND);
+    xpl_view_stats_t st;
+    xpl_view_stats(v, &st);
+    cr_assert_eq(st.version, 0);
+    cr_assert_eq(st.age_ms, -1);
+    cr_assert(st.synced);
+    cr_assert_eq(xpl_view_wait(v, 0, 50), -1);
+    cr_assert_eq(xpl_errno(), XPL_ETIMEOUT);
+    make_trade(&t, 2);
+    send_trade(p, "m1", xpl_id_uint(1), &t, true);
+    cr_assert_eq(xpl_view_wait(v, 0, 5000), 0, "%s", xpl_strerror());
+    xpl_global_t *g = xpl_view_state(v);
+    cr_assert_not_null(g);
+    cr_assert_eq(g->count, 1);
+    xpl_view_stats(v, &st);
+    cr_assert(st.version >= 1 && st.updates >= 1);
+    cr_assert(st.age_ms >= 0);
+    xpl_view_destroy(&v);
+    cr_assert_null(v);
+    xpl_view_destroy(&v);
+    cr_assert_eq(g->count, 1, "a state outlives its view");
+    xpl_global_destroy(&g);
+    xpl_pub_destroy(&p);
+}
+
+/* Readers in several threads while trades stream in: every state a reader
+   gets is whole (per-method counts agree with the state's count, every
+   trade is in a target class) and never older than one it saw before;
+   at the end the view equals a fresh snapshot. */
+typedef struct {
+    xpl_view_t *view;
+    atomic_bool *done;
+    uint64_t reads, max_count;
+    int errors;
+} reader_t;
+
+static void *
+s_reader(void *arg)
+{
+    reader_t *r = arg;
+    uint64_t last_seq = 0, last_count = 0;
+    while (!atomic_load(r->done)) {
+        xpl_global_t *g = xpl_view_state(r->view);
+        if (!g)
+            continue;
+        r->reads++;
+        if (g->seq < last_seq || g->count < last_count)
+            r->errors++;
+        last_seq = g->seq;
+        last_count = g->count;
+        uint64_t in_targets = 0;
+        for (uint32_t i = 0; i < g->ntargets; i++)
+            in_targets += g->targets[i].methods[0].count;
+        if (in_targets != g->count)
+            r->errors++;
+        for (uint32_t i = 0; i < g->nmethods; i++)
+            if (strcmp(g->methods[i].method, "grad_rollout") && g->methods[i].count != g->count)
+                r->errors++;
+        r->max_count = g->count;
+        xpl_global_destroy(&g);
+    }
+    return NULL;
+}
+
+Test(client_view, concurrent_updates, .init = setup_fast, .fini = teardown, .timeout = 120)
+{
+    xpl_pub_t *p = pub_open(&g_d, "m1");
+    trade_t t;
+    make_trade(&t, 1);
+    send_trade(p, "m1", xpl_id_uint(0), &t, true);
+    wait_explained(&g_d, "m1", 1);
+    xpl_view_t *v = xpl_view_new(g_d.pub, g_d.query, "m1", 3000);
+    cr_assert_not_null(v, "%s", xpl_strerror());
+    atomic_bool done;
+    atomic_init(&done, false);
+    enum { NR = 3, NT = 400 };
+    reader_t r[NR];
+    pthread_t th[NR];
+    for (int i = 0; i < NR; i++) {
+        r[i] = (reader_t){.view = v, .done = &done};
+        pthread_create(&th[i], NULL, s_reader, &r[i]);
+    }
+    for (int k = 1; k <= NT; k++) {
+        int64_t target = k % 3;
+        xpl_id_t id = xpl_id_uint((uint64_t)k);
+        xpl_batch_t b = {.model = "m1", .B = 1, .ids = &id, .dtype = XPL_F32, .attn = t.attn,
+                         .grad = k % 2 ? t.grad : NULL, .target = &target};
+        cr_assert_eq(xpl_pub_send(p, &b), 0);
+        if (k % 50 == 0)
+            s_sleep_ms(20);     /* let several glob/ messages go out mid-stream */
+    }
+    wait_explained(&g_d, "m1", NT + 1);
+    /* The last glob/ goes out within the publish interval. */
+    xpl_global_t *g = NULL;
+    for (int i = 0; i < 500; i++) {
+        g = xpl_view_state(v);
+        if (g && g->count == NT + 1)
+            break;
+        xpl_global_destroy(&g);
+        xpl_view_wait(v, xpl_view_version(v), 100);
+    }
+    atomic_store(&done, true);
+    for (int i = 0; i < NR; i++) {
+        pthread_join(th[i], NULL);
+        cr_expect_eq(r[i].errors, 0, "reader %d saw %d torn or older states", i, r[i].errors);
+        cr_expect(r[i].reads > 0);
+    }
+    cr_assert_not_null(g, "view never reached the final count");
+    xpl_client_t *c = xpl_client_new(g_d.query);
+    xpl_global_t *snap = xpl_client_global(c, "m1", NULL, NULL, NULL);
+    cr_assert_not_null(snap, "%s", xpl_strerror());
+    cr_assert_eq(snap->count, g->count);
+    cr_assert_eq(snap->nmethods, g->nmethods);
+    for (uint32_t i = 0; i < g->nmethods; i++) {
+        const xpl_method_state_t *a = &g->methods[i], *b = xpl_global_method(snap, a->method);
+        cr_assert_not_null(b);
+        for (uint32_t j = 0; j < g->nfeat; j++)
+            cr_assert_float_eq(a->mean[j], b->mean[j], 0, "%s[%u]", a->method, j);
+    }
+    xpl_view_stats_t st;
+    xpl_view_stats(v, &st);
+    cr_assert(st.snapshots >= 1);
+    cr_assert(st.updates >= 2, "updates %llu", (unsigned long long)st.updates);
+    cr_assert_eq(st.restarts, 0);
+    xpl_global_destroy(&snap);
+    xpl_global_destroy(&g);
+    xpl_client_destroy(&c);
+    xpl_view_destroy(&v);
+    xpl_pub_destroy(&p);
+}
+
+/* The daemon restarts (fresh state, seq from 0): the view notices, takes a
+   new snapshot, and shows the new daemon's state, never the old one's. */
+Test(client_view, daemon_restart, .init = setup_fast, .fini = teardown, .timeout = 120)
+{
+    xpl_pub_t *p = pub_open(&g_d, "m1");
+    trade_t t;
+    make_trade(&t, 1);
+    for (int k = 0; k < 20; k++)
+        send_trade(p, "m1", xpl_id_uint((uint64_t)k), &t, true);
+    wait_explained(&g_d, "m1", 20);
+    xpl_view_t *v = xpl_view_new(g_d.pub, g_d.query, "m1", 2000);
+    cr_assert_not_null(v, "%s", xpl_strerror());
+    xpl_global_t *g = xpl_view_state(v);
+    cr_assert_eq(g->count, 20);
+    xpl_global_destroy(&g);
+
+    daemon_stop(&g_d);
+    xpl_pub_destroy(&p);
+    daemon_start(&g_d, g_flags_fast);
+    p = pub_open(&g_d, "m1");
+    for (int k = 0; k < 3; k++)
+        send_trade(p, "m1", xpl_id_uint((uint64_t)k), &t, true);
+    wait_explained(&g_d, "m1", 3);
+    for (int i = 0; i < 100; i++) {
+        g = xpl_view_state(v);
+        if (g && g->count == 3)
+            break;
+        xpl_global_destroy(&g);
+        xpl_view_wait(v, xpl_view_version(v), 100);
+    }
+    cr_assert_not_null(g, "the view never showed the restarted daemon's state");
+    cr_assert_eq(g->count, 3);
+    xpl_global_destroy(&g);
+    xpl_view_stats_t st;
+    xpl_view_stats(v, &st);
+    cr_assert(st.reconnects >= 1, "the new daemon is a new connection");
+    cr_assert(st.snapshots >= 2);
+    cr_assert(st.synced);
+    xpl_view_destroy(&v);
     xpl_pub_destroy(&p);
 }

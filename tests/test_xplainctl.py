@@ -19,7 +19,8 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
-from xpltest import BUILD, XPLAIND, Daemon, assert_close, encode, join, random_attention, ref
+from xpltest import (BUILD, Daemon, assert_close, encode, join, random_attention, ref,
+                     wait_until)
 
 import msgpack
 
@@ -305,6 +306,39 @@ def test_heatmap(d, f):
     one_line_error(err, "cannot write")
 
 
+def test_top(d, f):
+    """top --once: the ranking of a method matches the global state, the
+    drift table lists every method; unknown model and method."""
+    wait_until(lambda: d.query("global", model="m1")["ok"], what="global state")
+    rc, out, err = ctl_d(d, "top", "--model", "m1", "--once", "--method", "attn_mean", "-k", "3")
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("xplaind top  m1  epoch 1"), lines[0]
+    assert "\033" not in out, "no terminal control sequences when not on a terminal"
+    g = d.query("global", model="m1")
+    mean = g["methods"]["attn_mean"]["mean"]
+    order = sorted(range(len(mean)), key=lambda j: -mean[j])
+    rows = [x for x in lines if x[:4].strip().isdigit()]
+    assert len(rows) == 3, out
+    for r, row in enumerate(rows):
+        assert row.split()[1] == TOKENS[order[r]], (row, order)
+    assert "2 more features" in out
+    drift = lines.index(next(x for x in lines if x.startswith("drift")))
+    for m in ["rollout", "grad_rollout", "first_layer", "attn_mean"]:
+        assert any(x.split()[:1] == [m] for x in lines[drift:]), (m, out)
+    assert any(x.startswith("alerts") for x in lines)
+    assert len(lines) <= 24 and all(len(x) <= 80 for x in lines), out
+
+    rc, out, err = ctl_d(d, "top", "--model", "m1", "--count", "2", "--interval", "100")
+    assert rc == 0, err
+    assert out.count("xplaind top  m1") == 2
+    rc, out, err = ctl_d(d, "top", "--model", "m1", "--once", "--method", "flow")
+    assert rc == 0 and "method 'flow' has no global state" in out, out
+    rc, out, err = ctl_d(d, "top", "--model", "nope", "--once")
+    assert rc == 1
+    one_line_error(err, "unknown model 'nope'")
+
+
 # ---- against the demo stream ---------------------------------------------
 
 def test_demo_tail(d):
@@ -312,6 +346,15 @@ def test_demo_tail(d):
     assert rc == 0, err
     assert out.count("demo-trades  ") == 3
     assert "#" in out and "█" not in out
+
+
+def test_demo_top(d):
+    """The README's live view: the demo model is picked by default."""
+    wait_until(lambda: d.query("global", model="demo-trades")["ok"], what="demo global state")
+    rc, out, err = ctl_d(d, "top", "--once")
+    assert rc == 0, err
+    assert out.startswith("xplaind top  demo-trades"), out
+    assert "rollout" in out and "drift" in out
 
 
 def main():
@@ -341,7 +384,7 @@ def main():
         f.send("nograd", grad=False)
         wait_explained(d, 5)
         for name, fn in [("query", test_query), ("stats", test_stats), ("tail", test_tail),
-                         ("heatmap", test_heatmap)]:
+                         ("heatmap", test_heatmap), ("top", test_top)]:
             run(name, fn, d, f)
     finally:
         d.stop()
@@ -349,6 +392,7 @@ def main():
     d = Daemon("--demo", ingest_bind=False)
     try:
         run("demo tail", test_demo_tail, d)
+        run("demo top", test_demo_top, d)
     finally:
         d.stop()
 

@@ -12,7 +12,9 @@
          state, so a gap loses nothing: the newer state replaces the older),
          drops those at or below the current seq, and takes a new
          snapshot when the seq goes backwards while the time goes
-         forwards (the daemon restarted).
+         forwards (the daemon restarted) and whenever the SUB reconnects
+         (what was published while it was away is lost; a daemon that
+         restarted with no state for the model clears the view).
     States are immutable and swapped whole under a lock: a reader gets a
     reference to one complete state (never torn, never older than one it
     could have seen before) and keeps it as long as it likes.
@@ -37,7 +39,8 @@ typedef struct {
     uint64_t updates;           /* glob/ messages applied */
     uint64_t dropped;           /* glob/ messages at or below the current seq */
     uint64_t gaps;              /* glob/ messages the subscriber never saw (harmless) */
-    uint64_t restarts;          /* daemon restarts detected (re-snapshots) */
+    uint64_t restarts;          /* daemon restarts seen in glob/ seq (re-snapshots) */
+    uint64_t reconnects;        /* new connections to the daemon (re-snapshots) */
     bool synced;                /* false while a needed snapshot failed (daemon away) */
     int64_t age_ms;             /* since the current state became visible; -1: none */
 } xpl_view_stats_t;
@@ -57,7 +60,7 @@ XPL_EXPORT void xpl_view_destroy(xpl_view_t **self_p);
 
 /* The current state: a new reference the caller drops with
    xpl_global_destroy. NULL with XPL_ENOT_FOUND when the model has no
-   global state yet. */
+   global state (yet, or since the daemon restarted without it). */
 XPL_EXPORT xpl_global_t *xpl_view_state(xpl_view_t *self);
 
 /* The current version (xpl_view_stats_t.version), for xpl_view_wait. */
