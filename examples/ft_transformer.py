@@ -47,6 +47,7 @@ import xplain                                   # noqa: E402
 from xplain.torch_capture import AttentionCapture   # noqa: E402
 
 MODEL = "ftt_breast_cancer"
+METHOD_ORDER = ["rollout", "grad_rollout", "first_layer", "attn_mean", "diag", "flow"]
 
 
 # --- the model ------------------------------------------------------------
@@ -182,14 +183,19 @@ def collect(sub, q, want_ids, timeout):
     return got, fetched
 
 
-def verify(sent, got, cls, rel):
+def verify(sent, got, cls, rel, flow_max):
     """Compare every published per-trade vector with tests/ref.py run in
-    float64 on the tensors as the daemon decoded them. Returns per method
+    float64 on the tensors as the daemon decoded them. `flow` is checked on
+    the first `flow_max` trades that carry it (the reference runs one
+    networkx max-flow per feature: seconds per trade). Returns per method
     (trades, values, max relative error, failures)."""
     import ref
     out = {}
+    flows = 0
     for tid, (A, G) in sent.items():
-        want = ref.methods(A, G, cls)
+        with_flow = "flow" in got[tid].attr and flows < flow_max
+        flows += with_flow
+        want = ref.methods(A, G, cls, with_flow=with_flow)
         for m, v in got[tid].attr.items():
             if m not in want:
                 continue
@@ -252,7 +258,7 @@ def main(argv=None):
                     help="use a running daemon that connects its ingest here (--ingest-connect EP)")
     ap.add_argument("--publish", metavar="EP", help="the running daemon's --publish endpoint")
     ap.add_argument("--query", metavar="EP", help="the running daemon's --query endpoint")
-    ap.add_argument("--methods", default="rollout,grad_rollout,first_layer,attn_mean,diag",
+    ap.add_argument("--methods", default="rollout,grad_rollout,first_layer,attn_mean,diag,flow",
                     help="--methods of the daemon this example starts (default: %(default)s)")
     ap.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
     ap.add_argument("--rows", type=int, default=0, help="stream only the first N test rows (0: all)")
@@ -262,6 +268,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: this model is too small to gain from more)")
+    ap.add_argument("--flow-check", type=int, default=3, metavar="N",
+                    help="check flow against the networkx reference on N trades (default 3)")
     ap.add_argument("--rel", type=float, default=1e-5, help="per-trade tolerance, relative (default 1e-5)")
     ap.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for explanations")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -326,16 +334,20 @@ def main(argv=None):
                  len(got) - fetched, fetched))
 
         # 1. Per-trade numbers against the float64 reference.
-        check = verify(sent, got, cls, a.rel)
+        check = verify(sent, got, cls, a.rel, a.flow_check)
         print("\nper-trade check against tests/ref.py (float64, same tensors), "
-              "|daemon - ref| <= %g |ref|:" % a.rel)
+              "|daemon - ref| <= %g |ref|%s:" % (a.rel, "; flow on %d trades" % a.flow_check
+                                                 if "flow" in check else ""))
         print("  %-13s %7s %8s %12s %9s" % ("method", "trades", "values", "max rel err", "failures"))
         for m, o in check.items():
             print("  %-13s %7d %8d %12.2e %9d" % (m, o["trades"], o["values"], o["max_rel"], o["failures"]))
-        ok = bool(check) and all(o["failures"] == 0 and o["trades"] == len(sent) for o in check.values())
+        n_flow = sum("flow" in x.attr for x in got.values())
+        ok = bool(check) and all(
+            o["failures"] == 0 and o["trades"] == (min(n_flow, a.flow_check) if m == "flow" else len(sent))
+            for m, o in check.items())
 
         # 2. Global attribution vs permutation importance.
-        methods = list(check)
+        methods = sorted({m for x in got.values() for m in x.attr}, key=METHOD_ORDER.index)
         t0 = time.monotonic()
         perm, perm_sd = permutation_importance(model, X[rows], y[rows], a.repeats, a.seed)
         t_perm = time.monotonic() - t0
@@ -351,11 +363,11 @@ def main(argv=None):
         import ref
         table = []
         for m in methods:
-            mine = np.mean([got[i].attr[m] for i in sent], axis=0).astype(np.float64)
+            mine = np.mean([got[i].attr[m] for i in sent if m in got[i].attr], axis=0).astype(np.float64)
             g = glob.get(m)
             vec, src = (g["mean"], "global") if g is not None else (mine, "mean xpl")
             table.append({
-                "method": m, "source": src, "trades": g["count"] if g else len(sent),
+                "method": m, "source": src, "trades": g["count"] if g else sum(m in got[i].attr for i in sent),
                 "spearman": ref.spearman(vec, perm),
                 "daemon_spearman": g["daemon_rho"] if g else None,
                 "global_vs_mean_max_abs": float(np.max(np.abs(g["mean"] - mine))) if g else None,

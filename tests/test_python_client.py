@@ -300,6 +300,7 @@ SCHEMAS = [   # model, L, H, n, cls
 def test_round_trips(d):
     q = xplain.Client(d.query, timeout=5)
     sub = xplain.Subscriber(d.publish, query=q)
+    dsub = xplain.Subscriber(d.publish, models=["py_last"], kinds=("drift",))
     join(d, sub)
     rng = np.random.default_rng(4)
     sent = {}          # (model, id) -> (A, G, target, y) as the daemon decodes them
@@ -445,6 +446,27 @@ def test_round_trips(d):
     assert_close(hs["confidence"], np.mean([ref.head_stats(a, None)[1] for a in allA], axis=0),
                  rel=1e-6, what="head confidence")
 
+    # drift/ on the Subscriber (the daemon runs --drift-window 10): for
+    # rollout, window 0 (trades 0-9) became the baseline and window 1
+    # (trades 10-19) was compared with it, as MATH.md says.
+    drift = {}
+    deadline = time.monotonic() + 5
+    while len(drift) < 2 and time.monotonic() < deadline:
+        u = dsub.recv(timeout=0.5)
+        if u is not None and u["method"] == "rollout":
+            drift[u["window"]] = u
+    assert sorted(drift) == [0, 1], "drift windows of rollout: %s" % sorted(drift)
+    w0, w1 = drift[0], drift[1]
+    assert w0["compared"] is False and w0["reference"] == "baseline" and w0["alert"] is False
+    assert w1["compared"] is True and w1["reference"] == "baseline" and w1["trades"] == 10
+    roll = [got[k].attr["rollout"] for k in sent if k[0] == "py_last"]
+    roll += [ref.methods(a, None, 5)["rollout"] for a, _ in extra]
+    base, cur = np.mean(roll[0:10], axis=0), np.mean(roll[10:20], axis=0)
+    assert abs(w1["spearman"] - ref.spearman(cur, base)) < 1e-9
+    assert abs(w1["ndcg"] - ref.ndcg(cur, base, 10)) < 1e-6
+    assert abs(w1["js"] - ref.js(cur, base)) < 1e-6
+    assert w1["alert"] == (w1["spearman"] < 0.8 or w1["ndcg"] < 0.9 or w1["js"] > 0.1)
+
     # reference, baseline, drift.
     refv = np.arange(n - 1, dtype=np.float64)[::-1]
     r = q.reference("py_last", "rollout", refv)
@@ -457,7 +479,11 @@ def test_round_trips(d):
     dr = q.drift("py_last")
     assert dr["methods"]["rollout"]["reference"] == "external"
     assert dr["methods"]["diag"]["reference"] == "pinned"
-    assert dr["thresholds"]["rho_min"] == 0.8 and dr["alerts"] == []
+    assert dr["thresholds"]["rho_min"] == 0.8 and dr["window"] == 10
+    assert dr["methods"]["rollout"]["windows"] == 2 and dr["methods"]["rollout"]["filled"] == 6
+    assert dr["methods"]["rollout"]["last"]["window"] == 1
+    assert all(a["window"] >= 1 for a in dr["alerts"])
+    assert ("rollout", 1) in [(a["method"], a["window"]) for a in dr["alerts"]] or not w1["alert"]
     q.baseline("py_last", "reset")
     assert q.drift("py_last", method="diag")["methods"]["diag"]["reference"] != "pinned"
 
@@ -480,7 +506,7 @@ def test_round_trips(d):
     xs = [only.recv(timeout=5) for _ in range(2)]
     assert [x.id for x in xs] == ["f1", "f3"], xs
     assert only.recv(timeout=0.3) is None
-    for o in (only, gsub, view, sub, q):
+    for o in (only, gsub, dsub, view, sub, q):
         o.close()
     for p in pubs.values():
         p.close()
@@ -806,7 +832,7 @@ def main():
     run(test_codec_bf16)
     run(test_codec_f16)
     run(test_publisher_wire)
-    with xplain.Daemon(XPLAIND, methods=ALL) as d:
+    with xplain.Daemon(XPLAIND, methods=ALL, args=["--drift-window", "10"]) as d:
         run(test_round_trips, d)
         run(test_errors, d)
         rc = d.stop()
