@@ -213,34 +213,17 @@ def verify(sent, got, cls, rel, flow_max):
     return out
 
 
-def daemon_global(q, methods):
-    """Per method, the daemon's global mean attribution over all trades
-    (the `global` query, proto/global.md) and, when a reference was set,
-    the daemon's own Spearman rho against it; {} while the daemon has no
-    global state."""
+def daemon_global(q):
+    """Per method, the daemon's global mean attribution over all trades of
+    the current epoch (the `global` query, proto/global.md), the number of
+    trades in it and, once a reference is set, the daemon's own Spearman rho
+    between the two; {} while the daemon has no global state."""
     try:
         g = q.global_state(MODEL)
     except xplain.XplainError:
         return {}
-    return parse_global(g, methods)
-
-
-def parse_global(g, methods):
-    out = {}
-    meths = g.get("methods", g)
-    for m in methods:
-        e = meths.get(m) if isinstance(meths, dict) else None
-        if not isinstance(e, dict):
-            continue
-        allt = e.get("all", e)
-        mean = allt.get("mean") if isinstance(allt, dict) else None
-        if mean is None:
-            continue
-        rho = e.get("reference_spearman", e.get("spearman"))
-        out[m] = {"mean": np.asarray(mean, np.float64),
-                  "count": allt.get("count"),
-                  "daemon_rho": rho if isinstance(rho, float) else None}
-    return out
+    return {m: {"mean": e["mean"], "count": e["count"], "daemon_rho": e.get("reference_spearman")}
+            for m, e in g["methods"].items()}
 
 
 def fmt(x, w=8):
@@ -351,15 +334,13 @@ def main(argv=None):
         t0 = time.monotonic()
         perm, perm_sd = permutation_importance(model, X[rows], y[rows], a.repeats, a.seed)
         t_perm = time.monotonic() - t0
-        glob = daemon_global(q, methods)
-        if glob:
-            for m in methods:
-                if m in glob:
-                    try:
-                        q.reference(MODEL, m, perm)
-                    except xplain.XplainError:
-                        break
-            glob = daemon_global(q, methods) or glob
+        # Give the daemon permutation importance as the external reference
+        # of each method: it then reports its own rho (and drift windows are
+        # compared with it from now on).
+        glob = daemon_global(q)
+        for m in glob:
+            q.reference(MODEL, m, perm)
+        glob = daemon_global(q)
         import ref
         table = []
         for m in methods:
