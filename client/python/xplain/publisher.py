@@ -82,7 +82,6 @@ class Publisher:
                 return new
             if ev[:1] == b"\x01" and self.topic.startswith(ev[1:]):
                 new += 1
-        # unreachable
 
     def _poll_subscriptions(self):
         new = self._drain_subscriptions()
