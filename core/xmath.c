@@ -30,7 +30,7 @@ struct xm_work_t {
     size_t cap_rowsum;
     double *rowsum;             /* [L][n] row sums of mean_h A_l */
     size_t cap_row;
-    float *rowa, *rowg;         /* one row decoded from 16-bit dtypes */
+    float *rowa, *rowg;         /* one head's n x n block decoded from 16-bit dtypes */
     size_t cap_heads;
     float *imp, *conf;          /* [L][H] */
     double *imp_acc;
@@ -161,10 +161,10 @@ s_reserve(xm_work_t *w, const xm_shape_t *s)
             return -1;
         w->cap_rowsum = (size_t)s->L * s->n;
     }
-    if (s->n > w->cap_row) {
-        if (s_grow((void **)&w->rowa, s->n, 4) || s_grow((void **)&w->rowg, s->n, 4))
+    if (nn > w->cap_row) {
+        if (s_grow((void **)&w->rowa, nn, 4) || s_grow((void **)&w->rowg, nn, 4))
             return -1;
-        w->cap_row = s->n;
+        w->cap_row = nn;
     }
     size_t heads = (size_t)s->L * s->H;
     if (heads > w->cap_heads) {
@@ -230,6 +230,7 @@ typedef struct {
 } s_rowout_t;
 
 typedef double v4d __attribute__((vector_size(32)));
+
 
 /* The fused row kernel. `a` and `g` are float32 rows at any alignment.
    `first` (first head), `last` (last head: finish the head means by
@@ -330,22 +331,27 @@ s_layer_body(const int fusion, const int grad, xm_work_t *w, xm_dtype_t dt, uint
     for (uint32_t h = 0; h < H; h++) {
         double conf = 0.0, dot = 0.0;
         const int hf = h == 0, hl = h == H - 1;
-        for (uint32_t i = 0; i < n; i++) {
-            size_t off = (((size_t)l * H + h) * nn + (size_t)i * n) * es;
-            const uint8_t *a = A + off, *g = grad ? G + off : NULL;
-            if (dt != XM_F32) {
-                if (dt == XM_F16) {
-                    half_f16_decode(w->rowa, a, n);
-                    if (grad)
-                        half_f16_decode(w->rowg, g, n);
-                } else {
-                    half_bf16_decode(w->rowa, a, n);
-                    if (grad)
-                        half_bf16_decode(w->rowg, g, n);
-                }
-                a = (const uint8_t *)w->rowa;
-                g = grad ? (const uint8_t *)w->rowg : NULL;
+        size_t hoff = ((size_t)l * H + h) * nn * es;
+        const uint8_t *ha = A + hoff, *hg = grad ? G + hoff : NULL;
+        size_t hes = es;
+        if (dt != XM_F32) {
+            /* 16-bit dtypes: decode the head's block in one vectorised
+               call (it stays in L1/L2), then run the f32 kernel on it. */
+            if (dt == XM_F16) {
+                half_f16_decode(w->rowa, ha, nn);
+                if (grad)
+                    half_f16_decode(w->rowg, hg, nn);
+            } else {
+                half_bf16_decode(w->rowa, ha, nn);
+                if (grad)
+                    half_bf16_decode(w->rowg, hg, nn);
             }
+            ha = (const uint8_t *)w->rowa;
+            hg = grad ? (const uint8_t *)w->rowg : NULL;
+            hes = 4;
+        }
+        for (uint32_t i = 0; i < n; i++) {
+            const uint8_t *a = ha + (size_t)i * n * hes, *g = grad ? hg + (size_t)i * n * hes : NULL;
             float *fmr = fm + (size_t)i * n, *ffr = ff + (size_t)i * n, *gbr = gb + (size_t)i * n;
             if (hf && hl)
                 s_row(1, 1, fusion, grad, n, invH, fmr, ffr, gbr, a, g, &ro);
