@@ -1445,6 +1445,9 @@ Test(client_global, drift_alerts_baseline_reference, .init = setup_fast, .fini =
                 cr_assert(isnan(dr->window.spearman));
             alerts += dr->window.alert;
             drift++;
+            ev->drift = NULL;   /* taken from the event, freed on its own */
+            xpl_drift_destroy(&dr);
+            cr_assert_null(dr);
         } else if (ev->kind == XPL_KIND_HEADS) {
             cr_assert_eq(ev->heads->L, TL);
             cr_assert_eq(ev->heads->H, TH);
@@ -1452,6 +1455,10 @@ Test(client_global, drift_alerts_baseline_reference, .init = setup_fast, .fini =
             for (int k = 0; k < TL * TH; k++)
                 cr_assert(ev->heads->confidence[k] > 0 && ev->heads->confidence[k] <= 1.0 + 1e-9);
             heads++;
+            xpl_heads_t *h = ev->heads;
+            ev->heads = NULL;
+            xpl_heads_destroy(&h);
+            cr_assert_null(h);
         } else {
             cr_assert_eq(ev->kind, XPL_KIND_GLOB);
             cr_assert_eq(ev->seq, ev->global->seq);

@@ -339,6 +339,16 @@ def test_top(d, f):
     one_line_error(err, "unknown model 'nope'")
 
 
+def test_top_no_models(d):
+    """A daemon that has no model yet: top waits up to the timeout, then
+    says so (interactively it would wait until interrupted)."""
+    t0 = time.time()
+    rc, out, err = ctl_d(d, "top", "--once", "--timeout", "400")
+    assert rc == 1, (rc, out, err)
+    one_line_error(err, "no models yet")
+    assert 0.35 < time.time() - t0 < 5
+
+
 # ---- against the demo stream ---------------------------------------------
 
 def test_demo_tail(d):
@@ -377,6 +387,7 @@ def main():
 
     d = Daemon()
     try:
+        run("top without models", test_top_no_models, d)
         f = Feeder(d)
         for k in range(3):
             f.send(f"t-{k}")

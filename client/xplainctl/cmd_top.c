@@ -20,7 +20,8 @@ static const char s_help[] =
     "against its reference (Spearman rho, nDCG@k, Jensen-Shannon) and the\n"
     "latest drift alerts. Runs until interrupted.\n"
     "\n"
-    "  --model M       the model (default: the first the daemon lists)\n"
+    "  --model M       the model (default: the first the daemon lists, waited\n"
+    "                  for when there is none yet)\n"
     "  --method M      the method whose ranking is shown (default rollout, or\n"
     "                  the model's first method)\n"
     "  -k, --top K     features shown (default 10)\n"
@@ -276,22 +277,36 @@ cmd_top(int argc, char **argv)
         return CTL_FAIL;
     int rc = CTL_OK;
     char *first = NULL;
-    if (!o.model) {
+    /* Without --model, the first model the daemon lists. A daemon that
+       has just started may have none yet: wait for one (on a terminal
+       until interrupted, else up to the timeout). */
+    int64_t deadline = s_now_ms() + ctl_common.timeout_ms;
+    bool said = false;
+    while (!o.model && rc == CTL_OK && !ctl_stopped()) {
         xpl_models_t *ms = xpl_client_models(c);
         if (!ms)
             rc = ctl_xpl_error("top");
-        else if (ms->count == 0)
+        else if (ms->count > 0) {
+            if (!(first = strdup(ms->models[0].model)))
+                rc = ctl_error("top", CTL_FAIL, "out of memory");
+            o.model = first;
+        } else if (!isatty(STDOUT_FILENO) && s_now_ms() >= deadline)
             rc = ctl_error("top", CTL_FAIL, "the daemon has no models yet (use --model)");
-        else if (!(first = strdup(ms->models[0].model)))
-            rc = ctl_error("top", CTL_FAIL, "out of memory");
-        o.model = first;
+        else {
+            if (!said && isatty(STDOUT_FILENO))
+                printf("waiting for the daemon's first model...\n");
+            said = true;
+            fflush(stdout);
+            struct timespec ts = {0, 200 * 1000000L};
+            nanosleep(&ts, NULL);
+        }
         xpl_models_destroy(&ms);
     }
     xpl_view_t *view = NULL;
-    if (rc == CTL_OK && !(view = xpl_view_new(ctl_common.sub, ctl_common.query, o.model,
+    if (rc == CTL_OK && o.model && !(view = xpl_view_new(ctl_common.sub, ctl_common.query, o.model,
                                               ctl_common.timeout_ms)))
         rc = ctl_xpl_error("top");
-    for (long frame = 0; rc == CTL_OK && !ctl_stopped(); frame++) {
+    for (long frame = 0; view && rc == CTL_OK && !ctl_stopped(); frame++) {
         if (frame > 0 && !o.tty)
             printf("\n");
         s_frame(&o, view, c);
