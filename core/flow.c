@@ -1,20 +1,84 @@
-/*  flow: attention flow by augmenting paths on the layered graph.
+/*  flow: attention flow by Dinic's algorithm on a bit-set residual graph.
 
-    Baseline implementation: one Edmonds-Karp max-flow per sink over the
-    implicit layered graph (no adjacency lists: node (k, i) at layer k has
-    edges to every (k-1, j)). Correct, allocation-free once warm.  */
+    Structure used (see flow.h for the graph):
+
+    - The top layer reduces to the source: only (L, src) has edges, so the
+      source edges are row `src` of Â_{L-1}. The bottom layer reduces to
+      the sink: only (0, sink) can take flow, through column `sink` of
+      Â_0. What is left is a middle graph of L-1 layers of n nodes with
+      complete bipartite edges between neighbours, shared by every sink.
+    - Nodes of one layer are bits of a word array (n <= 64: one word), so
+      the residual graph is held as bit sets: for each node the forward
+      edges with residual capacity and the backward edges with flow. A BFS
+      frontier expands a whole node with a few AND/ANDNOT, the DFS finds
+      its next admissible arc with one count-trailing-zeros, and a node
+      found to be a dead end is removed from every parent at once by
+      clearing one bit of its layer's "alive" set.
+    - Every node's outgoing capacities sum to 1 (rownorm) and the source
+      emits at most 1, so flow never gets stuck in the middle: blocking
+      happens at the sink edges and travels up. The DFS tries the sink's
+      own column first in the three layers above the sink and the
+      diagonal edge (capacity >= 1/2) first elsewhere, which finds the
+      usual flows with few, wide augmentations (typically one Dinic
+      phase for random attention).
+
+    Max flow per sink is computed from scratch (warm starts from the
+    previous sink's flow and a persistent preflow push-relabel were both
+    measured slower: a sink change moves about half a unit of flow, the
+    spike into the old sink's column, which costs as much as routing it
+    again). Nothing is allocated per trade once the shape has been seen.
+
+    Floating point: the algorithm runs in double on the float capacities
+    exactly. Termination does not depend on any epsilon: a push that
+    fills an edge assigns flow = capacity (and a cancel that empties one
+    assigns 0) so residuals reach exactly zero; every DFS call either
+    places all it was offered or exhausts its arcs, and Dinic's distance
+    argument bounds the phases. The value is the sum of the sink edges'
+    flows. Capacities that are not finite and positive count as 0.  */
 #include "flow.h"
 
+#include <float.h>
 #include <stdlib.h>
 #include <string.h>
 
+typedef uint64_t word_t;
+
+/* One DFS frame: a node, what it was offered and still has to place,
+   and the arc to the child currently being explored. */
+typedef struct {
+    uint32_t k, i;          /* layer 1..L-1, token */
+    uint32_t to;            /* pending arc's child token */
+    int32_t dir;            /* pending arc: +1 forward (layer k-1), -1 backward (k+1) */
+    double lim, rem;
+    double res, off;        /* pending arc's residual and the amount offered */
+} frame_t;
+
 struct flow_work_t {
-    size_t cap_edges, cap_nodes;
-    double *f;          /* flow on edge (l+1, i) -> (l, j), [L][n][n] */
-    int32_t *prev;      /* BFS parent node, per node */
-    int32_t *queue;
-    double *push;       /* bottleneck reaching each node */
+    void *arena;            /* every buffer below, 64-byte aligned */
+    uint32_t cap_L, cap_n;  /* shape the arena was sized for */
+
+    /* current shape and terminals */
+    uint32_t L, n, W, sink;
+    const float *C;         /* [L][n][n] capacities of this trade */
+
+    double *f;              /* [L][n][n] flow on (l+1, i) -> (l, j), l = 1..L-2 */
+    double *a, *fs;         /* source edges: capacity and flow, per layer-(L-1) token */
+    double *b, *ft;         /* sink edges: capacity and flow, per layer-1 token */
+    double *acc;            /* per-sink sums over sources (no CLS) */
+    word_t *cmask;          /* [L][n][W] capacity > 0 */
+    word_t *fm;             /* [V][W] forward arcs with residual (to layer k-1) */
+    word_t *bm;             /* [V][W] backward arcs: incoming edges with flow */
+    word_t *cf, *cb;        /* [V][W] this phase's admissible arcs */
+    word_t *vis, *cur, *nxt, *alive;    /* [L][W] per-layer sets */
+    word_t *src, *snk, *snkadm;         /* [W] */
+    frame_t *stack;         /* [V + 1] */
+
+    flow_stats_t stats;
 };
+
+#define BIT(m, i) (((m)[(i) >> 6] >> ((i) & 63)) & 1u)
+#define SET(m, i) ((m)[(i) >> 6] |= (word_t)1 << ((i) & 63))
+#define CLR(m, i) ((m)[(i) >> 6] &= ~((word_t)1 << ((i) & 63)))
 
 flow_work_t *
 flow_work_new(void)
@@ -27,115 +91,384 @@ flow_work_destroy(flow_work_t **self_p)
 {
     if (!self_p || !*self_p)
         return;
-    flow_work_t *w = *self_p;
-    free(w->f); free(w->prev); free(w->queue); free(w->push);
-    free(w);
+    free((*self_p)->arena);
+    free(*self_p);
     *self_p = NULL;
 }
 
+void
+flow_work_stats(const flow_work_t *w, flow_stats_t *out)
+{
+    *out = w->stats;
+}
+
+/* Carve every buffer for shape (L, n) out of one arena, or just measure
+   it when `base` is NULL. Returns the bytes needed. */
+static size_t
+s_layout(flow_work_t *w, uint32_t L, uint32_t n, char *base)
+{
+    size_t W = ((size_t)n + 63) / 64, V = (size_t)L * n, off = 0;
+#define CARVE(ptr, count)                                                          \
+    do {                                                                           \
+        off = (off + 63) & ~(size_t)63;                                            \
+        if (base)                                                                  \
+            (ptr) = (void *)(base + off);                                          \
+        off += (size_t)(count) * sizeof *(ptr);                                    \
+    } while (0)
+    CARVE(w->f, (size_t)L * n * n);
+    CARVE(w->a, n);
+    CARVE(w->fs, n);
+    CARVE(w->b, n);
+    CARVE(w->ft, n);
+    CARVE(w->acc, n);
+    CARVE(w->cmask, V * W);
+    CARVE(w->fm, V * W);
+    CARVE(w->bm, V * W);
+    CARVE(w->cf, V * W);
+    CARVE(w->cb, V * W);
+    CARVE(w->vis, (L + 1) * W);
+    CARVE(w->cur, (L + 1) * W);
+    CARVE(w->nxt, (L + 1) * W);
+    CARVE(w->alive, (L + 1) * W);
+    CARVE(w->src, W);
+    CARVE(w->snk, W);
+    CARVE(w->snkadm, W);
+    CARVE(w->stack, V + 2);
+#undef CARVE
+    return off;
+}
+
+/* Make the arena fit shape (L, n), growing it only when the shape grows,
+   and lay the buffers out for that shape. The flow array is all zero
+   between max-flows; it is cleared here when the layout moves. */
 static int
 s_reserve(flow_work_t *w, uint32_t L, uint32_t n)
 {
-    size_t edges = (size_t)L * n * n, nodes = (size_t)(L + 1) * n;
-    if (edges > w->cap_edges) {
-        double *f = realloc(w->f, edges * sizeof *f);
-        if (!f)
+    if (!w->arena || L > w->cap_L || n > w->cap_n) {
+        uint32_t gL = L > w->cap_L ? L : w->cap_L, gn = n > w->cap_n ? n : w->cap_n;
+        size_t bytes = (s_layout(w, gL, gn, NULL) + 63) & ~(size_t)63;
+        void *arena = aligned_alloc(64, bytes);
+        if (!arena)
             return -1;
-        w->f = f;
-        w->cap_edges = edges;
+        free(w->arena);
+        w->arena = arena;
+        w->cap_L = gL;
+        w->cap_n = gn;
+        w->L = w->n = 0;
     }
-    if (nodes > w->cap_nodes) {
-        int32_t *p = realloc(w->prev, nodes * sizeof *p);
-        if (p) w->prev = p;
-        int32_t *q = realloc(w->queue, nodes * sizeof *q);
-        if (q) w->queue = q;
-        double *u = realloc(w->push, nodes * sizeof *u);
-        if (u) w->push = u;
-        if (!p || !q || !u)
-            return -1;
-        w->cap_nodes = nodes;
+    if (L != w->L || n != w->n) {
+        s_layout(w, L, n, w->arena);
+        memset(w->f, 0, (size_t)L * n * n * sizeof *w->f);
+        w->L = L;
+        w->n = n;
+        w->W = (n + 63) / 64;
     }
     return 0;
 }
 
-#define S_EPS 1e-15
-
-static double
-s_maxflow(flow_work_t *w, uint32_t L, uint32_t n, const float *C, uint32_t src, uint32_t sink)
+/* Capacity of edge index e, as used by the algorithm. */
+static inline double
+s_cap(const float *C, size_t e)
 {
-    size_t nn = (size_t)n * n, nodes = (size_t)(L + 1) * n;
-    memset(w->f, 0, L * nn * sizeof *w->f);
-    int32_t s = (int32_t)(L * n + src), t = (int32_t)sink;
-    double total = 0.0;
-    for (;;) {
-        for (size_t k = 0; k < nodes; k++)
-            w->prev[k] = -1;
-        w->prev[s] = s;
-        w->push[s] = 1e300;
-        size_t qh = 0, qt = 0;
-        w->queue[qt++] = s;
-        while (qh < qt && w->prev[t] < 0) {
-            int32_t u = w->queue[qh++];
-            uint32_t k = (uint32_t)u / n, i = (uint32_t)u % n;
-            if (k > 0) {        /* forward edges down to layer k-1 */
-                for (uint32_t j = 0; j < n; j++) {
-                    int32_t v = (int32_t)((k - 1) * n + j);
-                    size_t e = (size_t)(k - 1) * nn + (size_t)i * n + j;
-                    double res = C[e] - w->f[e];
-                    if (w->prev[v] < 0 && res > S_EPS) {
-                        w->prev[v] = u;
-                        w->push[v] = res < w->push[u] ? res : w->push[u];
-                        w->queue[qt++] = v;
-                    }
-                }
-            }
-            if (k < L) {        /* residual back edges up to layer k+1 */
-                for (uint32_t j = 0; j < n; j++) {
-                    int32_t v = (int32_t)((k + 1) * n + j);
-                    size_t e = (size_t)k * nn + (size_t)j * n + i;
-                    double res = w->f[e];
-                    if (w->prev[v] < 0 && res > S_EPS) {
-                        w->prev[v] = u;
-                        w->push[v] = res < w->push[u] ? res : w->push[u];
-                        w->queue[qt++] = v;
-                    }
-                }
-            }
-        }
-        if (w->prev[t] < 0)
-            return total;
-        double d = w->push[t];
-        for (int32_t v = t; v != s; v = w->prev[v]) {
-            int32_t u = w->prev[v];
-            uint32_t ku = (uint32_t)u / n, iu = (uint32_t)u % n;
-            uint32_t kv = (uint32_t)v / n, iv = (uint32_t)v % n;
-            if (kv + 1 == ku)
-                w->f[(size_t)kv * nn + (size_t)iu * n + iv] += d;
-            else
-                w->f[(size_t)ku * nn + (size_t)iv * n + iu] -= d;
-        }
-        total += d;
+    float c = C[e];
+    return c > 0.0f && c <= FLT_MAX ? (double)c : 0.0;
+}
+
+/* Node id of (layer k, token i) in the middle graph, k = 1..L-1. */
+static inline size_t
+s_node(const flow_work_t *w, uint32_t k, uint32_t i)
+{
+    return (size_t)(k - 1) * w->n + i;
+}
+
+/* Level-synchronous BFS from the source over the residual bit sets.
+   Builds this phase's admissible arc sets (cf, cb: arcs to the next
+   level) and the alive sets; returns 0 when the sink is unreachable. */
+static int
+s_bfs(flow_work_t *w)
+{
+    uint32_t L = w->L, W = w->W;
+    size_t lw = (size_t)(L + 1) * W;
+    word_t any_src = 0, any_snk = 0;
+    for (uint32_t q = 0; q < W; q++) {
+        any_src |= w->src[q];
+        any_snk |= w->snk[q];
     }
+    if (!any_src || !any_snk)
+        return 0;   /* one side saturated: that side is the min cut */
+    memset(w->vis, 0, lw * sizeof *w->vis);
+    memset(w->cur, 0, lw * sizeof *w->cur);
+    memcpy(w->cur + (size_t)(L - 1) * W, w->src, W * sizeof *w->src);
+    memcpy(w->vis + (size_t)(L - 1) * W, w->src, W * sizeof *w->src);
+    for (;;) {
+        word_t hit = 0;
+        for (uint32_t q = 0; q < W; q++)
+            hit |= (w->snkadm[q] = w->cur[W + q] & w->snk[q]);
+        if (hit) {
+            /* the sink is the next level: the frontier's only arcs go to it */
+            for (uint32_t k = 1; k < L; k++)
+                for (uint32_t q = 0; q < W; q++)
+                    for (word_t m = w->cur[(size_t)k * W + q]; m; m &= m - 1) {
+                        size_t x = s_node(w, k, q * 64 + (uint32_t)__builtin_ctzll(m));
+                        memset(w->cf + x * W, 0, W * sizeof *w->cf);
+                        memset(w->cb + x * W, 0, W * sizeof *w->cb);
+                    }
+            memcpy(w->alive, w->vis, lw * sizeof *w->vis);
+            return 1;
+        }
+        /* next level: unvisited heads of residual arcs out of the frontier */
+        memset(w->nxt, 0, lw * sizeof *w->nxt);
+        for (uint32_t k = 1; k < L; k++)
+            for (uint32_t q = 0; q < W; q++)
+                for (word_t m = w->cur[(size_t)k * W + q]; m; m &= m - 1) {
+                    size_t x = s_node(w, k, q * 64 + (uint32_t)__builtin_ctzll(m));
+                    if (k >= 2) {
+                        const word_t *fm = w->fm + x * W, *v = w->vis + (size_t)(k - 1) * W;
+                        word_t *nx = w->nxt + (size_t)(k - 1) * W;
+                        for (uint32_t r = 0; r < W; r++)
+                            nx[r] |= fm[r] & ~v[r];
+                    }
+                    if (k + 2 <= L) {
+                        const word_t *bm = w->bm + x * W, *v = w->vis + (size_t)(k + 1) * W;
+                        word_t *nx = w->nxt + (size_t)(k + 1) * W;
+                        for (uint32_t r = 0; r < W; r++)
+                            nx[r] |= bm[r] & ~v[r];
+                    }
+                }
+        /* admissible arcs of the frontier: exactly those into the next level */
+        word_t grew = 0;
+        for (uint32_t k = 1; k < L; k++)
+            for (uint32_t q = 0; q < W; q++)
+                for (word_t m = w->cur[(size_t)k * W + q]; m; m &= m - 1) {
+                    size_t x = s_node(w, k, q * 64 + (uint32_t)__builtin_ctzll(m));
+                    for (uint32_t r = 0; r < W; r++) {
+                        w->cf[x * W + r] = k >= 2 ? w->fm[x * W + r] & w->nxt[(size_t)(k - 1) * W + r] : 0;
+                        w->cb[x * W + r] = k + 2 <= L ? w->bm[x * W + r] & w->nxt[(size_t)(k + 1) * W + r] : 0;
+                    }
+                }
+        for (size_t q = 0; q < lw; q++) {
+            w->vis[q] |= w->nxt[q];
+            grew |= w->nxt[q];
+        }
+        if (!grew)
+            return 0;
+        word_t *t = w->cur;
+        w->cur = w->nxt;
+        w->nxt = t;
+    }
+}
+
+/* First set bit of `m & al` over W words, preferring tokens p1 then p2;
+   returns n when empty. */
+static inline uint32_t
+s_pick(const word_t *m, const word_t *al, uint32_t W, uint32_t p1, uint32_t p2, uint32_t n)
+{
+    if (BIT(m, p1) & BIT(al, p1))
+        return p1;
+    if (BIT(m, p2) & BIT(al, p2))
+        return p2;
+    for (uint32_t q = 0; q < W; q++) {
+        word_t x = m[q] & al[q];
+        if (x)
+            return q * 64 + (uint32_t)__builtin_ctzll(x);
+    }
+    return n;
+}
+
+/* Blocking-flow DFS from layer-(L-1) node u offered `lim` by the source;
+   iterative (depth can reach the number of nodes). Places flow along
+   admissible arcs, several children per node, and returns the amount
+   placed; a node that cannot place all it was offered is dead for the
+   rest of the phase. */
+static double
+s_dfs(flow_work_t *w, uint32_t u, double lim)
+{
+    uint32_t L = w->L, n = w->n, W = w->W, t = w->sink;
+    size_t nn = (size_t)n * n;
+    const float *C = w->C;
+    frame_t *st = w->stack;
+    size_t sp = 0;
+    double ret;
+    st[0] = (frame_t){.k = L - 1, .i = u, .lim = lim, .rem = lim};
+    for (;;) {
+        frame_t *F = &st[sp];
+        uint32_t k = F->k, i = F->i;
+        size_t x = s_node(w, k, i);
+        w->stats.visits++;
+        if (k == 1 && BIT(w->snkadm, i)) {
+            double res = w->b[i] - w->ft[i];
+            double p = res < F->rem ? res : F->rem;
+            if (p >= res) {
+                w->ft[i] = w->b[i];
+                CLR(w->snk, i);
+                CLR(w->snkadm, i);
+            } else {
+                w->ft[i] += p;
+            }
+            F->rem -= p;
+            if (F->rem <= 0) {
+                ret = F->lim;
+                goto pop;
+            }
+        }
+        {
+            uint32_t j = n;
+            if (k >= 2) {
+                /* near the sink steer into its column; higher up take the diagonal */
+                uint32_t p1 = k <= 3 ? t : i, p2 = k <= 3 ? i : t;
+                j = s_pick(w->cf + x * W, w->alive + (size_t)(k - 1) * W, W, p1, p2, n);
+            }
+            if (j < n) {
+                size_t e = (size_t)(k - 1) * nn + (size_t)i * n + j;
+                F->dir = 1;
+                F->res = s_cap(C, e) - w->f[e];
+            } else if (k + 2 <= L
+                       && (j = s_pick(w->cb + x * W, w->alive + (size_t)(k + 1) * W, W, i, t, n)) < n) {
+                F->dir = -1;
+                F->res = w->f[(size_t)k * nn + (size_t)j * n + i];
+            } else {
+                ret = F->lim - F->rem;
+                goto pop;
+            }
+            F->to = j;
+            F->off = F->res < F->rem ? F->res : F->rem;
+            st[sp + 1] = (frame_t){.k = F->dir > 0 ? k - 1 : k + 1, .i = j, .lim = F->off, .rem = F->off};
+            sp++;
+            continue;
+        }
+    pop:
+        for (;;) {
+            if (sp == 0)
+                return ret;
+            frame_t *P = &st[--sp];
+            uint32_t pk = P->k, pi = P->i, j = P->to;
+            size_t px = s_node(w, pk, pi);
+            if (P->dir > 0) {
+                size_t e = (size_t)(pk - 1) * nn + (size_t)pi * n + j;
+                if (ret > 0) {
+                    SET(w->bm + s_node(w, pk - 1, j) * W, pi);
+                    if (ret >= P->res) {
+                        w->f[e] = s_cap(C, e);
+                        CLR(w->fm + px * W, j);
+                        CLR(w->cf + px * W, j);
+                    } else {
+                        w->f[e] += ret;
+                    }
+                }
+                if (ret < P->off)
+                    CLR(w->alive + (size_t)(pk - 1) * W, j);
+            } else {
+                size_t e = (size_t)pk * nn + (size_t)j * n + pi;
+                if (ret > 0) {
+                    SET(w->fm + s_node(w, pk + 1, j) * W, pi);
+                    if (ret >= P->res) {
+                        w->f[e] = 0.0;
+                        CLR(w->bm + px * W, j);
+                        CLR(w->cb + px * W, j);
+                    } else {
+                        w->f[e] -= ret;
+                    }
+                }
+                if (ret < P->off)
+                    CLR(w->alive + (size_t)(pk + 1) * W, j);
+            }
+            P->rem -= ret;
+            if (P->rem > 0)
+                break;      /* resume P: try its next arc */
+            ret = P->lim;
+        }
+    }
+}
+
+/* Max flow from (L, src) to (0, sink) on the current trade, L >= 2. */
+static double
+s_maxflow(flow_work_t *w, uint32_t src, uint32_t sink)
+{
+    uint32_t L = w->L, n = w->n, W = w->W;
+    size_t nn = (size_t)n * n, V = (size_t)(L - 1) * n;
+    const float *C = w->C;
+    w->sink = sink;
+    memset(w->snk, 0, W * sizeof *w->snk);
+    for (uint32_t u = 0; u < n; u++) {
+        w->a[u] = s_cap(C, (size_t)(L - 1) * nn + (size_t)src * n + u);
+        w->fs[u] = 0.0;
+        w->b[u] = s_cap(C, (size_t)u * n + sink);
+        w->ft[u] = 0.0;
+        if (w->b[u] > 0)
+            SET(w->snk, u);
+    }
+    memcpy(w->src, w->cmask + ((size_t)(L - 1) * n + src) * W, W * sizeof *w->src);
+    /* forward arcs of layer k >= 2 start as the capacity pattern of Â_{k-1};
+       node (k, i) is row i of layer k-1, so the arrays line up */
+    memcpy(w->fm + (size_t)n * W, w->cmask + (size_t)n * W, (V - n) * W * sizeof *w->fm);
+    memset(w->bm, 0, V * W * sizeof *w->bm);
+
+    while (s_bfs(w)) {
+        w->stats.phases++;
+        word_t *al = w->alive + (size_t)(L - 1) * W;
+        for (uint32_t q = 0; q < W; q++) {
+            word_t m;
+            while ((m = w->src[q] & al[q])) {
+                uint32_t u = q * 64 + (uint32_t)__builtin_ctzll(m);
+                double res = w->a[u] - w->fs[u];
+                double p = s_dfs(w, u, res);
+                if (p >= res) {
+                    w->fs[u] = w->a[u];
+                    CLR(w->src, u);
+                } else {
+                    w->fs[u] += p;
+                    CLR(al, u);
+                }
+            }
+        }
+    }
+    w->stats.maxflows++;
+
+    /* value; and leave f all zero for the next sink (nonzero flows are
+       exactly the bm bits) */
+    double v = 0.0;
+    for (uint32_t i = 0; i < n; i++)
+        v += w->ft[i];
+    for (uint32_t k = 1; k + 2 <= L; k++)
+        for (uint32_t i = 0; i < n; i++)
+            for (uint32_t q = 0; q < W; q++)
+                for (word_t m = w->bm[s_node(w, k, i) * W + q]; m; m &= m - 1) {
+                    uint32_t u = q * 64 + (uint32_t)__builtin_ctzll(m);
+                    w->f[(size_t)k * nn + (size_t)u * n + i] = 0.0;
+                }
+    return v;
 }
 
 int
 flow_compute(flow_work_t *w, uint32_t L, uint32_t n, int32_t cls, const float *layers,
              float *out)
 {
+    if (L == 0 || n == 0)
+        return 0;
     if (s_reserve(w, L, n))
         return -1;
-    for (uint32_t j = 0, k = 0; j < n; j++) {
-        if ((int32_t)j == cls)
-            continue;
-        double v = 0.0;
-        if (cls >= 0) {
-            v = s_maxflow(w, L, n, layers, (uint32_t)cls, j);
-        } else {
-            for (uint32_t src = 0; src < n; src++)
-                v += s_maxflow(w, L, n, layers, src, j);
-            v /= n;
+    uint32_t W = w->W;
+    w->C = layers;
+    w->stats.trades++;
+
+    /* capacity patterns, one bit set per row of every Â_l */
+    memset(w->cmask, 0, (size_t)L * n * W * sizeof *w->cmask);
+    for (size_t r = 0; r < (size_t)L * n; r++)
+        for (uint32_t j = 0; j < n; j++)
+            if (s_cap(layers, r * n + j) > 0)
+                SET(w->cmask + r * W, j);
+
+    uint32_t s0 = cls >= 0 ? (uint32_t)cls : 0, s1 = cls >= 0 ? (uint32_t)cls + 1 : n;
+    for (uint32_t j = 0; j < n; j++)
+        w->acc[j] = 0.0;
+    for (uint32_t src = s0; src < s1; src++)
+        for (uint32_t j = 0; j < n; j++) {
+            if ((int32_t)j == cls)
+                continue;
+            w->acc[j] += L == 1 ? s_cap(layers, (size_t)src * n + j) : s_maxflow(w, src, j);
         }
-        out[k++] = (float)v;
-    }
+    for (uint32_t j = 0, k = 0; j < n; j++)
+        if ((int32_t)j != cls)
+            out[k++] = (float)(cls >= 0 ? w->acc[j] : w->acc[j] / n);
     return 0;
 }

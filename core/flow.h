@@ -13,6 +13,15 @@
 
 typedef struct flow_work_t flow_work_t;
 
+/* Work counters of a flow work area, cumulative since flow_work_new
+   (for benchmarks and tests). */
+typedef struct {
+    uint64_t trades;        /* flow_compute calls */
+    uint64_t maxflows;      /* source-sink max-flows computed (L >= 2) */
+    uint64_t phases;        /* Dinic phases: one BFS and one blocking flow */
+    uint64_t visits;        /* DFS steps (a node entered or resumed) */
+} flow_stats_t;
+
 /* Create an empty flow work area (caller owns; grows with the shape). */
 flow_work_t *flow_work_new(void);
 
@@ -21,8 +30,13 @@ void flow_work_destroy(flow_work_t **self_p);
 
 /* Max-flow attributions for one trade. `layers` holds [L][n][n]
    capacities; `out` receives n - 1 values (tokens j != cls, in order) or
-   n values without CLS. Returns 0, or -1 when out of memory. */
+   n values without CLS. Returns 0, or -1 when out of memory. Exact max
+   flows computed in double (capacities that are not finite and positive
+   count as 0); allocates only when the shape grows. */
 int flow_compute(flow_work_t *w, uint32_t L, uint32_t n, int32_t cls,
                  const float *layers, float *out);
+
+/* Copy the work counters of `w` into *out. */
+void flow_work_stats(const flow_work_t *w, flow_stats_t *out);
 
 #endif
