@@ -8,7 +8,8 @@
 #include <string.h>
 
 static const char s_help[] =
-    "usage: xplainctl heatmap --model M --id TRADE [-o FILE] [--method rollout|grad_rollout]\n"
+    "usage: xplainctl heatmap --model M --id TRADE [-o FILE]\n"
+    "                         [--method rollout|grad_rollout] [--flow]\n"
     "\n"
     "Fetch a trade from the daemon's recent-trade cache (the trade query) and\n"
     "write an SVG: the n x n matrix of the method (row i: query token, column\n"
