@@ -194,7 +194,7 @@ def roff_text(s):
     # Dashes of options and minus signs are \-; an option is never hyphenated.
     s = re.sub(r"(?<![A-Za-z0-9])-[-A-Za-z0-9_]*",
                lambda m: m.group(0).replace("-", "\\-"), s)
-    s = re.sub(r"(?<![^ (\[])(?=\\-\\-?[a-z])", "\\\\%", s)
+    s = re.sub(r"(?<![^ (\[])(?=\\-(?:\\-)?[a-z])", "\\\\%", s)
     if s.startswith((".", "'")):
         s = "\\&" + s
     return s
