@@ -46,9 +46,10 @@ typedef uint64_t word_t;
 /* One DFS frame: a node, what it was offered and still has to place,
    and the arc to the child currently being explored. */
 typedef struct {
-    uint32_t k, i;          /* layer 1..L-1, token */
+    uint32_t k, i, x;       /* layer 1..L-1, token, node id */
     uint32_t to;            /* pending arc's child token */
     int32_t dir;            /* pending arc: +1 forward (layer k-1), -1 backward (k+1) */
+    size_t e;               /* pending arc's edge index in f */
     double lim, rem;
     double res, off;        /* pending arc's residual and the amount offered */
 } frame_t;
@@ -184,10 +185,10 @@ s_node(const flow_work_t *w, uint32_t k, uint32_t i)
 /* Level-synchronous BFS from the source over the residual bit sets.
    Builds this phase's admissible arc sets (cf, cb: arcs to the next
    level) and the alive sets; returns 0 when the sink is unreachable. */
-static int
-s_bfs(flow_work_t *w)
+static inline __attribute__((always_inline)) int
+s_bfs(flow_work_t *w, const uint32_t W)
 {
-    uint32_t L = w->L, W = w->W;
+    uint32_t L = w->L;
     size_t lw = (size_t)(L + 1) * W;
     word_t any_src = 0, any_snk = 0;
     for (uint32_t q = 0; q < W; q++) {
@@ -280,30 +281,35 @@ s_pick(const word_t *m, const word_t *al, uint32_t W, uint32_t p1, uint32_t p2, 
    admissible arcs, several children per node, and returns the amount
    placed; a node that cannot place all it was offered is dead for the
    rest of the phase. */
-static double
-s_dfs(flow_work_t *w, uint32_t u, double lim)
+static inline __attribute__((always_inline)) double
+s_dfs(flow_work_t *restrict w, const uint32_t W, uint32_t u, double lim)
 {
-    uint32_t L = w->L, n = w->n, W = w->W, t = w->sink;
-    size_t nn = (size_t)n * n;
-    const float *C = w->C;
-    frame_t *st = w->stack;
+    const uint32_t L = w->L, n = w->n, t = w->sink;
+    const size_t nn = (size_t)n * n;
+    const float *restrict C = w->C;
+    double *restrict f = w->f, *restrict ft = w->ft;
+    const double *restrict b = w->b;
+    word_t *restrict fm = w->fm, *restrict bm = w->bm, *restrict cf = w->cf,
+           *restrict cb = w->cb, *restrict alive = w->alive, *restrict snk = w->snk,
+           *restrict snkadm = w->snkadm;
+    frame_t *restrict st = w->stack;
     size_t sp = 0;
+    uint64_t visits = 0;
     double ret;
-    st[0] = (frame_t){.k = L - 1, .i = u, .lim = lim, .rem = lim};
+    st[0] = (frame_t){.k = L - 1, .i = u, .x = (L - 2) * n + u, .lim = lim, .rem = lim};
     for (;;) {
         frame_t *F = &st[sp];
-        uint32_t k = F->k, i = F->i;
-        size_t x = s_node(w, k, i);
-        w->stats.visits++;
-        if (k == 1 && BIT(w->snkadm, i)) {
-            double res = w->b[i] - w->ft[i];
+        const uint32_t k = F->k, i = F->i, x = F->x;
+        visits++;
+        if (k == 1 && BIT(snkadm, i)) {
+            double res = b[i] - ft[i];
             double p = res < F->rem ? res : F->rem;
             if (p >= res) {
-                w->ft[i] = w->b[i];
-                CLR(w->snk, i);
-                CLR(w->snkadm, i);
+                ft[i] = b[i];
+                CLR(snk, i);
+                CLR(snkadm, i);
             } else {
-                w->ft[i] += p;
+                ft[i] += p;
             }
             F->rem -= p;
             if (F->rem <= 0) {
@@ -312,65 +318,69 @@ s_dfs(flow_work_t *w, uint32_t u, double lim)
             }
         }
         {
-            uint32_t j = n;
+            uint32_t j = n, y;
             if (k >= 2) {
                 /* near the sink steer into its column; higher up take the diagonal */
                 uint32_t p1 = k <= 3 ? t : i, p2 = k <= 3 ? i : t;
-                j = s_pick(w->cf + x * W, w->alive + (size_t)(k - 1) * W, W, p1, p2, n);
+                j = s_pick(cf + (size_t)x * W, alive + (size_t)(k - 1) * W, W, p1, p2, n);
             }
             if (j < n) {
-                size_t e = (size_t)(k - 1) * nn + (size_t)i * n + j;
+                F->e = (size_t)(k - 1) * nn + (size_t)i * n + j;
                 F->dir = 1;
-                F->res = s_cap(C, e) - w->f[e];
+                F->res = s_cap(C, F->e) - f[F->e];
+                y = x - n + (j - i);
             } else if (k + 2 <= L
-                       && (j = s_pick(w->cb + x * W, w->alive + (size_t)(k + 1) * W, W, i, t, n)) < n) {
+                       && (j = s_pick(cb + (size_t)x * W, alive + (size_t)(k + 1) * W, W, i, t, n)) < n) {
+                F->e = (size_t)k * nn + (size_t)j * n + i;
                 F->dir = -1;
-                F->res = w->f[(size_t)k * nn + (size_t)j * n + i];
+                F->res = f[F->e];
+                y = x + n + (j - i);
             } else {
                 ret = F->lim - F->rem;
                 goto pop;
             }
             F->to = j;
             F->off = F->res < F->rem ? F->res : F->rem;
-            st[sp + 1] = (frame_t){.k = F->dir > 0 ? k - 1 : k + 1, .i = j, .lim = F->off, .rem = F->off};
+            st[sp + 1] = (frame_t){.k = (uint32_t)((int32_t)k - F->dir), .i = j, .x = y,
+                                   .lim = F->off, .rem = F->off};
             sp++;
             continue;
         }
     pop:
         for (;;) {
-            if (sp == 0)
+            if (sp == 0) {
+                w->stats.visits += visits;
                 return ret;
+            }
             frame_t *P = &st[--sp];
-            uint32_t pk = P->k, pi = P->i, j = P->to;
-            size_t px = s_node(w, pk, pi);
+            const uint32_t pk = P->k, pi = P->i, px = P->x, j = P->to;
+            const size_t e = P->e;
             if (P->dir > 0) {
-                size_t e = (size_t)(pk - 1) * nn + (size_t)pi * n + j;
                 if (ret > 0) {
-                    SET(w->bm + s_node(w, pk - 1, j) * W, pi);
+                    SET(bm + (size_t)(px - n + (j - pi)) * W, pi);
                     if (ret >= P->res) {
-                        w->f[e] = s_cap(C, e);
-                        CLR(w->fm + px * W, j);
-                        CLR(w->cf + px * W, j);
+                        f[e] = s_cap(C, e);
+                        CLR(fm + (size_t)px * W, j);
+                        CLR(cf + (size_t)px * W, j);
                     } else {
-                        w->f[e] += ret;
+                        f[e] += ret;
                     }
                 }
                 if (ret < P->off)
-                    CLR(w->alive + (size_t)(pk - 1) * W, j);
+                    CLR(alive + (size_t)(pk - 1) * W, j);
             } else {
-                size_t e = (size_t)pk * nn + (size_t)j * n + pi;
                 if (ret > 0) {
-                    SET(w->fm + s_node(w, pk + 1, j) * W, pi);
+                    SET(fm + (size_t)(px + n + (j - pi)) * W, pi);
                     if (ret >= P->res) {
-                        w->f[e] = 0.0;
-                        CLR(w->bm + px * W, j);
-                        CLR(w->cb + px * W, j);
+                        f[e] = 0.0;
+                        CLR(bm + (size_t)px * W, j);
+                        CLR(cb + (size_t)px * W, j);
                     } else {
-                        w->f[e] -= ret;
+                        f[e] -= ret;
                     }
                 }
                 if (ret < P->off)
-                    CLR(w->alive + (size_t)(pk + 1) * W, j);
+                    CLR(alive + (size_t)(pk + 1) * W, j);
             }
             P->rem -= ret;
             if (P->rem > 0)
@@ -380,11 +390,12 @@ s_dfs(flow_work_t *w, uint32_t u, double lim)
     }
 }
 
-/* Max flow from (L, src) to (0, sink) on the current trade, L >= 2. */
-static double
-s_maxflow(flow_work_t *w, uint32_t src, uint32_t sink)
+/* Max flow from (L, src) to (0, sink) on the current trade, L >= 2, with
+   W words per bit set (inlined for W = 1, n <= 64, and for any W). */
+static inline __attribute__((always_inline)) double
+s_maxflow_w(flow_work_t *w, const uint32_t W, uint32_t src, uint32_t sink)
 {
-    uint32_t L = w->L, n = w->n, W = w->W;
+    uint32_t L = w->L, n = w->n;
     size_t nn = (size_t)n * n, V = (size_t)(L - 1) * n;
     const float *C = w->C;
     w->sink = sink;
@@ -403,7 +414,7 @@ s_maxflow(flow_work_t *w, uint32_t src, uint32_t sink)
     memcpy(w->fm + (size_t)n * W, w->cmask + (size_t)n * W, (V - n) * W * sizeof *w->fm);
     memset(w->bm, 0, V * W * sizeof *w->bm);
 
-    while (s_bfs(w)) {
+    while (s_bfs(w, W)) {
         w->stats.phases++;
         word_t *al = w->alive + (size_t)(L - 1) * W;
         for (uint32_t q = 0; q < W; q++) {
@@ -411,7 +422,7 @@ s_maxflow(flow_work_t *w, uint32_t src, uint32_t sink)
             while ((m = w->src[q] & al[q])) {
                 uint32_t u = q * 64 + (uint32_t)__builtin_ctzll(m);
                 double res = w->a[u] - w->fs[u];
-                double p = s_dfs(w, u, res);
+                double p = s_dfs(w, W, u, res);
                 if (p >= res) {
                     w->fs[u] = w->a[u];
                     CLR(w->src, u);
@@ -437,6 +448,12 @@ s_maxflow(flow_work_t *w, uint32_t src, uint32_t sink)
                     w->f[(size_t)k * nn + (size_t)u * n + i] = 0.0;
                 }
     return v;
+}
+
+static double
+s_maxflow(flow_work_t *w, uint32_t src, uint32_t sink)
+{
+    return w->W == 1 ? s_maxflow_w(w, 1, src, sink) : s_maxflow_w(w, w->W, src, sink);
 }
 
 int
