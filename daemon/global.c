@@ -370,7 +370,7 @@ s_enc_methods(server_t *s, msgpack_packer *pk, const gepoch_t *e, const agg_t *a
    all targets or one (`only_target`). Returns -1 when out of memory. */
 static int
 s_enc_glob_fields(server_t *s, msgpack_packer *pk, model_t *md, const gepoch_t *e, unsigned mask,
-                  const int64_t *only_target, uint64_t seq)
+                  const int64_t *only_target, uint64_t seq, int64_t ts)
 {
     const schema_t *sc = model_schema(md, e->epoch);
     double *scratch = malloc((e->nf ? e->nf : 1) * sizeof *scratch);
@@ -381,7 +381,7 @@ s_enc_glob_fields(server_t *s, msgpack_packer *pk, model_t *md, const gepoch_t *
     enc_str(pk, "seq");
     msgpack_pack_uint64(pk, seq);
     enc_str(pk, "ts");
-    msgpack_pack_int64(pk, now_wall_ns());
+    msgpack_pack_int64(pk, ts);
     enc_str(pk, "epoch");
     msgpack_pack_uint32(pk, e->epoch);
     enc_str(pk, "features");
@@ -465,8 +465,10 @@ global_publish_changed(server_t *s)
         msgpack_pack_map(pk, GLOB_FIELDS + 1);
         enc_str(pk, "v");
         msgpack_pack_uint8(pk, 1);
-        if (s_enc_glob_fields(s, pk, md, e, e->methods, NULL, gm->glob_seq) == 0) {
+        int64_t ts = now_wall_ns();
+        if (s_enc_glob_fields(s, pk, md, e, e->methods, NULL, gm->glob_seq, ts) == 0) {
             gm->glob_seq++;
+            gm->glob_ts = ts;
             int tlen = snprintf(topic, sizeof topic, "glob/%s", md->name);
             publish_send(s, topic, (size_t)tlen, s->pbuf.data, s->pbuf.size);
         }
@@ -674,7 +676,10 @@ global_op_global(server_t *s, qreq_t *q, msgpack_packer *pk)
         seq = gm->glob_seq - 1;
     }
     qreply_ok(pk, GLOB_FIELDS);
-    if (s_enc_glob_fields(s, pk, md, e, mask, to ? &target : NULL, seq))
+    /* ts: when the state of seq was published (now, for an old epoch). */
+    bool current = md->cur && e->epoch == md->cur->epoch;
+    if (s_enc_glob_fields(s, pk, md, e, mask, to ? &target : NULL, seq,
+                          current ? gm->glob_ts : now_wall_ns()))
         return qreq_fail(q, "bad_argument", "out of memory");
     return 0;
 }
@@ -689,12 +694,14 @@ global_op_baseline(server_t *s, qreq_t *q, msgpack_packer *pk)
         return -1;
     const mpr_obj_t *a = qreq_arg(q, "action", NULL);
     bool pin;
-    if (a && mpr_str_eq(a, "pin"))
+    if (!a || a->type != MPR_STR)
+        return qreq_fail(q, "bad_request", "argument 'action' (\"pin\" or \"reset\") is missing or not a str");
+    if (mpr_str_eq(a, "pin"))
         pin = true;
-    else if (a && mpr_str_eq(a, "reset"))
+    else if (mpr_str_eq(a, "reset"))
         pin = false;
     else
-        return qreq_fail(q, "bad_request", "argument 'action' must be \"pin\" or \"reset\"");
+        return qreq_fail(q, "bad_argument", "argument 'action' must be \"pin\" or \"reset\"");
     int m = s_method_arg(q, false);
     if (m == -1)
         return -1;

@@ -74,6 +74,7 @@ typedef struct {
 typedef struct {
     gepoch_t *epochs[MODEL_EPOCHS_KEPT];    /* ring by epoch */
     uint64_t glob_seq, drift_seq, heads_seq;    /* next seq per topic */
+    int64_t glob_ts;                /* when glob/ glob_seq - 1 was sent */
     bool dirty;                     /* changed since glob/ was last sent */
     galert_t *alerts;               /* ring of alerts_kept */
     uint32_t alerts_next, alerts_count;

@@ -104,7 +104,7 @@ def test_global_state(d):
             break
         assert time.time() < deadline
     assert msg["seq"] == g["seq"], (msg["seq"], g["seq"])
-    assert msg["methods"] == g["methods"] and msg["count"] == 240
+    assert msg["methods"] == g["methods"] and msg["count"] == 240 and msg["ts"] == g["ts"]
     # Head statistics: means over trades of the reference head statistics.
     want_imp = np.mean([ref.head_stats(A, G)[0] for A, G in st.tensors], axis=0)
     want_conf = np.mean([ref.head_stats(A, G)[1] for A, G in st.tensors], axis=0)
@@ -182,7 +182,7 @@ def test_drift_alert_on_shift(d):
     assert r["ok"] and r["methods"] == ["rollout"]
     assert d.query("drift", model="dr")["methods"]["rollout"]["reference"] == "none"
     bad = d.query("baseline", model="dr", action="forget")
-    assert bad["ok"] is False and bad["code"] == "bad_request"
+    assert bad["ok"] is False and bad["code"] == "bad_argument"
 
 
 def main():
