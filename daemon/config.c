@@ -187,7 +187,7 @@ s_parse_uint(const char *v, bool size, uint64_t *out)
             return -1;
         x <<= shift;
         end++;
-        if (*end == 'i' || *end == 'B')
+        if (*end == 'i')    /* K, KB, Ki, KiB: all mean 1024 */
             end++;
         if (*end == 'B')
             end++;
@@ -328,6 +328,41 @@ s_ini_handler(void *user, const char *section, const char *name, const char *val
     return 1;
 }
 
+/* The word shown for an option's value in --help. */
+static const char *
+s_placeholder(const opt_t *o)
+{
+    switch (o->type) {
+    case T_BOOL: return "[=BOOL]";
+    case T_UINT: return " N";
+    case T_SIZE: return " SIZE";
+    case T_DOUBLE: return " X";
+    case T_LIST: return strstr(o->flag, "ingest-") ? " EP" : " LIST";
+    case T_STR: break;
+    }
+    if (strstr(o->key, "file")) return " FILE";
+    if (strcmp(o->key, "dir") == 0 || strstr(o->key, "_dir")) return " DIR";
+    if (strcmp(o->key, "endpoint") == 0) return " EP";
+    if (strcmp(o->key, "listen") == 0) return " ADDR:PORT";
+    if (strcmp(o->key, "methods") == 0) return " LIST";
+    return " NAME";
+}
+
+/* A size as the shortest exact K/M/G form ("256M"), else bytes. */
+static void
+s_size_str(uint64_t v, char *buf, size_t len)
+{
+    static const char units[] = "GMK";
+    for (int k = 0; k < 3; k++) {
+        unsigned shift = 30 - 10 * (unsigned)k;
+        if (v && (v & ((1ull << shift) - 1)) == 0) {
+            snprintf(buf, len, "%llu%c", (unsigned long long)(v >> shift), units[k]);
+            return;
+        }
+    }
+    snprintf(buf, len, "%llu", (unsigned long long)v);
+}
+
 static void
 s_usage(FILE *out)
 {
@@ -350,9 +385,20 @@ s_usage(FILE *out)
             section = o->section;
             fprintf(out, "[%s]\n", section);
         }
-        const char *arg = o->type == T_BOOL ? "[=BOOL]" : o->type == T_LIST ? " LIST" : " VALUE";
-        fprintf(out, "  --%s%s\n      %s\n      (%s.%s, default '%s'%s)\n", o->flag, arg, o->help,
-                o->section, o->key, o->def, o->reloadable ? ", SIGHUP reloads" : "");
+        fprintf(out, "  --%s%s\n      %s\n", o->flag, s_placeholder(o), o->help);
+        if (o->type == T_UINT) {
+            fprintf(out, "      Allowed: %llu to %llu.\n", (unsigned long long)o->min,
+                    (unsigned long long)o->max);
+        } else if (o->type == T_SIZE) {
+            char lo[32], hi[32];
+            s_size_str(o->min, lo, sizeof lo);
+            s_size_str(o->max, hi, sizeof hi);
+            fprintf(out, "      Allowed: %s to %s (suffixes K, M, G).\n", lo, hi);
+        } else if (o->type == T_DOUBLE) {
+            fprintf(out, "      Allowed: %g to %g.\n", o->dmin, o->dmax);
+        }
+        fprintf(out, "      (%s.%s, default '%s'%s)\n", o->section, o->key, o->def,
+                o->reloadable ? ", SIGHUP reloads" : "");
     }
 }
 
@@ -616,8 +662,13 @@ config_print(const config_t *cfg, FILE *out)
                 fprintf(out, "%s%s", i ? ", " : "", l->items[i]);
             break;
         }
-        case T_UINT:
-        case T_SIZE: fprintf(out, "%" PRIu64, *(const uint64_t *)f); break;
+        case T_UINT: fprintf(out, "%" PRIu64, *(const uint64_t *)f); break;
+        case T_SIZE: {
+            char buf[32];
+            s_size_str(*(const uint64_t *)f, buf, sizeof buf);
+            fprintf(out, "%s", buf);
+            break;
+        }
         case T_BOOL: fprintf(out, "%s", *(const bool *)f ? "true" : "false"); break;
         case T_DOUBLE: fprintf(out, "%g", *(const double *)f); break;
         }

@@ -225,6 +225,10 @@ s_reload(server_t *s)
     auth_reload(&s->auth, &next);
     if (rst[0])
         log_warn("SIGHUP: cannot apply without a restart: %s (kept the running values)", rst);
+    /* The reference file is read again on every SIGHUP: its contents may
+       have changed while its name did not. */
+    if (next.reference_file[0])
+        global_load_references(s, next.reference_file);
     if (!rel[0]) {
         log_notice("SIGHUP: nothing to change");
         config_free(&next);
@@ -245,8 +249,6 @@ s_reload(server_t *s)
     config_free(&next);
     server_apply_options(s);
     log_notice("SIGHUP: applied %s", rel);
-    if (strstr(rel, "drift.reference_file") && s->cfg.reference_file[0])
-        global_load_references(s, s->cfg.reference_file);
 }
 
 static void

@@ -84,12 +84,13 @@ def parse_xplaind_help(text):
             if m:
                 general.append((m.group(1), m.group(2) or "", m.group(3)))
             continue        # the usage and description lines
-        m = re.match(r"^  --([a-z0-9-]+)(\[=BOOL\]| LIST| VALUE)$", line)
+        m = re.match(r"^  --([a-z0-9-]+)(\[=BOOL\]| [A-Z:]+)$", line)
         if m:
             if cur is not None and "key" not in cur:
                 die("xplaind --help line %d: option --%s has no (section.key, default) line"
                     % (n, cur["flag"]))
-            cur = {"flag": m.group(1), "kind": m.group(2).strip(" [=]").lower(),
+            cur = {"flag": m.group(1), "arg": m.group(2),
+                   "kind": "bool" if m.group(2) == "[=BOOL]" else "value",
                    "section": section, "help": []}
             opts.append(cur)
             continue
@@ -320,7 +321,7 @@ def gen_readme(general, opts):
         "|---|---|---|---|---|",
     ]
     for o in opts:
-        arg = {"bool": "[=BOOL]", "list": " LIST", "value": " VALUE"}[o["kind"]]
+        arg = o["arg"]
         d = default_text(o)
         out.append("| `--%s%s` | `%s.%s` | %s | %s | %s |" % (
             o["flag"], arg, o["section"], o["key"], "`%s`" % d if d else "*(empty)*",
@@ -338,7 +339,7 @@ def gen_man_options(general, opts):
         if o["section"] != section:
             section = o["section"]
             out.append(".SS \"[%s]\"" % section)
-        arg = {"bool": "[=BOOL]", "list": " LIST", "value": " VALUE"}[o["kind"]]
+        arg = o["arg"]
         out += [".TP", roff_tag("--" + o["flag"] + arg), roff_text(o["help"])]
         d = default_text(o)
         out += [".br",
