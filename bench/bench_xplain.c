@@ -33,12 +33,14 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <malloc.h>
 #include <math.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdbool.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -141,6 +143,14 @@ cmd_consume(int argc, char **argv, bool xpl)
         fprintf(stderr, "usage: bench_xplain %s EP HWM\n", xpl ? "sub" : "sink");
         return 2;
     }
+    if (!getenv("XPL_SINK_PLAIN_MALLOC")) {
+        /* The transport limit: keep glibc from giving every received
+           message's pages back to the kernel and faulting them in again
+           (ZeroMQ allocates each message; 256 KiB is above the default
+           mmap threshold and trim threshold). */
+        mallopt(M_MMAP_THRESHOLD, 32 << 20);
+        mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    }
     void *ctx = zmq_ctx_new();
     void *s = zmq_socket(ctx, ZMQ_SUB);
     int hwm = atoi(argv[1]), linger = 0, tmo = 60000;
@@ -219,7 +229,10 @@ typedef struct {
     const char *python;
     const char *daemon_args;    /* extra daemon arguments, space separated */
     const char *preload;        /* LD_PRELOAD for the daemon (malloc counter) */
+    const char *daemon_env;     /* extra NAME=VALUE for the daemon's environment */
+    const char *sink_env;       /* extra NAME=VALUE for the sink's environment */
     const char *transport;      /* tcp or ipc for the ingest path */
+    const char *label;          /* prefix of the TARGET lines; "-" for none */
     int hwm;
     double seconds, lat_seconds;
     int reps, lat_reps;
@@ -236,6 +249,10 @@ typedef struct {
     /* daemon's own view (stats query) */
     uint64_t d_explained, d_rejected, d_lost, d_dropped;
     double d_p50, d_p99, d_p999;
+    /* CPU time per trade in the measured phase (us): publisher (this
+       process, all threads), the consumer, and the daemon */
+    double cpu_pub, cpu_cons, cpu_daemon;
+    double flt_cons, flt_daemon;    /* minor page faults per trade */
 } res_t;
 
 typedef struct {
@@ -248,7 +265,7 @@ typedef struct {
 static char s_self[PATH_MAX];
 
 static int
-s_spawn(child_t *c, char *const argv[], const char *log_path, const char *preload)
+s_spawn(child_t *c, char *const argv[], const char *log_path, const char *const *extra_env)
 {
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
@@ -265,16 +282,17 @@ s_spawn(child_t *c, char *const argv[], const char *log_path, const char *preloa
     }
     char **env = environ;
     char **penv = NULL;
-    if (preload) {
-        size_t n = 0;
+    if (extra_env) {
+        size_t n = 0, x = 0;
         while (environ[n])
             n++;
-        penv = calloc(n + 2, sizeof *penv);
+        while (extra_env[x])
+            x++;
+        penv = calloc(n + x + 1, sizeof *penv);
         for (size_t k = 0; k < n; k++)
             penv[k] = environ[k];
-        static char pl[PATH_MAX + 16];
-        snprintf(pl, sizeof pl, "LD_PRELOAD=%s", preload);
-        penv[n] = pl;
+        for (size_t k = 0; k < x; k++)
+            penv[n + k] = (char *)extra_env[k];
         env = penv;
     }
     int rc = posix_spawn(&c->pid, argv[0], &fa, NULL, argv, env);
@@ -365,6 +383,55 @@ s_proc_kb(pid_t pid, const char *field)
     return v;
 }
 
+/* CPU time (user + system, all threads) of a process in ns: from
+   /proc/<pid>/stat, or of this process from getrusage. */
+/* Minor page faults of a process (all threads). */
+static long
+s_minflt(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    long mf = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %ld", &mf) != 1)
+        return 0;
+    return mf;
+}
+
+static int64_t
+s_cpu_ns(pid_t pid)
+{
+    if (pid <= 0) {
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        return ((int64_t)ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000 +
+               ((int64_t)ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000;
+    }
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    if (!p)
+        return 0;
+    unsigned long ut = 0, st = 0;
+    /* after ')': state ppid pgrp session tty tpgid flags minflt cminflt
+       majflt cmajflt utime stime */
+    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return 0;
+    return (int64_t)(ut + st) * (1000000000 / sysconf(_SC_CLK_TCK));
+}
+
 static double
 s_field(const char *line, const char *key)
 {
@@ -429,9 +496,73 @@ s_daemon_stats(void *ctx, const char *qep, res_t *res)
     zmq_close(q);
 }
 
-static int
-s_send(void *pub, wmsg_t *m)
+/* The publisher sends bodies zero-copy from a ring of pre-encoded
+   copies: ZeroMQ frees a slot (from its I/O thread) once the kernel has
+   the bytes, and a slot is patched only while free. So the publisher
+   costs the model side what a zero-copy pyzmq send would, and the shared
+   machine's CPU goes to the consumers being compared. */
+typedef struct {
+    wmsg_t *slots;
+    _Atomic int *busy;
+    uint32_t n, next;
+} ring_t;
+
+static void
+s_ring_free(void *data, void *hint)
 {
+    (void)data;
+    *(_Atomic int *)hint = 0;
+}
+
+static void
+ring_make(ring_t *r, const wmsg_t *m)
+{
+    size_t per = m->body.size;
+    r->n = (uint32_t)(((size_t)64 << 20) / per);
+    r->n = r->n < 4 ? 4 : r->n > 64 ? 64 : r->n;
+    r->slots = calloc(r->n, sizeof *r->slots);
+    r->busy = calloc(r->n, sizeof *r->busy);
+    for (uint32_t k = 0; k < r->n; k++) {
+        r->slots[k] = *m;
+        r->slots[k].body.data = malloc(per);
+        memcpy(r->slots[k].body.data, m->body.data, per);
+    }
+    r->next = 0;
+}
+
+static void
+ring_free(ring_t *r)
+{
+    for (uint32_t k = 0; k < r->n; k++)
+        while (r->busy[k])
+            usleep(1000);
+    for (uint32_t k = 0; k < r->n; k++)
+        free(r->slots[k].body.data);
+    free(r->slots);
+    free((void *)r->busy);
+}
+
+/* A free slot to patch (waits for ZeroMQ to release one). */
+static wmsg_t *
+ring_get(ring_t *r, int *slot)
+{
+    for (;;) {
+        for (uint32_t t = 0; t < r->n; t++) {
+            uint32_t k = (r->next + t) % r->n;
+            if (!r->busy[k]) {
+                r->next = (k + 1) % r->n;
+                *slot = (int)k;
+                return &r->slots[k];
+            }
+        }
+        usleep(10);
+    }
+}
+
+static int
+s_send(void *pub, ring_t *r, int slot)
+{
+    wmsg_t *m = &r->slots[slot];
     for (;;) {
         if (zmq_send(pub, m->topic, m->topic_len, ZMQ_SNDMORE) >= 0)
             break;
@@ -439,10 +570,80 @@ s_send(void *pub, wmsg_t *m)
             return -1;
         usleep(20);
     }
-    while (zmq_send(pub, m->body.data, m->body.size, 0) < 0)
-        if (errno != EAGAIN && errno != EINTR)
+    zmq_msg_t msg;
+    r->busy[slot] = 1;
+    zmq_msg_init_data(&msg, m->body.data, m->body.size, s_ring_free, (void *)&r->busy[slot]);
+    while (zmq_msg_send(&msg, pub, 0) < 0)
+        if (errno != EAGAIN && errno != EINTR) {
+            zmq_msg_close(&msg);
             return -1;
+        }
     return 0;
+}
+
+/* Summarise the malloc counter's file: allocations per trade and per
+   message, by thread and by library, and the busiest call sites. */
+static void
+s_malloc_report(const char *dir, double trades, double msgs)
+{
+    char path[400], line[512];
+    snprintf(path, sizeof path, "%s/malloc.txt", dir);
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "    malloc counter: no %s\n", path);
+        return;
+    }
+    double main_total = 0, other_total = 0;
+    struct { char lib[128]; double main, other; } libs[32];
+    int nlibs = 0;
+    printf("\nAllocations in the daemon during the measured phase (%.0f trades, %.0f messages; "
+           "LD_PRELOAD counter, by call site; main = the daemon's own thread, other = ZeroMQ's I/O "
+           "thread):\n\n| library | function | main / message | other / message |\n|---|---|---|---|\n",
+           trades, msgs);
+    while (fgets(line, sizeof line, f)) {
+        char dso[100], off[32], sym[256] = "?", *lib;
+        unsigned long long mc, oc;
+        if (sscanf(line, "site %99s %31s main %llu other %llu", dso, off, &mc, &oc) != 4)
+            continue;
+        lib = strrchr(dso, '/') ? strrchr(dso, '/') + 1 : dso;
+        if ((double)(mc + oc) >= 0.01 * msgs) {
+            /* Name the calling function (addr2line, from binutils). */
+            char cmd[600];
+            snprintf(cmd, sizeof cmd, "addr2line -f -C -s -e '%s' %s 2>/dev/null", dso, off);
+            FILE *p = popen(cmd, "r");
+            char fn[256] = "", loc[256] = "";
+            if (p && fgets(fn, sizeof fn, p) && fgets(loc, sizeof loc, p)) {
+                fn[strcspn(fn, "\n")] = '\0';
+                loc[strcspn(loc, "\n")] = '\0';
+                if (strcmp(fn, "??") != 0)
+                    snprintf(sym, sizeof sym, "%s (%s)", fn, loc);
+            }
+            if (p)
+                pclose(p);
+        }
+        main_total += (double)mc;
+        other_total += (double)oc;
+        int k;
+        for (k = 0; k < nlibs && strcmp(libs[k].lib, lib); k++) {
+        }
+        if (k == nlibs && nlibs < 32) {
+            snprintf(libs[k].lib, sizeof libs[k].lib, "%s", lib);
+            libs[k].main = libs[k].other = 0;
+            nlibs++;
+        }
+        if (k < 32) {
+            libs[k].main += (double)mc;
+            libs[k].other += (double)oc;
+        }
+        if ((double)(mc + oc) >= 0.01 * msgs)
+            printf("| %s | %s | %.3f | %.3f |\n", lib, sym, (double)mc / msgs, (double)oc / msgs);
+    }
+    fclose(f);
+    printf("\nTotal per message: %.3f in the main thread, %.3f in other threads. By library:",
+           main_total / msgs, other_total / msgs);
+    for (int k = 0; k < nlibs; k++)
+        printf(" %s %.3f/%.3f;", libs[k].lib, libs[k].main / msgs, libs[k].other / msgs);
+    printf("\n");
 }
 
 /* Long-run sampling hook: called about every second of the stream. */
@@ -504,8 +705,14 @@ run_one(const drv_t *d, const wl_t *w, kind_t kind, double rate, double seconds,
     snprintf(qep, sizeof qep, "ipc://%s/q", dir);
     snprintf(hwms, sizeof hwms, "%d", d->hwm);
 
-    wmsg_t m;
-    wmsg_build(&m, w, "bench", 42);
+    wmsg_t m0;
+    wmsg_build(&m0, w, "bench", 42);
+    ring_t ring;
+    ring_make(&ring, &m0);
+    msgpack_sbuffer_destroy(&m0.body);
+    const uint32_t B = m0.B;
+    wmsg_t *m;
+    int slot;
 
     child_t daemon = {0}, cons = {0};
     char logp[300];
@@ -527,7 +734,18 @@ run_one(const drv_t *d, const wl_t *w, kind_t kind, double rate, double seconds,
                 argv[a++] = t;
         }
         argv[a] = NULL;
-        if (s_spawn(&daemon, argv, logp, d->preload))
+        static char pl[PATH_MAX + 16], mo[400];
+        const char *denv[4] = {0};
+        int ne = 0;
+        if (d->preload) {
+            snprintf(pl, sizeof pl, "LD_PRELOAD=%s", d->preload);
+            snprintf(mo, sizeof mo, "XPL_MALLOC_OUT=%s/malloc.txt", dir);
+            denv[ne++] = pl;
+            denv[ne++] = mo;
+        }
+        if (d->daemon_env)
+            denv[ne++] = d->daemon_env;
+        if (s_spawn(&daemon, argv, logp, ne ? denv : NULL))
             return -1;
         char *sargv[] = {s_self, "sub", pep, hwms, NULL};
         if (s_spawn(&cons, sargv, NULL, NULL))
@@ -539,7 +757,8 @@ run_one(const drv_t *d, const wl_t *w, kind_t kind, double rate, double seconds,
         }
     } else if (kind == K_SINK) {
         char *sargv[] = {s_self, "sink", ep, hwms, NULL};
-        if (s_spawn(&cons, sargv, NULL, NULL))
+        const char *senv[2] = {d->sink_env, NULL};
+        if (s_spawn(&cons, sargv, NULL, d->sink_env ? senv : NULL))
             return -1;
     } else {
         char expect[32];
@@ -563,8 +782,9 @@ run_one(const drv_t *d, const wl_t *w, kind_t kind, double rate, double seconds,
     /* Warm up until the final consumer has seen a message. */
     bool ready = false;
     for (int k = 0; k < 3000 && !ready; k++) {
-        wmsg_patch(&m, seq++, now_wall(), (uint64_t)k * m.B);
-        s_send(pub, &m);
+        m = ring_get(&ring, &slot);
+        wmsg_patch(m, seq++, now_wall(), (uint64_t)k * B);
+        s_send(pub, &ring, slot);
         ready = s_wait_line(&cons, "READY", NULL, 0, 10) == 0;
     }
     if (!ready) {
@@ -572,17 +792,23 @@ run_one(const drv_t *d, const wl_t *w, kind_t kind, double rate, double seconds,
         goto out;
     }
     for (int k = 0; k < 20; k++) {  /* a few more warm-up trades, then settle */
-        wmsg_patch(&m, seq++, now_wall(), (uint64_t)k * m.B);
-        s_send(pub, &m);
+        m = ring_get(&ring, &slot);
+        wmsg_patch(m, seq++, now_wall(), (uint64_t)k * B);
+        s_send(pub, &ring, slot);
     }
     usleep(300000);
 
+    int64_t c0_pub = s_cpu_ns(0), c0_cons = s_cpu_ns(cons.pid),
+            c0_d = daemon.pid > 0 ? s_cpu_ns(daemon.pid) : 0;
+    long f0_cons = s_minflt(cons.pid), f0_d = daemon.pid > 0 ? s_minflt(daemon.pid) : 0;
+    if (d->preload && daemon.pid > 0)
+        kill(daemon.pid, SIGUSR1);  /* malloc counter: start counting */
     int64_t t0 = now_mono(), next = t0, last_sample = t0;
-    double interval = rate > 0 ? (double)m.B * 1e9 / rate : 0;
+    double interval = rate > 0 ? (double)B * 1e9 / rate : 0;
     uint64_t id = BASE, k = 0;
     for (;; k++) {
         int64_t now = now_mono();
-        if (max_trades ? (k * m.B >= max_trades) : (now - t0 >= (int64_t)(seconds * 1e9)))
+        if (max_trades ? (k * B >= max_trades) : (now - t0 >= (int64_t)(seconds * 1e9)))
             break;
         if (rate > 0) {
             next = t0 + (int64_t)((double)k * interval);
@@ -591,29 +817,43 @@ run_one(const drv_t *d, const wl_t *w, kind_t kind, double rate, double seconds,
                 clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
             }
         }
-        wmsg_patch(&m, seq++, now_wall(), id);
-        if (s_send(pub, &m))
+        m = ring_get(&ring, &slot);
+        wmsg_patch(m, seq++, now_wall(), id);
+        if (s_send(pub, &ring, slot))
             goto out;
-        id += m.B;
+        id += B;
         if (sm && (k & 63) == 0 && now - last_sample > 1000000000) {
             last_sample = now;
             s_sample(sm);
         }
     }
-    res->sent = k * m.B;
-    wmsg_patch(&m, seq++, now_wall(), END_ID);
-    s_send(pub, &m);
+    res->sent = k * B;
+    m = ring_get(&ring, &slot);
+    wmsg_patch(m, seq++, now_wall(), END_ID);
+    s_send(pub, &ring, slot);
 
     char line[512];
-    if (s_wait_line(&cons, "RESULT", line, sizeof line, 600000)) {
+    /* Consumers print RESULT at the END message: read their CPU time
+       when the last measured trade is through (END is cheap). */
+    if (s_wait_line(&cons, "RESULT", line, sizeof line, 600000) == 0) {
+        double tr = (double)(k * B);
+        res->cpu_pub = (double)(s_cpu_ns(0) - c0_pub) / 1e3 / tr;
+        res->cpu_cons = (double)(s_cpu_ns(cons.pid) - c0_cons) / 1e3 / tr;
+        res->flt_cons = (double)(s_minflt(cons.pid) - f0_cons) / tr;
+        if (daemon.pid > 0) {
+            res->cpu_daemon = (double)(s_cpu_ns(daemon.pid) - c0_d) / 1e3 / tr;
+            res->flt_daemon = (double)(s_minflt(daemon.pid) - f0_d) / tr;
+        }
+    } else {
         fprintf(stderr, "%s: no RESULT\n", KIND_NAMES[kind]);
         goto out;
     }
     if (d->verbose)
-        fprintf(stderr, "    %s: %s\n", KIND_NAMES[kind], line);
+        fprintf(stderr, "    %s: %s minflt/trade consumer %.2f daemon %.2f\n", KIND_NAMES[kind],
+                line, res->flt_cons, res->flt_daemon);
     res->count = (uint64_t)s_field(line, "count");
     double first = s_field(line, "first_ns"), last = s_field(line, "last_ns");
-    res->tps = res->count > m.B && last > first ? (double)(res->count - m.B) / ((last - first) / 1e9) : 0;
+    res->tps = res->count > B && last > first ? (double)(res->count - B) / ((last - first) / 1e9) : 0;
     res->p50 = s_field(line, "p50_us");
     res->p99 = s_field(line, "p99_us");
     res->p999 = s_field(line, "p999_us");
@@ -625,9 +865,17 @@ run_one(const drv_t *d, const wl_t *w, kind_t kind, double rate, double seconds,
     if (kind == K_XPLAIND) {
         if (sm)
             s_sample(sm);
+        if (d->preload) {
+            kill(daemon.pid, SIGUSR2);  /* malloc counter: write the counts */
+            usleep(500000);
+            s_malloc_report(dir, (double)(k * B), (double)k);
+        }
         res->hwm_kb = s_proc_kb(daemon.pid, "VmHWM");
         res->rss_kb = s_proc_kb(daemon.pid, "VmRSS");
         s_daemon_stats(ctx, qep, res);
+        if (d->verbose)
+            fprintf(stderr, "    daemon: explained=%" PRIu64 " rejected=%" PRIu64 "\n",
+                    res->d_explained, res->d_rejected);
         if (res->d_rejected || res->d_lost || res->d_dropped)
             fprintf(stderr, "    warning: daemon rejected %" PRIu64 ", lost %" PRIu64
                     ", dropped %" PRIu64 " (see %s)\n", res->d_rejected, res->d_lost,
@@ -639,7 +887,7 @@ out:
     s_reap(&daemon, SIGTERM, 10000);
     zmq_close(pub);
     zmq_ctx_term(ctx);
-    msgpack_sbuffer_destroy(&m.body);
+    ring_free(&ring);
     if (rc == 0 && !d->preload) {
         unlink(logp);
         char p[300];
@@ -674,7 +922,12 @@ typedef struct {
     double d_lat[3];             /* daemon's own receive->publish */
     double rate;
     long hwm_kb;
+    double cpu[K_NKINDS][3];     /* medians: publisher, consumer, daemon (us/trade) */
 } row_t;
+
+/* The CPU table is printed after the main one. */
+static char s_cpu_tab[16384];
+static size_t s_cpu_len;
 
 static void
 print_header(void)
@@ -716,7 +969,7 @@ print_row(const drv_t *d, const wl_t *w, const char *name, const row_t *r)
 static void
 measure_workload(const drv_t *d, const wl_t *w, const char *name, bool latency, row_t *row)
 {
-    double v[K_NKINDS][MAXREP];
+    double v[K_NKINDS][MAXREP], cv[K_NKINDS][3][MAXREP];
     int nv[K_NKINDS] = {0};
     memset(row, 0, sizeof *row);
     fprintf(stderr, "== %s (L=%u H=%u n=%u %s B=%u, %.3f MB/trade)\n", name, w->L, w->H, w->n,
@@ -731,15 +984,32 @@ measure_workload(const drv_t *d, const wl_t *w, const char *name, bool latency, 
             double secs = d->seconds * (kind == K_PYTHON ? 0.5 : 1.0);
             if (run_one(d, w, kind, 0, secs, 0, NULL, &r) || !r.ok)
                 continue;
+            cv[kind][0][nv[kind]] = r.cpu_pub;
+            cv[kind][1][nv[kind]] = r.cpu_cons;
+            cv[kind][2][nv[kind]] = r.cpu_daemon;
             v[kind][nv[kind]++] = r.tps;
             if (kind == K_XPLAIND && r.hwm_kb > row->hwm_kb)
                 row->hwm_kb = r.hwm_kb;
-            fprintf(stderr, "  rep %d %-8s %10.0f trades/s%s\n", rep, KIND_NAMES[kind], r.tps,
-                    kind == K_XPLAIND ? "" : "");
+            fprintf(stderr, "  rep %d %-8s %10.0f trades/s   cpu us/trade: publisher %.1f consumer %.1f daemon %.1f\n",
+                    rep, KIND_NAMES[kind], r.tps, r.cpu_pub, r.cpu_cons, r.cpu_daemon);
         }
     }
-    for (int k = 0; k < K_NKINDS; k++)
+    for (int k = 0; k < K_NKINDS; k++) {
         row->tps[k] = median(v[k], nv[k]);
+        for (int q = 0; q < 3; q++)
+            row->cpu[k][q] = median(cv[k][q], nv[k]);
+    }
+    s_cpu_len += (size_t)snprintf(s_cpu_tab + s_cpu_len, sizeof s_cpu_tab - s_cpu_len,
+        "| %s | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.2f |\n", name,
+        row->cpu[K_SINK][0], row->cpu[K_SINK][1], row->cpu[K_XPLAIND][0],
+        row->cpu[K_XPLAIND][2], row->cpu[K_XPLAIND][1], row->cpu[K_PYTHON][0],
+        row->cpu[K_PYTHON][1],
+        row->cpu[K_SINK][0] + row->cpu[K_SINK][1] > 0
+            ? (row->cpu[K_SINK][0] + row->cpu[K_SINK][1]) /
+                  (row->cpu[K_XPLAIND][0] + row->cpu[K_XPLAIND][1] + row->cpu[K_XPLAIND][2])
+            : 0.0);
+    if (s_cpu_len >= sizeof s_cpu_tab)
+        s_cpu_len = sizeof s_cpu_tab - 1;
     if (!latency || !(d->kinds & (1u << K_XPLAIND)) || !(d->kinds & (1u << K_SINK)) ||
         row->tps[K_XPLAIND] <= 0)
         return;
@@ -795,6 +1065,8 @@ usage(void)
             "  --xplaind PATH     daemon binary (default ../daemon/xplaind beside this one)\n"
             "  --daemon-args STR  extra daemon arguments\n"
             "  --preload LIB      LD_PRELOAD for the daemon (malloc counter)\n"
+            "  --daemon-env N=V   one more environment variable for the daemon\n"
+            "  --sink-env N=V     one more environment variable for the null sink\n"
             "  --verbose          print every consumer's RESULT line\n");
 }
 
@@ -819,7 +1091,8 @@ cmd_run(int argc, char **argv)
         {"seconds", 1, 0, 's'}, {"lat-reps", 1, 0, 'R'}, {"lat-seconds", 1, 0, 'S'},
         {"no-latency", 0, 0, 'N'}, {"hwm", 1, 0, 'h'}, {"long", 1, 0, 'l'},
         {"xplaind", 1, 0, 'x'}, {"daemon-args", 1, 0, 'a'}, {"preload", 1, 0, 'p'},
-        {"transport", 1, 0, 't'}, {"verbose", 0, 0, 'v'}, {"py", 1, 0, 'P'}, {0, 0, 0, 0}};
+        {"transport", 1, 0, 't'}, {"verbose", 0, 0, 'v'}, {"py", 1, 0, 'P'},
+        {"daemon-env", 1, 0, 'e'}, {"sink-env", 1, 0, 'E'}, {"label", 1, 0, 'L'}, {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -843,6 +1116,9 @@ cmd_run(int argc, char **argv)
         case 't': d.transport = optarg; break;
         case 'v': d.verbose = true; break;
         case 'P': d.py = optarg; break;
+        case 'e': d.daemon_env = optarg; break;
+        case 'L': d.label = optarg; break;
+        case 'E': d.sink_env = optarg; break;
         default: usage(); return 2;
         }
     }
@@ -867,10 +1143,16 @@ cmd_run(int argc, char **argv)
         printf("| tab16 xplaind | %" PRIu64 " | %.1f MB | %.1f MB | %+.1f%% | %.1f MB | %.0f |\n",
                r.count, (double)sm.rss_1m / 1024, (double)sm.rss_end / 1024, growth,
                (double)sm.hwm_end / 1024, r.tps);
+        if (sm.rss_1m > 0)
+            printf("TARGET|RSS growth of xplaind from %.1fM to %.1fM trades (tab16)|%+.1f%%|within 10%%|%s\n",
+                   (double)sm.at1m_trades / 1e6, (double)sm.at_end_trades / 1e6, growth,
+                   fabs(growth) <= 10 ? "yes" : "no");
         return 0;
     }
 
     print_header();
+    bool have32 = false, have16 = false;
+    row_t r32, r16;
     char list[1024];
     snprintf(list, sizeof list, "%s", wls);
     for (char *t = strtok(list, ","); t; t = strtok(NULL, ",")) {
@@ -896,6 +1178,42 @@ cmd_run(int argc, char **argv)
         row_t row;
         measure_workload(&d, &w, t, latency, &row);
         print_row(&d, &w, t, &row);
+        if (strcmp(t, "tab32") == 0) {
+            have32 = true;
+            r32 = row;
+        } else if (strcmp(t, "tab16") == 0) {
+            have16 = true;
+            r16 = row;
+        }
+    }
+    printf("\nCPU time per trade in the max-rate runs (user + system, all threads, us; "
+           "medians). On 2 shared cores the throughput is bounded by the sum.\n\n");
+    printf("| workload | (a) publisher | (a) sink | (b) publisher | (b) xplaind | (b) subscriber "
+           "| (c) publisher | (c) python | CPU ratio a/b |\n|---|---|---|---|---|---|---|---|---|\n");
+    fputs(s_cpu_tab, stdout);
+    /* Machine-readable target lines, gathered by bench/run.sh. */
+    const char *lb = d.label ? d.label : "";
+    if (d.label && strcmp(d.label, "-") == 0)
+        have32 = have16 = false;
+    if (have32 && r32.tps[K_SINK] > 0) {
+        double v = r32.tps[K_XPLAIND] / r32.tps[K_SINK];
+        printf("TARGET|%stab32: xplaind / null sink throughput|%.2f|>= 0.9|%s\n", lb, v,
+               v >= 0.9 ? "yes" : "no");
+        if (r32.rate > 0) {
+            double a = r32.lat[K_XPLAIND][1] - r32.lat[K_SINK][1];
+            printf("TARGET|%stab32: p99 added latency at 50%% load (xplaind - sink)|%.0f us|<= 200 us|%s\n",
+                   lb, a, a <= 200 ? "yes" : "no");
+        }
+    }
+    if (have16 && r16.tps[K_SINK] > 0) {
+        double v = r16.tps[K_XPLAIND] / r16.tps[K_SINK];
+        printf("TARGET|%stab16 B=1: xplaind / null sink throughput|%.2f|>= 0.8|%s\n", lb, v,
+               v >= 0.8 ? "yes" : "no");
+        if (r16.tps[K_PYTHON] > 0) {
+            double bc = r16.tps[K_XPLAIND] / r16.tps[K_PYTHON];
+            printf("TARGET|%stab16 B=1: xplaind / Python consumer throughput|%.1f|>= 5|%s\n", lb, bc,
+                   bc >= 5 ? "yes" : "no");
+        }
     }
     return 0;
 }
