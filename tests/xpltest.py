@@ -27,7 +27,7 @@ import ref  # noqa: E402  (the float64 reference of MATH.md)
 class Daemon:
     """A running xplaind. Ingest binds at self.ingest (models connect)."""
 
-    def __init__(self, *args, ingest_bind=True, ready_check=True):
+    def __init__(self, *args, ingest_bind=True, ready_check=True, preexec_fn=None):
         self.dir = tempfile.mkdtemp(prefix="xpltest-")
         self.ingest = f"ipc://{self.dir}/in"
         self.publish = f"ipc://{self.dir}/pub"
@@ -38,7 +38,8 @@ class Daemon:
         cmd += list(args)
         self.log_path = os.path.join(self.dir, "stderr.log")
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, stderr=self.log, stdout=self.log)
+        # preexec_fn: e.g. resource limits for the daemon alone (fault tests).
+        self.proc = subprocess.Popen(cmd, stderr=self.log, stdout=self.log, preexec_fn=preexec_fn)
         self.ctx = zmq.Context()
         self.req = None
         if ready_check:
@@ -130,6 +131,33 @@ class Daemon:
         self.log.close()
         self.ctx.destroy(linger=0)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def sanitized_build():
+    """Was BUILD configured with XPL_SANITIZE (ASan keeps freed memory in
+    quarantine, so RSS says nothing about leaks there: LeakSanitizer does)?"""
+    try:
+        with open(os.path.join(BUILD, "CMakeCache.txt")) as f:
+            return any(line.strip() in ("XPL_SANITIZE:BOOL=ON", "XPL_SANITIZE:BOOL=TRUE") for line in f)
+    except OSError:
+        return False
+
+
+def rss_kb(pid):
+    """Resident set size of a process, in kB (VmRSS of /proc/<pid>/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def model_info(daemon, model):
+    """The `models` query's entry for one model, or None."""
+    for m in daemon.query("models")["models"]:
+        if m["model"] == model:
+            return m
+    return None
 
 
 def wait_until(pred, timeout=10.0, what="condition"):
