@@ -222,14 +222,14 @@ s_vmin(v8f a, v8f b)
 }
 
 /* Row statistics that come out of the fused pass. */
+typedef double v4d __attribute__((vector_size(32)));
+
 typedef struct {
     float rowmax;   /* max_j a_j */
-    float dot;      /* sum_j a_j g_j */
+    v4d dot;        /* lanes of sum_j a_j g_j, accumulated over the head's rows */
     double rowsum;  /* last head only: sum_j of the finished head-mean row */
     v8f bad;        /* accumulates x * 0: NaN as soon as any x is not finite */
 } s_rowout_t;
-
-typedef double v4d __attribute__((vector_size(32)));
 
 
 /* The fused row kernel. `a` and `g` are float32 rows at any alignment.
@@ -246,9 +246,8 @@ s_row(const int first, const int last, const int fusion, const int grad, uint32_
     const v8f zero = {0};
     const v8f ninf = zero - INFINITY;
     const v8f vinv = zero + invH;
-    v8f vmax = ninf, vdot = zero, bad = ro->bad;
-    v4d vs0 = {0}, vs1 = {0};
-    uint32_t j = 0;
+    v8f vmax = ninf, vdot = zero, vsum = zero, bad = ro->bad;
+    size_t j = 0;
     for (; j + 8 <= n; j += 8) {
         v8f x = s_ld(a + 4 * j);
         bad += x * zero;
@@ -256,8 +255,7 @@ s_row(const int first, const int last, const int fusion, const int grad, uint32_
         v8f m = first ? x : s_ld(fm + j) + x;
         if (last) {
             m *= vinv;
-            vs0 += __builtin_convertvector(__builtin_shufflevector(m, m, 0, 1, 2, 3), v4d);
-            vs1 += __builtin_convertvector(__builtin_shufflevector(m, m, 4, 5, 6, 7), v4d);
+            vsum += m;      /* n/8 terms per lane, then double per row */
         }
         s_st(fm + j, m);
         if (fusion == XM_FUSE_MAX)
@@ -269,17 +267,20 @@ s_row(const int first, const int last, const int fusion, const int grad, uint32_
             bad += y * zero;
             v8f p = x * y;
             vdot += p;
-            v8f c = s_vmax(p, zero);
+            v8f c = (v8f)((v8i)p & (p > zero));     /* max(0, p); NaN is caught by bad */
             v8f q = first ? c : s_ld(gb + j) + c;
             s_st(gb + j, last ? q * vinv : q);
         }
     }
+    vmax = s_vmax(vmax, __builtin_shufflevector(vmax, vmax, 4, 5, 6, 7, 0, 1, 2, 3));
+    vmax = s_vmax(vmax, __builtin_shufflevector(vmax, vmax, 2, 3, 0, 1, 6, 7, 4, 5));
+    vmax = s_vmax(vmax, __builtin_shufflevector(vmax, vmax, 1, 0, 3, 2, 5, 4, 7, 6));
     float mx = vmax[0];
-    for (int k = 1; k < 8; k++)
-        mx = vmax[k] > mx ? vmax[k] : mx;
-    float dot = grad ? s_hsum(vdot) : 0.0f;
-    v4d vs = vs0 + vs1;
-    double sum = (vs[0] + vs[2]) + (vs[1] + vs[3]);
+    float dot = 0.0f;
+    double sum = 0.0;
+    if (last)
+        for (int k = 0; k < 8; k++)
+            sum += vsum[k];
     for (; j < n; j++) {
         float x;
         memcpy(&x, a + 4 * j, 4);
@@ -307,7 +308,12 @@ s_row(const int first, const int last, const int fusion, const int grad, uint32_
         }
     }
     ro->rowmax = mx;
-    ro->dot = dot;
+    if (grad) {
+        /* Row partials (n/8 products per lane) go on in double. */
+        ro->dot += __builtin_convertvector(__builtin_shufflevector(vdot, vdot, 0, 1, 2, 3), v4d) +
+                   __builtin_convertvector(__builtin_shufflevector(vdot, vdot, 4, 5, 6, 7), v4d);
+        ro->dot[0] += dot;
+    }
     ro->rowsum = sum;
     ro->bad = bad;
 }
@@ -329,7 +335,8 @@ s_layer_body(const int fusion, const int grad, xm_work_t *w, xm_dtype_t dt, uint
     s_rowout_t ro = {.bad = *bad};
 
     for (uint32_t h = 0; h < H; h++) {
-        double conf = 0.0, dot = 0.0;
+        double conf = 0.0;
+        ro.dot = (v4d){0, 0, 0, 0};
         const int hf = h == 0, hl = h == H - 1;
         size_t hoff = ((size_t)l * H + h) * nn * es;
         const uint8_t *ha = A + hoff, *hg = grad ? G + hoff : NULL;
@@ -362,12 +369,11 @@ s_layer_body(const int fusion, const int grad, xm_work_t *w, xm_dtype_t dt, uint
             else
                 s_row(0, 0, fusion, grad, n, invH, fmr, ffr, gbr, a, g, &ro);
             conf += ro.rowmax;
-            dot += ro.dot;
             if (hl)
                 rs[i] = ro.rowsum;
         }
         w->conf[l * H + h] = (float)(conf / n);
-        w->imp_acc[l * H + h] = fabs(dot);
+        w->imp_acc[l * H + h] = fabs((ro.dot[0] + ro.dot[2]) + (ro.dot[1] + ro.dot[3]));
     }
     *bad = ro.bad;
 }
