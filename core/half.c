@@ -5,6 +5,7 @@
 #include <string.h>
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define XPL_X86 1
 #endif
@@ -95,13 +96,22 @@ s_f16_decode_f16c(float *dst, const uint8_t *src, size_t n)
     s_f16_decode_scalar(dst + i, src + 2 * i, n - i);
 }
 
+/* F16C needs AVX state saved by the OS (XGETBV) as well as the CPUID
+   bits. Read CPUID directly: clang before 16 does not know the "f16c"
+   name of __builtin_cpu_supports. */
 static int
 s_have_f16c(void)
 {
     static int have = -1;
     if (have < 0) {
-        __builtin_cpu_init();
-        have = __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+        unsigned a, b, c, d;
+        have = 0;
+        if (__get_cpuid(1, &a, &b, &c, &d) && (c >> 27 & 1) && (c >> 28 & 1) && (c >> 29 & 1)) {
+            unsigned lo, hi;
+            __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+            (void)hi;
+            have = (lo & 6) == 6;   /* XMM and YMM state enabled */
+        }
     }
     return have;
 }
@@ -119,7 +129,7 @@ half_f16_decode(float *dst, const void *src, size_t n)
     s_f16_decode_scalar(dst, (const uint8_t *)src, n);
 }
 
-void
+__attribute__((target_clones("arch=x86-64-v3", "default"))) void
 half_bf16_decode(float *dst, const void *src, size_t n)
 {
     /* A plain loop over 16-bit loads widened by a shift: compilers
