@@ -417,19 +417,19 @@ s_maxflow_w(flow_work_t *w, const uint32_t W, uint32_t src, uint32_t sink)
     while (s_bfs(w, W)) {
         w->stats.phases++;
         word_t *al = w->alive + (size_t)(L - 1) * W;
-        for (uint32_t q = 0; q < W; q++) {
-            word_t m;
-            while ((m = w->src[q] & al[q])) {
-                uint32_t u = q * 64 + (uint32_t)__builtin_ctzll(m);
-                double res = w->a[u] - w->fs[u];
-                double p = s_dfs(w, W, u, res);
-                if (p >= res) {
-                    w->fs[u] = w->a[u];
-                    CLR(w->src, u);
-                } else {
-                    w->fs[u] += p;
-                    CLR(al, u);
-                }
+        for (;;) {
+            /* the source's own diagonal (capacity >= 1/2) first */
+            uint32_t u = s_pick(w->src, al, W, src, sink, n);
+            if (u >= n)
+                break;
+            double res = w->a[u] - w->fs[u];
+            double p = s_dfs(w, W, u, res);
+            if (p >= res) {
+                w->fs[u] = w->a[u];
+                CLR(w->src, u);
+            } else {
+                w->fs[u] += p;
+                CLR(al, u);
             }
         }
     }
