@@ -181,12 +181,12 @@ mpr_skip(mpr_t *r, int max_depth)
         if (rc)
             return rc;
         if (o.type == MPR_ARRAY || o.type == MPR_MAP) {
-            uint64_t items = o.type == MPR_MAP ? 2ull * o.v.count : o.v.count;
-            if (items == 0)
-                continue;
+            /* An empty container is a level too: depth counts containers. */
             if (depth + 1 > max_depth)
                 return MPR_EDEPTH;
-            pending[++depth] = items;
+            uint64_t items = o.type == MPR_MAP ? 2ull * o.v.count : o.v.count;
+            if (items)
+                pending[++depth] = items;
         }
     }
 }

@@ -212,6 +212,8 @@ s_check_str(wire_decoder_t *d, const mpr_obj_t *o, const char *what, uint32_t id
                       what, idx, o->v.raw.len, d->lim.max_str);
     if (!wire_utf8_ok(o->v.raw.ptr, o->v.raw.len))
         return s_fail(d, XR_BAD_STRING, "%s[%" PRIu32 "] is not valid UTF-8", what, idx);
+    if (memchr(o->v.raw.ptr, 0, o->v.raw.len))
+        return s_fail(d, XR_BAD_STRING, "%s[%" PRIu32 "] contains a NUL byte", what, idx);
     return XR_OK;
 }
 
@@ -312,6 +314,7 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
     int64_t cls = -1;
     uint32_t nids = 0, ntarget = 0, ny = 0, ntokens = 0;
     wire_sv_t attn = {0}, grad = {0};
+    bool grad_nil = false;
     for (uint32_t k = 0; k < pairs; k++) {
         mpr_obj_t key;
         if ((e = mpr_next(&r, &key)))
@@ -338,8 +341,7 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
         case K_MODEL:
             if (o.type != MPR_STR)
                 return s_wrong_type(d, kn, "str", &o);
-            if (!wire_model_name_ok(o.v.raw.ptr, o.v.raw.len))
-                return s_fail(d, XR_MODEL_NAME, "model name is not 1-64 bytes of [A-Za-z0-9_.-]");
+            /* Equal to the topic's model, which was checked: a valid name. */
             if (o.v.raw.len != topic_len - 5 || memcmp(o.v.raw.ptr, tp + 5, o.v.raw.len) != 0)
                 return s_fail(d, XR_TOPIC, "key 'model' differs from the topic's model");
             out->model.ptr = o.v.raw.ptr;
@@ -384,7 +386,7 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
         case K_ATTN:
         case K_GRAD:
             if (ki == K_GRAD && o.type == MPR_NIL) {
-                seen &= ~(1u << K_GRAD);
+                grad_nil = true;    /* absent, but the key still counts as seen */
                 break;
             }
             if (o.type != MPR_BIN)
@@ -504,11 +506,17 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
                       " exceeds the limit of %" PRIu64 " values",
                       nids, L, H, n, d->lim.max_elems);
     size_t es = xm_dtype_size(out->dtype);
+    bool has_grad = (seen & (1u << K_GRAD)) && !grad_nil;
+    /* A bin holds at most 2^32 - 1 bytes: larger products can never match
+       (and elems * es must not wrap). */
+    if (elems > UINT32_MAX / es)
+        return s_fail(d, XR_SIZE, "B*L*H*n*n*%zu = %" PRIu64 "*%zu bytes cannot fit in a msgpack bin",
+                      es, elems, es);
     if (attn.len != elems * es)
         return s_fail(d, XR_SIZE,
                       "attn has %" PRIu32 " bytes, B*L*H*n*n*%zu = %" PRIu64 " expected", attn.len,
                       es, elems * es);
-    if ((seen & (1u << K_GRAD)) && grad.len != elems * es)
+    if (has_grad && grad.len != elems * es)
         return s_fail(d, XR_SIZE,
                       "grad has %" PRIu32 " bytes, B*L*H*n*n*%zu = %" PRIu64 " expected", grad.len,
                       es, elems * es);
@@ -522,7 +530,7 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
     out->B = nids;
     out->shape = (xm_shape_t){(uint32_t)L, (uint32_t)H, (uint32_t)n, (int32_t)cls};
     out->attn = attn.ptr;
-    out->grad = (seen & (1u << K_GRAD)) ? grad.ptr : NULL;
+    out->grad = has_grad ? grad.ptr : NULL;
     out->trade_bytes = (size_t)trade_elems * es;
     out->ids = d->ids;
     out->target = (seen & (1u << K_TARGET)) ? d->target : NULL;

@@ -37,7 +37,7 @@ typedef enum {
     XR_TOO_LARGE,       /* B*L*H*n*n above the configured maximum */
     XR_SIZE,            /* bin length differs from B*L*H*n*n*elem */
     XR_LENGTH,          /* ids / target / y / tokens count wrong */
-    XR_BAD_STRING,      /* string not UTF-8 or too long */
+    XR_BAD_STRING,      /* string not UTF-8, too long, or holding a NUL */
     XR_NONFINITE,       /* NaN or Inf in a tensor */
     XR_NOT_ALLOWED,     /* model not in the configured allow-list */
     XR_TOO_MANY_MODELS, /* model table full */

@@ -74,21 +74,6 @@ s_unlink(cache_t *c, uint32_t slot)
     e->used = false;
 }
 
-/* Free the oldest slot's memory (and entry). */
-static void
-s_drop_oldest(cache_t *c)
-{
-    uint32_t tail = (c->head + c->nslots - c->count) % c->nslots;
-    cache_entry_t *e = &c->slots[tail];
-    if (e->used)
-        s_unlink(c, tail);
-    c->bytes -= e->cap;
-    free(e->data);
-    e->data = NULL;
-    e->cap = 0;
-    c->count--;
-}
-
 const cache_entry_t *
 cache_get(const cache_t *c, uint32_t model, const wire_id_t *id)
 {
@@ -99,6 +84,13 @@ cache_get(const cache_t *c, uint32_t model, const wire_id_t *id)
         if (s_match(&c->slots[k], h, model, id))
             return &c->slots[k];
     return NULL;
+}
+
+/* Bytes held once slot e holds `need` bytes. */
+static size_t
+s_bytes_after(const cache_t *c, const cache_entry_t *e, size_t need)
+{
+    return e->cap < need ? c->bytes - e->cap + need : c->bytes;
 }
 
 static size_t
@@ -119,15 +111,15 @@ cache_put(cache_t *c, const cache_put_t *p)
         if (p->res->computed & XM_BIT(m))
             need += s_align(nf * sizeof(float));
     need += layers * (1 + (p->flow != p->roll) + (p->grad != NULL));
+    const cache_entry_t *old = cache_get(c, p->model, p->id);
+    if (old)
+        s_unlink(c, (uint32_t)(old - c->slots));  /* "latest" never shows a stale one */
     if (need > c->budget) {
         c->too_big++;
         return -1;
     }
 
     uint32_t h = s_hash(p->model, p->id);
-    const cache_entry_t *old = cache_get(c, p->model, p->id);
-    if (old)
-        s_unlink(c, (uint32_t)(old - c->slots));
     if (c->count == c->nslots) {
         /* The ring is full: the oldest slot is the one we fill next; keep
            its buffer for reuse. */
@@ -138,16 +130,37 @@ cache_put(cache_t *c, const cache_put_t *p)
 
     cache_entry_t *e = &c->slots[c->head];
     if (e->cap < need) {
-        c->bytes -= e->cap;
-        free(e->data);
-        e->data = NULL;
-        e->cap = 0;
-        while (c->count > 0 && c->bytes + need > c->budget)
-            s_drop_oldest(c);
-        if (!(e->data = malloc(need)))
-            return -1;
-        e->cap = need;
-        c->bytes += need;
+        /* Make room within the byte budget, oldest first. The first evicted
+           buffer large enough moves into this slot, so that a steady stream
+           bounded by bytes rather than entries allocates nothing either. */
+        while (c->count > 0 && s_bytes_after(c, e, need) > c->budget) {
+            uint32_t tail = (c->head + c->nslots - c->count) % c->nslots;
+            cache_entry_t *o = &c->slots[tail];
+            if (o->used)
+                s_unlink(c, tail);
+            if (e->cap < need && o->cap >= need) {
+                uint8_t *d = e->data;
+                size_t cap = e->cap;
+                e->data = o->data;
+                e->cap = o->cap;
+                o->data = d;
+                o->cap = cap;
+            }
+            c->bytes -= o->cap;
+            free(o->data);
+            o->data = NULL;
+            o->cap = 0;
+            c->count--;
+        }
+        if (e->cap < need) {
+            c->bytes -= e->cap;
+            free(e->data);
+            e->cap = 0;
+            if (!(e->data = malloc(need)))
+                return -1;
+            e->cap = need;
+            c->bytes += need;
+        }
     }
     c->head = (c->head + 1) % c->nslots;
     c->count++;

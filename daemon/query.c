@@ -364,19 +364,30 @@ s_parse(qreq_t *q, const void *body, size_t len)
     mpr_t r;
     mpr_obj_t o;
     mpr_init(&r, body, len);
-    if (mpr_next(&r, &o) || o.type != MPR_MAP)
+    mpr_err_t e = mpr_next(&r, &o);
+    if (e == MPR_EINVAL)
+        return qreq_fail(q, "bad_request", "request is not valid msgpack");
+    if (e || o.type != MPR_MAP)
         return qreq_fail(q, "bad_request", "request is not a msgpack map");
     uint32_t pairs = o.v.count;
     for (uint32_t k = 0; k < pairs; k++) {
         mpr_obj_t key, val;
-        if (mpr_next(&r, &key))
-            return qreq_fail(q, "bad_request", "request map is truncated");
+        if ((e = mpr_next(&r, &key)))
+            return qreq_fail(q, "bad_request", "request map is %s",
+                             e == MPR_EINVAL ? "not valid msgpack" : "truncated");
         if (key.type != MPR_STR)
             return qreq_fail(q, "bad_request", "request map key is a %s, not a str",
                              mpr_type_name(key.type));
+        for (int a = 0; a < q->nargs; a++)
+            if (q->args[a].key.v.raw.len == key.v.raw.len &&
+                memcmp(q->args[a].key.v.raw.ptr, key.v.raw.ptr, key.v.raw.len) == 0)
+                return qreq_fail(q, "bad_request", "request key '%.*s' appears twice",
+                                 key.v.raw.len > 32 ? 32 : (int)key.v.raw.len,
+                                 (const char *)key.v.raw.ptr);
         mpr_t at = r;
-        if (mpr_next(&r, &val))
-            return qreq_fail(q, "bad_request", "request map is truncated");
+        if ((e = mpr_next(&r, &val)))
+            return qreq_fail(q, "bad_request", "request map is %s",
+                             e == MPR_EINVAL ? "not valid msgpack" : "truncated");
         mpr_t items = r;
         r = at;
         if (mpr_skip(&r, 16))

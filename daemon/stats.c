@@ -30,8 +30,7 @@ s_bucket(uint64_t v)
     if (v < 32)
         return (int)v;
     int e = 63 - __builtin_clzll(v);
-    int idx = 32 + (e - 5) * 16 + (int)((v >> (e - 4)) & 15);
-    return idx < HIST_BUCKETS ? idx : HIST_BUCKETS - 1;
+    return 32 + (e - 5) * 16 + (int)((v >> (e - 4)) & 15);
 }
 
 uint64_t
@@ -39,9 +38,9 @@ hist_bucket_upper(int i)
 {
     if (i < 32)
         return (uint64_t)i;
+    if (i >= HIST_BUCKETS - 1)
+        return UINT64_MAX;      /* [31 * 2^59, 2^64 - 1] */
     int e = (i - 32) / 16 + 5, sub = (i - 32) % 16;
-    if (e >= 63)
-        return UINT64_MAX;
     return ((16ull + (uint64_t)sub + 1) << (e - 4)) - 1;
 }
 
@@ -60,6 +59,7 @@ hist_quantile(const hist_t *h, double q)
 {
     if (h->count == 0)
         return 0;
+    q = q < 0 ? 0 : q > 1 ? 1 : q;
     uint64_t rank = (uint64_t)(q * (double)h->count);
     if (rank >= h->count)
         rank = h->count - 1;

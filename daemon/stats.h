@@ -2,7 +2,7 @@
 
     One owner (the main loop) updates them; the query handler and the
     metrics endpoint read them. Latencies go into a log-linear histogram
-    (16 buckets per power of two, about 4% resolution) that answers
+    (16 buckets per power of two: within 6.25%) that answers
     percentiles without storing samples and never allocates.  */
 #ifndef XPLD_STATS_H
 #define XPLD_STATS_H
@@ -11,7 +11,7 @@
 
 #include <stdint.h>
 
-#define HIST_BUCKETS 640
+#define HIST_BUCKETS 976     /* 32 exact + 16 per octave up to 2^64 */
 #define STATS_LE_COUNT 16
 
 /* Bounds (ns) of the Prometheus latency histogram: 10 us to 1 s. */
