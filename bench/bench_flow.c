@@ -11,8 +11,10 @@
       can time networkx on the very same inputs (bench/flow_compare.sh).
 
     Each figure is the median of --reps runs of at least --seconds each,
-    cycling through a pool of distinct trades; work counters (Dinic phases
-    and DFS steps per max-flow) say where the time goes.
+    cycling through a pool of distinct trades, in trades per second of
+    this thread's CPU time (on 2 shared cores the steadier figure; wall
+    clock too for tab32); work counters (Dinic phases and DFS steps per
+    max-flow) say where the time goes.
 
     usage: bench_flow [all|tab32|grid] [--reps N] [--seconds S]
            bench_flow dump FILE [--n N] [--L L] [--cls C] [--gen G]
@@ -145,7 +147,7 @@ s_time_flow(const float *C, uint32_t T, uint32_t L, uint32_t n, int32_t cls)
     return res;
 }
 
-/* Trades/s of xm_explain(methods = flow) on T trades of attention. */
+/* Trades per CPU second of xm_explain(methods = flow) on T trades. */
 static double
 s_time_explain(const float *A, uint32_t T, uint32_t L, uint32_t H, uint32_t n, int32_t cls)
 {
@@ -158,7 +160,7 @@ s_time_explain(const float *A, uint32_t T, uint32_t L, uint32_t H, uint32_t n, i
     int reps = s_reps < 64 ? s_reps : 64;
     xm_explain(xw, &o, &s, XM_F32, A, NULL, &res);
     for (int r = 0; r < reps; r++) {
-        int64_t t0 = now_mono(), t1;
+        int64_t t0 = now_mono(), c0 = s_now_cpu(), t1;
         uint64_t done = 0;
         do {
             for (uint32_t t = 0; t < T; t++, done++)
@@ -168,7 +170,7 @@ s_time_explain(const float *A, uint32_t T, uint32_t L, uint32_t H, uint32_t n, i
                 }
             t1 = now_mono();
         } while ((double)(t1 - t0) < s_secs * 1e9);
-        tps[r] = (double)done / ((double)(t1 - t0) * 1e-9);
+        tps[r] = (double)done / ((double)(s_now_cpu() - c0) * 1e-9);
     }
     xm_work_destroy(&xw);
     return s_median(tps, reps);
@@ -180,21 +182,22 @@ s_tab32(void)
     const uint32_t T = 32, L = 4, H = 8, n = 32;
     const int32_t cls = 31;
     printf("## tab32 (L=4, H=8, n=32), one core, median of %d runs of >= %.2f s\n\n", s_reps, s_secs);
-    printf("| attention | CLS | what | trades/s | us/trade | max-flows/trade | phases/max-flow | DFS steps/max-flow |\n");
-    printf("|---|---|---|---:|---:|---:|---:|---:|\n");
+    printf("| attention | CLS | what | trades/s (CPU) | us/trade (CPU) | trades/s (wall) | max-flows/trade | "
+           "phases/max-flow | DFS steps/max-flow |\n");
+    printf("|---|---|---|---:|---:|---:|---:|---:|---:|\n");
     for (int g = GEN_WORKLOAD; g <= GEN_PEAKED; g++) {
         float *A = s_attention(T, L, H, n, (gen_t)g, 7000 + (uint64_t)g);
         float *C = s_capacities(A, T, L, H, n);
         result_t r = s_time_flow(C, T, L, n, cls);
-        printf("| %s | last | flow_compute | %.0f | %.1f | %u | %.2f | %.0f |\n", GEN_NAMES[g], r.tps,
-               1e6 / r.tps, n - 1, r.phases, r.visits);
+        printf("| %s | last | flow_compute | %.0f | %.1f | %.0f | %u | %.2f | %.0f |\n", GEN_NAMES[g],
+               r.tps_cpu, 1e6 / r.tps_cpu, r.tps, n - 1, r.phases, r.visits);
         if (g == GEN_WORKLOAD) {
             double e = s_time_explain(A, T, L, H, n, cls);
-            printf("| %s | last | xm_explain(flow) | %.0f | %.1f | %u | | |\n", GEN_NAMES[g], e, 1e6 / e,
+            printf("| %s | last | xm_explain(flow) | %.0f | %.1f | | %u | | |\n", GEN_NAMES[g], e, 1e6 / e,
                    n - 1);
             r = s_time_flow(C, T, L, n, -1);
-            printf("| %s | none | flow_compute | %.0f | %.1f | %u | %.2f | %.0f |\n", GEN_NAMES[g], r.tps,
-                   1e6 / r.tps, n * n, r.phases, r.visits);
+            printf("| %s | none | flow_compute | %.0f | %.1f | %.0f | %u | %.2f | %.0f |\n", GEN_NAMES[g],
+                   r.tps_cpu, 1e6 / r.tps_cpu, r.tps, n * n, r.phases, r.visits);
         }
         fflush(stdout);
         free(A);
@@ -209,7 +212,8 @@ s_grid(void)
     static const uint32_t NS[] = {8, 16, 32, 64, 128}, LS[] = {1, 2, 4, 8, 12};
     const uint32_t H = 8;
     for (int g = GEN_WORKLOAD; g <= GEN_PEAKED; g += 2) {
-        printf("## growth, %s attention, CLS last: trades/s (DFS steps per max-flow)\n\n", GEN_NAMES[g]);
+        printf("## growth, %s attention, CLS last: trades per CPU second (DFS steps per max-flow)\n\n",
+               GEN_NAMES[g]);
         printf("| n \\ L |");
         for (size_t l = 0; l < sizeof LS / sizeof *LS; l++)
             printf(" %u |", LS[l]);
@@ -226,9 +230,9 @@ s_grid(void)
                 float *C = s_capacities(A, T, L, H, n);
                 result_t r = s_time_flow(C, T, L, n, (int32_t)n - 1);
                 if (L == 1)
-                    printf(" %.0f |", r.tps);
+                    printf(" %.0f |", r.tps_cpu);
                 else
-                    printf(" %.0f (%.0f) |", r.tps, r.visits);
+                    printf(" %.0f (%.0f) |", r.tps_cpu, r.visits);
                 fflush(stdout);
                 free(A);
                 free(C);
