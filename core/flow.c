@@ -28,8 +28,8 @@
     spike into the old sink's column, which costs as much as routing it
     again). Nothing is allocated per trade once the shape has been seen.
 
-    Floating point: the algorithm runs in double on the float capacities
-    exactly. Termination does not depend on any epsilon: a push that
+    Floating point: the algorithm runs in double, on the float capacities
+    converted exactly. Termination does not depend on any epsilon: a push that
     fills an edge assigns flow = capacity (and a cancel that empties one
     assigns 0) so residuals reach exactly zero; every DFS call either
     places all it was offered or exhausts its arcs, and Dinic's distance
@@ -37,6 +37,7 @@
     flows. Capacities that are not finite and positive count as 0.  */
 #include "flow.h"
 
+#include <assert.h>
 #include <float.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,7 +73,7 @@ struct flow_work_t {
     word_t *cf, *cb;        /* [V][W] this phase's admissible arcs */
     word_t *vis, *cur, *nxt, *alive;    /* [L][W] per-layer sets */
     word_t *src, *snk, *snkadm;         /* [W] */
-    frame_t *stack;         /* [V + 1] */
+    frame_t *stack;         /* DFS frames, one per BFS level at most */
 
     flow_stats_t stats;
 };
@@ -151,6 +152,7 @@ s_reserve(flow_work_t *w, uint32_t L, uint32_t n)
         void *arena = aligned_alloc(64, bytes);
         if (!arena)
             return -1;
+        w->stats.grows++;
         free(w->arena);
         w->arena = arena;
         w->cap_L = gL;
@@ -460,6 +462,7 @@ int
 flow_compute(flow_work_t *w, uint32_t L, uint32_t n, int32_t cls, const float *layers,
              float *out)
 {
+    assert(w && layers && out && cls >= -1 && cls < (int32_t)n);
     if (L == 0 || n == 0)
         return 0;
     if (s_reserve(w, L, n))

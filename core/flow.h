@@ -20,6 +20,7 @@ typedef struct {
     uint64_t maxflows;      /* source-sink max-flows computed (L >= 2) */
     uint64_t phases;        /* Dinic phases: one BFS and one blocking flow */
     uint64_t visits;        /* DFS steps (a node entered or resumed) */
+    uint64_t grows;         /* allocations of the work area (shape grew) */
 } flow_stats_t;
 
 /* Create an empty flow work area (caller owns; grows with the shape). */
@@ -30,9 +31,10 @@ void flow_work_destroy(flow_work_t **self_p);
 
 /* Max-flow attributions for one trade. `layers` holds [L][n][n]
    capacities; `out` receives n - 1 values (tokens j != cls, in order) or
-   n values without CLS. Returns 0, or -1 when out of memory. Exact max
-   flows computed in double (capacities that are not finite and positive
-   count as 0); allocates only when the shape grows. */
+   n values without CLS (cls is -1 or a token index). Returns 0, or -1
+   when out of memory. Max flows are computed in double on the exact
+   float capacities (capacities that are not finite and positive count
+   as 0); allocates only when the shape grows. */
 int flow_compute(flow_work_t *w, uint32_t L, uint32_t n, int32_t cls,
                  const float *layers, float *out);
 

@@ -509,6 +509,38 @@ Test(flow, work_area_reuse_across_shapes)
     flow_work_destroy(&shared);
 }
 
+Test(flow, allocates_only_when_the_shape_grows)
+{
+    /* the work area is the only allocation flow_compute makes: count it */
+    rng_t r;
+    rng_seed(&r, 990);
+    static float C[12 * 48 * 48];
+    float out[48];
+    flow_work_t *w = flow_work_new();
+    flow_stats_t st;
+    make_caps(&r, GEN_PEAKED, 4, 32, C);
+    cr_assert_eq(flow_compute(w, 4, 32, 31, C, out), 0);
+    flow_work_stats(w, &st);
+    cr_assert_eq(st.grows, 1u);
+    for (int t = 0; t < 20; t++) {         /* same shape, other trades, no CLS */
+        make_caps(&r, t % 2 ? GEN_PEAKED : GEN_RANDOM, 4, 32, C);
+        cr_assert_eq(flow_compute(w, 4, 32, t % 3 ? 31 : -1, C, out), 0);
+    }
+    make_caps(&r, GEN_RANDOM, 3, 16, C);    /* smaller in both directions */
+    cr_assert_eq(flow_compute(w, 3, 16, 0, C, out), 0);
+    flow_work_stats(w, &st);
+    cr_assert_eq(st.grows, 1u);
+    make_caps(&r, GEN_RANDOM, 12, 48, C);   /* larger: grows once, then not */
+    cr_assert_eq(flow_compute(w, 12, 48, 47, C, out), 0);
+    cr_assert_eq(flow_compute(w, 12, 48, 47, C, out), 0);
+    make_caps(&r, GEN_RANDOM, 4, 32, C);
+    cr_assert_eq(flow_compute(w, 4, 32, 31, C, out), 0);
+    flow_work_stats(w, &st);
+    cr_assert_eq(st.grows, 2u);
+    cr_assert_eq(st.trades, 25u);
+    flow_work_destroy(&w);
+}
+
 Test(flow, wide_shapes_beyond_one_word)
 {
     /* n > 64 uses several words per bit set */
