@@ -194,6 +194,8 @@ def patch(buf, root, path, value):
             buf[start:n.end] = struct.pack(">d", float(value))
         elif n.t == "float32":
             buf[start:n.end] = struct.pack(">f", float(value))
+        elif n.t == "int" and n.end == start and -32 <= int(value) < 128:
+            buf[n.off] = int(value) & 0xFF          # a fixint stays a fixint
         elif n.t == "int" and n.end - start in (1, 2, 4, 8):
             fmt = {0xCC: ">B", 0xCD: ">H", 0xCE: ">I", 0xCF: ">Q",
                    0xD0: ">b", 0xD1: ">h", 0xD2: ">i", 0xD3: ">q"}[buf[n.off]]
@@ -812,20 +814,21 @@ class Replay:
         return log
 
 
-def run_scenario(xplaind, inputs):
-    """Replay SCENARIO; returns (replies {request name: body}, published
-    [(topic, body)] in arrival order)."""
+def run_scenario(xplaind, frames):
+    """Replay SCENARIO; `frames` maps an input example's name to its frames.
+    Returns (replies {request name: body}, published [(topic, body)] in
+    arrival order)."""
     r = Replay(xplaind, DAEMON_ARGS)
     replies = {}
     try:
         for what, name in SCENARIO:
-            ex = inputs[name]
+            fr = frames[name]
             if what == "ingest":
-                body = msgpack.unpackb(ex.body)
-                r.send(ex.frames)
+                body = msgpack.unpackb(fr[1])
+                r.send(fr)
                 r.wait_for(("xpl/" + body["model"]).encode(), len(body["ids"]))
             else:
-                replies[name] = r.query_bytes(ex.frames[0])
+                replies[name] = r.query_bytes(fr[0])
                 r.collect(0.0)
         r.collect(0.5)
     finally:
@@ -833,40 +836,44 @@ def run_scenario(xplaind, inputs):
     return replies, r.received
 
 
-def capture(xplaind, inputs):
-    """The output examples, from a fresh replay."""
-    replies, published = run_scenario(xplaind, inputs)
+def select_outputs(replies, published):
+    """Pick the output examples out of a replay: {name: (kind, topic or
+    None, body bytes as captured, description)}."""
     out = {}
-    args = " ".join(DAEMON_ARGS)
     for name, op, _req, desc in REQUESTS:
-        rname = "reply/" + name
-        body, done = normalise(rname, "reply", replies["request/" + name])
-        meta = {"op": op, "request": "request/" + name,
-                "source": "captured from xplaind " + args}
-        if done:
-            meta["normalised"] = done
-        out[rname] = Example(rname, "reply", [body], desc.rstrip(".") + ": the reply.", **meta)
+        out["reply/" + name] = ("reply", None, replies["request/" + name],
+                                desc.rstrip(".") + ": the reply.")
     bodies = [(t.decode(), b, msgpack.unpackb(b)) for t, b in published]
     for name, (topic, seq, desc) in PUBLISHED.items():
-        hit = [(t, b) for t, b, m in bodies if t == topic and m.get("seq") == seq]
+        hit = [b for t, b, m in bodies if t == topic and m.get("seq") == seq]
         if len(hit) != 1:
             raise RuntimeError("%s: %d messages on %s with seq %d" % (name, len(hit), topic, seq))
-        kind = name.split("/")[0]
-        body, done = normalise(name, kind, hit[0][1])
-        meta = {"source": "captured from xplaind " + args}
-        if done:
-            meta["normalised"] = done
-        out[name] = Example(name, kind, [topic.encode(), body], desc, **meta)
+        out[name] = (name.split("/")[0], topic, hit[0], desc)
     for name, (model, method, window, desc) in DRIFT.items():
-        hit = [(t, b) for t, b, m in bodies if t == "drift/" + model and m.get("method") == method
+        hit = [b for t, b, m in bodies if t == "drift/" + model and m.get("method") == method
                and m.get("window") == window]
         if len(hit) != 1:
             raise RuntimeError("%s: %d drift messages" % (name, len(hit)))
-        body, done = normalise(name, "drift", hit[0][1])
-        meta = {"source": "captured from xplaind " + args}
+        out[name] = ("drift", "drift/" + model, hit[0], desc)
+    return out
+
+
+def capture(xplaind, inputs):
+    """The output examples, from a fresh replay of `inputs` (Examples)."""
+    replies, published = run_scenario(xplaind, {n: e.frames for n, e in inputs.items()})
+    out = {}
+    for name, (kind, topic, raw, desc) in select_outputs(replies, published).items():
+        body, done = normalise(name, kind, raw)
+        meta = {}
+        if kind == "reply":
+            base = name.split("/", 1)[1]
+            meta["op"] = next(r[1] for r in REQUESTS if r[0] == base)
+            meta["request"] = "request/" + base
+        meta["source"] = "captured from xplaind " + " ".join(DAEMON_ARGS)
         if done:
             meta["normalised"] = done
-        out[name] = Example(name, "drift", [hit[0][0].encode(), body], desc, **meta)
+        frames = [body] if topic is None else [topic.encode(), body]
+        out[name] = Example(name, kind, frames, desc, **meta)
     return out
 
 
