@@ -18,15 +18,52 @@
 #include <zmq.h>
 
 struct xpl_client_t {
+    void *ctx;
     void *sock;
     char *endpoint;
     int timeout_ms;
     uint32_t next_id;
     double rtt_us;
+    xpl_curve_t *curve;         /* NULL: a plain socket */
+    xpl_hs_t hs;                /* its handshakes, with CURVE */
 };
 
+/* Close the socket (and its handshake monitor). */
+static void
+s_close(xpl_client_t *self)
+{
+    if (!self->sock)
+        return;
+    xpl_hs_close(&self->hs, self->sock);
+    zmq_close(self->sock);
+    self->sock = NULL;
+}
+
+/* Open the DEALER socket and connect it. 0, or -1 with the error set. */
+static int
+s_open(xpl_client_t *self)
+{
+    self->sock = zmq_socket(self->ctx, ZMQ_DEALER);
+    int zero = 0;
+    if (!self->sock || zmq_setsockopt(self->sock, ZMQ_LINGER, &zero, sizeof zero)) {
+        xpl_fail_zmq("query socket");
+        goto fail;
+    }
+    if (xpl_curve_apply(self->ctx, self->sock, self->curve, &self->hs, "query"))
+        goto fail;
+    if (zmq_connect(self->sock, self->endpoint)) {
+        xpl_fail(XPL_EINVAL, "cannot connect to query endpoint '%s': %s", self->endpoint,
+                 zmq_strerror(zmq_errno()));
+        goto fail;
+    }
+    return 0;
+fail:
+    s_close(self);
+    return -1;
+}
+
 xpl_client_t *
-xpl_client_new(const char *endpoint)
+xpl_client_new_curve(const char *endpoint, const xpl_curve_t *curve)
 {
     if (!endpoint || !*endpoint)
         return xpl_fail_null(XPL_EINVAL, "no query endpoint given");
@@ -38,33 +75,28 @@ xpl_client_new(const char *endpoint)
        earlier client on a reused connection cannot match. */
     self->next_id = (uint32_t)time(NULL) ^ (uint32_t)(uintptr_t)self;
     self->endpoint = strdup(endpoint);
-    void *ctx = self->endpoint ? xpl_ctx_acquire() : NULL;
-    if (!ctx) {
-        if (!self->endpoint)
-            xpl_fail(XPL_ENOMEM, "out of memory");
-        free(self->endpoint);
-        free(self);
-        return NULL;
-    }
-    self->sock = zmq_socket(ctx, ZMQ_DEALER);
-    int zero = 0;
-    if (!self->sock || zmq_setsockopt(self->sock, ZMQ_LINGER, &zero, sizeof zero)) {
-        xpl_fail_zmq("query socket");
+    if (!self->endpoint || (curve && !(self->curve = xpl_curve_dup(curve)))) {
+        xpl_fail(XPL_ENOMEM, "out of memory");
         goto fail;
     }
-    if (zmq_connect(self->sock, endpoint)) {
-        xpl_fail(XPL_EINVAL, "cannot connect to query endpoint '%s': %s", endpoint,
-                 zmq_strerror(zmq_errno()));
+    if (!(self->ctx = xpl_ctx_acquire()))
+        goto fail;
+    if (s_open(self)) {
+        xpl_ctx_release();
         goto fail;
     }
     return self;
 fail:
-    if (self->sock)
-        zmq_close(self->sock);
-    xpl_ctx_release();
+    xpl_curve_destroy(&self->curve);
     free(self->endpoint);
     free(self);
     return NULL;
+}
+
+xpl_client_t *
+xpl_client_new(const char *endpoint)
+{
+    return xpl_client_new_curve(endpoint, NULL);
 }
 
 void
@@ -74,8 +106,9 @@ xpl_client_destroy(xpl_client_t **self_p)
     xpl_client_t *self = *self_p;
     if (!self)
         return;
-    zmq_close(self->sock);
+    s_close(self);
     xpl_ctx_release();
+    xpl_curve_destroy(&self->curve);
     free(self->endpoint);
     free(self);
     *self_p = NULL;
@@ -143,22 +176,31 @@ s_drain(void *sock)
 static int
 s_roundtrip(xpl_client_t *self, const char *op, const void *req, size_t size, zmq_msg_t *body)
 {
+    /* The daemon refused our key: libzmq dropped the connection for good,
+       so start a new one (the key may have been admitted since). */
+    if (self->curve && xpl_hs_refused(&self->hs)) {
+        s_close(self);
+        if (s_open(self))
+            return -1;
+    }
     uint32_t id = self->next_id++;
     double t0 = s_now_us();
     if (zmq_send(self->sock, &id, sizeof id, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0
         || zmq_send(self->sock, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0
         || zmq_send(self->sock, req, size, ZMQ_DONTWAIT) < 0) {
         if (zmq_errno() == EAGAIN)
-            return xpl_fail(XPL_ETIMEOUT, "%s: cannot send to %s (queue full: is xplaind running?)",
-                            op, self->endpoint);
+            return xpl_fail(XPL_ETIMEOUT,
+                            "%s: cannot send to %s (queue full: is xplaind running?)%s", op,
+                            self->endpoint, xpl_hs_hint(&self->hs));
         return xpl_fail_zmq(op);
     }
     int64_t deadline = self->timeout_ms < 0 ? INT64_MAX : xpl_now_ms() + self->timeout_ms;
     for (;;) {
         int64_t left = deadline == INT64_MAX ? -1 : deadline - xpl_now_ms();
         if (deadline != INT64_MAX && left <= 0)
-            return xpl_fail(XPL_ETIMEOUT, "%s: no reply from %s within %d ms (is xplaind running?)",
-                            op, self->endpoint, self->timeout_ms);
+            return xpl_fail(XPL_ETIMEOUT,
+                            "%s: no reply from %s within %d ms (is xplaind running?)%s", op,
+                            self->endpoint, self->timeout_ms, xpl_hs_hint(&self->hs));
         zmq_pollitem_t it = {self->sock, 0, ZMQ_POLLIN, 0};
         int rc = zmq_poll(&it, 1, (long)left);
         if (rc < 0)

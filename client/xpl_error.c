@@ -78,6 +78,7 @@ static const char *s_names[] = {
     [XPL_ENOT_FOUND] = "not_found",
     [XPL_EBAD_ARGUMENT] = "bad_argument",
     [XPL_ESERVER] = "server",
+    [XPL_ECERT] = "certificate",
 };
 
 const char *

@@ -8,7 +8,9 @@
       documents  a bounds-checked msgpack document (a flat tree over
                  core/mpr) that decoders query by key
       decoders   msgpack bodies -> the public structs (xpl_decode.c)
-      encoding   small msgpack-c helpers (xpl_encode.c)  */
+      encoding   small msgpack-c helpers (xpl_encode.c)
+      CURVE      key sets, CURVE client sockets and the watching of their
+                 handshakes for the hint of a timeout (xpl_curve.c)  */
 #ifndef XPL_PRIVATE_H
 #define XPL_PRIVATE_H
 
@@ -133,11 +135,65 @@ void xpl_explanation_attach(xpl_explanation_t *e, const xpl_schema_t *schema);
 
 /* ---- subscriber internals (xpl_sub.c) --------------------------------- */
 
-/* A subscriber without feature names whose SUB socket reports `events`
-   (ZMQ_EVENT_*) on *monitor, a PAIR the caller reads and closes before
-   destroying the subscriber. The monitor is wired before the SUB
-   connects, so the first handshake is never missed. */
-xpl_sub_t *xpl_sub_new_monitored(const char *sub_endpoint, void **monitor, int events);
+/* A subscriber without feature names (a CURVE client with `curve`'s keys
+   unless NULL) whose SUB socket reports `events` (ZMQ_EVENT_*) on
+   *monitor, a PAIR the caller reads and, after xpl_sub_stop_monitor,
+   closes before destroying the subscriber. The monitor is wired before
+   the SUB connects, so the first handshake is never missed. */
+xpl_sub_t *xpl_sub_new_monitored(const char *sub_endpoint, const xpl_curve_t *curve,
+                                 void **monitor, int events);
+
+/* Stop the SUB's monitor (no more events are sent to *monitor after). */
+void xpl_sub_stop_monitor(xpl_sub_t *self);
+
+/* ---- CURVE (xpl_curve.c) -------------------------------------------- */
+
+struct xpl_curve_t {
+    char public_key[XPL_CURVE_KEY_LEN + 1];     /* this client's, Z85 */
+    char secret_key[XPL_CURVE_KEY_LEN + 1];
+    char server_key[XPL_CURVE_KEY_LEN + 1];     /* the daemon's public key */
+};
+
+/* A copy of a key set (NULL for NULL, or with XPL_ENOMEM). */
+xpl_curve_t *xpl_curve_dup(const xpl_curve_t *curve);
+
+/* The outcome of a socket's last CURVE handshake. */
+enum { XPL_HS_NONE = 0, XPL_HS_OK = 1, XPL_HS_REFUSED = 2 };
+
+/* What a CURVE client socket's handshakes said, read from its monitor. */
+typedef struct {
+    bool curve;                 /* the socket is a CURVE client */
+    void *mon;                  /* PAIR reading the socket's monitor, or NULL */
+    int last;                   /* XPL_HS_* of the last handshake */
+    int status;                 /* the ZAP status of a refusal (400) */
+} xpl_hs_t;
+
+/* Make `sock` (of context `ctx`) a CURVE client with `curve`'s keys, or
+   leave it plain when curve is NULL; with `hs`, also watch its handshakes
+   (hs is reset either way). Call before connect or bind. 0, or -1 with
+   the error set naming `what`. */
+int xpl_curve_apply(void *ctx, void *sock, const xpl_curve_t *curve, xpl_hs_t *hs,
+                    const char *what);
+
+/* Read one event of a handshake monitor (ZMQ_EVENT_HANDSHAKE_SUCCEEDED /
+   _FAILED_AUTH), waiting up to timeout_ms: XPL_HS_OK, XPL_HS_REFUSED (with
+   the ZAP status in *status), XPL_HS_NONE for another event, -1 for none. */
+int xpl_hs_event(void *monitor, long timeout_ms, int *status);
+
+/* Has the daemon refused the key in the last handshake? (Reads what the
+   monitor has.) */
+bool xpl_hs_refused(xpl_hs_t *hs);
+
+/* The suffix for the reason of a timeout: "" without CURVE or after a
+   successful handshake, else "; CURVE: ..." saying whether the daemon
+   refused the key. Reads what the monitor has. Valid until the next call
+   in this thread. */
+const char *xpl_hs_hint(xpl_hs_t *hs);
+const char *xpl_curve_hint(bool curve, int last, int status);
+
+/* Stop watching `sock` (may be NULL) and close the monitor reader; call
+   before closing the socket. */
+void xpl_hs_close(xpl_hs_t *hs, void *sock);
 
 /* ---- encoding (xpl_encode.c) ------------------------------------------ */
 

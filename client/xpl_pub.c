@@ -20,6 +20,7 @@ typedef struct {
 
 struct xpl_pub_t {
     void *sock;
+    xpl_hs_t hs;                /* its CURVE handshakes */
     char endpoint[256];
     int wire_dtype;
     uint32_t schema_every;
@@ -33,7 +34,7 @@ struct xpl_pub_t {
 };
 
 static xpl_pub_t *
-s_new(const char *endpoint, bool bind)
+s_new(const char *endpoint, bool bind, const xpl_curve_t *curve)
 {
     if (!endpoint || !*endpoint)
         return xpl_fail_null(XPL_EINVAL, "no ingest endpoint given");
@@ -55,6 +56,8 @@ s_new(const char *endpoint, bool bind)
         xpl_fail_zmq("ingest socket");
         goto fail;
     }
+    if (xpl_curve_apply(ctx, self->sock, curve, &self->hs, "ingest"))
+        goto fail;
     if ((bind ? zmq_bind : zmq_connect)(self->sock, endpoint)) {
         xpl_fail(XPL_EINVAL, "cannot %s ingest endpoint '%s': %s", bind ? "bind" : "connect to",
                  endpoint, zmq_strerror(zmq_errno()));
@@ -65,8 +68,10 @@ s_new(const char *endpoint, bool bind)
         snprintf(self->endpoint, sizeof self->endpoint, "%s", endpoint);
     return self;
 fail:
-    if (self->sock)
+    if (self->sock) {
+        xpl_hs_close(&self->hs, self->sock);
         zmq_close(self->sock);
+    }
     xpl_ctx_release();
     free(self);
     return NULL;
@@ -75,13 +80,25 @@ fail:
 xpl_pub_t *
 xpl_pub_new_bind(const char *endpoint)
 {
-    return s_new(endpoint, true);
+    return s_new(endpoint, true, NULL);
 }
 
 xpl_pub_t *
 xpl_pub_new_connect(const char *endpoint)
 {
-    return s_new(endpoint, false);
+    return s_new(endpoint, false, NULL);
+}
+
+xpl_pub_t *
+xpl_pub_new_bind_curve(const char *endpoint, const xpl_curve_t *curve)
+{
+    return s_new(endpoint, true, curve);
+}
+
+xpl_pub_t *
+xpl_pub_new_connect_curve(const char *endpoint, const xpl_curve_t *curve)
+{
+    return s_new(endpoint, false, curve);
 }
 
 static void
@@ -101,6 +118,7 @@ xpl_pub_destroy(xpl_pub_t **self_p)
     xpl_pub_t *self = *self_p;
     if (!self)
         return;
+    xpl_hs_close(&self->hs, self->sock);
     zmq_close(self->sock);
     xpl_ctx_release();
     for (size_t i = 0; i < self->nmodels; i++)
@@ -252,8 +270,8 @@ xpl_pub_wait_subscriber(xpl_pub_t *self, int timeout_ms)
             return 0;
         int left = timeout_ms < 0 ? -1 : (int)(deadline - xpl_now_ms());
         if (timeout_ms >= 0 && left <= 0)
-            return xpl_fail(XPL_ETIMEOUT, "no subscriber on %s within %d ms", self->endpoint,
-                            timeout_ms);
+            return xpl_fail(XPL_ETIMEOUT, "no subscriber on %s within %d ms%s", self->endpoint,
+                            timeout_ms, xpl_hs_hint(&self->hs));
         zmq_pollitem_t it = {self->sock, 0, ZMQ_POLLIN, 0};
         if (zmq_poll(&it, 1, left) < 0)
             return xpl_fail_zmq("wait for a subscriber");

@@ -29,6 +29,7 @@ typedef struct {
 
 struct xpl_sub_t {
     void *sock;
+    xpl_hs_t hs;                /* its CURVE handshakes */
     xpl_client_t *client;
     s_subscription_t *subs;
     size_t nsubs;
@@ -53,9 +54,12 @@ static const struct {
 
 /* With `monitor` non-NULL, *monitor receives a PAIR socket connected to
    the SUB's monitor for the `events` (ZMQ_EVENT_*), set up before the SUB
-   connects so that no event is missed; the caller closes it. */
+   connects so that no event is missed; the caller closes it (after
+   xpl_sub_stop_monitor). Otherwise, with CURVE, the subscriber watches
+   its own handshakes for the hint of a timeout. */
 static xpl_sub_t *
-s_new(const char *sub_endpoint, const char *query_endpoint, void **monitor, int events)
+s_new(const char *sub_endpoint, const char *query_endpoint, const xpl_curve_t *curve,
+      void **monitor, int events)
 {
     if (!sub_endpoint || !*sub_endpoint)
         return xpl_fail_null(XPL_EINVAL, "no publish endpoint given");
@@ -73,13 +77,17 @@ s_new(const char *sub_endpoint, const char *query_endpoint, void **monitor, int 
         xpl_fail_zmq("subscriber socket");
         goto fail;
     }
+    if (xpl_curve_apply(ctx, self->sock, curve, monitor ? NULL : &self->hs, "subscriber"))
+        goto fail;
     if (monitor) {
+        self->hs.curve = curve != NULL;
         char ep[64];
         snprintf(ep, sizeof ep, "inproc://xpl-sub-monitor-%p", (void *)self);
         *monitor = NULL;
         if (zmq_socket_monitor(self->sock, ep, events)
             || !(*monitor = zmq_socket(ctx, ZMQ_PAIR)) || zmq_connect(*monitor, ep)) {
             xpl_fail_zmq("subscriber monitor");
+            zmq_socket_monitor(self->sock, NULL, 0);
             if (*monitor)
                 zmq_close(*monitor);
             *monitor = NULL;
@@ -92,18 +100,21 @@ s_new(const char *sub_endpoint, const char *query_endpoint, void **monitor, int 
         goto fail;
     }
     if (query_endpoint) {
-        if (!(self->client = xpl_client_new(query_endpoint)))
+        if (!(self->client = xpl_client_new_curve(query_endpoint, curve)))
             goto fail;
         xpl_client_set_timeout(self->client, 1000);
     }
     return self;
 fail:
     if (monitor && *monitor) {
+        zmq_socket_monitor(self->sock, NULL, 0);
         zmq_close(*monitor);
         *monitor = NULL;
     }
-    if (self->sock)
+    if (self->sock) {
+        xpl_hs_close(&self->hs, self->sock);
         zmq_close(self->sock);
+    }
     xpl_ctx_release();
     free(self);
     return NULL;
@@ -112,13 +123,27 @@ fail:
 xpl_sub_t *
 xpl_sub_new(const char *sub_endpoint, const char *query_endpoint)
 {
-    return s_new(sub_endpoint, query_endpoint, NULL, 0);
+    return s_new(sub_endpoint, query_endpoint, NULL, NULL, 0);
 }
 
 xpl_sub_t *
-xpl_sub_new_monitored(const char *sub_endpoint, void **monitor, int events)
+xpl_sub_new_curve(const char *sub_endpoint, const char *query_endpoint, const xpl_curve_t *curve)
 {
-    return s_new(sub_endpoint, NULL, monitor, events);
+    return s_new(sub_endpoint, query_endpoint, curve, NULL, 0);
+}
+
+xpl_sub_t *
+xpl_sub_new_monitored(const char *sub_endpoint, const xpl_curve_t *curve, void **monitor,
+                      int events)
+{
+    return s_new(sub_endpoint, NULL, curve, monitor, events);
+}
+
+void
+xpl_sub_stop_monitor(xpl_sub_t *self)
+{
+    if (self && self->sock)
+        zmq_socket_monitor(self->sock, NULL, 0);
 }
 
 void
@@ -128,6 +153,7 @@ xpl_sub_destroy(xpl_sub_t **self_p)
     xpl_sub_t *self = *self_p;
     if (!self)
         return;
+    xpl_hs_close(&self->hs, self->sock);
     zmq_close(self->sock);
     xpl_client_destroy(&self->client);
     xpl_ctx_release();
@@ -369,7 +395,8 @@ xpl_sub_recv(xpl_sub_t *self, int timeout_ms)
             return NULL;
         }
         if (rc == 0)
-            return xpl_fail_null(XPL_ETIMEOUT, "no message within %d ms", timeout_ms);
+            return xpl_fail_null(XPL_ETIMEOUT, "no message within %d ms%s", timeout_ms,
+                                 xpl_hs_hint(&self->hs));
         zmq_msg_t parts[2];
         int n = 0;
         bool more = true;

@@ -30,6 +30,8 @@ struct xpl_view_t {
     char start_reason[512];
     /* Read by the thread. */
     atomic_bool stop;
+    xpl_curve_t *curve;         /* NULL: plain sockets */
+    int refused;                /* ZAP status of a refused handshake, 0: none */
     char *sub_ep, *query_ep;
     char model[65];
     int timeout_ms;
@@ -81,27 +83,6 @@ s_started(xpl_view_t *self, int code)
     pthread_mutex_unlock(&self->lock);
 }
 
-/* Read one monitor event: 1 for a completed handshake, 0 for another
-   event, -1 for none within timeout_ms. */
-static int
-s_monitor_event(void *monitor, long timeout_ms)
-{
-    zmq_pollitem_t it = {monitor, 0, ZMQ_POLLIN, 0};
-    if (zmq_poll(&it, 1, timeout_ms) <= 0)
-        return -1;
-    zmq_msg_t ev, addr;
-    zmq_msg_init(&ev);
-    zmq_msg_init(&addr);
-    uint16_t event = 0;
-    if (zmq_msg_recv(&ev, monitor, 0) >= 0 && zmq_msg_size(&ev) >= 2)
-        memcpy(&event, zmq_msg_data(&ev), 2);
-    if (zmq_msg_more(&ev))
-        zmq_msg_recv(&addr, monitor, 0);
-    zmq_msg_close(&ev);
-    zmq_msg_close(&addr);
-    return event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED;
-}
-
 /* Wait for the SUB's handshake with the daemon's PUB. */
 static int
 s_wait_handshake(xpl_view_t *self, void *monitor)
@@ -111,12 +92,19 @@ s_wait_handshake(xpl_view_t *self, void *monitor)
         int64_t left = deadline - xpl_now_ms();
         if (left <= 0)
             return xpl_fail(XPL_ETIMEOUT, "view of '%s': no connection to %s within %d ms "
-                                          "(is xplaind running?)",
-                            self->model, self->sub_ep, self->timeout_ms);
+                                          "(is xplaind running?)%s",
+                            self->model, self->sub_ep, self->timeout_ms,
+                            xpl_curve_hint(self->curve != NULL,
+                                           self->refused ? XPL_HS_REFUSED : XPL_HS_NONE,
+                                           self->refused));
         if (atomic_load(&self->stop))
             return xpl_fail(XPL_EINTR, "view stopped while starting");
-        if (s_monitor_event(monitor, left < S_POLL_MS ? (long)left : S_POLL_MS) == 1)
+        int status = 0;
+        int e = xpl_hs_event(monitor, left < S_POLL_MS ? (long)left : S_POLL_MS, &status);
+        if (e == XPL_HS_OK)
             return 0;
+        if (e == XPL_HS_REFUSED)
+            self->refused = status;
     }
 }
 
@@ -168,9 +156,12 @@ s_run(void *arg)
     xpl_view_t *self = arg;
     void *monitor = NULL;
     xpl_client_t *client = NULL;
-    xpl_sub_t *sub = xpl_sub_new_monitored(self->sub_ep, &monitor, ZMQ_EVENT_HANDSHAKE_SUCCEEDED);
+    xpl_sub_t *sub = xpl_sub_new_monitored(
+        self->sub_ep, self->curve, &monitor,
+        ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH);
     if (!sub || xpl_sub_subscribe(sub, XPL_KIND_GLOB, self->model)
-        || s_wait_handshake(self, monitor) || !(client = xpl_client_new(self->query_ep))) {
+        || s_wait_handshake(self, monitor)
+        || !(client = xpl_client_new_curve(self->query_ep, self->curve))) {
         s_started(self, xpl_errno());
         goto done;
     }
@@ -193,11 +184,15 @@ s_run(void *arg)
            network came back): what was published meanwhile is lost, so
            snapshot again, now that the subscription is back in place. */
         int e;
-        while ((e = s_monitor_event(monitor, 0)) >= 0)
-            if (e == 1) {
+        while ((e = xpl_hs_event(monitor, 0, NULL)) >= 0)
+            if (e == XPL_HS_OK) {
                 need_snapshot = true;
                 retry_at = 0;
                 s_count(self, &self->stats.reconnects, 1);
+            } else if (e == XPL_HS_REFUSED) {
+                /* The daemon no longer admits our key (revoked, then a
+                   reconnect): nothing will come on this connection. */
+                s_set_synced(self, false);
             }
         if (need_snapshot && xpl_now_ms() >= retry_at) {
             if (s_snapshot(self, client) == 0) {
@@ -218,6 +213,7 @@ s_run(void *arg)
             need_snapshot = true;
     }
 done:
+    xpl_sub_stop_monitor(sub);
     if (monitor)
         zmq_close(monitor);
     xpl_client_destroy(&client);
@@ -233,12 +229,20 @@ s_free(xpl_view_t *self)
     pthread_cond_destroy(&self->cond);
     free(self->sub_ep);
     free(self->query_ep);
+    xpl_curve_destroy(&self->curve);
     free(self);
 }
 
 xpl_view_t *
 xpl_view_new(const char *sub_endpoint, const char *query_endpoint, const char *model,
              int timeout_ms)
+{
+    return xpl_view_new_curve(sub_endpoint, query_endpoint, model, timeout_ms, NULL);
+}
+
+xpl_view_t *
+xpl_view_new_curve(const char *sub_endpoint, const char *query_endpoint, const char *model,
+                   int timeout_ms, const xpl_curve_t *curve)
 {
     if (!sub_endpoint || !query_endpoint)
         return xpl_fail_null(XPL_EINVAL, "view: publish and query endpoints are needed");
@@ -260,7 +264,7 @@ xpl_view_new(const char *sub_endpoint, const char *query_endpoint, const char *m
     self->query_ep = strdup(query_endpoint);
     snprintf(self->model, sizeof self->model, "%s", model);
     self->timeout_ms = timeout_ms;
-    if (!self->sub_ep || !self->query_ep) {
+    if (!self->sub_ep || !self->query_ep || (curve && !(self->curve = xpl_curve_dup(curve)))) {
         s_free(self);
         return xpl_fail_null(XPL_ENOMEM, "out of memory");
     }

@@ -40,7 +40,9 @@ typedef enum {
     XPL_EUNKNOWN_MODEL = 9,     /* daemon: "unknown_model" */
     XPL_ENOT_FOUND = 10,        /* daemon: "not_found" (trade, method, target) */
     XPL_EBAD_ARGUMENT = 11,     /* daemon: "bad_argument" */
-    XPL_ESERVER = 12            /* daemon: ok false with another code */
+    XPL_ESERVER = 12,           /* daemon: ok false with another code */
+    XPL_ECERT = 13              /* a CURVE certificate file cannot be read or
+                                   written, or is not what is needed */
 } xpl_errno_t;
 
 /* Code of the last error in the calling thread (XPL_OK when none yet). */

@@ -19,6 +19,7 @@
 #ifndef XPL_CLIENT_H_INCLUDED
 #define XPL_CLIENT_H_INCLUDED
 
+#include "xpl_curve.h"
 #include "xpl_types.h"
 
 #ifdef __cplusplus
@@ -34,6 +35,14 @@ typedef struct xpl_client_t xpl_client_t;
    XPL_DEFAULT_QUERY_ENDPOINT). Caller owns the client. NULL on error
    (XPL_EINVAL for a malformed endpoint, XPL_EZMQ). */
 XPL_EXPORT xpl_client_t *xpl_client_new(const char *endpoint);
+
+/* The same for a daemon that runs with CURVE on: the socket is a CURVE
+   client with `curve`'s keys (copied; the caller keeps `curve`), or a
+   plain one when curve is NULL. A daemon that does not admit the key
+   never answers: calls fail with XPL_ETIMEOUT, whose reason ends with a
+   "; CURVE: ..." hint (xpl_curve.h); after a refusal the next call
+   connects again, so a key admitted later works with the same client. */
+XPL_EXPORT xpl_client_t *xpl_client_new_curve(const char *endpoint, const xpl_curve_t *curve);
 
 /* Close the client and set *self_p to NULL; NULL-safe. */
 XPL_EXPORT void xpl_client_destroy(xpl_client_t **self_p);

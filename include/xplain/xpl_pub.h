@@ -23,6 +23,7 @@
 #ifndef XPL_PUB_H_INCLUDED
 #define XPL_PUB_H_INCLUDED
 
+#include "xpl_curve.h"
 #include "xpl_types.h"
 
 #ifdef __cplusplus
@@ -54,6 +55,16 @@ typedef struct {
    for an endpoint that cannot be bound or connected). */
 XPL_EXPORT xpl_pub_t *xpl_pub_new_bind(const char *endpoint);
 XPL_EXPORT xpl_pub_t *xpl_pub_new_connect(const char *endpoint);
+
+/* The same for a daemon that runs with CURVE on (whether the publisher
+   binds or connects, the daemon is the CURVE server): the socket is a
+   CURVE client with `curve`'s keys (copied; the caller keeps `curve`), or
+   plain when curve is NULL. A daemon that does not admit the key never
+   subscribes: xpl_pub_wait_subscriber times out (XPL_ETIMEOUT with a
+   "; CURVE: ..." hint, xpl_curve.h) and what xpl_pub_send sends is
+   dropped, as ZeroMQ drops what a PUB sends to nobody. */
+XPL_EXPORT xpl_pub_t *xpl_pub_new_bind_curve(const char *endpoint, const xpl_curve_t *curve);
+XPL_EXPORT xpl_pub_t *xpl_pub_new_connect_curve(const char *endpoint, const xpl_curve_t *curve);
 
 /* Close the publisher, sending what is queued for up to the linger time
    (1 s by default), and set *self_p to NULL; NULL-safe. */

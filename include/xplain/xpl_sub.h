@@ -61,6 +61,16 @@ XPL_EXPORT void xpl_event_destroy(xpl_event_t **self_p);
    subscribes to nothing yet. Caller owns it. NULL on error. */
 XPL_EXPORT xpl_sub_t *xpl_sub_new(const char *sub_endpoint, const char *query_endpoint);
 
+/* The same for a daemon that runs with CURVE on: the SUB socket and the
+   query client for feature names are CURVE clients with `curve`'s keys
+   (copied; the caller keeps `curve`), or plain when curve is NULL. A
+   daemon that does not admit the key sends nothing: xpl_sub_recv times
+   out (XPL_ETIMEOUT, with a "; CURVE: ..." hint in the reason, see
+   xpl_curve.h), and since libzmq does not reconnect after a refusal, a
+   refused subscriber must be created again once the key is admitted. */
+XPL_EXPORT xpl_sub_t *xpl_sub_new_curve(const char *sub_endpoint, const char *query_endpoint,
+                                        const xpl_curve_t *curve);
+
 /* Close the subscriber and set *self_p to NULL; NULL-safe. */
 XPL_EXPORT void xpl_sub_destroy(xpl_sub_t **self_p);
 

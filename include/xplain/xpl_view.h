@@ -24,6 +24,7 @@
 #ifndef XPL_VIEW_H_INCLUDED
 #define XPL_VIEW_H_INCLUDED
 
+#include "xpl_curve.h"
 #include "xpl_types.h"
 
 #ifdef __cplusplus
@@ -53,6 +54,16 @@ typedef struct {
    XPL_ETIMEOUT (daemon unreachable), XPL_EUNKNOWN_MODEL, ... */
 XPL_EXPORT xpl_view_t *xpl_view_new(const char *sub_endpoint, const char *query_endpoint,
                                     const char *model, int timeout_ms);
+
+/* The same for a daemon that runs with CURVE on: both sockets are CURVE
+   clients with `curve`'s keys (copied; the caller keeps `curve`), or
+   plain when curve is NULL. A daemon that does not admit the key makes
+   the start fail with XPL_ETIMEOUT after timeout_ms, with a "; CURVE:
+   ..." hint in the reason (xpl_curve.h). A view whose key is refused
+   later (revoked, then a reconnect) stops being synced. */
+XPL_EXPORT xpl_view_t *xpl_view_new_curve(const char *sub_endpoint, const char *query_endpoint,
+                                          const char *model, int timeout_ms,
+                                          const xpl_curve_t *curve);
 
 /* Stop the thread, close the sockets and set *self_p to NULL; NULL-safe.
    States obtained from the view stay valid until their own destroy. */

@@ -14,7 +14,9 @@
       xpl_pub      publisher for C/C++ inference servers: contract-v1
                    ingest messages from float32 or 16-bit float buffers
 
-    and the decoded result types in xpl_types.h.
+    and the decoded result types in xpl_types.h, and, for a daemon that runs
+    with CURVE on, the keys every class takes through its *_new_curve
+    constructor (xpl_curve.h).
 
     Conventions (czmq style):
       - X_new(...) returns an object the caller owns, or NULL on error;
@@ -40,5 +42,6 @@
 #include "xpl_sub.h"
 #include "xpl_view.h"
 #include "xpl_pub.h"
+#include "xpl_curve.h"
 
 #endif
