@@ -34,8 +34,9 @@ static const opt_t s_opts[] = {
      "Connect the ingest SUB socket to a model's PUB endpoint (repeatable; several per line)."},
     {"ingest", "bind", "ingest-bind", T_LIST, O(ingest_bind), "", 0, 0, false,
      "Bind the ingest SUB socket so that many model publishers connect to it (repeatable)."},
-    {"ingest", "rcvhwm", "ingest-rcvhwm", T_UINT, O(ingest_rcvhwm), "10000", 0, 10000000, false,
-     "Receive high-water mark of the ingest socket, in messages (0: unlimited)."},
+    {"ingest", "rcvhwm", "ingest-rcvhwm", T_UINT, O(ingest_rcvhwm), "1000", 0, 10000000, false,
+     "Receive high-water mark of the ingest socket, in messages (0: unlimited); memory in flight "
+     "can reach this many messages, so lower it for large tensors."},
     {"ingest", "max_msg_size", "max-msg-size", T_SIZE, O(max_msg_size), "256M", 1024, 1ull << 32, false,
      "Largest ingest message accepted by ZeroMQ (ZMQ_MAXMSGSIZE); larger ones drop the connection."},
     {"ingest", "max_batch", "max-batch", T_UINT, O(max_batch), "4096", 1, 1u << 20, true,
