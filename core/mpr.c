@@ -202,6 +202,14 @@ mpr_type_name(mpr_type_t t)
 bool
 mpr_str_eq(const mpr_obj_t *o, const char *s)
 {
-    size_t n = strlen(s);
-    return o->type == MPR_STR && o->v.raw.len == n && memcmp(o->v.raw.ptr, s, n) == 0;
+    /* One pass, no strlen: decoders compare every key of a message with
+       a table of names, and most comparisons fail at the first byte. */
+    if (o->type != MPR_STR)
+        return false;
+    const uint8_t *p = o->v.raw.ptr;
+    uint32_t n = o->v.raw.len;
+    for (uint32_t i = 0; i < n; i++)
+        if (s[i] == '\0' || (uint8_t)s[i] != p[i])
+            return false;
+    return s[n] == '\0';
 }
