@@ -25,7 +25,7 @@ QUICK=0
 if [ "$QUICK" = 1 ]; then
     REPS=1; SECS=1.5; LREPS=1; LSECS=2; MREPS=3; MSECS=0.3; SWEEP_SECS=0.5; LONG=0
 else
-    REPS=5; SECS=3; LREPS=3; LSECS=5; MREPS=7; MSECS=0.5; SWEEP_SECS=1
+    REPS=5; SECS=3; LREPS=5; LSECS=5; MREPS=7; MSECS=0.5; SWEEP_SECS=1
 fi
 
 echo "== build ($BUILD, Release)"
@@ -118,9 +118,11 @@ LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "## 1. Transport limit, xplaind and a Python consumer, side by side"
     echo
     echo "Max rate: the publisher is throttled by the consumer (XPUB with ZMQ_XPUB_NODROP), $REPS repetitions"
-    echo "of ${SECS}s per consumer in rotating order, medians. Latency: paced at 50% of xplaind's median max rate,"
-    echo "$LREPS repetitions of ${LSECS}s, medians of each run's percentiles; \"added p99\" is xplaind's p99 minus the"
-    echo "sink's. Daemon-internal latency is the daemon's own receive-to-publish histogram (\`stats\` query)."
+    echo "of ${SECS}s per consumer in rotating order; trades/s are medians, b/a and b/c are medians of the"
+    echo "per-repetition ratios (runs next to each other in time see the same background load). Latency: paced"
+    echo "at 50% of xplaind's median max rate, $LREPS repetitions of ${LSECS}s, medians of each run's percentiles;"
+    echo "\"added p99\" is the median over repetitions of xplaind's p99 minus the sink's p99 in the same"
+    echo "repetition. Daemon-internal latency is the daemon's own receive-to-publish histogram (\`stats\` query)."
     echo "High-water marks 100 messages on every bench socket and \`--ingest-rcvhwm 100\` on the daemon."
     echo
     grep -v '^TARGET|' "$TMP/e2e.md"
