@@ -9,6 +9,10 @@ views. Run by Debian's /usr/bin/python3.
 import base64
 import json
 import os
+import re
+import shutil
+import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -23,6 +27,7 @@ from xpltest import (BUILD, Daemon, assert_close, encode, join, random_attention
                      wait_until)
 
 import msgpack
+import zmq
 
 XPLAINCTL = os.path.join(BUILD, "client", "xplainctl")
 SVG = "{http://www.w3.org/2000/svg}"
@@ -95,14 +100,24 @@ def wait_explained(d, count):
 def test_help_everywhere(_):
     rc, out, err = ctl("--help")
     assert rc == 0 and "usage: xplainctl COMMAND" in out, (rc, out, err)
+    assert "--curve-key FILE" in out and "--server-key FILE" in out
     for cmd in ["tail", "top", "query", "heatmap", "stats"]:
         assert cmd in out
         rc, out2, err = ctl(cmd, "--help")
         assert rc == 0, (cmd, rc, err)
         assert out2.startswith(f"usage: xplainctl {cmd}"), out2
         assert "--query EP" in out2 and "--timeout MS" in out2, cmd
+        assert "--curve-key FILE" in out2 and "--server-key FILE" in out2, cmd
         rc, out3, _ = ctl("help", cmd)
         assert rc == 0 and out3 == out2
+    # keygen needs no daemon: no common options in its help.
+    assert "keygen" in out
+    rc, out2, err = ctl("keygen", "--help")
+    assert rc == 0 and out2.startswith("usage: xplainctl keygen [--force] FILE | --print"), out2
+    assert "FILE_secret" in out2 and "0600" in out2 and "--query EP" not in out2
+    rc, out3, _ = ctl("help", "keygen")
+    assert rc == 0 and out3 == out2
+    assert all(len(x) <= 80 for x in (out + out2).splitlines())
     rc, out, _ = ctl("--version")
     assert rc == 0 and out.startswith("xplainctl ")
 
@@ -116,7 +131,13 @@ def test_usage_errors(_):
                          (["heatmap", "--model", "m1"], "--id are required"),
                          (["stats", "--timeout"], "needs a value"),
                          (["stats", "--timeout", "0"], "at least 1 ms"),
-                         (["top", "--bogus"], "unknown argument")]:
+                         (["top", "--bogus"], "unknown argument"),
+                         (["keygen"], "no FILE given"), (["keygen", "a", "b"], "one FILE only"),
+                         (["keygen", "--print", "a"], "--print writes no file"),
+                         (["keygen", "--bogus"], "unknown argument '--bogus'"),
+                         (["--curve-key", "k_secret", "stats"], "--curve-key needs --server-key"),
+                         (["stats", "--server-key", "k"], "--server-key needs --curve-key"),
+                         (["stats", "--curve-key"], "needs a value")]:
         rc, out, err = ctl(*args)
         assert rc == 2, (args, rc, out, err)
         if needle:
@@ -137,6 +158,215 @@ def test_unreachable_daemon(_):
     rc, out, err = ctl(*nobody, "tail", "--count", "1", "--wait", "300")
     assert rc == 1, (rc, out, err)
     one_line_error(err, "no explanation within 300 ms")
+
+
+# ---- keygen and CURVE ------------------------------------------------------
+
+def cert_keys(path):
+    """(public, secret or None) of a czmq certificate, as bytes."""
+    keys = {}
+    with open(path) as f:
+        for line in f:
+            m = re.match(r'^\s*(public|secret)-key\s*=\s*"(.{40})"\s*$', line)
+            if m:
+                keys[m.group(1)] = m.group(2).encode()
+    return keys["public"], keys.get("secret")
+
+
+def keygen(path, *args):
+    rc, out, err = ctl("keygen", *args, path)
+    assert rc == 0, (rc, out, err)
+    return out
+
+
+def test_keygen(_):
+    tmp = tempfile.mkdtemp(prefix="xplctl-")
+    path = os.path.join(tmp, "c.key")
+    old = os.umask(0o022)
+    try:
+        out = keygen(path)
+        pub, sec = cert_keys(path + "_secret")
+        assert cert_keys(path) == (pub, None), "the public certificate holds no secret"
+        assert zmq.curve_public(sec) == pub, "the certificate's keys belong together"
+        lines = out.splitlines()
+        assert lines[0] == "public key  " + pub.decode(), out
+        assert len(lines) == 3 and lines[2].startswith("hint: copy " + path), out
+        assert "clients_dir" in lines[2] and path + "_secret private" in lines[2], out
+        assert stat.S_IMODE(os.stat(path + "_secret").st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+
+        # Never overwritten without --force; with it, the secret is 0600 again.
+        before = open(path + "_secret").read()
+        rc, out, err = ctl("keygen", path)
+        assert rc == 1 and out == "", (rc, out, err)
+        one_line_error(err, path, "exists", "--force")
+        assert open(path + "_secret").read() == before
+        os.unlink(path)         # the secret alone is enough to refuse
+        rc, out, err = ctl("keygen", path)
+        assert rc == 1 and not os.path.exists(path), (rc, out, err)
+        os.chmod(path + "_secret", 0o644)
+        keygen(path, "--force")
+        pub2, sec2 = cert_keys(path + "_secret")
+        assert pub2 != pub and zmq.curve_public(sec2) == pub2
+        assert stat.S_IMODE(os.stat(path + "_secret").st_mode) == 0o600
+
+        rc, out, err = ctl("keygen", os.path.join(tmp, "no", "dir.key"))
+        assert rc == 1
+        one_line_error(err, "cannot write", "No such file")
+
+        rc, out, err = ctl("keygen", "--print")
+        assert rc == 0, err
+        m = re.fullmatch(r'public-key = "(.{40})"\nsecret-key = "(.{40})"\n', out)
+        assert m and zmq.curve_public(m.group(2).encode()) == m.group(1).encode(), out
+        assert sorted(os.listdir(tmp)) == ["c.key", "c.key_secret"], "--print wrote a file"
+    finally:
+        os.umask(old)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class CurveSetup:
+    """Keys made by xplainctl keygen: the daemon's (its --secret-key-file is
+    keygen's FILE_secret), a client whose keygen FILE is in clients_dir,
+    and one whose is not; a daemon started with --curve on them."""
+
+    def __init__(self):
+        self.tmp = tempfile.mkdtemp(prefix="xplctl-curve-")
+        self.clients = os.path.join(self.tmp, "clients")
+        os.mkdir(self.clients)
+        for name in ("server", "good", "bad"):
+            keygen(os.path.join(self.tmp, name + ".key"))
+        shutil.copy(self.key("good"), self.clients)
+        self.d = Daemon("--curve", "--secret-key-file", self.key("server") + "_secret",
+                        "--clients-dir", self.clients, "--glob-interval-ms", "20",
+                        "--log-rate", "1000", ready_check=False)
+        self.d.req = self.socket(zmq.REQ, "good")
+        self.d.req.setsockopt(zmq.RCVTIMEO, 5000)
+        self.d.req.connect(self.d.query_ep)
+        wait_until(lambda: self.ping_ok(), what="the daemon to answer the admitted key")
+
+    def key(self, name):
+        return os.path.join(self.tmp, name + ".key")
+
+    def socket(self, kind, who):
+        s = self.d.ctx.socket(kind)
+        s.setsockopt(zmq.LINGER, 0)
+        s.curve_publickey, s.curve_secretkey = cert_keys(self.key(who) + "_secret")
+        s.curve_serverkey = cert_keys(self.key("server"))[0]
+        return s
+
+    def ping_ok(self):
+        r = self.socket(zmq.REQ, "good")
+        r.setsockopt(zmq.RCVTIMEO, 300)
+        r.connect(self.d.query_ep)
+        r.send(msgpack.packb({"v": 1, "op": "ping"}))
+        try:
+            return msgpack.unpackb(r.recv())["ok"]
+        except zmq.Again:
+            return False
+        finally:
+            r.close()
+
+    def ctl(self, who, *args, server="server", **kw):
+        return ctl("--query", self.d.query_ep, "--sub", self.d.publish,
+                   "--curve-key", self.key(who) + "_secret", "--server-key", self.key(server),
+                   *args, **kw)
+
+    def refused(self):
+        return self.d.query("stats")["counters"]["auth_refused"]
+
+    def stop(self):
+        self.d.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def curve_message(seq, model="m1"):
+    A = random_attention(np.random.default_rng(seq), (1, L, H, N, N))
+    return [f"attn/{model}".encode(), msgpack.packb({
+        "v": 1, "model": model, "seq": seq, "ts": time.time_ns(), "ids": [f"c-{seq}"], "L": L,
+        "H": H, "n": N, "dtype": "f32", "attn": A.astype("<f4").tobytes(), "cls": CLS,
+        "tokens": TOKENS})]
+
+
+def test_curve(c):
+    """Keygen's files round-trip through the daemon; every command works
+    with the admitted key and ends with a timeout and the hint that the
+    daemon refused the key with the unlisted one."""
+    d = c.d
+    rc, out, err = c.ctl("good", "query", "ping")
+    assert rc == 0 and json.loads(out)["ok"], (rc, out, err)
+
+    # Feed the daemon through an admitted CURVE publisher; tail hears it.
+    pub = c.socket(zmq.PUB, "good")
+    pub.connect(d.ingest)
+    results = {}
+    t = threading.Thread(target=lambda: results.update(
+        tail=c.ctl("good", "tail", "--count", "2", "--json", "--wait", "20000")))
+    t.start()
+    seq = 0
+    while t.is_alive() and seq < 1000:
+        pub.send_multipart(curve_message(seq))
+        seq += 1
+        time.sleep(0.02)
+    t.join(30)
+    rc, out, err = results["tail"]
+    assert rc == 0, (rc, out, err)
+    assert [json.loads(x)["features"] for x in out.splitlines()] == [TOKENS[:-1]] * 2
+    rc, out, err = c.ctl("good", "stats")
+    assert rc == 0 and "auth_admitted" in out and "m1" in out, (rc, out, err)
+    last = f"c-{seq - 1}"      # the first ones may have gone before the handshake
+    wait_until(lambda: c.ctl("good", "query", "trade", "model=m1", "id=" + last)[0] == 0,
+               what="the last trade to be explained")
+    rc, out, err = c.ctl("good", "query", "trade", "model=m1", "id=" + last)
+    assert rc == 0 and json.loads(out)["id"] == last, (rc, out, err)
+    wait_until(lambda: d.query("global", model="m1")["ok"], what="global state")
+    rc, out, err = c.ctl("good", "top", "--model", "m1", "--once")
+    assert rc == 0 and out.startswith("xplaind top  m1"), (rc, out, err)
+    rc, out, err = c.ctl("good", "heatmap", "--model", "m1", "--id", last)
+    assert rc == 0 and ET.fromstring(out).tag == SVG + "svg", (rc, err)
+
+    # The unlisted key: every command times out and says the key was refused.
+    hint = "; CURVE: the daemon refused this client's key"
+    for args, first in [(["query", "ping"], "no reply from"), (["stats"], "no reply from"),
+                        (["tail", "--count", "1", "--wait", "400"], "no explanation within 400 ms"),
+                        (["top", "--model", "m1", "--once"], "no connection to"),
+                        (["heatmap", "--model", "m1", "--id", last], "no reply from")]:
+        before = c.refused()
+        rc, out, err = c.ctl("bad", "--timeout", "400", *args)
+        assert rc == 1 and out == "", (args, rc, out, err)
+        one_line_error(err, first, "400 ms", hint, "clients_dir")
+        wait_until(lambda: c.refused() > before, what=f"auth_refused to grow for {args}")
+
+    # A wrong server key, and certificates that cannot be used.
+    rc, out, err = c.ctl("good", "--timeout", "300", "query", "ping", server="bad")
+    assert rc == 1
+    one_line_error(err, "no reply from", "; CURVE: no handshake with the daemon completed")
+    rc, out, err = ctl("--query", d.query_ep, "--curve-key", c.key("good"), "--server-key",
+                       c.key("server"), "query", "ping")
+    assert rc == 1
+    one_line_error(err, "public certificate", c.key("good"))
+    rc, out, err = ctl("--query", d.query_ep, "--curve-key", c.key("nope") + "_secret",
+                       "--server-key", c.key("server"), "stats")
+    assert rc == 1
+    one_line_error(err, "cannot read", "nope")
+    # Without keys: a plain timeout, no CURVE hint.
+    rc, out, err = ctl("--query", d.query_ep, "--timeout", "300", "query", "ping")
+    assert rc == 1
+    one_line_error(err, "no reply from")
+    assert "CURVE" not in err
+
+    # Revocation: delete the certificate, SIGHUP; admitted again after a copy.
+    os.unlink(os.path.join(c.clients, "good.key"))
+    d.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "0 client key(s) admitted" in d.stderr(), what="the reload")
+    rc, out, err = c.ctl("good", "--timeout", "400", "query", "ping")
+    assert rc == 1
+    one_line_error(err, hint)
+    shutil.copy(c.key("good"), c.clients)
+    d.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "1 client key(s) admitted" in d.stderr(), what="the second reload")
+    rc, out, err = c.ctl("good", "query", "ping")
+    assert rc == 0, err
+    pub.close()
 
 
 # ---- against a daemon fed by pyzmq ---------------------------------------
@@ -382,8 +612,14 @@ def main():
             print(f"FAIL {name}\n{traceback.format_exc()}")
 
     for name, fn in [("help", test_help_everywhere), ("usage", test_usage_errors),
-                     ("unreachable", test_unreachable_daemon)]:
+                     ("unreachable", test_unreachable_daemon), ("keygen", test_keygen)]:
         run(name, fn, None)
+
+    c = CurveSetup()
+    try:
+        run("curve", test_curve, c)
+    finally:
+        c.stop()
 
     d = Daemon()
     try:

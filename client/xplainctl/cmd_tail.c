@@ -202,7 +202,10 @@ cmd_tail(int argc, char **argv)
         wait_ms = count > 0 ? 10000 : -1;
 
     ctl_catch_signals();
-    xpl_sub_t *sub = xpl_sub_new(ctl_common.sub, ctl_common.query);
+    const xpl_curve_t *curve;
+    if (ctl_curve("tail", &curve))
+        return CTL_FAIL;
+    xpl_sub_t *sub = xpl_sub_new_curve(ctl_common.sub, ctl_common.query, curve);
     if (!sub)
         return ctl_xpl_error("tail");
     xpl_client_set_timeout(xpl_sub_client(sub), ctl_common.timeout_ms);
@@ -231,8 +234,9 @@ cmd_tail(int argc, char **argv)
                 break;
             if (xpl_errno() == XPL_ETIMEOUT)
                 rc = ctl_error("tail", CTL_FAIL,
-                               "no explanation within %ld ms from %s (is xplaind running and fed?)",
-                               wait_ms, ctl_common.sub);
+                               "no explanation within %ld ms from %s (is xplaind running and "
+                               "fed?)%s",
+                               wait_ms, ctl_common.sub, ctl_curve_hint());
             else
                 rc = ctl_xpl_error("tail");
             break;

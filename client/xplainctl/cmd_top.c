@@ -303,9 +303,14 @@ cmd_top(int argc, char **argv)
         xpl_models_destroy(&ms);
     }
     xpl_view_t *view = NULL;
-    if (rc == CTL_OK && o.model && !(view = xpl_view_new(ctl_common.sub, ctl_common.query, o.model,
-                                              ctl_common.timeout_ms)))
-        rc = ctl_xpl_error("top");
+    const xpl_curve_t *curve = NULL;
+    if (rc == CTL_OK && o.model) {
+        if (ctl_curve("top", &curve))
+            rc = CTL_FAIL;
+        else if (!(view = xpl_view_new_curve(ctl_common.sub, ctl_common.query, o.model,
+                                             ctl_common.timeout_ms, curve)))
+            rc = ctl_xpl_error("top");
+    }
     for (long frame = 0; view && rc == CTL_OK && !ctl_stopped(); frame++) {
         if (frame > 0 && !o.tty)
             printf("\n");

@@ -21,6 +21,8 @@ typedef struct {
     const char *query;          /* --query EP */
     const char *sub;            /* --sub EP */
     int timeout_ms;             /* --timeout MS */
+    const char *curve_key;      /* --curve-key FILE_secret */
+    const char *server_key;     /* --server-key FILE */
 } ctl_common_t;
 
 extern ctl_common_t ctl_common;
@@ -28,10 +30,15 @@ extern ctl_common_t ctl_common;
 /* Text of the common options, for --help. */
 #define CTL_COMMON_HELP                                                              \
     "common options:\n"                                                              \
-    "  --query EP      query endpoint of xplaind (default " XPL_DEFAULT_QUERY_ENDPOINT ")\n" \
-    "  --sub EP        publish endpoint of xplaind (default " XPL_DEFAULT_SUB_ENDPOINT ")\n" \
-    "  --timeout MS    how long to wait for the daemon (default 3000)\n"             \
-    "  --help          this text\n"
+    "  --query EP         query endpoint of xplaind (default " XPL_DEFAULT_QUERY_ENDPOINT ")\n" \
+    "  --sub EP           publish endpoint of xplaind (default " XPL_DEFAULT_SUB_ENDPOINT ")\n" \
+    "  --timeout MS       how long to wait for the daemon (default 3000)\n"          \
+    "  --curve-key FILE   this client's CURVE secret certificate (the FILE_secret\n"  \
+    "                     of 'xplainctl keygen FILE'), for a daemon running with\n"  \
+    "                     --curve; needs --server-key\n"                             \
+    "  --server-key FILE  the daemon's public certificate (FILE of the keygen\n"      \
+    "                     whose FILE_secret is its secret_key_file)\n"              \
+    "  --help             this text\n"
 
 /* Argument scanner: walks argv, consuming the common options itself.
    ctl_next returns the next argument that is not a common option, or
@@ -63,8 +70,17 @@ int ctl_error(const char *cmd, int status, const char *fmt, ...)
 /* Report the library's last error (xpl_strerror) and return CTL_FAIL. */
 int ctl_xpl_error(const char *cmd);
 
-/* A query client on ctl_common's endpoint and timeout; NULL after
-   reporting the error. */
+/* The CURVE keys of --curve-key and --server-key, loaded on first use:
+   0 with *curve NULL when none were given, 0 with the keys, or CTL_FAIL
+   after reporting why they cannot be loaded. */
+int ctl_curve(const char *cmd, const xpl_curve_t **curve);
+
+/* The "; CURVE: ..." hint of the library's last error (xpl_curve.h), or
+   "" (for commands that word a timeout themselves). */
+const char *ctl_curve_hint(void);
+
+/* A query client on ctl_common's endpoint, timeout and CURVE keys; NULL
+   after reporting the error. */
 xpl_client_t *ctl_client(const char *cmd);
 
 /* Install SIGINT/SIGTERM handlers that interrupt blocking waits (so
@@ -95,5 +111,6 @@ int cmd_top(int argc, char **argv);
 int cmd_query(int argc, char **argv);
 int cmd_heatmap(int argc, char **argv);
 int cmd_stats(int argc, char **argv);
+int cmd_keygen(int argc, char **argv);
 
 #endif

@@ -14,6 +14,7 @@ static const struct {
     {"query", cmd_query, "send any query op, print the reply as JSON"},
     {"heatmap", cmd_heatmap, "SVG heatmap of a trade's rollout matrix and feature bars"},
     {"stats", cmd_stats, "daemon counters, rejections and latency percentiles"},
+    {"keygen", cmd_keygen, "make a CURVE key pair (certificate files) for --curve"},
 };
 #define S_NCMDS (sizeof s_cmds / sizeof s_cmds[0])
 

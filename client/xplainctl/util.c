@@ -7,7 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-ctl_common_t ctl_common = {XPL_DEFAULT_QUERY_ENDPOINT, XPL_DEFAULT_SUB_ENDPOINT, 3000};
+ctl_common_t ctl_common = {XPL_DEFAULT_QUERY_ENDPOINT, XPL_DEFAULT_SUB_ENDPOINT, 3000, NULL,
+                           NULL};
 
 void
 ctl_args_init(ctl_args_t *a, const char *cmd, int argc, char **argv)
@@ -66,6 +67,12 @@ ctl_next(ctl_args_t *a)
         } else if (ctl_is(arg, "--sub")) {
             if ((v = ctl_value(a, arg, "--sub")))
                 ctl_common.sub = v;
+        } else if (ctl_is(arg, "--curve-key")) {
+            if ((v = ctl_value(a, arg, "--curve-key")))
+                ctl_common.curve_key = v;
+        } else if (ctl_is(arg, "--server-key")) {
+            if ((v = ctl_value(a, arg, "--server-key")))
+                ctl_common.server_key = v;
         } else if (ctl_is(arg, "--timeout")) {
             long t = ctl_long(a, "--timeout", ctl_value(a, arg, "--timeout"));
             if (t == 0)
@@ -75,6 +82,11 @@ ctl_next(ctl_args_t *a)
         } else
             return arg;
     }
+    /* Both CURVE options or neither, once the whole line is read. */
+    if (a->status == CTL_OK && !ctl_common.curve_key != !ctl_common.server_key)
+        a->status = ctl_error(a->cmd, CTL_USAGE, "%s needs %s too (try --help)",
+                              ctl_common.curve_key ? "--curve-key" : "--server-key",
+                              ctl_common.curve_key ? "--server-key" : "--curve-key");
     return NULL;
 }
 
@@ -96,10 +108,33 @@ ctl_xpl_error(const char *cmd)
     return ctl_error(cmd, CTL_FAIL, "%s", xpl_strerror());
 }
 
+int
+ctl_curve(const char *cmd, const xpl_curve_t **curve)
+{
+    static xpl_curve_t *loaded;
+    *curve = NULL;
+    if (!ctl_common.curve_key)
+        return CTL_OK;
+    if (!loaded && !(loaded = xpl_curve_load(ctl_common.curve_key, ctl_common.server_key)))
+        return ctl_xpl_error(cmd);
+    *curve = loaded;
+    return CTL_OK;
+}
+
+const char *
+ctl_curve_hint(void)
+{
+    const char *h = strstr(xpl_strerror(), "; CURVE: ");
+    return h ? h : "";
+}
+
 xpl_client_t *
 ctl_client(const char *cmd)
 {
-    xpl_client_t *c = xpl_client_new(ctl_common.query);
+    const xpl_curve_t *curve;
+    if (ctl_curve(cmd, &curve))
+        return NULL;
+    xpl_client_t *c = xpl_client_new_curve(ctl_common.query, curve);
     if (!c) {
         ctl_xpl_error(cmd);
         return NULL;
