@@ -28,7 +28,9 @@ kill -9), overall and per target class.
   f. the snapshot disk fills (RLIMIT_FSIZE; and a small tmpfs when this
      machine lets us mount one): snapshot_errors counted and logged, the
      daemon keeps serving, the previous snapshot stays intact and loadable,
-     and it is what a restart without the limit restores.
+     and it is what a restart without the limit restores;
+  g. bursts the daemon cannot keep up with: nothing lost, and once the
+     backlog has drained the daemon's RSS comes back.
 
 Run by Debian's /usr/bin/python3 (python3-zmq, python3-msgpack, python3-numpy).
 """
@@ -874,6 +876,60 @@ def disk_full_case(state_dir, how, preexec_fn=None):
           f"before it kept and restored")
 
 
+# ---------------------------------------------------------------------------
+# g. an ingest backlog drains: memory comes back
+
+
+def test_backlog_memory():
+    """A burst the daemon cannot keep up with queues whole ingest messages
+    in its SUB socket (up to ingest.rcvhwm of them); once it has drained,
+    the daemon's RSS must come back near where it was, or every transient
+    backlog ratchets it up for good (what the soak saw on a busy machine).
+    Flow on every trade makes the daemon slower than the publisher; a 1 MiB
+    cache takes the recent-trade cache out of the picture."""
+    d = Daemon("--cache-mb", "1", "--log-level", "notice",
+               "--methods", "rollout,grad_rollout,first_layer,attn_mean,diag,flow")
+    try:
+        st = Stream("bl", L=4, H=8, n=32, seed=14, pool=8)   # 256 KiB per message
+        pub = publisher(d, d.ctx)
+        join(d, pub)
+        seq = [0]
+
+        def burst(count):
+            for _ in range(count):
+                pub.send_multipart(st.message(seq[0]))
+                seq[0] += 1
+            peak = rss_kb(d.proc.pid)
+            deadline = time.monotonic() + 120
+            while model_info(d, "bl")["explained"] < seq[0]:
+                assert time.monotonic() < deadline, "the backlog did not drain"
+                peak = max(peak, rss_kb(d.proc.pid))
+                time.sleep(0.05)
+            time.sleep(0.5)
+            return peak // 1024, rss_kb(d.proc.pid) // 1024
+
+        burst(200)
+        base = rss_kb(d.proc.pid) // 1024
+        rounds = [burst(1500) for _ in range(3)]
+        info = model_info(d, "bl")
+        assert info["explained"] == seq[0] and info["lost"] == 0, info
+        assert d.query("global", model="bl")["count"] == seq[0]
+        print(f"  g: RSS {base} MiB before; (peak, after drain) MiB per burst of 1500: {rounds}")
+        if sanitized_build():
+            return
+        if max(p for p, _ in rounds) - base < 64:
+            print("  g: no backlog formed on this machine (the daemon kept up): inconclusive")
+            return
+        allowed = base + max(32, base // 4)
+        # Known to fail with glibc's default malloc: see
+        # .notes/fault-findings.md ("RSS ratchets to the largest ingest backlog").
+        assert all(after <= allowed for _, after in rounds), (
+            f"RSS does not come back after an ingest backlog drains: {base} MiB before, "
+            f"{[a for _, a in rounds]} MiB after each burst (allowed {allowed})")
+    finally:
+        d.stop()
+
+
 def try_mount_tmpfs(where, size):
     try:
         p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", where],
@@ -904,7 +960,8 @@ def main():
              ("c subscribers stall and churn", test_subscribers_stall_and_churn),
              ("d garbage flood", test_garbage_flood),
              ("e kill -9 and SIGTERM under load", None),
-             ("f snapshot disk full", test_disk_full)]
+             ("f snapshot disk full", test_disk_full),
+             ("g backlog memory", test_backlog_memory)]
     only = sys.argv[1:]
     for name, fn in cases:
         if only and name[0] not in only:
