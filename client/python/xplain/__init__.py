@@ -11,6 +11,10 @@ Subscriber   daemon -> you: per-trade explanations (xpl/), glob/drift/heads
 GlobalView   one model's global state, kept current by the Clone pattern
 Client       the query ops (ping, models, schema, stats, trade, global,
              drift, baseline, reference); QueryError / QueryTimeout on failure
+
+For a daemon running with --curve, each of them takes curve_secret= (this
+client's secret certificate, or raw Z85 key) and server_public= (the
+daemon's public certificate, or key): see xplain.curve.
 """
 from .codec import DTYPES, decode, encode, round_to, f32_to_bf16_bits, bf16_bits_to_f32
 from .publisher import Publisher
@@ -18,12 +22,14 @@ from .query import Client, QueryError, QueryTimeout, XplainError
 from .subscriber import Explanation, Subscriber, Update
 from .clone import GlobalView
 from .launch import Daemon, find_xplaind, free_tcp_endpoint
+from .curve import CertificateError, Curve, load_certificate
 
 __version__ = "0.1.0"
 
 __all__ = ["Publisher", "Subscriber", "Client", "GlobalView", "Explanation", "Update",
            "QueryError", "QueryTimeout", "XplainError", "AttentionCapture", "capture",
            "Daemon", "find_xplaind", "free_tcp_endpoint",
+           "CertificateError", "Curve", "load_certificate",
            "DTYPES", "encode", "decode", "round_to", "f32_to_bf16_bits", "bf16_bits_to_f32"]
 
 

@@ -19,6 +19,7 @@ import time
 import msgpack
 import zmq
 
+from . import curve as _curve
 from .query import Client, QueryError, arrays
 
 
@@ -28,17 +29,27 @@ class GlobalView:
     state   the last whole state (dict as in glob/, vectors as numpy), or
             None while the daemon has none for the model
     seq     its seq (-1 before the first)
+
+    curve_secret, server_public (arguments) for a daemon running with
+    --curve: this view's secret certificate and the daemon's public one,
+    or raw Z85 keys (see xplain.curve); a daemon that does not admit the
+    key makes the first snapshot raise QueryTimeout with a CURVE hint.
     """
 
-    def __init__(self, publish, query, model, context=None, timeout=5.0):
+    def __init__(self, publish, query, model, context=None, timeout=5.0, curve_secret=None,
+                 server_public=None):
+        self.curve = _curve.keys(curve_secret, server_public)
         self._ctx = context or zmq.Context.instance()
         self.model = model
         self._sub = self._ctx.socket(zmq.SUB)
+        if self.curve is not None:
+            self.curve.apply(self._sub)
         self._sub.setsockopt(zmq.LINGER, 0)
         self._sub.setsockopt(zmq.SUBSCRIBE, ("glob/" + model).encode())
         self._sub.connect(publish)
         if isinstance(query, str):
-            self._q, self._own_q = Client(query, timeout=timeout, context=self._ctx), True
+            self._q, self._own_q = Client(query, timeout=timeout, context=self._ctx,
+                                          curve_secret=self.curve), True
         else:
             self._q, self._own_q = query, False
         self.state = None
@@ -46,7 +57,11 @@ class GlobalView:
         self.snapshots = 0
         self.updates = 0
         self.restarts = 0
-        self.snapshot()
+        try:
+            self.snapshot()
+        except BaseException:
+            self.close()
+            raise
 
     def snapshot(self):
         """Take a snapshot (the `global` query) now. Messages queued on the

@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import time
 
+from . import curve
 from .query import Client, XplainError
 
 
@@ -53,10 +54,14 @@ class Daemon:
              ingest_connect is given (then it connects there instead).
     args     further command-line arguments
     log      file path for the daemon's stderr (default: in the temp dir)
+    curve_secret, server_public  keys of an admitted client, for the ping
+             that waits for the daemon to be ready when `args` turn
+             --curve on (see xplain.curve)
     """
 
     def __init__(self, binary=None, methods=None, ingest=None, publish=None, query=None,
-                 ingest_connect=None, args=(), log=None, start_timeout=10.0):
+                 ingest_connect=None, args=(), log=None, start_timeout=10.0,
+                 curve_secret=None, server_public=None):
         self.binary = find_xplaind(binary)
         self.dir = tempfile.mkdtemp(prefix="xplaind-")
         self.ingest = ingest or "ipc://%s/in" % self.dir
@@ -75,6 +80,7 @@ class Daemon:
             self.cmd += ["--methods", methods]
         self.cmd += list(args)
         self.start_timeout = start_timeout
+        self.curve = curve.keys(curve_secret, server_public)
         self.proc = None
         self._logf = None
 
@@ -83,7 +89,7 @@ class Daemon:
         self.proc = subprocess.Popen(self.cmd, stdout=self._logf, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + self.start_timeout
-        with Client(self.query, timeout=0.5) as q:
+        with Client(self.query, timeout=0.5, curve_secret=self.curve) as q:
             while True:
                 if self.proc.poll() is not None:
                     raise RuntimeError("xplaind exited with status %d at start:\n%s"

@@ -19,7 +19,7 @@ import msgpack
 import numpy as np
 import zmq
 
-from . import codec
+from . import codec, curve
 
 MODEL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -37,10 +37,17 @@ class Publisher:
     seq       first sequence number (default 0)
     context   a zmq.Context to use (default: the process-wide instance)
     sndhwm    send high-water mark in messages (default 1000)
+    curve_secret, server_public  for a daemon running with --curve: this
+              publisher's secret certificate and the daemon's public one,
+              or raw Z85 keys (see xplain.curve). Whether the publisher
+              binds or connects, the daemon is the CURVE server; a daemon
+              that does not admit the key never subscribes
+              (wait_subscriber returns False) and what is sent is dropped.
     """
 
     def __init__(self, model, bind=None, connect=None, tokens=None, cls=None,
-                 dtype="f32", seq=0, context=None, sndhwm=1000, linger_ms=2000):
+                 dtype="f32", seq=0, context=None, sndhwm=1000, linger_ms=2000,
+                 curve_secret=None, server_public=None):
         if not isinstance(model, str) or not MODEL_RE.match(model):
             raise ValueError("model name must be 1-64 bytes of [A-Za-z0-9_.-], not %r" % (model,))
         if dtype not in codec.DTYPES:
@@ -56,8 +63,11 @@ class Publisher:
         self._sent_schema = None     # (L, H, n, cls, tokens) last sent
         self._next_id = 0
         self.subscriptions = 0       # subscribe events seen on the XPUB
+        self.curve = curve.keys(curve_secret, server_public)
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.XPUB)
+        if self.curve is not None:
+            self.curve.apply(self._sock)
         self._sock.setsockopt(zmq.SNDHWM, sndhwm)
         self._sock.setsockopt(zmq.LINGER, linger_ms)
         # Report every subscription, duplicates included: a restarted daemon

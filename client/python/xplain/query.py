@@ -14,9 +14,8 @@ import msgpack
 import numpy as np
 import zmq
 
-
-class XplainError(Exception):
-    """Base of the errors this package raises about the daemon."""
+from . import curve as _curve
+from .errors import XplainError
 
 
 class QueryError(XplainError):
@@ -33,11 +32,13 @@ class QueryError(XplainError):
 
 
 class QueryTimeout(XplainError, TimeoutError):
-    """No reply within the timeout (daemon down, wrong endpoint, or busy)."""
+    """No reply within the timeout (daemon down, wrong endpoint, or busy;
+    with CURVE, possibly a key the daemon does not admit: `hint` then says
+    more, and ends the message)."""
 
-    def __init__(self, op, endpoint, timeout):
-        self.op, self.endpoint, self.timeout = op, endpoint, timeout
-        super().__init__("%s: no reply from %s within %.3g s" % (op, endpoint, timeout))
+    def __init__(self, op, endpoint, timeout, hint=""):
+        self.op, self.endpoint, self.timeout, self.hint = op, endpoint, timeout, hint
+        super().__init__("%s: no reply from %s within %.3g s%s" % (op, endpoint, timeout, hint))
 
 
 class Client:
@@ -45,21 +46,33 @@ class Client:
 
     endpoint  the daemon's --query endpoint
     timeout   seconds to wait for each reply (default 5; per call override)
+    curve_secret, server_public  for a daemon running with --curve: this
+              client's secret certificate and the daemon's public one, or
+              raw Z85 keys (see xplain.curve)
     """
 
-    def __init__(self, endpoint, timeout=5.0, context=None):
+    def __init__(self, endpoint, timeout=5.0, context=None, curve_secret=None,
+                 server_public=None):
         self.endpoint = endpoint
         self.timeout = timeout
+        self.curve = _curve.keys(curve_secret, server_public)
         self._ctx = context or zmq.Context.instance()
         self._sock = None
+        self._watch = None
         self._open()
 
     def _open(self):
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        if self.curve is not None:
+            self.curve.apply(self._sock)
+            self._watch = _curve.HandshakeWatch(self._ctx, self._sock)
         self._sock.connect(self.endpoint)
 
     def close(self):
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         if self._sock is not None:
             self._sock.close(0)
             self._sock = None
@@ -87,9 +100,11 @@ class Client:
         self._sock.send_multipart([b"", frame])
         if not self._sock.poll(int(timeout * 1000), zmq.POLLIN):
             # Drop the socket with its pending request: a reply arriving
-            # later must not answer the next question.
+            # later must not answer the next question. (With CURVE this
+            # also retries a refused key, which libzmq never does itself.)
+            hint = self._watch.hint() if self._watch is not None else ""
             self.close()
-            raise QueryTimeout(op, self.endpoint, timeout)
+            raise QueryTimeout(op, self.endpoint, timeout, hint)
         frames = self._sock.recv_multipart()
         reply = msgpack.unpackb(frames[-1], raw=False, strict_map_key=False)
         if not isinstance(reply, dict):

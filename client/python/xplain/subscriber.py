@@ -20,6 +20,7 @@ import msgpack
 import numpy as np
 import zmq
 
+from . import curve as _curve
 from .query import Client, XplainError, arrays
 
 KINDS = ("xpl", "glob", "drift", "heads")
@@ -100,12 +101,21 @@ class Subscriber:
     kinds     which topics: any of "xpl", "glob", "drift", "heads"
     query     a query endpoint or Client, for feature names (optional)
     rcvhwm    receive high-water mark
+    curve_secret, server_public  for a daemon running with --curve: this
+              subscriber's secret certificate and the daemon's public one,
+              or raw Z85 keys (see xplain.curve); also used for the query
+              endpoint when `query` is one. A daemon that does not admit
+              the key sends nothing (recv returns None).
     """
 
     def __init__(self, endpoint, models=None, kinds=("xpl",), query=None,
-                 context=None, rcvhwm=100000, query_timeout=2.0):
+                 context=None, rcvhwm=100000, query_timeout=2.0, curve_secret=None,
+                 server_public=None):
+        self.curve = _curve.keys(curve_secret, server_public)
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.SUB)
+        if self.curve is not None:
+            self.curve.apply(self._sock)
         self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
         self._sock.setsockopt(zmq.LINGER, 0)
         self.models = None if models is None else set([models] if isinstance(models, str) else models)
@@ -118,7 +128,8 @@ class Subscriber:
         self._sock.connect(endpoint)
         self.endpoint = endpoint
         if isinstance(query, str):
-            self._query, self._own_query = Client(query, timeout=query_timeout, context=self._ctx), True
+            self._query, self._own_query = Client(query, timeout=query_timeout, context=self._ctx,
+                                                  curve_secret=self.curve), True
         else:
             self._query, self._own_query = query, False
         self._features = {}          # (model, epoch) -> list of names
