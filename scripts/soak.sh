@@ -389,7 +389,8 @@ def verdict(a, rows, st, rc, sent_trades):
             f"{end['received']} / explained {end['explained']} trades: "
             f"{'zero unexplained losses' if no_loss else 'LOSSES'}")
     behind = max(r["behind"] for r in rows if not r["final"]) if len(rows) > 1 else 0
-    extra = (f"publisher at most {behind} trades behind its schedule; "
+    extra = (f"RSS max {max(r['rss'] for r in rows):.1f} MiB; "
+             f"publisher at most {behind} trades behind its schedule; "
              f"subscriber missed {end['missed']}, PUB sends refused {end['dropped']}, "
              f"snapshots {st['snapshots']} ({st['snapshot_errors']} failed), daemon exit {rc}")
     return ok, f"**VERDICT: {'PASS' if ok else 'FAIL'}** — {mem}; {loss}. ({extra})"
@@ -420,6 +421,13 @@ def main():
             f"state dir on, snapshots every 10 s, default limits")
         out(f"- workload {a.workload}: L,H,n,B,dtype = {WORKLOADS[a.workload]}, with gradients; "
             f"{msgs.msg_bytes} bytes per message")
+        cfg = subprocess.run([a.xplaind, "--ingest-bind", "ipc:///nonexistent", *shlex.split(a.daemon_args),
+                              "--print-config"], capture_output=True, text=True).stdout
+        hwm = next((int(l.split("=")[1]) for l in cfg.splitlines()
+                    if l.replace(" ", "").startswith("rcvhwm=")), None)
+        if hwm is not None:
+            out(f"- ingest.rcvhwm {hwm}: up to {hwm} x {msgs.msg_bytes / 2**20:.2f} MiB = "
+                f"{hwm * msgs.msg_bytes / 2**20:.0f} MiB of ingest messages can wait in the daemon")
         if a.rate:
             rate = a.rate
             out(f"- rate: {rate:.0f} trades/s (given)")
