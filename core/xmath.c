@@ -226,7 +226,8 @@ typedef double v4d __attribute__((vector_size(32)));
 
 typedef struct {
     float rowmax;   /* max_j a_j */
-    v4d dot;        /* lanes of sum_j a_j g_j, accumulated over the head's rows */
+    v8f vdot;       /* lanes of sum_j a_j g_j over a few rows (see s_layer_body) */
+    float dot;      /* the scalar tail's share of it */
     double rowsum;  /* last head only: sum_j of the finished head-mean row */
     v8f bad;        /* accumulates x * 0: NaN as soon as any x is not finite */
 } s_rowout_t;
@@ -246,7 +247,7 @@ s_row(const int first, const int last, const int fusion, const int grad, uint32_
     const v8f zero = {0};
     const v8f ninf = zero - INFINITY;
     const v8f vinv = zero + invH;
-    v8f vmax = ninf, vdot = zero, vsum = zero, bad = ro->bad;
+    v8f vmax = ninf, vdot = ro->vdot, vsum = zero, bad = ro->bad;
     size_t j = 0;
     for (; j + 8 <= n; j += 8) {
         v8f x = s_ld(a + 4 * j);
@@ -276,7 +277,7 @@ s_row(const int first, const int last, const int fusion, const int grad, uint32_
     vmax = s_vmax(vmax, __builtin_shufflevector(vmax, vmax, 2, 3, 0, 1, 6, 7, 4, 5));
     vmax = s_vmax(vmax, __builtin_shufflevector(vmax, vmax, 1, 0, 3, 2, 5, 4, 7, 6));
     float mx = vmax[0];
-    float dot = 0.0f;
+    float dot = ro->dot;
     double sum = 0.0;
     if (last)
         for (int k = 0; k < 8; k++)
@@ -308,12 +309,8 @@ s_row(const int first, const int last, const int fusion, const int grad, uint32_
         }
     }
     ro->rowmax = mx;
-    if (grad) {
-        /* Row partials (n/8 products per lane) go on in double. */
-        ro->dot += __builtin_convertvector(__builtin_shufflevector(vdot, vdot, 0, 1, 2, 3), v4d) +
-                   __builtin_convertvector(__builtin_shufflevector(vdot, vdot, 4, 5, 6, 7), v4d);
-        ro->dot[0] += dot;
-    }
+    ro->vdot = vdot;
+    ro->dot = dot;
     ro->rowsum = sum;
     ro->bad = bad;
 }
@@ -333,10 +330,14 @@ s_layer_body(const int fusion, const int grad, xm_work_t *w, xm_dtype_t dt, uint
     float *fm = w->fmean + l * nn, *ff = w->ffus + l * nn, *gb = w->gbar + l * nn;
     double *rs = w->rowsum + (size_t)l * n;
     s_rowout_t ro = {.bad = *bad};
+    /* The gradient dot product runs in float lanes for `flush` rows (at
+       most 64 products per lane), then goes on in double. */
+    const uint32_t flush = n >= 512 ? 1 : 512 / n;
 
     for (uint32_t h = 0; h < H; h++) {
-        double conf = 0.0;
-        ro.dot = (v4d){0, 0, 0, 0};
+        double conf = 0.0, dot = 0.0;
+        ro.vdot = (v8f){0};
+        ro.dot = 0.0f;
         const int hf = h == 0, hl = h == H - 1;
         size_t hoff = ((size_t)l * H + h) * nn * es;
         const uint8_t *ha = A + hoff, *hg = grad ? G + hoff : NULL;
@@ -371,9 +372,16 @@ s_layer_body(const int fusion, const int grad, xm_work_t *w, xm_dtype_t dt, uint
             conf += ro.rowmax;
             if (hl)
                 rs[i] = ro.rowsum;
+            if (grad && (i + 1 == n || (i + 1) % flush == 0)) {
+                v8f v = ro.vdot;
+                dot += (((double)v[0] + v[4]) + ((double)v[1] + v[5])) +
+                       (((double)v[2] + v[6]) + ((double)v[3] + v[7])) + ro.dot;
+                ro.vdot = (v8f){0};
+                ro.dot = 0.0f;
+            }
         }
         w->conf[l * H + h] = (float)(conf / n);
-        w->imp_acc[l * H + h] = fabs((ro.dot[0] + ro.dot[2]) + (ro.dot[1] + ro.dot[3]));
+        w->imp_acc[l * H + h] = fabs(dot);
     }
     *bad = ro.bad;
 }
