@@ -626,6 +626,9 @@ REQUESTS = [
      {"v": 1, "op": "reference", "model": "m1", "method": "rollout", "values": [1.0, 2.0]},
      "A reference of 2 values for a model of 4 features."),
     ("stats", "stats", {"v": 1, "op": "stats"}, "The daemon's counters (asked last)."),
+    ("models-no-schema", "models", {"v": 1, "op": "models"},
+     "The models of a daemon that rejected reject/no_schema, then explained ingest/drift-a: "
+     "m1 is in the table without a schema (epoch 0, cls nil)."),
 ]
 
 # What the replay does, in order: ingest an example (waiting for its xpl/
@@ -636,7 +639,13 @@ SCENARIO = ([("ingest", "ingest/" + n) for n in ("f32-first", "f16-batch3", "bf1
                                                     "trade-uint-flow", "global", "reference",
                                                     "global-method-target")]
             + [("ingest", "ingest/" + n) for n in ("drift-a", "drift-b", "drift-flat")]
-            + [("query", "request/" + r[0]) for r in REQUESTS[8:]])
+            + [("query", "request/" + r[0]) for r in REQUESTS[8:] if r[0] != "models-no-schema"])
+# A second daemon: a model known without a schema. The rejected message is
+# followed by a valid one on the same connection, whose xpl/ says both
+# were handled.
+SCENARIO_NO_SCHEMA = [("send", "reject/no_schema"), ("ingest", "ingest/drift-a"),
+                      ("query", "request/models-no-schema")]
+SCENARIOS = (SCENARIO, SCENARIO_NO_SCHEMA)
 
 # Published messages kept as examples: name -> (topic, seq, predicate on
 # the body or None, description).
@@ -814,16 +823,18 @@ class Replay:
         return log
 
 
-def run_scenario(xplaind, frames):
-    """Replay SCENARIO; `frames` maps an input example's name to its frames.
-    Returns (replies {request name: body}, published [(topic, body)] in
-    arrival order)."""
+def run_scenario(xplaind, frames, scenario=SCENARIO):
+    """Replay a scenario into a fresh daemon; `frames` maps an input
+    example's name to its frames. Returns (replies {request name: body},
+    published [(topic, body)] in arrival order)."""
     r = Replay(xplaind, DAEMON_ARGS)
     replies = {}
     try:
-        for what, name in SCENARIO:
+        for what, name in scenario:
             fr = frames[name]
-            if what == "ingest":
+            if what == "send":
+                r.send(fr)
+            elif what == "ingest":
                 body = msgpack.unpackb(fr[1])
                 r.send(fr)
                 r.wait_for(("xpl/" + body["model"]).encode(), len(body["ids"]))
@@ -860,7 +871,9 @@ def select_outputs(replies, published):
 
 def capture(xplaind, inputs):
     """The output examples, from a fresh replay of `inputs` (Examples)."""
-    replies, published = run_scenario(xplaind, {n: e.frames for n, e in inputs.items()})
+    frames = {n: e.frames for n, e in inputs.items()}
+    replies, published = run_scenario(xplaind, frames)
+    replies.update(run_scenario(xplaind, frames, SCENARIO_NO_SCHEMA)[0])
     out = {}
     for name, (kind, topic, raw, desc) in select_outputs(replies, published).items():
         body, done = normalise(name, kind, raw)
