@@ -614,6 +614,9 @@ REQUESTS = [
      "Forget m2's rollout reference: the next window to close becomes the baseline."),
     ("drift-after-reset", "drift", {"v": 1, "op": "drift", "model": "m2", "method": "rollout"},
      "m2's rollout drift status after the reset: no reference."),
+    ("drift-m1", "drift", {"v": 1, "op": "drift", "model": "m1"},
+     "m1's drift status: every method closed its baseline window but flow (3 sampled trades "
+     "of a 4-trade window), whose last is nil."),
     ("error-bad_request", "(none)", {"v": 1, "model": "m1"}, "A request without \"op\"."),
     ("error-bad_request-not-msgpack", "(none)", b"\xc1not msgpack",
      "A request that is not msgpack."),
@@ -692,6 +695,7 @@ NORMALISED = {
     "reply/drift": [(["methods", "*", "last", "ts"], NORM_TS), (["alerts", "*", "ts"], NORM_TS)],
     "reply/drift-method": [(["methods", "*", "last", "ts"], NORM_TS),
                            (["alerts", "*", "ts"], NORM_TS)],
+    "reply/drift-m1": [(["methods", "*", "last", "ts"], NORM_TS), (["alerts", "*", "ts"], NORM_TS)],
     "reply/drift-after-reset": [(["methods", "*", "last", "ts"], NORM_TS),
                                 (["alerts", "*", "ts"], NORM_TS)],
 }
