@@ -29,12 +29,14 @@
     again). Nothing is allocated per trade once the shape has been seen.
 
     Floating point: the algorithm runs in double, on the float capacities
-    converted exactly. Termination does not depend on any epsilon: a push that
-    fills an edge assigns flow = capacity (and a cancel that empties one
-    assigns 0) so residuals reach exactly zero; every DFS call either
-    places all it was offered or exhausts its arcs, and Dinic's distance
-    argument bounds the phases. The value is the sum of the sink edges'
-    flows. Capacities that are not finite and positive count as 0.  */
+    converted exactly. Termination does not depend on any epsilon: a push
+    that fills an edge (or whose sum rounds up to its capacity) assigns
+    flow = capacity, a cancel that empties one assigns 0, so an arc is in
+    the residual bit sets exactly while its residual is positive; every
+    DFS call either places all it was offered or exhausts its arcs, and
+    Dinic's distance argument bounds the phases. The value is the sum of
+    the sink edges' flows. Capacities that are not finite and positive
+    count as 0.  */
 #include "flow.h"
 
 #include <assert.h>
@@ -305,15 +307,21 @@ s_dfs(flow_work_t *restrict w, const uint32_t W, uint32_t u, double lim)
         visits++;
         if (k == 1 && BIT(snkadm, i)) {
             double res = b[i] - ft[i];
-            double p = res < F->rem ? res : F->rem;
-            if (p >= res) {
+            if (res <= F->rem) {
+                /* fills the sink edge (res is > 0 while its bit is set) */
                 ft[i] = b[i];
                 CLR(snk, i);
                 CLR(snkadm, i);
+                F->rem -= res;
             } else {
-                ft[i] += p;
+                ft[i] += F->rem;
+                F->rem = 0;
+                if (ft[i] >= b[i]) {
+                    ft[i] = b[i];
+                    CLR(snk, i);
+                    CLR(snkadm, i);
+                }
             }
-            F->rem -= p;
             if (F->rem <= 0) {
                 ret = F->lim;
                 goto pop;
@@ -360,19 +368,22 @@ s_dfs(flow_work_t *restrict w, const uint32_t W, uint32_t u, double lim)
             if (P->dir > 0) {
                 if (ret > 0) {
                     SET(bm + (size_t)(px - n + (j - pi)) * W, pi);
-                    if (ret >= P->res) {
+                    if (ret < P->res)
+                        f[e] += ret;
+                    /* full, or rounded up to full: saturated either way, so
+                       that an arc's bit is set exactly while its residual is
+                       positive (a zero-residual arc left set would be offered
+                       nothing forever) */
+                    if (ret >= P->res || f[e] >= s_cap(C, e)) {
                         f[e] = s_cap(C, e);
                         CLR(fm + (size_t)px * W, j);
                         CLR(cf + (size_t)px * W, j);
-                    } else {
-                        f[e] += ret;
                     }
                 }
                 if (ret < P->off)
                     CLR(alive + (size_t)(pk - 1) * W, j);
             } else {
                 if (ret > 0) {
-                    SET(fm + (size_t)(px + n + (j - pi)) * W, pi);
                     if (ret >= P->res) {
                         f[e] = 0.0;
                         CLR(bm + (size_t)px * W, j);
@@ -380,6 +391,10 @@ s_dfs(flow_work_t *restrict w, const uint32_t W, uint32_t u, double lim)
                     } else {
                         f[e] -= ret;
                     }
+                    /* the edge has residual again, unless a tiny cancel was
+                       absorbed by a full edge's flow */
+                    if (f[e] < s_cap(C, e))
+                        SET(fm + (size_t)(px + n + (j - pi)) * W, pi);
                 }
                 if (ret < P->off)
                     CLR(alive + (size_t)(pk + 1) * W, j);
@@ -426,12 +441,13 @@ s_maxflow_w(flow_work_t *w, const uint32_t W, uint32_t src, uint32_t sink)
                 break;
             double res = w->a[u] - w->fs[u];
             double p = s_dfs(w, W, u, res);
-            if (p >= res) {
+            if (p < res) {
+                w->fs[u] += p;
+                CLR(al, u);     /* u could not place it all: dead this phase */
+            }
+            if (p >= res || w->fs[u] >= w->a[u]) {
                 w->fs[u] = w->a[u];
                 CLR(w->src, u);
-            } else {
-                w->fs[u] += p;
-                CLR(al, u);
             }
         }
     }

@@ -448,6 +448,40 @@ Test(flow, zeros_and_tiny_flows)
     flow_work_destroy(&w);
 }
 
+Test(flow, mixed_magnitudes_terminate_exactly, .timeout = 120)
+{
+    /* General capacities (not row-normalised) mixing values near 1 with
+       values near 2^-45..2^-70: sums of flows round, tiny cancels are
+       absorbed by full edges. A residual arc must never be left with
+       zero residual (the DFS would offer it nothing forever): this is
+       the test that hung before that was guaranteed. */
+    rng_t r;
+    rng_seed(&r, 1234);
+    flow_work_t *w = flow_work_new();
+    float C[5 * 7 * 7], got[7];
+    double want[7];
+    for (int it = 0; it < 4000; it++) {
+        uint32_t n = 2 + (uint32_t)(rng_next(&r) % 6), L = 3 + (uint32_t)(rng_next(&r) % 3);
+        bool coarse = rng_next(&r) % 2;
+        for (size_t k = 0; k < (size_t)L * n * n; k++) {
+            double u = 0.5 + rng_uniform(&r) / 2, tiny = ldexp(u, -45 - (int)(rng_next(&r) % 25));
+            if (coarse)
+                C[k] = (float)(rng_next(&r) % 3 ? ldexp(1.0 + (double)(rng_next(&r) % 8) / 8,
+                                                        -(int)(rng_next(&r) % 3))
+                                                : tiny);
+            else
+                C[k] = rng_next(&r) % 3 == 0 ? 0.0f : (float)(rng_next(&r) % 2 ? u : tiny);
+        }
+        int32_t cls = (int32_t)(rng_next(&r) % (n + 1)) - 1;
+        cr_assert_eq(flow_compute(w, L, n, cls, C, got), 0);
+        ref_flow(L, n, cls, C, want);
+        for (uint32_t k = 0; k < (cls >= 0 ? n - 1 : n); k++)
+            cr_assert(close_enough(got[k], want[k], REL, 0.0), "it %d L=%u n=%u cls=%d [%u]: %.9g vs %.17g",
+                      it, L, n, cls, k, got[k], want[k]);
+    }
+    flow_work_destroy(&w);
+}
+
 Test(flow, invalid_capacities_count_as_zero)
 {
     rng_t r;
