@@ -13,6 +13,20 @@ import traceback
 
 BUILD = os.environ.get("XPL_BUILD_DIR") or os.path.join(os.path.dirname(__file__), "..", "build")
 
+
+def _sanitized():
+    """Was BUILD configured with XPL_SANITIZE? Its libxplain then needs the
+    ASan/UBSan runtime, so the consumer programs are built with it too."""
+    try:
+        with open(os.path.join(BUILD, "CMakeCache.txt")) as f:
+            return any(line.strip() in ("XPL_SANITIZE:BOOL=ON", "XPL_SANITIZE:BOOL=TRUE")
+                       for line in f)
+    except OSError:
+        return False
+
+
+SANITIZE = ["-fsanitize=address,undefined"] if _sanitized() else []
+
 CONSUMER = r"""
 #include <xplain/xplain.h>
 #include <stdio.h>
@@ -80,14 +94,16 @@ def test_pkg_config(prefix, work):
     assert "-lxplain" in flags, flags
     assert run("pkg-config", "--modversion", "xplain", env=env).strip() == "0.1.0"
     exe = os.path.join(work, "use_pc")
-    run("gcc", "-Wall", "-Werror", os.path.join(work, "main.c"), "-o", exe, *flags, env=env)
+    run("gcc", "-Wall", "-Werror", *SANITIZE, os.path.join(work, "main.c"), "-o", exe, *flags,
+        env=env)
     out = run(exe, env=dict(env, LD_LIBRARY_PATH=libdir(prefix)))
     assert out.startswith("ok 0.1.0"), out
 
 
 def test_find_package(prefix, work):
     build = os.path.join(work, "build")
-    run("cmake", "-S", work, "-B", build, f"-DCMAKE_PREFIX_PATH={prefix}")
+    run("cmake", "-S", work, "-B", build, f"-DCMAKE_PREFIX_PATH={prefix}",
+        "-DCMAKE_C_FLAGS=" + " ".join(SANITIZE))
     run("cmake", "--build", build)
     for exe in ["use_shared", "use_static"]:
         out = run(os.path.join(build, exe))
