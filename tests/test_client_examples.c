@@ -740,8 +740,9 @@ arg_str(const ex_t *req, const char *key)
 }
 
 /* Replies the library does not decode yet, though the daemon sends them
-   (reported; see proto/examples/README.md). The test warns instead of
-   failing while the mismatch lasts, and says when it has gone. */
+   (reported; see proto/examples/README.md). The test prints a line
+   instead of failing while the mismatch lasts, and says when it has
+   gone. */
 static const struct {
     const char *example;
     const char *why;
@@ -932,9 +933,10 @@ replay_query(const char *name)
         cr_assert_fail("%s: op '%s' has no function in the library", req->name, op);
     }
     if (mismatch && rc != 0) {
-        cr_log_warn("KNOWN MISMATCH %s: %s (%s)", rep->name, mismatch, xpl_strerror());
+        /* Printed, not cr_log_warn: Criterion fails a run that warns. */
+        fprintf(stderr, "KNOWN MISMATCH %s: %s (%s)\n", rep->name, mismatch, xpl_strerror());
     } else if (mismatch) {
-        cr_log_warn("%s decodes now: remove it from s_known_mismatches", rep->name);
+        fprintf(stderr, "%s decodes now: remove it from s_known_mismatches\n", rep->name);
     }
     if (ok && !mismatch) {
         cr_assert_eq(rc, 0, "%s: %s", rep->name, xpl_strerror());
