@@ -158,6 +158,19 @@ def subscriber(ep, conn):
 
 # ---------------------------------------------------------------- daemon
 
+STARTED = []          # daemons to stop whatever way this script ends
+
+
+def stop_leftovers():
+    for p in STARTED:
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
 class Daemon:
     def __init__(self, a, tmp, tag):
         import zmq
@@ -170,6 +183,7 @@ class Daemon:
         self.cmd = cmd
         self.log = open(os.path.join(self.dir, "xplaind.log"), "w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log)
+        STARTED.append(self.proc)
         self.ctx = zmq.Context()
         self.req = None
         deadline = time.time() + 10
@@ -449,6 +463,7 @@ def main():
             out("daemon log:\n" + log[-3000:])
         return 0 if ok else 1
     finally:
+        stop_leftovers()
         shutil.rmtree(tmp, ignore_errors=True)
         f.close()
 
