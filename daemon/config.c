@@ -57,8 +57,9 @@ static const opt_t s_opts[] = {
      "Most models tracked at once; messages for further models are rejected."},
     {"publish", "endpoint", "publish", T_STR, O(publish), "tcp://127.0.0.1:5557", 0, 0, false,
      "Bind the PUB socket for xpl/, glob/, drift/ and heads/ here."},
-    {"publish", "sndhwm", "publish-sndhwm", T_UINT, O(publish_sndhwm), "100000", 0, 100000000, false,
-     "Send high-water mark per subscriber, in messages; a slower subscriber loses messages past it."},
+    {"publish", "sndhwm", "publish-sndhwm", T_UINT, O(publish_sndhwm), "10000", 0, 100000000, false,
+     "Send high-water mark per subscriber, in messages: what a slow subscriber may hold in the "
+     "daemon's memory; past it that subscriber loses messages (it sees seq gaps), others do not."},
     {"query", "endpoint", "query", T_STR, O(query), "tcp://127.0.0.1:5558", 0, 0, false,
      "Bind the ROUTER socket for queries here."},
     {"explain", "methods", "methods", T_STR, O(methods), "rollout,grad_rollout,first_layer,attn_mean",

@@ -430,12 +430,21 @@ server_run(server_t *s)
     }
     notify_stopping();
     global_publish_changed(s);
-    if (s->cfg.state_dir[0] && state_save(s, s->cfg.state_dir) == 0)
-        log_notice("state: snapshot written to %s", s->cfg.state_dir);
+    int status = 0;
+    if (s->cfg.state_dir[0]) {
+        if (state_save(s, s->cfg.state_dir) == 0) {
+            log_notice("state: snapshot written to %s", s->cfg.state_dir);
+        } else {
+            /* The stop is not clean: what was explained since the last good
+               snapshot is lost. Say so to the service manager. */
+            log_err("state: the final snapshot failed; stopping with status 1");
+            status = 1;
+        }
+    }
     log_notice("stopped: %llu messages received, %llu trades explained, %llu rejected",
                (unsigned long long)s->stats.received, (unsigned long long)s->stats.explained,
                (unsigned long long)s->stats.rejected_total);
-    return 0;
+    return status;
 }
 
 void
