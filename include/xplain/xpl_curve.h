@@ -30,10 +30,12 @@
     a hint starting with "; CURVE: ", which says "the daemon refused this
     client's key" when the daemon answered the handshake with a refusal
     (ZAP status 400), or that no handshake completed otherwise. After a
-    refusal, libzmq does not reconnect that socket: xpl_client opens a new
-    one on its next request (so a key admitted later, after the daemon's
-    SIGHUP, works without a new client); a refused xpl_sub, xpl_view or
-    xpl_pub must be destroyed and created again.
+    refusal, libzmq does not reconnect a socket that connected: xpl_client
+    opens a new one on its next request (so a key admitted later, after
+    the daemon's SIGHUP, works without a new client); a refused xpl_sub,
+    xpl_view or connecting xpl_pub must be destroyed and created again. (A
+    publisher that binds recovers by itself: the daemon, which connects
+    to it, tries again.)
 
     Certificates are czmq's text format, as core/keys.h describes:
     `public-key = "<40 Z85 characters>"` and, in a secret certificate,

@@ -62,7 +62,10 @@ XPL_EXPORT xpl_pub_t *xpl_pub_new_connect(const char *endpoint);
    plain when curve is NULL. A daemon that does not admit the key never
    subscribes: xpl_pub_wait_subscriber times out (XPL_ETIMEOUT with a
    "; CURVE: ..." hint, xpl_curve.h) and what xpl_pub_send sends is
-   dropped, as ZeroMQ drops what a PUB sends to nobody. */
+   dropped, as ZeroMQ drops what a PUB sends to nobody. libzmq does not
+   retry a refused connection: a connecting publisher must be created
+   again once its key is admitted, while one that binds is reached again
+   by the daemon (which connects) by itself. */
 XPL_EXPORT xpl_pub_t *xpl_pub_new_bind_curve(const char *endpoint, const xpl_curve_t *curve);
 XPL_EXPORT xpl_pub_t *xpl_pub_new_connect_curve(const char *endpoint, const xpl_curve_t *curve);
 
