@@ -843,7 +843,8 @@ def disk_full_case(state_dir, how, preexec_fn=None):
         pub.close(linger=0)
         sub.close(linger=0)
     finally:
-        log = d.stop()                      # the final snapshot fails as well
+        log = d.stop(status=1)              # the final snapshot fails as well: not a clean stop
+    assert "the final snapshot failed" in log, log
     assert "cannot write snapshot" in log and "the previous snapshot is kept" in log, log
     assert ("File too large" if how == "rlimit" else "No space left") in log, log
     assert open(path, "rb").read() == good

@@ -108,8 +108,8 @@ class Daemon:
         with open(self.log_path) as f:
             return f.read()
 
-    def stop(self):
-        """SIGTERM, and check the daemon stops cleanly with status 0."""
+    def stop(self, status=0):
+        """SIGTERM, and check the daemon stops with `status` (0: cleanly)."""
         if self.req is not None:
             self.req.close(linger=0)
         self.ctx.destroy(linger=0)
@@ -122,7 +122,7 @@ class Daemon:
         self.log.close()
         out = open(self.log_path).read()
         shutil.rmtree(self.dir, ignore_errors=True)
-        assert rc == 0, f"xplaind exited with {rc}:\n{out}"
+        assert rc == status, f"xplaind exited with {rc}, expected {status}:\n{out}"
         return out
 
     def kill(self):
