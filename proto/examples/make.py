@@ -733,7 +733,9 @@ class Replay:
     XPUB (so that we know when its SUB has subscribed), read by a SUB that
     keeps every message, asked by a REQ."""
 
-    def __init__(self, xplaind, args=()):
+    def __init__(self, xplaind, args=(), watch=True):
+        """watch: also read what the daemon publishes (with time for the
+        subscription to reach its PUB before anything is sent)."""
         import zmq
         self.zmq = zmq
         self.dir = tempfile.mkdtemp(prefix="xplproto-")
@@ -746,9 +748,11 @@ class Replay:
         self.ctx = zmq.Context()
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
-        mon = self.sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
-        self.sub.connect(ep["pub"])
+        mon = None
+        if watch:
+            self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+            mon = self.sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+            self.sub.connect(ep["pub"])
         self.req = None
         self.q_ep = ep["q"]
         self._new_req()
@@ -762,14 +766,20 @@ class Replay:
             if not self.pub.poll(10000):
                 raise RuntimeError("xplaind's ingest socket did not subscribe:\n" + self.stderr())
             self.pub.recv()
-            # Our SUB's handshake with the daemon's PUB; its subscription
-            # travels right behind it.
-            if not mon.poll(10000):
-                raise RuntimeError("no handshake with xplaind's PUB:\n" + self.stderr())
-            time.sleep(0.2)
+            if mon is not None:
+                # Our SUB's handshake with the daemon's PUB; its
+                # subscription travels right behind it.
+                if not mon.poll(10000):
+                    raise RuntimeError("no handshake with xplaind's PUB:\n" + self.stderr())
+                time.sleep(0.5)
+        except BaseException:
+            self.proc.kill()
+            self.proc.wait()
+            raise
         finally:
-            self.sub.disable_monitor()
-            mon.close(0)
+            if mon is not None:
+                self.sub.disable_monitor()
+                mon.close(0)
         self.query_bytes(pack({"v": 1, "op": "ping"}))      # it answers
 
     def _new_req(self):
