@@ -65,7 +65,9 @@ s_explain_trades(server_t *s, model_t *md, const wire_ingest_t *in, int64_t t_re
         if (rc != XM_OK) {
             char why[96];
             snprintf(why, sizeof why, "trade %" PRIu32 " of %" PRIu32 ": %s", b, in->B,
-                     rc == XM_ENONFINITE ? "NaN or Inf in attn or grad" : "out of memory");
+                     rc == XM_ENONFINITE ? "NaN or Inf in attn or grad"
+                     : rc == XM_ENOMEM   ? "out of memory"
+                                         : "shape refused by the math library");
             ingest_reject(s, md, rc == XM_ENONFINITE ? XR_NONFINITE : XR_INTERNAL, md->name,
                           md->name_len, why);
             continue;
