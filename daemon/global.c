@@ -453,7 +453,7 @@ global_publish_changed(server_t *s)
     for (uint32_t k = 0; k < s->models.count && k < s->global.cap; k++) {
         gmodel_t *gm = s->global.models[k];
         model_t *md = s->models.items[k];
-        if (!gm || !gm->dirty || !md->cur)
+        if (!gm || !gm->dirty)
             continue;
         gepoch_t *e = global_epoch(s, md, md->cur->epoch, false);
         if (!e)
@@ -502,8 +502,6 @@ s_set_extref(server_t *s, model_t *md, gepoch_t *e, int m, const double *values)
 void
 global_apply_pending(server_t *s, model_t *md)
 {
-    if (!md->cur)
-        return;
     gepoch_t *e = global_epoch(s, md, md->cur->epoch, true);
     if (!e)
         return;
@@ -627,7 +625,7 @@ s_req_epoch(server_t *s, qreq_t *q, model_t **mdp, gmodel_t **gmp)
         qreq_fail(q, "bad_request", "argument 'epoch' must be a uint");
         return NULL;
     }
-    uint32_t epoch = eo ? (uint32_t)eo->v.u : md->cur ? md->cur->epoch : 0;
+    uint32_t epoch = eo ? (uint32_t)eo->v.u : md->cur->epoch;
     gepoch_t *e = global_epoch(s, md, epoch, false);
     if (!e) {
         qreq_fail(q, "not_found", "model '%s' has no global state for epoch %" PRIu32, md->name, epoch);
@@ -670,14 +668,14 @@ global_op_global(server_t *s, qreq_t *q, msgpack_packer *pk)
        changed since, the next glob/ will carry it, so report that one's
        seq minus one: a client applies every update with a higher seq. */
     uint64_t seq = gm->glob_seq ? gm->glob_seq - 1 : 0;
-    if (gm->dirty && md->cur && e->epoch == md->cur->epoch) {
+    if (gm->dirty && e->epoch == md->cur->epoch) {
         /* Make the snapshot exactly the state of seq: send it now. */
         global_publish_changed(s);
         seq = gm->glob_seq - 1;
     }
     qreply_ok(pk, GLOB_FIELDS);
     /* ts: when the state of seq was published (now, for an old epoch). */
-    bool current = md->cur && e->epoch == md->cur->epoch;
+    bool current = e->epoch == md->cur->epoch;
     if (s_enc_glob_fields(s, pk, md, e, mask, to ? &target : NULL, seq,
                           current ? gm->glob_ts : now_wall_ns()))
         return qreq_fail(q, "bad_argument", "out of memory");
@@ -743,8 +741,6 @@ global_op_reference(server_t *s, qreq_t *q, msgpack_packer *pk)
     model_t *md = qreq_model(s, q);
     if (!md)
         return -1;
-    if (!md->cur)
-        return qreq_fail(q, "not_found", "model '%s' has no schema yet", md->name);
     int m = s_method_arg(q, true);
     if (m < 0)
         return -1;

@@ -137,6 +137,8 @@ ingest_handle(server_t *s, zmq_msg_t *parts, int nparts, int64_t t_recv)
         ingest_reject(s, md, r, md ? md->name : NULL, md ? md->name_len : 0, wire_detail(&s->dec));
         return;
     }
+    char why[160];
+    bool new_epoch;
     if (!md) {
         if (!s_allowed(s, &in.model)) {
             ingest_reject(s, NULL, XR_NOT_ALLOWED, (const char *)in.model.ptr, in.model.len,
@@ -148,19 +150,26 @@ ingest_handle(server_t *s, zmq_msg_t *parts, int nparts, int64_t t_recv)
                           "model table is full (ingest.max_models)");
             return;
         }
+        if ((r = model_apply_schema(md, &in, &new_epoch, why, sizeof why)) != XR_OK) {
+            /* A rejected message changes nothing: no schema, no model. */
+            models_drop_last(&s->models, md);
+            ingest_reject(s, NULL, r, (const char *)in.model.ptr, in.model.len, why);
+            return;
+        }
         log_info("ingest: new model '%s'", md->name);
         md->received++;
         s_track_seq(s, md, in.seq);
-    } else if (!s_allowed(s, &in.model)) {
-        /* The allow-list can shrink on SIGHUP. */
-        ingest_reject(s, md, XR_NOT_ALLOWED, md->name, md->name_len, "model is not in ingest.allow_models");
-        return;
-    }
-    char why[160];
-    bool new_epoch;
-    if ((r = model_apply_schema(md, &in, &new_epoch, why, sizeof why)) != XR_OK) {
-        ingest_reject(s, md, r, md->name, md->name_len, why);
-        return;
+    } else {
+        if (!s_allowed(s, &in.model)) {
+            /* The allow-list can shrink on SIGHUP. */
+            ingest_reject(s, md, XR_NOT_ALLOWED, md->name, md->name_len,
+                          "model is not in ingest.allow_models");
+            return;
+        }
+        if ((r = model_apply_schema(md, &in, &new_epoch, why, sizeof why)) != XR_OK) {
+            ingest_reject(s, md, r, md->name, md->name_len, why);
+            return;
+        }
     }
     if (new_epoch)
         log_info("ingest: model '%s': schema epoch %" PRIu32 " (L=%" PRIu32 " H=%" PRIu32

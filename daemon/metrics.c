@@ -215,7 +215,7 @@ metrics_render(server_t *s, size_t *len)
               "# TYPE xplaind_model_epoch gauge\n");
     for (uint32_t k = 0; k < s->models.count; k++) {
         const model_t *md = s->models.items[k];
-        s_put(&b, "xplaind_model_epoch{model=\"%s\"} %u\n", md->name, md->cur ? md->cur->epoch : 0);
+        s_put(&b, "xplaind_model_epoch{model=\"%s\"} %u\n", md->name, md->cur->epoch);
     }
     s_put(&b, "# HELP xplaind_model_drift_alerts_total Drift alerts raised per model.\n"
               "# TYPE xplaind_model_drift_alerts_total counter\n");

@@ -1,6 +1,7 @@
 /*  models: model table, schema epochs, seq tracking. See models.h.  */
 #include "models.h"
 
+#include <assert.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,6 +65,16 @@ models_add(models_t *m, const void *name, size_t len)
     md->topic_xpl_len = (uint32_t)snprintf(md->topic_xpl, sizeof md->topic_xpl, "xpl/%s", md->name);
     m->items[m->count++] = md;
     return md;
+}
+
+void
+models_drop_last(models_t *m, model_t *md)
+{
+    assert(m->count > 0 && m->items[m->count - 1] == md);
+    for (int e = 0; e < MODEL_EPOCHS_KEPT; e++)
+        s_schema_free(md->schemas[e]);
+    free(md);
+    m->items[--m->count] = NULL;
 }
 
 uint64_t

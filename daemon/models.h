@@ -34,7 +34,7 @@ typedef struct {
     uint32_t topic_xpl_len;
 
     schema_t *schemas[MODEL_EPOCHS_KEPT];   /* ring by epoch */
-    schema_t *cur;                  /* current schema, NULL before the first */
+    schema_t *cur;                  /* current schema (set for every model in the table) */
     xm_dtype_t last_dtype;
 
     bool seq_known;
@@ -59,8 +59,13 @@ void models_destroy(models_t *m);
 model_t *models_find(const models_t *m, const void *name, size_t len);
 
 /* Add a model (name already validated); NULL when the table is full or
-   memory runs out. */
+   memory runs out. A model stays in the table only once it has a schema:
+   the caller drops it again (models_drop_last) when its first message is
+   refused, so every model listed has one (md->cur is never NULL). */
 model_t *models_add(models_t *m, const void *name, size_t len);
+
+/* Remove the model models_add just returned (it must be the last one). */
+void models_drop_last(models_t *m, model_t *md);
 
 /* Track the publisher's seq: returns the number of messages lost (0 when
    in order), not counting messages received since the last seq whose own

@@ -91,23 +91,20 @@ op_ping(server_t *s, qreq_t *q, msgpack_packer *pk)
 static void
 s_model_entry(msgpack_packer *pk, const model_t *md)
 {
-    const schema_t *sc = md->cur;
+    const schema_t *sc = md->cur;    /* every model in the table has one */
     msgpack_pack_map(pk, 14);
     enc_str(pk, "model");
     enc_strn(pk, md->name, md->name_len);
     enc_str(pk, "epoch");
-    msgpack_pack_uint32(pk, sc ? sc->epoch : 0);
+    msgpack_pack_uint32(pk, sc->epoch);
     enc_str(pk, "L");
-    msgpack_pack_uint32(pk, sc ? sc->shape.L : 0);
+    msgpack_pack_uint32(pk, sc->shape.L);
     enc_str(pk, "H");
-    msgpack_pack_uint32(pk, sc ? sc->shape.H : 0);
+    msgpack_pack_uint32(pk, sc->shape.H);
     enc_str(pk, "n");
-    msgpack_pack_uint32(pk, sc ? sc->shape.n : 0);
+    msgpack_pack_uint32(pk, sc->shape.n);
     enc_str(pk, "cls");
-    if (sc)
-        msgpack_pack_int32(pk, sc->shape.cls);
-    else
-        msgpack_pack_nil(pk);
+    msgpack_pack_int32(pk, sc->shape.cls);
     enc_str(pk, "received");
     msgpack_pack_uint64(pk, md->received);
     enc_str(pk, "trades");
@@ -151,8 +148,6 @@ op_schema(server_t *s, qreq_t *q, msgpack_packer *pk)
     if (!md)
         return -1;
     const schema_t *sc = md->cur;
-    if (!sc)
-        return qreq_fail(q, "not_found", "model '%s' has no schema yet", md->name);
     qreply_ok(pk, 9);
     enc_str(pk, "model");
     enc_strn(pk, md->name, md->name_len);

@@ -175,13 +175,13 @@ s_enc_model(server_t *s, msgpack_packer *pk, model_t *md)
         s_enc_stat(pk, &a->ndcg);
         s_enc_stat(pk, &a->js);
     }
-    msgpack_pack_uint32(pk, md->cur ? md->cur->epoch : 0);
+    msgpack_pack_uint32(pk, md->cur->epoch);
     /* epochs, oldest first */
     uint32_t ne = 0;
     for (int k = 0; k < MODEL_EPOCHS_KEPT; k++)
         ne += md->schemas[k] != NULL;
     msgpack_pack_array(pk, ne);
-    uint32_t cur = md->cur ? md->cur->epoch : 0;
+    uint32_t cur = md->cur->epoch;
     for (uint32_t ep = cur > MODEL_EPOCHS_KEPT ? cur - MODEL_EPOCHS_KEPT + 1 : 1; ep <= cur; ep++) {
         const schema_t *sc = model_schema(md, ep);
         if (!sc)
@@ -653,7 +653,7 @@ s_dec_model(server_t *s, rd_t *d)
                 return -1;
         }
     }
-    if (cur && (!md->cur || md->cur->epoch != cur))
+    if (!md->cur || md->cur->epoch != cur)   /* every model has a current schema */
         return s_fail(d, "current epoch");
     return 0;
 }

@@ -739,29 +739,6 @@ arg_str(const ex_t *req, const char *key)
     return jv_str(jv_get(req->body, key));
 }
 
-/* Replies the library does not decode yet, though the daemon sends them
-   (reported; see proto/examples/README.md). The test prints a line
-   instead of failing while the mismatch lasts, and says when it has
-   gone. */
-static const struct {
-    const char *example;
-    const char *why;
-} s_known_mismatches[] = {
-    {"reply/models-no-schema",
-     "daemon/query.c lists a model without a schema with \"cls\": nil; client/xpl_decode.c "
-     "(s_model_info -> s_cls) requires an integer, so xpl_client_models and xpl_client_stats "
-     "fail with XPL_EPROTO while such a model exists"},
-};
-
-static const char *
-s_known_mismatch(const char *example)
-{
-    for (size_t k = 0; k < sizeof s_known_mismatches / sizeof *s_known_mismatches; k++)
-        if (strcmp(s_known_mismatches[k].example, example) == 0)
-            return s_known_mismatches[k].why;
-    return NULL;
-}
-
 /* Call the library function for the request's op, with its arguments;
    check the result against the reply (ok) or the error (not ok). */
 static void
@@ -777,7 +754,6 @@ replay_query(const char *name)
     const char *op = arg_str(req, "op");
     const char *model = arg_str(req, "model");
     const char *method = arg_str(req, "method");
-    const char *mismatch = s_known_mismatch(rep->name);
     stage(rep);
     xpl_client_t *c = xpl_client_new(g_router.ep);
     cr_assert_not_null(c);
@@ -932,13 +908,7 @@ replay_query(const char *name)
     } else {
         cr_assert_fail("%s: op '%s' has no function in the library", req->name, op);
     }
-    if (mismatch && rc != 0) {
-        /* Printed, not cr_log_warn: Criterion fails a run that warns. */
-        fprintf(stderr, "KNOWN MISMATCH %s: %s (%s)\n", rep->name, mismatch, xpl_strerror());
-    } else if (mismatch) {
-        fprintf(stderr, "%s decodes now: remove it from s_known_mismatches\n", rep->name);
-    }
-    if (ok && !mismatch) {
+    if (ok) {
         cr_assert_eq(rc, 0, "%s: %s", rep->name, xpl_strerror());
     } else if (!ok) {
         cr_assert_eq(rc, -1, "%s: an error reply was taken for a result", rep->name);

@@ -631,7 +631,7 @@ REQUESTS = [
     ("stats", "stats", {"v": 1, "op": "stats"}, "The daemon's counters (asked last)."),
     ("models-no-schema", "models", {"v": 1, "op": "models"},
      "The models of a daemon that rejected reject/no_schema, then explained ingest/drift-a: "
-     "m1 is in the table without a schema (epoch 0, cls nil)."),
+     "a rejected message changes nothing, so m1 is not in the table, only m2 is."),
 ]
 
 # What the replay does, in order: ingest an example (waiting for its xpl/
@@ -643,9 +643,9 @@ SCENARIO = ([("ingest", "ingest/" + n) for n in ("f32-first", "f16-batch3", "bf1
                                                     "global-method-target")]
             + [("ingest", "ingest/" + n) for n in ("drift-a", "drift-b", "drift-flat")]
             + [("query", "request/" + r[0]) for r in REQUESTS[8:] if r[0] != "models-no-schema"])
-# A second daemon: a model known without a schema. The rejected message is
-# followed by a valid one on the same connection, whose xpl/ says both
-# were handled.
+# A second daemon: a model's first message is rejected as no_schema, which
+# must leave no trace of the model. The rejected message is followed by a
+# valid one on the same connection, whose xpl/ says both were handled.
 SCENARIO_NO_SCHEMA = [("send", "reject/no_schema"), ("ingest", "ingest/drift-a"),
                       ("query", "request/models-no-schema")]
 SCENARIOS = (SCENARIO, SCENARIO_NO_SCHEMA)
