@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -79,7 +80,14 @@ keys_load(const char *path, char *public_key, char *secret_key, char *err, size_
 static int
 s_write(const char *path, const char *pub, const char *sec, char *err, size_t errlen)
 {
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, sec ? 0600 : 0644);
+    /* Never through a symlink, and the mode is enforced even when the file
+       existed with another one. */
+    mode_t mode = sec ? 0600 : 0644;
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, mode);
+    if (fd >= 0 && fchmod(fd, mode) != 0) {
+        close(fd);
+        fd = -1;
+    }
     FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
     if (!f) {
         snprintf(err, errlen, "cannot write %s: %s", path, strerror(errno));
@@ -114,8 +122,9 @@ keys_save(const char *path, const char *public_key, const char *secret_key, char
         snprintf(err, errlen, "path too long");
         return -1;
     }
-    if (s_write(path, public_key, NULL, err, errlen) ||
-        s_write(spath, public_key, secret_key, err, errlen))
+    /* The secret first: a public certificate never exists without it. */
+    if (s_write(spath, public_key, secret_key, err, errlen) ||
+        s_write(path, public_key, NULL, err, errlen))
         return -1;
     return 0;
 }
