@@ -300,6 +300,18 @@ def sandbox_child(spec_path, dest, state, runtime):
         subprocess.run(cmd, check=True, capture_output=True)
 
     sh("mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", "/run")       # RuntimeDirectory=
+    # This script, the installed tree and the spec may live under /tmp or
+    # /home (a CI checkout), which the unit hides below: give them a place
+    # under the new /run first.
+    stage = "/run/.xpltest"
+    os.makedirs(stage + "/dest")
+    sh("mount", "--bind", dest, stage + "/dest")
+    script = stage + "/test_install.py"
+    open(script, "w").close()
+    sh("mount", "--bind", os.path.abspath(__file__), script)
+    shutil.copy(spec_path, stage + "/spec.json")
+    os.chmod(stage + "/spec.json", 0o644)
+    dest, spec_path = stage + "/dest", stage + "/spec.json"
     os.makedirs("/run/xplaind")
     sh("mount", "--bind", runtime, "/run/xplaind")
     sh("mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", "/var/lib")   # StateDirectory=
@@ -345,7 +357,7 @@ def sandbox_child(spec_path, dest, state, runtime):
     os.execve("/usr/bin/setpriv",
               ["setpriv", f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups",
                "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all", "--no-new-privs",
-               "--", sys.executable, os.path.abspath(__file__), "--seccomp-exec", spec_path,
+               "--", sys.executable, script, "--seccomp-exec", spec_path,
                "--", f"{dest}/usr/sbin/xplaind", "--config", f"{dest}/etc/xplaind/xplaind.conf"]
               + spec["args"], env)
 

@@ -5,7 +5,7 @@
     and feeds it ingest messages through the real ingest_handle: model m1
     with two schema epochs (cached trades in both, str and uint ids, with
     and without gradients, flow sampled for some), enough trades to close
-    drift windows, and m2 known but without a schema. So schema, trade
+    drift windows, and m2 refused as no_schema (so unknown). So schema, trade
     (matrices, on-demand flow), stats, global, baseline, reference and
     drift all do real work.
 
@@ -177,10 +177,11 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
     static const uint64_t uids2[] = {0, UINT64_MAX};
     for (uint64_t seq = 8; seq < 14; seq++)
         s_ingest("m1", seq, 1, 3, 4, -1, tok2, ids2, uids2, 2, false, 0.5);
-    /* m2: known, never a schema (rejected as no_schema). */
+    /* m2: its first message is rejected as no_schema, which leaves no model
+       behind: queries for m2 must answer unknown_model. */
     s_ingest("m2", 0, 1, 1, 2, -1, NULL, ids2, uids2, 1, false, 0.0);
 
-    REQUIRE(s->models.count == 2);
+    REQUIRE(s->models.count == 1);
     model_t *m1 = models_find(&s->models, "m1", 2);
     REQUIRE(m1 && m1->cur && m1->cur->epoch == 2 && model_schema(m1, 1));
     REQUIRE(s->stats.explained == 8 * 3 + 6 * 2);
