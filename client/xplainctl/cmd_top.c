@@ -13,8 +13,9 @@ static const char s_help[] =
     "usage: xplainctl top [--model M] [--method M] [-k K] [--interval MS]\n"
     "                     [--once | --count N] [--ascii]\n"
     "\n"
-    "A refreshing view of a model's global attributions: the features of one\n"
-    "method ranked by their mean over all trades (with the standard deviation)\n"
+    "A refreshing view of a model's explanations: the latest trade's strongest\n"
+    "features, then the features of one method ranked by their mean over all\n"
+    "trades (with the standard deviation)\n"
     "next to the exponentially decayed mean (recent trades; arrows show how a\n"
     "feature's rank differs there), then the drift status of every method\n"
     "against its reference (Spearman rho, nDCG@k, Jensen-Shannon) and the\n"
@@ -185,9 +186,61 @@ s_drift(const s_opts_t *o, const xpl_drift_state_t *d)
     }
 }
 
+/* The latest trade of the model seen on xpl/ (kept across frames). */
+static void
+s_last_trade(const s_opts_t *o, xpl_sub_t *sub, xpl_explanation_t **last)
+{
+    xpl_event_t *ev;
+    while (sub && (ev = xpl_sub_recv(sub, 0))) {
+        if (ev->explanation) {
+            xpl_explanation_destroy(last);
+            *last = ev->explanation;
+            ev->explanation = NULL;
+        }
+        xpl_event_destroy(&ev);
+    }
+    const xpl_explanation_t *x = *last;
+    if (!x) {
+        printf("last trade  (none seen yet)\n");
+        return;
+    }
+    char id[40];
+    if (x->id.is_str)
+        snprintf(id, sizeof id, "%s", x->id.s);
+    else
+        snprintf(id, sizeof id, "%llu", (unsigned long long)x->id.u);
+    const xpl_attr_t *a = xpl_explanation_attr(x, o->method ? o->method : "rollout");
+    if (!a && x->nattr)
+        a = &x->attr[0];
+    printf("last trade %.16s", id);
+    if (x->has_target)
+        printf("  target %lld", (long long)x->target);
+    if (!a || !x->features || x->nfeat != a->count) {
+        printf("\n");
+        return;
+    }
+    /* Its four strongest features (ties: lower index first). */
+    uint32_t shown[4];
+    int nshown = 0;
+    while (nshown < 4 && (uint32_t)nshown < a->count) {
+        int best = -1;
+        for (uint32_t j = 0; j < a->count; j++) {
+            bool taken = false;
+            for (int k = 0; k < nshown; k++)
+                taken = taken || shown[k] == j;
+            if (!taken && (best < 0 || a->values[j] > a->values[best]))
+                best = (int)j;
+        }
+        shown[nshown++] = (uint32_t)best;
+        printf("  %.12s %.3f", x->features[best], a->values[best]);
+    }
+    printf("\n");
+}
+
 /* One frame. */
 static void
-s_frame(const s_opts_t *o, xpl_view_t *view, xpl_client_t *c)
+s_frame(const s_opts_t *o, xpl_view_t *view, xpl_client_t *c, xpl_sub_t *sub,
+        xpl_explanation_t **last)
 {
     const char *bold = o->tty ? "\033[1m" : "", *off = o->tty ? "\033[0m" : "";
     if (o->tty)
@@ -206,9 +259,11 @@ s_frame(const s_opts_t *o, xpl_view_t *view, xpl_client_t *c)
         fflush(stdout);
         return;
     }
-    printf("  epoch %llu  %llu trades  seq %llu  %s%s\n\n", (unsigned long long)g->epoch,
+    printf("  epoch %llu  %llu trades  seq %llu  %s%s\n", (unsigned long long)g->epoch,
            (unsigned long long)g->count, (unsigned long long)g->seq, clock,
            vs.synced ? "" : "  (daemon unreachable: last known state)");
+    s_last_trade(o, sub, last);
+    printf("\n");
     const xpl_method_state_t *m = NULL;
     if (o->method)
         m = xpl_global_method(g, o->method);
@@ -303,18 +358,22 @@ cmd_top(int argc, char **argv)
         xpl_models_destroy(&ms);
     }
     xpl_view_t *view = NULL;
+    xpl_sub_t *sub = NULL;
+    xpl_explanation_t *last = NULL;
     const xpl_curve_t *curve = NULL;
     if (rc == CTL_OK && o.model) {
         if (ctl_curve("top", &curve))
             rc = CTL_FAIL;
         else if (!(view = xpl_view_new_curve(ctl_common.sub, ctl_common.query, o.model,
-                                             ctl_common.timeout_ms, curve)))
+                                             ctl_common.timeout_ms, curve)) ||
+                 !(sub = xpl_sub_new_curve(ctl_common.sub, ctl_common.query, curve)) ||
+                 xpl_sub_subscribe(sub, XPL_KIND_XPL, o.model))
             rc = ctl_xpl_error("top");
     }
     for (long frame = 0; view && rc == CTL_OK && !ctl_stopped(); frame++) {
         if (frame > 0 && !o.tty)
             printf("\n");
-        s_frame(&o, view, c);
+        s_frame(&o, view, c, sub, &last);
         if (o.count && frame + 1 >= o.count)
             break;
         /* Sleep one interval, waking early only to stop. */
@@ -328,6 +387,8 @@ cmd_top(int argc, char **argv)
     }
     if (o.tty && rc == CTL_OK)
         printf("\n");
+    xpl_explanation_destroy(&last);
+    xpl_sub_destroy(&sub);
     xpl_view_destroy(&view);
     xpl_client_destroy(&c);
     free(first);
