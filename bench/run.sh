@@ -166,10 +166,12 @@ LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
     echo
     echo "$PROF"
     echo
-    echo "Per process (CPU time per trade, from /proc, section 1's table above): on loopback the kernel's TCP"
-    echo "copy work lands on both ends, so the publisher and the sink already spend most of a core per"
-    echo "message of tab32; xplaind's extra over the sink is the math, the recent-trade cache copy, the"
-    echo "explanation's encoding and its own PUB hop, plus page faults (see the malloc settings above)."
+    echo "Per process (CPU time per trade, from /proc, section 1's CPU table): on loopback the kernel's TCP"
+    echo "copy work lands on both ends, so the publisher and the sink already spend tens of microseconds"
+    echo "per 256 KiB message; the daemon's main thread (math, recent-trade cache copy, encoding, its own"
+    echo "PUB send) is the part in parentheses, the rest is ZeroMQ's I/O thread receiving and sending."
+    echo "The daemon's busiest thread is ZeroMQ's I/O thread, not the main thread, so worker threads for the"
+    echo "math would not raise throughput; a second ZeroMQ I/O thread showed no clear gain (README.md)."
     echo
     echo "Inside the daemon (callgrind on tab32, ${PROFTRADES:-?} trades explained under valgrind; inclusive"
     echo "instructions per trade, all threads; ZeroMQ's own work appears under its I/O thread):"
