@@ -190,13 +190,39 @@ s_enc_stat(msgpack_packer *pk, const drift_stat_t *st)
         msgpack_pack_nil(pk);
 }
 
+/* The seven fields of a closed window shared by drift/ and the drift
+   query: window, reference, compared, spearman, ndcg, js, alert; drift/
+   adds "trades" (window size) after "window" when `trades` is given. */
+#define WINDOW_FIELDS 7
 static void
-s_publish_drift(server_t *s, model_t *md, gmodel_t *gm, const gepoch_t *e, int m,
-                const drift_report_t *r, int64_t ts)
+s_enc_window(msgpack_packer *pk, const glast_t *l, const uint32_t *trades)
+{
+    enc_str(pk, "window");
+    msgpack_pack_uint64(pk, l->window);
+    if (trades) {
+        enc_str(pk, "trades");
+        msgpack_pack_uint32(pk, *trades);
+    }
+    enc_str(pk, "reference");
+    enc_str(pk, drift_ref_name(l->ref));
+    enc_str(pk, "compared");
+    enc_bool(pk, l->compared);
+    enc_str(pk, "spearman");
+    s_enc_stat(pk, &l->spearman);
+    enc_str(pk, "ndcg");
+    s_enc_stat(pk, &l->ndcg);
+    enc_str(pk, "js");
+    s_enc_stat(pk, &l->js);
+    enc_str(pk, "alert");
+    enc_bool(pk, l->alert);
+}
+
+static void
+s_publish_drift(server_t *s, model_t *md, gmodel_t *gm, const gepoch_t *e, int m, const glast_t *l)
 {
     msgpack_packer *pk = &s->ppk;
     s->pbuf.size = 0;
-    msgpack_pack_map(pk, 14);
+    msgpack_pack_map(pk, 7 + WINDOW_FIELDS);
     enc_str(pk, "v");
     msgpack_pack_uint8(pk, 1);
     enc_str(pk, "model");
@@ -204,27 +230,12 @@ s_publish_drift(server_t *s, model_t *md, gmodel_t *gm, const gepoch_t *e, int m
     enc_str(pk, "seq");
     msgpack_pack_uint64(pk, gm->drift_seq++);
     enc_str(pk, "ts");
-    msgpack_pack_int64(pk, ts);
+    msgpack_pack_int64(pk, l->ts);
     enc_str(pk, "epoch");
     msgpack_pack_uint32(pk, e->epoch);
     enc_str(pk, "method");
     enc_str(pk, xm_method_name((xm_method_t)m));
-    enc_str(pk, "window");
-    msgpack_pack_uint64(pk, r->window);
-    enc_str(pk, "trades");
-    msgpack_pack_uint32(pk, s->global.p.window);
-    enc_str(pk, "reference");
-    enc_str(pk, drift_ref_name(r->ref));
-    enc_str(pk, "compared");
-    enc_bool(pk, r->compared);
-    enc_str(pk, "spearman");
-    s_enc_stat(pk, &r->spearman);
-    enc_str(pk, "ndcg");
-    s_enc_stat(pk, &r->ndcg);
-    enc_str(pk, "js");
-    s_enc_stat(pk, &r->js);
-    enc_str(pk, "alert");
-    enc_bool(pk, r->alert);
+    s_enc_window(pk, l, &s->global.p.window);
     char topic[WIRE_MODEL_MAX + 8];
     int tlen = snprintf(topic, sizeof topic, "drift/%s", md->name);
     publish_send(s, topic, (size_t)tlen, s->pbuf.data, s->pbuf.size);
@@ -237,7 +248,7 @@ s_record_window(server_t *s, model_t *md, gmodel_t *gm, gepoch_t *e, int m, cons
     e->last[m] = (glast_t){.valid = true, .window = r->window, .ref = r->ref,
                            .compared = r->compared, .spearman = r->spearman, .ndcg = r->ndcg,
                            .js = r->js, .alert = r->alert, .ts = ts};
-    s_publish_drift(s, md, gm, e, m, r, ts);
+    s_publish_drift(s, md, gm, e, m, &e->last[m]);
     if (!r->alert)
         return;
     if (gm->alerts) {
@@ -317,10 +328,12 @@ s_enc_doubles(msgpack_packer *pk, const double *x, uint32_t n)
         msgpack_pack_double(pk, x[k]);
 }
 
+/* count, mean, std, decayed of an aggregate, in a map with `extra` more
+   pairs the caller writes after. */
 static void
-s_enc_agg(msgpack_packer *pk, const agg_t *a, double *scratch)
+s_enc_agg(msgpack_packer *pk, const agg_t *a, double *scratch, size_t extra)
 {
-    msgpack_pack_map(pk, 4);
+    msgpack_pack_map(pk, 4 + extra);
     enc_str(pk, "count");
     msgpack_pack_uint64(pk, a->count);
     enc_str(pk, "mean");
@@ -343,25 +356,13 @@ s_enc_methods(server_t *s, msgpack_packer *pk, const gepoch_t *e, const agg_t *a
         if (!(mask & XM_BIT(m)))
             continue;
         enc_str(pk, xm_method_name((xm_method_t)m));
-        if (with_refs && e->extref[m]) {
-            /* Same fields as s_enc_agg, plus the reference. */
-            const agg_t *a = &aggs[m];
-            msgpack_pack_map(pk, 6);
-            enc_str(pk, "count");
-            msgpack_pack_uint64(pk, a->count);
-            enc_str(pk, "mean");
-            s_enc_doubles(pk, a->mean, a->nfeat);
-            enc_str(pk, "std");
-            agg_std(a, scratch);
-            s_enc_doubles(pk, scratch, a->nfeat);
-            enc_str(pk, "decayed");
-            s_enc_doubles(pk, a->decayed ? a->decayed : a->mean, a->nfeat);
+        bool ref = with_refs && e->extref[m];
+        s_enc_agg(pk, &aggs[m], scratch, ref ? 2 : 0);
+        if (ref) {
             enc_str(pk, "reference");
             s_enc_doubles(pk, e->extref[m], e->nf);
             enc_str(pk, "reference_spearman");
             s_enc_agreement(s, pk, e, m);
-        } else {
-            s_enc_agg(pk, &aggs[m], scratch);
         }
     }
 }
@@ -793,21 +794,8 @@ global_op_reference(server_t *s, qreq_t *q, msgpack_packer *pk)
 static void
 s_enc_last(msgpack_packer *pk, const glast_t *l)
 {
-    msgpack_pack_map(pk, 8);
-    enc_str(pk, "window");
-    msgpack_pack_uint64(pk, l->window);
-    enc_str(pk, "reference");
-    enc_str(pk, drift_ref_name(l->ref));
-    enc_str(pk, "compared");
-    enc_bool(pk, l->compared);
-    enc_str(pk, "spearman");
-    s_enc_stat(pk, &l->spearman);
-    enc_str(pk, "ndcg");
-    s_enc_stat(pk, &l->ndcg);
-    enc_str(pk, "js");
-    s_enc_stat(pk, &l->js);
-    enc_str(pk, "alert");
-    enc_bool(pk, l->alert);
+    msgpack_pack_map(pk, WINDOW_FIELDS + 1);
+    s_enc_window(pk, l, NULL);
     enc_str(pk, "ts");
     msgpack_pack_int64(pk, l->ts);
 }

@@ -88,11 +88,13 @@ op_ping(server_t *s, qreq_t *q, msgpack_packer *pk)
     return 0;
 }
 
+/* The six fields naming a model's current schema, shared by the models
+   and schema replies: model, epoch, L, H, n, cls. */
+#define SCHEMA_FIELDS 6
 static void
-s_model_entry(msgpack_packer *pk, const model_t *md)
+s_enc_schema_head(msgpack_packer *pk, const model_t *md)
 {
     const schema_t *sc = md->cur;    /* every model in the table has one */
-    msgpack_pack_map(pk, 14);
     enc_str(pk, "model");
     enc_strn(pk, md->name, md->name_len);
     enc_str(pk, "epoch");
@@ -105,6 +107,13 @@ s_model_entry(msgpack_packer *pk, const model_t *md)
     msgpack_pack_uint32(pk, sc->shape.n);
     enc_str(pk, "cls");
     msgpack_pack_int32(pk, sc->shape.cls);
+}
+
+static void
+s_model_entry(msgpack_packer *pk, const model_t *md)
+{
+    msgpack_pack_map(pk, SCHEMA_FIELDS + 8);
+    s_enc_schema_head(pk, md);
     enc_str(pk, "received");
     msgpack_pack_uint64(pk, md->received);
     enc_str(pk, "trades");
@@ -148,19 +157,8 @@ op_schema(server_t *s, qreq_t *q, msgpack_packer *pk)
     if (!md)
         return -1;
     const schema_t *sc = md->cur;
-    qreply_ok(pk, 9);
-    enc_str(pk, "model");
-    enc_strn(pk, md->name, md->name_len);
-    enc_str(pk, "epoch");
-    msgpack_pack_uint32(pk, sc->epoch);
-    enc_str(pk, "L");
-    msgpack_pack_uint32(pk, sc->shape.L);
-    enc_str(pk, "H");
-    msgpack_pack_uint32(pk, sc->shape.H);
-    enc_str(pk, "n");
-    msgpack_pack_uint32(pk, sc->shape.n);
-    enc_str(pk, "cls");
-    msgpack_pack_int32(pk, sc->shape.cls);
+    qreply_ok(pk, SCHEMA_FIELDS + 3);
+    s_enc_schema_head(pk, md);
     enc_str(pk, "tokens");
     msgpack_pack_array(pk, sc->shape.n);
     for (uint32_t k = 0; k < sc->shape.n; k++)
