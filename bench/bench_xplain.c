@@ -916,10 +916,14 @@ out:
     zmq_ctx_term(ctx);
     ring_free(&ring);
     if (rc == 0 && !d->preload) {
+        /* Leave nothing behind: the log and the ipc socket files. */
         unlink(logp);
-        char p[300];
-        snprintf(p, sizeof p, "%s/in", dir);
-        unlink(p);
+        static const char *const files[] = {"in", "pub", "q", "malloc.txt"};
+        for (size_t f = 0; f < sizeof files / sizeof *files; f++) {
+            char p[320];
+            snprintf(p, sizeof p, "%s/%s", dir, files[f]);
+            unlink(p);
+        }
         rmdir(dir);
     }
     return rc;
