@@ -30,7 +30,7 @@ fi
 
 echo "== build ($BUILD, Release)"
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DXPL_BENCH=ON >/dev/null
-cmake --build "$BUILD" -j"$(nproc)" --target xplaind bench_xplain bench_math xplmalloccount test_xmath >/dev/null
+cmake --build "$BUILD" -j"$(nproc)" --target xplaind bench_xplain bench_math bench_flow xplmalloccount test_xmath >/dev/null
 B="$BUILD/bench"
 # Raw outputs and per-repetition logs stay in the build tree for a look.
 TMP="$SRC/$BUILD/bench-logs"
@@ -64,6 +64,9 @@ echo "== sweep through the daemon (sink and xplaind, one repetition each)"
 
 echo "== math library alone"
 "$B/bench_math" all --reps "$MREPS" --seconds "$MSECS" >"$TMP/math.md" 2>"$TMP/math.log"
+# Attention flow's cost growth with n and L (ISSUE 6); the side-by-side
+# networkx comparison is bench/flow_compare.sh (FLOW.md).
+"$B/bench_flow" grid --seconds 0.5 >"$TMP/flow.md" 2>"$TMP/flow.log"
 
 if [ "$LONG" -gt 0 ]; then
     echo "== long run: $LONG trades of tab16 into xplaind (RSS flatness)"
@@ -161,6 +164,13 @@ LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
         echo
         grep -v '^TARGET|' "$TMP/long.md"
     fi
+    echo
+    echo "## 5b. Attention flow: cost growth with n and L"
+    echo
+    echo "\`bench_flow grid\` (L = 1 is a copy of one row: no max-flow). The tab32 rate and the"
+    echo "networkx comparison, measured side by side, are in [FLOW.md](FLOW.md)."
+    echo
+    sed 's/^## /### /' "$TMP/flow.md"
     echo
     echo "## 6. Where the time goes"
     echo
