@@ -5,7 +5,6 @@ nothing it had accepted, and explain the next good message correctly.
 """
 import struct
 import sys
-import time
 
 import msgpack
 import numpy as np

@@ -17,7 +17,7 @@ import msgpack
 import numpy as np
 import zmq
 
-from xpltest import XPLAIND, Daemon, random_attention, wait_until
+from xpltest import XPLAIND, Daemon, close_context, random_attention, wait_until
 
 
 def write_cert(path, public, secret=None):
@@ -137,7 +137,7 @@ def test_curve(d, keys):
     assert query_as("good", "ping", 5000)["ok"]
     for s in list(subs.values()) + list(pubs.values()):
         s.close()
-    ctx.term()
+    close_context(ctx)
 
 
 def test_ingest_connect_mode(keys, root):
@@ -166,7 +166,7 @@ def test_ingest_connect_mode(keys, root):
         finally:
             d.stop()
             p.close()
-    ctx.term()
+    close_context(ctx)
     assert results["good"] > 0 and results["bad"] == 0, results
 
 

@@ -14,7 +14,7 @@ import time
 import msgpack
 import numpy as np
 
-from xpltest import Daemon, assert_close, join, ref, wait_until
+from xpltest import Daemon, assert_close, join, ref
 
 HALF_LIFE = 50.0
 

@@ -9,7 +9,6 @@ must start fresh.
 """
 import glob
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ import time
 import msgpack
 import numpy as np
 
-from xpltest import XPLAIND, Daemon, assert_close, join, random_attention, wait_until
+from xpltest import XPLAIND, Daemon, assert_close, join, random_attention
 
 L, H, N = 2, 2, 5
 

@@ -50,7 +50,7 @@ import msgpack
 import numpy as np
 import zmq
 
-from xpltest import (Daemon, assert_close, join, model_info, random_attention, ref, rss_kb,
+from xpltest import (Daemon, assert_close, close_context, join, model_info, random_attention, ref, rss_kb,
                      sanitized_build, wait_until)
 
 # Seconds allowed on top of the snapshot interval between the last snapshot
@@ -268,8 +268,8 @@ def test_publisher_restart():
         assert "publisher restarted" in d.stderr()
         for s in (sub, pub4):
             s.close(linger=0)
-        ctx1.term()
-        ctx2.term()
+        close_context(ctx1)
+        close_context(ctx2)
     finally:
         d.stop()
 
@@ -289,7 +289,7 @@ def test_publisher_restart():
         join(d, mpub, sub, model="__probe_b1")
         pump(mpub, sub, [(st, s) for s in seqs(0, 200)])
         mpub.close(linger=0)
-        ctx1.term()
+        close_context(ctx1)
         time.sleep(0.3)                    # the daemon sees the peer go
         ctx2 = zmq.Context()
         mpub = ctx2.socket(zmq.PUB)
@@ -303,7 +303,7 @@ def test_publisher_restart():
         check_global(d, st)
         assert st.xpl_gaps == 0
         mpub.close(linger=0)
-        ctx2.term()
+        close_context(ctx2)
     finally:
         d.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -456,7 +456,7 @@ def test_subscribers_stall_and_churn():
         assert d.stderr().count("SIGHUP: nothing to change") == total // 2000, d.stderr()
         pub.close(linger=0)
         healthy.close(linger=0)
-        cctx.term()
+        close_context(cctx)
     finally:
         d.stop()
 
@@ -673,7 +673,7 @@ def stream_until_killed(ctx, pub, sub, streams, start_seq, stop):
     finally:
         pub.close(linger=0)
         sub.close(linger=0)
-        ctx.term()
+        close_context(ctx)
     return nxt
 
 
