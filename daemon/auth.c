@@ -155,15 +155,11 @@ s_request(auth_t *a)
             why = "not a CURVE peer";
         else if (zmq_msg_size(&f[6]) != 32)
             why = "malformed CURVE credentials";
-        else if (a->stopping)
-            why = "daemon stopping";
         else if (!(ok = s_allowed(a, zmq_msg_data(&f[6]))))
             why = "public key not in clients_dir";
     }
     if (ok) {
         a->admitted++;
-    } else if (a->stopping) {
-        log_debug("security: refused peer %s: daemon stopping", address);
     } else {
         a->refused++;
         char key[41] = "?";
@@ -209,29 +205,6 @@ auth_reload(auth_t *a, const config_t *cfg)
         return -1;
     log_notice("security: %zu client key(s) admitted from %s", a->nallowed, cfg->clients_dir);
     return 0;
-}
-
-void
-auth_drain(auth_t *a, int quiet_ms, int max_ms)
-{
-    if (!a->zap)
-        return;
-    a->stopping = true;
-    int waited = 0;
-    for (int idle = 0; idle < quiet_ms && waited < max_ms; ) {
-        zmq_pollitem_t it = {a->zap, 0, ZMQ_POLLIN, 0};
-        int step = quiet_ms - idle < 10 ? quiet_ms - idle : 10;
-        int rc = zmq_poll(&it, 1, step);
-        waited += step;
-        if (rc < 0 && errno != EINTR)
-            return;
-        if (rc > 0 && (it.revents & ZMQ_POLLIN)) {
-            auth_handle(a);
-            idle = 0;
-        } else {
-            idle += step;
-        }
-    }
 }
 
 void

@@ -25,7 +25,6 @@ typedef struct {
     uint8_t (*allowed)[32];     /* admitted client keys, binary */
     size_t nallowed;
     uint64_t admitted, refused;
-    bool stopping;              /* auth_drain: refuse every peer */
 } auth_t;
 
 /* Set up from the configuration (nothing when security.curve is off).
@@ -41,15 +40,6 @@ void auth_handle(auth_t *a);
 
 /* Re-read security.clients_dir (SIGHUP). Keeps the old set on error. */
 int auth_reload(auth_t *a, const config_t *cfg);
-
-/* At shutdown, after the CURVE sockets are closed and before
-   auth_destroy: refuse every handshake still under way until none has come
-   for `quiet_ms` (at most `max_ms`). libzmq tears a closed socket's
-   connections down in its I/O thread after zmq_close returns; a handshake
-   that reaches a ZAP socket already gone aborts the process ("Transport
-   endpoint is not connected (src/zap_client.cpp:78)", libzmq 4.3) or,
-   with no handler bound at all, is admitted without authentication. */
-void auth_drain(auth_t *a, int quiet_ms, int max_ms);
 
 void auth_destroy(auth_t *a);
 

@@ -454,7 +454,6 @@ server_destroy(server_t *s)
     if (s->sub) zmq_close(s->sub);
     if (s->pub) zmq_close(s->pub);
     if (s->router) zmq_close(s->router);
-    auth_drain(&s->auth, 100, 2000);
     auth_destroy(&s->auth);
     if (s->zctx) zmq_ctx_term(s->zctx);
     if (s_sigpipe[0] >= 0) {
