@@ -33,6 +33,7 @@ main(int argc, char **argv)
     int status = 1;
     if (server_init(&s) == 0)
         status = server_run(&s);
+    s.status = status;
     server_destroy(&s);
     return status;
 }

@@ -447,15 +447,53 @@ server_run(server_t *s)
     return status;
 }
 
+/* libzmq 4.3 can abort ("Transport endpoint is not connected
+   (src/zap_client.cpp:78)") while it tears down a CURVE server socket
+   that connected out to its peer: the session that zmq_close terminates
+   still lets its engine process the peer's handshake, finds its ZAP pipe
+   closing and asserts, in ZeroMQ's I/O thread. Measured: about 1 stop in
+   250 with a refused model publisher reconnecting (tests/test_e2e_curve.py,
+   connect mode, on a loaded machine). The final snapshot is on disk and
+   the last line logged by then, so while the sockets close, an abort ends
+   the process with the status the stop had earned instead of a crash
+   report and a failed unit. Only with CURVE on, and only for that window;
+   the sanitizers report through exit codes (scripts/test.sh), not abort. */
+static volatile sig_atomic_t s_teardown_status;
+
+static void
+s_teardown_abort(int sig)
+{
+    (void)sig;
+    static const char msg[] = "<4>xplaind: ZeroMQ aborted while closing the CURVE sockets "
+                              "(a libzmq 4.3 race at teardown); the state had been saved\n";
+    if (write(STDERR_FILENO, msg, sizeof msg - 1) < 0) {
+        /* nothing more to do */
+    }
+    _exit(s_teardown_status);
+}
+
 void
 server_destroy(server_t *s)
 {
+    struct sigaction old_abrt;
+    bool guard = s->auth.enabled;
+    if (guard) {
+        s_teardown_status = s->status;
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = s_teardown_abort;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGABRT, &sa, &old_abrt);
+    }
     demo_stop(&s->demo);
     if (s->sub) zmq_close(s->sub);
     if (s->pub) zmq_close(s->pub);
     if (s->router) zmq_close(s->router);
     auth_destroy(&s->auth);
     if (s->zctx) zmq_ctx_term(s->zctx);
+    s->zctx = NULL;
+    if (guard)
+        sigaction(SIGABRT, &old_abrt, NULL);
     if (s_sigpipe[0] >= 0) {
         signal(SIGTERM, SIG_DFL);
         signal(SIGINT, SIG_DFL);

@@ -56,6 +56,7 @@ typedef struct server_t {
     flow_work_t *qflow;
 
     demo_t *demo;
+    int status;                 /* exit status the process will have (server_destroy) */
 } server_t;
 
 /* Set up sockets and state from s->cfg (already loaded). Returns 0, or -1
@@ -65,6 +66,8 @@ int server_init(server_t *s);
 /* Run until SIGTERM/SIGINT; returns the process exit status. */
 int server_run(server_t *s);
 
+/* Close everything. Set s->status first: with CURVE on, an abort inside
+   libzmq's socket teardown exits with it (see server.c). */
 void server_destroy(server_t *s);
 
 /* Apply the explain options of the current config (methods, fusion, ...). */
