@@ -12,7 +12,9 @@ cmake --build build -j"$(nproc)" >/dev/null
 RUN=$(mktemp -d /tmp/xplaind-demo.XXXXXX)
 PUB="ipc://$RUN/pub"
 QUERY="ipc://$RUN/query"
-build/daemon/xplaind --demo --publish "$PUB" --query "$QUERY" \
+# setpriv --pdeathsig: the daemon also stops when this shell is killed
+# outright (a closed terminal), where the trap below never runs.
+setpriv --pdeathsig TERM build/daemon/xplaind --demo --publish "$PUB" --query "$QUERY" \
     2>"$RUN/xplaind.log" &
 DAEMON=$!
 trap 'kill -TERM $DAEMON 2>/dev/null; wait $DAEMON 2>/dev/null; rm -rf "$RUN"' EXIT INT TERM
