@@ -14,30 +14,14 @@
 
 Run by Debian's /usr/bin/python3; needs no daemon.
 """
-import importlib.util
 import json
 import os
 import re
 import sys
 
-SOURCE = os.environ.get("XPL_SOURCE_DIR") or os.path.join(os.path.dirname(__file__), "..")
-PROTO = os.path.join(SOURCE, "proto")
-EXAMPLES = os.path.join(PROTO, "examples")
+from protocheck import EXAMPLES, PROTO, SOURCE, Checks, mk
 
-spec = importlib.util.spec_from_file_location("proto_examples_make", os.path.join(EXAMPLES, "make.py"))
-mk = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mk)
-
-passed = failed = 0
-
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL:", what)
+check = Checks()
 
 
 def read(*path):
@@ -172,8 +156,7 @@ def main():
           "proto/examples/README.md's index is out of date (run make.py)")
     check("[examples/](examples/)" in read(PROTO, "README.md"), "proto/README.md does not list examples/")
 
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+    return check.report()
 
 
 if __name__ == "__main__":

@@ -9,35 +9,21 @@ Talks to the daemon with plain pyzmq + msgpack through
 proto/examples/make.py (the same replay that captured the examples), no
 project code. Run by Debian's /usr/bin/python3.
 """
-import importlib.util
 import os
 import sys
 import time
 
 import msgpack
 
-SOURCE = os.environ.get("XPL_SOURCE_DIR") or os.path.join(os.path.dirname(__file__), "..")
+from protocheck import EXAMPLES, SOURCE, Checks, mk
+
 BUILD = os.environ.get("XPL_BUILD_DIR") or os.path.join(SOURCE, "build")
 XPLAIND = os.path.join(BUILD, "daemon", "xplaind")
-EXAMPLES = os.path.join(SOURCE, "proto", "examples")
-
-spec = importlib.util.spec_from_file_location("proto_examples_make", os.path.join(EXAMPLES, "make.py"))
-mk = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mk)
 
 # Compared by type only: it changes with every release.
 VOLATILE = [["version"]]
 
-passed = failed = 0
-
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL:", what)
+check = Checks()
 
 
 def by_name():
@@ -146,8 +132,7 @@ def main():
     assert examples, "no examples in " + EXAMPLES
     test_outputs(examples)
     test_rejections(examples)
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+    return check.report()
 
 
 if __name__ == "__main__":

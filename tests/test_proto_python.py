@@ -15,7 +15,6 @@ does for libxplain: no daemon runs.
 
 Run by Debian's /usr/bin/python3 (python3-zmq, -msgpack, -numpy).
 """
-import importlib.util
 import math
 import os
 import shutil
@@ -27,26 +26,13 @@ import msgpack
 import numpy as np
 import zmq
 
-SOURCE = os.environ.get("XPL_SOURCE_DIR") or os.path.join(os.path.dirname(__file__), "..")
-EXAMPLES = os.path.join(SOURCE, "proto", "examples")
+from protocheck import EXAMPLES, SOURCE, Checks, mk
+
 sys.path.insert(0, os.path.join(SOURCE, "client", "python"))
 import xplain  # noqa: E402
 from xplain import Client, GlobalView, Publisher, QueryError, Subscriber  # noqa: E402
 
-spec = importlib.util.spec_from_file_location("proto_examples_make", os.path.join(EXAMPLES, "make.py"))
-mk = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mk)
-
-passed = failed = 0
-
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL:", what)
+check = Checks()
 
 
 def same(got, want, path="body"):
@@ -389,8 +375,7 @@ def main():
         router.close()
         ctx.destroy(0)
         shutil.rmtree(d, ignore_errors=True)
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+    return check.report()
 
 
 if __name__ == "__main__":
