@@ -51,16 +51,23 @@ def grad_rollout_matrix(A, G, resnorm=False):
     return R
 
 
-def flow(A, cls):
-    """Attention flow by networkx max-flow, exactly the authors' construction."""
-    import networkx as nx
+def flow_capacities(A):
+    """Capacities of attention flow: Â_l = rownorm(I + mean_h A_l), [L][n][n]."""
     L, _, n, _ = A.shape
+    return np.stack([rownorm(np.eye(n) + A[l].mean(axis=0)) for l in range(L)])
+
+
+def flow_from_capacities(C, cls):
+    """Attention flow by networkx max-flow over capacities C [L][n][n],
+    exactly the authors' construction: one maximum_flow_value per (source,
+    sink), sources averaged without CLS."""
+    import networkx as nx
+    L, n, _ = C.shape
     g = nx.DiGraph()
     for l in range(L):
-        Ah = rownorm(np.eye(n) + A[l].mean(axis=0))
         for i in range(n):
             for j in range(n):
-                g.add_edge((l + 1, i), (l, j), capacity=float(Ah[i, j]))
+                g.add_edge((l + 1, i), (l, j), capacity=float(C[l, i, j]))
     sources = [cls] if cls >= 0 else list(range(n))
     out = np.zeros(n)
     for s in sources:
@@ -68,6 +75,11 @@ def flow(A, cls):
             out[j] += nx.maximum_flow_value(g, (L, s), (0, j))
     out /= len(sources)
     return out if cls < 0 else np.delete(out, cls)
+
+
+def flow(A, cls):
+    """Attention flow of one trade's attention A [L][H][n][n]."""
+    return flow_from_capacities(flow_capacities(A), cls)
 
 
 def methods(A, G, cls, grad_resnorm=False, fusion="mean", with_flow=False):

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import time
 
-import networkx as nx
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -38,29 +37,6 @@ def attention(rng, L, H, n, temp):
     z -= z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
-
-
-def capacities(A):
-    """Â_l = rownorm(I + mean_h A_l), as ref.flow computes it, [L][n][n]."""
-    L, _, n, _ = A.shape
-    return np.stack([ref.rownorm(np.eye(n) + A[l].mean(axis=0)) for l in range(L)])
-
-
-def nx_flow(C, cls):
-    """ref.flow's networkx construction, from capacities instead of attention."""
-    L, n, _ = C.shape
-    g = nx.DiGraph()
-    for l in range(L):
-        for i in range(n):
-            for j in range(n):
-                g.add_edge((l + 1, i), (l, j), capacity=float(C[l, i, j]))
-    sources = [cls] if cls >= 0 else list(range(n))
-    out = np.zeros(n)
-    for s in sources:
-        for j in range(n):
-            out[j] += nx.maximum_flow_value(g, (L, s), (0, j))
-    out /= len(sources)
-    return out if cls < 0 else np.delete(out, cls)
 
 
 def c_flow(cases):
@@ -113,14 +89,14 @@ def make_cases():
 def main():
     t0 = time.time()
     cases = make_cases()
-    inputs = [(capacities(A).astype(np.float32), cls) for A, cls in cases]
+    inputs = [(ref.flow_capacities(A).astype(np.float32), cls) for A, cls in cases]
     got = c_flow(inputs)
     worst_same = worst_e2e = 0.0
     checked = 0
     for (A, cls), (C, _), g in zip(cases, inputs, got):
         L, _, n, _ = A.shape
         what = "L=%d n=%d cls=%d" % (L, n, cls)
-        want = nx_flow(C.astype(np.float64), cls)
+        want = ref.flow_from_capacities(C.astype(np.float64), cls)
         worst_same = max(worst_same, close(g, want, what + " (same float32 input)"))
         if n * n * L <= 4096:
             e2e = ref.flow(A, cls)
