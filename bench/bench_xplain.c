@@ -384,34 +384,56 @@ s_proc_kb(pid_t pid, const char *field)
     return v;
 }
 
-/* CPU time (user + system, all threads) of a process in ns: from
-   /proc/<pid>/stat, or of this process from getrusage. */
+/* The fields of a /proc/.../stat file after the command name, that is
+   from `state` on, in `buf`; NULL when the file cannot be read. */
+static const char *
+s_stat_fields(const char *path, char *buf, size_t size)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return NULL;
+    size_t n = fread(buf, 1, size - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');
+    return p && p[1] == ' ' ? p + 2 : NULL;
+}
+
 /* Minor page faults of a process (all threads). */
 static long
 s_minflt(pid_t pid)
 {
     char path[64], buf[1024];
     snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    char *p = strrchr(buf, ')');
+    const char *p = s_stat_fields(path, buf, sizeof buf);
     long mf = 0;
-    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %ld", &mf) != 1)
+    /* state ppid pgrp session tty tpgid flags minflt */
+    if (!p || sscanf(p, "%*c %*d %*d %*d %*d %*d %*u %ld", &mf) != 1)
         return 0;
     return mf;
 }
 
-static int64_t s_cpu_path_ns(const char *path);
+/* CPU time (user + system) in ns from a /proc/.../stat file. */
+static int64_t
+s_cpu_path_ns(const char *path)
+{
+    char buf[1024];
+    const char *p = s_stat_fields(path, buf, sizeof buf);
+    unsigned long ut = 0, st = 0;
+    /* state ppid pgrp session tty tpgid flags minflt cminflt majflt
+       cmajflt utime stime */
+    if (!p || sscanf(p, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return 0;
+    return (int64_t)(ut + st) * (1000000000 / sysconf(_SC_CLK_TCK));
+}
 
+/* CPU time (user + system, all threads) of a process in ns, or of this
+   process (pid 0) from getrusage. */
 static int64_t
 s_cpu_ns(pid_t pid)
 {
-    char path[64];
     if (pid > 0) {
+        char path[64];
         snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
         return s_cpu_path_ns(path);
     }
@@ -428,33 +450,6 @@ s_cpu_main_ns(pid_t pid)
     char path[64];
     snprintf(path, sizeof path, "/proc/%d/task/%d/stat", (int)pid, (int)pid);
     return s_cpu_path_ns(path);
-}
-
-static int64_t
-s_cpu_path_ns(const char *path)
-{
-    if (!path) {
-        struct rusage ru;
-        getrusage(RUSAGE_SELF, &ru);
-        return ((int64_t)ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000 +
-               ((int64_t)ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000;
-    }
-    char buf[1024];
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    char *p = strrchr(buf, ')');
-    if (!p)
-        return 0;
-    unsigned long ut = 0, st = 0;
-    /* after ')': state ppid pgrp session tty tpgid flags minflt cminflt
-       majflt cmajflt utime stime */
-    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
-        return 0;
-    return (int64_t)(ut + st) * (1000000000 / sysconf(_SC_CLK_TCK));
 }
 
 static double
