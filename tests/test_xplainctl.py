@@ -236,13 +236,10 @@ class CurveSetup:
         for name in ("server", "good", "bad"):
             keygen(os.path.join(self.tmp, name + ".key"))
         shutil.copy(self.key("good"), self.clients)
+        good = cert_keys(self.key("good") + "_secret")
         self.d = Daemon("--curve", "--secret-key-file", self.key("server") + "_secret",
                         "--clients-dir", self.clients, "--glob-interval-ms", "20",
-                        "--log-rate", "1000", ready_check=False)
-        self.d.req = self.socket(zmq.REQ, "good")
-        self.d.req.setsockopt(zmq.RCVTIMEO, 5000)
-        self.d.req.connect(self.d.query_ep)
-        wait_until(lambda: self.ping_ok(), what="the daemon to answer the admitted key")
+                        "--log-rate", "1000", curve=good + (cert_keys(self.key("server"))[0],))
 
     def key(self, name):
         return os.path.join(self.tmp, name + ".key")
@@ -253,18 +250,6 @@ class CurveSetup:
         s.curve_publickey, s.curve_secretkey = cert_keys(self.key(who) + "_secret")
         s.curve_serverkey = cert_keys(self.key("server"))[0]
         return s
-
-    def ping_ok(self):
-        r = self.socket(zmq.REQ, "good")
-        r.setsockopt(zmq.RCVTIMEO, 300)
-        r.connect(self.d.query_ep)
-        r.send(msgpack.packb({"v": 1, "op": "ping"}))
-        try:
-            return msgpack.unpackb(r.recv())["ok"]
-        except zmq.Again:
-            return False
-        finally:
-            r.close()
 
     def ctl(self, who, *args, server="server", **kw):
         return ctl("--query", self.d.query_ep, "--sub", self.d.publish,

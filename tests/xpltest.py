@@ -32,6 +32,30 @@ import ref  # noqa: E402  (the float64 reference of MATH.md)
 # it without a word. Daemons it started die with it (see _die_with_parent).
 faulthandler.dump_traceback_later(float(os.environ.get("XPL_TEST_WATCHDOG", "300")), exit=True)
 
+# Every daemon a test started, and an excepthook that prints the end of
+# their logs when the test fails: CI shows only the test's own output.
+_started = []
+
+
+def _print_daemon_logs(kind, value, tb):
+    _prev_excepthook(kind, value, tb)
+    for d in _started:
+        try:
+            lines = d.stderr().splitlines()
+        except OSError as e:
+            lines = [f"(log unreadable: {e})"]
+        state = "running" if d.proc.poll() is None else f"exit {d.proc.returncode}"
+        print(f"--- xplaind pid {d.proc.pid} ({state}): {' '.join(d.cmd[1:])}", file=sys.stderr)
+        if len(lines) > 80:
+            print(f"    ({len(lines) - 80} earlier lines left out)", file=sys.stderr)
+        for line in lines[-80:]:
+            print("    " + line, file=sys.stderr)
+    sys.stderr.flush()
+
+
+_prev_excepthook = sys.excepthook
+sys.excepthook = _print_daemon_logs
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1
 
@@ -62,9 +86,13 @@ def close_context(ctx, timeout=5.0):
 
 
 class Daemon:
-    """A running xplaind. Ingest binds at self.ingest (models connect)."""
+    """A running xplaind. Ingest binds at self.ingest (models connect).
 
-    def __init__(self, *args, ingest_bind=True, ready_check=True, preexec_fn=None):
+    curve: (public, secret, server_public) Z85 keys of an admitted client
+    when the daemon runs with --curve: the readiness ping and self.req use
+    them. ready_check=False starts the daemon without waiting for it."""
+
+    def __init__(self, *args, ingest_bind=True, ready_check=True, preexec_fn=None, curve=None):
         self.dir = tempfile.mkdtemp(prefix="xpltest-")
         self.ingest = f"ipc://{self.dir}/in"
         self.publish = f"ipc://{self.dir}/pub"
@@ -73,11 +101,15 @@ class Daemon:
         if ingest_bind:
             cmd += ["--ingest-bind", self.ingest]
         cmd += list(args)
+        self.cmd = cmd
+        self.curve = curve
         self.log_path = os.path.join(self.dir, "stderr.log")
         self.log = open(self.log_path, "w")
+        self.final_log = None
         # preexec_fn: e.g. resource limits for the daemon alone (fault tests).
         self.proc = subprocess.Popen(cmd, stderr=self.log, stdout=self.log,
                                      preexec_fn=_die_with_parent(preexec_fn))
+        _started.append(self)
         self.ctx = zmq.Context()
         self.req = None
         if ready_check:
@@ -91,25 +123,38 @@ class Daemon:
         if self.req is not None:
             self.req.close(linger=0)
         self.req = self.ctx.socket(zmq.REQ)
+        if self.curve:
+            self.req.curve_publickey, self.req.curve_secretkey, self.req.curve_serverkey = self.curve
         self.req.setsockopt(zmq.RCVTIMEO, 5000)
         self.req.setsockopt(zmq.LINGER, 0)
         self.req.connect(self.query_ep)
 
     def _wait_ready(self):
-        deadline = time.time() + 10
+        """Ping on fresh sockets until the daemon answers: a ping lost to a
+        connection made while the daemon was still starting (or to a CURVE
+        handshake that stalled) is retried, for up to XPL_TEST_READY
+        seconds (default 30)."""
+        t0 = time.time()
+        deadline = t0 + float(os.environ.get("XPL_TEST_READY", "30"))
+        tries = 0
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError("xplaind exited early:\n" + self.stderr())
+            tries += 1
             try:
                 self._new_req()
-                self.req.setsockopt(zmq.RCVTIMEO, 200)
+                self.req.setsockopt(zmq.RCVTIMEO, 200 if tries < 5 else 1000)
                 self.req.send(msgpack.packb({"v": 1, "op": "ping"}))
                 if msgpack.unpackb(self.req.recv())["ok"]:
                     self.req.setsockopt(zmq.RCVTIMEO, 5000)
+                    if time.time() - t0 > 3:
+                        print(f"note: xplaind answered ping after {time.time() - t0:.1f} s "
+                              f"({tries} tries)", file=sys.stderr, flush=True)
                     return
             except zmq.Again:
                 continue
-        raise RuntimeError("xplaind did not answer ping:\n" + self.stderr())
+        raise RuntimeError(f"xplaind did not answer ping in {time.time() - t0:.0f} s "
+                           f"({tries} tries):\n" + self.stderr())
 
     def query(self, op, **args):
         body = {"v": 1, "op": op}
@@ -142,6 +187,8 @@ class Daemon:
         return p
 
     def stderr(self):
+        if self.final_log is not None:
+            return self.final_log
         self.log.flush()
         with open(self.log_path) as f:
             return f.read()
@@ -157,7 +204,7 @@ class Daemon:
             self.proc.kill()
             raise AssertionError("xplaind did not stop on SIGTERM")
         self.log.close()
-        out = open(self.log_path).read()
+        out = self.final_log = open(self.log_path).read()
         shutil.rmtree(self.dir, ignore_errors=True)
         assert rc == status, f"xplaind exited with {rc}, expected {status}:\n{out}"
         return out
@@ -166,6 +213,7 @@ class Daemon:
         self.proc.kill()
         self.proc.wait()
         self.log.close()
+        self.final_log = open(self.log_path).read()
         close_context(self.ctx)
         self.req = None
         shutil.rmtree(self.dir, ignore_errors=True)
