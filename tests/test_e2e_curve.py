@@ -193,7 +193,7 @@ def test_stops_under_handshakes(keys, root, rounds=6):
         ep = f"ipc://{root}/stop-{r}"
         model.bind(ep)
         d = Daemon("--ingest-connect", ep, "--curve", "--secret-key-file", keys.server_cert,
-                   "--clients-dir", keys.clients, ingest_bind=False, ready_check=False)
+                   "--clients-dir", keys.clients, ingest_bind=False, curve=keys.good())
         for k in range(8):
             kind, dep = ((zmq.REQ, d.query_ep), (zmq.SUB, d.publish))[k % 2]
             s = curve_client(ctx.socket(kind), keys, "bad")

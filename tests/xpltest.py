@@ -90,9 +90,9 @@ class Daemon:
 
     curve: (public, secret, server_public) Z85 keys of an admitted client
     when the daemon runs with --curve: the readiness ping and self.req use
-    them. ready_check=False starts the daemon without waiting for it."""
+    them."""
 
-    def __init__(self, *args, ingest_bind=True, ready_check=True, preexec_fn=None, curve=None):
+    def __init__(self, *args, ingest_bind=True, preexec_fn=None, curve=None):
         self.dir = tempfile.mkdtemp(prefix="xpltest-")
         self.ingest = f"ipc://{self.dir}/in"
         self.publish = f"ipc://{self.dir}/pub"
@@ -112,12 +112,7 @@ class Daemon:
         _started.append(self)
         self.ctx = zmq.Context()
         self.req = None
-        if ready_check:
-            self._wait_ready()
-        else:
-            time.sleep(0.3)
-            if self.proc.poll() is not None:
-                raise RuntimeError("xplaind exited early:\n" + self.stderr())
+        self._wait_ready()
 
     def _new_req(self):
         if self.req is not None:
