@@ -33,13 +33,16 @@ import ref  # noqa: E402  (the float64 reference of MATH.md)
 faulthandler.dump_traceback_later(float(os.environ.get("XPL_TEST_WATCHDOG", "300")), exit=True)
 
 # Every daemon a test started, and an excepthook that prints the end of
-# their logs when the test fails: CI shows only the test's own output.
+# the logs of the last three when the test fails: CI shows only the
+# test's own output.
 _started = []
 
 
 def _print_daemon_logs(kind, value, tb):
     _prev_excepthook(kind, value, tb)
-    for d in _started:
+    if len(_started) > 3:
+        print(f"--- ({len(_started) - 3} earlier daemons of this test not shown)", file=sys.stderr)
+    for d in _started[-3:]:
         try:
             lines = d.stderr().splitlines()
         except OSError as e:
