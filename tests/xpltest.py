@@ -259,7 +259,10 @@ def join(daemon, pub, sub=None, model="__probe"):
     throw-away model until the daemon has explained one from this publisher
     (and, when `sub` is given, until one reached this subscriber), so that
     nothing the test sends next is dropped before the subscriptions are in
-    place. Probe messages are drained from `sub` before returning."""
+    place. With `sub`, no probe explanation reaches it after join returns:
+    a last probe is sent once joined, and `sub` is read up to its
+    explanation (one publisher's messages are explained and delivered in
+    order), so every earlier probe's explanation has been read as well."""
     def explained():
         for m in daemon.stats()["models"]:
             if m["model"] == model:
@@ -272,27 +275,33 @@ def join(daemon, pub, sub=None, model="__probe"):
         sub.subscribe(topic)
     seq = 1 << 40
 
-    def probe():
+    def send_probe():
         nonlocal seq
         A = np.full((1, 1, 1, 2, 2), 0.5, dtype="<f4")
         pub.send_multipart([f"attn/{model}".encode(), msgpack.packb({
             "v": 1, "model": model, "seq": seq, "ts": 0, "ids": [seq], "L": 1, "H": 1, "n": 2,
             "dtype": "f32", "attn": A.tobytes(), "cls": -1, "tokens": ["a", "b"]})])
         seq += 1
+        return seq - 1
+
+    def probe_id():
+        """The trade id of the next probe explanation on `sub`, or None."""
+        if not sub.poll(50):
+            return None
+        t, body = sub.recv_multipart()
+        assert t == topic, f"unexpected message on {t!r} while joining"
+        return msgpack.unpackb(body)["id"]
+
+    def probe():
+        send_probe()
         if sub is None:
             return explained() > before
-        if sub.poll(50):
-            t, _ = sub.recv_multipart()
-            assert t == topic, f"unexpected message on {t!r} while joining"
-            return True
-        return False
+        return probe_id() is not None
     wait_until(probe, what="the test publisher and subscriber to be connected")
     if sub is not None:
+        last = send_probe()
+        wait_until(lambda: probe_id() == last, what="the last probe's explanation")
         sub.unsubscribe(topic)
-        time.sleep(0.05)
-        while sub.poll(0):
-            t, _ = sub.recv_multipart()
-            assert t == topic, f"unexpected message on {t!r} while joining"
 
 
 def random_attention(rng, shape, temp=1.0):
