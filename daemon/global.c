@@ -190,6 +190,19 @@ s_enc_stat(msgpack_packer *pk, const drift_stat_t *st)
         msgpack_pack_nil(pk);
 }
 
+/* The three rank statistics of a window, as map entries. */
+static void
+s_enc_stats(msgpack_packer *pk, const drift_stat_t *spearman, const drift_stat_t *ndcg,
+            const drift_stat_t *js)
+{
+    enc_str(pk, "spearman");
+    s_enc_stat(pk, spearman);
+    enc_str(pk, "ndcg");
+    s_enc_stat(pk, ndcg);
+    enc_str(pk, "js");
+    s_enc_stat(pk, js);
+}
+
 /* The seven fields of a closed window shared by drift/ and the drift
    query: window, reference, compared, spearman, ndcg, js, alert; drift/
    adds "trades" (window size) after "window" when `trades` is given. */
@@ -207,12 +220,7 @@ s_enc_window(msgpack_packer *pk, const glast_t *l, const uint32_t *trades)
     enc_str(pk, drift_ref_name(l->ref));
     enc_str(pk, "compared");
     enc_bool(pk, l->compared);
-    enc_str(pk, "spearman");
-    s_enc_stat(pk, &l->spearman);
-    enc_str(pk, "ndcg");
-    s_enc_stat(pk, &l->ndcg);
-    enc_str(pk, "js");
-    s_enc_stat(pk, &l->js);
+    s_enc_stats(pk, &l->spearman, &l->ndcg, &l->js);
     enc_str(pk, "alert");
     enc_bool(pk, l->alert);
 }
@@ -875,12 +883,7 @@ global_op_drift(server_t *s, qreq_t *q, msgpack_packer *pk)
         msgpack_pack_uint64(pk, a->window);
         enc_str(pk, "reference");
         enc_str(pk, drift_ref_name(a->ref));
-        enc_str(pk, "spearman");
-        s_enc_stat(pk, &a->spearman);
-        enc_str(pk, "ndcg");
-        s_enc_stat(pk, &a->ndcg);
-        enc_str(pk, "js");
-        s_enc_stat(pk, &a->js);
+        s_enc_stats(pk, &a->spearman, &a->ndcg, &a->js);
     }
     return 0;
 }
