@@ -597,14 +597,35 @@ def test_ways_to_name_layers():
             return
         raise AssertionError("not refused: " + what)
 
-    # rtdl's last_layer_query_idx=[-1]: the last layer has the CLS row only.
+    # rtdl's last_layer_query_idx=[-1]: the last layer has the CLS row only;
+    # refused, and with the attribute set to None (as the message says) the
+    # same model is captured and its output is unchanged.
     m2 = RtdlFTTransformer(n_num=3, cardinalities=[4], last_layer_query_idx=[-1])
+    m2.eval()
     refused(RuntimeError, "last_layer_query_idx",
             lambda: AttentionCapture(m2, match=RtdlMultiheadAttention).run(*x))
-    # Nothing matched (and no SDPA to fall back on in 1.13).
-    if not hasattr(F, "scaled_dot_product_attention"):
-        refused(ValueError, "no torch.nn.MultiheadAttention", lambda: AttentionCapture(m))
+    with torch.no_grad():
+        short = m2(*x).numpy()
+    m2.last_layer_query_idx = None
+    c2 = AttentionCapture(m2, match=RtdlMultiheadAttention).run(*x)
+    assert_close(c2.logits, short, rel=1e-5, abs_=1e-6, what="rtdl without the last-layer shortcut")
+    # Nothing matched: refused at once with sdpa=False, else at the capture.
     refused(ValueError, "selected no module", lambda: AttentionCapture(m, match="nothing.*", sdpa=False))
+    refused(RuntimeError, "no scaled_dot_product_attention call was seen",
+            lambda: AttentionCapture(m).run(*x))
+    # SDPA support is decided at the capture: a function installed after the
+    # AttentionCapture was made is replaced all the same.
+    sm = SdpaModel(3)
+    xs = (torch.randn(2, 3), torch.ones(2, 3, dtype=torch.bool))
+    installed = F.scaled_dot_product_attention
+    del F.scaled_dot_product_attention
+    try:
+        cap = AttentionCapture(sm)
+        refused(RuntimeError, "has no scaled_dot_product_attention", lambda: AttentionCapture(m).run(*x))
+        refused(RuntimeError, "does not exist", lambda: AttentionCapture(sm, sdpa=True).run(*xs))
+    finally:
+        F.scaled_dot_product_attention = installed
+    assert cap.run(*xs).attn.shape == (2, 3, 2, 4, 4)
     # A module with two softmax calls, without probs=; a matched module
     # the forward pass never calls.
     class TwoSoftmax(nn.Module):

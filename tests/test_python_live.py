@@ -185,9 +185,8 @@ def test_modes_and_errors():
     else:
         raise AssertionError("a second wrapper on the same model was accepted")
     live.close()
-    # A capture that fails (the default capture finds no attention: rtdl's
-    # module is not nn.MultiheadAttention, and 1.13 has no SDPA, or the
-    # model does not call it): counted, and the model answers.
+    # A capture that fails (a probs= getter that returns no tensor):
+    # counted, and the model answers.
     live = explain_forward(m, pub, capture=AttentionCapture(m, match=RtdlMultiheadAttention,
                                                             probs=lambda mod, out: None))
     with torch.no_grad():

@@ -172,7 +172,8 @@ class AttentionCapture:
             [B*H, n, n] (batch-major) or [B, n, n]
     sdpa    capture calls of torch.nn.functional.scaled_dot_product_attention
             (in call order). None (default): when `layers` is not given and
-            the function exists; True: required; False: never
+            the function exists at the time of the capture; True: required;
+            False: never
     """
 
     def __init__(self, model: torch.nn.Module, layers: Optional[Sequence[torch.nn.Module]] = None, *,
@@ -202,21 +203,15 @@ class AttentionCapture:
         elif probs is not None and not callable(probs):
             raise TypeError("probs= takes an attribute name or a function f(module, output)")
         self.probs = probs
-        has_sdpa = hasattr(torch.nn.functional, _SDPA)
-        if sdpa is None:
-            sdpa = not self._explicit and has_sdpa
-        elif sdpa and self._explicit:
+        if sdpa and self._explicit:
             raise ValueError("sdpa=True numbers layers in call order; it cannot be combined with layers=")
-        elif sdpa and not has_sdpa:
-            raise RuntimeError("torch.nn.functional.scaled_dot_product_attention does not exist "
-                               "in this PyTorch (%s); it came with 2.0" % torch.__version__)
-        self.sdpa = bool(sdpa)
-        if not self.layers and not self.sdpa:
+        # None: decided at each capture (the function may be installed later).
+        self.sdpa = None if sdpa is None and not self._explicit else bool(sdpa)
+        if not self.layers and self.sdpa is False:
             what = "no torch.nn.MultiheadAttention module found in the model" if match is None \
                 else "match= selected no module of the model"
-            raise ValueError(what + (" and this PyTorch has no scaled_dot_product_attention"
-                                     if not has_sdpa else "") +
-                             "; name the attention modules with match= or layers=")
+            raise ValueError(what + " and sdpa=False; name the attention modules with match= or layers=")
+        self._match_given = match is not None
         self._records: Dict[int, Tuple[Any, torch.Tensor]] = {}
         self._installed = False
         self._active = False     # inside run(): calls are recorded
@@ -378,11 +373,12 @@ class AttentionCapture:
         self._records = {}
         self._active, self._thread = True, threading.get_ident()
         F = torch.nn.functional
-        sdpa_before = vars(F).get(_SDPA, _MISSING) if self.sdpa else _MISSING
+        sdpa_before = vars(F).get(_SDPA, _MISSING) if self.sdpa is not False else _MISSING
         try:
-            if self.sdpa:
-                if sdpa_before is _MISSING:
-                    raise RuntimeError("torch.nn.functional.scaled_dot_product_attention went away")
+            if self.sdpa and sdpa_before is _MISSING:
+                raise RuntimeError("sdpa=True, but torch.nn.functional.scaled_dot_product_attention "
+                                   "does not exist in this PyTorch (%s); it came with 2.0" % torch.__version__)
+            if sdpa_before is not _MISSING:
                 setattr(F, _SDPA, self._sdpa(sdpa_before))
             # Grad mode stays on even for a forward-only capture: with grad
             # disabled nn.TransformerEncoderLayer takes a fused fast path
@@ -399,8 +395,13 @@ class AttentionCapture:
                 if missing:
                     raise RuntimeError("attention layers %s were not called in this pass" % missing)
                 if not self._records:
-                    raise RuntimeError("no attention was captured: no matched module and no "
-                                       "scaled_dot_product_attention call in the forward pass")
+                    raise RuntimeError(
+                        "no attention was captured: %s, and %s; name the attention modules with "
+                        "match= or layers=" % (
+                            "match= selected no module" if self._match_given
+                            else "the model has no torch.nn.MultiheadAttention",
+                            "no scaled_dot_product_attention call was seen" if sdpa_before is not _MISSING
+                            else "this PyTorch (%s) has no scaled_dot_product_attention" % torch.__version__))
                 B, C = logits.shape
                 if isinstance(target, str):
                     if target != "pred":
@@ -441,7 +442,7 @@ class AttentionCapture:
                 return (Captured(A, G, t.detach().cpu().numpy().astype(np.int64),
                                  lg.numpy(), prob.numpy(), score.detach().cpu().float().numpy()), out)
         finally:
-            if self.sdpa and sdpa_before is not _MISSING:
+            if sdpa_before is not _MISSING:
                 setattr(F, _SDPA, sdpa_before)
             self._active, self._thread = False, None
             self._records = {}
@@ -499,9 +500,9 @@ def _bhnn_shape(t: torch.Tensor, B: int, layer: int) -> Tuple[int, int, int, int
     n, m = t.shape[-2], t.shape[-1]
     if n != m:
         raise RuntimeError("layer %d: attention probabilities of shape %s are not square: "
-                           "the layer computed %d query rows for %d keys (e.g. rtdl's "
-                           "last_layer_query_idx); xplaind needs every token's row: build the "
-                           "model without that shortcut" % (layer, tuple(t.shape), n, m))
+                           "the layer computed %d query rows for %d keys, and xplaind needs "
+                           "every token's row. rtdl's last_layer_query_idx does this: set it to "
+                           "None for the capture (the outputs do not change)" % (layer, tuple(t.shape), n, m))
     return (B, t.numel() // (B * n * n), n, n)
 
 
