@@ -68,6 +68,10 @@ Probs = Union[str, Callable[[torch.nn.Module, Any], torch.Tensor]]
 Target = Union[str, int, Sequence[int], np.ndarray, torch.Tensor]
 
 _SDPA = "scaled_dot_product_attention"
+# Captures patch process-wide functions (softmax, SDPA) and restore them
+# after: captures in different threads take turns, so that the restores
+# never interleave.
+_PATCH_LOCK = threading.RLock()
 _SOFTMAX_SITES = ((torch, "softmax"), (torch.nn.functional, "softmax"), (torch.Tensor, "softmax"))
 _MISSING = object()
 
@@ -368,6 +372,11 @@ class AttentionCapture:
                  keep_graph: bool = False) -> Tuple[Captured, Any]:
         """One capture around call() (the model's forward): the Captured
         tensors and the forward's own output."""
+        with _PATCH_LOCK:
+            return self._capture_locked(call, target, grad, keep_graph)
+
+    def _capture_locked(self, call: Callable[[], Any], target: Target, grad: bool,
+                        keep_graph: bool) -> Tuple[Captured, Any]:
         was_installed = self._installed
         self.install()
         self._records = {}
