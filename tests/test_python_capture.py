@@ -663,6 +663,44 @@ def test_ways_to_name_layers():
     assert F.scaled_dot_product_attention is doc_sdpa, "SDPA left replaced after an error"
 
 
+def test_softmax_forms(cases):
+    """The softmax spy sees every way of calling softmax (a name bound
+    before the capture, nn.Softmax) through its TorchFunctionMode; the
+    patching fallback (PyTorch without modes) captures the four models
+    exactly as the mode does."""
+    from torch import softmax as bound_softmax
+    from xplain import torch_capture
+
+    class Forms(nn.Module):
+        def __init__(self, form):
+            super().__init__()
+            self.form, self.qk = form, nn.Linear(4, 8)
+            self.sm = nn.Softmax(dim=-1)
+
+        def forward(self, h):
+            q, k = self.qk(h).chunk(2, -1)
+            s = q @ k.transpose(1, 2)
+            p = bound_softmax(s, -1) if self.form == "bound" else self.sm(s)
+            return (p @ h)[:, 0]
+    h = torch.randn(2, 3, 4)
+    for form in ("bound", "module"):
+        m = Forms(form)
+        c = AttentionCapture(m, match=Forms, sdpa=False).run(h, target=1)
+        q, k = m.qk(h).chunk(2, -1)
+        assert_close(c.attn[:, 0, 0], torch.softmax(q @ k.transpose(1, 2), -1).detach().numpy(),
+                     rel=1e-6, abs_=1e-7, what="softmax " + form)
+    assert torch_capture._SoftmaxSpy.use_mode, "this PyTorch has TorchFunctionMode"
+    torch_capture._SoftmaxSpy.use_mode = False
+    try:
+        for name, model, inputs, cap, mods, toks, cls in cases:
+            if mods:
+                c = cap.run(*inputs)
+                check_capture(name + " (patched softmax)", model, c, mods, inputs)
+        assert "softmax" not in vars(torch.Tensor) and torch.softmax is SOFTMAX and F.softmax is F_SOFTMAX
+    finally:
+        torch_capture._SoftmaxSpy.use_mode = True
+
+
 def test_mha_still():
     """nn.MultiheadAttention models keep working by default, also next to
     SDPA (both in call order)."""
@@ -776,6 +814,7 @@ def main():
     cases = models()
     run(test_captures, cases)
     run(test_ways_to_name_layers)
+    run(test_softmax_forms, cases)
     run(test_mha_still)
     with xplain.Daemon(XPLAIND, methods=ALL) as d:
         run(test_daemon, d, cases)

@@ -15,9 +15,9 @@ Three kinds of attention layer are captured (see the README for examples):
   scores, then dropout, then the product with the values: rtdl's
   FT-Transformer, SAINT, TabTransformer): name them with `match=` (a
   module type, a name pattern or a predicate). While such a module runs
-  inside a capture, `torch.softmax`, `torch.nn.functional.softmax` and
-  `Tensor.softmax` record their result, and the one softmax over the last
-  dimension is the probability tensor; `probs=` gets it some other way
+  inside a capture, every softmax it computes is recorded (through a
+  TorchFunctionMode), and the one softmax over the last dimension is the
+  probability tensor; `probs=` gets it some other way
   (an attribute name, or a function of the module and its output).
 - `torch.nn.functional.scaled_dot_product_attention` (PyTorch 2.0 and
   later), called through that name: during a capture it is replaced by
@@ -459,34 +459,62 @@ class AttentionCapture:
                 self.remove()
 
 
+_TorchFunctionMode = getattr(torch.overrides, "TorchFunctionMode", None)
+
+
 class _SoftmaxSpy:
-    """While active, softmax through torch.softmax, F.softmax and
-    Tensor.softmax in thread `thread` appends (output, dim, shape) to
-    `seen`. F.softmax calls Tensor.softmax: a nested call is not recorded
-    twice."""
+    """While active, every softmax the current thread computes appends
+    (output, dim, shape) to `seen`.
+
+    Through a TorchFunctionMode where PyTorch has one (1.12 and later): it
+    sees torch.softmax, F.softmax, Tensor.softmax and nn.Softmax however
+    the model refers to them (`from torch import softmax` too), and only in
+    this thread. Else torch.softmax, F.softmax and Tensor.softmax are
+    patched for the duration (names bound before are not seen); F.softmax
+    calls Tensor.softmax, so a nested call is not recorded twice."""
+
+    use_mode = _TorchFunctionMode is not None
 
     def __init__(self, seen: list, thread: Optional[int]) -> None:
         self.seen, self.thread = seen, thread
         self.saved: list = []
         self.depth = 0
+        self.mode: Any = None
+
+    def _note(self, out: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
+        if isinstance(out, torch.Tensor):
+            dim = args[1] if len(args) > 1 else kwargs.get("dim")
+            self.seen.append((out, dim, tuple(out.shape)))
 
     def _spy(self, original: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         spy = self
 
-        def softmax(input, *args, **kwargs):
+        def softmax(*args, **kwargs):
             if spy.depth or threading.get_ident() != spy.thread:
-                return original(input, *args, **kwargs)
+                return original(*args, **kwargs)
             spy.depth += 1
             try:
-                out = original(input, *args, **kwargs)
+                out = original(*args, **kwargs)
             finally:
                 spy.depth -= 1
-            dim = args[0] if args else kwargs.get("dim")
-            spy.seen.append((out, dim, tuple(out.shape)))
+            spy._note(out, args, kwargs)
             return out
         return softmax
 
     def __enter__(self) -> "_SoftmaxSpy":
+        if self.use_mode:
+            spy = self
+
+            class Mode(_TorchFunctionMode):   # type: ignore[misc, valid-type]
+                def __torch_function__(self, func, types, args=(), kwargs=None):
+                    kwargs = kwargs or {}
+                    out = func(*args, **kwargs)
+                    if getattr(func, "__name__", None) == "softmax":
+                        spy._note(out, args, kwargs)
+                    return out
+            self.mode = Mode()
+            self.mode.__enter__()
+            return self
         for owner, name in _SOFTMAX_SITES:
             before = vars(owner).get(name, _MISSING)
             self.saved.append((owner, name, before))
@@ -494,6 +522,9 @@ class _SoftmaxSpy:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if self.mode is not None:
+            self.mode.__exit__(*exc)
+            self.mode = None
         for owner, name, before in reversed(self.saved):
             if before is _MISSING:
                 delattr(owner, name)
