@@ -35,9 +35,9 @@ pass (layer 0 is the first attention the input goes through).
 
 Samples of a batch never interact in attention or layer norm, so the
 gradient of the sum over the batch of each sample's target score is each
-sample's own gradient: one backward pass serves a whole batch. (Not true
-of SAINT's intersample attention: capture such models one sample at a
-time.)
+sample's own gradient: one backward pass serves a whole batch. (Not so
+with SAINT's intersample attention, which mixes the samples: there the
+gradients are exact only for batches of one.)
 
 Use the model in eval() mode (run() switches to it by default): in
 training mode the probabilities are dropped out.
