@@ -12,8 +12,9 @@
   the docstrings of the public API, and the public signatures carry type
   hints;
 - the installed package talks to the real daemon: it starts xplaind,
-  captures a small nn.MultiheadAttention model and an rtdl-style attention
-  module (match=), publishes, and receives the explanations, which equal
+  captures a small model with nn.MultiheadAttention layers, rtdl-style
+  attention modules (match=) and scaled_dot_product_attention calls (the
+  documented formula installed under that name on PyTorch < 2.0), publishes, and receives the explanations, which equal
   tests/ref.py (float64) on the captured tensors.
 
 Run by ctest with /usr/bin/python3 and XPL_BUILD_DIR / XPL_SOURCE_DIR.
@@ -93,18 +94,34 @@ class Attn(nn.Module):            # rtdl style: [B*H, n, d_head], F.softmax
         p = F.softmax(q @ k.transpose(1, 2) / (d // self.h) ** 0.5, dim=-1)
         return self.out((p @ v).reshape(B, self.h, n, -1).transpose(1, 2).reshape(B, n, d))
 
-class Model(nn.Module):           # two MHA layers, then two custom ones; CLS last
+if not hasattr(F, "scaled_dot_product_attention"):     # PyTorch < 2.0: the documented formula
+    def sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
+        w = torch.softmax(q @ k.transpose(-2, -1) * (scale or q.size(-1) ** -0.5), dim=-1)
+        return w @ v
+    F.scaled_dot_product_attention = sdpa
+
+class Sdpa(nn.Module):
+    def __init__(self, d, h):
+        super().__init__()
+        self.h, self.qkv = h, nn.Linear(d, 3 * d)
+    def forward(self, x):
+        B, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(B, n, 3, self.h, -1).permute(2, 0, 3, 1, 4)
+        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, n, d)
+
+class Model(nn.Module):           # two MHA layers, two custom ones, two SDPA ones; CLS last
     def __init__(self, nf=4, d=8):
         super().__init__()
         self.w, self.cls = nn.Parameter(torch.randn(nf, d)), nn.Parameter(torch.randn(d))
         self.mha = nn.ModuleList([nn.MultiheadAttention(d, 2, batch_first=True) for _ in range(2)])
         self.own = nn.ModuleList([Attn(d, 2) for _ in range(2)])
+        self.sdpa = nn.ModuleList([Sdpa(d, 2) for _ in range(2)])
         self.head = nn.Linear(d, 2)
     def forward(self, x):
         t = torch.cat([x[..., None] * self.w, self.cls.expand(len(x), 1, -1)], 1)
         for m in self.mha:
             t = t + m(t, t, t, need_weights=False)[0]
-        for m in self.own:
+        for m in list(self.own) + list(self.sdpa):
             t = t + m(t)
         return self.head(t[:, -1])
 
@@ -178,7 +195,7 @@ def test_install_and_use():
         assert "return" in hints and len(hints) >= 2, "%s: type hints %s" % (name, hints)
 
     # The explanations the installed package received, against the reference.
-    assert A.shape == G.shape == (3, 4, 2, 5, 5), A.shape
+    assert A.shape == G.shape == (3, 6, 2, 5, 5), A.shape     # 2 MHA, 2 own softmax, 2 SDPA
     assert sorted(res["got"]) == ["0", "1", "2"], sorted(res["got"])
     for i, x in res["got"].items():
         b = int(i)
