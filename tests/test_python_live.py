@@ -26,7 +26,6 @@ import threading
 import time
 import traceback
 
-import numpy as np
 
 SOURCE = os.environ.get("XPL_SOURCE_DIR") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.environ.get("XPL_BUILD_DIR") or os.path.join(SOURCE, "build")

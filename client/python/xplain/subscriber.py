@@ -205,7 +205,7 @@ class Subscriber:
             feats = self.features(model, body.get("epoch"))
         return Update(kind, body, feats)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Union["Explanation", "Update", None]]:
         while True:
             yield self.recv()
 
