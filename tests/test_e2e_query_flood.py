@@ -8,7 +8,8 @@ flood the query socket at the same time:
     far over query.max_size: each answered with a clear bad_request and
     counted in query_too_large, without being parsed;
   - `trade` queries of a large cached trade with on-demand flow and the
-    full matrices, whose work runs off the main loop;
+    full matrices, whose work runs off the main loop (the reply checked
+    against the float64 reference first);
   - many small `stats` queries.
 
 Every trade sent must be explained and none lost (the daemon's `lost`
@@ -26,7 +27,7 @@ import msgpack
 import numpy as np
 import zmq
 
-from xpltest import Daemon, close_context, join, model_info, random_attention, wait_until
+from xpltest import Daemon, assert_close, close_context, join, model_info, random_attention, ref, wait_until
 
 RATE = float(os.environ.get("XPL_FLOOD_RATE", "1000"))       # messages per second
 COUNT = int(os.environ.get("XPL_FLOOD_COUNT", "6000"))       # messages (one trade each)
@@ -42,10 +43,31 @@ def small_message(seq, A):
 
 def big_message(rng):
     A = random_attention(rng, (1, BIG_L, 1, BIG_N, BIG_N)).astype("<f4")
-    return [b"attn/big", msgpack.packb({
+    G = rng.standard_normal((1, BIG_L, 1, BIG_N, BIG_N)).astype("<f4")
+    return A[0], G[0], [b"attn/big", msgpack.packb({
         "v": 1, "model": "big", "seq": 0, "ts": 1, "ids": ["big-1"], "L": BIG_L, "H": 1,
-        "n": BIG_N, "dtype": "f32", "attn": A.tobytes(), "cls": 0,
+        "n": BIG_N, "dtype": "f32", "attn": A.tobytes(), "grad": G.tobytes(), "cls": 0,
         "tokens": [f"t{k}" for k in range(BIG_N)]})]
+
+
+def check_big_trade(d, A, G):
+    """The large trade's reply (built by the daemon's worker thread) is
+    what the float64 reference says."""
+    rep = d.query("trade", model="big", id="big-1", flow=True)
+    assert rep["ok"], rep
+    n = BIG_N
+    R = np.frombuffer(rep["matrices"]["rollout"], dtype="<f4").reshape(n, n)
+    assert_close(R, ref.rollout_matrix(A), rel=1e-4, what="large trade rollout matrix")
+    Rg = np.frombuffer(rep["matrices"]["grad_rollout"], dtype="<f4").reshape(n, n)
+    assert_close(Rg, ref.grad_rollout_matrix(A, G), rel=1e-4, what="large trade grad matrix")
+    want = ref.methods(A, G, 0)
+    assert set(rep["attr"]) == {"rollout", "grad_rollout", "first_layer", "attn_mean", "flow"}, rep["attr"].keys()
+    for m, v in rep["attr"].items():
+        if m != "flow":
+            assert_close(v, want[m], rel=1e-4, what=f"large trade attr {m}")
+    f = np.array(rep["attr"]["flow"])
+    assert f.shape == (n - 1,) and np.isfinite(f).all() and (f >= 0).all(), f
+    assert rep["features"] == [f"t{k}" for k in range(1, n)] and rep["L"] == BIG_L
 
 
 def stream(d, ctx, done, out):
@@ -116,9 +138,11 @@ def main():
         rng = np.random.default_rng(1)
         pub = d.publisher()
         join(d, pub, model="__probe_big")
-        pub.send_multipart(big_message(rng))
+        A, G, msg = big_message(rng)
+        pub.send_multipart(msg)
         wait_until(lambda: (model_info(d, "big") or {}).get("explained") == 1, timeout=60,
                    what="the large trade to be explained")
+        check_big_trade(d, A, G)
         pad = msgpack.packb({"v": 1, "op": "ping", "pad": [0] * (15 << 20)})
         assert len(pad) >= 15 << 20
         c0 = d.stats()["counters"]
