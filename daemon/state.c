@@ -788,6 +788,10 @@ state_load(server_t *s, const char *dir)
         log_err("state: cannot open %s: %s", dir, strerror(errno));
         return -1;
     }
+    struct stat dst;
+    if (fstat(dfd, &dst) == 0 && (dst.st_mode & (S_IWGRP | S_IWOTH)))
+        log_warn("state: %s is writable by other users: they can replace or remove the "
+                 "snapshot (make it 0700, owned by the daemon's user)", dir);
     s_remove_stale_tmp(dfd, dir);
     /* Only a regular file named state.msgpack is a snapshot: not what a
        symlink points to (O_NOFOLLOW), not a FIFO that would block the
