@@ -147,12 +147,20 @@ def test_curve(d, keys):
 
     # Revocation: remove the certificate, SIGHUP, new connections are refused.
     os.unlink(keys.good_cert)
+    # (the start already logged "N client key(s) admitted": wait for a new line)
+    reloads = d.stderr().count("client key(s) admitted from")
     d.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: "0 client key(s) admitted" in d.stderr(), what="the reload")
+    wait_until(lambda: d.stderr().count("client key(s) admitted from") > reloads, what="the reload")
+    last = [ln for ln in d.stderr().splitlines() if "client key(s) admitted from" in ln][-1]
+    assert "security: 0 client key(s)" in last, last
     assert query_as("good", "ping") is None, "revoked key still admitted"
     write_cert(keys.good_cert, keys.good_pub)
+    # (the start already logged "N client key(s) admitted": wait for a new line)
+    reloads = d.stderr().count("client key(s) admitted from")
     d.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: "1 client key(s) admitted" in d.stderr(), what="the second reload")
+    wait_until(lambda: d.stderr().count("client key(s) admitted from") > reloads, what="the second reload")
+    last = [ln for ln in d.stderr().splitlines() if "client key(s) admitted from" in ln][-1]
+    assert "security: 1 client key(s)" in last, last
     assert good_query("ping")["ok"]
     for s in list(subs.values()) + list(pubs.values()):
         s.close()
