@@ -13,8 +13,10 @@
 
     One job at a time: while it runs the main loop reads no further
     queries (replies keep their request order, proto/queries.md) but goes
-    on with ingest, which is what the thread is for. The worker runs at a
-    lower CPU priority (nice +10) than the main loop.  */
+    on with ingest, which is what the thread is for. The worker asks for a
+    lower CPU priority (nice +10) than the main loop; under the systemd
+    unit, whose syscall filter denies @resources with EPERM, it keeps the
+    main loop's priority.  */
 #ifndef XPLD_QJOB_H
 #define XPLD_QJOB_H
 
