@@ -187,11 +187,14 @@ server_init(server_t *s)
         return -1;
     }
     int64_t maxmsg = (int64_t)c->max_msg_size, qmax = 16 << 20;
+    /* A query client's requests wait 16 deep at most: ZeroMQ stops reading
+       that connection meanwhile (nothing is dropped), so one connection
+       holds at most 16 requests of qmax bytes. */
     uint64_t io_ingest = 1, io_other = 2;
     if (zmq_setsockopt(s->sub, ZMQ_AFFINITY, &io_ingest, sizeof io_ingest) ||
         zmq_setsockopt(s->router, ZMQ_AFFINITY, &io_other, sizeof io_other) ||
         zmq_setsockopt(s->pub, ZMQ_AFFINITY, &io_other, sizeof io_other) ||
-        s_setopt_int(s->router, ZMQ_RCVHWM, 100, "query rcvhwm")) {
+        s_setopt_int(s->router, ZMQ_RCVHWM, 16, "query rcvhwm")) {
         log_err("cannot configure sockets: %s", zmq_strerror(errno));
         return -1;
     }
