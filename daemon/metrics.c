@@ -188,6 +188,8 @@ metrics_render(server_t *s, size_t *len)
     s_counter(&b, "queries_total", "Queries answered.", st->queries);
     s_counter(&b, "query_errors_total", "Queries answered with ok: false.", st->query_errors);
     s_counter(&b, "query_dropped_total", "Queries that could not be answered.", st->query_dropped);
+    s_counter(&b, "query_too_large_total", "Queries over query.max_size (answered bad_request).",
+              st->query_too_large);
     s_counter(&b, "snapshots_total", "State snapshots written.", st->snapshots);
     s_counter(&b, "snapshot_errors_total", "State snapshots that failed.", st->snapshot_errors);
     s_counter(&b, "auth_admitted_total", "CURVE peers admitted by the ZAP handler.", s->auth.admitted);
