@@ -177,8 +177,10 @@ s_stat(FILE *f, double v, bool bad)
 {
     if (isnan(v))
         fputs("<td class=\"num\">undefined</td>", f);
-    else
-        fprintf(f, "<td class=\"num%s\">%.3f</td>", bad ? " bad" : "", v);
+    else    /* small values keep their digits: a JS of 2e-4 is not 0 */
+        fprintf(f, v != 0 && fabs(v) < 0.001 ? "<td class=\"num%s\">%.2e</td>"
+                                             : "<td class=\"num%s\">%.3f</td>",
+                bad ? " bad" : "", v);
 }
 
 static const char s_css[] =
@@ -504,7 +506,7 @@ s_heads(FILE *f, const s_report_t *r)
             svg_heatmap_t hm = {.title = maps[k].name, .subtitle = sub, .rows = L, .cols = H,
                                 .values = maps[k].v, .row_labels = rows, .col_labels = cols,
                                 .row_axis = "layer", .col_axis = "head", .tip_sep = ", ",
-                                .highlight_row = -1, .id = maps[k].id};
+                                .zero = true, .highlight_row = -1, .id = maps[k].id};
             fputs("<div class=\"chart\">", f);
             svg_heatmap(f, &hm);
             fputs("</div>\n", f);

@@ -356,8 +356,11 @@ svg_heatmap(FILE *f, const svg_heatmap_t *h)
                 above += off[k] > hi;
                 below += off[k] < lo;
             }
-        } else
+        } else {
             hi = off[nvals - 1];
+            if (h->zero && lo > 0)
+                lo = 0;
+        }
     }
     free(off);
     if (!(lo <= hi))
@@ -400,8 +403,8 @@ svg_heatmap(FILE *f, const svg_heatmap_t *h)
                  "off-diagonal cells; %zu cell%s beyond drawn at the ends",
                  a, b, above + below, above + below == 1 ? "" : "s");
     else
-        snprintf(l1, sizeof l1, "colour: %s (white, the minimum) to %s (dark blue, the maximum)",
-                 a, b);
+        snprintf(l1, sizeof l1, "colour: %s (white%s) to %s (dark blue, the maximum)", a,
+                 h->zero && lo == 0 ? "" : ", the minimum", b);
     l2[0] = l3[0] = '\0';
     if (h->robust && dlo <= dhi) {
         char c[32], d[32];

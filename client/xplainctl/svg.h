@@ -54,6 +54,8 @@ typedef struct {
        dwarfs the rest in a rollout) is drawn grey, outside the scale;
        otherwise it spans min..max of all values. */
     bool robust;
+    bool zero;                  /* otherwise: the scale starts at 0 when no
+                                   value is negative (sizes, not contrasts) */
     int highlight_row;          /* row outlined in red, -1 for none */
     const char *highlight_what; /* legend text for it */
     uint32_t nseries;
