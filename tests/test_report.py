@@ -238,6 +238,9 @@ def test_heatmap_layout(d, f, tid, tmp):
         legend = " ".join(t["t"] for t in s["texts"] if t["cls"] == "legend")
         assert f"colour: {lo:.3g} (white) to {hi:.3g} (dark blue), the 1st to 99th " \
                f"percentile of the off-diagonal cells" in legend, legend
+        beyond = int((off > hi).sum() + (off < lo).sum())
+        assert f"; {beyond} cell{'' if beyond == 1 else 's'} beyond drawn at the ends" in legend, \
+            (beyond, legend)
         assert "grey: the diagonal" in legend and "red outline: the readout row (CLS)" in legend
         cells = [r for r in root.iter(SVG + "rect") if r.get("class") == "cell"]
         assert len(cells) == n * n
@@ -324,6 +327,25 @@ def test_report_static(d, f, tmp):
         assert abs(s - std[k]) <= 1e-5 * abs(std[k]) + 1e-12, (name, s, std[k])
     got = [float(b.find(SVG + "title").text.split(": ")[1].split(" ")[0]) for b in bars[:nf]]
     assert got == sorted(got, reverse=True), "features are not sorted by mean"
+    # Drift: windows of 2 trades closed (the first became the baseline);
+    # the table and the chart's points hold the drift query's last window.
+    dq = d.query("drift", model=f.model)
+    for meth, st in dq["methods"].items():
+        last = st["last"]
+        assert last["window"] == 1 and last["compared"], (meth, last)
+        row = re.search(r"<tr><td>%s</td><td>[a-z]+</td><td class=\"num\">2</td>(.*?)</tr>"
+                        % meth, text).group(1)
+        cells = re.findall(r'<td class="num[^"]*">([^<]*)</td>', row)
+        for got, key in zip(cells[2:5], ["spearman", "ndcg", "js"]):
+            want = last[key]
+            assert (got == "undefined") if want is None else \
+                abs(float(got) - want) <= 1e-3 * max(1.0, abs(want)), (meth, key, got, want)
+        chart = ET.fromstring(re.search(r'<svg[^>]*id="drift-%s".*?</svg>' % meth, text,
+                                        re.S).group(0))
+        tips = [c.find(SVG + "title").text for c in chart.iter(SVG + "circle")]
+        want = [f"window 1: {last[k]:.4g}" for k in ("spearman", "ndcg", "js")
+                if last[k] is not None]
+        assert [x.replace(" (alert)", "") for x in tips] == want, (meth, tips, want)
     rho = g["methods"]["rollout"]["reference_spearman"]
     assert f"Spearman ρ = {rho:.3f}" in text, rho
     assert "no head statistics arrived" in text.lower()
@@ -335,6 +357,15 @@ def test_report_static(d, f, tmp):
         check_inside(s, f"report svg {s['id'] or s['parent']}")
     (trade,) = [s for s in m["svgs"] if s["parent"] == "trade-heatmap"]
     assert trade["marks"]["rect.cell"]["n"] == f.n * f.n
+
+    # --top K: the K largest features per chart.
+    rc, out, err = ctl(d, "report", "--model", f.model, "--listen", "0", "--top", "5")
+    assert rc == 0 and err == "", (rc, err)
+    root = ET.fromstring(re.search(r'<svg[^>]*id="global-rollout".*?</svg>', out, re.S).group(0))
+    top5 = [r.find(SVG + "title").text.split(": ")[0] for r in root.iter(SVG + "rect")
+            if r.get("class") == "bar"][:5]
+    assert top5 == [f.features[k] for k in np.argsort(-np.asarray(mean), kind="stable")[:5]], \
+        top5
 
 
 def test_report_demo(tmp):
@@ -425,7 +456,7 @@ def main():
             failures.append(name)
             print(f"FAIL {name}\n{traceback.format_exc()}", flush=True)
 
-    d = Daemon()
+    d = Daemon("--drift-window", "2")
     try:
         f = Feeder(d, "bc", FEATURES)
         for k in range(5):
