@@ -274,8 +274,8 @@ s_bar_column(FILE *f, const svg_series_t *s, uint32_t rows, const char *const *l
 /* Height the bar columns need below their rows (axis, ticks, name). */
 #define S_BAR_FOOT 40.0
 
-/* Legend lines of the series' error bars and markers; returns the y
-   below them, widening *w. */
+/* Legend lines of the series' error bars and markers (f NULL: measure
+   only); returns the y below them, widening *w. */
 static double
 s_series_legend(FILE *f, const svg_series_t *series, uint32_t n, double y, double *w)
 {
@@ -294,7 +294,9 @@ s_series_legend(FILE *f, const svg_series_t *series, uint32_t n, double y, doubl
                 continue;
             done[ndone++] = t[j];
             y += S_LEGEND_LINE;
-            s_text(f, S_PAD, y, S_SMALL + 0.5, NULL, " class=\"legend\" fill=\"#333\"", t[j]);
+            if (f)
+                s_text(f, S_PAD, y, S_SMALL + 0.5, NULL, " class=\"legend\" fill=\"#333\"",
+                       t[j]);
             *w = fmax(*w, 2 * S_PAD + svg_text_width(t[j], S_SMALL + 0.5, false));
         }
     }
@@ -374,8 +376,7 @@ svg_heatmap(FILE *f, const svg_heatmap_t *h)
     for (uint32_t j = 0; labels && j < C; j++)
         cw = fmax(cw, svg_text_width(h->col_labels[j], font, false));
     double w = 0;
-    /* The header is measured before anything is drawn: draw it into a
-       scratch pass would need a buffer, so measure it the same way. */
+    /* Everything is measured before the <svg> tag, which carries the size. */
     double hy = S_PAD + (h->title ? S_TITLE + 4 : 0) + (h->subtitle ? S_SUB + 6 : 0) + 6;
     const double sin60 = 0.8660254, cos60 = 0.5;
     const double left = S_PAD + (labels ? rw + 6 : 0);
@@ -428,11 +429,7 @@ svg_heatmap(FILE *f, const svg_heatmap_t *h)
             height += S_LEGEND_LINE;
             w = fmax(w, 2 * S_PAD + svg_text_width(lines[k], S_SMALL + 0.5, false));
         }
-    for (uint32_t s = 0; s < ns; s++)
-        for (int j = 0; j < 2; j++)
-            if (j ? h->series[s].marker_name : h->series[s].err_name)
-                height += S_LEGEND_LINE;
-    height += S_PAD;
+    height = s_series_legend(NULL, h->series, ns, height, &w) + S_PAD;
     w = fmax(w, S_PAD + lw + S_PAD);
     if (h->title)
         w = fmax(w, 2 * S_PAD + svg_text_width(h->title, S_TITLE, true));
@@ -550,13 +547,7 @@ svg_bars(FILE *f, const svg_bars_t *b)
     if (b->subtitle)
         w = fmax(w, 2 * S_PAD + svg_text_width(b->subtitle, S_SUB, false));
     double y = top + b->rows * rowh + S_BAR_FOOT;
-    /* Legend: measured by drawing it into a null stream. */
-    FILE *null = fopen("/dev/null", "w");
-    double ly = y;
-    if (null) {
-        ly = s_series_legend(null, b->series, b->nseries, y, &w);
-        fclose(null);
-    }
+    const double ly = s_series_legend(NULL, b->series, b->nseries, y, &w);
     s_begin(f, b->id, w, ly + S_PAD);
     double dummy = 0;
     s_header(f, b->title, b->subtitle, &dummy);
