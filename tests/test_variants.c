@@ -411,7 +411,6 @@ Test(variants, neutral_options_are_the_plain_path)
                               4 * 144);
                     same_bits("grad layers", xm_work_grad_layers(w0), xm_work_grad_layers(w1), 4 * 144);
                 }
-                /* T = 1 with the signed method: signed with G >= 0 is grad_rollout */
             }
             xm_work_destroy(&w0);
             xm_work_destroy(&w1);
@@ -833,4 +832,209 @@ Test(variants, bad_groups_are_refused_with_a_reason)
     cr_assert_eq(xm_groups_from_map(3, gap, 3, &g), XM_GROUP_EARG);
     cr_assert_eq(xm_groups_from_map(3, over, 2, &g), XM_GROUP_EARG);
     cr_assert_null(g.feat_of);
+}
+
+/* ---- vectors from the numpy reference (tests/gen_variant_vectors.py) ----- */
+
+static const msgpack_object *
+map_get(const msgpack_object *m, const char *key)
+{
+    for (uint32_t k = 0; k < m->via.map.size; k++) {
+        const msgpack_object_kv *kv = &m->via.map.ptr[k];
+        if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == strlen(key) &&
+            memcmp(kv->key.via.str.ptr, key, kv->key.via.str.size) == 0)
+            return &kv->val;
+    }
+    cr_assert_fail("key %s missing", key);
+    return NULL;
+}
+
+static double
+num(const msgpack_object *o)
+{
+    switch (o->type) {
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64: return o->via.f64;
+    case MSGPACK_OBJECT_POSITIVE_INTEGER: return (double)o->via.u64;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER: return (double)o->via.i64;
+    case MSGPACK_OBJECT_BOOLEAN: return o->via.boolean;
+    default: cr_assert_fail("not a number"); return 0;
+    }
+}
+
+static size_t
+flatten(const msgpack_object *o, double *out)
+{
+    if (o->type != MSGPACK_OBJECT_ARRAY) {
+        *out = num(o);
+        return 1;
+    }
+    size_t k = 0;
+    for (uint32_t i = 0; i < o->via.array.size; i++)
+        k += flatten(&o->via.array.ptr[i], out + k);
+    return k;
+}
+
+static void
+near(const char *what, int ci, int ri, double got, double want, double rel, double abs)
+{
+    cr_assert(fabs(got - want) <= rel * fabs(want) + abs, "%s case %d run %d: %.17g vs %.17g", what,
+              ci, ri, got, want);
+}
+
+Test(variants, vectors_of_the_numpy_reference)
+{
+    FILE *f = fopen(XPL_SOURCE_DIR "/tests/vectors/variants.msgpack", "rb");
+    cr_assert_not_null(f, "tests/vectors/variants.msgpack missing");
+    static char buf[1 << 20];
+    size_t len = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    cr_assert_lt(len, sizeof buf);
+    msgpack_unpacked up;
+    msgpack_unpacked_init(&up);
+    cr_assert_eq(msgpack_unpack_next(&up, buf, len, NULL), MSGPACK_UNPACK_SUCCESS);
+    const msgpack_object *cases = map_get(&up.data, "cases");
+    cr_assert_geq(cases->via.array.size, 7u);
+    static double A[1 << 14], G[1 << 14], Rl[1 << 14], Aa[1 << 14], Ga[1 << 14];
+    static double want[1 << 10], mine[1 << 10], scale[1 << 10], fofd[256];
+    static float fa[1 << 14], fg[1 << 14], fr[1 << 14], grouped[256];
+    int checked = 0;
+    for (uint32_t ci = 0; ci < cases->via.array.size; ci++) {
+        const msgpack_object *c = &cases->via.array.ptr[ci];
+        cfg_t cf = {(int)num(map_get(c, "L")), (int)num(map_get(c, "H")), (int)num(map_get(c, "n")),
+                    (int)num(map_get(c, "cls")), 0, (int)num(map_get(c, "T")), 0, 0};
+        const int L = cf.L, H = cf.H, n = cf.n, cls = cf.cls, T = cf.T;
+        size_t cnt = flatten(map_get(c, "attn"), A);
+        cr_assert_eq(cnt, (size_t)L * H * n * n);
+        cr_assert_eq(flatten(map_get(c, "grad"), G), cnt * T);
+        cr_assert_eq(flatten(map_get(c, "rel"), Rl), cnt * T);
+        for (size_t k = 0; k < cnt * T; k++) {
+            if (k < cnt) {
+                fa[k] = (float)A[k];
+                Aa[k] = fabs(A[k]);
+            }
+            fg[k] = (float)G[k];
+            fr[k] = (float)Rl[k];
+            Ga[k] = fabs(G[k]);
+        }
+        xm_shape_t s = {(uint32_t)L, (uint32_t)H, (uint32_t)n, cls};
+        const int nf = (int)xm_nfeat(&s);
+        int nfo = (int)flatten(map_get(c, "feat_of"), fofd), nfeat = (int)num(map_get(c, "nfeat"));
+        cr_assert_eq(nfo, nf);
+        uint32_t fo[256];
+        int foi[256];
+        for (int k = 0; k < nf; k++)
+            foi[k] = (int)(fo[k] = (uint32_t)fofd[k]);
+        xm_groups_t g;
+        cr_assert_eq(xm_groups_from_map((uint32_t)nf, fo, (uint32_t)nfeat, &g), XM_GROUP_OK);
+
+        const msgpack_object *runs = map_get(c, "runs");
+        for (uint32_t ri = 0; ri < runs->via.array.size; ri++) {
+            const msgpack_object *r = &runs->via.array.ptr[ri], *e = map_get(r, "expected");
+            const msgpack_object *fu = map_get(r, "fusion");
+            xm_opts_t o = {.methods = XM_ALL_METHODS_CORE};
+            char fname[16] = {0};
+            cr_assert_lt(fu->via.str.size, sizeof fname);
+            memcpy(fname, fu->via.str.ptr, fu->via.str.size);
+            o.fusion = (xm_fusion_t)xm_fusion_parse(fname);
+            o.discard = num(map_get(r, "rho"));
+            o.start_layer = (int32_t)num(map_get(r, "start"));
+            o.grad_resnorm = num(map_get(r, "resnorm")) != 0;
+            o.discard_flow = num(map_get(r, "discard_flow")) != 0;
+            int rf = ref_fusion(o.fusion);
+            xm_work_t *w = xm_work_new();
+            xm_input_t in = {fa, fg, fr, (uint32_t)T};
+            xm_result_t res;
+            cr_assert_eq(xm_explain_ex(w, &o, &s, XM_F32, &in, &res), XM_OK);
+
+            /* rollout, colsum, flow */
+            cr_assert_eq(flatten(map_get(e, "rollout"), want), (size_t)nf);
+            ref_rollout_v(L, H, n, cls, A, rf, o.discard, o.start_layer, mine);
+            for (int k = 0; k < nf; k++) {
+                near("ref rollout", ci, ri, mine[k], want[k], 1e-12, 1e-15);
+                near("lib rollout", ci, ri, res.attr[XM_ROLLOUT][k], want[k], REL, 1e-12);
+            }
+            xm_groups_apply(&g, res.attr[XM_ROLLOUT], 1, grouped);
+            cr_assert_eq(flatten(map_get(e, "rollout_grouped"), want), (size_t)nfeat);
+            ref_groups(nf, foi, nfeat, mine, scale);
+            for (int k = 0; k < nfeat; k++) {
+                near("ref rollout grouped", ci, ri, scale[k], want[k], 1e-12, 1e-15);
+                near("lib rollout grouped", ci, ri, grouped[k], want[k], REL, 1e-12);
+            }
+            cr_assert_eq(flatten(map_get(e, "colsum"), want), (size_t)nf);
+            ref_colsum(L, H, n, cls, A, rf, mine);
+            for (int k = 0; k < nf; k++) {
+                near("ref colsum", ci, ri, mine[k], want[k], 1e-12, 1e-15);
+                near("lib colsum", ci, ri, res.attr[XM_COLSUM][k], want[k], REL, 1e-12);
+            }
+            cr_assert_eq(flatten(map_get(e, "flow"), want), (size_t)nf);
+            for (int k = 0; k < nf; k++)
+                near("lib flow (networkx)", ci, ri, res.attr[XM_FLOW][k], want[k], REL, 1e-12);
+
+            /* the gradient family, per target */
+            static const struct { const char *key; int m; bool clamp, rel; } fam[] = {
+                {"grad_rollout", XM_GRAD_ROLLOUT, true, false},
+                {"grad_rollout_signed", XM_GRAD_ROLLOUT_SIGNED, false, false},
+                {"lrp_rollout", XM_LRP_ROLLOUT, true, true},
+            };
+            for (int q = 0; q < 3; q++) {
+                cr_assert_eq(flatten(map_get(e, fam[q].key), want), (size_t)nf * T);
+                for (int t = 0; t < T; t++) {
+                    const double *X = fam[q].rel ? Rl + t * cnt : A;
+                    ref_grad_rollout_v(L, H, n, cls, X, G + t * cnt, fam[q].clamp, o.grad_resnorm,
+                                       o.start_layer, mine);
+                    if (fam[q].clamp)
+                        memset(scale, 0, sizeof(double) * nf);
+                    else
+                        signed_scale(&cf, A, Aa, G + t * cnt, Ga + t * cnt, o.grad_resnorm,
+                                     o.start_layer, scale);
+                    const float *got = res.attr[fam[q].m] + (size_t)t * nf;
+                    for (int k = 0; k < nf; k++) {
+                        near(fam[q].key, ci, ri, mine[k], want[t * nf + k], 1e-10, 1e-12 * (1 + scale[k]));
+                        near(fam[q].key, ci, ri, got[k], want[t * nf + k], REL,
+                             REL * scale[k] + 1e-12);
+                    }
+                    if (fam[q].m == XM_GRAD_ROLLOUT_SIGNED) {
+                        double gw[256], gs[256];
+                        cr_assert_eq(flatten(map_get(e, "grad_rollout_signed_grouped"), gw),
+                                     (size_t)nfeat * T);
+                        ref_groups(nf, foi, nfeat, scale, gs);
+                        xm_groups_apply(&g, got, 1, grouped);
+                        for (int k = 0; k < nfeat; k++)
+                            near("lib signed grouped", ci, ri, grouped[k], gw[t * nfeat + k], REL,
+                                 REL * gs[k] + 1e-12);
+                    }
+                }
+            }
+            xm_work_destroy(&w);
+            checked++;
+        }
+        xm_groups_free(&g);
+    }
+    cr_assert_geq(checked, 40);
+    msgpack_unpacked_destroy(&up);
+}
+
+/* k = (int)(ρ m) with the IEEE double product: 0.29 * 100 = 28.999..., so
+   28 entries go, as vit-explain's int(m * ρ) and tests/ref.py have it. */
+Test(variants, discard_count_is_the_truncated_double_product)
+{
+    enum { n = 101 };
+    static float A[n * n];
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++)
+            A[i * n + j] = i == j ? 1.0f : (float)(1 + (i * 37 + j * 11) % n) / (n * n);
+    xm_work_t *w = xm_work_new();
+    xm_result_t res;
+    xm_shape_t s = {1, 1, n, 0};
+    xm_opts_t o = {.methods = XM_BIT(XM_ROLLOUT), .discard = 0.29};
+    cr_assert_eq(xm_explain(w, &o, &s, XM_F32, A, NULL, &res), XM_OK);
+    const float *Ah = xm_work_rollout_layers(w);
+    for (int i = 0; i < n; i++) {
+        int zeros = 0;
+        for (int j = 1; j < n; j++)
+            zeros += Ah[i * n + j] == 0.0f;
+        cr_assert_eq(zeros, 28, "row %d lost %d", i, zeros);
+    }
+    xm_work_destroy(&w);
 }
