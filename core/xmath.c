@@ -685,17 +685,20 @@ s_discard(float *M, uint32_t n, int32_t cls, uint32_t k, float *sel)
         uint32_t less = 0;
         for (uint32_t q = 0; q < m; q++)
             less += sel[q] < tau;
-        uint32_t eq = k - less;     /* entries equal to tau to drop, lowest column first */
-        for (uint32_t j = 0; j < n; j++) {
-            if ((int32_t)j == cls)
-                continue;
-            if (row[j] < tau) {
-                row[j] = 0.0f;
-            } else if (row[j] == tau && eq > 0) {
+        /* First the entries equal to tau that go, lowest column first (before
+           anything else becomes 0, which could equal tau), then everything
+           below tau without a branch; the CLS entry is put back. */
+        uint32_t eq = k - less;
+        for (uint32_t j = 0; eq > 0; j++)
+            if ((int32_t)j != cls && row[j] == tau) {
                 row[j] = 0.0f;
                 eq--;
             }
-        }
+        float keep = cls >= 0 ? row[cls] : 0.0f;
+        for (uint32_t j = 0; j < n; j++)
+            row[j] = row[j] < tau ? 0.0f : row[j];
+        if (cls >= 0)
+            row[cls] = keep;
     }
 }
 

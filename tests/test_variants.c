@@ -315,7 +315,7 @@ pick_cls(int v, int n)
 
 Test(variants, random_shapes_all_dtypes_all_cls)
 {
-    static const int ns[] = {2, 3, 5, 8, 9, 16, 17, 31, 33, 64};
+    static const int ns[] = {2, 3, 5, 8, 9, 16, 17, 31, 33, 64, 100, 128};
     static const int Ls[] = {1, 2, 3, 4, 6};
     static const int Hs[] = {1, 2, 3, 8};
     static const double rhos[] = {0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0};
@@ -325,6 +325,9 @@ Test(variants, random_shapes_all_dtypes_all_cls)
     for (size_t a = 0; a < sizeof ns / sizeof *ns; a++)
         for (int v = 0; v < 12; v++) {
             cfg_t c = {.n = ns[a]};
+            /* large n: the O(L n^3) reference is slow, a few corners only */
+            if (c.n >= 100 && v >= 4)
+                continue;
             c.L = Ls[(a + v) % 5];
             c.H = Hs[(a * 3 + v) % 4];
             c.cls = pick_cls(v, c.n);
