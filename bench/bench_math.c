@@ -17,7 +17,8 @@
     Bandwidth and method runs are interleaved and repeated; medians are
     reported.
 
-    usage: bench_math [all|bw|methods|gemm|sweep|variants] [--reps N] [--seconds S]  */
+    usage: bench_math [all|bw|methods|gemm|sweep|variants] [--reps N] [--seconds S]
+           bench_math prof WORKLOAD N [VARIANT]   (N trades, for callgrind)  */
 #define _GNU_SOURCE
 #include "bench_common.h"
 
@@ -363,6 +364,18 @@ typedef struct {
     bool rel;
 } s_variant_t;
 
+static const s_variant_t vs[] = {
+    {"five plain methods", 0, 0, 0, 1, false},
+    {"+ colsum", XM_BIT(XM_COLSUM), 0, 0, 1, false},
+    {"discard ratio 0.9", 0, 0.9, 0, 1, false},
+    {"start layer -1", 0, 0, -1, 1, false},
+    {"+ grad_rollout_signed", XM_BIT(XM_GRAD_ROLLOUT_SIGNED), 0, 0, 1, false},
+    {"+ lrp_rollout (rel)", XM_BIT(XM_LRP_ROLLOUT), 0, 0, 1, true},
+    {"T = 2 targets", 0, 0, 0, 2, false},
+    {"T = 4 targets", 0, 0, 0, 4, false},
+};
+enum { NV = sizeof vs / sizeof *vs };
+
 /* Cache-hot trades/s of one variant on one trade (T gradients, relevances). */
 static double
 variant_once(xm_work_t *wk, const wl_t *w, const s_variant_t *v, const void *a, const void *g,
@@ -391,17 +404,6 @@ variant_once(xm_work_t *wk, const wl_t *w, const s_variant_t *v, const void *a, 
 static void
 bench_variants(void)
 {
-    static const s_variant_t vs[] = {
-        {"five plain methods", 0, 0, 0, 1, false},
-        {"+ colsum", XM_BIT(XM_COLSUM), 0, 0, 1, false},
-        {"discard ratio 0.9", 0, 0.9, 0, 1, false},
-        {"start layer -1", 0, 0, -1, 1, false},
-        {"+ grad_rollout_signed", XM_BIT(XM_GRAD_ROLLOUT_SIGNED), 0, 0, 1, false},
-        {"+ lrp_rollout (rel)", XM_BIT(XM_LRP_ROLLOUT), 0, 0, 1, true},
-        {"T = 2 targets", 0, 0, 0, 2, false},
-        {"T = 4 targets", 0, 0, 0, 4, false},
-    };
-    enum { NV = sizeof vs / sizeof *vs };
     static const char *names[] = {"tab32", "wide128"};
     printf("\n### Variants (core-only): cache-hot cost per trade beside the five plain methods\n\n");
     printf("Variants interleaved, %d repetitions, medians; the relevance tensor is the gradient "
@@ -438,6 +440,30 @@ int
 main(int argc, char **argv)
 {
     const char *what = "all";
+    if (argc == 5 && strcmp(argv[1], "prof") == 0) {
+        /* For callgrind: N cache-hot trades of one workload with variant V
+           of the variants table (its instruction count does not depend on
+           the machine's load). */
+        const wl_t *w = wl_find(argv[2]);
+        int v = atoi(argv[4]);
+        if (!w || v < 0 || v >= NV)
+            return 2;
+        void *a, *g1;
+        wl_tensors(w, 1, 5, &a, &g1);
+        size_t tb = wl_trade_elems(w) * xm_dtype_size(w->dtype);
+        uint8_t *g = aligned_alloc(64, 4 * tb + 64);
+        for (int t = 0; t < 4; t++)
+            memcpy(g + t * tb, g1, tb);
+        xm_work_t *wk = xm_work_new();
+        variant_once(wk, w, &vs[v], a, g, g, 0);   /* warm: the work area grows once */
+        for (int k = atoi(argv[3]); k > 0; k -= 16)
+            variant_once(wk, w, &vs[v], a, g, g, 0);
+        xm_work_destroy(&wk);
+        free(a);
+        free(g1);
+        free(g);
+        return 0;
+    }
     if (argc == 4 && strcmp(argv[1], "prof") == 0) {
         /* For callgrind: N cache-hot trades of one workload. */
         const wl_t *w = wl_find(argv[2]);
