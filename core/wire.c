@@ -1,7 +1,10 @@
 /*  wire: contract v1 ingest decoding. See wire.h and proto/.  */
 #include "wire.h"
 
+#include "half.h"
+
 #include <inttypes.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +32,8 @@ static const char *s_reason_names[XR_NREASONS] = {
     [XR_TOO_MANY_MODELS] = "too_many_models",
     [XR_NO_SCHEMA] = "no_schema",
     [XR_INTERNAL] = "internal",
+    [XR_ATTENTION] = "attention",
+    [XR_SCHEMA_RATE] = "schema_rate",
 };
 
 const char *
@@ -44,8 +49,105 @@ wire_limits_default(wire_limits_t *lim)
     lim->max_layers = 64;
     lim->max_heads = 64;
     lim->max_tokens = 1024;
-    lim->max_elems = 64u << 20;     /* 64 Mi values: 256 MiB of f32 */
+    /* 4 Mi values (16 MiB of f32 per tensor): one trade of the largest
+       tabular transformer we size for (L = 8, H = 8, n = 256), or 64
+       trades of L = 8, H = 8, n = 32. See the README's memory section. */
+    lim->max_elems = 4u << 20;
     lim->max_str = 256;
+}
+
+/* Room left for keys the contract lets a publisher add (ignored). */
+#define WIRE_UNKNOWN_SLACK (64u << 10)
+
+uint64_t
+wire_max_body(const wire_limits_t *lim)
+{
+    /* A bin or str header is at most 5 bytes, an int at most 9. */
+    uint64_t tensor = lim->max_elems * 4;
+    if (tensor > UINT32_MAX)
+        tensor = UINT32_MAX;
+    uint64_t id = lim->max_str + 5 > 9 ? lim->max_str + 5 : 9;
+    uint64_t b = 5                                  /* the map header */
+                 + 15 * 8                           /* the known keys, "tokens" longest */
+                 + 1 + (5 + WIRE_MODEL_MAX)         /* v, model */
+                 + 6 * 9 + 5                        /* seq ts L H n cls, dtype */
+                 + 2 * (5 + tensor)                 /* attn, grad */
+                 + 5 + (uint64_t)lim->max_batch * id /* ids */
+                 + 2 * (5 + (uint64_t)lim->max_batch * 9) /* target, y */
+                 + 5 + (uint64_t)lim->max_tokens * (lim->max_str + 5) /* tokens */
+                 + WIRE_UNKNOWN_SLACK;
+    return b;
+}
+
+/* ---- attention rows ----------------------------------------------------- */
+
+/* Sum and minimum of `count` little-endian float32 at `p` (any alignment)
+   into eight lanes (a plain loop over lanes, which the compiler turns
+   into vector code). */
+static inline void
+s_row_acc(const uint8_t *p, size_t count, float sum[8], float min[8])
+{
+    size_t j = 0;
+    for (; j + 8 <= count; j += 8) {
+        float x[8];
+        memcpy(x, p + 4 * j, sizeof x);
+        for (int k = 0; k < 8; k++) {
+            sum[k] += x[k];
+            min[k] = x[k] < min[k] ? x[k] : min[k];
+        }
+    }
+    for (int k = 0; j < count; j++, k++) {
+        float x;
+        memcpy(&x, p + 4 * j, sizeof x);
+        sum[k] += x;
+        min[k] = x < min[k] ? x : min[k];
+    }
+}
+
+bool
+wire_attn_rows_ok(const xm_shape_t *shape, xm_dtype_t dtype, const void *attn, float tol,
+                  wire_attn_bad_t *bad)
+{
+    const uint32_t n = shape->n;
+    const size_t rows = (size_t)shape->L * shape->H * n, es = xm_dtype_size(dtype);
+    const uint8_t *a = (const uint8_t *)attn;
+    float buf[512];     /* a 16-bit row is decoded to float32 this much at a time */
+    for (size_t r = 0; r < rows; r++, a += (size_t)n * es) {
+        float vs[8] = {0}, vm[8];
+        for (int k = 0; k < 8; k++)
+            vm[k] = INFINITY;
+        if (dtype == XM_F32) {
+            s_row_acc(a, n, vs, vm);
+        } else {
+            for (uint32_t j = 0; j < n; j += 512) {
+                size_t c = n - j < 512 ? n - j : 512;
+                if (dtype == XM_F16)
+                    half_f16_decode(buf, a + 2 * (size_t)j, c);
+                else
+                    half_bf16_decode(buf, a + 2 * (size_t)j, c);
+                s_row_acc((const uint8_t *)buf, c, vs, vm);
+            }
+        }
+        double sum = 0.0;
+        float mn = INFINITY;
+        for (int k = 0; k < 8; k++) {
+            sum += (double)vs[k];
+            mn = vm[k] < mn ? vm[k] : mn;
+        }
+        /* NaN or Inf: left to the finiteness check, which names it. */
+        if (!isfinite(sum))
+            continue;
+        if (mn >= -tol && (fabs(sum - 1.0) <= tol || fabs(sum) <= tol))
+            continue;
+        if (bad) {
+            size_t lh = r / n;
+            *bad = (wire_attn_bad_t){.l = (uint32_t)(lh / shape->H),
+                                     .h = (uint32_t)(lh % shape->H),
+                                     .i = (uint32_t)(r % n), .sum = (float)sum, .min = mn};
+        }
+        return false;
+    }
+    return true;
 }
 
 void
