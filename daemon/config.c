@@ -64,8 +64,8 @@ static const opt_t s_opts[] = {
      "Tolerance of the attention check: values >= -tol, row sums within tol of 1 (or of 0 for "
      "a fully masked row).", 0.0, 1.0},
     {"ingest", "schema_rate", "schema-rate", T_UINT, O(schema_rate), "6", 0, 1000000, true,
-     "Schema changes (new epochs) a model may make per minute, with a burst of as many; further "
-     "changes are rejected as 'schema_rate' (0: no limit)."},
+     "Schema epochs a model may start per minute (its first schema included), with a burst of "
+     "as many; further schema changes are rejected as 'schema_rate' (0: no limit)."},
     {"ingest", "allow_models", "allow-models", T_LIST, O(allow_models), "", 0, 0, true,
      "Only accept these model names (empty: any valid name)."},
     {"ingest", "max_models", "max-models", T_UINT, O(max_models), "256", 1, 65536, false,

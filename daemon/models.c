@@ -199,10 +199,10 @@ model_apply_schema_limited(model_t *md, const wire_ingest_t *in, uint32_t per_mi
     if (cur && in->shape.L == cur->shape.L && in->shape.H == cur->shape.H &&
         in->shape.n == cur->shape.n && cls == cur->shape.cls && (!in->tokens || s_tokens_equal(cur, in)))
         return XR_OK;
-    if (cur && !s_epoch_budget_take(md, per_min, now_ns)) {
-        snprintf(why, wlen, "schema changed more than %" PRIu32 " times a minute (epoch %" PRIu32
-                 " kept; L=%" PRIu32 " H=%" PRIu32 " n=%" PRIu32 " refused)", per_min, cur->epoch,
-                 in->shape.L, in->shape.H, in->shape.n);
+    if (!s_epoch_budget_take(md, per_min, now_ns)) {
+        snprintf(why, wlen, "more than %" PRIu32 " schema epochs a minute (epoch %" PRIu32
+                 " kept; L=%" PRIu32 " H=%" PRIu32 " n=%" PRIu32 " refused)", per_min,
+                 cur ? cur->epoch : 0, in->shape.L, in->shape.H, in->shape.n);
         return XR_SCHEMA_RATE;
     }
 

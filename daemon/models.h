@@ -83,10 +83,10 @@ uint64_t model_track_seq(model_t *md, uint64_t seq, bool *restart);
 xr_reason_t model_apply_schema(model_t *md, const wire_ingest_t *in, bool *new_epoch,
                                char *why, size_t wlen);
 
-/* As model_apply_schema, but a change of schema (a new epoch, not the
-   first schema) is allowed at most `per_min` times per minute, with a
-   burst of as many (0: no limit); past that the message is refused as
-   XR_SCHEMA_RATE and changes nothing. `now_ns` is a monotonic clock. A
+/* As model_apply_schema, but a new epoch (the first schema included) is
+   allowed at most `per_min` times per minute, with a burst of as many
+   (0: no limit); past that the message is refused as XR_SCHEMA_RATE and
+   changes nothing. `now_ns` is a monotonic clock. A
    model whose schema flaps keeps its current epoch, global state and
    drift windows instead of restarting them on every message. */
 xr_reason_t model_apply_schema_limited(model_t *md, const wire_ingest_t *in, uint32_t per_min,

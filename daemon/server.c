@@ -186,7 +186,7 @@ server_init(server_t *s)
         log_notice("ingest: max-msg-size %llu is below the largest valid body for the tensor limits "
                    "(%llu bytes): larger valid messages drop their connection",
                    (unsigned long long)c->max_msg_size, (unsigned long long)valid_max);
-    log_info("ingest: frames up to %lld bytes, %llu message(s) queued per publisher: in-flight "
+    log_notice("ingest: frames up to %lld bytes, %llu message(s) queued per publisher: in-flight "
              "ingest memory up to %.0f MiB per connected publisher", (long long)maxmsg,
              (unsigned long long)c->ingest_rcvhwm,
              (double)(c->ingest_rcvhwm + 1) * (double)maxmsg / 1048576.0);
