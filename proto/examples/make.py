@@ -698,7 +698,8 @@ DRIFT = {
 # Clock-dependent fields, overwritten in the captured bytes: kind or reply
 # name -> [(path, value)].
 _TS = [(["ts"], NORM_TS)]
-_LAT = [(["latency_us", q], NORM_LATENCY) for q in ("p50", "p90", "p99", "p999", "max", "mean")]
+_LAT = [([h, q], NORM_LATENCY) for h in ("latency_us", "latency_ts_us")
+        for q in ("p50", "p90", "p99", "p999", "max", "mean")]
 NORMALISED = {
     "glob": _TS, "heads": _TS, "drift": _TS,
     "reply/ping": [(["uptime_s"], NORM_UPTIME)],
