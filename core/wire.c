@@ -81,73 +81,123 @@ wire_max_body(const wire_limits_t *lim)
 
 /* ---- attention rows ----------------------------------------------------- */
 
-/* Sum and minimum of `count` little-endian float32 at `p` (any alignment)
-   into eight lanes (a plain loop over lanes, which the compiler turns
-   into vector code). */
-static inline void
-s_row_acc(const uint8_t *p, size_t count, float sum[8], float min[8])
+typedef float s_v8f __attribute__((vector_size(32)));
+typedef int32_t s_v8i __attribute__((vector_size(32)));
+
+static inline float
+s_lane_sum(s_v8f v)
 {
-    size_t j = 0;
-    for (; j + 8 <= count; j += 8) {
-        float x[8];
-        memcpy(x, p + 4 * j, sizeof x);
-        for (int k = 0; k < 8; k++) {
-            sum[k] += x[k];
-            min[k] = x[k] < min[k] ? x[k] : min[k];
-        }
-    }
-    for (int k = 0; j < count; j++, k++) {
-        float x;
-        memcpy(&x, p + 4 * j, sizeof x);
-        sum[k] += x;
-        min[k] = x < min[k] ? x : min[k];
-    }
+    return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
 }
 
-bool
-wire_attn_rows_ok(const xm_shape_t *shape, xm_dtype_t dtype, const void *attn, float tol,
-                  wire_attn_bad_t *bad)
+/* Is a row of sum `sum` and smallest value `mn` a distribution within tol?
+   NaN or Inf pass: the finiteness check names them. */
+static inline bool
+s_row_fine(double sum, double mn, double tol)
+{
+    if (!isfinite(sum))
+        return true;
+    return mn >= -tol && (fabs(sum - 1.0) <= tol || fabs(sum) <= tol);
+}
+
+/* The exact answer, row by row in double: run only when the fast pass
+   below saw something wrong (or for 16-bit data after decoding). */
+static bool
+s_rows_slow(const xm_shape_t *shape, xm_dtype_t dtype, const uint8_t *a, float tol,
+            wire_attn_bad_t *bad)
 {
     const uint32_t n = shape->n;
     const size_t rows = (size_t)shape->L * shape->H * n, es = xm_dtype_size(dtype);
-    const uint8_t *a = (const uint8_t *)attn;
-    float buf[512];     /* a 16-bit row is decoded to float32 this much at a time */
-    for (size_t r = 0; r < rows; r++, a += (size_t)n * es) {
-        float vs[8] = {0}, vm[8];
-        for (int k = 0; k < 8; k++)
-            vm[k] = INFINITY;
-        if (dtype == XM_F32) {
-            s_row_acc(a, n, vs, vm);
-        } else {
-            for (uint32_t j = 0; j < n; j += 512) {
-                size_t c = n - j < 512 ? n - j : 512;
-                if (dtype == XM_F16)
-                    half_f16_decode(buf, a + 2 * (size_t)j, c);
-                else
-                    half_bf16_decode(buf, a + 2 * (size_t)j, c);
-                s_row_acc((const uint8_t *)buf, c, vs, vm);
+    for (size_t r = 0; r < rows; r++) {
+        double sum = 0.0, mn = INFINITY;
+        const uint8_t *row = a + r * n * es;
+        for (uint32_t j = 0; j < n; j++) {
+            float x;
+            if (dtype == XM_F32) {
+                memcpy(&x, row + 4 * (size_t)j, 4);
+            } else {
+                uint16_t h;
+                memcpy(&h, row + 2 * (size_t)j, 2);
+                x = dtype == XM_F16 ? half_f16_to_f32(h) : half_bf16_to_f32(h);
             }
+            sum += x;
+            mn = x < mn ? x : mn;
         }
-        double sum = 0.0;
-        float mn = INFINITY;
-        for (int k = 0; k < 8; k++) {
-            sum += (double)vs[k];
-            mn = vm[k] < mn ? vm[k] : mn;
-        }
-        /* NaN or Inf: left to the finiteness check, which names it. */
-        if (!isfinite(sum))
-            continue;
-        if (mn >= -tol && (fabs(sum - 1.0) <= tol || fabs(sum) <= tol))
+        if (s_row_fine(sum, mn, tol))
             continue;
         if (bad) {
             size_t lh = r / n;
-            *bad = (wire_attn_bad_t){.l = (uint32_t)(lh / shape->H),
-                                     .h = (uint32_t)(lh % shape->H),
-                                     .i = (uint32_t)(r % n), .sum = (float)sum, .min = mn};
+            *bad = (wire_attn_bad_t){.l = (uint32_t)(lh / shape->H), .h = (uint32_t)(lh % shape->H),
+                                     .i = (uint32_t)(r % n), .sum = (float)sum, .min = (float)mn};
         }
         return false;
     }
     return true;
+}
+
+/* The fast pass over float32 rows: eight lanes summing each row (n/8
+   terms a lane), one minimum over the whole tensor, no branch per row but
+   the loop's. True when every row is surely fine. */
+static inline __attribute__((always_inline)) bool
+s_rows_fast(const uint8_t *a, size_t rows, uint32_t n, float tol)
+{
+    const s_v8f zero = {0};
+    s_v8f vmin = zero + INFINITY;
+    float tmin = INFINITY;
+    bool fine = true;
+    for (size_t r = 0; r < rows; r++, a += (size_t)n * 4) {
+        s_v8f vs = zero;
+        uint32_t j = 0;
+        for (; j + 8 <= n; j += 8) {
+            s_v8f x;
+            memcpy(&x, a + 4 * (size_t)j, sizeof x);
+            vs += x;
+            s_v8i lt = x < vmin;
+            vmin = (s_v8f)(((s_v8i)x & lt) | ((s_v8i)vmin & ~lt));
+        }
+        float sum = s_lane_sum(vs);
+        for (; j < n; j++) {
+            float x;
+            memcpy(&x, a + 4 * (size_t)j, sizeof x);
+            sum += x;
+            tmin = x < tmin ? x : tmin;
+        }
+        /* Not finite: fine here (finiteness is checked elsewhere). */
+        fine &= !(fabsf(sum - 1.0f) > tol && fabsf(sum) > tol) || !(sum - sum == 0.0f);
+    }
+    for (int k = 0; k < 8; k++)
+        tmin = vmin[k] < tmin ? vmin[k] : tmin;
+    return fine && !(tmin < -tol);
+}
+
+/* Compiled twice, for AVX2 and for the baseline; the loader picks. */
+__attribute__((target_clones("arch=x86-64-v3", "default"))) bool
+wire_attn_rows_ok(const xm_shape_t *shape, xm_dtype_t dtype, const void *attn, float tol,
+                  wire_attn_bad_t *bad)
+{
+    const uint32_t n = shape->n;
+    const size_t rows = (size_t)shape->L * shape->H * n;
+    const uint8_t *a = (const uint8_t *)attn;
+    if (dtype == XM_F32) {
+        if (s_rows_fast(a, rows, n, tol))
+            return true;
+    } else {
+        /* 16-bit rows are decoded to float32 a block of rows at a time. */
+        float buf[2048];
+        size_t per = n <= 2048 ? 2048 / n : 0, r = 0;
+        bool fine = per > 0;
+        for (; fine && r < rows; r += per) {
+            size_t c = rows - r < per ? rows - r : per;
+            if (dtype == XM_F16)
+                half_f16_decode(buf, a + 2 * r * n, c * n);
+            else
+                half_bf16_decode(buf, a + 2 * r * n, c * n);
+            fine = s_rows_fast((const uint8_t *)buf, c, n, tol);
+        }
+        if (fine)
+            return true;
+    }
+    return s_rows_slow(shape, dtype, a, tol, bad);
 }
 
 void

@@ -126,8 +126,9 @@ typedef struct {
    masked row, sums to 0 within tol. Returns true when all rows pass;
    otherwise false with the first failing row in *bad (when not NULL).
    A row holding NaN or Inf passes here: the finiteness check names it.
-   Sums run in float32 lanes of n/8 terms, finished in double. Cost: one
-   vectorised pass over the values, no allocation. */
+   A fast float32 pass (row sums in eight lanes, one minimum) accepts; a
+   row-by-row pass in double decides and names the first failing row only
+   when the fast pass saw something wrong. No allocation. */
 bool wire_attn_rows_ok(const xm_shape_t *shape, xm_dtype_t dtype, const void *attn, float tol,
                        wire_attn_bad_t *bad);
 
