@@ -246,6 +246,37 @@ def test_schema_flapping():
         d.stop()
 
 
+def test_many_models_log_lines():
+    """300 new model names in a burst (the table holds 256): the lines
+    announcing new models and rejecting the rest stay within --log-rate
+    a second each."""
+    rate = 3
+    d = Daemon("--log-rate", str(rate), "--log-level", "info")
+    try:
+        pub = d.publisher()
+        join(d, pub)
+        A = random_attention(np.random.default_rng(2), (1, 1, 1, 2, 2))
+        lines_before = len(d.stderr().splitlines())
+        t0 = time.monotonic()
+        for k in range(300):
+            pub.send_multipart(body(f"m{k}", 0, A, tokens=["a", "CLS"]))
+        wait_until(lambda: d.stats()["counters"]["received"] >= 300, timeout=60,
+                   what="300 messages of new models")
+        elapsed = time.monotonic() - t0
+        st = d.stats()
+        assert st["rejected"]["too_many_models"] == 300 - 255, st["rejected"]   # __probe is one
+        lines = d.stderr().splitlines()[lines_before:]
+        secs = int(elapsed) + 2
+        new = [x for x in lines if "new model" in x]
+        full = [x for x in lines if ": too_many_models: " in x]
+        assert 1 <= len(new) <= rate * secs, len(new)
+        assert 1 <= len(full) <= rate * secs, len(full)
+        print(f"  300 new models in {elapsed:.1f} s: {len(new)} 'new model' lines, "
+              f"{len(full)} too_many_models lines, {len(lines)} in all")
+    finally:
+        d.stop()
+
+
 def test_latency_counts_the_wait():
     """While the main loop computes an on-demand flow for a large trade
     (a query), trades that arrive wait in the socket. Their reported
@@ -299,6 +330,7 @@ def test_latency_counts_the_wait():
 def main():
     test_attention_policy()
     test_schema_flapping()
+    test_many_models_log_lines()
     test_oversized_frames_are_never_buffered()
     test_valid_burst_within_bound()
     test_latency_counts_the_wait()
