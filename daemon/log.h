@@ -29,9 +29,9 @@ void log_set_rate(uint32_t per_second);
 void log_msg(log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Rate-limited: `key` (0..LOG_KEYS-1) groups messages of one kind.
-   Keys 0 to 39 belong to the ingest rejection reasons (the xr_reason_t
-   value) and to the older call sites that number their keys after them;
-   the kinds below are named. */
+   Keys below 48 belong to the ingest rejection reasons (the xr_reason_t
+   value), to the call sites that number their keys after them, and to
+   auth.c's (40, 41); the kinds below are named. */
 #define LOG_KEYS 64
 enum {
     LOGK_NEW_MODEL = 48,    /* ingest: a model seen for the first time */
