@@ -21,6 +21,7 @@
            bench_math prof WORKLOAD N [VARIANT]   (N trades, for callgrind)  */
 #define _GNU_SOURCE
 #include "bench_common.h"
+#include "wire.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -192,6 +193,82 @@ bench_methods(void)
             snprintf(s_target, sizeof s_target,
                      "TARGET|math alone, tab32, five methods: trades/s / bandwidth bound|%.2f|>= 0.5|%s\n",
                      mratio, mratio >= 0.5 ? "yes" : "no");
+        fflush(stdout);
+        pool_free(&p);
+    }
+    xm_work_destroy(&wk);
+}
+
+/* ---- the attention check ------------------------------------------------ */
+
+/* CPU time of this thread in ns: what a trade costs, whatever else the
+   machine runs. */
+static int64_t
+s_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Trades per CPU second of xm_explain over the pool (streaming), preceded
+   by the daemon's attention check (wire_attn_rows_ok) when `check`. */
+static double
+checked_once(xm_work_t *wk, const pool_t *p, bool check, bool hot, double secs)
+{
+    xm_opts_t o = {.methods = FIVE, .fusion = XM_FUSE_MEAN};
+    xm_shape_t s = {p->w.L, p->w.H, p->w.n, p->w.cls};
+    xm_result_t res;
+    uint64_t done = 0;
+    int64_t t0 = s_cpu_ns(), lim = (int64_t)(secs * 1e9), t1;
+    uint32_t k = 0;
+    do {
+        for (int r = 0; r < 16; r++) {
+            size_t off = hot ? 0 : (size_t)k * p->trade;
+            if (check && !wire_attn_rows_ok(&s, p->w.dtype, p->attn + off, 0.01f, NULL)) {
+                fprintf(stderr, "the bench's attention failed the check\n");
+                exit(1);
+            }
+            if (xm_explain(wk, &o, &s, p->w.dtype, p->attn + off, p->grad ? p->grad + off : NULL,
+                           &res) != XM_OK)
+                exit(1);
+            s_sink += res.attr[XM_ROLLOUT][0];
+            if (++k == p->ntrades)
+                k = 0;
+        }
+        done += 16;
+        t1 = s_cpu_ns();
+    } while (t1 - t0 < lim);
+    return (double)done / ((double)(t1 - t0) / 1e9);
+}
+
+/* What the daemon's attention check (attention-check reject, the
+   default) adds to a trade's CPU time: with and without, interleaved. */
+static void
+bench_check(void)
+{
+    static const char *names[] = {"tab32", "tab32-f16", "tab16", "wide128"};
+    printf("\n### The attention check: five methods per trade, without and with it\n\n");
+    printf("Streaming over a 256 MiB pool, interleaved, %d repetitions, medians; CPU time of the "
+           "thread.\n\n", s_reps);
+    printf("| workload | CPU us/trade without | with | added | cache-hot without | with | added "
+           "|\n|---|---|---|---|---|---|---|\n");
+    xm_work_t *wk = xm_work_new();
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        const wl_t *w = wl_find(names[i]);
+        pool_t p;
+        pool_make(&p, w, (size_t)256 << 20);
+        double off[32], on[32], hoff[32], hon[32];
+        for (int r = 0; r < s_reps && r < 32; r++) {
+            off[r] = 1e6 / checked_once(wk, &p, false, false, s_secs);
+            on[r] = 1e6 / checked_once(wk, &p, true, false, s_secs);
+            hoff[r] = 1e6 / checked_once(wk, &p, false, true, s_secs);
+            hon[r] = 1e6 / checked_once(wk, &p, true, true, s_secs);
+        }
+        double moff = median(off, s_reps), mon = median(on, s_reps);
+        double mhoff = median(hoff, s_reps), mhon = median(hon, s_reps);
+        printf("| %s | %.2f | %.2f | %+.1f%% | %.2f | %.2f | %+.1f%% |\n", names[i], moff, mon,
+               100 * (mon / moff - 1), mhoff, mhon, 100 * (mhon / mhoff - 1));
         fflush(stdout);
         pool_free(&p);
     }
@@ -503,6 +580,8 @@ main(int argc, char **argv)
     }
     if (all || strcmp(what, "methods") == 0)
         bench_methods();
+    if (all || strcmp(what, "check") == 0)
+        bench_check();
     if (all || strcmp(what, "gemm") == 0)
         bench_gemm();
     if (all || strcmp(what, "sweep") == 0)

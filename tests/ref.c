@@ -426,3 +426,25 @@ ref_js(const double *a, const double *b, int n)
     }
     return js;
 }
+
+/* Attention rows as probability distributions (see wire_attn_rows_ok): a
+   plain float64 loop, row by row; returns the index of the first failing
+   row of the L*H*n rows, or -1. Rows holding NaN or Inf pass. */
+long
+ref_attn_first_bad_row(int L, int H, int n, const double *A, double tol)
+{
+    for (long r = 0; r < (long)L * H * n; r++) {
+        double sum = 0, mn = INFINITY;
+        for (int j = 0; j < n; j++) {
+            sum += A[r * n + j];
+            if (A[r * n + j] < mn)
+                mn = A[r * n + j];
+        }
+        if (!isfinite(sum))
+            continue;
+        if (mn >= -tol && (fabs(sum - 1) <= tol || fabs(sum) <= tol))
+            continue;
+        return r;
+    }
+    return -1;
+}

@@ -53,6 +53,10 @@ bool ref_spearman(const double *a, const double *b, int n, double *rho);
 /* nDCG@k of `cur` against reference `ref`; false when IDCG = 0. */
 bool ref_ndcg(const double *cur, const double *ref, int n, int k, double *out);
 /* Jensen-Shannon divergence, base 2. */
+/* First row of A[L][H][n][n] that is not a probability distribution
+   within tol (values >= -tol, sum within tol of 1, or of 0 for a masked
+   row); -1 when none. */
+long ref_attn_first_bad_row(int L, int H, int n, const double *A, double tol);
 double ref_js(const double *a, const double *b, int n);
 
 #endif
