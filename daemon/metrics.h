@@ -2,10 +2,11 @@
     by libmicrohttpd inside the main loop.
 
     `--metrics ADDR:PORT` (ADDR defaults to 127.0.0.1) opens a listening
-    TCP socket handed to libmicrohttpd in its external epoll mode: the
-    library's one epoll descriptor sits in the main loop's zmq_poll next
-    to the ZeroMQ sockets, and metrics_handle runs MHD_run on it when it
-    is ready. The daemon stays single-threaded: the exposition is rendered
+    TCP socket; libmicrohttpd runs in its external epoll mode. One epoll
+    descriptor of ours (the listening socket, the guard's connections,
+    libmicrohttpd's own epoll descriptor) sits in the main loop's zmq_poll
+    next to the ZeroMQ sockets, and metrics_handle accepts, guards and
+    runs MHD_run when it is ready. The daemon stays single-threaded: the exposition is rendered
     from the live state by the thread that owns it, with no lock and no
     copy, and a scrape reads the same state as the `drift` query.
 
