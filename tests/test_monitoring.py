@@ -247,7 +247,8 @@ def test_static(exported):
     dest = tempfile.mkdtemp(prefix="xplmon-install-")
     try:
         env = dict(os.environ, DESTDIR=dest)
-        p = subprocess.run(["cmake", "--install", BUILD, "--prefix", "/usr"], env=env,
+        p = subprocess.run(["cmake", "--install", BUILD, "--prefix", "/usr",
+                            "--component", "monitoring"], env=env,
                            capture_output=True, text=True, timeout=120)
         assert p.returncode == 0, p.stderr
         shipped = sorted(os.path.relpath(f, MON) for f in glob.glob(f"{MON}/**/*", recursive=True)
