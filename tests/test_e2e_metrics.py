@@ -286,7 +286,9 @@ def test_never_completed(d, port):
             pass
         c.close()
         took = time.time() - t0
-        assert got == b"" and took < 0.5 + 2.0, (req, got, took)
+        # Cut at the 2 s deadline (a loaded machine may take longer to
+        # get there, never less).
+        assert got == b"" and 1.9 < took < 10, (req, got, took)
     after = value(parse(scrape(port))[0], "xplaind_metrics_connections_timed_out_total")
     assert after - before == 2
 
@@ -296,7 +298,7 @@ def test_refusals():
     logged; over max_connections they wait for a free slot."""
     port = free_port()
     d = Daemon("--metrics", f"127.0.0.1:{port}", "--metrics-max-per-ip", "4",
-               "--metrics-max-conns", "6", "--metrics-timeout-ms", "1000")
+               "--metrics-max-conns", "6", "--metrics-timeout-ms", "30000")
     try:
         idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
         extra = socket.create_connection(("127.0.0.1", port), timeout=5)
