@@ -102,27 +102,32 @@ s_drop(metrics_t *m, metrics_conn_t *c)
     s_free(m, c);
 }
 
-/* A request head with a NUL byte: libmicrohttpd would read the part
-   before it as the whole line or value, so answer 400 here. What was
-   sent is read first, so that closing does not reset the answer. */
+/* Answer a request head the guard refuses, and close: a NUL byte
+   (libmicrohttpd 0.9.75 would read a line or header value only up to it)
+   or a head larger than CONN_MEMORY. What was sent is read first, so that
+   closing does not reset the answer in flight. */
 static void
-s_bad_request(metrics_t *m, metrics_conn_t *c, size_t have)
+s_reject(metrics_t *m, metrics_conn_t *c, size_t have, unsigned code)
 {
-    static const char resp[] = "HTTP/1.1 400 Bad Request\r\nConnection: close\r\n"
-                               "Content-Type: text/plain\r\nContent-Length: 31\r\n\r\n"
-                               "bad request: NUL byte in head\r\n";
+    static const char nul[] = "HTTP/1.1 400 Bad Request\r\nConnection: close\r\n"
+                              "Content-Type: text/plain\r\nContent-Length: 31\r\n\r\n"
+                              "bad request: NUL byte in head\r\n";
+    static const char big[] = "HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n"
+                              "Content-Type: text/plain\r\nContent-Length: 23\r\n\r\n"
+                              "request head too large\n";
+    const char *resp = code == 400 ? nul : big;
     char scratch[CONN_MEMORY];
     if (recv(c->fd, scratch, have, MSG_DONTWAIT) < 0) {
         /* the answer below is sent anyway */
     }
-    if (send(c->fd, resp, sizeof resp - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+    if (send(c->fd, resp, strlen(resp), MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
         /* best effort: the connection closes either way */
     }
     shutdown(c->fd, SHUT_WR);
-    s_count_code(m, 400);
+    s_count_code(m, code);
     char ip[INET_ADDRSTRLEN];
-    log_limited(KEY_BAD, LOG_WARN_, "metrics: bad request from %s: NUL byte in the request head",
-                s_ip(c, ip));
+    log_limited(KEY_BAD, LOG_WARN_, "metrics: bad request from %s: %s", s_ip(c, ip),
+                code == 400 ? "NUL byte in the request head" : "request head over 8 KiB");
     s_drop(m, c);
 }
 
@@ -161,9 +166,11 @@ s_guard(metrics_t *m, metrics_conn_t *c)
         end = end2;
     const char *nul = memchr(buf, '\0', n);
     if (nul && (!end || nul < end))
-        s_bad_request(m, c, n);
-    else if (end || n == sizeof buf)
-        s_handoff(m, c);    /* complete, or too large: libmicrohttpd answers 4xx */
+        s_reject(m, c, n, 400);
+    else if (end)
+        s_handoff(m, c);
+    else if (n == sizeof buf)
+        s_reject(m, c, n, 431);
 }
 
 static void

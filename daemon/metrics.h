@@ -16,7 +16,7 @@
     it goes to libmicrohttpd, which parses it in a fixed 8 KiB pool and
     answers), holds a NUL byte (answered 400 at once: libmicrohttpd 0.9.75
     would read the line or value only up to the NUL), or outgrows 8 KiB
-    (libmicrohttpd answers 414/431). A connection gets `timeout` to send
+    (answered 431). A connection gets `timeout` to send
     its whole request and ten times that to take the answer: a slowloris
     trickling bytes is cut at the deadline, not kept alive by them. At
     most `max_conns` connections are open (further ones wait in the
