@@ -341,14 +341,22 @@ def test_curve(c):
 
     # Revocation: delete the certificate, SIGHUP; admitted again after a copy.
     os.unlink(os.path.join(c.clients, "good.key"))
+    # (the start already logged "N client key(s) admitted": wait for a new line)
+    reloads = d.stderr().count("client key(s) admitted from")
     d.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: "0 client key(s) admitted" in d.stderr(), what="the reload")
+    wait_until(lambda: d.stderr().count("client key(s) admitted from") > reloads, what="the reload")
+    last = [ln for ln in d.stderr().splitlines() if "client key(s) admitted from" in ln][-1]
+    assert "security: 0 client key(s)" in last, last
     rc, out, err = c.ctl("good", "--timeout", "400", "query", "ping")
     assert rc == 1
     one_line_error(err, hint)
     shutil.copy(c.key("good"), c.clients)
+    # (the start already logged "N client key(s) admitted": wait for a new line)
+    reloads = d.stderr().count("client key(s) admitted from")
     d.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: "1 client key(s) admitted" in d.stderr(), what="the second reload")
+    wait_until(lambda: d.stderr().count("client key(s) admitted from") > reloads, what="the second reload")
+    last = [ln for ln in d.stderr().splitlines() if "client key(s) admitted from" in ln][-1]
+    assert "security: 1 client key(s)" in last, last
     rc, out, err = c.ctl("good", "query", "ping")
     assert rc == 0, err
     pub.close()
