@@ -101,7 +101,7 @@ def test_help_everywhere(_):
     rc, out, err = ctl("--help")
     assert rc == 0 and "usage: xplainctl COMMAND" in out, (rc, out, err)
     assert "--curve-key FILE" in out and "--server-key FILE" in out
-    for cmd in ["tail", "top", "query", "heatmap", "stats"]:
+    for cmd in ["tail", "top", "query", "heatmap", "report", "stats"]:
         assert cmd in out
         rc, out2, err = ctl(cmd, "--help")
         assert rc == 0, (cmd, rc, err)
@@ -129,6 +129,8 @@ def test_usage_errors(_):
                          (["tail", "-k", "0"], "at least 1"),
                          (["query"], "no op given"), (["query", "ping", "novalue"], "KEY=VALUE"),
                          (["heatmap", "--model", "m1"], "--id are required"),
+                         (["report"], "--model is required"),
+                         (["report", "--model", "m1", "--top", "-1"], "non-negative integer"),
                          (["stats", "--timeout"], "needs a value"),
                          (["stats", "--timeout", "0"], "at least 1 ms"),
                          (["top", "--bogus"], "unknown argument"),
@@ -148,6 +150,7 @@ def test_unreachable_daemon(_):
     tmp = tempfile.mkdtemp(prefix="xplctl-")
     nobody = ["--query", f"ipc://{tmp}/q", "--sub", f"ipc://{tmp}/p", "--timeout", "200"]
     for args in [["query", "ping"], ["stats"], ["heatmap", "--model", "m", "--id", "1"],
+                 ["report", "--model", "m"],
                  ["tail", "--model", "m1"], ["top", "--once"]]:
         t0 = time.time()
         rc, out, err = ctl(*nobody, *args)
