@@ -311,7 +311,14 @@ def test_refusals():
         extra.close()
         for s in idle:
             s.close()
-        samples, _ = parse(scrape(port))
+
+        def scraped():
+            # Refused until the daemon has seen the idle connections close.
+            try:
+                return parse(scrape(port))[0]
+            except OSError:
+                return None
+        samples = wait_until(scraped, what="a scrape once the idle connections closed")
         assert value(samples, "xplaind_metrics_connections_refused_total", reason="per_ip") >= 1
         assert value(samples, "xplaind_metrics_connections_max") == 6
         wait_until(lambda: "metrics: refused a connection from 127.0.0.1" in d.stderr(),
