@@ -127,6 +127,22 @@ static const opt_t s_opts[] = {
     {"metrics", "listen", "metrics", T_STR, O(metrics), "", 0, 0, false,
      "Serve Prometheus metrics over HTTP at http://ADDR:PORT/metrics (ADDR defaults to 127.0.0.1; "
      "empty: off)."},
+    {"metrics", "max_connections", "metrics-max-conns", T_UINT, O(metrics_max_conns), "1024", 1,
+     65536, false,
+     "Most HTTP connections open at once on the metrics endpoint; further ones wait in the listen "
+     "queue until one closes."},
+    {"metrics", "max_per_ip", "metrics-max-per-ip", T_UINT, O(metrics_max_per_ip), "768", 1, 65536,
+     false,
+     "Most HTTP connections open at once from one client address; further ones are refused "
+     "(counted and logged). Below max_connections, so that one address cannot take every slot."},
+    {"metrics", "timeout_ms", "metrics-timeout-ms", T_UINT, O(metrics_timeout_ms), "2000", 100,
+     600000, false,
+     "An HTTP client gets this long to send its whole request, and ten times as long to read the "
+     "answer; then the connection is closed (counted and logged)."},
+    {"metrics", "top_features", "metrics-top-features", T_UINT, O(metrics_top_features), "10", 0,
+     65536, false,
+     "Features exported per model and method by xplaind_attribution_mean and _decayed: the k "
+     "largest by max(mean, decayed) (0: all). Each adds 2 series per model and method."},
     {"security", "curve", "curve", T_BOOL, O(curve), "false", 0, 0, false,
      "Encrypt and authenticate every socket with CURVE; only keys in clients_dir are admitted."},
     {"security", "secret_key_file", "secret-key-file", T_STR, O(secret_key_file), "", 0, 0, false,
@@ -134,9 +150,14 @@ static const opt_t s_opts[] = {
     {"security", "clients_dir", "clients-dir", T_STR, O(clients_dir), "", 0, 0, true,
      "Directory of admitted client public certificates (*.key); re-read on SIGHUP."},
     {"demo", "enabled", "demo", T_BOOL, O(demo), "false", 0, 0, false,
-     "Run a built-in synthetic model stream (with a drift half-way) into the daemon."},
+     "Run a built-in synthetic model stream into the daemon (its importance changes every "
+     "demo.drift_every trades)."},
     {"demo", "rate", "demo-rate", T_UINT, O(demo_rate), "200", 1, 10000000, false,
      "Trades per second of the demo stream."},
+    {"demo", "drift_every", "demo-drift-every", T_UINT, O(demo_drift_every), "6000", 0, 1u << 30,
+     false,
+     "Trades between the demo stream's changes of importance regime (0: never, a stream without "
+     "drift)."},
     {"demo", "batch", "demo-batch", T_UINT, O(demo_batch), "1", 1, 4096, false,
      "Trades per message of the demo stream."},
 };

@@ -64,6 +64,10 @@ typedef struct {
     uint64_t snapshot_interval_s;
     /* [metrics] */
     char *metrics;
+    uint64_t metrics_max_conns;
+    uint64_t metrics_max_per_ip;
+    uint64_t metrics_timeout_ms;
+    uint64_t metrics_top_features;
     /* [security] */
     bool curve;
     char *secret_key_file;
@@ -72,6 +76,7 @@ typedef struct {
     bool demo;
     uint64_t demo_rate;
     uint64_t demo_batch;
+    uint64_t demo_drift_every;
 
     /* Derived by config_load from the strings above. */
     unsigned method_set;

@@ -16,7 +16,6 @@
 #define D_H 4
 #define D_N 9           /* 8 features + CLS */
 #define D_CLS (D_N - 1)
-#define D_DRIFT_EVERY 6000
 
 static const char *s_tokens[D_N] = {"price", "size", "spread", "volatility", "side",
                                     "venue", "momentum", "imbalance", "CLS"};
@@ -34,6 +33,7 @@ struct demo_t {
     atomic_bool stop;
     uint64_t rate;
     uint32_t batch;
+    uint64_t drift_every;       /* trades per regime, 0: one regime */
     uint64_t rng;
 };
 
@@ -96,7 +96,7 @@ s_run(void *arg)
     const int64_t period_ns = (int64_t)(1e9 * d->batch / (double)d->rate);
 
     while (A && G && !atomic_load(&d->stop)) {
-        const double *imp = s_regimes[(trade / D_DRIFT_EVERY) % 2];
+        const double *imp = s_regimes[d->drift_every ? (trade / d->drift_every) % 2 : 0];
         int64_t target[4096];
         double y[4096];
         for (uint32_t b = 0; b < d->batch; b++) {
@@ -167,13 +167,14 @@ s_run(void *arg)
 }
 
 demo_t *
-demo_start(void *zctx, uint64_t rate, uint32_t batch)
+demo_start(void *zctx, uint64_t rate, uint32_t batch, uint64_t drift_every)
 {
     demo_t *d = calloc(1, sizeof *d);
     if (!d)
         return NULL;
     d->rate = rate;
     d->batch = batch > 4096 ? 4096 : batch;
+    d->drift_every = drift_every;
     d->rng = 0x9e3779b97f4a7c15ull;
     atomic_init(&d->stop, false);
     d->sock = zmq_socket(zctx, ZMQ_PUB);
@@ -186,8 +187,12 @@ demo_start(void *zctx, uint64_t rate, uint32_t batch)
         free(d);
         return NULL;
     }
-    log_info("demo: streaming model '%s' at %llu trades/s (regime change every %d trades)",
-             DEMO_MODEL, (unsigned long long)rate, D_DRIFT_EVERY);
+    if (drift_every)
+        log_info("demo: streaming model '%s' at %llu trades/s (regime change every %llu trades)",
+                 DEMO_MODEL, (unsigned long long)rate, (unsigned long long)drift_every);
+    else
+        log_info("demo: streaming model '%s' at %llu trades/s (one regime: no drift)", DEMO_MODEL,
+                 (unsigned long long)rate);
     return d;
 }
 

@@ -113,6 +113,22 @@ global_model(server_t *s, model_t *md)
     return *slot;
 }
 
+const gmodel_t *
+global_model_const(const global_t *g, const model_t *md)
+{
+    return md->index < g->cap ? g->models[md->index] : NULL;
+}
+
+const gepoch_t *
+global_current(const global_t *g, const model_t *md)
+{
+    const gmodel_t *gm = global_model_const(g, md);
+    if (!gm || !md->cur || md->cur->epoch == 0)
+        return NULL;
+    const gepoch_t *e = gm->epochs[(md->cur->epoch - 1) % MODEL_EPOCHS_KEPT];
+    return e && e->epoch == md->cur->epoch ? e : NULL;
+}
+
 /* Method state is created the first time the method shows up. */
 static int
 s_epoch_method(global_t *g, gepoch_t *e, int m)

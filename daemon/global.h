@@ -126,6 +126,11 @@ void global_apply_pending(struct server_t *s, model_t *md);
 gepoch_t *global_epoch(struct server_t *s, model_t *md, uint32_t epoch, bool create);
 gmodel_t *global_model(struct server_t *s, model_t *md);
 
+/* Read-only: state of a model's current epoch, NULL when it has none yet
+   (creates nothing, unlike global_epoch; for the metrics endpoint). */
+const gepoch_t *global_current(const global_t *g, const model_t *md);
+const gmodel_t *global_model_const(const global_t *g, const model_t *md);
+
 /* Query ops. */
 int global_op_global(struct server_t *s, struct qreq_t *q, msgpack_packer *pk);
 int global_op_baseline(struct server_t *s, struct qreq_t *q, msgpack_packer *pk);

@@ -1,47 +1,102 @@
-/*  metrics: Prometheus text exposition (format 0.0.4) over HTTP.
+/*  metrics: Prometheus text exposition (format 0.0.4) over HTTP, served
+    by libmicrohttpd inside the main loop.
 
     `--metrics ADDR:PORT` (ADDR defaults to 127.0.0.1) opens a listening
-    TCP socket that the main loop polls next to its ZeroMQ sockets. Each
-    connection is non-blocking and has a small fixed buffer and a
-    deadline, so a slow or malicious HTTP client can neither stall ingest
-    nor make the daemon allocate: GET /metrics gets the counters, anything
-    else a 404 or 405, and the connection is closed after one answer.  */
+    TCP socket; libmicrohttpd runs in its external epoll mode. One epoll
+    descriptor of ours (the listening socket, the guard's connections,
+    libmicrohttpd's own epoll descriptor) sits in the main loop's zmq_poll
+    next to the ZeroMQ sockets, and metrics_handle accepts, guards and
+    runs MHD_run when it is ready. The daemon stays single-threaded: the exposition is rendered
+    from the live state by the thread that owns it, with no lock and no
+    copy, and a scrape reads the same state as the `drift` query.
+
+    What keeps a hostile client from stalling anything: every socket is
+    non-blocking. A connection first sits with a small guard here, which
+    only peeks at what it sent, until its request head is complete (then
+    it goes to libmicrohttpd, which parses it in a fixed 8 KiB pool and
+    answers), holds a NUL byte (answered 400 at once: libmicrohttpd 0.9.75
+    would read the line or value only up to the NUL), or outgrows 8 KiB
+    (answered 431). A connection gets `timeout` to send
+    its whole request and ten times that to take the answer: a slowloris
+    trickling bytes is cut at the deadline, not kept alive by them. At
+    most `max_conns` connections are open (further ones wait in the
+    kernel's listen queue until a slot frees) and at most `max_per_ip`
+    from one address (further ones are refused at once). Renders are
+    rate-limited: a flood of scrapes shares one rendering. Refusals,
+    timeouts and bad requests are counted, exported, and logged through
+    the rate limiter.  */
 #ifndef XPLD_METRICS_H
 #define XPLD_METRICS_H
 
+#include <netinet/in.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 struct server_t;
+struct MHD_Daemon;
+struct MHD_Response;
 
-#define METRICS_CONNS 8
+/* Poll items metrics_poll_items adds at most. */
+#define METRICS_POLL_ITEMS 1
+
+/* HTTP status codes counted by xplaind_metrics_requests_total. */
+#define METRICS_CODES 6
+
+/* One HTTP connection (a slot of metrics_t.conns): first the guard's
+   (until its request head is in), then libmicrohttpd's. */
+typedef enum { MC_FREE = 0, MC_PENDING, MC_HANDING, MC_MHD } metrics_conn_state_t;
 
 typedef struct {
-    int fd;                 /* -1: free */
+    metrics_conn_state_t state;
+    bool requested;         /* its request arrived: the deadline is for the answer */
+    bool expired;           /* past its deadline, shutdown sent */
+    int fd;
+    struct sockaddr_in addr;
     int64_t deadline;       /* monotonic ns */
-    size_t in;              /* request bytes read */
-    char req[2048];
-    char *out;              /* response being written (owned) */
-    size_t out_len, out_off;
-    int draining;           /* answered: read to EOF, then close */
 } metrics_conn_t;
 
 typedef struct {
-    int listen_fd;          /* -1: metrics off */
-    metrics_conn_t conns[METRICS_CONNS];
-    uint64_t served, refused;
+    struct MHD_Daemon *mhd;     /* NULL: metrics off */
+    int epoll_fd;               /* polled by the main loop: the listening socket, the
+                                   guard's connections, libmicrohttpd's epoll */
+    int listen_fd;
+    bool listening;             /* listen_fd in epoll_fd (not while every slot is taken) */
+    uint32_t max_conns, max_per_ip;
+    int64_t timeout_ns;
+    metrics_conn_t *conns;      /* [max_conns] */
+    uint32_t nconns;
+    int64_t next_sweep;         /* earliest deadline (monotonic ns), 0: none */
+
+    /* Last rendering, shared by the scrapes it answers (refcounted by
+       libmicrohttpd), and the render budget (token bucket). */
+    struct MHD_Response *last;
+    double tokens;
+    int64_t tokens_ns;
+
+    uint64_t requests[METRICS_CODES];   /* by status code, see metrics.c */
+    uint64_t renders, reused;
+    uint64_t refused_per_ip;
+    uint64_t limit_reached;     /* times every slot was taken */
+    uint64_t timed_out;
+    uint64_t closed_early;      /* client went away before its answer was complete */
 } metrics_t;
 
-/* Parse "ADDR:PORT" or "PORT" and listen; -1 with the reason logged. */
-int metrics_init(metrics_t *m, const char *spec);
+/* Listen on s->cfg.metrics ("ADDR:PORT" or "PORT"; empty: off) with the
+   limits of s->cfg. Returns 0, or -1 with the reason logged. */
+int metrics_init(struct server_t *s);
 void metrics_destroy(metrics_t *m);
 
-/* Fill ZeroMQ poll items for the listening socket and the connections;
-   returns how many were written (at most 1 + METRICS_CONNS). */
+/* Fill ZeroMQ poll items (at most METRICS_POLL_ITEMS); returns how many
+   were written. */
 int metrics_poll_items(metrics_t *m, void *items);
 
-/* Handle readiness on the metrics fds after a poll, and expire
-   connections past their deadline. */
+/* Milliseconds until metrics_handle must run even with nothing ready
+   (connection deadlines, data libmicrohttpd already holds), -1: none. */
+long metrics_timeout_ms(metrics_t *m, int64_t now);
+
+/* After a poll: let libmicrohttpd read, answer and close, and cut the
+   connections past their deadline. Call every loop turn. */
 void metrics_handle(struct server_t *s, const void *items, int count);
 
 /* Render the exposition text into a malloc'ed buffer (caller frees). */

@@ -165,7 +165,7 @@ server_init(server_t *s)
     }
     if (c->reference_file[0] && global_load_references(s, c->reference_file) < 0)
         return -1;
-    if (metrics_init(&s->metrics, c->metrics))
+    if (metrics_init(s))
         return -1;
 
     if (!(s->zctx = zmq_ctx_new())) {
@@ -236,7 +236,8 @@ server_init(server_t *s)
         if (s_endpoint(s->sub, c->ingest_connect.items[k], false, "ingest"))
             return -1;
     if (c->demo) {
-        if (!(s->demo = demo_start(s->zctx, c->demo_rate, (uint32_t)c->demo_batch)))
+        if (!(s->demo = demo_start(s->zctx, c->demo_rate, (uint32_t)c->demo_batch,
+                                   c->demo_drift_every)))
             return -1;
         if (s_endpoint(s->sub, DEMO_ENDPOINT, false, "ingest"))
             return -1;
@@ -487,7 +488,7 @@ server_run(server_t *s)
     while (!s->stop) {
         /* Fixed slots first, then the optional ZAP handler, handshake
            monitors and metrics. */
-        zmq_pollitem_t items[5 + 1 + AUTH_MONITORS + METRICS_CONNS] = {
+        zmq_pollitem_t items[5 + 1 + AUTH_MONITORS + METRICS_POLL_ITEMS] = {
             {s->sub, 0, ZMQ_POLLIN, 0},
             /* No new query while a worker job holds one: replies go out
                in request order. */
@@ -516,6 +517,9 @@ server_run(server_t *s)
             timeout = s_until(next_snap, now);
         if (watchdog && s_until(next_watchdog, now) < timeout)
             timeout = s_until(next_watchdog, now);
+        long mt = metrics_timeout_ms(&s->metrics, now);
+        if (mt >= 0 && mt < timeout)
+            timeout = mt;
         int rc = zmq_poll(items, nitems, timeout);
         const int64_t turn = now_mono_ns();
         if (rc < 0) {
