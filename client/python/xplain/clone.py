@@ -17,6 +17,7 @@ message queued before the snapshot is older than it.)
 import time
 
 import msgpack
+import numpy as np
 import zmq
 
 from . import curve as _curve
@@ -115,7 +116,7 @@ class GlobalView:
 
     def mean(self, method, target=None):
         """The global mean vector of a method (overall or for a target
-        class), or None."""
+        class), or None (also when the state holds no vector there)."""
         if self.state is None:
             return None
         if target is None:
@@ -125,7 +126,8 @@ class GlobalView:
             ms = next((t.get("methods") for t in (ts if isinstance(ts, list) else [])
                        if isinstance(t, dict) and t.get("target") == target), {})
         e = ms.get(method) if isinstance(ms, dict) else None
-        return e.get("mean") if isinstance(e, dict) else None
+        mean = e.get("mean") if isinstance(e, dict) else None
+        return mean if isinstance(mean, np.ndarray) else None   # not a vector: no mean
 
     def close(self):
         self._sub.close(0)
