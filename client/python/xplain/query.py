@@ -12,6 +12,8 @@ to the next request. A reply that is not one of the contract (not
 msgpack, not a map, no boolean `ok`, a field of the wrong type) raises
 XplainError, the base of both: never another exception.
 """
+from typing import Any, Dict, List, Optional, Sequence, Union
+
 import msgpack
 import numpy as np
 import zmq
@@ -53,8 +55,8 @@ class Client:
               raw Z85 keys (see xplain.curve)
     """
 
-    def __init__(self, endpoint, timeout=5.0, context=None, curve_secret=None,
-                 server_public=None):
+    def __init__(self, endpoint: str, timeout: float = 5.0, context: Optional[zmq.Context] = None,
+                 curve_secret: Optional[Union[str, bytes]] = None, server_public: Optional[Union[str, bytes]] = None) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
         self.curve = _curve.keys(curve_secret, server_public)
@@ -71,7 +73,7 @@ class Client:
             self._watch = _curve.HandshakeWatch(self._ctx, self._sock)
         self._sock.connect(self.endpoint)
 
-    def close(self):
+    def close(self) -> None:
         if self._watch is not None:
             self._watch.close()
             self._watch = None
@@ -85,7 +87,7 @@ class Client:
     def __exit__(self, *exc):
         self.close()
 
-    def request(self, op, timeout=None, **args):
+    def request(self, op: str, timeout: Optional[float] = None, **args: Any) -> Dict[str, Any]:
         """Send {"v": 1, "op": op, **args}; return the reply map (ok: true)
         or raise QueryError / QueryTimeout. Arguments whose value is None
         are left out."""
@@ -93,12 +95,12 @@ class Client:
         body.update({k: v for k, v in args.items() if v is not None})
         return self.raw(msgpack.packb(body, use_bin_type=True), op=op, timeout=timeout)
 
-    def raw(self, frame, op="request", timeout=None):
+    def raw(self, frame: bytes, op: str = "request", timeout: Optional[float] = None) -> Dict[str, Any]:
         """Send one pre-encoded request frame; return the decoded reply.
         (For tests of malformed requests; request() is what users want.)"""
         return _reply(op, self._roundtrip(frame, op, timeout))
 
-    def _roundtrip(self, frame, op, timeout):
+    def _roundtrip(self, frame: bytes, op: str, timeout: Optional[float]) -> bytes:
         """Send one request frame; return the reply's body frame."""
         if self._sock is None:
             self._open()
@@ -115,23 +117,24 @@ class Client:
 
     # --- the ops of proto/queries.md ---------------------------------
 
-    def ping(self, timeout=None):
+    def ping(self, timeout: Optional[float] = None) -> Dict[str, Any]:
         """`version` and `uptime_s`."""
         return self.request("ping", timeout=timeout)
 
-    def models(self, timeout=None):
+    def models(self, timeout: Optional[float] = None) -> List[Dict[str, Any]]:
         """List of per-model maps (model, epoch, L, H, n, cls, counters)."""
         return _field(self.request("models", timeout=timeout), "models", list, "models")
 
-    def schema(self, model, timeout=None):
+    def schema(self, model: str, timeout: Optional[float] = None) -> Dict[str, Any]:
         """model, epoch, L, H, n, cls, tokens, features, dtype."""
         return self.request("schema", model=model, timeout=timeout)
 
-    def stats(self, timeout=None):
+    def stats(self, timeout: Optional[float] = None) -> Dict[str, Any]:
         """counters, rejected (by reason), latency_us, models."""
         return self.request("stats", timeout=timeout)
 
-    def trade(self, model, id, flow=None, timeout=None):
+    def trade(self, model: str, id: Union[int, str], flow: Optional[bool] = None,
+              timeout: Optional[float] = None) -> Dict[str, Any]:
         """The cached explanation of trade `id`; `attr` values and the n x n
         `matrices` are numpy arrays (float32)."""
         r = self.request("trade", model=model, id=id, flow=flow, timeout=timeout)
@@ -147,7 +150,8 @@ class Client:
         r["matrices"] = mats
         return r
 
-    def global_state(self, model, method=None, target=None, epoch=None, timeout=None):
+    def global_state(self, model: str, method: Optional[str] = None, target: Optional[int] = None,
+                     epoch: Optional[int] = None, timeout: Optional[float] = None) -> Dict[str, Any]:
         """The `global` op (global.md): the whole glob/ state of the current
         epoch (or `epoch`), restricted to `method` / target class `target`
         when given, with the `seq` it is current at. Vectors (mean, std,
@@ -156,17 +160,19 @@ class Client:
                          timeout=timeout)
         return arrays(r)
 
-    def drift(self, model, method=None, epoch=None, timeout=None):
+    def drift(self, model: str, method: Optional[str] = None, epoch: Optional[int] = None,
+              timeout: Optional[float] = None) -> Dict[str, Any]:
         """The `drift` op (global.md): windows, thresholds, last window per
         method and the recent alerts."""
         return arrays(self.request("drift", model=model, method=method, epoch=epoch,
                                    timeout=timeout))
 
-    def baseline(self, model, action, timeout=None, **args):
+    def baseline(self, model: str, action: str, timeout: Optional[float] = None, **args: Any) -> Dict[str, Any]:
         """Pin ("pin") or forget ("reset") the drift baseline."""
         return self.request("baseline", model=model, action=action, timeout=timeout, **args)
 
-    def reference(self, model, method, values, timeout=None, **args):
+    def reference(self, model: str, method: str, values: Sequence[float], timeout: Optional[float] = None,
+                  **args: Any) -> Dict[str, Any]:
         """Set an external reference attribution (token order without CLS),
         e.g. permutation importance."""
         vals = [float(v) for v in np.asarray(values, dtype=np.float64).reshape(-1)]
@@ -174,7 +180,7 @@ class Client:
                             timeout=timeout, **args)
 
 
-def _reply(op, frame):
+def _reply(op: str, frame: bytes) -> Dict[str, Any]:
     """The reply map of a reply body frame when `ok` is true; QueryError
     when it is false; XplainError when the frame is no reply at all."""
     try:
@@ -191,7 +197,7 @@ def _reply(op, frame):
     return reply
 
 
-def _field(reply, key, typ, op, default=KeyError):
+def _field(reply: Dict[str, Any], key: str, typ: type, op: str, default: Any = KeyError) -> Any:
     """reply[key] when it is a `typ` (or `default` when absent, if given);
     XplainError otherwise."""
     if key not in reply and default is not KeyError:
@@ -202,7 +208,7 @@ def _field(reply, key, typ, op, default=KeyError):
     return v
 
 
-def vector(v, what):
+def vector(v: Any, what: str) -> np.ndarray:
     """A vector of numbers as a 1-D numpy float32 array; XplainError when
     `v` is anything else (a string, a map, a nested list...)."""
     if isinstance(v, np.ndarray) and v.ndim == 1:
@@ -216,7 +222,7 @@ def vector(v, what):
 _VECTOR_KEYS = frozenset(("mean", "std", "decayed", "reference", "importance", "confidence"))
 
 
-def arrays(obj, key=None, depth=0):
+def arrays(obj: Any, key: Optional[str] = None, depth: int = 0) -> Any:
     """Copy of a decoded glob/ heads/ drift/ body (or query reply) with the
     numeric vectors and matrices of global.md (mean, std, decayed,
     reference, importance, confidence) as numpy float64 arrays. Below 32
