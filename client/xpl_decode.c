@@ -241,15 +241,18 @@ s_matrices(s_dc_t *c, const xnode_t *root, xpl_explanation_t *e)
     xpl_matrix_t *v = xobj_alloc(c->obj, (size_t)(n ? n : 1) * sizeof *v);
     if (!v)
         return -1;
-    size_t bytes = (size_t)e->n * e->n * 4;
+    /* n * n * 4 in 64 bits wraps for n >= 2^31 (a 0-byte bin would then
+       pass for a huge matrix): compare n * n with the floats present. */
+    uint64_t cells = (uint64_t)e->n * e->n;
     const xnode_t *k = xn_first(m);
     for (uint32_t i = 0; i < n; i++) {
         const xnode_t *val = xn_next(k);
         if (!xn_is(k, MPR_STR) || !xn_is(val, MPR_BIN))
             return s_bad(c, "matrices", "a map of str to bin");
-        if (val->o.v.raw.len != bytes)
+        if (val->o.v.raw.len % 4 != 0 || val->o.v.raw.len / 4 != cells)
             return xpl_fail(XPL_EPROTO, "%s: matrix of %zu bytes for n = %u", c->what,
                             (size_t)val->o.v.raw.len, e->n);
+        size_t bytes = val->o.v.raw.len;
         float *f = xobj_alloc(c->obj, bytes ? bytes : 1);
         if (!f || !(v[i].method = xobj_strndup(c->obj, k->o.v.raw.ptr, k->o.v.raw.len)))
             return -1;
@@ -332,6 +335,15 @@ xpl_decode_explanation(const xnode_t *root, bool trade, const char *what)
             || (xn_get(root, "features") && s_strs(&c, root, "features", &e->features, &e->nfeat))
             || s_matrices(&c, root, e))
             goto fail;
+        if (e->cls >= 0 && (uint32_t)e->cls >= e->n) {
+            xpl_fail(XPL_EPROTO, "%s: cls = %d for n = %u", what, e->cls, e->n);
+            goto fail;
+        }
+        if (e->features && e->nfeat != e->n - (e->cls >= 0 ? 1u : 0u)) {
+            xpl_fail(XPL_EPROTO, "%s: %u features for n = %u, cls = %d", what, e->nfeat, e->n,
+                     e->cls);
+            goto fail;
+        }
     }
     for (uint32_t i = 0; i < na; i++) {
         if (e->features && attr[i].count != e->nfeat) {
@@ -541,9 +553,12 @@ xpl_stats_destroy(xpl_stats_t **self_p)
 static int
 s_doubles(s_dc_t *c, const xnode_t *a, const char *key, const double **out, uint32_t *n)
 {
-    if (!xn_is(a, MPR_ARRAY) || (*n != UINT32_MAX && xn_count(a) != *n))
-        return xpl_fail(XPL_EPROTO, "%s: '%s' is not an array of %u numbers", c->what, key,
-                        *n == UINT32_MAX ? xn_count(a) : *n);
+    /* `a` may be absent (NULL) or of any type: only an array has a count. */
+    if (!xn_is(a, MPR_ARRAY))
+        return s_bad(c, key, "an array of numbers");
+    if (*n != UINT32_MAX && xn_count(a) != *n)
+        return xpl_fail(XPL_EPROTO, "%s: '%s' has %u numbers, not %u", c->what, key,
+                        xn_count(a), *n);
     uint32_t count = xn_count(a);
     double *v = xobj_alloc(c->obj, (size_t)(count ? count : 1) * sizeof *v);
     if (!v)
@@ -741,10 +756,17 @@ s_lh(s_dc_t *c, const xnode_t *root, const char *key, uint32_t L, uint32_t H, co
     const xnode_t *a = xn_get(root, key);
     if (!xn_is(a, MPR_ARRAY) || xn_count(a) != L)
         return xpl_fail(XPL_EPROTO, "%s: '%s' is not an array of %u layers", c->what, key, L);
+    /* L and H are the message's word: only rows that are really there
+       bound the allocation (L = 1, H = 4e9 would ask for 32 GB). */
+    const xnode_t *row = xn_first(a);
+    for (uint32_t l = 0; l < L; l++, row = xn_next(row))
+        if (!xn_is(row, MPR_ARRAY) || xn_count(row) != H)
+            return xpl_fail(XPL_EPROTO, "%s: '%s' row %u is not an array of %u numbers",
+                            c->what, key, l, H);
     double *v = xobj_alloc(c->obj, (size_t)L * H * sizeof *v + 1);
     if (!v)
         return -1;
-    const xnode_t *row = xn_first(a);
+    row = xn_first(a);
     for (uint32_t l = 0; l < L; l++, row = xn_next(row)) {
         const double *r;
         uint32_t n = H;

@@ -36,6 +36,8 @@ s_walk(const void *buf, size_t len, xnode_t *nodes, uint32_t *count, const char 
         if (rc)
             return xpl_fail(XPL_EPROTO, "%s: %s msgpack", what,
                             rc == MPR_EINVAL ? "invalid" : "truncated");
+        if (k == UINT32_MAX)        /* a body over 4 GB of one-byte objects */
+            return xpl_fail(XPL_EPROTO, "%s: msgpack of too many objects", what);
         if (nodes) {
             nodes[k].o = o;
             nodes[k].span = 1;

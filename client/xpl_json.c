@@ -10,6 +10,7 @@ typedef struct {
     char *p;
     size_t len, cap;
     bool oom;
+    int key_depth;              /* keys being rendered around this buffer */
 } s_buf_t;
 
 static void
@@ -140,7 +141,11 @@ s_number(s_buf_t *b, double x)
 
 static const xnode_t *s_node(s_buf_t *b, const xnode_t *n);
 
-/* A map key: strings as they are, anything else rendered and quoted. */
+/* A map key: strings as they are, anything else rendered and quoted.
+   Quoting escapes every '"' and '\\' of the rendering, so a container
+   key inside a container key inside ... would double the output at each
+   level (24 nested one-byte maps made gigabytes): a container key inside
+   another key is rendered as "[...]" or "{...}". */
 static const xnode_t *
 s_key(s_buf_t *b, const xnode_t *k)
 {
@@ -148,7 +153,11 @@ s_key(s_buf_t *b, const xnode_t *k)
         s_string(b, k->o.v.raw.ptr, k->o.v.raw.len);
         return xn_next(k);
     }
-    s_buf_t tmp = {0};
+    if (b->key_depth > 0 && (k->o.type == MPR_ARRAY || k->o.type == MPR_MAP)) {
+        s_puts(b, k->o.type == MPR_ARRAY ? "\"[...]\"" : "\"{...}\"");
+        return xn_next(k);
+    }
+    s_buf_t tmp = {.key_depth = b->key_depth + 1};
     const xnode_t *next = s_node(&tmp, k);
     if (tmp.oom)
         b->oom = true;

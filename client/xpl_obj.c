@@ -44,6 +44,8 @@ void *
 xobj_alloc(void *obj, size_t size)
 {
     s_hdr_t *h = s_hdr(obj);
+    if (size > SIZE_MAX / 2)    /* rounding up and the block header would wrap */
+        return xpl_fail_null(XPL_ENOMEM, "out of memory (%zu bytes)", size);
     size = (size + S_ALIGN - 1) & ~(size_t)(S_ALIGN - 1);
     s_block_t *b = h->blocks;
     if (!b || b->size - b->used < size) {

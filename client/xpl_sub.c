@@ -308,6 +308,11 @@ s_decode(xpl_sub_t *self, const zmq_msg_t *topic, const zmq_msg_t *body)
     }
     memcpy(model, t + plen, tlen - plen);
     model[tlen - plen] = '\0';
+    /* A NUL or a byte no model name has: "xpl/m1\0x" must not pass for m1. */
+    if (!xpl_model_name_ok(model) || strlen(model) != tlen - plen) {
+        s_malformed(self, "topic with an invalid model name");
+        return NULL;
+    }
     if (!s_wanted(self, s_kinds[k].kind, model))
         return NULL;
 

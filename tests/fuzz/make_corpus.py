@@ -1,8 +1,16 @@
 #!/usr/bin/python3
-"""Seed corpora and dictionaries for tests/fuzz (fuzz_ingest, fuzz_query).
+"""Seed corpora and dictionaries for tests/fuzz (fuzz_ingest, fuzz_query and
+the client library's fuzz_topic_* and fuzz_reply_*).
 
 Run from anywhere: /usr/bin/python3 tests/fuzz/make_corpus.py
-It rewrites tests/fuzz/corpus/{ingest,query}/ and tests/fuzz/{ingest,query}.dict.
+It rewrites tests/fuzz/corpus/<target>/ and tests/fuzz/{ingest,query,client}.dict.
+Files named regress-* in a corpus are inputs a fuzzer found, committed as
+they were: they are kept.
+
+A client topic seed is one byte k, k bytes of model name, then the body
+(fuzz_client.c publishes it on <kind>/<model>); a client reply seed is the
+reply body. They are proto/examples' messages of that kind, exact bytes,
+plus one of each kind of damage.
 
 An ingest seed is one byte k, k bytes of topic, then the body (the layout
 fuzz_ingest.c splits). A query seed is the request body. Seeds are small:
@@ -209,6 +217,167 @@ QUERY_DICT = ["v", "op", "ping", "models", "schema", "stats", "trade", "global",
               "first_layer", "attn_mean", "diag"]
 
 
+EXAMPLES = os.path.join(HERE, "..", "..", "proto", "examples")
+CLIENT_TOPICS = ("xpl", "glob", "drift", "heads")
+CLIENT_REPLIES = ("ping", "models", "schema", "stats", "trade", "global", "drift", "baseline",
+                  "reference", "request")
+
+
+def examples(kind):
+    """(name, topic bytes or None, body bytes, rendering) of proto/examples/<kind>/."""
+    import json
+    d = os.path.join(EXAMPLES, kind)
+    out = []
+    for f in sorted(os.listdir(d)):
+        if not f.endswith(".json"):
+            continue
+        name = f[:-5]
+        with open(os.path.join(d, f)) as fh:
+            meta = json.load(fh)
+        with open(os.path.join(d, name + ".msgpack"), "rb") as fh:
+            body = fh.read()
+        topic = None
+        if os.path.exists(os.path.join(d, name + ".topic")):
+            with open(os.path.join(d, name + ".topic"), "rb") as fh:
+                topic = fh.read()
+        out.append((name, topic, body, meta))
+    return out
+
+
+def damaged(body):
+    """Damaged versions of a valid map body: each key dropped, each value
+    replaced by nil and by a wrong type, one at a time (top level and one
+    level down), truncated, with trailing bytes."""
+    pk = msgpack.packb
+    obj = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    out = {"truncated": body[: len(body) // 2], "trailing": body + b"\x00"}
+    if not isinstance(obj, dict):
+        return out
+    for k, v in obj.items():
+        if k in ("v", "ok"):
+            continue
+        out["drop_" + k] = pk({kk: vv for kk, vv in obj.items() if kk != k})
+        out["nil_" + k] = pk({**obj, k: None})
+        out["str_" + k] = pk({**obj, k: "x"})
+        if isinstance(v, dict):
+            for k2, v2 in v.items():
+                sub = {kk: vv for kk, vv in v.items() if kk != k2}
+                out["drop_%s.%s" % (k, k2)] = pk({**obj, k: sub})
+                if isinstance(v2, dict):
+                    for k3 in list(v2)[:8]:
+                        sub3 = {kk: vv for kk, vv in v2.items() if kk != k3}
+                        out["drop_%s.%s.%s" % (k, k2, k3)] = pk({**obj, k: {**v, k2: sub3}})
+                break
+        if isinstance(v, list) and v:
+            out["short_" + k] = pk({**obj, k: v[:-1]})
+            if isinstance(v[0], dict):
+                for k2 in list(v[0])[:8]:
+                    e0 = {kk: vv for kk, vv in v[0].items() if kk != k2}
+                    out["drop_%s[0].%s" % (k, k2)] = pk({**obj, k: [e0] + v[1:]})
+    return out
+
+
+def topic_seed(model, body):
+    m = model.encode() if isinstance(model, str) else model
+    return bytes([min(len(m), 255)]) + m[:255] + body
+
+
+def client_topic_seeds(kind):
+    s = {}
+    for name, topic, body, meta in examples(kind):
+        model = topic[len(kind) + 1:]
+        s["ok_" + name] = topic_seed(model, body)
+    name, topic, body, meta = examples(kind)[0]
+    model = topic[len(kind) + 1:]
+    for k, v in damaged(body).items():
+        s["bad_%s_%s" % (name, k)] = topic_seed(model, v)
+    s["bad_model_differs"] = topic_seed(b"m9", body)
+    s["bad_model_empty"] = topic_seed(b"", body)
+    s["bad_model_65_bytes"] = topic_seed(b"m" * 65, body)
+    s["bad_model_nul"] = topic_seed(model + b"\x00x", body)
+    s["bad_not_map"] = topic_seed(model, msgpack.packb([1, 2]))
+    s["bad_v_2"] = topic_seed(model, msgpack.packb({"v": 2}))
+    s["bad_empty_body"] = topic_seed(model, b"")
+    if kind == "glob":
+        s.update(("bad_" + k, topic_seed(model, v)) for k, v in glob_damage(body).items())
+    if kind == "heads":
+        # L * H * 8 bytes must not be asked for before the rows are seen.
+        obj = msgpack.unpackb(body, raw=False)
+        s["bad_L1_H4e9_short_rows"] = topic_seed(model, msgpack.packb(
+            {**obj, "L": 1, "H": 4000000000, "importance": [[0.5]], "confidence": [[0.5]]}))
+    return s
+
+
+def glob_damage(body):
+    """A global state without (or with damaged) feature names whose first
+    method state lacks a vector: the first vector then fixes the length."""
+    pk = msgpack.packb
+    obj = msgpack.unpackb(body, raw=False)
+    meth = next(iter(obj["methods"]))
+    out = {}
+    for feats in (KeyError, None, 5):
+        for vec in ("mean", "std", "decayed"):
+            o = {k: v for k, v in obj.items() if k != "features"}
+            if feats is not KeyError:
+                o["features"] = feats
+            o["methods"] = {**obj["methods"],
+                            meth: {k: v for k, v in obj["methods"][meth].items() if k != vec}}
+            out["features_%s_no_%s" % ({KeyError: "missing", None: "nil", 5: "int"}[feats], vec)] = pk(o)
+    return out
+
+
+def client_reply_seeds(op):
+    s = {}
+    reps = examples("reply")
+    mine = [r for r in reps if r[3].get("op") == op]
+    if op == "request":
+        mine = reps
+    for name, _, body, meta in mine:
+        s["ok_" + name] = body
+    for name, _, body, meta in reps:
+        if name.startswith("error-"):
+            s[name] = body
+    good = [r for r in mine if msgpack.unpackb(r[2], raw=False).get("ok")]
+    if good:
+        name, _, body, meta = good[0]
+        for k, v in damaged(body).items():
+            s["bad_%s_%s" % (name, k)] = v
+        if op == "global":
+            s.update(("bad_" + k, v) for k, v in glob_damage(body).items())
+        if op == "trade":
+            # n * n * 4 wraps to 0 in 64 bits for n = 2^31; cls must be < n.
+            obj = msgpack.unpackb(body, raw=False)
+            s["bad_matrix_n_2_31_empty"] = msgpack.packb(
+                {**{k: v for k, v in obj.items() if k != "features"},
+                 "n": 2**31, "cls": -1, "matrices": {"rollout": b""}})
+            s["bad_cls_equals_n"] = msgpack.packb({**obj, "cls": obj["n"]})
+    pk = msgpack.packb
+    s["bad_not_map"] = pk([1, 2])
+    s["bad_empty"] = b""
+    s["bad_ok_missing"] = pk({"v": 1})
+    s["bad_ok_str"] = pk({"v": 1, "ok": "yes"})
+    s["bad_v_2"] = pk({"v": 2, "ok": True})
+    s["bad_error_no_code"] = pk({"v": 1, "ok": False})
+    s["bad_error_code_int"] = pk({"v": 1, "ok": False, "code": 7, "error": 8})
+    s["bad_error_code_long"] = pk({"v": 1, "ok": False, "code": "x" * 80, "error": "e"})
+    s["bad_ok_only"] = pk({"v": 1, "ok": True})
+    s["bad_deep_nesting"] = b"\x83\xa1v\x01\xa2ok\xc3\xa1x" + b"\x91" * 40 + b"\x00"
+    s["bad_array32_4g"] = b"\x83\xa1v\x01\xa2ok\xc3\xa1x\xdd\xff\x00\x00\x00"
+    return s
+
+
+CLIENT_DICT = ["v", "ok", "code", "error", "model", "seq", "ts", "epoch", "id", "target", "y",
+               "attr", "n", "cls", "L", "H", "features", "tokens", "dtype", "matrices", "count",
+               "half_life", "untracked_targets", "methods", "mean", "std", "decayed",
+               "reference", "reference_spearman", "targets", "method", "trades", "window",
+               "compared", "spearman", "ndcg", "js", "alert", "importance", "confidence",
+               "importance_count", "confidence_count", "thresholds", "rho_min", "ndcg_min",
+               "js_max", "ndcg_k", "alerts_total", "last", "filled", "windows", "alerts",
+               "models", "received", "explained", "rejected", "lost", "restarts", "last_seq",
+               "last_ts", "counters", "latency_us", "uptime_s", "version", "p50", "max",
+               "m1", "rollout", "baseline", "unknown_model", "not_found", "bad_argument"]
+
+
 def write_dict(path, words, extra):
     lines = ["# libFuzzer dictionary for %s (written by make_corpus.py)" % os.path.basename(path)]
     for w in words:
@@ -220,8 +389,10 @@ def write_dict(path, words, extra):
 
 def write_corpus(name, seeds):
     d = os.path.join(HERE, "corpus", name)
-    shutil.rmtree(d, ignore_errors=True)
-    os.makedirs(d)
+    os.makedirs(d, exist_ok=True)
+    for f in os.listdir(d):
+        if not f.startswith("regress-"):
+            os.remove(os.path.join(d, f))
     for k, v in sorted(seeds.items()):
         with open(os.path.join(d, k), "wb") as f:
             f.write(v)
@@ -230,10 +401,16 @@ def write_corpus(name, seeds):
 
 def main():
     total = write_corpus("ingest", ingest_seeds()) + write_corpus("query", query_seeds())
+    for kind in CLIENT_TOPICS:
+        total += write_corpus("topic_" + kind, client_topic_seeds(kind))
+    for op in CLIENT_REPLIES:
+        total += write_corpus("reply_" + op, client_reply_seeds(op))
+    write_dict(os.path.join(HERE, "client.dict"), CLIENT_DICT,
+               [b"\xc0", b"\xc2", b"\xc3", b"\xcb", b"\xdc", b"\xde", b"\x90", b"\x80"])
     write_dict(os.path.join(HERE, "ingest.dict"), INGEST_DICT,
                [b"attn/", b"\xc4", b"\xc5", b"\xc6", b"\xdc", b"\xdd", b"\xde", b"\xdf", b"\xc0"])
     write_dict(os.path.join(HERE, "query.dict"), QUERY_DICT, [b"\x81\xa1v\x01", b"\xc3", b"\xc2"])
-    assert total < 1 << 20, total
+    assert total < 4 << 20, total
     print("corpus: %d bytes" % total)
 
 

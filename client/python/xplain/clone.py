@@ -18,10 +18,11 @@ import time
 from typing import Any, Dict, Optional, Union
 
 import msgpack
+import numpy as np
 import zmq
 
 from . import curve as _curve
-from .query import Client, QueryError, arrays
+from .query import Client, QueryError, XplainError, arrays
 
 
 class GlobalView:
@@ -76,7 +77,10 @@ class GlobalView:
             return False
         for k in ("ok",):
             r.pop(k, None)
-        self.state, self.seq = r, int(r.get("seq", -1))
+        seq = r.get("seq", -1)
+        if not isinstance(seq, int):
+            raise XplainError("global: reply's 'seq' is not an integer: %.100r" % (seq,))
+        self.state, self.seq = r, seq
         self.snapshots += 1
         return True
 
@@ -101,7 +105,9 @@ class GlobalView:
                 # Older than the state held: either sent before the snapshot
                 # (drop it) or, when it was sent after the state held was
                 # (ts), by a daemon that restarted and counts again.
-                if self.state is not None and m.get("ts", 0) > self.state.get("ts", 0):
+                ts, held = m.get("ts", 0), (self.state or {}).get("ts", 0)
+                if self.state is not None and isinstance(ts, int) and isinstance(held, int) \
+                        and ts > held:
                     self.restarts += 1
                     self.snapshot()
                 continue
@@ -111,15 +117,18 @@ class GlobalView:
 
     def mean(self, method: str, target: Optional[int] = None) -> Any:
         """The global mean vector of a method (overall or for a target
-        class), or None."""
+        class), or None (also when the state holds no vector there)."""
         if self.state is None:
             return None
         if target is None:
             ms = self.state.get("methods", {})
         else:
-            ms = next((t["methods"] for t in self.state.get("targets", []) if t.get("target") == target), {})
-        e = ms.get(method)
-        return None if e is None else e.get("mean")
+            ts = self.state.get("targets", [])
+            ms = next((t.get("methods") for t in (ts if isinstance(ts, list) else [])
+                       if isinstance(t, dict) and t.get("target") == target), {})
+        e = ms.get(method) if isinstance(ms, dict) else None
+        mean = e.get("mean") if isinstance(e, dict) else None
+        return mean if isinstance(mean, np.ndarray) else None   # not a vector: no mean
 
     def close(self) -> None:
         self._sub.close(0)

@@ -66,16 +66,30 @@ def encode(a, dtype):
 
 
 def decode(buf, dtype, shape=None):
-    """Bytes of a contract encoding -> float32 array (optionally reshaped)."""
+    """Bytes of a contract encoding -> float32 array (optionally reshaped).
+
+    ValueError, naming what is wrong, when `buf` is not bytes holding whole
+    elements of `dtype`, or they do not fill `shape` (a message's bin
+    is never trusted to match its declared shape)."""
+    if dtype not in DTYPES:
+        raise ValueError("dtype must be one of %s, not %r" % (", ".join(DTYPES), dtype))
+    if not isinstance(buf, (bytes, bytearray, memoryview)):
+        raise ValueError("%s data must be bytes, not %s" % (dtype, type(buf).__name__))
+    size = ITEMSIZE[dtype]
+    if len(buf) % size:
+        raise ValueError("%d bytes are not whole %s elements" % (len(buf), dtype))
     if dtype == "f32":
         a = np.frombuffer(buf, dtype="<f4").astype(np.float32)
     elif dtype == "f16":
         a = np.frombuffer(buf, dtype="<f2").astype(np.float32)
-    elif dtype == "bf16":
-        a = bf16_bits_to_f32(np.frombuffer(buf, dtype="<u2"))
     else:
-        raise ValueError("dtype must be one of %s, not %r" % (", ".join(DTYPES), dtype))
-    return a.reshape(shape) if shape is not None else a
+        a = bf16_bits_to_f32(np.frombuffer(buf, dtype="<u2"))
+    if shape is None:
+        return a
+    try:
+        return a.reshape(shape)
+    except (TypeError, ValueError) as e:
+        raise ValueError("%d %s elements do not fill shape %r (%s)" % (a.size, dtype, shape, e)) from None
 
 
 def to_numpy(t):

@@ -8,7 +8,9 @@
 A reply with `ok: false` raises QueryError (with `.code` and `.error`);
 no reply within `timeout` seconds raises QueryTimeout. After a timeout the
 socket is replaced, so a late reply can never be mistaken for the answer
-to the next request.
+to the next request. A reply that is not one of the contract (not
+msgpack, not a map, no boolean `ok`, a field of the wrong type) raises
+XplainError, the base of both: never another exception.
 """
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -96,6 +98,10 @@ class Client:
     def raw(self, frame: bytes, op: str = "request", timeout: Optional[float] = None) -> Dict[str, Any]:
         """Send one pre-encoded request frame; return the decoded reply.
         (For tests of malformed requests; request() is what users want.)"""
+        return _reply(op, self._roundtrip(frame, op, timeout))
+
+    def _roundtrip(self, frame: bytes, op: str, timeout: Optional[float]) -> bytes:
+        """Send one request frame; return the reply's body frame."""
         if self._sock is None:
             self._open()
         timeout = self.timeout if timeout is None else timeout
@@ -107,13 +113,7 @@ class Client:
             hint = self._watch.hint() if self._watch is not None else ""
             self.close()
             raise QueryTimeout(op, self.endpoint, timeout, hint)
-        frames = self._sock.recv_multipart()
-        reply = msgpack.unpackb(frames[-1], raw=False, strict_map_key=False)
-        if not isinstance(reply, dict):
-            raise XplainError("%s: reply is not a map: %r" % (op, reply))
-        if not reply.get("ok", False):
-            raise QueryError(op, reply.get("code", "?"), reply.get("error", "(no reason given)"), reply)
-        return reply
+        return self._sock.recv_multipart()[-1]
 
     # --- the ops of proto/queries.md ---------------------------------
 
@@ -123,7 +123,7 @@ class Client:
 
     def models(self, timeout: Optional[float] = None) -> List[Dict[str, Any]]:
         """List of per-model maps (model, epoch, L, H, n, cls, counters)."""
-        return self.request("models", timeout=timeout)["models"]
+        return _field(self.request("models", timeout=timeout), "models", list, "models")
 
     def schema(self, model: str, timeout: Optional[float] = None) -> Dict[str, Any]:
         """model, epoch, L, H, n, cls, tokens, features, dtype."""
@@ -138,12 +138,15 @@ class Client:
         """The cached explanation of trade `id`; `attr` values and the n x n
         `matrices` are numpy arrays (float32)."""
         r = self.request("trade", model=model, id=id, flow=flow, timeout=timeout)
-        r["attr"] = {k: np.asarray(v, dtype=np.float32) for k, v in r.get("attr", {}).items()}
+        r["attr"] = {k: vector(v, "trade: attr") for k, v in
+                     _field(r, "attr", dict, "trade", {}).items()}
         n = r.get("n")
         mats = {}
-        for k, v in (r.get("matrices") or {}).items():
+        for k, v in (_field(r, "matrices", dict, "trade", None) or {}).items():
+            if not isinstance(v, bytes) or len(v) % 4:
+                raise XplainError("trade: matrix %r is not a bin of float32" % (k,))
             m = np.frombuffer(v, dtype="<f4").astype(np.float32)
-            mats[k] = m.reshape(n, n) if n and m.size == n * n else m
+            mats[k] = m.reshape(n, n) if isinstance(n, int) and n > 0 and m.size == n * n else m
         r["matrices"] = mats
         return r
 
@@ -177,20 +180,63 @@ class Client:
                             timeout=timeout, **args)
 
 
+def _reply(op: str, frame: bytes) -> Dict[str, Any]:
+    """The reply map of a reply body frame when `ok` is true; QueryError
+    when it is false; XplainError when the frame is no reply at all."""
+    try:
+        reply = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+    except Exception as e:      # ValueError, TypeError (a list as a key), StackError...
+        raise XplainError("%s: reply is not msgpack (%s: %s)" % (op, type(e).__name__, e)) from None
+    if not isinstance(reply, dict):
+        raise XplainError("%s: reply is not a map: %.200r" % (op, reply))
+    ok = reply.get("ok")
+    if ok is False:
+        raise QueryError(op, reply.get("code", "?"), reply.get("error", "(no reason given)"), reply)
+    if ok is not True:
+        raise XplainError("%s: reply without a boolean 'ok': %.200r" % (op, reply))
+    return reply
+
+
+def _field(reply: Dict[str, Any], key: str, typ: type, op: str, default: Any = KeyError) -> Any:
+    """reply[key] when it is a `typ` (or `default` when absent, if given);
+    XplainError otherwise."""
+    if key not in reply and default is not KeyError:
+        return default
+    v = reply.get(key)
+    if not isinstance(v, typ):
+        raise XplainError("%s: reply's %r is missing or not a %s" % (op, key, typ.__name__))
+    return v
+
+
+def vector(v: Any, what: str) -> np.ndarray:
+    """A vector of numbers as a 1-D numpy float32 array; XplainError when
+    `v` is anything else (a string, a map, a nested list...)."""
+    if isinstance(v, np.ndarray) and v.ndim == 1:
+        return v.astype(np.float32)
+    if not isinstance(v, (list, tuple)) or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        raise XplainError("%s: %.100r is not an array of numbers" % (what, v))
+    return np.asarray(v, dtype=np.float32).reshape(-1)
+
+
 _VECTOR_KEYS = frozenset(("mean", "std", "decayed", "reference", "importance", "confidence"))
 
 
-def arrays(obj, key=None):
+def arrays(obj: Any, key: Optional[str] = None, depth: int = 0) -> Any:
     """Copy of a decoded glob/ heads/ drift/ body (or query reply) with the
     numeric vectors and matrices of global.md (mean, std, decayed,
-    reference, importance, confidence) as numpy float64 arrays."""
+    reference, importance, confidence) as numpy float64 arrays. Below 32
+    levels (deeper than any message of the contract) objects are left as
+    they are: a peer's 500 nested arrays must not exhaust Python's stack."""
+    if depth >= 32:
+        return obj
     if isinstance(obj, dict):
-        return {k: arrays(v, k) for k, v in obj.items()}
+        return {k: arrays(v, k, depth + 1) for k, v in obj.items()}
     if isinstance(obj, list):
         if key in _VECTOR_KEYS:
             try:
                 return np.asarray(obj, dtype=np.float64)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 pass
-        return [arrays(x) for x in obj]
+        return [arrays(x, None, depth + 1) for x in obj]
     return obj

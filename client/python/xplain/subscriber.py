@@ -13,6 +13,11 @@ cannot be named any more and gets `features = None`.
 
 Global state, drift and head statistics (`glob/`, `drift/`, `heads/`,
 proto/global.md) come as Update objects when asked for with `kinds`.
+
+A message that is not a publication of the contract (not msgpack, not a
+map with "v": 1, a model that is no string, an attribution that is no
+vector of numbers, ...) is dropped and counted in `malformed`; recv()
+never raises because of what a peer sent.
 """
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -22,7 +27,7 @@ import numpy as np
 import zmq
 
 from . import curve as _curve
-from .query import Client, XplainError, arrays
+from .query import Client, XplainError, arrays, vector
 
 KINDS = ("xpl", "glob", "drift", "heads")
 
@@ -41,6 +46,8 @@ class Explanation:
                  "features", "raw")
 
     def __init__(self, body: Dict[str, Any], features: Optional[List[str]] = None) -> None:
+        """XplainError when `attr` is not a map of method name to vector;
+        `features` is kept only when it names every entry of every vector."""
         self.raw = body
         self.model = body.get("model")
         self.id = body.get("id")
@@ -49,8 +56,12 @@ class Explanation:
         self.epoch = body.get("epoch")
         self.target = body.get("target")
         self.y = body.get("y")
-        self.attr = {k: np.asarray(v, dtype=np.float32)
-                     for k, v in (body.get("attr") or {}).items()}
+        attr = body.get("attr") or {}
+        if not isinstance(attr, dict):
+            raise XplainError("xpl: 'attr' is not a map")
+        self.attr = {k: vector(v, "xpl: attr") for k, v in attr.items()}
+        if features is not None and any(len(v) != len(features) for v in self.attr.values()):
+            features = None     # another epoch's names: none rather than wrong ones
         self.features = features
 
     def top(self, method: str, k: int = 5) -> List[Tuple[Any, float]]:
@@ -137,6 +148,7 @@ class Subscriber:
         self._features = {}          # (model, epoch) -> list of names
         self._last_seq = {}          # topic -> last seq seen
         self.gaps = 0                # messages missed (seq gaps), all topics
+        self.malformed = 0           # messages dropped as not of the contract
 
     def features(self, model: str, epoch: int) -> Optional[List[str]]:
         """Feature names of (model, epoch), via the schema query (cached);
@@ -154,10 +166,15 @@ class Subscriber:
             self._features[key] = None
             return None
         names = s.get("features")
-        if names is None and "tokens" in s:
+        if names is None and isinstance(s.get("tokens"), list):
             names = [t for j, t in enumerate(s["tokens"]) if j != s.get("cls", -1)]
-        self._features[(model, s.get("epoch"))] = names
-        if s.get("epoch") != epoch and isinstance(epoch, int) and s.get("epoch", 0) > epoch:
+        s_epoch = s.get("epoch")
+        if not isinstance(names, list) or not all(isinstance(t, str) for t in names) \
+                or not isinstance(s_epoch, int):
+            self._features[key] = None       # a schema reply not of the contract
+            return None
+        self._features[(model, s_epoch)] = names
+        if s_epoch != epoch and isinstance(epoch, int) and s_epoch > epoch:
             self._features[key] = None       # an epoch the daemon has left behind
         return self._features.get(key)
 
@@ -186,10 +203,15 @@ class Subscriber:
         try:
             body = msgpack.unpackb(frames[1], raw=False, strict_map_key=False)
         except Exception:
+            self.malformed += 1
             return None
         if not isinstance(body, dict) or body.get("v") != 1:
+            self.malformed += 1
             return None
         model = body.get("model", model)
+        if not isinstance(model, str):
+            self.malformed += 1
+            return None
         if self.models is not None and model not in self.models:
             return None
         seq = body.get("seq")
@@ -199,10 +221,18 @@ class Subscriber:
                 self.gaps += seq - last - 1
             self._last_seq[topic] = seq
         if kind == "xpl":
-            return Explanation(body, self.features(model, body.get("epoch")))
+            epoch = body.get("epoch")
+            try:
+                return Explanation(body, self.features(model, epoch) if isinstance(epoch, int) else None)
+            except XplainError:
+                self.malformed += 1
+                return None
         feats = body.get("features")
-        if feats is None and kind == "glob":
-            feats = self.features(model, body.get("epoch"))
+        if not isinstance(feats, list) or not all(isinstance(t, str) for t in feats):
+            feats = None
+        epoch = body.get("epoch")
+        if feats is None and kind == "glob" and isinstance(epoch, int):
+            feats = self.features(model, epoch)
         return Update(kind, body, feats)
 
     def __iter__(self) -> Iterator[Union["Explanation", "Update", None]]:
