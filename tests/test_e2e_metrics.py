@@ -14,19 +14,11 @@ import time
 import msgpack
 import numpy as np
 
-from xpltest import Daemon, join, random_attention
+from xpltest import Daemon, join, on_free_ports, random_attention
 
 NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="[^"\\\n]*"'
                     r'(,[a-zA-Z_][a-zA-Z0-9_]*="[^"\\\n]*")*)\})? (\S+)$')
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def http(port, request, timeout=5):
@@ -141,8 +133,7 @@ def test_slow_clients_do_not_stall(d, port):
 
 
 def main():
-    port = free_port()
-    d = Daemon("--metrics", f"127.0.0.1:{port}")
+    d, (port,) = on_free_ports(1, lambda port: Daemon("--metrics", f"127.0.0.1:{port}"))
     try:
         test_metrics(d, port)
         test_slow_clients_do_not_stall(d, port)

@@ -17,7 +17,7 @@ import time
 import msgpack
 import numpy as np
 
-from xpltest import XPLAIND, Daemon, assert_close, join, random_attention
+from xpltest import XPLAIND, Daemon, assert_close, join, random_attention, wait_until
 
 L, H, N = 2, 2, 5
 
@@ -87,7 +87,13 @@ def test_kill9_loses_at_most_one_interval(state_dir):
     vectors = []
     d = StatefulDaemon(state_dir, "--snapshot-interval", "1")
     stream(d, "k9", 0, 120, rng, vectors, rate=100)
-    time.sleep(1.5)                 # at least one snapshot after the last trade...
+    # At least one snapshot after the last trade (snapshots are written in
+    # the daemon's loop: one counted after this query includes them)...
+    wait_until(lambda: d.query("global", model="k9").get("count") == 120,
+               what="the 120 trades in the global state")
+    snapshots = d.stats()["counters"]["snapshots"]
+    wait_until(lambda: d.stats()["counters"]["snapshots"] > snapshots, timeout=30,
+               what="a snapshot after the 120th trade")
     stream(d, "k9", 120, 30, rng, vectors)   # ...then more, which may be lost
     d.kill()
     d = StatefulDaemon(state_dir)

@@ -507,11 +507,20 @@ def test_round_trips(d):
 
     # Model filter: py_none does not match py_n*, only itself.
     only = xplain.Subscriber(d.publish, models=["py_none"], query=q)
-    time.sleep(0.3)
+
+    def joined():       # the slow joiner: py_none trades until one reaches `only`
+        pubs["py_none"].send(random_attention(rng, (1, 2, 2, 4, 4)), ids=["w"])
+        return only.recv(timeout=0.05) is not None
+    wait_until(joined, what="the py_none subscriber to receive a first trade")
     pubs["py_none"].send(random_attention(rng, (1, 2, 2, 4, 4)), ids=["f1"])
     pubs["py_first"].send(random_attention(rng, (1, 2, 3, 5, 5)), ids=["f2"])
     pubs["py_none"].send(random_attention(rng, (1, 2, 2, 4, 4)), ids=["f3"])
-    xs = [only.recv(timeout=5) for _ in range(2)]
+    xs = []
+    while len(xs) < 2:      # the joining trades ("w") went out first, in order
+        x = only.recv(timeout=5)
+        assert x is not None, f"timed out waiting for f1 and f3 (got {[y.id for y in xs]})"
+        if x.id != "w":
+            xs.append(x)
     assert [x.id for x in xs] == ["f1", "f3"], xs
     assert only.recv(timeout=0.3) is None
     for o in (only, gsub, dsub, view, sub, q):

@@ -7,8 +7,10 @@ Run by Debian's /usr/bin/python3 (python3-zmq, python3-msgpack, python3-numpy).
 import ctypes
 import faulthandler
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -215,6 +217,46 @@ class Daemon:
         close_context(self.ctx)
         self.req = None
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def free_port():
+    """A TCP port of 127.0.0.1 that is free now, for a daemon to bind. It
+    is drawn at random below the kernel's ephemeral range, so no outgoing
+    connection (of a test running in parallel) takes it meanwhile; another
+    test may still draw it: start the daemon with Daemon.on_free_ports,
+    which draws again when the port was taken."""
+    lo = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    lo = max(lo, 2048)
+    for _ in range(1000):
+        port = random.randrange(1024, lo)
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise AssertionError("no free TCP port on 127.0.0.1 below the ephemeral range")
+
+
+def on_free_ports(n, start, tries=5):
+    """start(*ports) with n free ports (free_port), drawn again when the
+    daemon it starts (a Daemon) exits at once because a port was taken in
+    between by another test. Returns (what start returned, ports)."""
+    for attempt in range(tries):
+        ports = [free_port() for _ in range(n)]
+        try:
+            return start(*ports), ports
+        except RuntimeError as e:
+            if "Address already in use" not in str(e) or attempt == tries - 1:
+                raise
+            print(f"note: port(s) {ports} taken meanwhile, drawing others", file=sys.stderr)
 
 
 def sanitized_build():
