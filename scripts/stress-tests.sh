@@ -40,6 +40,8 @@ while [ $# -gt 0 ]; do
     -E) EXCLUDE=$2; shift 2 ;;
     -b) BUILDS="$BUILDS $2"; shift 2 ;;
     -j) JOBS=$2; shift 2 ;;
+    -j[0-9]*) JOBS=${1#-j}; shift ;;
+    -n[0-9]*) RUNS=${1#-n}; shift ;;
     --hog) HOG=1; shift ;;
     --logs) LOGS=$2; shift 2 ;;
     --stop-on-fail) STOP=1; shift ;;
