@@ -134,10 +134,10 @@ class Daemon:
         connection made while the daemon was still starting (or to a CURVE
         handshake that stalled) is retried, for up to XPL_TEST_READY
         seconds (default 30)."""
-        t0 = time.time()
+        t0 = time.monotonic()
         deadline = t0 + float(os.environ.get("XPL_TEST_READY", "30"))
         tries = 0
-        while time.time() < deadline:
+        while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError("xplaind exited early:\n" + self.stderr())
             tries += 1
@@ -147,13 +147,13 @@ class Daemon:
                 self.req.send(msgpack.packb({"v": 1, "op": "ping"}))
                 if msgpack.unpackb(self.req.recv())["ok"]:
                     self.req.setsockopt(zmq.RCVTIMEO, 5000)
-                    if time.time() - t0 > 3:
-                        print(f"note: xplaind answered ping after {time.time() - t0:.1f} s "
+                    if time.monotonic() - t0 > 3:
+                        print(f"note: xplaind answered ping after {time.monotonic() - t0:.1f} s "
                               f"({tries} tries)", file=sys.stderr, flush=True)
                     return
             except zmq.Again:
                 continue
-        raise RuntimeError(f"xplaind did not answer ping in {time.time() - t0:.0f} s "
+        raise RuntimeError(f"xplaind did not answer ping in {time.monotonic() - t0:.0f} s "
                            f"({tries} tries):\n" + self.stderr())
 
     def query(self, op, **args):
@@ -287,13 +287,13 @@ def model_info(daemon, model):
 
 
 def wait_until(pred, timeout=10.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         v = pred()
         if v:
             return v
         time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def join(daemon, pub, sub=None, model="__probe"):
