@@ -744,9 +744,27 @@ state_load(server_t *s, const char *dir)
     }
     free(payload);
     s_reset(s);
+    /* Never over an earlier one moved aside in the same second: link()
+       refuses an existing name where rename() would replace it. */
     char aside[4200];
-    snprintf(aside, sizeof aside, "%s.corrupt-%lld", path, (long long)time(NULL));
-    if (rename(path, aside) == 0)
+    long long now = (long long)time(NULL);
+    int moved = -1;
+    for (int k = 0; k < 1000 && moved != 0; k++) {
+        if (k == 0)
+            snprintf(aside, sizeof aside, "%s.corrupt-%lld", path, now);
+        else
+            snprintf(aside, sizeof aside, "%s.corrupt-%lld.%d", path, now, k);
+        moved = link(path, aside);
+        if (moved != 0 && errno != EEXIST)
+            break;
+    }
+    if (moved == 0 && unlink(path) != 0) {
+        int e = errno;
+        unlink(aside);
+        errno = e;
+        moved = -1;
+    }
+    if (moved == 0)
         log_err("state: snapshot %s is unusable (%s); moved it to %s and starting fresh", path,
                 why ? why : "corrupt", aside);
     else
