@@ -25,6 +25,7 @@
 
 Run by ctest with /usr/bin/python3 and XPL_BUILD_DIR / XPL_SOURCE_DIR.
 """
+import faulthandler
 import math
 import os
 import pathlib
@@ -51,6 +52,10 @@ import xplain   # noqa: E402
 from xplain import codec, curve  # noqa: E402
 
 ALL = "rollout,grad_rollout,first_layer,attn_mean,diag,flow"
+
+# A hung test prints every thread's stack and exits 1 before ctest kills it
+# without a word (as tests/xpltest.py does for the end-to-end tests).
+faulthandler.dump_traceback_later(float(os.environ.get("XPL_TEST_WATCHDOG", "300")), exit=True)
 
 
 def assert_close(got, want, rel=1e-5, abs_=1e-12, what=""):
