@@ -425,7 +425,10 @@ def test_round_trips(d):
         G = rng.standard_normal(A.shape).astype(np.float32)
         p.send(A, grad=G, target=[0, 1])
         extra += [(A[b], G[b]) for b in range(2)]
-    wait_until(lambda: view.poll(0.1) or view.state["count"] == 26, what="glob/ update with 26 trades")
+    # Until an update covers all 26: on a loaded machine one may go out
+    # after only some of the 8 trades.
+    wait_until(lambda: (view.poll(0.1), view.state is not None and view.state["count"] == 26)[1],
+               what="a glob/ update with 26 trades")
     assert view.seq > seq0 and view.updates >= 1 and view.state["count"] == 26
     mean26 = view.mean("rollout")
     assert mean26 is not None and mean26.shape == (n - 1,)
