@@ -13,6 +13,10 @@
 
 #define ZAP_ENDPOINT "inproc://zeromq.zap.01"
 #define ZAP_DOMAIN "xplaind"
+/* Rate-limit key of handshake refusals (the ZAP ones use 40). */
+#define LOG_KEY_HANDSHAKE 41
+
+const char *const auth_kind_names[5] = {"key", "mechanism", "crypto", "protocol", "incomplete"};
 
 /* Read every *.key certificate of `dir` (czmq names public certificates
    <name>.key and secret ones <name>.key_secret; only the former count). */
@@ -63,6 +67,7 @@ auth_init(auth_t *a, void *zctx, const config_t *cfg)
     if (!cfg->curve)
         return 0;
     a->enabled = true;
+    a->zctx = zctx;
     if (!zmq_has("curve")) {
         log_err("security: this libzmq has no CURVE support");
         return -1;
@@ -99,8 +104,41 @@ auth_init(auth_t *a, void *zctx, const config_t *cfg)
     return 0;
 }
 
+/* A socket monitor reporting `sock`'s failed handshakes to a PAIR socket
+   of ours. Each monitor gets an inproc name never used before in this
+   process: libzmq cannot bind a name again while the old monitor's pipe
+   may still be closing. */
+static int
+s_monitor(auth_t *a, void *sock, const char *what)
+{
+    static uint64_t serial;
+    if (a->nmon == AUTH_MONITORS) {
+        log_err("security: more than %d CURVE sockets to watch", AUTH_MONITORS);
+        return -1;
+    }
+    char ep[64];
+    snprintf(ep, sizeof ep, "inproc://xplaind-monitor-%llu", (unsigned long long)++serial);
+    int events = ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL;
+    /* Events are dropped when this end falls behind: a deep queue keeps a
+       burst of refusals counted until the loop reads it. */
+    int hwm = 100000, linger = 0;
+    void *pair = NULL;
+    if (zmq_socket_monitor(sock, ep, events) != 0 || !(pair = zmq_socket(a->zctx, ZMQ_PAIR)) ||
+        zmq_setsockopt(pair, ZMQ_RCVHWM, &hwm, sizeof hwm) ||
+        zmq_setsockopt(pair, ZMQ_LINGER, &linger, sizeof linger) || zmq_connect(pair, ep)) {
+        log_err("security: cannot watch the handshakes of the %s socket: %s", what, zmq_strerror(errno));
+        if (pair)
+            zmq_close(pair);
+        return -1;
+    }
+    a->mon[a->nmon] = pair;
+    a->mon_what[a->nmon] = what;
+    a->nmon++;
+    return 0;
+}
+
 int
-auth_apply(const auth_t *a, void *sock, const char *what)
+auth_apply(auth_t *a, void *sock, const char *what)
 {
     if (!a->enabled)
         return 0;
@@ -111,7 +149,95 @@ auth_apply(const auth_t *a, void *sock, const char *what)
         log_err("security: cannot make the %s socket a CURVE server: %s", what, zmq_strerror(errno));
         return -1;
     }
-    return 0;
+    return s_monitor(a, sock, what);
+}
+
+int
+auth_poll_items(const auth_t *a, void *items_v)
+{
+    zmq_pollitem_t *items = items_v;
+    for (int k = 0; k < a->nmon; k++)
+        items[k] = (zmq_pollitem_t){a->mon[k], 0, ZMQ_POLLIN, 0};
+    return a->nmon;
+}
+
+/* One monitor event: frame 1 is the event (u16) and its value (u32),
+   frame 2 the socket's endpoint. */
+static void
+s_event(auth_t *a, int m)
+{
+    zmq_msg_t f[2];
+    int n = 0, more = 1;
+    while (more) {
+        zmq_msg_t scratch, *msg = n < 2 ? &f[n] : &scratch;
+        zmq_msg_init(msg);
+        if (zmq_msg_recv(msg, a->mon[m], n == 0 ? ZMQ_DONTWAIT : 0) < 0) {
+            zmq_msg_close(msg);
+            n = n < 2 ? n : 2;
+            for (int k = 0; k < n; k++)
+                zmq_msg_close(&f[k]);
+            return;
+        }
+        more = zmq_msg_more(msg);
+        if (msg == &scratch)
+            zmq_msg_close(msg);
+        n++;
+    }
+    if (n >= 2 && zmq_msg_size(&f[0]) == 6) {
+        const uint8_t *p = zmq_msg_data(&f[0]);
+        uint16_t event;
+        uint32_t value;
+        memcpy(&event, p, 2);
+        memcpy(&value, p + 2, 4);
+        char ep[128];
+        size_t el = zmq_msg_size(&f[1]) < sizeof ep - 1 ? zmq_msg_size(&f[1]) : sizeof ep - 1;
+        memcpy(ep, zmq_msg_data(&f[1]), el);
+        ep[el] = '\0';
+        int kind;
+        const char *why;
+        char detail[96];
+        if (event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) {
+            kind = AUTH_KIND_INCOMPLETE;
+            /* A plaintext peer often ends up here: it sees the mechanism
+               mismatch first and hangs up while our greeting is sent. */
+            snprintf(detail, sizeof detail, "connection lost during the handshake (%s; a "
+                     "plaintext peer hanging up looks like this)", value ? strerror((int)value) : "closed");
+            why = detail;
+        } else if (value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) {
+            kind = AUTH_KIND_MECHANISM;
+            why = "not a CURVE peer (plaintext or another security mechanism)";
+        } else if (value == ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC) {
+            kind = AUTH_KIND_CRYPTO;
+            why = "CURVE handshake does not decrypt (the peer uses another server key)";
+        } else {
+            kind = AUTH_KIND_PROTOCOL;
+            snprintf(detail, sizeof detail, "ZMTP/CURVE protocol error 0x%08x", (unsigned)value);
+            why = detail;
+        }
+        a->by_kind[kind]++;
+        a->refused++;
+        log_limited(LOG_KEY_HANDSHAKE, LOG_WARN_, "security: refused a peer on the %s socket (%s): %s",
+                    a->mon_what[m], ep, why);
+    }
+    n = n < 2 ? n : 2;
+    for (int k = 0; k < n; k++)
+        zmq_msg_close(&f[k]);
+}
+
+void
+auth_handle_monitors(auth_t *a, const void *items_v, int count)
+{
+    const zmq_pollitem_t *items = items_v;
+    for (int m = 0; m < count && m < a->nmon; m++) {
+        if (!(items[m].revents & ZMQ_POLLIN))
+            continue;
+        for (int k = 0; k < 256; k++) {
+            zmq_pollitem_t it = {a->mon[m], 0, ZMQ_POLLIN, 0};
+            if (zmq_poll(&it, 1, 0) <= 0 || !(it.revents & ZMQ_POLLIN))
+                break;
+            s_event(a, m);
+        }
+    }
 }
 
 static bool
@@ -162,6 +288,7 @@ s_request(auth_t *a)
         a->admitted++;
     } else {
         a->refused++;
+        a->by_kind[AUTH_KIND_KEY]++;
         char key[41] = "?";
         if (n >= 7 && zmq_msg_size(&f[6]) == 32)
             zmq_z85_encode(key, zmq_msg_data(&f[6]), 32);
@@ -210,6 +337,8 @@ auth_reload(auth_t *a, const config_t *cfg)
 void
 auth_destroy(auth_t *a)
 {
+    for (int k = 0; k < a->nmon; k++)
+        zmq_close(a->mon[k]);
     if (a->zap)
         zmq_close(a->zap);
     free(a->allowed);

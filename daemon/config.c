@@ -62,6 +62,9 @@ static const opt_t s_opts[] = {
      "daemon's memory; past it that subscriber loses messages (it sees seq gaps), others do not."},
     {"query", "endpoint", "query", T_STR, O(query), "tcp://127.0.0.1:5558", 0, 0, false,
      "Bind the ROUTER socket for queries here."},
+    {"query", "max_size", "query-max-size", T_SIZE, O(query_max_size), "64K", 1024, 16ull << 20, true,
+     "Largest query request read: a larger one (up to 16M) is answered with bad_request without "
+     "being parsed and counted in query_too_large; past 16M ZeroMQ drops the connection."},
     {"explain", "methods", "methods", T_STR, O(methods), "rollout,grad_rollout,first_layer,attn_mean",
      0, 0, true,
      "Methods to compute: rollout, grad_rollout, first_layer, attn_mean, diag, flow "

@@ -34,6 +34,7 @@ typedef struct {
     uint64_t publish_sndhwm;
     /* [query] */
     char *query;
+    uint64_t query_max_size;
     /* [explain] */
     char *methods;
     char *fusion;

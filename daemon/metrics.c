@@ -188,10 +188,18 @@ metrics_render(server_t *s, size_t *len)
     s_counter(&b, "queries_total", "Queries answered.", st->queries);
     s_counter(&b, "query_errors_total", "Queries answered with ok: false.", st->query_errors);
     s_counter(&b, "query_dropped_total", "Queries that could not be answered.", st->query_dropped);
+    s_counter(&b, "query_too_large_total", "Queries over query.max_size (answered bad_request).",
+              st->query_too_large);
     s_counter(&b, "snapshots_total", "State snapshots written.", st->snapshots);
     s_counter(&b, "snapshot_errors_total", "State snapshots that failed.", st->snapshot_errors);
     s_counter(&b, "auth_admitted_total", "CURVE peers admitted by the ZAP handler.", s->auth.admitted);
-    s_counter(&b, "auth_refused_total", "CURVE peers refused by the ZAP handler.", s->auth.refused);
+    s_counter(&b, "auth_refused_total", "CURVE peers refused, every kind.", s->auth.refused);
+    s_put(&b, "# HELP xplaind_auth_handshake_failures_total CURVE handshakes that failed, by kind "
+              "(incomplete: connection lost during the handshake).\n"
+              "# TYPE xplaind_auth_handshake_failures_total counter\n");
+    for (int k = 0; k < 5; k++)
+        s_put(&b, "xplaind_auth_handshake_failures_total{kind=\"%s\"} %llu\n", auth_kind_names[k],
+              (unsigned long long)s->auth.by_kind[k]);
     s_gauge(&b, "cache_bytes", "Bytes held by the recent-trade cache.", (double)s->cache.bytes);
     s_counter(&b, "metrics_requests_total", "HTTP requests served on this endpoint.", s->metrics.served);
 

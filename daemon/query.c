@@ -4,12 +4,14 @@
 #include "global.h"
 #include "log.h"
 #include "publish.h"
+#include "qjob.h"
 
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zmq.h>
 
 const mpr_obj_t *
 qreq_arg(const qreq_t *q, const char *name, mpr_t *items)
@@ -185,15 +187,24 @@ op_stats(server_t *s, qreq_t *q, msgpack_packer *pk)
     static const char *names[] = {"received", "received_trades", "explained", "published",
                                   "rejected", "lost", "restarts", "dropped", "queries",
                                   "query_errors", "query_dropped", "cache_too_big", "snapshots",
-                                  "snapshot_errors", "auth_admitted", "auth_refused"};
+                                  "snapshot_errors", "auth_admitted", "auth_refused",
+                                  "query_too_large"};
     uint64_t vals[] = {st->received, st->received_trades, st->explained, st->published,
                        st->rejected_total, st->lost, st->restarts, st->dropped, st->queries,
                        st->query_errors, st->query_dropped, s->cache.too_big, st->snapshots,
-                       st->snapshot_errors, s->auth.admitted, s->auth.refused};
-    msgpack_pack_map(pk, sizeof names / sizeof *names);
+                       st->snapshot_errors, s->auth.admitted, s->auth.refused,
+                       st->query_too_large};
+    msgpack_pack_map(pk, sizeof names / sizeof *names + 5);
     for (size_t k = 0; k < sizeof names / sizeof *names; k++) {
         enc_str(pk, names[k]);
         msgpack_pack_uint64(pk, vals[k]);
+    }
+    /* auth_refused by kind (CURVE handshakes; auth.h) */
+    for (int k = 0; k < 5; k++) {
+        char name[48];
+        snprintf(name, sizeof name, "auth_refused_%s", auth_kind_names[k]);
+        enc_str(pk, name);
+        msgpack_pack_uint64(pk, s->auth.by_kind[k]);
     }
 
     enc_str(pk, "rejected");
@@ -244,6 +255,62 @@ s_reserve_mat(server_t *s, size_t nn, uint32_t n)
     return 0;
 }
 
+static float *
+s_dup_floats(const float *p, size_t count)
+{
+    float *d = malloc(count * sizeof(float) + 1);
+    if (d && count)
+        memcpy(d, p, count * sizeof(float));
+    return d;
+}
+
+/* A worker job with copies of what the rest of the reply needs. */
+static qjob_t *
+s_job(server_t *s, const cache_entry_t *e, uint32_t nf, bool want_flow)
+{
+    (void)s;
+    qjob_t *j = qjob_new();
+    if (!j)
+        return NULL;
+    const xm_shape_t *sh = &e->shape;
+    size_t layers = (size_t)sh->L * sh->n * sh->n;
+    j->shape = *sh;
+    j->nf = nf;
+    j->methods = e->methods;
+    j->want_flow = want_flow;
+    j->resnorm = e->resnorm;
+    bool ok = (j->roll = s_dup_floats(e->roll, layers)) != NULL;
+    if (ok && want_flow)
+        ok = (j->flow = s_dup_floats(e->flow, layers)) != NULL;
+    if (ok && e->grad)
+        ok = (j->grad = s_dup_floats(e->grad, layers)) != NULL;
+    for (int m = 0; m < XM_NMETHODS && ok; m++)
+        if (e->methods & XM_BIT(m))
+            ok = (j->attr[m] = s_dup_floats(e->attr[m], nf)) != NULL;
+    if (!ok) {
+        qjob_free(j);
+        return NULL;
+    }
+    return j;
+}
+
+/* Copy the request's envelope into the job: the worker's reply goes
+   back to the client that asked. */
+static int
+s_job_envelope(server_t *s, qjob_t *j)
+{
+    zmq_msg_t *env = s->qenv;
+    for (int k = 0; k < s->qenv_n && k < QJOB_MAX_ENV; k++) {
+        size_t len = zmq_msg_size(&env[k]);
+        if (!(j->env[k] = malloc(len + 1)))
+            return -1;
+        memcpy(j->env[k], zmq_msg_data(&env[k]), len);
+        j->env_len[k] = len;
+        j->nenv = k + 1;
+    }
+    return 0;
+}
+
 static int
 op_trade(server_t *s, qreq_t *q, msgpack_packer *pk)
 {
@@ -271,20 +338,33 @@ op_trade(server_t *s, qreq_t *q, msgpack_packer *pk)
     const xm_shape_t *sh = &e->shape;
     uint32_t n = sh->n, nf = xm_nfeat(sh);
     size_t nn = (size_t)n * n;
-    if (s_reserve_mat(s, nn, n))
-        return qreq_fail(q, "bad_argument", "out of memory for the matrices");
-
     unsigned methods = e->methods;
+    bool want_flow = (fo && fo->v.b) || (s->opts.methods & XM_BIT(XM_FLOW));
+    want_flow = want_flow && !(methods & XM_BIT(XM_FLOW));
+    const schema_t *sc = model_schema(md, e->epoch);
+
+    /* A large trade's matrices and flow go to the worker thread, so that
+       ingest goes on meanwhile (qjob.h). */
+    qjob_t *job = NULL;
+    if (s->qworker && s->qenv_n > 0 && qjob_work(sh, e->grad != NULL, want_flow) >= QJOB_MIN_WORK &&
+        !(job = s_job(s, e, nf, want_flow)))
+        return qreq_fail(q, "bad_argument", "out of memory for the matrices");
+    msgpack_packer jpk;
+    if (job) {
+        msgpack_packer_init(&jpk, &job->buf, msgpack_sbuffer_write);
+        pk = &jpk;
+    }
+
     const float *attr[XM_NMETHODS];
     memcpy(attr, e->attr, sizeof attr);
-    bool want_flow = (fo && fo->v.b) || (s->opts.methods & XM_BIT(XM_FLOW));
-    if (want_flow && !(methods & XM_BIT(XM_FLOW))) {
+    if (!job && s_reserve_mat(s, nn, n))
+        return qreq_fail(q, "bad_argument", "out of memory for the matrices");
+    if (!job && want_flow) {
         if (flow_compute(s->qflow, sh->L, n, sh->cls, e->flow, s->fout))
             return qreq_fail(q, "bad_argument", "out of memory for flow");
         attr[XM_FLOW] = s->fout;
         methods |= XM_BIT(XM_FLOW);
     }
-    const schema_t *sc = model_schema(md, e->epoch);
 
     qreply_ok(pk, 9 + e->has_target + e->has_y + (sc != NULL));
     enc_str(pk, "model");
@@ -317,6 +397,15 @@ op_trade(server_t *s, qreq_t *q, msgpack_packer *pk)
         enc_features(pk, sc);
     }
     enc_str(pk, "attr");
+    if (job) {
+        if (s_job_envelope(s, job)) {
+            qjob_free(job);
+            return qreq_fail(q, "bad_argument", "out of memory for the matrices");
+        }
+        qworker_submit(s->qworker, job);
+        s->qdeferred = true;
+        return 0;
+    }
     enc_attr(pk, methods, attr, nf);
     enc_str(pk, "matrices");
     msgpack_pack_map(pk, 1 + (e->grad != NULL));

@@ -10,6 +10,7 @@
 #include "notify.h"
 #include "state.h"
 #include "query.h"
+#include "qjob.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -21,9 +22,12 @@
 #include <zmq.h>
 
 /* Messages handled per socket per poll round: enough to amortise the
-   poll, few enough that queries are answered between ingest bursts. */
+   poll, few enough that queries are answered between ingest bursts. A
+   query burst also ends after QUERY_TURN_NS of work, so that however
+   costly the queries are, ingest gets its turn every few milliseconds. */
 #define INGEST_BURST 256
 #define QUERY_BURST 64
+#define QUERY_TURN_NS 2000000
 #define QUERY_MAX_FRAMES 18
 
 static void
@@ -167,6 +171,12 @@ server_init(server_t *s)
         log_err("cannot create the ZeroMQ context: %s", zmq_strerror(errno));
         return -1;
     }
+    /* Two I/O threads: ingest connections on the first, query and publish
+       on the second (ZMQ_AFFINITY below), so that reading large query
+       requests never delays reading ingest messages. */
+    zmq_ctx_set(s->zctx, ZMQ_IO_THREADS, 2);
+    if (!(s->qworker = qworker_new()))
+        return -1;
     if (auth_init(&s->auth, s->zctx, c))
         return -1;
     s->sub = zmq_socket(s->zctx, ZMQ_SUB);
@@ -177,6 +187,17 @@ server_init(server_t *s)
         return -1;
     }
     int64_t maxmsg = (int64_t)c->max_msg_size, qmax = 16 << 20;
+    /* A query client's requests wait 16 deep at most: ZeroMQ stops reading
+       that connection meanwhile (nothing is dropped), so one connection
+       holds at most 16 requests of qmax bytes. */
+    uint64_t io_ingest = 1, io_other = 2;
+    if (zmq_setsockopt(s->sub, ZMQ_AFFINITY, &io_ingest, sizeof io_ingest) ||
+        zmq_setsockopt(s->router, ZMQ_AFFINITY, &io_other, sizeof io_other) ||
+        zmq_setsockopt(s->pub, ZMQ_AFFINITY, &io_other, sizeof io_other) ||
+        s_setopt_int(s->router, ZMQ_RCVHWM, 16, "query rcvhwm")) {
+        log_err("cannot configure sockets: %s", zmq_strerror(errno));
+        return -1;
+    }
     if (s_setopt_int(s->sub, ZMQ_RCVHWM, (int)c->ingest_rcvhwm, "ingest.rcvhwm") ||
         zmq_setsockopt(s->sub, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
         zmq_setsockopt(s->sub, ZMQ_SUBSCRIBE, "attn/", 5) ||
@@ -244,6 +265,7 @@ s_reload(server_t *s)
     TAKE(drift_rho_min); TAKE(drift_ndcg_min); TAKE(drift_ndcg_k); TAKE(drift_js_max);
     TAKE(reference_file); TAKE(snapshot_interval_s); TAKE(clients_dir);
     TAKE(method_set); TAKE(fusion_id); TAKE(log_level_id);
+    TAKE(query_max_size);
 #undef TAKE
     s->cfg = cur;
     config_free(&next);
@@ -310,10 +332,25 @@ s_ingest_burst(server_t *s)
     }
 }
 
+/* Send one reply: the envelope frames, then the body. */
+static void
+s_query_send(server_t *s, int nenv, const void *const *env, const size_t *env_len,
+             const void *body, size_t len)
+{
+    bool ok = true;
+    for (int i = 0; i < nenv && ok; i++)
+        ok = zmq_send(s->router, env[i], env_len[i], ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0;
+    if (!ok || zmq_send(s->router, body, len, ZMQ_DONTWAIT) < 0)
+        s->stats.query_dropped++;
+}
+
 static void
 s_query_burst(server_t *s)
 {
-    for (int k = 0; k < QUERY_BURST; k++) {
+    int64_t t0 = now_mono_ns();
+    for (int k = 0; k < QUERY_BURST && !qworker_busy(s->qworker); k++) {
+        if (k > 0 && now_mono_ns() - t0 > QUERY_TURN_NS)
+            return;     /* ingest's turn; the rest waits in the socket */
         zmq_msg_t parts[QUERY_MAX_FRAMES];
         int n;
         if (s_recv_multipart(s->router, parts, QUERY_MAX_FRAMES, &n))
@@ -332,19 +369,54 @@ s_query_burst(server_t *s)
             s_close_parts(parts, n, QUERY_MAX_FRAMES);
             continue;
         }
-        if (n - env == 1) {
-            query_handle(s, zmq_msg_data(&parts[env]), zmq_msg_size(&parts[env]));
-        } else {
+        s->qenv = parts;
+        s->qenv_n = env;
+        s->qdeferred = false;
+        size_t blen = n - env == 1 ? zmq_msg_size(&parts[env]) : 0;
+        if (n - env != 1) {
             query_reply_error(s, "bad_request", "expected exactly one request frame after the envelope");
+        } else if (blen > s->cfg.query_max_size) {
+            /* Not parsed: walking a huge request is the cost to avoid. */
+            char why[128];
+            snprintf(why, sizeof why, "request of %zu bytes is larger than query.max_size (%llu bytes)",
+                     blen, (unsigned long long)s->cfg.query_max_size);
+            s->stats.query_too_large++;
+            query_reply_error(s, "bad_request", why);
+        } else {
+            query_handle(s, zmq_msg_data(&parts[env]), blen);
         }
-        bool ok = true;
-        for (int i = 0; i < env && ok; i++)
-            ok = zmq_send(s->router, zmq_msg_data(&parts[i]), zmq_msg_size(&parts[i]),
-                          ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0;
-        if (!ok || zmq_send(s->router, s->qbuf.data, s->qbuf.size, ZMQ_DONTWAIT) < 0)
-            s->stats.query_dropped++;
+        s->qenv = NULL;
+        s->qenv_n = 0;
+        if (!s->qdeferred) {
+            const void *ev[QUERY_MAX_FRAMES];
+            size_t el[QUERY_MAX_FRAMES];
+            for (int i = 0; i < env; i++) {
+                ev[i] = zmq_msg_data(&parts[i]);
+                el[i] = zmq_msg_size(&parts[i]);
+            }
+            s_query_send(s, env, ev, el, s->qbuf.data, s->qbuf.size);
+        }
         s_close_parts(parts, n, QUERY_MAX_FRAMES);
     }
+}
+
+/* A worker job finished: send its reply (or the error it met). */
+static void
+s_query_collect(server_t *s)
+{
+    qjob_t *j = qworker_collect(s->qworker);
+    if (!j)
+        return;
+    const void *body = j->buf.data;
+    size_t len = j->buf.size;
+    if (j->failed) {
+        s->stats.queries--;     /* counted again, as an error, below */
+        query_reply_error(s, "bad_argument", "out of memory for the matrices or flow");
+        body = s->qbuf.data;
+        len = s->qbuf.size;
+    }
+    s_query_send(s, j->nenv, (const void *const *)j->env, j->env_len, body, len);
+    qjob_free(j);
 }
 
 /* Milliseconds until `deadline` (monotonic ns), at least 0. */
@@ -367,17 +439,24 @@ server_run(server_t *s)
     uint64_t last_explained = s->stats.explained;
     notify_ready();
     while (!s->stop) {
-        /* Fixed slots first, then the optional ZAP handler and metrics. */
-        zmq_pollitem_t items[4 + 1 + METRICS_CONNS] = {
+        /* Fixed slots first, then the optional ZAP handler, handshake
+           monitors and metrics. */
+        zmq_pollitem_t items[5 + 1 + AUTH_MONITORS + METRICS_CONNS] = {
             {s->sub, 0, ZMQ_POLLIN, 0},
-            {s->router, 0, ZMQ_POLLIN, 0},
+            /* No new query while a worker job holds one: replies go out
+               in request order. */
+            {s->router, 0, (short)(qworker_busy(s->qworker) ? 0 : ZMQ_POLLIN), 0},
             {NULL, s->sigfd, ZMQ_POLLIN, 0},
+            {NULL, qworker_fd(s->qworker), ZMQ_POLLIN, 0},
         };
-        int nitems = 3, zap = -1;
+        int nitems = 4, zap = -1;
         if (s->auth.zap) {
             zap = nitems;
             items[nitems++] = (zmq_pollitem_t){s->auth.zap, 0, ZMQ_POLLIN, 0};
         }
+        int first_mon = nitems;
+        int nmon = auth_poll_items(&s->auth, items + first_mon);
+        nitems += nmon;
         int first_metrics = nitems;
         int nmetrics = metrics_poll_items(&s->metrics, items + first_metrics);
         nitems += nmetrics;
@@ -396,10 +475,14 @@ server_run(server_t *s)
         }
         if (zap >= 0 && (items[zap].revents & ZMQ_POLLIN))
             auth_handle(&s->auth);
+        if (nmon)
+            auth_handle_monitors(&s->auth, items + first_mon, nmon);
         if (items[2].revents & ZMQ_POLLIN)
             s_signals(s);
         if (items[0].revents & ZMQ_POLLIN)
             s_ingest_burst(s);
+        if (items[3].revents & ZMQ_POLLIN)
+            s_query_collect(s);
         if (items[1].revents & ZMQ_POLLIN)
             s_query_burst(s);
         if (nmetrics)
@@ -486,6 +569,7 @@ server_destroy(server_t *s)
         sigaction(SIGABRT, &sa, &old_abrt);
     }
     demo_stop(&s->demo);
+    qworker_destroy(&s->qworker);
     if (s->sub) zmq_close(s->sub);
     if (s->pub) zmq_close(s->pub);
     if (s->router) zmq_close(s->router);

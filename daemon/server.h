@@ -54,6 +54,10 @@ typedef struct server_t {
     float *mat, *tmp, *fout;
     size_t cap_mat;
     flow_work_t *qflow;
+    struct qworker_t *qworker;  /* large trade replies (qjob.h) */
+    void *qenv;                 /* zmq_msg_t[]: envelope of the request being handled */
+    int qenv_n;
+    bool qdeferred;             /* that request's reply went to the worker */
 
     demo_t *demo;
     int status;                 /* exit status the process will have (server_destroy) */

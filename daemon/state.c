@@ -1,4 +1,5 @@
 /*  state: durable snapshots. See state.h for the file and its guarantees.  */
+#define _GNU_SOURCE
 #include "state.h"
 
 #include "global.h"
@@ -7,12 +8,14 @@
 #include "publish.h"
 #include "server.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -203,15 +206,34 @@ s_enc_model(server_t *s, msgpack_packer *pk, model_t *md)
     }
 }
 
+/* The state directory, opened once per save or load: every name below is
+   resolved inside it (openat, renameat), so nothing planted along the way
+   redirects a write. */
 static int
-s_fsync_dir(const char *dir)
+s_open_dir(const char *dir)
 {
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    int rc = fsync(fd);
-    close(fd);
-    return rc;
+    return open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+}
+
+/* Create a fresh temporary file next to the snapshot: a name never used
+   before (pid, counter, random bits), O_EXCL so an existing name, a
+   symlink included, is never opened, and O_NOFOLLOW besides. */
+static int
+s_create_tmp(int dfd, char *name, size_t len)
+{
+    static uint64_t counter;
+    for (int tries = 0; tries < 16; tries++) {
+        uint64_t r = 0;
+        if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r)
+            r = (uint64_t)now_mono_ns() * 0x9e3779b97f4a7c15ull;
+        snprintf(name, len, "%s%ld.%" PRIu64 ".%016" PRIx64, STATE_TMP_PREFIX, (long)getpid(),
+                 ++counter, r);
+        int fd = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (fd >= 0 || errno != EEXIST)
+            return fd;
+    }
+    errno = EEXIST;
+    return -1;
 }
 
 int
@@ -239,12 +261,14 @@ state_save(server_t *s, const char *dir)
     s_put_le(head + 12, sb.size, 8);
     s_put_le(head + 20, s_fnv64((const uint8_t *)sb.data, sb.size), 8);
 
-    char path[4096], tmp[4096];
-    snprintf(path, sizeof path, "%s/%s", dir, STATE_FILE);
-    snprintf(tmp, sizeof tmp, "%s/%s.tmp", dir, STATE_FILE);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    const char *step = "create";
-    int err = 0;
+    char tmp[128];
+    snprintf(tmp, sizeof tmp, "%s", STATE_TMP_PREFIX);
+    const char *step = "open the directory of";
+    int err = 0, fd = -1, dfd = s_open_dir(dir);
+    if (dfd >= 0) {
+        step = "create";
+        fd = s_create_tmp(dfd, tmp, sizeof tmp);
+    }
     if (fd >= 0) {
         step = "write";
         const uint8_t *parts[2] = {head, (const uint8_t *)sb.data};
@@ -270,23 +294,27 @@ state_save(server_t *s, const char *dir)
             step = "close";
             err = errno;
         }
-        if (!err && rename(tmp, path) != 0) {
+        /* rename replaces the name state.msgpack, never what it points to. */
+        if (!err && renameat(dfd, tmp, dfd, STATE_FILE) != 0) {
             step = "rename";
             err = errno;
         }
-        if (!err && s_fsync_dir(dir) != 0) {
+        if (!err && fsync(dfd) != 0) {
             step = "fsync the directory";
             err = errno;
         }
+        if (err)
+            unlinkat(dfd, tmp, 0);
     } else {
         err = errno;
     }
+    if (dfd >= 0)
+        close(dfd);
     msgpack_sbuffer_destroy(&sb);
     if (err) {
-        unlink(tmp);
         s->stats.snapshot_errors++;
-        log_limited(XR_NREASONS + 7, LOG_ERR_, "state: cannot %s snapshot %s: %s (the previous "
-                    "snapshot is kept)", step, tmp, strerror(err));
+        log_limited(XR_NREASONS + 7, LOG_ERR_, "state: cannot %s snapshot %s/%s: %s (the previous "
+                    "snapshot is kept)", step, dir, tmp, strerror(err));
         return -1;
     }
     s->stats.snapshots++;
@@ -701,26 +729,100 @@ s_reset(server_t *s)
     global_init(&s->global, max, &p);
 }
 
+/* Remove the temporary files a crash in the middle of a save left behind
+   (and anything else planted under their names: unlinkat removes a
+   symlink itself, never its target). */
+static void
+s_remove_stale_tmp(int dfd, const char *dir)
+{
+    int dup_fd = dup(dfd);
+    DIR *d = dup_fd >= 0 ? fdopendir(dup_fd) : NULL;
+    if (!d) {
+        if (dup_fd >= 0)
+            close(dup_fd);
+        return;
+    }
+    size_t plen = strlen(STATE_TMP_OLD);
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (strncmp(e->d_name, STATE_TMP_OLD, plen) == 0 && e->d_type != DT_DIR) {
+            if (unlinkat(dfd, e->d_name, 0) == 0)
+                log_info("state: removed %s/%s left by an interrupted snapshot", dir, e->d_name);
+        }
+    closedir(d);
+}
+
+/* Move an unusable snapshot aside under a name that does not exist yet:
+   state.msgpack.corrupt-<unix time>[.<k>]. Never replaces anything. */
+static int
+s_quarantine(int dfd, char *aside, size_t len)
+{
+    long long t = (long long)time(NULL);
+    for (int k = 0; k < 100; k++) {
+        if (k == 0)
+            snprintf(aside, len, "%s.corrupt-%lld", STATE_FILE, t);
+        else
+            snprintf(aside, len, "%s.corrupt-%lld.%d", STATE_FILE, t, k);
+        if (renameat2(dfd, STATE_FILE, dfd, aside, RENAME_NOREPLACE) == 0)
+            return 0;
+        if (errno == EINVAL || errno == ENOSYS) {
+            /* No RENAME_NOREPLACE on this file system: a hard link fails
+               on an existing name just the same. */
+            if (linkat(dfd, STATE_FILE, dfd, aside, 0) == 0)
+                return unlinkat(dfd, STATE_FILE, 0);
+        }
+        if (errno != EEXIST)
+            return -1;
+    }
+    errno = EEXIST;
+    return -1;
+}
+
 int
 state_load(server_t *s, const char *dir)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, STATE_FILE);
-    FILE *f = fopen(path, "rb");
-    if (!f) {
+    int dfd = s_open_dir(dir);
+    if (dfd < 0) {
+        log_err("state: cannot open %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    struct stat dst;
+    if (fstat(dfd, &dst) == 0 && (dst.st_mode & (S_IWGRP | S_IWOTH)))
+        log_warn("state: %s is writable by other users: they can replace or remove the "
+                 "snapshot (make it 0700, owned by the daemon's user)", dir);
+    s_remove_stale_tmp(dfd, dir);
+    /* Only a regular file named state.msgpack is a snapshot: not what a
+       symlink points to (O_NOFOLLOW), not a FIFO that would block the
+       start (O_NONBLOCK, then the file type). */
+    const char *why = NULL;
+    int fd = openat(dfd, STATE_FILE, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
         if (errno == ENOENT) {
+            close(dfd);
             log_info("state: no snapshot in %s, starting fresh", dir);
             return 0;
         }
-        log_err("state: cannot open %s: %s", path, strerror(errno));
-        return -1;
+        if (errno != ELOOP) {
+            log_err("state: cannot open %s: %s", path, strerror(errno));
+            close(dfd);
+            return -1;
+        }
+        why = "a symbolic link, not a snapshot file";
     }
-    const char *why = NULL;
     uint8_t head[HEADER];
     uint8_t *payload = NULL;
     uint64_t len = 0;
     struct stat st;
-    if (fstat(fileno(f), &st) != 0 || fread(head, 1, HEADER, f) != HEADER)
+    FILE *f = NULL;
+    if (!why && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)))
+        why = "not a regular file";
+    else if (!why && !(f = fdopen(fd, "rb")))
+        why = "cannot read the file";
+    else if (why)
+        ;   /* reported below */
+    else if (fread(head, 1, HEADER, f) != HEADER)
         why = "truncated header";
     else if (memcmp(head, MAGIC, 8) != 0)
         why = "not an xplaind snapshot (bad magic)";
@@ -732,9 +834,13 @@ state_load(server_t *s, const char *dir)
         why = "cannot read the payload";
     else if (s_fnv64(payload, len) != s_get_le(head + 20, 8))
         why = "checksum mismatch";
-    fclose(f);
+    if (f)
+        fclose(f);
+    else if (fd >= 0)
+        close(fd);
     if (!why && s_decode(s, payload, len, &why) == 0) {
         free(payload);
+        close(dfd);
         uint64_t explained = 0;
         for (uint32_t k = 0; k < s->models.count; k++)
             explained += s->models.items[k]->explained;
@@ -744,31 +850,13 @@ state_load(server_t *s, const char *dir)
     }
     free(payload);
     s_reset(s);
-    /* Never over an earlier one moved aside in the same second: link()
-       refuses an existing name where rename() would replace it. */
-    char aside[4200];
-    long long now = (long long)time(NULL);
-    int moved = -1;
-    for (int k = 0; k < 1000 && moved != 0; k++) {
-        if (k == 0)
-            snprintf(aside, sizeof aside, "%s.corrupt-%lld", path, now);
-        else
-            snprintf(aside, sizeof aside, "%s.corrupt-%lld.%d", path, now, k);
-        moved = link(path, aside);
-        if (moved != 0 && errno != EEXIST)
-            break;
-    }
-    if (moved == 0 && unlink(path) != 0) {
-        int e = errno;
-        unlink(aside);
-        errno = e;
-        moved = -1;
-    }
-    if (moved == 0)
-        log_err("state: snapshot %s is unusable (%s); moved it to %s and starting fresh", path,
-                why ? why : "corrupt", aside);
+    char aside[128];
+    if (s_quarantine(dfd, aside, sizeof aside) == 0)
+        log_err("state: snapshot %s is unusable (%s); moved it to %s/%s and starting fresh", path,
+                why ? why : "corrupt", dir, aside);
     else
         log_err("state: snapshot %s is unusable (%s) and cannot be moved aside (%s); starting fresh",
                 path, why ? why : "corrupt", strerror(errno));
+    close(dfd);
     return -1;
 }

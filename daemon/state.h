@@ -21,6 +21,11 @@
 struct server_t;
 
 #define STATE_FILE "state.msgpack"
+/* Temporary files of a save: STATE_TMP_PREFIX<pid>.<counter>.<random>;
+   anything named STATE_TMP_OLD* is removed at start (older daemons wrote
+   exactly "state.msgpack.tmp"). */
+#define STATE_TMP_OLD STATE_FILE ".tmp"
+#define STATE_TMP_PREFIX STATE_FILE ".tmp."
 
 /* Restore from <dir>/state.msgpack into an empty server (models and
    global state initialised, nothing ingested yet). Returns 1 when state

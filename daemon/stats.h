@@ -37,6 +37,7 @@ typedef struct {
     uint64_t queries;
     uint64_t query_errors;      /* replies with ok: false */
     uint64_t query_dropped;     /* requests that could not be answered */
+    uint64_t query_too_large;   /* requests over query.max_size (answered bad_request) */
     uint64_t snapshots;         /* state snapshots written */
     uint64_t snapshot_errors;   /* state snapshots that failed */
     hist_t latency;             /* ns, ingest receive -> trade published */

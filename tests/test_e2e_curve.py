@@ -5,6 +5,10 @@ certificates. A key listed in the clients directory is admitted on the
 ingest, publish and query sockets; an unlisted key, and a peer without
 CURVE, are refused on each. Removing a certificate and sending SIGHUP
 revokes it. Without its key files the daemon refuses to start.
+
+Every refusal is counted and logged, whatever its kind: a plaintext
+peer (mechanism), a peer that encrypts for another server key (crypto),
+a peer whose key is not listed (key, through ZAP), on each socket.
 """
 import os
 import signal
@@ -136,21 +140,89 @@ def test_curve(d, keys):
     for which in ("bad", "plain"):
         assert not subs[which].poll(1000), f"{which} subscriber received explanations"
     st = good_query("stats")["counters"]
-    # Plain peers fail the CURVE handshake before ZAP: only keyed refusals count.
-    assert st["auth_refused"] >= 3 and st["auth_admitted"] >= 3, st
+    # Plain peers fail the CURVE handshake before ZAP; they count as well.
+    assert st["auth_refused"] >= 6 and st["auth_admitted"] >= 3, st
+    assert st["auth_refused_key"] >= 3, st
+    assert st["auth_refused_mechanism"] + st["auth_refused_incomplete"] >= 3, st
 
     # Revocation: remove the certificate, SIGHUP, new connections are refused.
     os.unlink(keys.good_cert)
+    # (the start already logged "N client key(s) admitted": wait for a new line)
+    reloads = d.stderr().count("client key(s) admitted from")
     d.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: "0 client key(s) admitted" in d.stderr(), what="the reload")
+    wait_until(lambda: d.stderr().count("client key(s) admitted from") > reloads, what="the reload")
+    last = [ln for ln in d.stderr().splitlines() if "client key(s) admitted from" in ln][-1]
+    assert "security: 0 client key(s)" in last, last
     assert query_as("good", "ping") is None, "revoked key still admitted"
     write_cert(keys.good_cert, keys.good_pub)
+    # (the start already logged "N client key(s) admitted": wait for a new line)
+    reloads = d.stderr().count("client key(s) admitted from")
     d.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: "1 client key(s) admitted" in d.stderr(), what="the second reload")
+    wait_until(lambda: d.stderr().count("client key(s) admitted from") > reloads, what="the second reload")
+    last = [ln for ln in d.stderr().splitlines() if "client key(s) admitted from" in ln][-1]
+    assert "security: 1 client key(s)" in last, last
     assert good_query("ping")["ok"]
     for s in list(subs.values()) + list(pubs.values()):
         s.close()
     close_context(ctx)
+
+
+def test_refusals_counted(d, keys):
+    """Each kind of refused handshake, on each socket, is counted under
+    its kind (and in auth_refused) and logged."""
+    ctx = zmq.Context()
+    other_server, _ = zmq.curve_keypair()
+    sockets = {"query": (zmq.REQ, d.query_ep), "publish": (zmq.SUB, d.publish),
+               "ingest": (zmq.PUB, d.ingest)}
+    log_says = {"mechanism": "not a CURVE peer", "incomplete": "connection lost during the handshake",
+                "crypto": "does not decrypt",
+                "key": "public key not in clients_dir"}
+
+    def counters():
+        return d.query("stats")["counters"]
+    try:
+        for kind in ("mechanism", "crypto", "key"):
+            for name, (stype, ep) in sockets.items():
+                before = counters()
+                s = ctx.socket(stype)
+                s.setsockopt(zmq.LINGER, 0)
+                if kind == "crypto":            # a listed key, but another server's public key
+                    s.curve_publickey, s.curve_secretkey = keys.good_pub, keys.good_sec
+                    s.curve_serverkey = other_server
+                elif kind == "key":
+                    curve_client(s, keys, "bad")
+                s.connect(ep)
+                if stype == zmq.REQ:
+                    s.send(msgpack.packb({"v": 1, "op": "ping"}))
+                elif stype == zmq.SUB:
+                    s.subscribe(b"")
+
+                # A plaintext peer that hangs up on the mismatch before the
+                # daemon reads its greeting is seen as an incomplete handshake.
+                kinds = ("mechanism", "incomplete") if kind == "mechanism" else (kind,)
+
+                def grew():
+                    c = counters()
+                    return (any(c[f"auth_refused_{k}"] > before[f"auth_refused_{k}"] for k in kinds) and
+                            c["auth_refused"] > before["auth_refused"])
+                wait_until(grew, timeout=20, what=f"a {kind} refusal on the {name} socket to be counted")
+                if kind != "key":
+                    wait_until(lambda: f"refused a peer on the {name} socket" in d.stderr() and
+                               any(log_says[k] in d.stderr() for k in kinds), timeout=10,
+                               what=f"the {kind} refusal on the {name} socket to be logged")
+                else:
+                    wait_until(lambda: log_says[kind] in d.stderr(), timeout=10,
+                               what=f"the {kind} refusal to be logged")
+                if stype == zmq.REQ:
+                    assert not s.poll(200), "a refused peer got a reply"
+                s.close()
+        c = counters()
+        assert c["auth_refused"] == sum(c[f"auth_refused_{k}"] for k in
+                                        ("key", "mechanism", "crypto", "protocol", "incomplete")), c
+        print(f"  refusals by kind: " + ", ".join(f"{k} {c['auth_refused_' + k]}" for k in
+                                                   ("key", "mechanism", "crypto", "protocol", "incomplete")))
+    finally:
+        close_context(ctx)
 
 
 def test_ingest_connect_mode(keys, root):
@@ -229,6 +301,7 @@ def main():
                    "--log-rate", "1000", curve=keys.good())
         try:
             test_curve(d, keys)
+            test_refusals_counted(d, keys)
         finally:
             d.stop()
         test_ingest_connect_mode(keys, root)

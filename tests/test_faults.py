@@ -30,7 +30,11 @@ kill -9), overall and per target class.
      daemon keeps serving, the previous snapshot stays intact and loadable,
      and it is what a restart without the limit restores;
   g. bursts the daemon cannot keep up with: nothing lost, and the daemon's
-     memory stays within what ingest.rcvhwm allows, burst after burst.
+     memory stays within what ingest.rcvhwm allows, burst after burst;
+  h. symlinks planted in the state directory (at the temporary file's
+     names, at state.msgpack itself, at the names a corrupt snapshot is
+     moved to) pointing at files outside: those files stay untouched, the
+     links stay links, snapshots go on.
 
 Run by Debian's /usr/bin/python3 (python3-zmq, python3-msgpack, python3-numpy).
 """
@@ -971,6 +975,95 @@ def test_disk_full():
             subprocess.run(["umount", mnt], check=False)
 
 
+# ---------------------------------------------------------------------------
+# h. symlinks planted in the state directory
+
+
+def test_planted_symlinks():
+    with tempfile.TemporaryDirectory() as root:
+        sd = os.path.join(root, "state")
+        os.mkdir(sd, 0o700)
+        victim = os.path.join(root, "victim")
+        content = b"precious, not a snapshot\n"
+        with open(victim, "wb") as f:
+            f.write(content)
+        path = os.path.join(sd, "state.msgpack")
+
+        def plant(name):
+            os.symlink(victim, os.path.join(sd, name))
+
+        def untouched(what):
+            with open(victim, "rb") as f:
+                assert f.read() == content, f"{what}: the symlink's target was written"
+
+        def links_intact(names):
+            for n in names:
+                p = os.path.join(sd, n)
+                assert os.path.islink(p) and os.readlink(p) == victim, f"{n} is no longer the planted link"
+
+        # At start (the name older daemons used for their temporary file).
+        plant("state.msgpack.tmp")
+        args = ("--state-dir", sd, "--snapshot-interval", "1", "--log-level", "notice")
+        d = Daemon(*args)
+        try:
+            st = Stream("sy", seed=21)
+            pub, sub = sockets(d, d.ctx)
+            join(d, pub, sub)
+            # While it runs: every name a guess could reach.
+            planted = ["state.msgpack.tmp", f"state.msgpack.tmp.{d.proc.pid}"] + \
+                [f"state.msgpack.tmp.{d.proc.pid}.{k}" for k in range(1, 40)]
+            for n in planted:
+                if not os.path.lexists(os.path.join(sd, n)):
+                    plant(n)
+            for k in range(3):
+                pump(pub, sub, [(st, s) for s in seqs(20 * k, 20)])
+                snapshot_after(d, pub, f"__nudge{k}")
+            assert counters(d)["snapshot_errors"] == 0
+            untouched("snapshots with planted temporary names")
+            links_intact(planted)
+            assert not os.path.islink(path)
+            pub.close(linger=0)
+            sub.close(linger=0)
+        finally:
+            d.stop()
+        untouched("the final snapshot")
+        links_intact(planted)
+        # Restart: the snapshot is restored, the planted names are cleared
+        # away (the links themselves, not their target).
+        d = Daemon(*args)
+        try:
+            check_global(d, st)
+        finally:
+            d.stop()
+        untouched("a restart")
+        assert os.path.exists(victim) and not any(n.startswith("state.msgpack.tmp") for n in os.listdir(sd))
+
+        # state.msgpack itself a link, and every name a corrupt snapshot
+        # could be moved to taken by links: not read, not replaced.
+        os.unlink(path)
+        plant("state.msgpack")
+        now = int(time.time())
+        aside = [f"state.msgpack.corrupt-{t}" for t in range(now - 2, now + 120)]
+        for n in aside:
+            plant(n)
+        d = Daemon(*args)
+        try:
+            log = d.stderr()
+            assert "is unusable (a symbolic link, not a snapshot file); moved it to" in log, log
+            assert d.query("models")["models"] == []
+            assert counters(d)["snapshots"] == 0
+        finally:
+            d.stop()
+        untouched("loading a symlinked snapshot")
+        links_intact(aside)
+        moved = [n for n in os.listdir(sd) if n.startswith("state.msgpack.corrupt-") and n not in aside]
+        assert len(moved) == 1 and re.fullmatch(r"state\.msgpack\.corrupt-\d+\.\d+", moved[0]), moved
+        assert os.path.islink(os.path.join(sd, moved[0]))          # the link, moved aside
+        assert os.path.isfile(path) and not os.path.islink(path)   # the final snapshot of that run
+        print(f"  h: {len(planted)} links at temporary names, {len(aside)} at corrupt names, "
+              f"state.msgpack as a link: the target untouched")
+
+
 def main():
     cases = [("a publisher restart", test_publisher_restart),
              ("b publisher drops", test_publisher_drops),
@@ -978,7 +1071,8 @@ def main():
              ("d garbage flood", test_garbage_flood),
              ("e kill -9 and SIGTERM under load", None),
              ("f snapshot disk full", test_disk_full),
-             ("g backlog memory", test_backlog_memory)]
+             ("g backlog memory", test_backlog_memory),
+             ("h planted symlinks", test_planted_symlinks)]
     only = sys.argv[1:]
     for name, fn in cases:
         if only and name[0] not in only:

@@ -101,7 +101,7 @@ def test_help_everywhere(_):
     rc, out, err = ctl("--help")
     assert rc == 0 and "usage: xplainctl COMMAND" in out, (rc, out, err)
     assert "--curve-key FILE" in out and "--server-key FILE" in out
-    for cmd in ["tail", "top", "query", "heatmap", "stats"]:
+    for cmd in ["tail", "top", "query", "heatmap", "report", "stats"]:
         assert cmd in out
         rc, out2, err = ctl(cmd, "--help")
         assert rc == 0, (cmd, rc, err)
@@ -129,6 +129,8 @@ def test_usage_errors(_):
                          (["tail", "-k", "0"], "at least 1"),
                          (["query"], "no op given"), (["query", "ping", "novalue"], "KEY=VALUE"),
                          (["heatmap", "--model", "m1"], "--id are required"),
+                         (["report"], "--model is required"),
+                         (["report", "--model", "m1", "--top", "-1"], "non-negative integer"),
                          (["stats", "--timeout"], "needs a value"),
                          (["stats", "--timeout", "0"], "at least 1 ms"),
                          (["top", "--bogus"], "unknown argument"),
@@ -148,6 +150,7 @@ def test_unreachable_daemon(_):
     tmp = tempfile.mkdtemp(prefix="xplctl-")
     nobody = ["--query", f"ipc://{tmp}/q", "--sub", f"ipc://{tmp}/p", "--timeout", "200"]
     for args in [["query", "ping"], ["stats"], ["heatmap", "--model", "m", "--id", "1"],
+                 ["report", "--model", "m"],
                  ["tail", "--model", "m1"], ["top", "--once"]]:
         t0 = time.time()
         rc, out, err = ctl(*nobody, *args)
@@ -341,14 +344,22 @@ def test_curve(c):
 
     # Revocation: delete the certificate, SIGHUP; admitted again after a copy.
     os.unlink(os.path.join(c.clients, "good.key"))
+    # (the start already logged "N client key(s) admitted": wait for a new line)
+    reloads = d.stderr().count("client key(s) admitted from")
     d.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: "0 client key(s) admitted" in d.stderr(), what="the reload")
+    wait_until(lambda: d.stderr().count("client key(s) admitted from") > reloads, what="the reload")
+    last = [ln for ln in d.stderr().splitlines() if "client key(s) admitted from" in ln][-1]
+    assert "security: 0 client key(s)" in last, last
     rc, out, err = c.ctl("good", "--timeout", "400", "query", "ping")
     assert rc == 1
     one_line_error(err, hint)
     shutil.copy(c.key("good"), c.clients)
+    # (the start already logged "N client key(s) admitted": wait for a new line)
+    reloads = d.stderr().count("client key(s) admitted from")
     d.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: "1 client key(s) admitted" in d.stderr(), what="the second reload")
+    wait_until(lambda: d.stderr().count("client key(s) admitted from") > reloads, what="the second reload")
+    last = [ln for ln in d.stderr().splitlines() if "client key(s) admitted from" in ln][-1]
+    assert "security: 1 client key(s)" in last, last
     rc, out, err = c.ctl("good", "query", "ping")
     assert rc == 0, err
     pub.close()

@@ -1,6 +1,7 @@
 /*  xplainctl heatmap: a trade's n x n matrix as an SVG heatmap, with the
     trade's attribution vectors as bars beside the rows they explain.  */
 #include "ctl.h"
+#include "svg.h"
 
 #include <errno.h>
 #include <math.h>
@@ -14,7 +15,12 @@ static const char s_help[] =
     "Fetch a trade from the daemon's recent-trade cache (the trade query) and\n"
     "write an SVG: the n x n matrix of the method (row i: query token, column\n"
     "j: key token; one cell per entry, its value in a tooltip) and, beside\n"
-    "each feature's row, bars of the trade's attribution for every method.\n"
+    "each feature's row, bars of the trade's attribution for every method,\n"
+    "with their values and an axis. The colour scale runs from the 1st to the\n"
+    "99th percentile of the off-diagonal cells (cells beyond are drawn at the\n"
+    "ends) and the diagonal, a token's share of itself, is grey and left out\n"
+    "of it, so the structure off the diagonal shows; the readout (CLS) row is\n"
+    "outlined. The canvas grows to fit long token names.\n"
     "\n"
     "  --model M       the model\n"
     "  --id TRADE      the trade id (digits are tried as an integer id first)\n"
@@ -23,164 +29,108 @@ static const char s_help[] =
     "  --flow          also compute attention flow for the bars\n"
     "\n" CTL_COMMON_HELP;
 
-/* Sequential blue scale (light to dark), interpolated. */
-static void
-s_color(double t, char out[8])
-{
-    static const unsigned char stops[][3] = {
-        {247, 251, 255}, {198, 219, 239}, {107, 174, 214}, {33, 113, 181}, {8, 48, 107}};
-    const int last = (int)(sizeof stops / sizeof stops[0]) - 1;
-    if (!(t > 0))
-        t = 0;
-    if (t > 1)
-        t = 1;
-    double x = t * last;
-    int k = (int)x;
-    if (k >= last)
-        k = last - 1;
-    double f = x - k;
-    int c[3];
-    for (int i = 0; i < 3; i++)
-        c[i] = (int)lround(stops[k][i] + f * (stops[k + 1][i] - stops[k][i]));
-    snprintf(out, 8, "#%02x%02x%02x", c[0], c[1], c[2]);
-}
-
-static void
-s_xml(FILE *f, const char *s)
-{
-    for (; *s; s++) {
-        switch (*s) {
-        case '&': fputs("&amp;", f); break;
-        case '<': fputs("&lt;", f); break;
-        case '>': fputs("&gt;", f); break;
-        case '"': fputs("&quot;", f); break;
-        case '\'': fputs("&apos;", f); break;
-        default:
-            /* Control characters are not allowed in XML 1.0. */
-            if ((unsigned char)*s >= 0x20 || *s == '\t')
-                fputc(*s, f);
-        }
-    }
-}
-
-static void
-s_write_svg(FILE *f, const xpl_explanation_t *e, const xpl_matrix_t *m,
-            const char *const *tokens)
+/* Write the SVG: the matrix with the readout row outlined, and one bar
+   column per attribution method (feature k on the row of its token). */
+static int
+s_write_chart(FILE *f, const xpl_explanation_t *e, const xpl_matrix_t *m,
+              const char *const *tokens)
 {
     const uint32_t n = m->n;
-    const double cell = fmin(28.0, fmax(4.0, 560.0 / n));
-    const bool labels = cell >= 7;
-    const double font = fmin(12.0, cell * 0.8);
-    const double left = labels ? 110 : 20, top = labels ? 140 : 60;
-    const double grid = cell * n;
-    const double barw = 110, colw = barw + 20;
-    const double width = left + grid + 30 + colw * (e->nattr ? e->nattr : 1) + 10;
-    const double height = top + grid + 70;
-
-    float lo = INFINITY, hi = -INFINITY;
-    for (size_t i = 0; i < (size_t)n * n; i++) {
-        if (isfinite(m->values[i])) {
-            lo = fminf(lo, m->values[i]);
-            hi = fmaxf(hi, m->values[i]);
-        }
+    double *vals = malloc((size_t)n * n * sizeof *vals);
+    double *bars = malloc(((size_t)e->nattr * n + 1) * sizeof *bars);
+    svg_series_t *series = calloc(e->nattr + 1, sizeof *series);
+    if (!vals || !bars || !series) {
+        free(vals);
+        free(bars);
+        free(series);
+        return -1;
     }
-    if (!(lo <= hi))
-        lo = hi = 0;
-    const double span = hi > lo ? hi - lo : 1;
-
-    fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
-               "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
-               "viewBox=\"0 0 %.0f %.0f\" font-family=\"sans-serif\">\n",
-            width, height, width, height);
-    fputs("<style>.cell{stroke:none}.bar{fill:#d95f02}.lbl{fill:#333}</style>\n", f);
-    fprintf(f, "<rect x=\"0\" y=\"0\" width=\"%.0f\" height=\"%.0f\" fill=\"white\"/>\n", width,
-            height);
-    fputs("<text x=\"10\" y=\"22\" font-size=\"15\" font-weight=\"bold\">", f);
-    s_xml(f, e->model);
-    fputs(" · trade ", f);
-    if (e->id.is_str)
-        s_xml(f, e->id.s);
-    else
-        fprintf(f, "%llu", (unsigned long long)e->id.u);
-    fprintf(f, " · %s", m->method);
-    fprintf(f, "</text>\n<text x=\"10\" y=\"40\" font-size=\"11\" class=\"lbl\">epoch %llu, "
-               "n = %u, cls = %d; row: query token, column: key token; min %.4g, max %.4g"
-               "</text>\n",
-            (unsigned long long)e->epoch, n, e->cls, lo, hi);
-
-    /* The matrix: one rect per entry. */
-    fprintf(f, "<g id=\"matrix\" transform=\"translate(%.1f,%.1f)\">\n", left, top);
-    for (uint32_t i = 0; i < n; i++) {
-        for (uint32_t j = 0; j < n; j++) {
-            float v = m->values[(size_t)i * n + j];
-            char col[8];
-            s_color((v - lo) / span, col);
-            fprintf(f, "<rect class=\"cell\" x=\"%.2f\" y=\"%.2f\" width=\"%.2f\" height=\"%.2f\" "
-                       "fill=\"%s\"><title>",
-                    j * cell, i * cell, cell, cell, col);
-            s_xml(f, tokens[i]);
-            fputs(" → ", f);
-            s_xml(f, tokens[j]);
-            fprintf(f, ": %.6g</title></rect>\n", v);
-        }
-    }
-    fputs("</g>\n", f);
-
-    if (labels) {
-        for (uint32_t i = 0; i < n; i++) {
-            fprintf(f, "<text class=\"lbl\" x=\"%.1f\" y=\"%.2f\" font-size=\"%.1f\" "
-                       "text-anchor=\"end\" dominant-baseline=\"middle\">",
-                    left - 4, top + (i + 0.5) * cell, font);
-            s_xml(f, tokens[i]);
-            fputs("</text>\n", f);
-            fprintf(f, "<text class=\"lbl\" font-size=\"%.1f\" transform=\"translate(%.2f,%.1f) "
-                       "rotate(-60)\" dominant-baseline=\"middle\">",
-                    font, left + (i + 0.5) * cell, top - 4);
-            s_xml(f, tokens[i]);
-            fputs("</text>\n", f);
-        }
-    }
-
-    /* Colour legend under the matrix. */
-    const double ly = top + grid + 18;
-    for (int k = 0; k < 50; k++) {
-        char col[8];
-        s_color(k / 49.0, col);
-        fprintf(f, "<rect class=\"legend\" x=\"%.2f\" y=\"%.1f\" width=\"%.2f\" height=\"10\" "
-                   "fill=\"%s\"/>\n",
-                left + k * (grid / 50), ly, grid / 50 + 0.3, col);
-    }
-    fprintf(f, "<text class=\"lbl\" x=\"%.1f\" y=\"%.1f\" font-size=\"10\">%.3g</text>\n", left,
-            ly + 24, lo);
-    fprintf(f, "<text class=\"lbl\" x=\"%.1f\" y=\"%.1f\" font-size=\"10\" "
-               "text-anchor=\"end\">%.3g</text>\n",
-            left + grid, ly + 24, hi);
-
-    /* Per-feature bars: one column per method, feature k on the row of
-       its token (the CLS row has none). */
-    const double bx0 = left + grid + 30;
+    for (size_t i = 0; i < (size_t)n * n; i++)
+        vals[i] = m->values[i];
     for (uint32_t a = 0; a < e->nattr; a++) {
         const xpl_attr_t *at = &e->attr[a];
-        double bx = bx0 + a * colw, vmax = 0;
-        for (uint32_t k = 0; k < at->count; k++)
-            vmax = fmax(vmax, fabs(at->values[k]));
-        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"11\" font-weight=\"bold\">", bx,
-                top - 8);
-        s_xml(f, at->method);
-        fputs("</text>\n", f);
-        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#999\"/>\n", bx,
-                top, bx, top + grid);
+        double *col = bars + (size_t)a * n;
+        for (uint32_t i = 0; i < n; i++)
+            col[i] = NAN;
         for (uint32_t k = 0; k < at->count && k < n; k++) {
             uint32_t row = e->cls >= 0 && k >= (uint32_t)e->cls ? k + 1 : k;
-            double w = vmax > 0 ? fabs(at->values[k]) / vmax * barw : 0;
-            fprintf(f, "<rect class=\"bar\" x=\"%.1f\" y=\"%.2f\" width=\"%.2f\" "
-                       "height=\"%.2f\"><title>",
-                    bx, top + row * cell + cell * 0.15, w, cell * 0.7);
-            s_xml(f, tokens[row]);
-            fprintf(f, ": %.6g</title></rect>\n", at->values[k]);
+            if (row < n)
+                col[row] = at->values[k];
+        }
+        series[a].name = at->method;
+        series[a].values = col;
+    }
+    char title[512], sub[256], what[160] = "";
+    int len = snprintf(title, sizeof title, "%s · trade ", e->model);
+    if (len < 0 || (size_t)len >= sizeof title)
+        len = 0;
+    if (e->id.is_str)
+        snprintf(title + len, sizeof title - len, "%s · %s", e->id.s, m->method);
+    else
+        snprintf(title + len, sizeof title - len, "%llu · %s", (unsigned long long)e->id.u,
+                 m->method);
+    snprintf(sub, sizeof sub, "epoch %llu, n = %u tokens%s; bars: the trade's attribution "
+                              "per method",
+             (unsigned long long)e->epoch, n, e->cls >= 0 ? ", CLS outlined" : "");
+    if (e->cls >= 0 && (uint32_t)e->cls < n)
+        snprintf(what, sizeof what, "the readout row (%s): how much each key token feeds "
+                                    "the prediction",
+                 tokens[e->cls]);
+    svg_heatmap_t h = {
+        .title = title,
+        .subtitle = sub,
+        .rows = n,
+        .cols = n,
+        .values = vals,
+        .row_labels = tokens,
+        .col_labels = tokens,
+        .row_axis = "query token",
+        .col_axis = "key token",
+        .tip_sep = " → ",
+        .robust = true,
+        .highlight_row = e->cls >= 0 && (uint32_t)e->cls < n ? e->cls : -1,
+        .highlight_what = what,
+        .nseries = e->nattr,
+        .series = series,
+    };
+    svg_heatmap(f, &h);
+    free(vals);
+    free(bars);
+    free(series);
+    return 0;
+}
+
+int
+ctl_heatmap_svg(FILE *f, const xpl_explanation_t *e, const xpl_matrix_t *m,
+                const xpl_schema_t *s)
+{
+    /* Token names: from the schema when it is of the trade's epoch, else
+       the features with the CLS token put back. */
+    const char **tokens = calloc(m->n ? m->n : 1, sizeof *tokens);
+    char (*numbered)[16] = calloc(m->n ? m->n : 1, sizeof *numbered);
+    int rc = -1;
+    if (!tokens || !numbered)
+        goto done;
+    for (uint32_t i = 0; i < m->n; i++) {
+        if (s && s->epoch == e->epoch && s->n == m->n)
+            tokens[i] = s->tokens[i];
+        else if (e->cls >= 0 && i == (uint32_t)e->cls)
+            tokens[i] = "[CLS]";
+        else {
+            uint32_t k = e->cls >= 0 && i > (uint32_t)e->cls ? i - 1 : i;
+            if (e->features && k < e->nfeat)
+                tokens[i] = e->features[k];
+            else {
+                snprintf(numbered[i], sizeof numbered[i], "#%u", i);
+                tokens[i] = numbered[i];
+            }
         }
     }
-    fputs("</svg>\n", f);
+    rc = s_write_chart(f, e, m, tokens);
+done:
+    free(tokens);
+    free(numbered);
+    return rc;
 }
 
 int
@@ -237,43 +187,19 @@ cmd_heatmap(int argc, char **argv)
                   e->nmatrices > 1 ? ", grad_rollout" : "");
         goto done;
     }
-    /* Token names: from the schema when it is of the trade's epoch, else
-       the features with the CLS token put back. */
     xpl_schema_t *s = xpl_client_schema(c, model);
-    const char **tokens = calloc(m->n, sizeof *tokens);
-    char (*numbered)[16] = calloc(m->n, sizeof *numbered);
-    if (!tokens || !numbered) {
-        ctl_error("heatmap", CTL_FAIL, "out of memory");
-        goto free_tokens;
-    }
-    for (uint32_t i = 0; i < m->n; i++) {
-        if (s && s->epoch == e->epoch && s->n == m->n)
-            tokens[i] = s->tokens[i];
-        else if (e->cls >= 0 && i == (uint32_t)e->cls)
-            tokens[i] = "[CLS]";
-        else {
-            uint32_t k = e->cls >= 0 && i > (uint32_t)e->cls ? i - 1 : i;
-            if (e->features && k < e->nfeat)
-                tokens[i] = e->features[k];
-            else {
-                snprintf(numbered[i], sizeof numbered[i], "#%u", i);
-                tokens[i] = numbered[i];
-            }
-        }
-    }
     FILE *f = strcmp(out, "-") == 0 ? stdout : fopen(out, "w");
     if (!f) {
         ctl_error("heatmap", CTL_FAIL, "cannot write %s: %s", out, strerror(errno));
-        goto free_tokens;
+        goto free_schema;
     }
-    s_write_svg(f, e, m, tokens);
-    if ((f == stdout ? fflush(f) : fclose(f)) != 0)
+    svg_document_begin(f);
+    int wrc = ctl_heatmap_svg(f, e, m, s);
+    if ((f == stdout ? fflush(f) : fclose(f)) != 0 || wrc != 0)
         ctl_error("heatmap", CTL_FAIL, "cannot write %s: %s", out, strerror(errno));
     else
         rc = CTL_OK;
-free_tokens:
-    free(tokens);
-    free(numbered);
+free_schema:
     xpl_schema_destroy(&s);
 done:
     xpl_explanation_destroy(&e);

@@ -106,10 +106,17 @@ void ctl_print_id(FILE *out, const xpl_id_t *id);
    same text as a string id, to try next), anything else a string id. */
 xpl_id_t ctl_parse_id(const char *s, bool *has_alt, xpl_id_t *alt);
 
+/* The `heatmap` chart of trade e's matrix m, an <svg> element without
+   XML declaration (token names from s when it is of e's epoch, may be
+   NULL). 0, or -1 when out of memory. */
+int ctl_heatmap_svg(FILE *f, const xpl_explanation_t *e, const xpl_matrix_t *m,
+                    const xpl_schema_t *s);
+
 int cmd_tail(int argc, char **argv);
 int cmd_top(int argc, char **argv);
 int cmd_query(int argc, char **argv);
 int cmd_heatmap(int argc, char **argv);
+int cmd_report(int argc, char **argv);
 int cmd_stats(int argc, char **argv);
 int cmd_keygen(int argc, char **argv);
 

@@ -13,6 +13,7 @@ static const struct {
     {"top", cmd_top, "refreshing view of global rankings, drift status and alerts"},
     {"query", cmd_query, "send any query op, print the reply as JSON"},
     {"heatmap", cmd_heatmap, "SVG heatmap of a trade's rollout matrix and feature bars"},
+    {"report", cmd_report, "self-contained HTML report of a model: attributions, drift, heads"},
     {"stats", cmd_stats, "daemon counters, rejections and latency percentiles"},
     {"keygen", cmd_keygen, "make a CURVE key pair (certificate files) for --curve"},
 };
