@@ -87,11 +87,15 @@ def test_kill9_loses_at_most_one_interval(state_dir):
     vectors = []
     d = StatefulDaemon(state_dir, "--snapshot-interval", "1")
     stream(d, "k9", 0, 120, rng, vectors, rate=100)
-    # At least one snapshot after the last trade (snapshots are written in
-    # the daemon's loop: one counted after this query includes them)...
+    # At least one snapshot after the last trade. Snapshots are written in
+    # the daemon's loop, and only when something changed: probe trades
+    # after the 120 make sure one more comes, and it includes them...
     wait_until(lambda: d.query("global", model="k9").get("count") == 120,
                what="the 120 trades in the global state")
     snapshots = d.stats()["counters"]["snapshots"]
+    probe = d.publisher()
+    join(d, probe, model="__tick")
+    probe.close(linger=0)
     wait_until(lambda: d.stats()["counters"]["snapshots"] > snapshots, timeout=30,
                what="a snapshot after the 120th trade")
     stream(d, "k9", 120, 30, rng, vectors)   # ...then more, which may be lost
