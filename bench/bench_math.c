@@ -10,13 +10,18 @@
     - wide128: GFLOP/s of the full-matrix products (xm_rollout_matrix,
       xm_grad_rollout_matrix: cblas_sgemm) against OpenBLAS's own sgemm peak
       measured here, and OpenBLAS against a lean loop for small n;
-    - the sweep n in {8..256} x L in {1,2,4,8,12} (H=8): cost per trade.
+    - the sweep n in {8..256} x L in {1,2,4,8,12} (H=8): cost per trade;
+    - variants (core-only: colsum, discard ratio, start layer, the signed
+      and LRP gradient methods, several targets): cache-hot cost per trade
+      beside the five plain methods, interleaved.
     Bandwidth and method runs are interleaved and repeated; medians are
     reported.
 
-    usage: bench_math [all|bw|methods|gemm|sweep] [--reps N] [--seconds S]  */
+    usage: bench_math [all|bw|methods|gemm|sweep|variants] [--reps N] [--seconds S]
+           bench_math prof WORKLOAD N [VARIANT]   (N trades, for callgrind)  */
 #define _GNU_SOURCE
 #include "bench_common.h"
+#include "wire.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -194,6 +199,82 @@ bench_methods(void)
     xm_work_destroy(&wk);
 }
 
+/* ---- the attention check ------------------------------------------------ */
+
+/* CPU time of this thread in ns: what a trade costs, whatever else the
+   machine runs. */
+static int64_t
+s_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Trades per CPU second of xm_explain over the pool (streaming), preceded
+   by the daemon's attention check (wire_attn_rows_ok) when `check`. */
+static double
+checked_once(xm_work_t *wk, const pool_t *p, bool check, bool hot, double secs)
+{
+    xm_opts_t o = {.methods = FIVE, .fusion = XM_FUSE_MEAN};
+    xm_shape_t s = {p->w.L, p->w.H, p->w.n, p->w.cls};
+    xm_result_t res;
+    uint64_t done = 0;
+    int64_t t0 = s_cpu_ns(), lim = (int64_t)(secs * 1e9), t1;
+    uint32_t k = 0;
+    do {
+        for (int r = 0; r < 16; r++) {
+            size_t off = hot ? 0 : (size_t)k * p->trade;
+            if (check && !wire_attn_rows_ok(&s, p->w.dtype, p->attn + off, 0.01f, NULL)) {
+                fprintf(stderr, "the bench's attention failed the check\n");
+                exit(1);
+            }
+            if (xm_explain(wk, &o, &s, p->w.dtype, p->attn + off, p->grad ? p->grad + off : NULL,
+                           &res) != XM_OK)
+                exit(1);
+            s_sink += res.attr[XM_ROLLOUT][0];
+            if (++k == p->ntrades)
+                k = 0;
+        }
+        done += 16;
+        t1 = s_cpu_ns();
+    } while (t1 - t0 < lim);
+    return (double)done / ((double)(t1 - t0) / 1e9);
+}
+
+/* What the daemon's attention check (attention-check reject, the
+   default) adds to a trade's CPU time: with and without, interleaved. */
+static void
+bench_check(void)
+{
+    static const char *names[] = {"tab32", "tab32-f16", "tab16", "wide128"};
+    printf("\n### The attention check: five methods per trade, without and with it\n\n");
+    printf("Streaming over a 256 MiB pool, interleaved, %d repetitions, medians; CPU time of the "
+           "thread.\n\n", s_reps);
+    printf("| workload | CPU us/trade without | with | added | cache-hot without | with | added "
+           "|\n|---|---|---|---|---|---|---|\n");
+    xm_work_t *wk = xm_work_new();
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        const wl_t *w = wl_find(names[i]);
+        pool_t p;
+        pool_make(&p, w, (size_t)256 << 20);
+        double off[32], on[32], hoff[32], hon[32];
+        for (int r = 0; r < s_reps && r < 32; r++) {
+            off[r] = 1e6 / checked_once(wk, &p, false, false, s_secs);
+            on[r] = 1e6 / checked_once(wk, &p, true, false, s_secs);
+            hoff[r] = 1e6 / checked_once(wk, &p, false, true, s_secs);
+            hon[r] = 1e6 / checked_once(wk, &p, true, true, s_secs);
+        }
+        double moff = median(off, s_reps), mon = median(on, s_reps);
+        double mhoff = median(hoff, s_reps), mhon = median(hon, s_reps);
+        printf("| %s | %.2f | %.2f | %+.1f%% | %.2f | %.2f | %+.1f%% |\n", names[i], moff, mon,
+               100 * (mon / moff - 1), mhoff, mhon, 100 * (mhon / mhoff - 1));
+        fflush(stdout);
+        pool_free(&p);
+    }
+    xm_work_destroy(&wk);
+}
+
 /* ---- products ---------------------------------------------------------- */
 
 /* A lean row-major C = A B (n x n), i-k-j order, vectorised by the
@@ -349,10 +430,117 @@ bench_sweep(void)
     xm_work_destroy(&wk);
 }
 
+/* ---- variants ---------------------------------------------------------- */
+
+typedef struct {
+    const char *name;
+    unsigned extra;         /* methods beside the five */
+    double rho;
+    int32_t start;
+    uint32_t T;
+    bool rel;
+} s_variant_t;
+
+static const s_variant_t vs[] = {
+    {"five plain methods", 0, 0, 0, 1, false},
+    {"+ colsum", XM_BIT(XM_COLSUM), 0, 0, 1, false},
+    {"discard ratio 0.9", 0, 0.9, 0, 1, false},
+    {"start layer -1", 0, 0, -1, 1, false},
+    {"+ grad_rollout_signed", XM_BIT(XM_GRAD_ROLLOUT_SIGNED), 0, 0, 1, false},
+    {"+ lrp_rollout (rel)", XM_BIT(XM_LRP_ROLLOUT), 0, 0, 1, true},
+    {"T = 2 targets", 0, 0, 0, 2, false},
+    {"T = 4 targets", 0, 0, 0, 4, false},
+};
+enum { NV = sizeof vs / sizeof *vs };
+
+/* Cache-hot trades/s of one variant on one trade (T gradients, relevances). */
+static double
+variant_once(xm_work_t *wk, const wl_t *w, const s_variant_t *v, const void *a, const void *g,
+             const void *rel, double secs)
+{
+    xm_opts_t o = {.methods = FIVE | v->extra, .discard = v->rho, .start_layer = v->start};
+    xm_shape_t s = {w->L, w->H, w->n, w->cls};
+    xm_input_t in = {a, g, v->rel ? rel : NULL, v->T};
+    xm_result_t res;
+    uint64_t done = 0;
+    int64_t t0 = now_mono(), lim = (int64_t)(secs * 1e9), t1;
+    do {
+        for (int r = 0; r < 16; r++) {
+            if (xm_explain_ex(wk, &o, &s, w->dtype, &in, &res) != XM_OK) {
+                fprintf(stderr, "xm_explain_ex failed (%s)\n", v->name);
+                exit(1);
+            }
+            s_sink += res.attr[XM_ROLLOUT][0];
+        }
+        done += 16;
+        t1 = now_mono();
+    } while (t1 - t0 < lim);
+    return (double)done / ((double)(t1 - t0) / 1e9);
+}
+
+static void
+bench_variants(void)
+{
+    static const char *names[] = {"tab32", "wide128"};
+    printf("\n### Variants (core-only): cache-hot cost per trade beside the five plain methods\n\n");
+    printf("Variants interleaved, %d repetitions, medians; the relevance tensor is the gradient "
+           "reused, T targets are copies of one gradient.\n\n", s_reps);
+    printf("| variant | tab32 us/trade | x plain | wide128 us/trade | x plain |\n|---|---|---|---|---|\n");
+    double us[2][NV];
+    for (size_t i = 0; i < 2; i++) {
+        const wl_t *w = wl_find(names[i]);
+        void *a, *g1;
+        wl_tensors(w, 1, 5, &a, &g1);
+        size_t tb = wl_trade_elems(w) * xm_dtype_size(w->dtype);
+        uint8_t *g = aligned_alloc(64, 4 * tb + 64);
+        for (int t = 0; t < 4; t++)
+            memcpy(g + t * tb, g1, tb);
+        xm_work_t *wk = xm_work_new();
+        double v[NV][32];
+        for (int r = 0; r < s_reps && r < 32; r++)
+            for (size_t k = 0; k < NV; k++)
+                v[k][r] = variant_once(wk, w, &vs[k], a, g, g, s_secs / 4);
+        for (size_t k = 0; k < NV; k++)
+            us[i][k] = 1e6 / median(v[k], s_reps);
+        xm_work_destroy(&wk);
+        free(a);
+        free(g1);
+        free(g);
+    }
+    for (size_t k = 0; k < NV; k++)
+        printf("| %s | %.2f | %.2f | %.1f | %.2f |\n", vs[k].name, us[0][k], us[0][k] / us[0][0],
+               us[1][k], us[1][k] / us[1][0]);
+    fflush(stdout);
+}
+
 int
 main(int argc, char **argv)
 {
     const char *what = "all";
+    if (argc == 5 && strcmp(argv[1], "prof") == 0) {
+        /* For callgrind: N cache-hot trades of one workload with variant V
+           of the variants table (its instruction count does not depend on
+           the machine's load). */
+        const wl_t *w = wl_find(argv[2]);
+        int v = atoi(argv[4]);
+        if (!w || v < 0 || v >= NV)
+            return 2;
+        void *a, *g1;
+        wl_tensors(w, 1, 5, &a, &g1);
+        size_t tb = wl_trade_elems(w) * xm_dtype_size(w->dtype);
+        uint8_t *g = aligned_alloc(64, 4 * tb + 64);
+        for (int t = 0; t < 4; t++)
+            memcpy(g + t * tb, g1, tb);
+        xm_work_t *wk = xm_work_new();
+        variant_once(wk, w, &vs[v], a, g, g, 0);   /* warm: the work area grows once */
+        for (int k = atoi(argv[3]); k > 0; k -= 16)
+            variant_once(wk, w, &vs[v], a, g, g, 0);
+        xm_work_destroy(&wk);
+        free(a);
+        free(g1);
+        free(g);
+        return 0;
+    }
     if (argc == 4 && strcmp(argv[1], "prof") == 0) {
         /* For callgrind: N cache-hot trades of one workload. */
         const wl_t *w = wl_find(argv[2]);
@@ -392,10 +580,14 @@ main(int argc, char **argv)
     }
     if (all || strcmp(what, "methods") == 0)
         bench_methods();
+    if (all || strcmp(what, "check") == 0)
+        bench_check();
     if (all || strcmp(what, "gemm") == 0)
         bench_gemm();
     if (all || strcmp(what, "sweep") == 0)
         bench_sweep();
+    if (all || strcmp(what, "variants") == 0)
+        bench_variants();
     fputs(s_target, stdout);
     return 0;
 }

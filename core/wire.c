@@ -1,7 +1,10 @@
 /*  wire: contract v1 ingest decoding. See wire.h and proto/.  */
 #include "wire.h"
 
+#include "half.h"
+
 #include <inttypes.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +32,8 @@ static const char *s_reason_names[XR_NREASONS] = {
     [XR_TOO_MANY_MODELS] = "too_many_models",
     [XR_NO_SCHEMA] = "no_schema",
     [XR_INTERNAL] = "internal",
+    [XR_ATTENTION] = "attention",
+    [XR_SCHEMA_RATE] = "schema_rate",
 };
 
 const char *
@@ -44,8 +49,215 @@ wire_limits_default(wire_limits_t *lim)
     lim->max_layers = 64;
     lim->max_heads = 64;
     lim->max_tokens = 1024;
-    lim->max_elems = 64u << 20;     /* 64 Mi values: 256 MiB of f32 */
+    /* 4 Mi values (16 MiB of f32 per tensor): one trade of the largest
+       tabular transformer we size for (L = 8, H = 8, n = 256), or 64
+       trades of L = 8, H = 8, n = 32. See the README's memory section. */
+    lim->max_elems = 4u << 20;
     lim->max_str = 256;
+}
+
+/* Room left for keys the contract lets a publisher add (ignored). */
+#define WIRE_UNKNOWN_SLACK (64u << 10)
+
+uint64_t
+wire_max_body(const wire_limits_t *lim)
+{
+    /* A bin or str header is at most 5 bytes, an int at most 9. */
+    uint64_t tensor = lim->max_elems * 4;
+    if (tensor > UINT32_MAX)
+        tensor = UINT32_MAX;
+    uint64_t id = lim->max_str + 5 > 9 ? lim->max_str + 5 : 9;
+    uint64_t b = 5                                  /* the map header */
+                 + 15 * 8                           /* the known keys, "tokens" longest */
+                 + 1 + (5 + WIRE_MODEL_MAX)         /* v, model */
+                 + 6 * 9 + 5                        /* seq ts L H n cls, dtype */
+                 + 2 * (5 + tensor)                 /* attn, grad */
+                 + 5 + (uint64_t)lim->max_batch * id /* ids */
+                 + 2 * (5 + (uint64_t)lim->max_batch * 9) /* target, y */
+                 + 5 + (uint64_t)lim->max_tokens * (lim->max_str + 5) /* tokens */
+                 + WIRE_UNKNOWN_SLACK;
+    return b;
+}
+
+/* ---- attention rows ----------------------------------------------------- */
+
+typedef float s_v8f __attribute__((vector_size(32)));
+typedef int32_t s_v8i __attribute__((vector_size(32)));
+
+static inline float
+s_lane_sum(s_v8f v)
+{
+    return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+}
+
+/* Is a row of sum `sum` and smallest value `mn` a distribution within tol?
+   NaN or Inf pass: the finiteness check names them. */
+static inline bool
+s_row_fine(double sum, double mn, double tol)
+{
+    if (!isfinite(sum))
+        return true;
+    return mn >= -tol && (fabs(sum - 1.0) <= tol || fabs(sum) <= tol);
+}
+
+/* The exact answer, row by row in double: run only when the fast pass
+   below saw something wrong (or for 16-bit data after decoding). */
+static bool
+s_rows_slow(const xm_shape_t *shape, xm_dtype_t dtype, const uint8_t *a, float tol,
+            wire_attn_bad_t *bad)
+{
+    const uint32_t n = shape->n;
+    const size_t rows = (size_t)shape->L * shape->H * n, es = xm_dtype_size(dtype);
+    for (size_t r = 0; r < rows; r++) {
+        double sum = 0.0, mn = INFINITY;
+        const uint8_t *row = a + r * n * es;
+        for (uint32_t j = 0; j < n; j++) {
+            float x;
+            if (dtype == XM_F32) {
+                memcpy(&x, row + 4 * (size_t)j, 4);
+            } else {
+                uint16_t h;
+                memcpy(&h, row + 2 * (size_t)j, 2);
+                x = dtype == XM_F16 ? half_f16_to_f32(h) : half_bf16_to_f32(h);
+            }
+            sum += x;
+            mn = x < mn ? x : mn;
+        }
+        if (s_row_fine(sum, mn, tol))
+            continue;
+        if (bad) {
+            size_t lh = r / n;
+            *bad = (wire_attn_bad_t){.l = (uint32_t)(lh / shape->H), .h = (uint32_t)(lh % shape->H),
+                                     .i = (uint32_t)(r % n), .sum = (float)sum, .min = (float)mn};
+        }
+        return false;
+    }
+    return true;
+}
+
+/* The fast pass over float32 rows: eight lanes summing each row (n/8
+   terms a lane), one minimum over the whole tensor, no branch per row but
+   the loop's. True when every row is surely fine. */
+static inline __attribute__((always_inline)) bool
+s_rows_fast(const uint8_t *a, size_t rows, uint32_t n, float tol)
+{
+    const s_v8f zero = {0};
+    s_v8f vmin = zero + INFINITY;
+    float tmin = INFINITY;
+    bool fine = true;
+    for (size_t r = 0; r < rows; r++, a += (size_t)n * 4) {
+        s_v8f vs = zero;
+        uint32_t j = 0;
+        for (; j + 8 <= n; j += 8) {
+            s_v8f x;
+            memcpy(&x, a + 4 * (size_t)j, sizeof x);
+            vs += x;
+            s_v8i lt = x < vmin;
+            vmin = (s_v8f)(((s_v8i)x & lt) | ((s_v8i)vmin & ~lt));
+        }
+        float sum = s_lane_sum(vs);
+        for (; j < n; j++) {
+            float x;
+            memcpy(&x, a + 4 * (size_t)j, sizeof x);
+            sum += x;
+            tmin = x < tmin ? x : tmin;
+        }
+        /* Not finite: fine here (finiteness is checked elsewhere). */
+        fine &= !(fabsf(sum - 1.0f) > tol && fabsf(sum) > tol) || !(sum - sum == 0.0f);
+    }
+    for (int k = 0; k < 8; k++)
+        tmin = vmin[k] < tmin ? vmin[k] : tmin;
+    return fine && !(tmin < -tol);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define WIRE_HAVE_AVX2 1
+
+/* The fast pass with AVX2 for rows of a multiple of 8 values, 8 rows at
+   a time: their eight lane-sum vectors are reduced together (a transpose
+   by horizontal adds), so a row costs no reduction of its own. Rows past
+   the last full group of 8 go to s_rows_fast. */
+__attribute__((target("avx2"))) static bool
+s_rows_fast_avx2(const uint8_t *a, size_t rows, uint32_t n, float tol)
+{
+    const __m256 one = _mm256_set1_ps(1.0f), vtol = _mm256_set1_ps(tol);
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 vmin = _mm256_set1_ps(INFINITY), bad = _mm256_setzero_ps();
+    const size_t stride = (size_t)n * 4;
+    size_t r = 0;
+    for (; r + 8 <= rows; r += 8, a += 8 * stride) {
+        __m256 v[8];
+        for (int k = 0; k < 8; k++)
+            v[k] = _mm256_setzero_ps();
+        for (uint32_t j = 0; j < n; j += 8)
+            for (int k = 0; k < 8; k++) {
+                __m256 x = _mm256_loadu_ps((const float *)(const void *)(a + k * stride + 4 * (size_t)j));
+                v[k] = _mm256_add_ps(v[k], x);
+                vmin = _mm256_min_ps(x, vmin);     /* x NaN: vmin kept */
+            }
+        __m256 t0 = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+        __m256 t1 = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+        __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20),
+                                   _mm256_permute2f128_ps(t0, t1, 0x31));
+        /* Bad: |sum - 1| > tol and |sum| > tol, and sum finite (sum - sum
+           is 0 only then; NaN compares false, which keeps it out). */
+        __m256 off1 = _mm256_cmp_ps(_mm256_and_ps(_mm256_sub_ps(sum, one), absmask), vtol, _CMP_GT_OQ);
+        __m256 off0 = _mm256_cmp_ps(_mm256_and_ps(sum, absmask), vtol, _CMP_GT_OQ);
+        __m256 fin = _mm256_cmp_ps(_mm256_sub_ps(sum, sum), _mm256_setzero_ps(), _CMP_EQ_OQ);
+        bad = _mm256_or_ps(bad, _mm256_and_ps(_mm256_and_ps(off1, off0), fin));
+    }
+    if (_mm256_movemask_ps(bad))
+        return false;
+    /* NaN never enters vmin (min_ps returns its second operand when
+       either is NaN), as in the scalar pass. */
+    float m[8];
+    _mm256_storeu_ps(m, vmin);
+    for (int k = 0; k < 8; k++)
+        if (m[k] < -tol)
+            return false;
+    return r == rows || s_rows_fast(a, rows - r, n, tol);
+}
+
+static bool
+s_rows_fast_any(const uint8_t *a, size_t rows, uint32_t n, float tol)
+{
+    if (n % 8 == 0 && rows >= 8 && __builtin_cpu_supports("avx2"))
+        return s_rows_fast_avx2(a, rows, n, tol);
+    return s_rows_fast(a, rows, n, tol);
+}
+#else
+#define s_rows_fast_any s_rows_fast
+#endif
+
+/* Compiled twice, for AVX2 and for the baseline; the loader picks. */
+__attribute__((target_clones("arch=x86-64-v3", "default"))) bool
+wire_attn_rows_ok(const xm_shape_t *shape, xm_dtype_t dtype, const void *attn, float tol,
+                  wire_attn_bad_t *bad)
+{
+    const uint32_t n = shape->n;
+    const size_t rows = (size_t)shape->L * shape->H * n;
+    const uint8_t *a = (const uint8_t *)attn;
+    if (dtype == XM_F32) {
+        if (s_rows_fast_any(a, rows, n, tol))
+            return true;
+    } else {
+        /* 16-bit rows are decoded to float32 a block of rows at a time. */
+        float buf[2048];
+        size_t per = n <= 2048 ? 2048 / n : 0, r = 0;
+        bool fine = per > 0;
+        for (; fine && r < rows; r += per) {
+            size_t c = rows - r < per ? rows - r : per;
+            if (dtype == XM_F16)
+                half_f16_decode(buf, a + 2 * r * n, c * n);
+            else
+                half_bf16_decode(buf, a + 2 * r * n, c * n);
+            fine = s_rows_fast_any((const uint8_t *)buf, c, n, tol);
+        }
+        if (fine)
+            return true;
+    }
+    return s_rows_slow(shape, dtype, a, tol, bad);
 }
 
 void

@@ -43,6 +43,8 @@ typedef enum {
     XR_TOO_MANY_MODELS, /* model table full */
     XR_NO_SCHEMA,       /* cls/tokens never given for this model */
     XR_INTERNAL,        /* out of memory while explaining */
+    XR_ATTENTION,       /* an attention row is not a probability distribution */
+    XR_SCHEMA_RATE,     /* the model's schema changes faster than allowed */
     XR_NREASONS
 } xr_reason_t;
 
@@ -103,6 +105,32 @@ typedef struct {
 
 /* Safe defaults for the limits. */
 void wire_limits_default(wire_limits_t *lim);
+
+/* Bytes of the largest body frame the limits admit: attn and grad of
+   max_elems f32 values each, plus every other field at its largest
+   (ids, target, y, tokens, the scalar keys) and their msgpack headers.
+   Any larger frame cannot be a valid message: the daemon derives ZeroMQ's
+   per-frame limit (ZMQ_MAXMSGSIZE) from it. */
+uint64_t wire_max_body(const wire_limits_t *lim);
+
+/* Where an attention tensor first fails to be row-stochastic. */
+typedef struct {
+    uint32_t l, h, i;       /* layer, head, query row */
+    float sum;              /* the row's sum */
+    float min;              /* its smallest value */
+} wire_attn_bad_t;
+
+/* Check that every row a[l][h][i][:] of one trade's attention (L*H*n*n
+   values of `dtype`, any alignment) is a probability distribution within
+   `tol`: every value >= -tol and the row sums to 1 within tol, or, a fully
+   masked row, sums to 0 within tol. Returns true when all rows pass;
+   otherwise false with the first failing row in *bad (when not NULL).
+   A row holding NaN or Inf passes here: the finiteness check names it.
+   A fast float32 pass (row sums in eight lanes, one minimum) accepts; a
+   row-by-row pass in double decides and names the first failing row only
+   when the fast pass saw something wrong. No allocation. */
+bool wire_attn_rows_ok(const xm_shape_t *shape, xm_dtype_t dtype, const void *attn, float tol,
+                       wire_attn_bad_t *bad);
 
 /* Initialise a decoder in caller storage; wire_decoder_destroy frees its
    arrays. */

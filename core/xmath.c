@@ -5,7 +5,12 @@
     mean, the max/min fusion, the clamped gradient product, the head
     statistics and the finiteness check. Kernels use GCC/Clang vector
     extensions (8 floats) so that reductions vectorise without relaxing
-    IEEE semantics; the build picks AVX2 or SSE2 code at load time.  */
+    IEEE semantics; the build picks AVX2 or SSE2 code at load time.
+
+    The variants (discard ratio, start layer, colsum, the signed and LRP
+    gradient methods, several targets) run outside that pass: each costs
+    only when asked for, and zero options leave the served path as it
+    was.  */
 #include "xmath.h"
 
 #include "flow.h"
@@ -22,20 +27,29 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 struct xm_work_t {
     xm_shape_t shape;
     bool has_grad;
-    bool fused_separately;      /* fusion != mean: ffus holds its own Â */
-    size_t cap_layers;          /* floats in each [L][n][n] buffer */
+    bool fused_separately;      /* ffus holds rollout's own Â (fusion != mean,
+                                   or a discard that flow does not share) */
+    unsigned computed;          /* methods of the last call */
+    uint32_t ntargets;          /* T of the last call */
+    size_t cap_layers;          /* floats in fmean and ffus */
     float *fmean;               /* mean_h A_l, then Â_l (mean fusion) */
     float *ffus;                /* max/min over heads, then Â_l (that fusion) */
-    float *gbar;                /* Ā_l = mean_h max(0, G A) */
+    size_t cap_gbar, cap_gsig, cap_glrp;
+    float *gbar;                /* [T][L][n][n] Ā_l = mean_h max(0, G A) */
+    float *gsig;                /* [T][L][n][n] mean_h G A (signed) */
+    float *glrp;                /* [T][L][n][n] mean_h max(0, G Rel) */
+    size_t cap_sel;
+    float *sel;                 /* n: one row's discard candidates */
     size_t cap_rowsum;
     double *rowsum;             /* [L][n] row sums of mean_h A_l */
     size_t cap_row;
     float *rowa, *rowg;         /* one head's n x n block decoded from 16-bit dtypes */
-    size_t cap_heads;
-    float *imp, *conf;          /* [L][H] */
+    size_t cap_heads, cap_imp;
+    float *conf;                /* [L][H] */
+    float *imp;                 /* [T][L][H] */
     double *imp_acc;
-    size_t cap_feat;
-    float *attr;                /* XM_NMETHODS blocks of cap_feat */
+    size_t cap_attr;
+    float *attr;                /* per method n floats, T * n for gradient methods */
     size_t cap_vec;
     double *v, *v2, *acc;       /* n each */
     size_t cap_full;
@@ -43,22 +57,51 @@ struct xm_work_t {
     flow_work_t *flow;
 };
 
-static const char *s_method_names[XM_NMETHODS] = {
-    "rollout", "grad_rollout", "first_layer", "attn_mean", "diag", "flow"};
+static const char *s_method_names[XM_NMETHODS_CORE] = {
+    "rollout", "grad_rollout", "first_layer", "attn_mean", "diag", "flow",
+    "colsum", "grad_rollout_signed", "lrp_rollout"};
 
 const char *
 xm_method_name(xm_method_t m)
 {
-    return (unsigned)m < XM_NMETHODS ? s_method_names[m] : NULL;
+    return (unsigned)m < XM_NMETHODS_CORE ? s_method_names[m] : NULL;
+}
+
+bool
+xm_method_served(xm_method_t m)
+{
+    return (unsigned)m < XM_NMETHODS;
+}
+
+static int
+s_method_find(const char *name, size_t len, int count)
+{
+    for (int m = 0; m < count; m++)
+        if (strlen(s_method_names[m]) == len && memcmp(s_method_names[m], name, len) == 0)
+            return m;
+    return -1;
 }
 
 int
 xm_method_parse(const char *name, size_t len)
 {
-    for (int m = 0; m < XM_NMETHODS; m++)
-        if (strlen(s_method_names[m]) == len && memcmp(s_method_names[m], name, len) == 0)
-            return m;
-    return -1;
+    return s_method_find(name, len, XM_NMETHODS);
+}
+
+int
+xm_method_parse_core(const char *name, size_t len)
+{
+    return s_method_find(name, len, XM_NMETHODS_CORE);
+}
+
+int
+xm_start_layer(int32_t s, uint32_t L, uint32_t *out)
+{
+    int64_t r = s < 0 ? (int64_t)L + s : (int64_t)s;
+    if (r < 0 || r >= (int64_t)L)
+        return -1;
+    *out = (uint32_t)r;
+    return 0;
 }
 
 int
@@ -119,7 +162,8 @@ xm_work_destroy(xm_work_t **self_p)
     if (!self_p || !*self_p)
         return;
     xm_work_t *w = *self_p;
-    free(w->fmean); free(w->ffus); free(w->gbar); free(w->rowsum);
+    free(w->fmean); free(w->ffus); free(w->gbar); free(w->gsig); free(w->glrp);
+    free(w->sel); free(w->rowsum);
     free(w->rowa); free(w->rowg);
     free(w->imp); free(w->conf); free(w->imp_acc);
     free(w->attr);
@@ -145,17 +189,30 @@ s_grow(void **p, size_t need, size_t size)
     return 0;
 }
 
+/* Grow `*p` (capacity *cap elements) to at least `need` elements. */
+static int
+s_need(void **p, size_t *cap, size_t need, size_t size)
+{
+    if (need <= *cap)
+        return 0;
+    if (s_grow(p, need, size))
+        return -1;
+    *cap = need;
+    return 0;
+}
+
 static int
 s_reserve(xm_work_t *w, const xm_shape_t *s)
 {
     size_t nn = (size_t)s->n * s->n;
     size_t layers = (size_t)s->L * nn;
     if (layers > w->cap_layers) {
-        if (s_grow((void **)&w->fmean, layers, 4) || s_grow((void **)&w->ffus, layers, 4) ||
-            s_grow((void **)&w->gbar, layers, 4))
+        if (s_grow((void **)&w->fmean, layers, 4) || s_grow((void **)&w->ffus, layers, 4))
             return -1;
         w->cap_layers = layers;
     }
+    if (s_need((void **)&w->gbar, &w->cap_gbar, layers, 4))
+        return -1;
     if ((size_t)s->L * s->n > w->cap_rowsum) {
         if (s_grow((void **)&w->rowsum, (size_t)s->L * s->n, 8))
             return -1;
@@ -168,15 +225,19 @@ s_reserve(xm_work_t *w, const xm_shape_t *s)
     }
     size_t heads = (size_t)s->L * s->H;
     if (heads > w->cap_heads) {
-        if (s_grow((void **)&w->imp, heads, 4) || s_grow((void **)&w->conf, heads, 4) ||
-            s_grow((void **)&w->imp_acc, heads, 8))
+        if (s_grow((void **)&w->conf, heads, 4))
             return -1;
         w->cap_heads = heads;
     }
-    if (s->n > w->cap_feat) {
-        if (s_grow((void **)&w->attr, (size_t)XM_NMETHODS * s->n, 4))
+    if (heads > w->cap_imp) {
+        if (s_grow((void **)&w->imp, heads, 4) || s_grow((void **)&w->imp_acc, heads, 8))
             return -1;
-        w->cap_feat = s->n;
+        w->cap_imp = heads;
+    }
+    if ((size_t)XM_NMETHODS_CORE * s->n > w->cap_attr) {
+        if (s_grow((void **)&w->attr, (size_t)XM_NMETHODS_CORE * s->n, 4))
+            return -1;
+        w->cap_attr = (size_t)XM_NMETHODS_CORE * s->n;
     }
     if (s->n > w->cap_vec) {
         if (s_grow((void **)&w->v, s->n, 8) || s_grow((void **)&w->v2, s->n, 8) ||
@@ -405,6 +466,244 @@ s_layer_pass(xm_work_t *w, xm_fusion_t fusion, xm_dtype_t dt, uint32_t l, const 
     }
 }
 
+/* ---- variants: the gradient-family pass ------------------------------
+
+   For the targets after the first, grad_rollout_signed and lrp_rollout:
+   one more read of X (A, or the relevance Rel) and of one target's G, per
+   layer, leaving mean_h max(0, G X) in gc and/or mean_h G X in gs (either
+   may be NULL), |sum G X| per head in imp (or NULL), and the finiteness
+   check in *bad. Head sums are accumulated in float in head order and
+   scaled by 1/H at the last head, exactly as the fused pass does. */
+
+/* No fused multiply-add here: a product must round the same way whether
+   or not the clamped sum is taken beside it, so that a result does not
+   depend on which other methods were asked for. */
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+
+static inline __attribute__((always_inline)) void
+s_grow_row(const int first, const int last, const int clamp, const int sign, uint32_t n,
+           float invH, float *restrict gc, float *restrict gs, const uint8_t *x,
+           const uint8_t *y, v8f *vdot, float *dot, v8f *bad)
+{
+    const v8f zero = {0};
+    const v8f vinv = zero + invH;
+    v8f vd = *vdot, b = *bad;
+    size_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        v8f a = s_ld(x + 4 * j), g = s_ld(y + 4 * j);
+        b += a * zero;
+        b += g * zero;
+        v8f p = a * g;
+        vd += p;
+        if (clamp) {
+            v8f c = (v8f)((v8i)p & (p > zero));
+            v8f q = first ? c : s_ld(gc + j) + c;
+            s_st(gc + j, last ? q * vinv : q);
+        }
+        if (sign) {
+            v8f q = first ? p : s_ld(gs + j) + p;
+            s_st(gs + j, last ? q * vinv : q);
+        }
+    }
+    float d = *dot;
+    for (; j < n; j++) {
+        float a, g;
+        memcpy(&a, x + 4 * j, 4);
+        memcpy(&g, y + 4 * j, 4);
+        b[0] += a * 0.0f;
+        b[0] += g * 0.0f;
+        float p = a * g;
+        d += p;
+        if (clamp) {
+            float c = p > 0.0f ? p : 0.0f;
+            float q = first ? c : gc[j] + c;
+            gc[j] = last ? q * invH : q;
+        }
+        if (sign) {
+            float q = first ? p : gs[j] + p;
+            gs[j] = last ? q * invH : q;
+        }
+    }
+    *vdot = vd;
+    *dot = d;
+    *bad = b;
+}
+
+static inline __attribute__((always_inline)) void
+s_gpass_body(const int clamp, const int sign, xm_work_t *w, xm_dtype_t dt, uint32_t l,
+             const uint8_t *X, const uint8_t *G, float *gc, float *gs, double *imp, v8f *bad)
+{
+    const xm_shape_t *s = &w->shape;
+    const uint32_t n = s->n, H = s->H;
+    const size_t nn = (size_t)n * n, es = xm_dtype_size(dt);
+    const float invH = 1.0f / (float)H;
+    const uint32_t flush = n >= 512 ? 1 : 512 / n;
+    v8f b = *bad;
+    for (uint32_t h = 0; h < H; h++) {
+        const int hf = h == 0, hl = h == H - 1;
+        size_t hoff = ((size_t)l * H + h) * nn * es;
+        const uint8_t *hx = X + hoff, *hg = G + hoff;
+        size_t hes = es;
+        if (dt != XM_F32) {
+            if (dt == XM_F16) {
+                half_f16_decode(w->rowa, hx, nn);
+                half_f16_decode(w->rowg, hg, nn);
+            } else {
+                half_bf16_decode(w->rowa, hx, nn);
+                half_bf16_decode(w->rowg, hg, nn);
+            }
+            hx = (const uint8_t *)w->rowa;
+            hg = (const uint8_t *)w->rowg;
+            hes = 4;
+        }
+        double dot = 0.0;
+        v8f vd = {0};
+        float sd = 0.0f;
+        for (uint32_t i = 0; i < n; i++) {
+            const uint8_t *x = hx + (size_t)i * n * hes, *y = hg + (size_t)i * n * hes;
+            float *gcr = gc ? gc + (size_t)i * n : NULL, *gsr = gs ? gs + (size_t)i * n : NULL;
+            if (hf && hl)
+                s_grow_row(1, 1, clamp, sign, n, invH, gcr, gsr, x, y, &vd, &sd, &b);
+            else if (hf)
+                s_grow_row(1, 0, clamp, sign, n, invH, gcr, gsr, x, y, &vd, &sd, &b);
+            else if (hl)
+                s_grow_row(0, 1, clamp, sign, n, invH, gcr, gsr, x, y, &vd, &sd, &b);
+            else
+                s_grow_row(0, 0, clamp, sign, n, invH, gcr, gsr, x, y, &vd, &sd, &b);
+            if (i + 1 == n || (i + 1) % flush == 0) {
+                dot += (((double)vd[0] + vd[4]) + ((double)vd[1] + vd[5])) +
+                       (((double)vd[2] + vd[6]) + ((double)vd[3] + vd[7])) + sd;
+                vd = (v8f){0};
+                sd = 0.0f;
+            }
+        }
+        if (imp)
+            imp[(size_t)l * H + h] = fabs(dot);
+    }
+    *bad = b;
+}
+
+XM_CLONES static void
+s_gpass(xm_work_t *w, xm_dtype_t dt, uint32_t l, const uint8_t *X, const uint8_t *G, float *gc,
+        float *gs, double *imp, v8f *bad)
+{
+    switch ((gc != NULL) * 2 + (gs != NULL)) {
+    case 0: s_gpass_body(0, 0, w, dt, l, X, G, gc, gs, imp, bad); break;
+    case 1: s_gpass_body(0, 1, w, dt, l, X, G, gc, gs, imp, bad); break;
+    case 2: s_gpass_body(1, 0, w, dt, l, X, G, gc, gs, imp, bad); break;
+    default: s_gpass_body(1, 1, w, dt, l, X, G, gc, gs, imp, bad); break;
+    }
+}
+
+#pragma GCC pop_options
+
+/* ---- variants: discard ratio ------------------------------------------ */
+
+static void
+s_heapsort(float *a, long m)
+{
+    for (long start = m / 2 - 1, end = m; end > 1;) {
+        long root;
+        if (start >= 0) {
+            root = start--;
+        } else {
+            end--;
+            float t = a[0]; a[0] = a[end]; a[end] = t;
+            root = 0;
+        }
+        for (long c; (c = 2 * root + 1) < end; root = c) {
+            if (c + 1 < end && a[c] < a[c + 1])
+                c++;
+            if (!(a[root] < a[c]))
+                break;
+            float t = a[root]; a[root] = a[c]; a[c] = t;
+        }
+    }
+}
+
+static float
+s_med3(float x, float y, float z)
+{
+    if (x < y)
+        return y < z ? y : (x < z ? z : x);
+    return x < z ? x : (y < z ? z : y);
+}
+
+/* The k-th smallest (0-based) of a[0..m), reordering a. Hoare's FIND
+   with a median-of-three pivot; after a few dozen rounds (an input built
+   to defeat the pivot) the remaining range is heap-sorted, so a row
+   costs O(m log m) at worst. No NaN reaches here. */
+static float
+s_kth(float *a, long m, long k)
+{
+    long l = 0, r = m - 1;
+    for (int round = 0; l < r; round++) {
+        if (round == 48) {
+            s_heapsort(a + l, r - l + 1);
+            break;
+        }
+        float x = s_med3(a[l], a[l + (r - l) / 2], a[r]);
+        long i = l, j = r;
+        do {
+            while (a[i] < x)
+                i++;
+            while (x < a[j])
+                j--;
+            if (i <= j) {
+                float t = a[i]; a[i] = a[j]; a[j] = t;
+                i++;
+                j--;
+            }
+        } while (i <= j);
+        if (j < k)
+            l = i;
+        if (k < i)
+            r = j;
+    }
+    return a[k];
+}
+
+/* In every row of the n x n matrix M, zero the k smallest entries among
+   the columns j != cls (ties: lower column first). 0 < k <= m. */
+static void
+s_discard(float *M, uint32_t n, int32_t cls, uint32_t k, float *sel)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        float *row = M + (size_t)i * n;
+        uint32_t m = 0;
+        for (uint32_t j = 0; j < n; j++)
+            if ((int32_t)j != cls)
+                sel[m++] = row[j];
+        if (k >= m) {
+            for (uint32_t j = 0; j < n; j++)
+                if ((int32_t)j != cls)
+                    row[j] = 0.0f;
+            continue;
+        }
+        float tau = s_kth(sel, m, (long)k - 1);
+        uint32_t less = 0;
+        for (uint32_t q = 0; q < m; q++)
+            less += sel[q] < tau;
+        /* First the entries equal to tau that go, lowest column first (before
+           anything else becomes 0, which could equal tau), then everything
+           below tau without a branch; the CLS entry is put back. */
+        uint32_t eq = k - less;
+        for (uint32_t j = 0; eq > 0; j++)
+            if ((int32_t)j != cls && row[j] == tau) {
+                row[j] = 0.0f;
+                eq--;
+            }
+        float keep = cls >= 0 ? row[cls] : 0.0f;
+        for (uint32_t j = 0; j < n; j++)
+            row[j] = row[j] < tau ? 0.0f : row[j];
+        if (cls >= 0)
+            row[cls] = keep;
+    }
+}
+
+/* ---- readouts ---------------------------------------------------------- */
+
 /* out = r(M) for an n x n matrix (row cls without column cls, or column
    means), accumulated with weight `wgt` into a double vector. */
 XM_CLONES static void
@@ -496,36 +795,39 @@ s_vec_out(const xm_shape_t *s, const double *v, float *out)
             out[k++] = (float)v[j];
 }
 
+/* r(Â_{L-1} ... Â_s) by row vectors, last layer first. */
 static void
-s_rollout_vec(xm_work_t *w, const float *layers, float *out)
+s_rollout_vec(xm_work_t *w, const float *layers, uint32_t start, float *out)
 {
     const xm_shape_t *s = &w->shape;
     size_t nn = (size_t)s->n * s->n;
     double *v = w->v, *t = w->v2;
     s_vec_start(s, v);
-    for (uint32_t l = s->L; l-- > 0;) {
+    for (uint32_t l = s->L; l-- > start;) {
         s_vecmat(v, layers + l * nn, s->n, t);
         double *x = v; v = t; t = x;
     }
     s_vec_out(s, v, out);
 }
 
+/* r(R) for R = (I + Ā_{L-1}) ... (I + Ā_s), optionally residual-normalised,
+   from the per-layer Ā in `layers`. */
 static void
-s_grad_rollout_vec(xm_work_t *w, bool resnorm, float *out)
+s_grad_rollout_vec(xm_work_t *w, const float *layers, bool resnorm, uint32_t start, float *out)
 {
     const xm_shape_t *s = &w->shape;
     const uint32_t n = s->n;
     size_t nn = (size_t)n * n;
     if (resnorm && s->cls < 0) {
         /* Column means of rownorm(R - I) + I need every row of R. */
-        xm_grad_rollout_matrix(s->L, n, w->gbar, true, w->full, w->tmp);
+        xm_grad_rollout_matrix(s->L - start, n, layers + start * nn, true, w->full, w->tmp);
         xm_readout(s, w->full, out);
         return;
     }
     double *v = w->v, *t = w->v2;
     s_vec_start(s, v);
-    for (uint32_t l = s->L; l-- > 0;) {
-        s_vecmat(v, w->gbar + l * nn, n, t);
+    for (uint32_t l = s->L; l-- > start;) {
+        s_vecmat(v, layers + l * nn, n, t);
         for (uint32_t j = 0; j < n; j++)
             t[j] += v[j];
         double *x = v; v = t; t = x;
@@ -543,6 +845,20 @@ s_grad_rollout_vec(xm_work_t *w, bool resnorm, float *out)
     s_vec_out(s, v, out);
 }
 
+/* colsum: c_j = sum_i F[i][j] for j != cls, in double. */
+static void
+s_colsum(xm_work_t *w, const float *F, float *out)
+{
+    const xm_shape_t *s = &w->shape;
+    const uint32_t n = s->n;
+    double *c = w->v2;
+    memset(c, 0, n * sizeof *c);
+    for (uint32_t i = 0; i < n; i++)
+        for (uint32_t j = 0; j < n; j++)
+            c[j] += F[(size_t)i * n + j];
+    s_vec_out(s, c, out);
+}
+
 static bool
 s_all_finite(const float *x, size_t count)
 {
@@ -552,36 +868,116 @@ s_all_finite(const float *x, size_t count)
     return bad == 0.0f;
 }
 
+/* Layer l's Â with a discard of k entries per row (k > 0): into ffus for
+   rollout, and into fmean too when flow shares it. Row sums are taken
+   again after the discard. */
+static void
+s_discard_layer(xm_work_t *w, const xm_opts_t *o, uint32_t l, uint32_t k)
+{
+    const xm_shape_t *s = &w->shape;
+    const uint32_t n = s->n;
+    const size_t nn = (size_t)n * n;
+    float *fm = w->fmean + l * nn, *ff = w->ffus + l * nn;
+    if (o->fusion == XM_FUSE_MEAN && o->discard_flow) {
+        s_discard(fm, n, s->cls, k, w->sel);
+        s_residual_rownorm(fm, n, NULL);
+        return;
+    }
+    if (o->fusion == XM_FUSE_MEAN)
+        memcpy(ff, fm, nn * sizeof *ff);
+    s_discard(ff, n, s->cls, k, w->sel);
+    s_residual_rownorm(ff, n, NULL);
+    if (o->discard_flow) {
+        s_discard(fm, n, s->cls, k, w->sel);
+        s_residual_rownorm(fm, n, NULL);
+    } else {
+        s_residual_rownorm(fm, n, w->rowsum + (size_t)l * n);
+    }
+}
+
+/* Multiply a, b into *out unless it overflows size_t. */
+static bool
+s_mul_ok(size_t a, size_t b, size_t *out)
+{
+    if (a && b > SIZE_MAX / a)
+        return false;
+    *out = a * b;
+    return true;
+}
+
 xm_err_t
 xm_explain(xm_work_t *w, const xm_opts_t *o, const xm_shape_t *s, xm_dtype_t dt,
            const void *attn, const void *grad, xm_result_t *out)
 {
+    xm_input_t in = {.attn = attn, .grad = grad, .rel = NULL, .ntargets = 1};
+    return xm_explain_ex(w, o, s, dt, &in, out);
+}
+
+xm_err_t
+xm_explain_ex(xm_work_t *w, const xm_opts_t *o, const xm_shape_t *s, xm_dtype_t dt,
+              const xm_input_t *in, xm_result_t *out)
+{
     memset(out, 0, sizeof *out);
+    w->computed = 0;
+    w->ntargets = 0;
+    const void *attn = in->attn, *grad = in->grad, *rel = in->rel;
     if (s->L == 0 || s->H == 0 || s->n == 0 || s->cls < -1 || s->cls >= (int32_t)s->n ||
         (s->cls >= 0 && s->n < 2) || (unsigned)dt > XM_BF16 || (unsigned)o->fusion > XM_FUSE_MIN)
+        return XM_EARG;
+    const uint32_t T = grad ? in->ntargets : 0;
+    uint32_t start;
+    size_t tbytes, tlayers, tall;
+    if ((grad && T == 0) || (rel && !grad) || !(o->discard >= 0.0 && o->discard <= 1.0) ||
+        xm_start_layer(o->start_layer, s->L, &start) ||
+        !s_mul_ok((size_t)s->L * s->H, (size_t)s->n * s->n, &tall) ||
+        !s_mul_ok(tall, xm_dtype_size(dt), &tbytes) || !s_mul_ok(tbytes, T ? T : 1, &tall) ||
+        !s_mul_ok((size_t)s->L * s->n, s->n, &tlayers) || !s_mul_ok(tlayers, T ? T : 1, &tall))
         return XM_EARG;
     if (s_reserve(w, s))
         return XM_ENOMEM;
     w->shape = *s;
     w->has_grad = grad != NULL;
-    w->fused_separately = o->fusion != XM_FUSE_MEAN;
 
     const uint32_t n = s->n, L = s->L, H = s->H, nf = xm_nfeat(s);
     const size_t nn = (size_t)n * n;
-    unsigned want = o->methods;
+    unsigned want = o->methods & XM_ALL_METHODS_CORE;
     if (!grad)
         want &= ~XM_GRAD_METHODS;
-    if (grad && o->grad_resnorm && s->cls < 0 && w->cap_full < nn) {
+    if (!rel)
+        want &= ~XM_BIT(XM_LRP_ROLLOUT);
+    /* Entries each row loses to the discard ratio (vit-explain's int(m * ρ)). */
+    const uint32_t kd = (uint32_t)(o->discard * (double)(s->cls >= 0 ? n - 1 : n));
+    w->fused_separately = o->fusion != XM_FUSE_MEAN || (kd > 0 && !o->discard_flow);
+    if (grad && o->grad_resnorm && s->cls < 0 && (want & XM_GRAD_METHODS) && w->cap_full < nn) {
         if (s_grow((void **)&w->full, nn, 4) || s_grow((void **)&w->tmp, nn, 4))
             return XM_ENOMEM;
         w->cap_full = nn;
     }
+    if (T > 1 || (want & ~XM_ALL_METHODS) || kd > 0) {
+        const size_t lt = tlayers * (T ? T : 1), heads = (size_t)L * H * (T ? T : 1);
+        const size_t attr = ((size_t)XM_NMETHODS_CORE + 3u * (T ? T - 1 : 0)) * n;
+        if ((T > 1 && (want & XM_BIT(XM_GRAD_ROLLOUT)) &&
+             s_need((void **)&w->gbar, &w->cap_gbar, lt, 4)) ||
+            ((want & XM_BIT(XM_GRAD_ROLLOUT_SIGNED)) &&
+             s_need((void **)&w->gsig, &w->cap_gsig, lt, 4)) ||
+            ((want & XM_BIT(XM_LRP_ROLLOUT)) && s_need((void **)&w->glrp, &w->cap_glrp, lt, 4)) ||
+            (kd > 0 && s_need((void **)&w->sel, &w->cap_sel, n, 4)) ||
+            s_need((void **)&w->attr, &w->cap_attr, attr, 4))
+            return XM_ENOMEM;
+        if (heads > w->cap_imp) {
+            if (s_grow((void **)&w->imp, heads, 4) || s_grow((void **)&w->imp_acc, heads, 8))
+                return XM_ENOMEM;
+            w->cap_imp = heads;
+        }
+    }
 
     double *acc = w->acc;
     memset(acc, 0, n * sizeof *acc);
-    float *attr[XM_NMETHODS];
-    for (int m = 0; m < XM_NMETHODS; m++)
-        attr[m] = w->attr + (size_t)m * w->cap_feat;
+    float *attr[XM_NMETHODS_CORE];
+    for (int m = 0, off = 0; m < XM_NMETHODS_CORE; m++) {
+        attr[m] = w->attr + (size_t)off * n;
+        off += (XM_GRAD_METHODS & XM_BIT(m)) && T > 1 ? (int)T : 1;
+    }
 
     v8f bad = {0};
     for (uint32_t l = 0; l < L; l++) {
@@ -590,12 +986,21 @@ xm_explain(xm_work_t *w, const xm_opts_t *o, const xm_shape_t *s, xm_dtype_t dt,
         if (want & XM_BIT(XM_ATTN_MEAN))
             s_readout_acc(s, fm, 1.0 / L, acc);
         if (l == 0) {
+            const float *f0 = o->fusion != XM_FUSE_MEAN ? ff : fm;
             if (want & XM_BIT(XM_FIRST_LAYER))
-                xm_readout(s, w->fused_separately ? ff : fm, attr[XM_FIRST_LAYER]);
+                xm_readout(s, f0, attr[XM_FIRST_LAYER]);
             if (want & XM_BIT(XM_DIAG))
                 for (uint32_t j = 0, k = 0; j < n; j++)
                     if ((int32_t)j != s->cls)
                         attr[XM_DIAG][k++] = fm[(size_t)j * n + j];
+            if (want & XM_BIT(XM_COLSUM))
+                s_colsum(w, f0, attr[XM_COLSUM]);
+        }
+        if (kd > 0) {
+            if (s_hsum(bad) != 0.0f)    /* no NaN into the selection */
+                return XM_ENONFINITE;
+            s_discard_layer(w, o, l, kd);
+            continue;
         }
         s_residual_rownorm(fm, n, w->rowsum + (size_t)l * n);
         if (w->fused_separately)
@@ -604,26 +1009,59 @@ xm_explain(xm_work_t *w, const xm_opts_t *o, const xm_shape_t *s, xm_dtype_t dt,
     if (s_hsum(bad) != 0.0f)
         return XM_ENONFINITE;
 
+    /* Targets after the first, the signed products and the relevances:
+       passes of their own, only when there is something to compute. */
+    for (uint32_t t = 0; t < T; t++) {
+        const uint8_t *Gt = (const uint8_t *)grad + t * tbytes;
+        float *gc = t > 0 && (want & XM_BIT(XM_GRAD_ROLLOUT)) ? w->gbar + t * tlayers : NULL;
+        float *gs = want & XM_BIT(XM_GRAD_ROLLOUT_SIGNED) ? w->gsig + t * tlayers : NULL;
+        double *imp = t > 0 ? w->imp_acc + (size_t)t * L * H : NULL;
+        if (t > 0 || gs)
+            for (uint32_t l = 0; l < L; l++)
+                s_gpass(w, dt, l, (const uint8_t *)attn, Gt, gc ? gc + l * nn : NULL,
+                        gs ? gs + l * nn : NULL, imp, &bad);
+        if (rel) {
+            const uint8_t *Rt = (const uint8_t *)rel + t * tbytes;
+            float *gl = want & XM_BIT(XM_LRP_ROLLOUT) ? w->glrp + t * tlayers : NULL;
+            for (uint32_t l = 0; l < L; l++)
+                s_gpass(w, dt, l, Rt, Gt, gl ? gl + l * nn : NULL, NULL, NULL, &bad);
+        }
+    }
+    if (s_hsum(bad) != 0.0f)
+        return XM_ENONFINITE;
+
     if (want & XM_BIT(XM_ATTN_MEAN))
         for (uint32_t k = 0; k < nf; k++)
             attr[XM_ATTN_MEAN][k] = (float)acc[k];
     if (want & XM_BIT(XM_ROLLOUT))
-        s_rollout_vec(w, xm_work_rollout_layers(w), attr[XM_ROLLOUT]);
-    if (want & XM_BIT(XM_GRAD_ROLLOUT))
-        s_grad_rollout_vec(w, o->grad_resnorm, attr[XM_GRAD_ROLLOUT]);
+        s_rollout_vec(w, xm_work_rollout_layers(w), start, attr[XM_ROLLOUT]);
+    for (uint32_t t = 0; t < T; t++) {
+        if (want & XM_BIT(XM_GRAD_ROLLOUT))
+            s_grad_rollout_vec(w, w->gbar + t * tlayers, o->grad_resnorm, start,
+                               attr[XM_GRAD_ROLLOUT] + (size_t)t * nf);
+        if (want & XM_BIT(XM_GRAD_ROLLOUT_SIGNED))
+            s_grad_rollout_vec(w, w->gsig + t * tlayers, o->grad_resnorm, start,
+                               attr[XM_GRAD_ROLLOUT_SIGNED] + (size_t)t * nf);
+        if (want & XM_BIT(XM_LRP_ROLLOUT))
+            s_grad_rollout_vec(w, w->glrp + t * tlayers, o->grad_resnorm, start,
+                               attr[XM_LRP_ROLLOUT] + (size_t)t * nf);
+    }
     if ((want & XM_BIT(XM_FLOW)) && flow_compute(w->flow, L, n, s->cls, w->fmean, attr[XM_FLOW]))
         return XM_ENOMEM;
 
-    for (int m = 0; m < XM_NMETHODS; m++) {
+    for (int m = 0; m < XM_NMETHODS_CORE; m++) {
         if (!(want & XM_BIT(m)))
             continue;
-        if (!s_all_finite(attr[m], nf))
+        if (!s_all_finite(attr[m], (size_t)nf * ((XM_GRAD_METHODS & XM_BIT(m)) ? T : 1)))
             return XM_ENONFINITE;
         out->attr[m] = attr[m];
     }
-    for (size_t k = 0; k < (size_t)L * H; k++)
+    for (size_t k = 0; k < (size_t)L * H * (T ? T : 1); k++)
         w->imp[k] = (float)w->imp_acc[k];
+    w->computed = want;
+    w->ntargets = T;
     out->computed = want;
+    out->ntargets = T;
     out->head_confidence = w->conf;
     out->head_importance = grad ? w->imp : NULL;
     return XM_OK;
@@ -645,6 +1083,21 @@ const float *
 xm_work_grad_layers(const xm_work_t *w)
 {
     return w->has_grad ? w->gbar : NULL;
+}
+
+const float *
+xm_work_layers(const xm_work_t *w, xm_method_t m, uint32_t t)
+{
+    const size_t tl = (size_t)w->shape.L * w->shape.n * w->shape.n;
+    bool on = (w->computed & XM_BIT(m)) != 0;
+    switch (m) {
+    case XM_ROLLOUT: return on ? xm_work_rollout_layers(w) : NULL;
+    case XM_FLOW: return on ? w->fmean : NULL;
+    case XM_GRAD_ROLLOUT: return on && t < w->ntargets ? w->gbar + t * tl : NULL;
+    case XM_GRAD_ROLLOUT_SIGNED: return on && t < w->ntargets ? w->gsig + t * tl : NULL;
+    case XM_LRP_ROLLOUT: return on && t < w->ntargets ? w->glrp + t * tl : NULL;
+    default: return NULL;
+    }
 }
 
 static void

@@ -34,11 +34,15 @@ static const opt_t s_opts[] = {
      "Connect the ingest SUB socket to a model's PUB endpoint (repeatable; several per line)."},
     {"ingest", "bind", "ingest-bind", T_LIST, O(ingest_bind), "", 0, 0, false,
      "Bind the ingest SUB socket so that many model publishers connect to it (repeatable)."},
-    {"ingest", "rcvhwm", "ingest-rcvhwm", T_UINT, O(ingest_rcvhwm), "1000", 0, 10000000, false,
-     "Receive high-water mark of the ingest socket, in messages (0: unlimited); memory in flight "
-     "can reach this many messages, so lower it for large tensors."},
-    {"ingest", "max_msg_size", "max-msg-size", T_SIZE, O(max_msg_size), "256M", 1024, 1ull << 32, false,
-     "Largest ingest message accepted by ZeroMQ (ZMQ_MAXMSGSIZE); larger ones drop the connection."},
+    {"ingest", "rcvhwm", "ingest-rcvhwm", T_UINT, O(ingest_rcvhwm), "16", 1, 10000000, false,
+     "Receive high-water mark of the ingest socket, in whole messages per connected publisher: "
+     "each publisher may have this many messages queued plus one being read, so in-flight "
+     "ingest memory is bounded by publishers * (rcvhwm + 1) * max-msg-size (see the README's "
+     "memory section; a stalled daemon pushes the rest back to the publishers)."},
+    {"ingest", "max_msg_size", "max-msg-size", T_SIZE, O(max_msg_size), "0", 0, 1ull << 32, false,
+     "Largest ingest frame accepted by ZeroMQ (ZMQ_MAXMSGSIZE); a larger frame drops the "
+     "connection before it is read. 0: derived from the tensor limits (the largest valid body, "
+     "about 8 * max-elems bytes plus its other fields)."},
     {"ingest", "max_batch", "max-batch", T_UINT, O(max_batch), "4096", 1, 1u << 20, true,
      "Largest batch B (trades per message) accepted."},
     {"ingest", "max_layers", "max-layers", T_UINT, O(max_layers), "64", 1, 4096, true,
@@ -47,10 +51,21 @@ static const opt_t s_opts[] = {
      "Largest number of heads H accepted."},
     {"ingest", "max_tokens", "max-tokens", T_UINT, O(max_tokens), "1024", 2, 65536, true,
      "Largest number of tokens n accepted."},
-    {"ingest", "max_elems", "max-elems", T_SIZE, O(max_elems), "64M", 1, 1ull << 34, true,
-     "Largest B*L*H*n*n (values per tensor in one message) accepted."},
+    {"ingest", "max_elems", "max-elems", T_SIZE, O(max_elems), "4M", 1, 1ull << 34, true,
+     "Largest B*L*H*n*n (values per tensor in one message) accepted; 4M fits one trade of "
+     "L=8, H=8, n=256 (or 64 trades of n=32)."},
     {"ingest", "max_str", "max-str", T_UINT, O(max_str), "256", 1, 65536, true,
      "Longest trade id or token name accepted, in bytes."},
+    {"ingest", "attention_check", "attention-check", T_STR, O(attention_check), "reject", 0, 0,
+     true,
+     "What to do with a trade whose attention rows are not probability distributions: reject "
+     "(count under 'attention', log, do not explain), warn (count, log, explain) or off."},
+    {"ingest", "attention_tol", "attention-tol", T_DOUBLE, O(attention_tol), "0.01", 0, 0, true,
+     "Tolerance of the attention check: values >= -tol, row sums within tol of 1 (or of 0 for "
+     "a fully masked row).", 0.0, 1.0},
+    {"ingest", "schema_rate", "schema-rate", T_UINT, O(schema_rate), "6", 0, 1000000, true,
+     "Schema epochs a model may start per minute (its first schema included), with a burst of "
+     "as many; further schema changes are rejected as 'schema_rate' (0: no limit)."},
     {"ingest", "allow_models", "allow-models", T_LIST, O(allow_models), "", 0, 0, true,
      "Only accept these model names (empty: any valid name)."},
     {"ingest", "max_models", "max-models", T_UINT, O(max_models), "256", 1, 65536, false,
@@ -407,6 +422,16 @@ s_usage(FILE *out)
     }
 }
 
+int
+config_attention_parse(const char *name)
+{
+    static const char *names[] = {"reject", "warn", "off"};
+    for (int k = 0; k < 3; k++)
+        if (strcmp(name, names[k]) == 0)
+            return k;
+    return -1;
+}
+
 /* Derive the parsed forms and check cross-field rules. */
 static int
 s_finish(config_t *cfg)
@@ -423,6 +448,11 @@ s_finish(config_t *cfg)
     }
     if ((cfg->fusion_id = xm_fusion_parse(cfg->fusion)) < 0) {
         fprintf(stderr, "xplaind: bad value for explain.fusion: '%s' (mean, max or min)\n", cfg->fusion);
+        errors++;
+    }
+    if ((cfg->attention_check_id = config_attention_parse(cfg->attention_check)) < 0) {
+        fprintf(stderr, "xplaind: bad value for ingest.attention_check: '%s' (reject, warn or off)\n",
+                cfg->attention_check);
         errors++;
     }
     if ((cfg->log_level_id = log_level_parse(cfg->log_level)) < 0) {

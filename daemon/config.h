@@ -29,6 +29,9 @@ typedef struct {
     uint64_t max_batch, max_layers, max_heads, max_tokens, max_elems, max_str;
     cfg_list_t allow_models;
     uint64_t max_models;
+    char *attention_check;      /* reject, warn, off */
+    double attention_tol;
+    uint64_t schema_rate;       /* new epochs per model per minute, 0: no limit */
     /* [publish] */
     char *publish;
     uint64_t publish_sndhwm;
@@ -74,10 +77,17 @@ typedef struct {
     unsigned method_set;
     int fusion_id;
     int log_level_id;
+    int attention_check_id;     /* cfg_attention_t */
 
     /* Where the values came from (for messages). */
     char *config_file;
 } config_t;
+
+/* The attention check's policy. */
+typedef enum { CFG_ATTN_REJECT = 0, CFG_ATTN_WARN = 1, CFG_ATTN_OFF = 2 } cfg_attention_t;
+
+/* Policy name to cfg_attention_t; -1 when unknown. */
+int config_attention_parse(const char *name);
 
 /* Outcome of reading the command line. */
 typedef enum {

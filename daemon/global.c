@@ -727,7 +727,8 @@ global_op_baseline(server_t *s, qreq_t *q, msgpack_packer *pk)
         }
     }
     s->global.gen++;
-    log_notice("drift: model '%s' epoch %" PRIu32 ": baseline %s", md->name, e->epoch,
+    log_limited(LOGK_BASELINE, LOG_NOTICE_, "drift: model '%s' epoch %" PRIu32 ": baseline %s",
+                md->name, e->epoch,
                pin ? "pinned to the current global state" : "reset (next window becomes it)");
     qreply_ok(pk, 4);
     enc_str(pk, "model");

@@ -46,6 +46,33 @@ s_topic_model(server_t *s, const zmq_msg_t *topic)
     return models_find(&s->models, t + 5, len - 5);
 }
 
+/* Attention rows must be probability distributions (contract: post-
+   softmax attention); anything else, e.g. negated or unnormalised
+   values, would be explained into meaningless numbers and poison the
+   model's global means and drift. Per trade, like nonfinite: true when
+   the trade is to be explained. Gradients are not constrained. */
+static bool
+s_attention_ok(server_t *s, model_t *md, const wire_ingest_t *in, uint32_t b, const uint8_t *a)
+{
+    int policy = s->cfg.attention_check_id;
+    wire_attn_bad_t bad;
+    if (policy == CFG_ATTN_OFF ||
+        wire_attn_rows_ok(&md->cur->shape, in->dtype, a, (float)s->cfg.attention_tol, &bad))
+        return true;
+    char why[192];
+    snprintf(why, sizeof why, "trade %" PRIu32 " of %" PRIu32 ": attention row l=%" PRIu32
+             " h=%" PRIu32 " i=%" PRIu32 " sums to %.6g, min %.6g (tolerance %g)", b, in->B, bad.l,
+             bad.h, bad.i, (double)bad.sum, (double)bad.min, s->cfg.attention_tol);
+    if (policy == CFG_ATTN_WARN) {
+        s->stats.attention_warned++;
+        log_limited(LOGK_ATTN_WARN, LOG_WARN_, "ingest: model '%s': explained although %s",
+                    md->name, why);
+        return true;
+    }
+    ingest_reject(s, md, XR_ATTENTION, md->name, md->name_len, why);
+    return false;
+}
+
 static void
 s_explain_trades(server_t *s, model_t *md, const wire_ingest_t *in, int64_t t_recv)
 {
@@ -60,6 +87,8 @@ s_explain_trades(server_t *s, model_t *md, const wire_ingest_t *in, int64_t t_re
         }
         const uint8_t *a = in->attn + (size_t)b * in->trade_bytes;
         const uint8_t *g = in->grad ? in->grad + (size_t)b * in->trade_bytes : NULL;
+        if (!s_attention_ok(s, md, in, b, a))
+            continue;
         xm_result_t res;
         xm_err_t rc = xm_explain(s->work, &opts, shape, in->dtype, a, g, &res);
         if (rc != XM_OK) {
@@ -83,6 +112,8 @@ s_explain_trades(server_t *s, model_t *md, const wire_ingest_t *in, int64_t t_re
         md->explained++;
         s->stats.explained++;
         stats_latency(&s->stats, (uint64_t)(now_mono_ns() - t_recv));
+        if (in->ts > 0)
+            stats_latency_ts(&s->stats, now_wall_ns() - in->ts);
     }
 }
 
@@ -150,13 +181,14 @@ ingest_handle(server_t *s, zmq_msg_t *parts, int nparts, int64_t t_recv)
                           "model table is full (ingest.max_models)");
             return;
         }
-        if ((r = model_apply_schema(md, &in, &new_epoch, why, sizeof why)) != XR_OK) {
+        if ((r = model_apply_schema_limited(md, &in, (uint32_t)s->cfg.schema_rate, now_mono_ns(),
+                                            &new_epoch, why, sizeof why)) != XR_OK) {
             /* A rejected message changes nothing: no schema, no model. */
             models_drop_last(&s->models, md);
             ingest_reject(s, NULL, r, (const char *)in.model.ptr, in.model.len, why);
             return;
         }
-        log_info("ingest: new model '%s'", md->name);
+        log_limited(LOGK_NEW_MODEL, LOG_INFO_, "ingest: new model '%s'", md->name);
         md->received++;
         s_track_seq(s, md, in.seq);
     } else {
@@ -166,13 +198,14 @@ ingest_handle(server_t *s, zmq_msg_t *parts, int nparts, int64_t t_recv)
                           "model is not in ingest.allow_models");
             return;
         }
-        if ((r = model_apply_schema(md, &in, &new_epoch, why, sizeof why)) != XR_OK) {
+        if ((r = model_apply_schema_limited(md, &in, (uint32_t)s->cfg.schema_rate, now_mono_ns(),
+                                            &new_epoch, why, sizeof why)) != XR_OK) {
             ingest_reject(s, md, r, md->name, md->name_len, why);
             return;
         }
     }
     if (new_epoch)
-        log_info("ingest: model '%s': schema epoch %" PRIu32 " (L=%" PRIu32 " H=%" PRIu32
+        log_limited(LOGK_EPOCH, LOG_INFO_, "ingest: model '%s': schema epoch %" PRIu32 " (L=%" PRIu32 " H=%" PRIu32
                  " n=%" PRIu32 " cls=%" PRId32 ")", md->name, md->cur->epoch, md->cur->shape.L,
                  md->cur->shape.H, md->cur->shape.n, md->cur->shape.cls);
     md->last_dtype = in.dtype;

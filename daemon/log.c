@@ -67,12 +67,18 @@ log_limited(unsigned key, log_level_t level, const char *fmt, ...)
         return;
     }
     s_keys[key].used++;
-    if (s_keys[key].held) {
-        log_msg(level, "(%llu similar messages suppressed)", (unsigned long long)s_keys[key].held);
-        s_keys[key].held = 0;
-    }
     va_list ap;
     va_start(ap, fmt);
-    s_vlog(level, fmt, ap);
+    if (s_keys[key].held) {
+        /* Said on the same line, so that a key never prints more than its
+           budget of lines a second. */
+        char line[900];
+        vsnprintf(line, sizeof line, fmt, ap);
+        log_msg(level, "%s (and %llu similar messages suppressed before)", line,
+                (unsigned long long)s_keys[key].held);
+        s_keys[key].held = 0;
+    } else {
+        s_vlog(level, fmt, ap);
+    }
     va_end(ap);
 }

@@ -28,8 +28,17 @@ void log_set_rate(uint32_t per_second);
 
 void log_msg(log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* Rate-limited: `key` (0..LOG_KEYS-1) groups messages of one kind. */
+/* Rate-limited: `key` (0..LOG_KEYS-1) groups messages of one kind.
+   Keys below 48 belong to the ingest rejection reasons (the xr_reason_t
+   value), to the call sites that number their keys after them, and to
+   auth.c's (40, 41); the kinds below are named. */
 #define LOG_KEYS 64
+enum {
+    LOGK_NEW_MODEL = 48,    /* ingest: a model seen for the first time */
+    LOGK_EPOCH,             /* ingest: a model's new schema epoch */
+    LOGK_ATTN_WARN,         /* ingest: attention failed the check, explained anyway */
+    LOGK_BASELINE,          /* query: a drift baseline pinned or reset on request */
+};
 void log_limited(unsigned key, log_level_t level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

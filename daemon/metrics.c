@@ -203,14 +203,26 @@ metrics_render(server_t *s, size_t *len)
     s_gauge(&b, "cache_bytes", "Bytes held by the recent-trade cache.", (double)s->cache.bytes);
     s_counter(&b, "metrics_requests_total", "HTTP requests served on this endpoint.", s->metrics.served);
 
-    s_put(&b, "# HELP xplaind_latency_seconds Time from receiving an ingest message to having "
-              "published a trade's explanation.\n# TYPE xplaind_latency_seconds histogram\n");
+    s_put(&b, "# HELP xplaind_latency_seconds Time from the ingest socket's receipt of a message "
+              "(at most: from when it was last seen empty) to having published a trade's explanation.\n# TYPE xplaind_latency_seconds histogram\n");
     for (int k = 0; k < STATS_LE_COUNT; k++)
         s_put(&b, "xplaind_latency_seconds_bucket{le=\"%g\"} %llu\n", stats_le_bounds_ns[k] / 1e9,
               (unsigned long long)st->latency_le[k]);
     s_put(&b, "xplaind_latency_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)st->latency.count);
     s_put(&b, "xplaind_latency_seconds_sum %.9g\n", st->latency.sum / 1e9);
     s_put(&b, "xplaind_latency_seconds_count %llu\n", (unsigned long long)st->latency.count);
+    s_put(&b, "# HELP xplaind_event_latency_seconds Time from a trade's own ts (the publisher's "
+              "clock) to having published its explanation.\n"
+              "# TYPE xplaind_event_latency_seconds histogram\n");
+    for (int k = 0; k < STATS_LE_COUNT; k++)
+        s_put(&b, "xplaind_event_latency_seconds_bucket{le=\"%g\"} %llu\n",
+              stats_le_bounds_ns[k] / 1e9, (unsigned long long)st->latency_ts_le[k]);
+    s_put(&b, "xplaind_event_latency_seconds_bucket{le=\"+Inf\"} %llu\n",
+          (unsigned long long)st->latency_ts.count);
+    s_put(&b, "xplaind_event_latency_seconds_sum %.9g\n", st->latency_ts.sum / 1e9);
+    s_put(&b, "xplaind_event_latency_seconds_count %llu\n", (unsigned long long)st->latency_ts.count);
+    s_counter(&b, "attention_warned_total", "Trades explained although their attention rows "
+              "failed the check (attention-check warn).", st->attention_warned);
 
     s_model_counter(&b, s, "model_received_messages_total", "Ingest messages received per model.",
                     offsetof(model_t, received));

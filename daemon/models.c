@@ -150,8 +150,35 @@ s_schema_new(const schema_t *prev, const wire_ingest_t *in, int32_t cls)
     return s;
 }
 
+/* Take one schema change from the model's budget; false when none is left. */
+static bool
+s_epoch_budget_take(model_t *md, uint32_t per_min, int64_t now_ns)
+{
+    if (per_min == 0)
+        return true;
+    if (md->epoch_budget_ns == 0) {
+        md->epoch_budget = per_min;
+    } else if (now_ns > md->epoch_budget_ns) {
+        md->epoch_budget += (double)(now_ns - md->epoch_budget_ns) * per_min / 60e9;
+        if (md->epoch_budget > per_min)
+            md->epoch_budget = per_min;
+    }
+    md->epoch_budget_ns = now_ns > 0 ? now_ns : 1;
+    if (md->epoch_budget < 1.0)
+        return false;
+    md->epoch_budget -= 1.0;
+    return true;
+}
+
 xr_reason_t
 model_apply_schema(model_t *md, const wire_ingest_t *in, bool *new_epoch, char *why, size_t wlen)
+{
+    return model_apply_schema_limited(md, in, 0, 0, new_epoch, why, wlen);
+}
+
+xr_reason_t
+model_apply_schema_limited(model_t *md, const wire_ingest_t *in, uint32_t per_min, int64_t now_ns,
+                           bool *new_epoch, char *why, size_t wlen)
 {
     const schema_t *cur = md->cur;
     *new_epoch = false;
@@ -172,6 +199,12 @@ model_apply_schema(model_t *md, const wire_ingest_t *in, bool *new_epoch, char *
     if (cur && in->shape.L == cur->shape.L && in->shape.H == cur->shape.H &&
         in->shape.n == cur->shape.n && cls == cur->shape.cls && (!in->tokens || s_tokens_equal(cur, in)))
         return XR_OK;
+    if (!s_epoch_budget_take(md, per_min, now_ns)) {
+        snprintf(why, wlen, "more than %" PRIu32 " schema epochs a minute (epoch %" PRIu32
+                 " kept; L=%" PRIu32 " H=%" PRIu32 " n=%" PRIu32 " refused)", per_min,
+                 cur ? cur->epoch : 0, in->shape.L, in->shape.H, in->shape.n);
+        return XR_SCHEMA_RATE;
+    }
 
     schema_t *s = s_schema_new(cur, in, cls);
     if (!s) {

@@ -45,6 +45,11 @@ typedef struct {
     uint64_t received, trades, explained, rejected, lost, restarts;
     uint64_t xpl_seq;               /* next seq on xpl/<model> */
     uint64_t flow_counter;          /* trades seen, for flow sampling */
+
+    /* Schema changes allowed (a token bucket: per-minute rate, as many in
+       a burst) and when it was last refilled. */
+    double epoch_budget;
+    int64_t epoch_budget_ns;
 } model_t;
 
 typedef struct {
@@ -77,6 +82,15 @@ uint64_t model_track_seq(model_t *md, uint64_t seq, bool *restart);
    *new_epoch), XR_NO_SCHEMA (with a detail in `why`) or XR_INTERNAL. */
 xr_reason_t model_apply_schema(model_t *md, const wire_ingest_t *in, bool *new_epoch,
                                char *why, size_t wlen);
+
+/* As model_apply_schema, but a new epoch (the first schema included) is
+   allowed at most `per_min` times per minute, with a burst of as many
+   (0: no limit); past that the message is refused as XR_SCHEMA_RATE and
+   changes nothing. `now_ns` is a monotonic clock. A
+   model whose schema flaps keeps its current epoch, global state and
+   drift windows instead of restarting them on every message. */
+xr_reason_t model_apply_schema_limited(model_t *md, const wire_ingest_t *in, uint32_t per_min,
+                                       int64_t now_ns, bool *new_epoch, char *why, size_t wlen);
 
 /* Install a schema read back from a snapshot: `n` token names (copied)
    for `epoch`, made current when `current`. Returns 0 or -1 (out of

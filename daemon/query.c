@@ -172,12 +172,31 @@ op_schema(server_t *s, qreq_t *q, msgpack_packer *pk)
     return 0;
 }
 
+/* {count, p50, p90, p99, p999, max, mean} of a latency histogram, in us. */
+static void
+s_latency_map(msgpack_packer *pk, const hist_t *h)
+{
+    msgpack_pack_map(pk, 7);
+    enc_str(pk, "count");
+    msgpack_pack_uint64(pk, h->count);
+    static const struct { const char *name; double q; } qs[] = {
+        {"p50", 0.5}, {"p90", 0.9}, {"p99", 0.99}, {"p999", 0.999}};
+    for (size_t k = 0; k < 4; k++) {
+        enc_str(pk, qs[k].name);
+        msgpack_pack_double(pk, (double)hist_quantile(h, qs[k].q) / 1e3);
+    }
+    enc_str(pk, "max");
+    msgpack_pack_double(pk, (double)h->max / 1e3);
+    enc_str(pk, "mean");
+    msgpack_pack_double(pk, h->count ? h->sum / (double)h->count / 1e3 : 0.0);
+}
+
 static int
 op_stats(server_t *s, qreq_t *q, msgpack_packer *pk)
 {
     (void)q;
     const stats_t *st = &s->stats;
-    qreply_ok(pk, 6);
+    qreply_ok(pk, 7);
     enc_str(pk, "version");
     enc_str(pk, XPL_VERSION);
     enc_str(pk, "uptime_s");
@@ -188,12 +207,12 @@ op_stats(server_t *s, qreq_t *q, msgpack_packer *pk)
                                   "rejected", "lost", "restarts", "dropped", "queries",
                                   "query_errors", "query_dropped", "cache_too_big", "snapshots",
                                   "snapshot_errors", "auth_admitted", "auth_refused",
-                                  "query_too_large"};
+                                  "attention_warned", "query_too_large"};
     uint64_t vals[] = {st->received, st->received_trades, st->explained, st->published,
                        st->rejected_total, st->lost, st->restarts, st->dropped, st->queries,
                        st->query_errors, st->query_dropped, s->cache.too_big, st->snapshots,
                        st->snapshot_errors, s->auth.admitted, s->auth.refused,
-                       st->query_too_large};
+                       st->attention_warned, st->query_too_large};
     msgpack_pack_map(pk, sizeof names / sizeof *names + 5);
     for (size_t k = 0; k < sizeof names / sizeof *names; k++) {
         enc_str(pk, names[k]);
@@ -215,19 +234,9 @@ op_stats(server_t *s, qreq_t *q, msgpack_packer *pk)
     }
 
     enc_str(pk, "latency_us");
-    msgpack_pack_map(pk, 7);
-    enc_str(pk, "count");
-    msgpack_pack_uint64(pk, st->latency.count);
-    static const struct { const char *name; double q; } qs[] = {
-        {"p50", 0.5}, {"p90", 0.9}, {"p99", 0.99}, {"p999", 0.999}};
-    for (size_t k = 0; k < 4; k++) {
-        enc_str(pk, qs[k].name);
-        msgpack_pack_double(pk, (double)hist_quantile(&st->latency, qs[k].q) / 1e3);
-    }
-    enc_str(pk, "max");
-    msgpack_pack_double(pk, (double)st->latency.max / 1e3);
-    enc_str(pk, "mean");
-    msgpack_pack_double(pk, st->latency.count ? st->latency.sum / (double)st->latency.count / 1e3 : 0.0);
+    s_latency_map(pk, &st->latency);
+    enc_str(pk, "latency_ts_us");
+    s_latency_map(pk, &st->latency_ts);
 
     enc_str(pk, "models");
     s_models_array(s, pk);

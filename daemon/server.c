@@ -14,6 +14,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <sys/stat.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -186,7 +187,19 @@ server_init(server_t *s)
         log_err("cannot create sockets: %s", zmq_strerror(errno));
         return -1;
     }
-    int64_t maxmsg = (int64_t)c->max_msg_size, qmax = 16 << 20;
+    /* No valid message has a frame larger than its largest valid body:
+       bigger frames are refused by ZeroMQ at their header, before any
+       memory is reserved for them. */
+    uint64_t valid_max = wire_max_body(&lim);
+    int64_t maxmsg = (int64_t)(c->max_msg_size ? c->max_msg_size : valid_max), qmax = 16 << 20;
+    if (c->max_msg_size && c->max_msg_size < valid_max)
+        log_notice("ingest: max-msg-size %llu is below the largest valid body for the tensor limits "
+                   "(%llu bytes): larger valid messages drop their connection",
+                   (unsigned long long)c->max_msg_size, (unsigned long long)valid_max);
+    log_notice("ingest: frames up to %lld bytes, %llu message(s) queued per publisher: in-flight "
+             "ingest memory up to %.0f MiB per connected publisher", (long long)maxmsg,
+             (unsigned long long)c->ingest_rcvhwm,
+             (double)(c->ingest_rcvhwm + 1) * (double)maxmsg / 1048576.0);
     /* A query client's requests wait 16 deep at most: ZeroMQ stops reading
        that connection meanwhile (nothing is dropped), so one connection
        holds at most 16 requests of qmax bytes. */
@@ -265,6 +278,7 @@ s_reload(server_t *s)
     TAKE(drift_rho_min); TAKE(drift_ndcg_min); TAKE(drift_ndcg_k); TAKE(drift_js_max);
     TAKE(reference_file); TAKE(snapshot_interval_s); TAKE(clients_dir);
     TAKE(method_set); TAKE(fusion_id); TAKE(log_level_id);
+    TAKE(attention_check); TAKE(attention_tol); TAKE(attention_check_id); TAKE(schema_rate);
     TAKE(query_max_size);
 #undef TAKE
     s->cfg = cur;
@@ -319,15 +333,46 @@ s_close_parts(zmq_msg_t *parts, int n, int keep)
         zmq_msg_close(&parts[k]);
 }
 
+/* Is a whole message waiting on the socket? */
+static bool
+s_readable(void *sock)
+{
+    int ev = 0;
+    size_t len = sizeof ev;
+    return zmq_getsockopt(sock, ZMQ_EVENTS, &ev, &len) == 0 && (ev & ZMQ_POLLIN);
+}
+
+/* Ingest messages are large and short-lived, allocated by ZeroMQ's I/O
+   thread in its own malloc arena; glibc trims only the main arena's top
+   by itself. Once a backlog of many bytes has drained, hand the free
+   pages of every arena back, so that memory goes back after a burst. */
+#define TRIM_AFTER_BYTES (64u << 20)
+
 static void
 s_ingest_burst(server_t *s)
 {
+    /* Latency is measured from receipt by the socket, which libzmq does
+       not timestamp. A message read now arrived after the socket was last
+       seen empty (ingest_empty_ns), so latencies count from there: an
+       upper bound that includes any time the loop spent elsewhere (a
+       long query, a snapshot) while it waited. When the socket was empty
+       as this turn began (server_run sets ingest_base_ns), the poll woke
+       up for it, and the turn's start is its receipt. */
+    const int64_t base = s->ingest_base_ns;
     for (int k = 0; k < INGEST_BURST; k++) {
         zmq_msg_t parts[3];
         int n;
-        if (s_recv_multipart(s->sub, parts, 3, &n))
+        if (s_recv_multipart(s->sub, parts, 3, &n)) {
+            s->ingest_empty_ns = now_mono_ns();
+            if (s->ingest_bytes_untrimmed >= TRIM_AFTER_BYTES) {
+                malloc_trim(0);
+                s->ingest_bytes_untrimmed = 0;
+            }
             return;
-        ingest_handle(s, parts, n, now_mono_ns());
+        }
+        for (int i = 0; i < n && i < 3; i++)
+            s->ingest_bytes_untrimmed += zmq_msg_size(&parts[i]);
+        ingest_handle(s, parts, n, base);
         s_close_parts(parts, n, 3);
     }
 }
@@ -437,6 +482,7 @@ server_run(server_t *s)
     const int64_t watchdog = notify_init();
     int64_t next_status = now, next_watchdog = now;
     uint64_t last_explained = s->stats.explained;
+    s->ingest_empty_ns = now;
     notify_ready();
     while (!s->stop) {
         /* Fixed slots first, then the optional ZAP handler, handshake
@@ -461,12 +507,17 @@ server_run(server_t *s)
         int nmetrics = metrics_poll_items(&s->metrics, items + first_metrics);
         nitems += nmetrics;
         now = now_mono_ns();
+        /* Empty now: whatever the poll wakes up for arrives after this. */
+        bool ingest_was_empty = !s_readable(s->sub);
+        if (ingest_was_empty)
+            s->ingest_empty_ns = now;
         long timeout = s_until(next_glob, now);
         if (s->cfg.state_dir[0] && s_until(next_snap, now) < timeout)
             timeout = s_until(next_snap, now);
         if (watchdog && s_until(next_watchdog, now) < timeout)
             timeout = s_until(next_watchdog, now);
         int rc = zmq_poll(items, nitems, timeout);
+        const int64_t turn = now_mono_ns();
         if (rc < 0) {
             if (errno == EINTR)
                 continue;
@@ -479,8 +530,12 @@ server_run(server_t *s)
             auth_handle_monitors(&s->auth, items + first_mon, nmon);
         if (items[2].revents & ZMQ_POLLIN)
             s_signals(s);
-        if (items[0].revents & ZMQ_POLLIN)
+        if (items[0].revents & ZMQ_POLLIN) {
+            s->ingest_base_ns = ingest_was_empty ? turn : s->ingest_empty_ns;
             s_ingest_burst(s);
+        } else {
+            s->ingest_empty_ns = turn;
+        }
         if (items[3].revents & ZMQ_POLLIN)
             s_query_collect(s);
         if (items[1].revents & ZMQ_POLLIN)

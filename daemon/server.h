@@ -61,6 +61,13 @@ typedef struct server_t {
 
     demo_t *demo;
     int status;                 /* exit status the process will have (server_destroy) */
+
+    /* Ingest receipt clock (see s_ingest_burst): when the ingest socket
+       was last seen empty, and the receipt time the current burst's
+       latencies are measured from. */
+    int64_t ingest_empty_ns;
+    int64_t ingest_base_ns;
+    uint64_t ingest_bytes_untrimmed;    /* ingest bytes read since the heap was last trimmed */
 } server_t;
 
 /* Set up sockets and state from s->cfg (already loaded). Returns 0, or -1

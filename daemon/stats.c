@@ -17,6 +17,15 @@ stats_latency(stats_t *s, uint64_t ns)
 }
 
 void
+stats_latency_ts(stats_t *s, int64_t ns)
+{
+    uint64_t v = ns > 0 ? (uint64_t)ns : 0;
+    hist_add(&s->latency_ts, v);
+    for (int k = STATS_LE_COUNT - 1; k >= 0 && v <= stats_le_bounds_ns[k]; k--)
+        s->latency_ts_le[k]++;
+}
+
+void
 stats_init(stats_t *s)
 {
     memset(s, 0, sizeof *s);

@@ -40,8 +40,13 @@ typedef struct {
     uint64_t query_too_large;   /* requests over query.max_size (answered bad_request) */
     uint64_t snapshots;         /* state snapshots written */
     uint64_t snapshot_errors;   /* state snapshots that failed */
-    hist_t latency;             /* ns, ingest receive -> trade published */
+    hist_t latency;             /* ns, ingest receipt by the socket -> trade published */
     uint64_t latency_le[STATS_LE_COUNT];    /* cumulative, at stats_le_bounds_ns */
+    /* Event-time latency: wall clock at publication minus the trade's own
+       "ts" (clamped at 0; the publisher's clock, so skew shows here). */
+    hist_t latency_ts;
+    uint64_t latency_ts_le[STATS_LE_COUNT];
+    uint64_t attention_warned;  /* trades explained although their attention failed the check */
     int64_t start_ns;           /* CLOCK_MONOTONIC at start */
 } stats_t;
 
@@ -50,6 +55,9 @@ void stats_init(stats_t *s);
 /* Record one trade's latency (ns): the histogram and the Prometheus
    buckets. */
 void stats_latency(stats_t *s, uint64_t ns);
+
+/* Record one trade's event-time latency (ns, wall clock minus its ts). */
+void stats_latency_ts(stats_t *s, int64_t ns);
 
 /* Record one value (ns) in a histogram. */
 void hist_add(hist_t *h, uint64_t v);

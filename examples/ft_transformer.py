@@ -19,10 +19,16 @@ example subscribes to the explanations and ends with two checks:
    per-trade vectors received) and permutation importance computed on the
    same model and rows: the agreement table.
 
-Run (from the source tree, after building the daemon):
+Run (from the source tree, after building the daemon), with the package
+installed (client/python/README.md):
 
-    PYTHONPATH=client/python /usr/bin/python3 examples/ft_transformer.py \
-        --xplaind build/daemon/xplaind
+    python3 -m venv --system-site-packages ~/xplain-venv
+    ~/xplain-venv/bin/pip install --no-index --no-build-isolation ./client/python
+    ~/xplain-venv/bin/python examples/ft_transformer.py --xplaind build/daemon/xplaind
+
+(or, without installing, PYTHONPATH=client/python /usr/bin/python3 ...).
+The float64 reference it checks against is the source tree's tests/ref.py
+(--ref), which is not part of the package.
 
 Without --ingest-connect/--ingest-bind the example starts its own daemon
 (on ipc:// endpoints in a temporary directory) and stops it at the end.
@@ -35,16 +41,27 @@ import time
 
 import numpy as np
 
+import torch
+import torch.nn as nn
+
+import xplain
+from xplain.torch_capture import AttentionCapture
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, "client", "python"))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+REF = os.path.join(os.path.dirname(HERE), "tests", "ref.py")
+ref = None          # tests/ref.py, loaded by load_ref()
 
-import torch                                    # noqa: E402
-import torch.nn as nn                           # noqa: E402
 
-import xplain                                   # noqa: E402
-from xplain.torch_capture import AttentionCapture   # noqa: E402
+def load_ref(path):
+    """The source tree's float64 reference, by file path (it is a test
+    module, not part of the xplain package)."""
+    global ref
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("xplain_example_ref", path)
+    if spec is None or not os.path.isfile(path):
+        raise SystemExit("the float64 reference %s is missing (give --ref tests/ref.py of the source tree)" % path)
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
 
 MODEL = "ftt_breast_cancer"
 METHOD_ORDER = ["rollout", "grad_rollout", "first_layer", "attn_mean", "diag", "flow"]
@@ -189,7 +206,6 @@ def verify(sent, got, cls, rel, flow_max):
     the first `flow_max` trades that carry it (the reference runs one
     networkx max-flow per feature: seconds per trade). Returns per method
     (trades, values, max relative error, failures)."""
-    import ref
     out = {}
     flows = 0
     for tid, (A, G) in sent.items():
@@ -256,7 +272,11 @@ def main(argv=None):
     ap.add_argument("--rel", type=float, default=1e-5, help="per-trade tolerance, relative (default 1e-5)")
     ap.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for explanations")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    ap.add_argument("--ref", default=REF, metavar="FILE",
+                    help="the float64 reference, tests/ref.py of the source tree (default: %(default)s)")
     a = ap.parse_args(argv)
+    load_ref(a.ref)
+    print("xplain %s from %s" % (xplain.__version__, os.path.dirname(os.path.abspath(xplain.__file__))))
     external = a.ingest_connect or a.ingest_bind
     if external and not (a.publish and a.query):
         ap.error("a running daemon needs --publish and --query as well")
@@ -341,7 +361,6 @@ def main(argv=None):
         for m in glob:
             q.reference(MODEL, m, perm)
         glob = daemon_global(q)
-        import ref
         table = []
         for m in methods:
             mine = np.mean([got[i].attr[m] for i in sent if m in got[i].attr], axis=0).astype(np.float64)

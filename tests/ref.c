@@ -195,6 +195,154 @@ ref_head_stats(int L, int H, int n, const double *A, const double *G, double *im
         }
 }
 
+/* ---- variants ---------------------------------------------------------- */
+
+void
+ref_colsum(int L, int H, int n, int cls, const double *A, int fusion, double *out)
+{
+    double *F = malloc(sizeof(double) * n * n);
+    fuse(L, H, n, A, 0, fusion, F);
+    int k = 0;
+    for (int j = 0; j < n; j++) {
+        if (j == cls)
+            continue;
+        double s = 0;
+        for (int i = 0; i < n; i++)
+            s += F[i * n + j];
+        out[k++] = s;
+    }
+    free(F);
+}
+
+void
+ref_discard(int n, int cls, double rho, double *F)
+{
+    int m = cls >= 0 ? n - 1 : n;
+    int k = (int)(rho * m);
+    int *idx = malloc(sizeof(int) * n);
+    for (int i = 0; i < n; i++) {
+        double *row = F + (size_t)i * n;
+        int c = 0;
+        for (int j = 0; j < n; j++)
+            if (j != cls)
+                idx[c++] = j;
+        /* insertion sort by (value, column): the first k go */
+        for (int a = 1; a < c; a++) {
+            int x = idx[a], b = a - 1;
+            while (b >= 0 && (row[idx[b]] > row[x] || (row[idx[b]] == row[x] && idx[b] > x))) {
+                idx[b + 1] = idx[b];
+                b--;
+            }
+            idx[b + 1] = x;
+        }
+        for (int a = 0; a < k; a++)
+            row[idx[a]] = 0;
+    }
+    free(idx);
+}
+
+static int
+resolve_start(int L, int start)
+{
+    return start < 0 ? L + start : start;
+}
+
+void
+ref_rollout_matrix_v(int L, int H, int n, int cls, const double *A, int fusion, double rho,
+                     int start, double *R)
+{
+    double *F = malloc(sizeof(double) * n * n), *T = malloc(sizeof(double) * n * n);
+    memset(R, 0, sizeof(double) * n * n);
+    for (int i = 0; i < n; i++)
+        R[i * n + i] = 1;
+    for (int l = resolve_start(L, start); l < L; l++) {
+        fuse(L, H, n, A, l, fusion, F);
+        ref_discard(n, cls, rho, F);
+        for (int i = 0; i < n; i++)
+            F[i * n + i] += 1;
+        rownorm(n, F);
+        matmul(n, F, R, T);
+        memcpy(R, T, sizeof(double) * n * n);
+    }
+    free(F);
+    free(T);
+}
+
+void
+ref_rollout_v(int L, int H, int n, int cls, const double *A, int fusion, double rho, int start,
+              double *out)
+{
+    double *R = malloc(sizeof(double) * n * n);
+    ref_rollout_matrix_v(L, H, n, cls, A, fusion, rho, start, R);
+    ref_readout(n, cls, R, out);
+    free(R);
+}
+
+void
+ref_flow_capacities_v(int L, int H, int n, int cls, const double *A, double rho, double *C)
+{
+    for (int l = 0; l < L; l++) {
+        double *F = C + (size_t)l * n * n;
+        fuse(L, H, n, A, l, REF_MEAN, F);
+        ref_discard(n, cls, rho, F);
+        for (int i = 0; i < n; i++)
+            F[i * n + i] += 1;
+        rownorm(n, F);
+    }
+}
+
+void
+ref_grad_rollout_matrix_v(int L, int H, int n, const double *X, const double *G, bool clamp,
+                          bool resnorm, int start, double *R)
+{
+    double *Ab = malloc(sizeof(double) * n * n), *T = malloc(sizeof(double) * n * n);
+    memset(R, 0, sizeof(double) * n * n);
+    for (int i = 0; i < n; i++)
+        R[i * n + i] = 1;
+    for (int l = resolve_start(L, start); l < L; l++) {
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < n; j++) {
+                double s = 0;
+                for (int h = 0; h < H; h++) {
+                    double p = AT(G, l, h, i, j) * AT(X, l, h, i, j);
+                    s += clamp ? (p > 0 ? p : 0) : p;
+                }
+                Ab[i * n + j] = s / H;
+            }
+        matmul(n, Ab, R, T);
+        for (int k = 0; k < n * n; k++)
+            R[k] += T[k];
+    }
+    if (resnorm) {
+        for (int i = 0; i < n; i++)
+            R[i * n + i] -= 1;
+        rownorm(n, R);
+        for (int i = 0; i < n; i++)
+            R[i * n + i] += 1;
+    }
+    free(Ab);
+    free(T);
+}
+
+void
+ref_grad_rollout_v(int L, int H, int n, int cls, const double *X, const double *G, bool clamp,
+                   bool resnorm, int start, double *out)
+{
+    double *R = malloc(sizeof(double) * n * n);
+    ref_grad_rollout_matrix_v(L, H, n, X, G, clamp, resnorm, start, R);
+    ref_readout(n, cls, R, out);
+    free(R);
+}
+
+void
+ref_groups(int npos, const int *feat_of, int nfeat, const double *in, double *out)
+{
+    for (int f = 0; f < nfeat; f++)
+        out[f] = 0;
+    for (int k = 0; k < npos; k++)
+        out[feat_of[k]] += in[k];
+}
+
 /* Average ranks (1-based), O(n^2) on purpose: obviously right. */
 static void
 ranks(const double *x, int n, double *r)
@@ -277,4 +425,26 @@ ref_js(const double *a, const double *b, int n)
         if (q > 0) js += 0.5 * q * log2(q / m);
     }
     return js;
+}
+
+/* Attention rows as probability distributions (see wire_attn_rows_ok): a
+   plain float64 loop, row by row; returns the index of the first failing
+   row of the L*H*n rows, or -1. Rows holding NaN or Inf pass. */
+long
+ref_attn_first_bad_row(int L, int H, int n, const double *A, double tol)
+{
+    for (long r = 0; r < (long)L * H * n; r++) {
+        double sum = 0, mn = INFINITY;
+        for (int j = 0; j < n; j++) {
+            sum += A[r * n + j];
+            if (A[r * n + j] < mn)
+                mn = A[r * n + j];
+        }
+        if (!isfinite(sum))
+            continue;
+        if (mn >= -tol && (fabs(sum - 1) <= tol || fabs(sum) <= tol))
+            continue;
+        return r;
+    }
+    return -1;
 }

@@ -32,29 +32,92 @@ def readout(M, cls):
     return np.delete(M[cls], cls)
 
 
-def rollout_matrix(A, how="mean"):
+def discard(F, cls, rho):
+    """Discard ratio of MATH.md on a fused n x n matrix (a copy): in every
+    row, zero the int(rho * m) smallest entries among the columns != cls
+    (m = n - 1, or n without CLS), ties to the lower column first."""
+    F = np.array(F, dtype=np.float64)
+    n = F.shape[0]
+    cand = [j for j in range(n) if j != cls]
+    k = int(rho * len(cand))
+    for i in range(n):
+        for j in sorted(cand, key=lambda j: (F[i, j], j))[:k]:
+            F[i, j] = 0.0
+    return F
+
+
+def start_layer(L, start):
+    """Layers s .. L-1 for a start layer s (negative: from the end)."""
+    s = L + start if start < 0 else start
+    if not 0 <= s < L:
+        raise ValueError("start layer %d out of range for L=%d" % (start, L))
+    return range(s, L)
+
+
+def rollout_matrix(A, how="mean", rho=0.0, start=0, cls=-1):
     L, _, n, _ = A.shape
     R = np.eye(n)
-    for l in range(L):
-        R = rownorm(np.eye(n) + fuse(A[l], how)) @ R
+    for l in start_layer(L, start):
+        R = rownorm(np.eye(n) + discard(fuse(A[l], how), cls, rho)) @ R
     return R
 
 
-def grad_rollout_matrix(A, G, resnorm=False):
+def grad_rollout_matrix(A, G, resnorm=False, start=0, clamp=True):
+    """grad_rollout (A: attention) and its variants: clamp=False is
+    grad_rollout_signed, A = the relevance tensor is lrp_rollout."""
     L, _, n, _ = A.shape
     R = np.eye(n)
-    for l in range(L):
-        Abar = np.maximum(0.0, G[l] * A[l]).mean(axis=0)
+    for l in start_layer(L, start):
+        P = G[l] * A[l]
+        Abar = (np.maximum(0.0, P) if clamp else P).mean(axis=0)
         R = R + Abar @ R
     if resnorm:
         R = rownorm(R - np.eye(n)) + np.eye(n)
     return R
 
 
-def flow_capacities(A):
-    """Capacities of attention flow: Â_l = rownorm(I + mean_h A_l), [L][n][n]."""
+def flow_capacities(A, rho=0.0, cls=-1):
+    """Capacities of attention flow: Â_l = rownorm(I + mean_h A_l), [L][n][n],
+    with the discard ratio when rho > 0."""
     L, _, n, _ = A.shape
-    return np.stack([rownorm(np.eye(n) + A[l].mean(axis=0)) for l in range(L)])
+    return np.stack([rownorm(np.eye(n) + discard(A[l].mean(axis=0), cls, rho)) for l in range(L)])
+
+
+def colsum(A, cls, how="mean"):
+    """Borisov's column-wise summation: sum_i F_h(A_0)[i][j], j != cls."""
+    c = fuse(np.asarray(A, np.float64)[0], how).sum(axis=0)
+    return c if cls < 0 else np.delete(c, cls)
+
+
+def groups(vec, feat_of, nfeat):
+    """Feature f = the sum of the readout positions k with feat_of[k] == f."""
+    out = np.zeros(nfeat)
+    for k, f in enumerate(feat_of):
+        out[f] += vec[k]
+    return out
+
+
+def variants(A, G, cls, rel=None, fusion="mean", rho=0.0, start=0, resnorm=False,
+             discard_flow=False, with_flow=False):
+    """The variants of MATH.md for one trade. G and rel are [T][L][H][n][n]
+    (or None); gradient methods give a list of T vectors."""
+    A = np.asarray(A, dtype=np.float64)
+    out = {
+        "rollout": readout(rollout_matrix(A, fusion, rho, start, cls), cls),
+        "colsum": colsum(A, cls, fusion),
+    }
+    if G is not None:
+        G = np.asarray(G, dtype=np.float64)
+        out["grad_rollout"] = [readout(grad_rollout_matrix(A, g, resnorm, start), cls) for g in G]
+        out["grad_rollout_signed"] = [readout(grad_rollout_matrix(A, g, resnorm, start, clamp=False), cls)
+                                      for g in G]
+        if rel is not None:
+            rel = np.asarray(rel, dtype=np.float64)
+            out["lrp_rollout"] = [readout(grad_rollout_matrix(r, g, resnorm, start), cls)
+                                  for r, g in zip(rel, G)]
+    if with_flow:
+        out["flow"] = flow_from_capacities(flow_capacities(A, rho if discard_flow else 0.0, cls), cls)
+    return out
 
 
 def flow_from_capacities(C, cls):

@@ -76,9 +76,14 @@ Test(config, defaults)
     cr_assert_eq(c.max_layers, 64);
     cr_assert_eq(c.max_heads, 64);
     cr_assert_eq(c.max_tokens, 1024);
-    cr_assert_eq(c.max_elems, 64ull << 20);
+    cr_assert_eq(c.max_elems, 4ull << 20);
     cr_assert_eq(c.max_str, 256);
-    cr_assert_eq(c.max_msg_size, 256ull << 20);
+    cr_assert_eq(c.max_msg_size, 0);    /* derived from the tensor limits */
+    cr_assert_eq(c.ingest_rcvhwm, 16);
+    cr_assert_str_eq(c.attention_check, "reject");
+    cr_assert_eq(c.attention_check_id, CFG_ATTN_REJECT);
+    cr_assert_float_eq(c.attention_tol, 0.01, 1e-12);
+    cr_assert_eq(c.schema_rate, 6);
     cr_assert_eq(c.max_models, 256);
     cr_assert_str_eq(c.publish, "tcp://127.0.0.1:5557");
     cr_assert_str_eq(c.query, "tcp://127.0.0.1:5558");

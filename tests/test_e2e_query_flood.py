@@ -73,7 +73,11 @@ def check_big_trade(d, A, G):
 def stream(d, ctx, done, out):
     """Publish COUNT messages at RATE per second (paced on the clock)."""
     pub = ctx.socket(zmq.PUB)
-    pub.setsockopt(zmq.LINGER, 5000)
+    # Closing must not discard what is still queued here: with a small
+    # ingest.rcvhwm a daemon that lags (both cores busy) leaves the
+    # backlog in the publisher, and the last messages of a stream have no
+    # later seq to reveal them as lost.
+    pub.setsockopt(zmq.LINGER, -1)
     pub.connect(d.ingest)
     join(d, pub, model="__probe_qf")
     A = random_attention(np.random.default_rng(3), (1, 2, 2, 6, 6)).astype("<f4")

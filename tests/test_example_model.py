@@ -15,8 +15,15 @@ larger batches -- and asserts from its JSON output and its printed table:
   against the permutation-importance reference equals the one computed here;
 - the agreement table is printed, one row per method.
 
-Needs python3-torch and python3-sklearn (Debian); run by ctest with
-/usr/bin/python3 and XPL_BUILD_DIR / XPL_SOURCE_DIR.
+The example runs as a user runs it: the xplain package is built as a
+wheel (pip wheel, Debian's setuptools, no PyPI) and installed into a fresh
+`python3 -m venv --system-site-packages`, whose python runs the example
+with no PYTHONPATH; the example reports where it imported xplain from, and
+that must be the venv.
+
+Needs python3-torch, python3-sklearn, python3-venv and python3-pip
+(Debian); run by ctest with /usr/bin/python3 and XPL_BUILD_DIR /
+XPL_SOURCE_DIR.
 """
 import json
 import os
@@ -28,8 +35,11 @@ import time
 
 SOURCE = os.environ.get("XPL_SOURCE_DIR") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.environ.get("XPL_BUILD_DIR") or os.path.join(SOURCE, "build")
-XPLAIND = os.path.join(BUILD, "daemon", "xplaind")
-EXAMPLE = os.path.join(SOURCE, "examples", "ft_transformer.py")
+XPLAIND = os.path.abspath(os.path.join(BUILD, "daemon", "xplaind"))
+sys.path.insert(0, os.path.join(SOURCE, "tests"))
+
+import pyvenv   # noqa: E402  (installs client/python into a venv)
+EXAMPLE = os.path.abspath(os.path.join(SOURCE, "examples", "ft_transformer.py"))
 METHODS = ["rollout", "grad_rollout", "first_layer", "attn_mean", "diag", "flow"]
 FLOW_CHECKED = 3   # the example's --flow-check default: networkx takes seconds per trade
 NF = 30        # breast-cancer features (tokens without CLS)
@@ -37,19 +47,23 @@ NF = 30        # breast-cancer features (tokens without CLS)
 
 # A safety net against a hang, not a speed check: the two trainings take
 # minutes, and many times that on a loaded machine (441 s seen under load).
-def run(args, rows_expected, timeout=1500):
+def run(python, venv, args, rows_expected, timeout=1500):
     with tempfile.TemporaryDirectory() as tmp:
         out_json = os.path.join(tmp, "result.json")
-        cmd = [sys.executable, EXAMPLE, "--xplaind", XPLAIND, "--json", out_json] + args
+        cmd = [python, EXAMPLE, "--xplaind", XPLAIND, "--json", out_json] + args
         t0 = time.monotonic()
-        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           timeout=timeout, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp,
+                           timeout=timeout, env=pyvenv.clean_env(PYTHONDONTWRITEBYTECODE="1"))
         dt = time.monotonic() - t0
         print(p.stdout)
         assert p.returncode == 0, "example exited with %d" % p.returncode
         with open(out_json) as f:
             res = json.load(f)
     print("(%s: %.1f s)" % (" ".join(args), dt))
+    m = re.search(r"^xplain (\S+) from (\S+)$", p.stdout, re.M)
+    assert m, "the example did not say where xplain came from"
+    assert m.group(2).startswith(venv + os.sep) and "site-packages" in m.group(2), \
+        "xplain imported from %s, not from the venv %s" % (m.group(2), venv)
 
     assert res["ok"] is True
     assert res["trades"] == rows_expected
@@ -97,10 +111,15 @@ def main():
         print("FAIL: xplaind not built at %s" % XPLAIND)
         return 1
     t0 = time.monotonic()
-    # All 171 test rows, f32, batches of 8 (B > 1 on the wire).
-    run(["--repeats", "5"], 171)
-    # bf16 on the wire, batches of 16, a short training run.
-    run(["--dtype", "bf16", "--rows", "48", "--batch", "16", "--epochs", "3", "--repeats", "2"], 48)
+    with tempfile.TemporaryDirectory() as tmp:
+        python, _ = pyvenv.install(tmp, wheel=True)
+        venv = os.path.join(tmp, "venv")
+        print("xplain installed from a wheel into %s (%.1f s)" % (venv, time.monotonic() - t0))
+        # All 171 test rows, f32, batches of 8 (B > 1 on the wire).
+        run(python, venv, ["--repeats", "5"], 171)
+        # bf16 on the wire, batches of 16, a short training run.
+        run(python, venv, ["--dtype", "bf16", "--rows", "48", "--batch", "16", "--epochs", "3",
+                           "--repeats", "2"], 48)
     print("ok in %.1f s" % (time.monotonic() - t0))
     return 0
 

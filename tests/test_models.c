@@ -380,3 +380,55 @@ Test(models, models_keep_their_own_state)
     cr_assert(!rs && a->last_seq == 5 && b->last_seq == 100);
     models_destroy(&t);
 }
+
+Test(models, schema_changes_are_rate_limited)
+{
+    /* 4 epochs a minute, a burst of 4: the first schema and n flapping
+       4 <-> 5 on every message get 4 epochs, then the flapping is
+       refused as schema_rate without touching the current epoch; 15 s
+       later one more change is allowed (4/min refills one per 15 s). */
+    models_t t;
+    model_t *md = one_model(&t);
+    msg_t a, b;
+    char why[160];
+    bool ne;
+    const int64_t s0 = 1000000000000;
+    cr_assert_eq(model_apply_schema_limited(md, mk(&a, 2, 2, 4, 3, T4), 4, s0, &ne, why, sizeof why),
+                 XR_OK);
+    cr_assert(ne);
+    int64_t now = s0;
+    for (int k = 0; k < 3; k++) {
+        now += 1000;
+        cr_assert_eq(model_apply_schema_limited(md, mk(&b, 2, 2, k % 2 ? 4 : 5, k % 2 ? 3 : 4,
+                                                       k % 2 ? T4 : T5), 4, now, &ne, why,
+                                                sizeof why), XR_OK, "change %d", k);
+        cr_assert(ne);
+    }
+    cr_assert_eq(md->cur->epoch, 4);
+    cr_assert_eq(md->cur->shape.n, 5);
+    /* The same schema again is no change and always passes. */
+    cr_assert_eq(model_apply_schema_limited(md, mk(&b, 2, 2, 5, 4, T5), 4, now, &ne, why, sizeof why),
+                 XR_OK);
+    cr_assert_not(ne);
+    why[0] = '\0';
+    cr_assert_eq(model_apply_schema_limited(md, mk(&a, 2, 2, 4, 3, T4), 4, now + 1000, &ne, why,
+                                            sizeof why), XR_SCHEMA_RATE);
+    cr_assert_not(ne);
+    cr_assert(why[0]);
+    cr_assert_eq(md->cur->epoch, 4, "a refused change must not start an epoch");
+    cr_assert_eq(md->cur->shape.n, 5);
+    /* 14 s on: still under one token. 15 s on: one. */
+    cr_assert_eq(model_apply_schema_limited(md, mk(&a, 2, 2, 4, 3, T4), 4, now + 14000000000, &ne,
+                                            why, sizeof why), XR_SCHEMA_RATE);
+    cr_assert_eq(model_apply_schema_limited(md, mk(&a, 2, 2, 4, 3, T4), 4, now + 15100000000, &ne,
+                                            why, sizeof why), XR_OK);
+    cr_assert(ne);
+    cr_assert_eq(md->cur->epoch, 5);
+    /* 0: no limit. */
+    for (int k = 0; k < 50; k++)
+        cr_assert_eq(model_apply_schema_limited(md, mk(&b, 2, 2, k % 2 ? 4 : 5, k % 2 ? 3 : 4,
+                                                       k % 2 ? T4 : T5), 0, now + 15100000000, &ne,
+                                                why, sizeof why), XR_OK);
+    cr_assert_eq(md->cur->epoch, 55);
+    models_destroy(&t);
+}

@@ -9,9 +9,11 @@
     Bodies are built from (key, packed value) pairs so that a test can
     send what msgpack-python would not: duplicate keys, wide encodings,
     bad UTF-8.  */
+#include "ref.h"
 #include "support.h"
 #include "wire.h"
 
+#include <inttypes.h>
 #include <criterion/criterion.h>
 #include <math.h>
 #include <msgpack.h>
@@ -1384,9 +1386,166 @@ Test(wire, reason_names_stable)
     const char *names[XR_NREASONS] = {
         "ok", "frames", "topic", "msgpack", "not_map", "version", "missing_key", "wrong_type",
         "duplicate_key", "model_name", "dtype", "shape", "too_large", "size", "length",
-        "bad_string", "nonfinite", "not_allowed", "too_many_models", "no_schema", "internal"};
+        "bad_string", "nonfinite", "not_allowed", "too_many_models", "no_schema", "internal",
+        "attention", "schema_rate"};
     for (int r = 0; r < XR_NREASONS; r++)
         cr_assert_str_eq(xr_reason_name((xr_reason_t)r), names[r]);
     cr_assert_str_eq(xr_reason_name(XR_NREASONS), "unknown");
     cr_assert_str_eq(xr_reason_name((xr_reason_t)-1), "unknown");
+}
+
+/* ---- attention rows ------------------------------------------------------ */
+
+/* Perturb row `r` (of n values) of A: what a buggy or hostile publisher
+   might send. Returns whether the row is meant to pass at `tol`. */
+static bool
+s_perturb(double *row, int n, int kind, double tol)
+{
+    switch (kind) {
+    case 0: return true;                                          /* untouched */
+    case 1: for (int j = 0; j < n; j++) row[j] = -row[j]; return false;     /* negated */
+    case 2: row[0] -= 3 * tol; row[n - 1] += 3 * tol; return row[0] >= -tol; /* a value pushed down */
+    case 3: row[n - 1] += row[0] + 0.3 * tol; row[0] = -0.3 * tol; return true; /* tiny negative */
+    case 4: for (int j = 0; j < n; j++) row[j] *= 1 + 3 * tol; return false; /* sums to 1 + 3 tol */
+    case 5: for (int j = 0; j < n; j++) row[j] *= 1 + 0.3 * tol; return true;
+    case 6: for (int j = 0; j < n; j++) row[j] = 0; return true;             /* fully masked */
+    case 7: for (int j = 0; j < n; j++) row[j] *= 0.5; return false;         /* half a row */
+    case 8: row[n / 2] = NAN; return true;                        /* left to the finiteness check */
+    default: for (int j = 0; j < n; j++) row[j] = 1e15; return false;       /* huge */
+    }
+}
+
+Test(wire, attention_rows_agree_with_float64_reference)
+{
+    static const int ns[] = {1, 2, 3, 7, 8, 9, 17, 33, 64, 130, 600};
+    const double tol = 0.01;
+    rng_t g;
+    rng_seed(&g, 11);
+    int checked = 0, failing = 0;
+    for (size_t si = 0; si < sizeof ns / sizeof *ns; si++) {
+        int n = ns[si], L = 1 + (int)(rng_next(&g) % 3), H = 1 + (int)(rng_next(&g) % 3);
+        size_t rows = (size_t)L * H * n, count = rows * n;
+        double *A = malloc(count * sizeof *A), *X = malloc(count * sizeof *X);
+        uint8_t *bytes = malloc(count * 4);
+        cr_assert(A && X && bytes);
+        for (int kind = 0; kind < 10; kind++) {
+            if (n < 2 && (kind == 2 || kind == 3))
+                continue;
+            for (int dt = 0; dt < 3; dt++) {
+                gen_attention(&g, A, rows, n, 1.0 + (double)kind);
+                size_t r = rng_next(&g) % rows;
+                bool meant = s_perturb(A + r * n, n, kind, tol);
+                encode_dtype(dt, A, count, bytes, X);
+                long want = ref_attn_first_bad_row(L, H, n, X, tol);
+                if (dt == 0)
+                    cr_assert_eq(want < 0, meant, "n=%d kind %d: the reference says row %ld", n,
+                                 kind, want);
+                wire_attn_bad_t bad;
+                xm_shape_t sh = {(uint32_t)L, (uint32_t)H, (uint32_t)n, -1};
+                bool ok = wire_attn_rows_ok(&sh, (xm_dtype_t)dt, bytes, (float)tol, &bad);
+                cr_assert_eq(ok, want < 0, "n=%d kind %d dtype %d: wire says %d, reference row %ld",
+                             n, kind, dt, ok, want);
+                if (!ok) {
+                    long got = ((long)bad.l * H + bad.h) * n + bad.i;
+                    cr_assert_eq(got, want, "n=%d kind %d dtype %d: first bad row %ld, want %ld", n,
+                                 kind, dt, got, want);
+                    double sum = 0;
+                    for (int j = 0; j < n; j++)
+                        sum += X[want * n + j];
+                    cr_assert(close_enough(bad.sum, sum, 1e-5, 1e-6), "sum %g vs %g", bad.sum, sum);
+                    failing++;
+                }
+                checked++;
+            }
+        }
+        free(A);
+        free(X);
+        free(bytes);
+    }
+    cr_assert_gt(failing, 100, "only %d failing cases exercised", failing);
+    cr_assert_gt(checked, 250);
+}
+
+Test(wire, attention_rows_tolerance_is_the_boundary)
+{
+    /* A 4 x 4 matrix, every row 0.25 (exact in float32), then its last
+       row moved by multiples of tol = 1/16 (exact too). */
+    xm_shape_t sh = {1, 1, 4, -1};
+    float m[16], *row = m + 12;
+    const float tol = 0.0625f;
+    for (int k = 0; k < 16; k++) m[k] = 0.25f;
+    cr_assert(wire_attn_rows_ok(&sh, XM_F32, m, tol, NULL));
+    row[0] = 0.25f + 0.0625f;      /* sum 1 + tol exactly: allowed */
+    cr_assert(wire_attn_rows_ok(&sh, XM_F32, m, tol, NULL));
+    row[0] = 0.25f + 0.125f;       /* sum 1 + 2 tol */
+    wire_attn_bad_t bad;
+    cr_assert_not(wire_attn_rows_ok(&sh, XM_F32, m, tol, &bad));
+    cr_assert(bad.l == 0 && bad.h == 0 && bad.i == 3, "row %u %u %u", bad.l, bad.h, bad.i);
+    cr_assert_float_eq(bad.sum, 1.125f, 1e-7);
+    row[0] = -0.0625f; row[1] = 0.5625f;  /* min -tol, sum 1: allowed */
+    cr_assert(wire_attn_rows_ok(&sh, XM_F32, m, tol, NULL));
+    row[0] = -0.125f; row[1] = 0.625f;    /* min -2 tol */
+    cr_assert_not(wire_attn_rows_ok(&sh, XM_F32, m, tol, &bad));
+    cr_assert_float_eq(bad.min, -0.125f, 0);
+    cr_assert_float_eq(bad.sum, 1.0f, 1e-7);
+    for (int k = 0; k < 4; k++) row[k] = 0;   /* fully masked */
+    cr_assert(wire_attn_rows_ok(&sh, XM_F32, m, 0, NULL));
+    /* What a gradient may hold is not attention. */
+    for (int k = 0; k < 4; k++) row[k] = -0.25f;
+    cr_assert_not(wire_attn_rows_ok(&sh, XM_F32, m, tol, NULL));
+}
+
+Test(wire, max_body_bounds_the_largest_valid_message)
+{
+    /* A message at every limit (B ids of max_str bytes, attn and grad of
+       max_elems f32, target, y, tokens) encodes to no more than
+       wire_max_body, and the default is close to it (within 10%). */
+    wire_limits_t lim;
+    wire_limits_default(&lim);
+    lim.max_elems = 1u << 16;
+    lim.max_batch = 16;
+    lim.max_tokens = 64;
+    lim.max_str = 40;
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    char str[64];
+    memset(str, 'x', sizeof str);
+    uint32_t B = 16, L = 1, H = 1, n = 64;  /* B*L*H*n*n = 65536 = max_elems */
+    size_t tbytes = (size_t)B * L * H * n * n * 4;
+    uint8_t *t = calloc(tbytes, 1);
+    cr_assert_not_null(t);
+    msgpack_pack_map(&pk, 15);
+#define KEY(k) msgpack_pack_str_with_body(&pk, k, strlen(k))
+    KEY("v"); msgpack_pack_uint64(&pk, 1);
+    KEY("model"); msgpack_pack_str_with_body(&pk, str, 64);
+    KEY("seq"); msgpack_pack_uint64(&pk, UINT64_MAX);
+    KEY("ts"); msgpack_pack_int64(&pk, INT64_MIN);
+    KEY("ids"); msgpack_pack_array(&pk, B);
+    for (uint32_t b = 0; b < B; b++) msgpack_pack_str_with_body(&pk, str, lim.max_str);
+    KEY("L"); msgpack_pack_uint64(&pk, L);
+    KEY("H"); msgpack_pack_uint64(&pk, H);
+    KEY("n"); msgpack_pack_uint64(&pk, n);
+    KEY("dtype"); msgpack_pack_str_with_body(&pk, "bf16", 4);
+    KEY("attn"); msgpack_pack_bin_with_body(&pk, t, tbytes);
+    KEY("grad"); msgpack_pack_bin_with_body(&pk, t, tbytes);
+    KEY("target"); msgpack_pack_array(&pk, B);
+    for (uint32_t b = 0; b < B; b++) msgpack_pack_int64(&pk, INT64_MIN);
+    KEY("y"); msgpack_pack_array(&pk, B);
+    for (uint32_t b = 0; b < B; b++) msgpack_pack_double(&pk, 1.0 / 3);
+    KEY("cls"); msgpack_pack_int64(&pk, INT64_MIN);
+    KEY("tokens"); msgpack_pack_array(&pk, n);
+    for (uint32_t k = 0; k < n; k++) msgpack_pack_str_with_body(&pk, str, lim.max_str);
+#undef KEY
+    uint64_t max = wire_max_body(&lim);
+    cr_assert_leq(sb.size, max, "a message at the limits is %zu bytes, bound %" PRIu64, sb.size, max);
+    cr_assert_leq(max, sb.size + (64u << 10) + 512, "bound %" PRIu64 " is loose for %zu", max, sb.size);
+    free(t);
+    msgpack_sbuffer_destroy(&sb);
+
+    wire_limits_default(&lim);
+    max = wire_max_body(&lim);
+    cr_assert_geq(max, 2 * lim.max_elems * 4);
+    cr_assert_leq(max, 2 * lim.max_elems * 4 + (4u << 20), "default bound %" PRIu64, max);
 }

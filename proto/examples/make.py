@@ -526,7 +526,7 @@ def reject_examples(valid):
     out.append(("missing_key", [t, pack(body(ts=None))], "No \"ts\".", {}))
     out.append(("shape", [t, pack(body(L=0))], "\"L\": 0.", {}))
     out.append(("too_large", [t, pack(body(L=64, H=64, n=1024, tokens=None, cls=None))],
-                "L*H*n*n = 64*64*1024*1024 exceeds the default max_elems (64 Mi values); "
+                "L*H*n*n = 64*64*1024*1024 exceeds the default max_elems (4 Mi values); "
                 "checked before the attn length.", {}))
     out.append(("size", [t, pack(body(attn=good["attn"][:-4]))],
                 "attn holds one value less than B*L*H*n*n.", {}))
@@ -549,6 +549,18 @@ def reject_examples(valid):
                 "A batch of 2 whose first trade holds a NaN in attn: that trade is rejected, "
                 "the second is explained.",
                 {"stage": "daemon", "explained": 1}))
+    neg = (-np.frombuffer(good["attn"], dtype="<f4")).astype("<f4")
+    out.append(("attention", [t, pack(body(attn=neg.tobytes()))],
+                "The first message of m1 with its attention negated (every row sums to -1): "
+                "not a probability distribution, so the trade is rejected (the schema is "
+                "learnt, nothing is explained).",
+                {"stage": "daemon"}))
+    out.append(("schema_rate", [t, pack(body(tokens=["bid", "ask", "depth", "side", "CLS"]))],
+                "m1 renames its tokens right after its first message, with --schema-rate 1 "
+                "(one schema epoch a minute): the second epoch is refused and m1 stays in "
+                "epoch 1.",
+                {"stage": "daemon", "daemon_args": ["--schema-rate", "1"],
+                 "before": ["ingest/f32-first"]}))
     out.append(("internal", [t, pack(good)],
                 "A valid message: the daemon rejects a message (or trade) as internal only "
                 "when it runs out of memory while handling it, which no message content "
@@ -686,7 +698,8 @@ DRIFT = {
 # Clock-dependent fields, overwritten in the captured bytes: kind or reply
 # name -> [(path, value)].
 _TS = [(["ts"], NORM_TS)]
-_LAT = [(["latency_us", q], NORM_LATENCY) for q in ("p50", "p90", "p99", "p999", "max", "mean")]
+_LAT = [([h, q], NORM_LATENCY) for h in ("latency_us", "latency_ts_us")
+        for q in ("p50", "p90", "p99", "p999", "max", "mean")]
 NORMALISED = {
     "glob": _TS, "heads": _TS, "drift": _TS,
     "reply/ping": [(["uptime_s"], NORM_UPTIME)],

@@ -15,6 +15,7 @@ snapshot. (The `global` reply's `ts` is the time of the reply, so every
 message queued before the snapshot is older than it.)
 """
 import time
+from typing import Any, Dict, Optional, Union
 
 import msgpack
 import zmq
@@ -36,8 +37,8 @@ class GlobalView:
     key makes the first snapshot raise QueryTimeout with a CURVE hint.
     """
 
-    def __init__(self, publish, query, model, context=None, timeout=5.0, curve_secret=None,
-                 server_public=None):
+    def __init__(self, publish: str, query: Union[str, Client], model: str, context: Optional[zmq.Context] = None,
+                 timeout: float = 5.0, curve_secret: Optional[Union[str, bytes]] = None, server_public: Optional[Union[str, bytes]] = None) -> None:
         self.curve = _curve.keys(curve_secret, server_public)
         self._ctx = context or zmq.Context.instance()
         self.model = model
@@ -63,7 +64,7 @@ class GlobalView:
             self.close()
             raise
 
-    def snapshot(self):
+    def snapshot(self) -> Dict[str, Any]:
         """Take a snapshot (the `global` query) now. Messages queued on the
         SUB socket stay queued and are filtered by seq in poll()."""
         try:
@@ -79,7 +80,7 @@ class GlobalView:
         self.snapshots += 1
         return True
 
-    def poll(self, timeout=0.0):
+    def poll(self, timeout: float = 0.0) -> int:
         """Apply every glob/ update that arrives within `timeout` seconds
         (0: only those already queued). Returns the number applied."""
         applied = 0
@@ -108,7 +109,7 @@ class GlobalView:
             self.updates += 1
             applied += 1
 
-    def mean(self, method, target=None):
+    def mean(self, method: str, target: Optional[int] = None) -> Any:
         """The global mean vector of a method (overall or for a target
         class), or None."""
         if self.state is None:
@@ -120,7 +121,7 @@ class GlobalView:
         e = ms.get(method)
         return None if e is None else e.get("mean")
 
-    def close(self):
+    def close(self) -> None:
         self._sub.close(0)
         if self._own_q:
             self._q.close()

@@ -27,6 +27,7 @@ refused the key; Publisher.wait_subscriber returns False; Subscriber.recv
 returns None.
 """
 import itertools
+from typing import Optional, Tuple
 import os
 import re
 
@@ -60,7 +61,7 @@ def is_z85_key(value):
     return isinstance(value, str) and len(value) == 40 and set(value) <= Z85_CHARS
 
 
-def load_certificate(path):
+def load_certificate(path: str) -> Tuple[bytes, Optional[bytes]]:
     """(public, secret) keys of a certificate file as Z85 bytes; secret is
     None in a public certificate. Raises CertificateError."""
     try:

@@ -17,12 +17,13 @@ import signal
 import subprocess
 import tempfile
 import time
+from typing import Optional, Sequence, Union
 
 from . import curve
 from .query import Client, XplainError
 
 
-def find_xplaind(path=None):
+def find_xplaind(path: Optional[str] = None) -> str:
     """The xplaind binary: `path`, else $XPLAIND, else
     $XPL_BUILD_DIR/daemon/xplaind, else build*/daemon/xplaind of this
     source tree, else `xplaind` on PATH. Raises FileNotFoundError."""
@@ -59,9 +60,11 @@ class Daemon:
              --curve on (see xplain.curve)
     """
 
-    def __init__(self, binary=None, methods=None, ingest=None, publish=None, query=None,
-                 ingest_connect=None, args=(), log=None, start_timeout=10.0,
-                 curve_secret=None, server_public=None):
+    def __init__(self, binary: Optional[str] = None, methods: Optional[str] = None,
+                 ingest: Optional[str] = None, publish: Optional[str] = None, query: Optional[str] = None,
+                 ingest_connect: Optional[str] = None, args: Sequence[str] = (), log: Optional[str] = None,
+                 start_timeout: float = 10.0, curve_secret: Optional[Union[str, bytes]] = None,
+                 server_public: Optional[Union[str, bytes]] = None) -> None:
         self.binary = find_xplaind(binary)
         self.dir = tempfile.mkdtemp(prefix="xplaind-")
         self.ingest = ingest or "ipc://%s/in" % self.dir
@@ -84,7 +87,7 @@ class Daemon:
         self.proc = None
         self._logf = None
 
-    def start(self):
+    def start(self) -> "Daemon":
         self._logf = open(self.log, "ab")
         self.proc = subprocess.Popen(self.cmd, stdout=self._logf, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
@@ -103,14 +106,14 @@ class Daemon:
                         raise RuntimeError("xplaind did not answer ping within %.0f s:\n%s"
                                            % (self.start_timeout, self.log_text()))
 
-    def log_text(self, tail=4000):
+    def log_text(self, tail: int = 4000) -> str:
         try:
             with open(self.log, "rb") as f:
                 return f.read().decode("utf-8", "replace")[-tail:]
         except OSError:
             return ""
 
-    def stop(self, timeout=10.0):
+    def stop(self, timeout: float = 10.0) -> Optional[int]:
         """SIGTERM, wait, SIGKILL if needed; return the exit status."""
         rc = None
         if self.proc is not None:
@@ -127,7 +130,7 @@ class Daemon:
             self._logf = None
         return rc
 
-    def cleanup(self):
+    def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -138,7 +141,7 @@ class Daemon:
         self.cleanup()
 
 
-def free_tcp_endpoint(host="127.0.0.1"):
+def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
     """tcp://host:PORT with a port that was free a moment ago (the daemon's
     flags take no port 0, so tests probe for one)."""
     import socket

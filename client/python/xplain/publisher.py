@@ -14,6 +14,7 @@ schema instead of rejecting every message as `no_schema`.
 """
 import re
 import time
+from typing import Any, Dict, Iterable, Optional, Sequence, Union
 
 import msgpack
 import numpy as np
@@ -45,9 +46,11 @@ class Publisher:
               (wait_subscriber returns False) and what is sent is dropped.
     """
 
-    def __init__(self, model, bind=None, connect=None, tokens=None, cls=None,
-                 dtype="f32", seq=0, context=None, sndhwm=1000, linger_ms=2000,
-                 curve_secret=None, server_public=None):
+    def __init__(self, model: str, bind: Union[None, str, Sequence[str]] = None,
+                 connect: Union[None, str, Sequence[str]] = None, tokens: Optional[Sequence[str]] = None,
+                 cls: Optional[int] = None, dtype: str = "f32", seq: int = 0,
+                 context: Optional[zmq.Context] = None, sndhwm: int = 1000, linger_ms: int = 2000,
+                 curve_secret: Optional[Union[str, bytes]] = None, server_public: Optional[Union[str, bytes]] = None) -> None:
         if not isinstance(model, str) or not MODEL_RE.match(model):
             raise ValueError("model name must be 1-64 bytes of [A-Za-z0-9_.-], not %r" % (model,))
         if dtype not in codec.DTYPES:
@@ -79,7 +82,7 @@ class Publisher:
             self._sock.connect(ep)
 
     @property
-    def endpoint(self):
+    def endpoint(self) -> str:
         """The last bound endpoint, with the real port when tcp port 0/* was asked."""
         return self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
@@ -100,7 +103,7 @@ class Publisher:
             self._sent_schema = None     # a (re)joined daemon needs the schema
         return new
 
-    def wait_subscriber(self, timeout=5.0):
+    def wait_subscriber(self, timeout: float = 5.0) -> bool:
         """Block until a subscriber covering `attn/<model>` has subscribed
         (returns True), or `timeout` seconds passed (returns False).
         Returns at once if one has subscribed since the last call."""
@@ -114,8 +117,10 @@ class Publisher:
             if self._sock.poll(int(left * 1000) + 1, zmq.POLLIN) and self._poll_subscriptions():
                 return True
 
-    def send(self, attn, grad=None, ids=None, target=None, y=None, ts=None,
-             tokens=None, cls=None, extra=None):
+    def send(self, attn: Any, grad: Any = None, ids: Optional[Iterable[Union[int, str]]] = None,
+             target: Any = None, y: Any = None, ts: Optional[int] = None,
+             tokens: Optional[Sequence[str]] = None, cls: Optional[int] = None,
+             extra: Optional[Dict[str, Any]] = None) -> int:
         """Send one message with the B trades of `attn` and return its seq.
 
         attn    [B, L, H, n, n] or, for a single trade, [L, H, n, n]; numpy
@@ -187,7 +192,7 @@ class Publisher:
         self.seq += 1
         return seq
 
-    def close(self, linger_ms=None):
+    def close(self, linger_ms: Optional[int] = None) -> None:
         if linger_ms is not None:
             self._sock.setsockopt(zmq.LINGER, linger_ms)
         self._sock.close()

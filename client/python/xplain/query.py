@@ -10,6 +10,8 @@ no reply within `timeout` seconds raises QueryTimeout. After a timeout the
 socket is replaced, so a late reply can never be mistaken for the answer
 to the next request.
 """
+from typing import Any, Dict, List, Optional, Sequence, Union
+
 import msgpack
 import numpy as np
 import zmq
@@ -51,8 +53,8 @@ class Client:
               raw Z85 keys (see xplain.curve)
     """
 
-    def __init__(self, endpoint, timeout=5.0, context=None, curve_secret=None,
-                 server_public=None):
+    def __init__(self, endpoint: str, timeout: float = 5.0, context: Optional[zmq.Context] = None,
+                 curve_secret: Optional[Union[str, bytes]] = None, server_public: Optional[Union[str, bytes]] = None) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
         self.curve = _curve.keys(curve_secret, server_public)
@@ -69,7 +71,7 @@ class Client:
             self._watch = _curve.HandshakeWatch(self._ctx, self._sock)
         self._sock.connect(self.endpoint)
 
-    def close(self):
+    def close(self) -> None:
         if self._watch is not None:
             self._watch.close()
             self._watch = None
@@ -83,7 +85,7 @@ class Client:
     def __exit__(self, *exc):
         self.close()
 
-    def request(self, op, timeout=None, **args):
+    def request(self, op: str, timeout: Optional[float] = None, **args: Any) -> Dict[str, Any]:
         """Send {"v": 1, "op": op, **args}; return the reply map (ok: true)
         or raise QueryError / QueryTimeout. Arguments whose value is None
         are left out."""
@@ -91,7 +93,7 @@ class Client:
         body.update({k: v for k, v in args.items() if v is not None})
         return self.raw(msgpack.packb(body, use_bin_type=True), op=op, timeout=timeout)
 
-    def raw(self, frame, op="request", timeout=None):
+    def raw(self, frame: bytes, op: str = "request", timeout: Optional[float] = None) -> Dict[str, Any]:
         """Send one pre-encoded request frame; return the decoded reply.
         (For tests of malformed requests; request() is what users want.)"""
         if self._sock is None:
@@ -115,23 +117,24 @@ class Client:
 
     # --- the ops of proto/queries.md ---------------------------------
 
-    def ping(self, timeout=None):
+    def ping(self, timeout: Optional[float] = None) -> Dict[str, Any]:
         """`version` and `uptime_s`."""
         return self.request("ping", timeout=timeout)
 
-    def models(self, timeout=None):
+    def models(self, timeout: Optional[float] = None) -> List[Dict[str, Any]]:
         """List of per-model maps (model, epoch, L, H, n, cls, counters)."""
         return self.request("models", timeout=timeout)["models"]
 
-    def schema(self, model, timeout=None):
+    def schema(self, model: str, timeout: Optional[float] = None) -> Dict[str, Any]:
         """model, epoch, L, H, n, cls, tokens, features, dtype."""
         return self.request("schema", model=model, timeout=timeout)
 
-    def stats(self, timeout=None):
+    def stats(self, timeout: Optional[float] = None) -> Dict[str, Any]:
         """counters, rejected (by reason), latency_us, models."""
         return self.request("stats", timeout=timeout)
 
-    def trade(self, model, id, flow=None, timeout=None):
+    def trade(self, model: str, id: Union[int, str], flow: Optional[bool] = None,
+              timeout: Optional[float] = None) -> Dict[str, Any]:
         """The cached explanation of trade `id`; `attr` values and the n x n
         `matrices` are numpy arrays (float32)."""
         r = self.request("trade", model=model, id=id, flow=flow, timeout=timeout)
@@ -144,7 +147,8 @@ class Client:
         r["matrices"] = mats
         return r
 
-    def global_state(self, model, method=None, target=None, epoch=None, timeout=None):
+    def global_state(self, model: str, method: Optional[str] = None, target: Optional[int] = None,
+                     epoch: Optional[int] = None, timeout: Optional[float] = None) -> Dict[str, Any]:
         """The `global` op (global.md): the whole glob/ state of the current
         epoch (or `epoch`), restricted to `method` / target class `target`
         when given, with the `seq` it is current at. Vectors (mean, std,
@@ -153,17 +157,19 @@ class Client:
                          timeout=timeout)
         return arrays(r)
 
-    def drift(self, model, method=None, epoch=None, timeout=None):
+    def drift(self, model: str, method: Optional[str] = None, epoch: Optional[int] = None,
+              timeout: Optional[float] = None) -> Dict[str, Any]:
         """The `drift` op (global.md): windows, thresholds, last window per
         method and the recent alerts."""
         return arrays(self.request("drift", model=model, method=method, epoch=epoch,
                                    timeout=timeout))
 
-    def baseline(self, model, action, timeout=None, **args):
+    def baseline(self, model: str, action: str, timeout: Optional[float] = None, **args: Any) -> Dict[str, Any]:
         """Pin ("pin") or forget ("reset") the drift baseline."""
         return self.request("baseline", model=model, action=action, timeout=timeout, **args)
 
-    def reference(self, model, method, values, timeout=None, **args):
+    def reference(self, model: str, method: str, values: Sequence[float], timeout: Optional[float] = None,
+                  **args: Any) -> Dict[str, Any]:
         """Set an external reference attribution (token order without CLS),
         e.g. permutation importance."""
         vals = [float(v) for v in np.asarray(values, dtype=np.float64).reshape(-1)]

@@ -15,6 +15,7 @@ Global state, drift and head statistics (`glob/`, `drift/`, `heads/`,
 proto/global.md) come as Update objects when asked for with `kinds`.
 """
 import time
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import msgpack
 import numpy as np
@@ -39,7 +40,7 @@ class Explanation:
     __slots__ = ("model", "id", "seq", "ts", "epoch", "target", "y", "attr",
                  "features", "raw")
 
-    def __init__(self, body, features=None):
+    def __init__(self, body: Dict[str, Any], features: Optional[List[str]] = None) -> None:
         self.raw = body
         self.model = body.get("model")
         self.id = body.get("id")
@@ -52,14 +53,14 @@ class Explanation:
                      for k, v in (body.get("attr") or {}).items()}
         self.features = features
 
-    def top(self, method, k=5):
+    def top(self, method: str, k: int = 5) -> List[Tuple[Any, float]]:
         """The k largest features of a method: list of (name or index, value)."""
         v = self.attr[method]
         order = sorted(range(len(v)), key=lambda j: (-float(v[j]), j))[:k]
         names = self.features if self.features is not None else list(range(len(v)))
         return [(names[j], float(v[j])) for j in order]
 
-    def as_dict(self, method):
+    def as_dict(self, method: str) -> Dict[Any, float]:
         """{feature name: value} of one method (names are indices without a schema)."""
         names = self.features if self.features is not None else list(range(len(self.attr[method])))
         return dict(zip(names, (float(x) for x in self.attr[method])))
@@ -74,7 +75,7 @@ class Update:
     `epoch`, `body` (numeric vectors as numpy float64 arrays), `features`."""
     __slots__ = ("kind", "model", "seq", "epoch", "body", "features")
 
-    def __init__(self, kind, body, features=None):
+    def __init__(self, kind: str, body: Dict[str, Any], features: Optional[List[str]] = None) -> None:
         self.kind = kind
         self.body = arrays(body)
         self.model = body.get("model")
@@ -85,7 +86,7 @@ class Update:
     def __getitem__(self, k):
         return self.body[k]
 
-    def get(self, k, default=None):
+    def get(self, k: str, default: Any = None) -> Any:
         return self.body.get(k, default)
 
     def __repr__(self):
@@ -108,9 +109,10 @@ class Subscriber:
               the key sends nothing (recv returns None).
     """
 
-    def __init__(self, endpoint, models=None, kinds=("xpl",), query=None,
-                 context=None, rcvhwm=100000, query_timeout=2.0, curve_secret=None,
-                 server_public=None):
+    def __init__(self, endpoint: Union[str, Sequence[str]], models: Optional[Sequence[str]] = None,
+                 kinds: Sequence[str] = ("xpl",), query: Union[None, str, Client] = None,
+                 context: Optional[zmq.Context] = None, rcvhwm: int = 100000, query_timeout: float = 2.0,
+                 curve_secret: Optional[Union[str, bytes]] = None, server_public: Optional[Union[str, bytes]] = None) -> None:
         self.curve = _curve.keys(curve_secret, server_public)
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.SUB)
@@ -136,7 +138,7 @@ class Subscriber:
         self._last_seq = {}          # topic -> last seq seen
         self.gaps = 0                # messages missed (seq gaps), all topics
 
-    def features(self, model, epoch):
+    def features(self, model: str, epoch: int) -> Optional[List[str]]:
         """Feature names of (model, epoch), via the schema query (cached);
         None when unknown or no query endpoint was given."""
         key = (model, epoch)
@@ -159,7 +161,7 @@ class Subscriber:
             self._features[key] = None       # an epoch the daemon has left behind
         return self._features.get(key)
 
-    def recv(self, timeout=None):
+    def recv(self, timeout: Optional[float] = None) -> Union["Explanation", "Update", None]:
         """The next message as Explanation or Update; None after `timeout`
         seconds (None: wait forever)."""
         while True:
@@ -203,11 +205,11 @@ class Subscriber:
             feats = self.features(model, body.get("epoch"))
         return Update(kind, body, feats)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Union["Explanation", "Update", None]]:
         while True:
             yield self.recv()
 
-    def close(self):
+    def close(self) -> None:
         self._sock.close(0)
         if self._own_query and self._query is not None:
             self._query.close()
