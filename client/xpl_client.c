@@ -43,7 +43,7 @@ s_close(xpl_client_t *self)
 static int
 s_open(xpl_client_t *self)
 {
-    self->sock = zmq_socket(self->ctx, ZMQ_DEALER);
+    self->sock = xpl_socket(self->ctx, ZMQ_DEALER);
     int zero = 0;
     if (!self->sock || zmq_setsockopt(self->sock, ZMQ_LINGER, &zero, sizeof zero)) {
         xpl_fail_zmq("query socket");

@@ -4,7 +4,11 @@
     behind (and a program that never uses the library pays nothing).  */
 #include "xpl_private.h"
 
+#include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <time.h>
 #include <zmq.h>
 
@@ -41,6 +45,53 @@ xpl_ctx_release(void)
         s_ctx = NULL;
     }
     pthread_mutex_unlock(&s_lock);
+}
+
+static atomic_uint_fast64_t s_endpoints;
+
+void
+xpl_inproc_endpoint(char *ep, size_t size, const char *what)
+{
+    uint64_t n = (uint64_t)atomic_fetch_add(&s_endpoints, 1);
+    snprintf(ep, size, "inproc://xpl-%s-%" PRIu64, what, n);
+}
+
+/* How long a socket is waited for while the context is full: the reaper
+   needs milliseconds, this leaves room for a loaded machine. */
+#define S_FULL_WAIT_MS 5000
+
+static void
+s_nap(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+void *
+xpl_socket(void *ctx, int type)
+{
+    int64_t deadline = xpl_now_ms() + S_FULL_WAIT_MS;
+    long nap = 1;
+    void *sock;
+    while (!(sock = zmq_socket(ctx, type)) && zmq_errno() == EMFILE && xpl_now_ms() < deadline) {
+        s_nap(nap);
+        nap = nap < 32 ? nap * 2 : nap;
+    }
+    return sock;
+}
+
+int
+xpl_socket_monitor(void *sock, const char *ep, int events)
+{
+    int64_t deadline = xpl_now_ms() + S_FULL_WAIT_MS;
+    long nap = 1;
+    int rc;
+    while ((rc = zmq_socket_monitor(sock, ep, events)) && zmq_errno() == EMFILE
+           && xpl_now_ms() < deadline) {
+        s_nap(nap);
+        nap = nap < 32 ? nap * 2 : nap;
+    }
+    return rc;
 }
 
 int64_t

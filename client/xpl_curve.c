@@ -5,7 +5,6 @@
 
 #include <assert.h>
 #include <errno.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -208,8 +207,6 @@ xpl_curve_save(const char *path, const char *public_z85, const char *secret_z85,
 
 /* ---- socket setup and handshake watching ------------------------------- */
 
-static atomic_uint s_monitors;
-
 int
 xpl_curve_apply(void *ctx, void *sock, const xpl_curve_t *curve, xpl_hs_t *hs, const char *what)
 {
@@ -231,14 +228,14 @@ xpl_curve_apply(void *ctx, void *sock, const xpl_curve_t *curve, xpl_hs_t *hs, c
        reconnect after it) and a success once per connection, so the
        events stay few even when nobody reads them for a long time. */
     char ep[64];
-    snprintf(ep, sizeof ep, "inproc://xpl-handshakes-%u", atomic_fetch_add(&s_monitors, 1));
+    xpl_inproc_endpoint(ep, sizeof ep, "handshakes");
     int zero = 0;
-    if (zmq_socket_monitor(sock, ep, ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)) {
+    if (xpl_socket_monitor(sock, ep, ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)) {
         int e = zmq_errno();
         return xpl_fail(XPL_EZMQ, "%s socket: cannot watch its handshakes: %s", what,
                         zmq_strerror(e));
     }
-    if (!(hs->mon = zmq_socket(ctx, ZMQ_PAIR))
+    if (!(hs->mon = xpl_socket(ctx, ZMQ_PAIR))
         || zmq_setsockopt(hs->mon, ZMQ_LINGER, &zero, sizeof zero)
         /* Never let a full queue block the I/O thread that reports. */
         || zmq_setsockopt(hs->mon, ZMQ_RCVHWM, &zero, sizeof zero) || zmq_connect(hs->mon, ep)) {

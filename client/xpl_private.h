@@ -46,6 +46,21 @@ int xpl_errno_from_code(const char *code);
 void *xpl_ctx_acquire(void);
 void xpl_ctx_release(void);
 
+/* Write into ep a fresh "inproc://xpl-<what>-<n>" endpoint (for a socket
+   monitor). n comes from a process-wide 64-bit counter, so no name is
+   ever handed out twice: libzmq may still hold a closed monitor's name
+   for a while after zmq_socket_monitor(sock, NULL, 0), and an address
+   (of a freed object) comes back at once. */
+void xpl_inproc_endpoint(char *ep, size_t size, const char *what);
+
+/* zmq_socket and zmq_socket_monitor (which opens a socket too), waiting
+   out a context that is full only of closed sockets: libzmq frees a
+   closed socket's slot (and its file descriptor) when its reaper thread
+   gets to it, so a program that closes and opens objects in a loop would
+   otherwise see EMFILE now and then while it holds only a few. */
+void *xpl_socket(void *ctx, int type);
+int xpl_socket_monitor(void *sock, const char *ep, int events);
+
 /* Milliseconds on a monotonic clock. */
 int64_t xpl_now_ms(void);
 

@@ -47,7 +47,7 @@ s_new(const char *endpoint, bool bind, const xpl_curve_t *curve)
         free(self);
         return NULL;
     }
-    self->sock = zmq_socket(ctx, ZMQ_XPUB);
+    self->sock = xpl_socket(ctx, ZMQ_XPUB);
     int one = 1, linger = 1000;
     /* VERBOSER: every subscription and unsubscription of every peer
        comes up, so the publisher knows when a daemon joins or leaves. */

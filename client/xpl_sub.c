@@ -71,7 +71,7 @@ s_new(const char *sub_endpoint, const char *query_endpoint, const xpl_curve_t *c
         free(self);
         return NULL;
     }
-    self->sock = zmq_socket(ctx, ZMQ_SUB);
+    self->sock = xpl_socket(ctx, ZMQ_SUB);
     int zero = 0;
     if (!self->sock || zmq_setsockopt(self->sock, ZMQ_LINGER, &zero, sizeof zero)) {
         xpl_fail_zmq("subscriber socket");
@@ -82,10 +82,10 @@ s_new(const char *sub_endpoint, const char *query_endpoint, const xpl_curve_t *c
     if (monitor) {
         self->hs.curve = curve != NULL;
         char ep[64];
-        snprintf(ep, sizeof ep, "inproc://xpl-sub-monitor-%p", (void *)self);
+        xpl_inproc_endpoint(ep, sizeof ep, "sub-monitor");
         *monitor = NULL;
-        if (zmq_socket_monitor(self->sock, ep, events)
-            || !(*monitor = zmq_socket(ctx, ZMQ_PAIR)) || zmq_connect(*monitor, ep)) {
+        if (xpl_socket_monitor(self->sock, ep, events)
+            || !(*monitor = xpl_socket(ctx, ZMQ_PAIR)) || zmq_connect(*monitor, ep)) {
             xpl_fail_zmq("subscriber monitor");
             zmq_socket_monitor(self->sock, NULL, 0);
             if (*monitor)

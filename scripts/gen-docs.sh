@@ -21,6 +21,10 @@
 # `systemd-analyze security --offline=true systemd/xplaind.service` (when
 # systemd-analyze is missing, the score in the README is left as it is).
 # An output line that cannot be parsed is an error, not a silent omission.
+# Every tool runs in one fixed environment (C.UTF-8, TERM=dumb, no colour),
+# whatever the caller's: systemd-analyze, for one, prints another face
+# without a UTF-8 locale and an emoji only on a capable terminal, so the
+# docs would otherwise depend on who generated or checked them.
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 exec /usr/bin/python3 - "$ROOT" "$@" <<'PY'
@@ -60,8 +64,15 @@ def die(msg):
     sys.exit(2)
 
 
+# The one environment every tool runs in (see the top of this file).
+TOOL_ENV = {"PATH": os.environ.get("PATH") or "/usr/bin:/bin", "LC_ALL": "C.UTF-8",
+            "LANG": "C.UTF-8", "TERM": "dumb", "NO_COLOR": "1", "SYSTEMD_COLORS": "0",
+            "SYSTEMD_PAGER": "", "PAGER": "cat"}
+
+
 def run(argv):
-    p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=TOOL_ENV,
+                       encoding="utf-8")
     if p.returncode != 0:
         die("%s exited %d: %s" % (" ".join(argv), p.returncode, p.stderr.strip()))
     return p.stdout
@@ -381,7 +392,8 @@ def gen_security(unit):
     why, and the overall line, quoted exactly. None without systemd-analyze."""
     try:
         p = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", unit],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=TOOL_ENV,
+                           encoding="utf-8")
     except FileNotFoundError:
         return None
     overall = [l for l in p.stdout.splitlines() if "Overall exposure level" in l]
@@ -463,7 +475,7 @@ def main(argv):
 
     outputs = {}
     outputs["systemd/xplaind.conf"] = gen_conf(opts, settings)
-    with open("README.md") as f:
+    with open("README.md", encoding="utf-8") as f:
         text = replace_between(f.read(), "<!-- options:begin -->", "<!-- options:end -->",
                                gen_readme(general, opts), "README.md")
     security = gen_security("systemd/xplaind.service")
@@ -475,13 +487,13 @@ def main(argv):
         text = replace_between(text, "<!-- security:begin -->", "<!-- security:end -->",
                                security, "README.md")
     outputs["README.md"] = text
-    with open("man/xplaind.8") as f:
+    with open("man/xplaind.8", encoding="utf-8") as f:
         text = replace_th(f.read(), '.TH XPLAIND 8 "" "xplaind %s" "System Manager\'s Manual"'
                           % version, "man/xplaind.8")
         outputs["man/xplaind.8"] = replace_between(
             text, '.\\" options:begin', '.\\" options:end',
             gen_man_options(general, opts), "man/xplaind.8")
-    with open("man/xplainctl.1") as f:
+    with open("man/xplainctl.1", encoding="utf-8") as f:
         text = replace_th(f.read(), '.TH XPLAINCTL 1 "" "xplainctl %s" "User Commands"'
                           % ctl_version, "man/xplainctl.1")
         outputs["man/xplainctl.1"] = replace_between(
@@ -491,7 +503,7 @@ def main(argv):
     stale = []
     for path, new in outputs.items():
         try:
-            with open(path) as f:
+            with open(path, encoding="utf-8") as f:
                 old = f.read()
         except FileNotFoundError:
             old = ""
@@ -499,10 +511,12 @@ def main(argv):
             continue
         stale.append(path)
         if check:
-            sys.stdout.writelines(difflib.unified_diff(
-                old.splitlines(True), new.splitlines(True), path, path + " (generated)"))
+            sys.stdout.buffer.write("".join(difflib.unified_diff(
+                old.splitlines(True), new.splitlines(True), path,
+                path + " (generated)")).encode("utf-8"))
+            sys.stdout.flush()
         else:
-            with open(path + ".tmp", "w") as f:
+            with open(path + ".tmp", "w", encoding="utf-8") as f:
                 f.write(new)
             os.replace(path + ".tmp", path)
             print("gen-docs: wrote %s" % path)

@@ -7,14 +7,16 @@ set -eu
 cd "$(dirname "$0")/.."
 scripts/deps.sh test
 JOBS=$(nproc)
+START=$(date +%s)
+elapsed() { echo "$(($(date +%s) - START)) s"; }
 
 run_suite() {
     dir=$1
     shift
-    echo "== $dir: configure and build"
+    echo "== $dir: configure and build ($(elapsed) so far)"
     cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DXPL_WERROR=ON "$@" >/dev/null
     cmake --build "$dir" -j"$JOBS"
-    echo "== $dir: tests"
+    echo "== $dir: tests ($(elapsed) so far)"
     (cd "$dir" && ctest --output-on-failure -j"$JOBS" --timeout 900)
 }
 
@@ -24,4 +26,4 @@ run_suite build-test
 # race, daemon/server.c), and that must never swallow a report.
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     run_suite build-asan -DXPL_SANITIZE=ON -DXPL_BENCH=OFF
-echo "== all tests passed (normal and ASan+UBSan builds)"
+echo "== all tests passed (normal and ASan+UBSan builds) in $(elapsed)"

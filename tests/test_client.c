@@ -438,7 +438,12 @@ Test(client_query, late_reply_is_not_misattributed, .init = setup, .fini = teard
     cr_assert_eq(xpl_client_ping(c, NULL, 0, NULL), -1);
     cr_assert_eq(xpl_errno(), XPL_ETIMEOUT);
     kill(g_d.pid, SIGCONT);
-    s_sleep_ms(100);   /* the late ping reply is waiting in our socket now */
+    /* The daemon answers in order: once it has answered another client,
+       the late ping reply is on its way to ours. */
+    xpl_client_t *other = xpl_client_new(g_d.query);
+    xpl_client_set_timeout(other, 10000);
+    cr_assert_eq(xpl_client_ping(other, NULL, 0, NULL), 0, "%s", xpl_strerror());
+    xpl_client_destroy(&other);
     xpl_client_set_timeout(c, 3000);
     xpl_models_t *ms = xpl_client_models(c);
     cr_assert_not_null(ms, "%s", xpl_strerror());
@@ -671,7 +676,9 @@ s_fake_router(void *arg)
 {
     fake_router_t *f = arg;
     void *r = zmq_socket(f->ctx, ZMQ_ROUTER);
-    int linger = 0;
+    /* The reply must go out before the socket closes: zmq_ctx_term
+       (s_ask_fake) waits for it, rather than a guess of how long it takes. */
+    int linger = 10000;
     zmq_setsockopt(r, ZMQ_LINGER, &linger, sizeof linger);
     zmq_bind(r, f->ep);
     zmq_pollitem_t it = {r, 0, ZMQ_POLLIN, 0};
@@ -695,7 +702,6 @@ s_fake_router(void *arg)
             zmq_msg_close(&parts[i]);
         f->served = 1;
     }
-    s_sleep_ms(50);
     zmq_close(r);
     return NULL;
 }

@@ -29,7 +29,7 @@ CONF = os.path.join(SOURCE, "systemd", "xplaind.conf")
 
 
 def run(*cmd):
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", timeout=120)
 
 
 def test_generated_docs_up_to_date():

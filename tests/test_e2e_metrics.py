@@ -20,8 +20,8 @@ import time
 import msgpack
 import numpy as np
 
-from xpltest import Daemon, join, random_attention, wait_until
-from xplmetrics import free_port, http, parse, scrape, series, value
+from xpltest import Daemon, join, on_free_ports, random_attention, wait_until
+from xplmetrics import http, parse, scrape, series, value
 
 
 def send_trades(pub, model, seq0, count, rng, n=4, tokens=None, imp=None):
@@ -297,9 +297,9 @@ def test_never_completed(d, port):
 def test_refusals():
     """Connections over max_per_ip are refused at once, counted and
     logged; over max_connections they wait for a free slot."""
-    port = free_port()
-    d = Daemon("--metrics", f"127.0.0.1:{port}", "--metrics-max-per-ip", "4",
-               "--metrics-max-conns", "6", "--metrics-timeout-ms", "30000")
+    d, (port,) = on_free_ports(1, lambda p: Daemon(
+        "--metrics", f"127.0.0.1:{p}", "--metrics-max-per-ip", "4",
+        "--metrics-max-conns", "6", "--metrics-timeout-ms", "30000"))
     try:
         idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
         extra = socket.create_connection(("127.0.0.1", port), timeout=5)
@@ -328,8 +328,8 @@ def test_refusals():
 
 
 def main():
-    port = free_port()
-    d = Daemon("--metrics", f"127.0.0.1:{port}", "--drift-window", "20")
+    d, (port,) = on_free_ports(
+        1, lambda p: Daemon("--metrics", f"127.0.0.1:{p}", "--drift-window", "20"))
     try:
         test_metrics(d, port)
         test_drift_metrics(d, port)
@@ -337,8 +337,8 @@ def main():
         test_slowloris(d, port)
     finally:
         d.stop()
-    port2 = free_port()
-    d2 = Daemon("--metrics", f"127.0.0.1:{port2}", "--metrics-top-features", "2")
+    d2, (port2,) = on_free_ports(
+        1, lambda p: Daemon("--metrics", f"127.0.0.1:{p}", "--metrics-top-features", "2"))
     try:
         test_top_features(port2, d2)
     finally:

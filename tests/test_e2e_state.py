@@ -17,7 +17,7 @@ import time
 import msgpack
 import numpy as np
 
-from xpltest import XPLAIND, Daemon, assert_close, join, random_attention
+from xpltest import XPLAIND, Daemon, assert_close, join, random_attention, wait_until
 
 L, H, N = 2, 2, 5
 
@@ -87,7 +87,17 @@ def test_kill9_loses_at_most_one_interval(state_dir):
     vectors = []
     d = StatefulDaemon(state_dir, "--snapshot-interval", "1")
     stream(d, "k9", 0, 120, rng, vectors, rate=100)
-    time.sleep(1.5)                 # at least one snapshot after the last trade...
+    # At least one snapshot after the last trade. Snapshots are written in
+    # the daemon's loop, and only when something changed: probe trades
+    # after the 120 make sure one more comes, and it includes them...
+    wait_until(lambda: d.query("global", model="k9").get("count") == 120,
+               what="the 120 trades in the global state")
+    snapshots = d.stats()["counters"]["snapshots"]
+    probe = d.publisher()
+    join(d, probe, model="__tick")
+    probe.close(linger=0)
+    wait_until(lambda: d.stats()["counters"]["snapshots"] > snapshots, timeout=30,
+               what="a snapshot after the 120th trade")
     stream(d, "k9", 120, 30, rng, vectors)   # ...then more, which may be lost
     d.kill()
     d = StatefulDaemon(state_dir)
@@ -110,9 +120,11 @@ def test_corrupt_snapshot(state_dir):
         "not a snapshot": b"hello world, certainly not msgpack",
         "empty": b"",
     }
-    for name, data in variants.items():
-        for f in glob.glob(path + ".corrupt-*"):
-            os.unlink(f)
+    for f in glob.glob(path + ".corrupt-*"):
+        os.unlink(f)
+    # Each unusable snapshot is kept, none over another (the names carry
+    # the second, and these come quicker than one a second).
+    for i, (name, data) in enumerate(variants.items()):
         with open(path, "wb") as f:
             f.write(data)
         d = StatefulDaemon(state_dir)
@@ -122,8 +134,9 @@ def test_corrupt_snapshot(state_dir):
         finally:
             log = d.stop()
         assert "is unusable" in log and "moved it to" in log and "starting fresh" in log, (name, log)
-        aside = glob.glob(path + ".corrupt-*")
-        assert len(aside) == 1 and open(aside[0], "rb").read() == data, name
+        aside = sorted(glob.glob(path + ".corrupt-*"))
+        kept = [open(f, "rb").read() for f in aside]
+        assert len(aside) == i + 1 and data in kept, (name, aside)
 
 
 def test_unwritable_state_dir_is_reported():

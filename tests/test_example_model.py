@@ -45,7 +45,9 @@ FLOW_CHECKED = 3   # the example's --flow-check default: networkx takes seconds 
 NF = 30        # breast-cancer features (tokens without CLS)
 
 
-def run(python, venv, args, rows_expected, timeout=400):
+# A safety net against a hang, not a speed check: the two trainings take
+# minutes, and many times that on a loaded machine (441 s seen under load).
+def run(python, venv, args, rows_expected, timeout=1500):
     with tempfile.TemporaryDirectory() as tmp:
         out_json = os.path.join(tmp, "result.json")
         cmd = [python, EXAMPLE, "--xplaind", XPLAIND, "--json", out_json] + args

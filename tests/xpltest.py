@@ -7,8 +7,10 @@ Run by Debian's /usr/bin/python3 (python3-zmq, python3-msgpack, python3-numpy).
 import ctypes
 import faulthandler
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -132,10 +134,10 @@ class Daemon:
         connection made while the daemon was still starting (or to a CURVE
         handshake that stalled) is retried, for up to XPL_TEST_READY
         seconds (default 30)."""
-        t0 = time.time()
+        t0 = time.monotonic()
         deadline = t0 + float(os.environ.get("XPL_TEST_READY", "30"))
         tries = 0
-        while time.time() < deadline:
+        while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError("xplaind exited early:\n" + self.stderr())
             tries += 1
@@ -145,13 +147,13 @@ class Daemon:
                 self.req.send(msgpack.packb({"v": 1, "op": "ping"}))
                 if msgpack.unpackb(self.req.recv())["ok"]:
                     self.req.setsockopt(zmq.RCVTIMEO, 5000)
-                    if time.time() - t0 > 3:
-                        print(f"note: xplaind answered ping after {time.time() - t0:.1f} s "
+                    if time.monotonic() - t0 > 3:
+                        print(f"note: xplaind answered ping after {time.monotonic() - t0:.1f} s "
                               f"({tries} tries)", file=sys.stderr, flush=True)
                     return
             except zmq.Again:
                 continue
-        raise RuntimeError(f"xplaind did not answer ping in {time.time() - t0:.0f} s "
+        raise RuntimeError(f"xplaind did not answer ping in {time.monotonic() - t0:.0f} s "
                            f"({tries} tries):\n" + self.stderr())
 
     def query(self, op, **args):
@@ -217,6 +219,46 @@ class Daemon:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def free_port():
+    """A TCP port of 127.0.0.1 that is free now, for a daemon to bind. It
+    is drawn at random below the kernel's ephemeral range, so no outgoing
+    connection (of a test running in parallel) takes it meanwhile; another
+    test may still draw it: start the daemon with Daemon.on_free_ports,
+    which draws again when the port was taken."""
+    lo = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    lo = max(lo, 2048)
+    for _ in range(1000):
+        port = random.randrange(1024, lo)
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise AssertionError("no free TCP port on 127.0.0.1 below the ephemeral range")
+
+
+def on_free_ports(n, start, tries=5):
+    """start(*ports) with n free ports (free_port), drawn again when the
+    daemon it starts (a Daemon) exits at once because a port was taken in
+    between by another test. Returns (what start returned, ports)."""
+    for attempt in range(tries):
+        ports = [free_port() for _ in range(n)]
+        try:
+            return start(*ports), ports
+        except RuntimeError as e:
+            if "Address already in use" not in str(e) or attempt == tries - 1:
+                raise
+            print(f"note: port(s) {ports} taken meanwhile, drawing others", file=sys.stderr)
+
+
 def sanitized_build():
     """Was BUILD configured with XPL_SANITIZE (ASan keeps freed memory in
     quarantine, so RSS says nothing about leaks there: LeakSanitizer does)?"""
@@ -245,13 +287,13 @@ def model_info(daemon, model):
 
 
 def wait_until(pred, timeout=10.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         v = pred()
         if v:
             return v
         time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def join(daemon, pub, sub=None, model="__probe"):
