@@ -205,9 +205,10 @@ ingest_handle(server_t *s, zmq_msg_t *parts, int nparts, int64_t t_recv)
         }
     }
     if (new_epoch)
-        log_limited(LOGK_EPOCH, LOG_INFO_, "ingest: model '%s': schema epoch %" PRIu32 " (L=%" PRIu32 " H=%" PRIu32
-                 " n=%" PRIu32 " cls=%" PRId32 ")", md->name, md->cur->epoch, md->cur->shape.L,
-                 md->cur->shape.H, md->cur->shape.n, md->cur->shape.cls);
+        log_limited(LOGK_EPOCH, LOG_INFO_,
+                    "ingest: model '%s': schema epoch %" PRIu32 " (L=%" PRIu32 " H=%" PRIu32
+                    " n=%" PRIu32 " cls=%" PRId32 ")", md->name, md->cur->epoch,
+                    md->cur->shape.L, md->cur->shape.H, md->cur->shape.n, md->cur->shape.cls);
     md->last_dtype = in.dtype;
     md->last_ts = in.ts;
     md->trades += in.B;
