@@ -913,48 +913,54 @@ xm_explain(xm_work_t *w, const xm_opts_t *o, const xm_shape_t *s, xm_dtype_t dt,
     return xm_explain_ex(w, o, s, dt, &in, out);
 }
 
-xm_err_t
-xm_explain_ex(xm_work_t *w, const xm_opts_t *o, const xm_shape_t *s, xm_dtype_t dt,
-              const xm_input_t *in, xm_result_t *out)
+/* What both entry points settle before reading any tensor: arguments,
+   the work area's size for T targets and the methods asked for, the
+   method set that can be computed, the start layer and the discard's k. */
+typedef struct {
+    unsigned want;
+    uint32_t T, start, kd;
+    size_t tlayers;             /* L*n*n floats */
+    size_t tbytes;              /* one target's full tensor in bytes */
+    float *attr[XM_NMETHODS_CORE];
+} s_plan_t;
+
+static xm_err_t
+s_prepare(xm_work_t *w, const xm_opts_t *o, const xm_shape_t *s, xm_dtype_t dt, uint32_t T,
+          unsigned drop, s_plan_t *pl)
 {
-    memset(out, 0, sizeof *out);
     w->computed = 0;
     w->ntargets = 0;
-    const void *attn = in->attn, *grad = in->grad, *rel = in->rel;
     if (s->L == 0 || s->H == 0 || s->n == 0 || s->cls < -1 || s->cls >= (int32_t)s->n ||
         (s->cls >= 0 && s->n < 2) || (unsigned)dt > XM_BF16 || (unsigned)o->fusion > XM_FUSE_MIN)
         return XM_EARG;
-    const uint32_t T = grad ? in->ntargets : 0;
-    uint32_t start;
-    size_t tbytes, tlayers, tall;
-    if ((grad && T == 0) || (rel && !grad) || !(o->discard >= 0.0 && o->discard <= 1.0) ||
-        xm_start_layer(o->start_layer, s->L, &start) ||
+    size_t tall;
+    if (!(o->discard >= 0.0 && o->discard <= 1.0) ||
+        xm_start_layer(o->start_layer, s->L, &pl->start) ||
         !s_mul_ok((size_t)s->L * s->H, (size_t)s->n * s->n, &tall) ||
-        !s_mul_ok(tall, xm_dtype_size(dt), &tbytes) || !s_mul_ok(tbytes, T ? T : 1, &tall) ||
-        !s_mul_ok((size_t)s->L * s->n, s->n, &tlayers) || !s_mul_ok(tlayers, T ? T : 1, &tall))
+        !s_mul_ok(tall, xm_dtype_size(dt), &pl->tbytes) || !s_mul_ok(pl->tbytes, T ? T : 1, &tall) ||
+        !s_mul_ok((size_t)s->L * s->n, s->n, &pl->tlayers) ||
+        !s_mul_ok(pl->tlayers, T ? T : 1, &tall))
         return XM_EARG;
     if (s_reserve(w, s))
         return XM_ENOMEM;
     w->shape = *s;
-    w->has_grad = grad != NULL;
+    w->has_grad = T > 0;
 
-    const uint32_t n = s->n, L = s->L, H = s->H, nf = xm_nfeat(s);
+    const uint32_t n = s->n, L = s->L, H = s->H;
     const size_t nn = (size_t)n * n;
-    unsigned want = o->methods & XM_ALL_METHODS_CORE;
-    if (!grad)
+    unsigned want = o->methods & XM_ALL_METHODS_CORE & ~drop;
+    if (!T)
         want &= ~XM_GRAD_METHODS;
-    if (!rel)
-        want &= ~XM_BIT(XM_LRP_ROLLOUT);
     /* Entries each row loses to the discard ratio (vit-explain's int(m * ρ)). */
     const uint32_t kd = (uint32_t)(o->discard * (double)(s->cls >= 0 ? n - 1 : n));
     w->fused_separately = o->fusion != XM_FUSE_MEAN || (kd > 0 && !o->discard_flow);
-    if (grad && o->grad_resnorm && s->cls < 0 && (want & XM_GRAD_METHODS) && w->cap_full < nn) {
+    if (T && o->grad_resnorm && s->cls < 0 && (want & XM_GRAD_METHODS) && w->cap_full < nn) {
         if (s_grow((void **)&w->full, nn, 4) || s_grow((void **)&w->tmp, nn, 4))
             return XM_ENOMEM;
         w->cap_full = nn;
     }
     if (T > 1 || (want & ~XM_ALL_METHODS) || kd > 0) {
-        const size_t lt = tlayers * (T ? T : 1), heads = (size_t)L * H * (T ? T : 1);
+        const size_t lt = pl->tlayers * (T ? T : 1), heads = (size_t)L * H * (T ? T : 1);
         const size_t attr = ((size_t)XM_NMETHODS_CORE + 3u * (T ? T - 1 : 0)) * n;
         if ((T > 1 && (want & XM_BIT(XM_GRAD_ROLLOUT)) &&
              s_need((void **)&w->gbar, &w->cap_gbar, lt, 4)) ||
@@ -970,41 +976,136 @@ xm_explain_ex(xm_work_t *w, const xm_opts_t *o, const xm_shape_t *s, xm_dtype_t 
             w->cap_imp = heads;
         }
     }
-
-    double *acc = w->acc;
-    memset(acc, 0, n * sizeof *acc);
-    float *attr[XM_NMETHODS_CORE];
+    memset(w->acc, 0, n * sizeof *w->acc);
     for (int m = 0, off = 0; m < XM_NMETHODS_CORE; m++) {
-        attr[m] = w->attr + (size_t)off * n;
+        pl->attr[m] = w->attr + (size_t)off * n;
         off += (XM_GRAD_METHODS & XM_BIT(m)) && T > 1 ? (int)T : 1;
     }
+    pl->want = want;
+    pl->T = T;
+    pl->kd = kd;
+    return XM_OK;
+}
+
+/* The readouts that come straight from layer l's head mean (attn_mean's
+   sum, and at layer 0 first_layer, diag, colsum), before Â_l replaces it. */
+static void
+s_layer_readouts(xm_work_t *w, const xm_opts_t *o, const s_plan_t *pl, uint32_t l)
+{
+    const xm_shape_t *s = &w->shape;
+    const uint32_t n = s->n, L = s->L;
+    const size_t nn = (size_t)n * n;
+    float *fm = w->fmean + l * nn, *ff = w->ffus + l * nn;
+    if (pl->want & XM_BIT(XM_ATTN_MEAN))
+        s_readout_acc(s, fm, 1.0 / L, w->acc);
+    if (l == 0) {
+        const float *f0 = o->fusion != XM_FUSE_MEAN ? ff : fm;
+        if (pl->want & XM_BIT(XM_FIRST_LAYER))
+            xm_readout(s, f0, pl->attr[XM_FIRST_LAYER]);
+        if (pl->want & XM_BIT(XM_DIAG))
+            for (uint32_t j = 0, k = 0; j < n; j++)
+                if ((int32_t)j != s->cls)
+                    pl->attr[XM_DIAG][k++] = fm[(size_t)j * n + j];
+        if (pl->want & XM_BIT(XM_COLSUM))
+            s_colsum(w, f0, pl->attr[XM_COLSUM]);
+    }
+}
+
+/* Layer l's head means become Â_l (and the fused Â_l when rollout has
+   its own), with the discard when asked for. Nonzero: a NaN on the way
+   into the discard's selection. */
+static int
+s_layer_finish(xm_work_t *w, const xm_opts_t *o, const s_plan_t *pl, uint32_t l, v8f bad)
+{
+    const uint32_t n = w->shape.n;
+    const size_t nn = (size_t)n * n;
+    if (pl->kd > 0) {
+        if (s_hsum(bad) != 0.0f)    /* no NaN into the selection */
+            return -1;
+        s_discard_layer(w, o, l, pl->kd);
+        return 0;
+    }
+    s_residual_rownorm(w->fmean + l * nn, n, w->rowsum + (size_t)l * n);
+    if (w->fused_separately)
+        s_residual_rownorm(w->ffus + l * nn, n, NULL);
+    return 0;
+}
+
+/* Everything after the per-layer matrices: the products, flow, the
+   finiteness of the results and *out. `imp` holds the head importance
+   as double (the full form's sums) or is NULL when w->imp was filled. */
+static xm_err_t
+s_finish(xm_work_t *w, const xm_opts_t *o, const s_plan_t *pl, bool imp_acc, xm_result_t *out)
+{
+    const xm_shape_t *s = &w->shape;
+    const uint32_t L = s->L, H = s->H, nf = xm_nfeat(s), T = pl->T;
+    const unsigned want = pl->want;
+    const size_t tlayers = pl->tlayers;
+    float *const *attr = pl->attr;
+    if (want & XM_BIT(XM_ATTN_MEAN))
+        for (uint32_t k = 0; k < nf; k++)
+            attr[XM_ATTN_MEAN][k] = (float)w->acc[k];
+    if (want & XM_BIT(XM_ROLLOUT))
+        s_rollout_vec(w, xm_work_rollout_layers(w), pl->start, attr[XM_ROLLOUT]);
+    for (uint32_t t = 0; t < T; t++) {
+        if (want & XM_BIT(XM_GRAD_ROLLOUT))
+            s_grad_rollout_vec(w, w->gbar + t * tlayers, o->grad_resnorm, pl->start,
+                               attr[XM_GRAD_ROLLOUT] + (size_t)t * nf);
+        if (want & XM_BIT(XM_GRAD_ROLLOUT_SIGNED))
+            s_grad_rollout_vec(w, w->gsig + t * tlayers, o->grad_resnorm, pl->start,
+                               attr[XM_GRAD_ROLLOUT_SIGNED] + (size_t)t * nf);
+        if (want & XM_BIT(XM_LRP_ROLLOUT))
+            s_grad_rollout_vec(w, w->glrp + t * tlayers, o->grad_resnorm, pl->start,
+                               attr[XM_LRP_ROLLOUT] + (size_t)t * nf);
+    }
+    if ((want & XM_BIT(XM_FLOW)) && flow_compute(w->flow, L, s->n, s->cls, w->fmean, attr[XM_FLOW]))
+        return XM_ENOMEM;
+
+    for (int m = 0; m < XM_NMETHODS_CORE; m++) {
+        if (!(want & XM_BIT(m)))
+            continue;
+        if (!s_all_finite(attr[m], (size_t)nf * ((XM_GRAD_METHODS & XM_BIT(m)) ? T : 1)))
+            return XM_ENONFINITE;
+        out->attr[m] = attr[m];
+    }
+    if (imp_acc)
+        for (size_t k = 0; k < (size_t)L * H * (T ? T : 1); k++)
+            w->imp[k] = (float)w->imp_acc[k];
+    w->computed = want;
+    w->ntargets = T;
+    out->computed = want;
+    out->ntargets = T;
+    out->head_confidence = w->conf;
+    out->head_importance = T ? w->imp : NULL;
+    return XM_OK;
+}
+
+xm_err_t
+xm_explain_ex(xm_work_t *w, const xm_opts_t *o, const xm_shape_t *s, xm_dtype_t dt,
+              const xm_input_t *in, xm_result_t *out)
+{
+    memset(out, 0, sizeof *out);
+    const void *attn = in->attn, *grad = in->grad, *rel = in->rel;
+    if ((grad && in->ntargets == 0) || (rel && !grad)) {
+        w->computed = 0;
+        w->ntargets = 0;
+        return XM_EARG;
+    }
+    s_plan_t pl;
+    xm_err_t rc = s_prepare(w, o, s, dt, grad ? in->ntargets : 0,
+                            rel ? 0u : XM_BIT(XM_LRP_ROLLOUT), &pl);
+    if (rc != XM_OK)
+        return rc;
+    const uint32_t L = s->L, H = s->H, T = pl.T;
+    const size_t nn = (size_t)s->n * s->n, tlayers = pl.tlayers, tbytes = pl.tbytes;
+    const unsigned want = pl.want;
 
     v8f bad = {0};
     for (uint32_t l = 0; l < L; l++) {
         s_layer_pass(w, o->fusion, dt, l, (const uint8_t *)attn, (const uint8_t *)grad, &bad);
-        float *fm = w->fmean + l * nn, *ff = w->ffus + l * nn;
-        if (want & XM_BIT(XM_ATTN_MEAN))
-            s_readout_acc(s, fm, 1.0 / L, acc);
-        if (l == 0) {
-            const float *f0 = o->fusion != XM_FUSE_MEAN ? ff : fm;
-            if (want & XM_BIT(XM_FIRST_LAYER))
-                xm_readout(s, f0, attr[XM_FIRST_LAYER]);
-            if (want & XM_BIT(XM_DIAG))
-                for (uint32_t j = 0, k = 0; j < n; j++)
-                    if ((int32_t)j != s->cls)
-                        attr[XM_DIAG][k++] = fm[(size_t)j * n + j];
-            if (want & XM_BIT(XM_COLSUM))
-                s_colsum(w, f0, attr[XM_COLSUM]);
-        }
-        if (kd > 0) {
-            if (s_hsum(bad) != 0.0f)    /* no NaN into the selection */
-                return XM_ENONFINITE;
-            s_discard_layer(w, o, l, kd);
-            continue;
-        }
-        s_residual_rownorm(fm, n, w->rowsum + (size_t)l * n);
-        if (w->fused_separately)
-            s_residual_rownorm(ff, n, NULL);
+        s_layer_readouts(w, o, &pl, l);
+        if (s_layer_finish(w, o, &pl, l, bad))
+            return XM_ENONFINITE;
     }
     if (s_hsum(bad) != 0.0f)
         return XM_ENONFINITE;
@@ -1029,42 +1130,105 @@ xm_explain_ex(xm_work_t *w, const xm_opts_t *o, const xm_shape_t *s, xm_dtype_t 
     }
     if (s_hsum(bad) != 0.0f)
         return XM_ENONFINITE;
+    return s_finish(w, o, &pl, true, out);
+}
 
-    if (want & XM_BIT(XM_ATTN_MEAN))
-        for (uint32_t k = 0; k < nf; k++)
-            attr[XM_ATTN_MEAN][k] = (float)acc[k];
-    if (want & XM_BIT(XM_ROLLOUT))
-        s_rollout_vec(w, xm_work_rollout_layers(w), start, attr[XM_ROLLOUT]);
-    for (uint32_t t = 0; t < T; t++) {
-        if (want & XM_BIT(XM_GRAD_ROLLOUT))
-            s_grad_rollout_vec(w, w->gbar + t * tlayers, o->grad_resnorm, start,
-                               attr[XM_GRAD_ROLLOUT] + (size_t)t * nf);
-        if (want & XM_BIT(XM_GRAD_ROLLOUT_SIGNED))
-            s_grad_rollout_vec(w, w->gsig + t * tlayers, o->grad_resnorm, start,
-                               attr[XM_GRAD_ROLLOUT_SIGNED] + (size_t)t * nf);
-        if (want & XM_BIT(XM_LRP_ROLLOUT))
-            s_grad_rollout_vec(w, w->glrp + t * tlayers, o->grad_resnorm, start,
-                               attr[XM_LRP_ROLLOUT] + (size_t)t * nf);
+/* ---- the fused form ----------------------------------------------------- */
+
+/* `count` values of dtype dt at `src` (any alignment) into float32 `dst`,
+   accumulating the finiteness check into *bad. */
+static void
+s_load(float *dst, const uint8_t *src, size_t count, xm_dtype_t dt, v8f *bad)
+{
+    if (dt == XM_F32)
+        memcpy(dst, src, count * 4);
+    else if (dt == XM_F16)
+        half_f16_decode(dst, src, count);
+    else
+        half_bf16_decode(dst, src, count);
+    const v8f zero = {0};
+    v8f b = *bad;
+    size_t k = 0;
+    for (; k + 8 <= count; k += 8)
+        b += s_ld(dst + k) * zero;
+    for (; k < count; k++)
+        b[0] += dst[k] * 0.0f;
+    *bad = b;
+}
+
+/* Row sums of layer l's head means, in the same order as the full form's
+   pass takes them (eight float lanes of n/8 terms, added in double, then
+   the tail in double), so that Â_l comes out bit for bit the same. */
+XM_CLONES static void
+s_fused_rowsums(xm_work_t *w, uint32_t l)
+{
+    const uint32_t n = w->shape.n;
+    const float *fm = w->fmean + (size_t)l * n * n;
+    double *rs = w->rowsum + (size_t)l * n;
+    for (uint32_t i = 0; i < n; i++) {
+        const float *row = fm + (size_t)i * n;
+        v8f vsum = {0};
+        uint32_t j = 0;
+        for (; j + 8 <= n; j += 8)
+            vsum += s_ld(row + j);
+        double sum = 0.0;
+        for (int k = 0; k < 8; k++)
+            sum += vsum[k];
+        for (; j < n; j++)
+            sum += row[j];
+        rs[i] = sum;
     }
-    if ((want & XM_BIT(XM_FLOW)) && flow_compute(w->flow, L, n, s->cls, w->fmean, attr[XM_FLOW]))
+}
+
+xm_err_t
+xm_explain_fused(xm_work_t *w, const xm_opts_t *o, const xm_shape_t *s, xm_dtype_t dt,
+                 const xm_fused_t *in, xm_result_t *out)
+{
+    memset(out, 0, sizeof *out);
+    w->computed = 0;
+    w->ntargets = 0;
+    if (!in->mean || !in->confidence || (in->pos && (in->ntargets == 0 || !in->importance)) ||
+        (in->sign && !in->pos))
+        return XM_EARG;
+    if (o->fusion != XM_FUSE_MEAN)
+        return XM_EHEADS;
+    const uint32_t T = in->pos ? in->ntargets : 0;
+    s_plan_t pl;
+    xm_err_t rc = s_prepare(w, o, s, dt, T,
+                            XM_BIT(XM_LRP_ROLLOUT) | (in->sign ? 0u : XM_BIT(XM_GRAD_ROLLOUT_SIGNED)),
+                            &pl);
+    if (rc != XM_OK)
+        return rc;
+    const uint32_t L = s->L, H = s->H;
+    const size_t nn = (size_t)s->n * s->n, es = xm_dtype_size(dt);
+    const size_t lbytes = nn * es, tbytes = (size_t)L * lbytes;
+    /* P goes to gbar for every target even when grad_rollout is not
+       asked for: the trade query's matrices are built from it. */
+    if (T > 1 && s_need((void **)&w->gbar, &w->cap_gbar, pl.tlayers * T, 4))
         return XM_ENOMEM;
 
-    for (int m = 0; m < XM_NMETHODS_CORE; m++) {
-        if (!(want & XM_BIT(m)))
-            continue;
-        if (!s_all_finite(attr[m], (size_t)nf * ((XM_GRAD_METHODS & XM_BIT(m)) ? T : 1)))
+    v8f bad = {0};
+    for (uint32_t l = 0; l < L; l++) {
+        s_load(w->fmean + l * nn, (const uint8_t *)in->mean + l * lbytes, nn, dt, &bad);
+        s_fused_rowsums(w, l);
+        s_layer_readouts(w, o, &pl, l);
+        if (s_layer_finish(w, o, &pl, l, bad))
             return XM_ENONFINITE;
-        out->attr[m] = attr[m];
     }
-    for (size_t k = 0; k < (size_t)L * H * (T ? T : 1); k++)
-        w->imp[k] = (float)w->imp_acc[k];
-    w->computed = want;
-    w->ntargets = T;
-    out->computed = want;
-    out->ntargets = T;
-    out->head_confidence = w->conf;
-    out->head_importance = grad ? w->imp : NULL;
-    return XM_OK;
+    for (uint32_t t = 0; t < T; t++) {
+        s_load(w->gbar + t * pl.tlayers, (const uint8_t *)in->pos + t * tbytes, pl.tlayers, dt,
+               &bad);
+        if (pl.want & XM_BIT(XM_GRAD_ROLLOUT_SIGNED))
+            s_load(w->gsig + t * pl.tlayers, (const uint8_t *)in->sign + t * tbytes, pl.tlayers,
+                   dt, &bad);
+    }
+    const size_t lh = (size_t)L * H;
+    s_load(w->conf, (const uint8_t *)in->confidence, lh, XM_F32, &bad);
+    if (T)
+        s_load(w->imp, (const uint8_t *)in->importance, lh * T, XM_F32, &bad);
+    if (s_hsum(bad) != 0.0f)
+        return XM_ENONFINITE;
+    return s_finish(w, o, &pl, false, out);
 }
 
 const float *

@@ -147,8 +147,27 @@ typedef enum {
     XM_OK = 0,
     XM_ENONFINITE = -1,     /* NaN or Inf in the attention or gradient */
     XM_ENOMEM = -2,
-    XM_EARG = -3            /* shape or dtype out of range */
+    XM_EARG = -3,           /* shape or dtype out of range */
+    XM_EHEADS = -4          /* the options need individual heads, which the
+                               fused form does not carry (max/min fusion) */
 } xm_err_t;
+
+/* The fused form of one trade (proto/ingest.md, "The fused form"): the
+   head means the served methods need, computed on the model's side.
+     mean        [L][n][n]     M_l = mean_h A_l                    (dtype)
+     pos         [T][L][n][n]  P_l = mean_h max(0, G[t]_l A_l), or NULL
+     sign        [T][L][n][n]  S_l = mean_h G[t]_l A_l, or NULL (needs pos)
+     importance  [T][L][H]     |sum_ij A G[t]|, float32 LE; with pos
+     confidence  [L][H]        mean_i max_j A, float32 LE
+   Any alignment. T = ntargets (>= 1 with pos, ignored without). */
+typedef struct {
+    const void *mean;
+    const void *pos;
+    const void *sign;
+    const void *importance;
+    const void *confidence;
+    uint32_t ntargets;
+} xm_fused_t;
 
 /* Number of features a shape explains: n - 1 with CLS, n without. */
 static inline uint32_t
@@ -216,6 +235,22 @@ xm_err_t xm_explain(xm_work_t *w, const xm_opts_t *opts, const xm_shape_t *shape
    Rel) and its gradient. */
 xm_err_t xm_explain_ex(xm_work_t *w, const xm_opts_t *opts, const xm_shape_t *shape,
                        xm_dtype_t dtype, const xm_input_t *in, xm_result_t *out);
+
+/* Explain one trade from its fused form. Every method and option that
+   needs only head means gives what xm_explain_ex gives for the full
+   tensors the fused form was computed from (for mean values that the
+   model side summed over heads in head order and scaled by 1/H in
+   float32, as the full pass does, bit for bit): rollout, grad_rollout,
+   first_layer, attn_mean, diag, flow, colsum, grad_rollout_signed (when
+   `sign` is given, else skipped), discard ratio, start layer, residual
+   normalisation, several targets; head statistics are taken as given.
+   lrp_rollout is skipped (it needs the relevance of every head). Max or
+   min fusion needs every head: XM_EHEADS, nothing computed. XM_EARG also
+   for a missing mean or confidence, pos without importance or with
+   ntargets = 0, sign without pos. XM_ENONFINITE for a NaN or Inf in any
+   input. The layer accessors below work as after xm_explain. */
+xm_err_t xm_explain_fused(xm_work_t *w, const xm_opts_t *opts, const xm_shape_t *shape,
+                          xm_dtype_t dtype, const xm_fused_t *in, xm_result_t *out);
 
 /* The per-layer matrices of the last xm_explain, [L][n][n] each, owned by
    the work area: Â_l for rollout (configured fusion), Â_l with mean
