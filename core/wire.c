@@ -34,6 +34,7 @@ static const char *s_reason_names[XR_NREASONS] = {
     [XR_INTERNAL] = "internal",
     [XR_ATTENTION] = "attention",
     [XR_SCHEMA_RATE] = "schema_rate",
+    [XR_FUSED_FORM] = "fused_form",
 };
 
 const char *
@@ -54,6 +55,22 @@ wire_limits_default(wire_limits_t *lim)
        trades of L = 8, H = 8, n = 32. See the README's memory section. */
     lim->max_elems = 4u << 20;
     lim->max_str = 256;
+    lim->fused = false;
+}
+
+/* What the fused form may need beyond the full one's attn and grad: its
+   three tensors (fattn, fgrad, fgrad_signed) hold at most max_elems
+   values between them plus the head statistics, as f32 (bounded by
+   max_elems values each, as B*L*H <= B*L*H*n*n). */
+static uint64_t
+s_fused_extra(const wire_limits_t *lim)
+{
+    if (!lim->fused)
+        return 0;
+    uint64_t heads = (uint64_t)lim->max_batch * lim->max_layers * lim->max_heads;
+    if (heads > lim->max_elems)
+        heads = lim->max_elems;
+    return 5 * 20 + 3 * 5 + lim->max_elems * 4 + 2 * (5 + heads * 4);
 }
 
 /* Room left for keys the contract lets a publisher add (ignored). */
@@ -72,6 +89,7 @@ wire_max_body(const wire_limits_t *lim)
                  + 1 + (5 + WIRE_MODEL_MAX)         /* v, model */
                  + 6 * 9 + 5                        /* seq ts L H n cls, dtype */
                  + 2 * (5 + tensor)                 /* attn, grad */
+                 + s_fused_extra(lim)               /* the fused form's keys */
                  + 5 + (uint64_t)lim->max_batch * id /* ids */
                  + 2 * (5 + (uint64_t)lim->max_batch * 9) /* target, y */
                  + 5 + (uint64_t)lim->max_tokens * (lim->max_str + 5) /* tokens */
@@ -260,6 +278,35 @@ wire_attn_rows_ok(const xm_shape_t *shape, xm_dtype_t dtype, const void *attn, f
     return s_rows_slow(shape, dtype, a, tol, bad);
 }
 
+bool
+wire_fused_trade_ok(const wire_ingest_t *in, uint32_t b, float tol, wire_attn_bad_t *bad)
+{
+    const xm_shape_t *sh = &in->shape;
+    const xm_shape_t m = {sh->L, 1, sh->n, sh->cls};
+    if (!wire_attn_rows_ok(&m, in->dtype, in->fattn + (size_t)b * in->trade_bytes, tol, bad))
+        return false;
+    const size_t lh = (size_t)sh->L * sh->H;
+    for (int which = 0; which < 2; which++) {
+        const uint8_t *p = which ? in->head_importance : in->head_confidence;
+        if (!p)
+            continue;
+        p += (size_t)b * in->trade_head_bytes;
+        for (size_t k = 0; k < lh; k++) {
+            float x;
+            memcpy(&x, p + 4 * k, 4);
+            /* NaN compares false both ways: left to the finiteness check. */
+            bool off = which ? x < -tol : (x < -tol || x > 1.0f + tol);
+            if (off) {
+                if (bad)
+                    *bad = (wire_attn_bad_t){.l = (uint32_t)(k / sh->H), .h = (uint32_t)(k % sh->H),
+                                             .i = UINT32_MAX, .sum = x, .min = 0.0f};
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
 void
 wire_decoder_init(wire_decoder_t *d, const wire_limits_t *lim)
 {
@@ -359,18 +406,31 @@ s_msgpack_fail(wire_decoder_t *d, mpr_err_t e, const char *where)
 /* The keys the decoder knows, as bits for the seen/duplicate check. */
 enum {
     K_V, K_MODEL, K_SEQ, K_TS, K_IDS, K_L, K_H, K_N, K_DTYPE, K_ATTN, K_GRAD,
-    K_TARGET, K_Y, K_CLS, K_TOKENS, K_COUNT
+    K_TARGET, K_Y, K_CLS, K_TOKENS,
+    K_FATTN, K_FGRAD, K_FGRAD_SIGNED, K_HEAD_IMP, K_HEAD_CONF,   /* the fused form */
+    K_COUNT
 };
+#define K_FULL_COUNT K_FATTN
 static const char *s_keys[K_COUNT] = {"v", "model", "seq", "ts", "ids", "L", "H", "n",
-                                      "dtype", "attn", "grad", "target", "y", "cls", "tokens"};
+                                      "dtype", "attn", "grad", "target", "y", "cls", "tokens",
+                                      "fattn", "fgrad", "fgrad_signed", "head_importance",
+                                      "head_confidence"};
 static const unsigned s_required = 1u << K_V | 1u << K_MODEL | 1u << K_SEQ | 1u << K_TS |
                                    1u << K_IDS | 1u << K_L | 1u << K_H | 1u << K_N |
                                    1u << K_DTYPE | 1u << K_ATTN;
+/* The fused form needs fattn and head_confidence in place of attn. */
+static const unsigned s_required_fused = (s_required & ~(1u << K_ATTN)) | 1u << K_FATTN |
+                                         1u << K_HEAD_CONF;
+static const unsigned s_fused_keys = 1u << K_FATTN | 1u << K_FGRAD | 1u << K_FGRAD_SIGNED |
+                                     1u << K_HEAD_IMP | 1u << K_HEAD_CONF;
 
+/* Index of a known key; a decoder that does not take the fused form
+   does not know its keys (they are ignored, as by an older daemon). */
 static int
-s_key_index(const mpr_obj_t *k)
+s_key_index(const wire_decoder_t *d, const mpr_obj_t *k)
 {
-    for (int i = 0; i < K_COUNT; i++)
+    int count = d->lim.fused ? K_COUNT : K_FULL_COUNT;
+    for (int i = 0; i < count; i++)
         if (mpr_str_eq(k, s_keys[i]))
             return i;
     return -1;
@@ -526,7 +586,9 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
     int64_t cls = -1;
     uint32_t nids = 0, ntarget = 0, ny = 0, ntokens = 0;
     wire_sv_t attn = {0}, grad = {0};
+    wire_sv_t fbin[5] = {{0}};      /* fattn .. head_confidence, by K_ - K_FATTN */
     bool grad_nil = false;
+    unsigned nil = 0;               /* fused keys given as nil */
     for (uint32_t k = 0; k < pairs; k++) {
         mpr_obj_t key;
         if ((e = mpr_next(&r, &key)))
@@ -534,7 +596,7 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
         if (key.type != MPR_STR)
             return s_fail(d, XR_NOT_MAP, "map key %" PRIu32 " is a %s, not a str", k,
                           mpr_type_name(key.type));
-        int ki = s_key_index(&key);
+        int ki = s_key_index(d, &key);
         if (ki < 0) {
             if ((e = mpr_skip(&r, 32)))
                 return s_msgpack_fail(d, e, "value of an unknown key");
@@ -604,6 +666,19 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
             if (o.type != MPR_BIN)
                 return s_wrong_type(d, kn, "bin", &o);
             *(ki == K_ATTN ? &attn : &grad) = (wire_sv_t){o.v.raw.ptr, o.v.raw.len};
+            break;
+        case K_FATTN:
+        case K_FGRAD:
+        case K_FGRAD_SIGNED:
+        case K_HEAD_IMP:
+        case K_HEAD_CONF:
+            if (ki != K_FATTN && ki != K_HEAD_CONF && o.type == MPR_NIL) {
+                nil |= 1u << ki;    /* absent, but seen (a second one is a duplicate) */
+                break;
+            }
+            if (o.type != MPR_BIN)
+                return s_wrong_type(d, kn, "bin", &o);
+            fbin[ki - K_FATTN] = (wire_sv_t){o.v.raw.ptr, o.v.raw.len};
             break;
         case K_IDS:
             if (o.type != MPR_ARRAY)
@@ -693,10 +768,34 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
     }
     if (mpr_left(&r) != 0)
         return s_fail(d, XR_MSGPACK, "%zu trailing bytes after the body map", mpr_left(&r));
-    if ((seen & s_required) != s_required) {
+    /* The form is the one whose main tensor is there: fattn makes it the
+       fused one (then attn must not be there as well, see below). */
+    const bool fused = (seen & (1u << K_FATTN)) != 0;
+    const unsigned required = fused ? s_required_fused : s_required;
+    if ((seen & required) != required) {
         for (int ki = 0; ki < K_COUNT; ki++)
-            if ((s_required & (1u << ki)) && !(seen & (1u << ki)))
-                return s_fail(d, XR_MISSING_KEY, "required key '%s' is missing", s_keys[ki]);
+            if ((required & (1u << ki)) && !(seen & (1u << ki)))
+                return s_fail(d, XR_MISSING_KEY, "required key '%s' is missing%s", s_keys[ki],
+                              fused ? " (fused form)" : "");
+    }
+    if (fused) {
+        const unsigned full = 1u << K_ATTN | 1u << K_GRAD;
+        if (seen & full)
+            return s_fail(d, XR_FUSED_FORM, "key '%s' of the full form in a fused message (fattn)",
+                          (seen & (1u << K_ATTN)) ? "attn" : "grad");
+        bool has_p = (seen & (1u << K_FGRAD)) && !(nil & (1u << K_FGRAD));
+        bool has_s = (seen & (1u << K_FGRAD_SIGNED)) && !(nil & (1u << K_FGRAD_SIGNED));
+        bool has_i = (seen & (1u << K_HEAD_IMP)) && !(nil & (1u << K_HEAD_IMP));
+        if (has_p != has_i)
+            return s_fail(d, XR_FUSED_FORM, has_p ? "fgrad without head_importance"
+                                                  : "head_importance without fgrad");
+        if (has_s && !has_p)
+            return s_fail(d, XR_FUSED_FORM, "fgrad_signed without fgrad");
+    } else if (seen & s_fused_keys) {
+        for (int ki = K_FATTN; ki < K_COUNT; ki++)
+            if (seen & (1u << ki))
+                return s_fail(d, XR_FUSED_FORM, "key '%s' of the fused form without fattn",
+                              s_keys[ki]);
     }
 
     /* Shape and sizes: every declared count is checked against the limits
@@ -710,28 +809,49 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
     if (out->has_cls && (cls < -1 || cls >= (int64_t)n || (cls >= 0 && n < 2)))
         return s_fail(d, XR_SHAPE, "cls=%" PRId64 " is not -1 or a token index below n=%" PRIu64,
                       cls, n);
-    uint64_t elems, trade_elems;
-    if (!s_mul_le(L * H, n * n, d->lim.max_elems, &trade_elems) ||
-        !s_mul_le(trade_elems, nids, d->lim.max_elems, &elems))
+    uint64_t elems, trade_elems, helems = 0, trade_helems = 0;
+    size_t es = xm_dtype_size(out->dtype);
+    if (fused) {
+        /* Per trade L*n*n values a tensor and L*H head statistics. */
+        if (!s_mul_le(L, n * n, d->lim.max_elems, &trade_elems) ||
+            !s_mul_le(trade_elems, nids, d->lim.max_elems, &elems) ||
+            !s_mul_le(L, H, d->lim.max_elems, &trade_helems) ||
+            !s_mul_le(trade_helems, nids, d->lim.max_elems, &helems))
+            return s_fail(d, XR_TOO_LARGE,
+                          "B*L*n*n or B*L*H for B=%" PRIu32 " L=%" PRIu64 " H=%" PRIu64
+                          " n=%" PRIu64 " exceeds the limit of %" PRIu64 " values",
+                          nids, L, H, n, d->lim.max_elems);
+    } else if (!s_mul_le(L * H, n * n, d->lim.max_elems, &trade_elems) ||
+               !s_mul_le(trade_elems, nids, d->lim.max_elems, &elems))
         return s_fail(d, XR_TOO_LARGE,
                       "B*L*H*n*n for B=%" PRIu32 " L=%" PRIu64 " H=%" PRIu64 " n=%" PRIu64
                       " exceeds the limit of %" PRIu64 " values",
                       nids, L, H, n, d->lim.max_elems);
-    size_t es = xm_dtype_size(out->dtype);
     bool has_grad = (seen & (1u << K_GRAD)) && !grad_nil;
     /* A bin holds at most 2^32 - 1 bytes: larger products can never match
        (and elems * es must not wrap). */
-    if (elems > UINT32_MAX / es)
-        return s_fail(d, XR_SIZE, "B*L*H*n*n*%zu = %" PRIu64 "*%zu bytes cannot fit in a msgpack bin",
-                      es, elems, es);
-    if (attn.len != elems * es)
-        return s_fail(d, XR_SIZE,
-                      "attn has %" PRIu32 " bytes, B*L*H*n*n*%zu = %" PRIu64 " expected", attn.len,
-                      es, elems * es);
-    if (has_grad && grad.len != elems * es)
-        return s_fail(d, XR_SIZE,
-                      "grad has %" PRIu32 " bytes, B*L*H*n*n*%zu = %" PRIu64 " expected", grad.len,
-                      es, elems * es);
+    if (elems > UINT32_MAX / es || helems > UINT32_MAX / 4)
+        return s_fail(d, XR_SIZE, "%s*%zu = %" PRIu64 "*%zu bytes cannot fit in a msgpack bin",
+                      fused ? "B*L*n*n" : "B*L*H*n*n", es, elems, es);
+    if (fused) {
+        for (int ki = K_FATTN; ki < K_COUNT; ki++) {
+            const wire_sv_t *v = &fbin[ki - K_FATTN];
+            bool head = ki == K_HEAD_IMP || ki == K_HEAD_CONF;
+            uint64_t want = head ? helems * 4 : elems * es;
+            if ((seen & ~nil & (1u << ki)) && v->len != want)
+                return s_fail(d, XR_SIZE, "%s has %" PRIu32 " bytes, %s = %" PRIu64 " expected",
+                              s_keys[ki], v->len, head ? "B*L*H*4 (f32)" : "B*L*n*n*elem", want);
+        }
+    } else {
+        if (attn.len != elems * es)
+            return s_fail(d, XR_SIZE,
+                          "attn has %" PRIu32 " bytes, B*L*H*n*n*%zu = %" PRIu64 " expected",
+                          attn.len, es, elems * es);
+        if (has_grad && grad.len != elems * es)
+            return s_fail(d, XR_SIZE,
+                          "grad has %" PRIu32 " bytes, B*L*H*n*n*%zu = %" PRIu64 " expected",
+                          grad.len, es, elems * es);
+    }
     if ((seen & (1u << K_TARGET)) && ntarget != nids)
         return s_fail(d, XR_LENGTH, "target has %" PRIu32 " entries for %" PRIu32 " ids", ntarget, nids);
     if ((seen & (1u << K_Y)) && ny != nids)
@@ -741,9 +861,19 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
 
     out->B = nids;
     out->shape = (xm_shape_t){(uint32_t)L, (uint32_t)H, (uint32_t)n, (int32_t)cls};
-    out->attn = attn.ptr;
+    out->attn = fused ? NULL : attn.ptr;
     out->grad = has_grad ? grad.ptr : NULL;
     out->trade_bytes = (size_t)trade_elems * es;
+    out->fused = fused;
+    if (fused) {
+        const unsigned given = seen & ~nil;
+        out->fattn = fbin[0].ptr;
+        out->fgrad = (given & (1u << K_FGRAD)) ? fbin[1].ptr : NULL;
+        out->fgrad_signed = (given & (1u << K_FGRAD_SIGNED)) ? fbin[2].ptr : NULL;
+        out->head_importance = (given & (1u << K_HEAD_IMP)) ? fbin[3].ptr : NULL;
+        out->head_confidence = fbin[4].ptr;
+        out->trade_head_bytes = (size_t)trade_helems * 4;
+    }
     out->ids = d->ids;
     out->target = (seen & (1u << K_TARGET)) ? d->target : NULL;
     out->y = (seen & (1u << K_Y)) ? d->y : NULL;

@@ -45,6 +45,7 @@ typedef enum {
     XR_INTERNAL,        /* out of memory while explaining */
     XR_ATTENTION,       /* an attention row is not a probability distribution */
     XR_SCHEMA_RATE,     /* the model's schema changes faster than allowed */
+    XR_FUSED_FORM,      /* the fused form mixed with the full one, or incomplete */
     XR_NREASONS
 } xr_reason_t;
 
@@ -70,6 +71,9 @@ typedef struct {
     uint32_t max_tokens;    /* n */
     uint64_t max_elems;     /* B*L*H*n*n */
     uint32_t max_str;       /* bytes of an id or token string */
+    bool fused;             /* accept the fused form; when false a fused
+                               message is what it is to an older daemon:
+                               missing_key (no attn) */
 } wire_limits_t;
 
 /* A decoded ingest message: a view into the message bytes and into the
@@ -83,9 +87,22 @@ typedef struct {
     xm_shape_t shape;       /* shape.cls valid only when has_cls */
     bool has_cls;
     xm_dtype_t dtype;
-    const uint8_t *attn;    /* B*L*H*n*n values */
+    const uint8_t *attn;    /* B*L*H*n*n values (NULL in the fused form) */
     const uint8_t *grad;    /* same, or NULL */
-    size_t trade_bytes;     /* bytes of one trade's tensor: L*H*n*n*elem */
+    size_t trade_bytes;     /* bytes of one trade's tensor: L*H*n*n*elem
+                               (fused form: L*n*n*elem) */
+    /* The fused form (proto/ingest.md, "The fused form"): instead of attn
+       and grad, per trade and layer the head means M_l = mean_h A_l, and
+       optionally P_l = mean_h max(0, G_l A_l) and S_l = mean_h G_l A_l
+       (each B*L*n*n values of `dtype`), with the head statistics as
+       little-endian float32 [B][L][H]. */
+    bool fused;
+    const uint8_t *fattn;   /* M, B*L*n*n */
+    const uint8_t *fgrad;   /* P, or NULL */
+    const uint8_t *fgrad_signed; /* S, or NULL (only with fgrad) */
+    const uint8_t *head_importance; /* B*L*H f32, with fgrad only */
+    const uint8_t *head_confidence; /* B*L*H f32 */
+    size_t trade_head_bytes; /* L*H*4 */
     const wire_id_t *ids;   /* B */
     const int64_t *target;  /* B, or NULL */
     const double *y;        /* B, or NULL */
@@ -131,6 +148,16 @@ typedef struct {
    when the fast pass saw something wrong. No allocation. */
 bool wire_attn_rows_ok(const xm_shape_t *shape, xm_dtype_t dtype, const void *attn, float tol,
                        wire_attn_bad_t *bad);
+
+/* The fused form's counterpart of wire_attn_rows_ok for trade b of a
+   decoded fused message: every row of M (L*n rows) is a distribution
+   within tol, every head_confidence (the mean of row maxima of
+   distributions) lies in [-tol, 1 + tol], and every head_importance (an
+   absolute value) is >= -tol. False with *bad naming the first failure:
+   an M row as (l, h = 0, i, sum, min); a head statistic as (l, h,
+   i = UINT32_MAX, sum = the value, min = 0). NaN and Inf pass here, as
+   there: xm_explain_fused names them. No allocation. */
+bool wire_fused_trade_ok(const wire_ingest_t *in, uint32_t b, float tol, wire_attn_bad_t *bad);
 
 /* Initialise a decoder in caller storage; wire_decoder_destroy frees its
    arrays. */

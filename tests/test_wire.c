@@ -1387,7 +1387,7 @@ Test(wire, reason_names_stable)
         "ok", "frames", "topic", "msgpack", "not_map", "version", "missing_key", "wrong_type",
         "duplicate_key", "model_name", "dtype", "shape", "too_large", "size", "length",
         "bad_string", "nonfinite", "not_allowed", "too_many_models", "no_schema", "internal",
-        "attention", "schema_rate"};
+        "attention", "schema_rate", "fused_form"};
     for (int r = 0; r < XR_NREASONS; r++)
         cr_assert_str_eq(xr_reason_name((xr_reason_t)r), names[r]);
     cr_assert_str_eq(xr_reason_name(XR_NREASONS), "unknown");
