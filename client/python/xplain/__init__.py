@@ -7,7 +7,9 @@ PyTorch helper is used.
     from xplain.torch_capture import AttentionCapture     # needs torch
     from xplain.live import explain_forward                # needs torch
 
-Publisher    live model -> daemon: attention/gradient tensors (attn/<model>)
+Publisher    live model -> daemon: attention/gradient tensors (attn/<model>),
+             per head or fused (fused=True), micro-batched (batch=, delay=)
+fuse         the fused form: per layer the head means the daemon needs
 Subscriber   daemon -> you: per-trade explanations (xpl/), glob/drift/heads
 GlobalView   one model's global state, kept current by the Clone pattern
 Client       the query ops (ping, models, schema, stats, trade, global,
@@ -24,6 +26,7 @@ daemon's public certificate, or key): see xplain.curve.
 """
 from .codec import DTYPES, decode, encode, round_to, f32_to_bf16_bits, bf16_bits_to_f32
 from .publisher import Publisher
+from .fuse import Fused, fuse
 from .query import Client, QueryError, QueryTimeout, XplainError
 from .subscriber import Explanation, Subscriber, Update
 from .clone import GlobalView
@@ -35,7 +38,7 @@ from .curve import CertificateError, Curve, load_certificate
 # pyproject.toml reads it from here.
 __version__ = "0.1.0"
 
-__all__ = ["Publisher", "Subscriber", "Client", "GlobalView", "Explanation", "Update",
+__all__ = ["Publisher", "Fused", "fuse", "Subscriber", "Client", "GlobalView", "Explanation", "Update",
            "QueryError", "QueryTimeout", "XplainError", "AttentionCapture", "capture", "Captured",
            "explain_forward", "LiveExplainer", "sdpa_reference",
            "Daemon", "find_xplaind", "free_tcp_endpoint",

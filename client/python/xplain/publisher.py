@@ -11,16 +11,32 @@ avoids losing the first messages to ZeroMQ's slow-joiner window, and a new
 subscription (a daemon started or restarted) makes the next message carry
 `cls` and `tokens` again, so that a daemon that joins mid-stream learns the
 schema instead of rejecting every message as `no_schema`.
+
+The fused form (proto/ingest.md, "The fused form"): with `fused=True` the
+publisher sends per layer the head means the daemon needs (xplain.fuse)
+instead of every head, H times fewer bytes; `send()` also takes a
+`Fused` computed elsewhere (on the model's GPU: xplain.fuse.fuse_torch).
+
+Micro-batching, for models that score trade by trade at high rates:
+with `batch=B` trades are held until B are pending, or until the oldest
+has waited `delay` seconds (a timer thread sends it then), and go out as
+one message of up to B trades; `flush()` sends what is pending, and
+`close()` does too.
+
+Bodies are packed with one copy of each tensor (straight from the array
+into the frame) and handed to ZeroMQ without another (`copy=False`).
 """
 import re
+import threading
 import time
-from typing import Any, Dict, Iterable, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import msgpack
 import numpy as np
 import zmq
 
 from . import codec, curve
+from .fuse import Fused, fuse
 
 MODEL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -44,19 +60,41 @@ class Publisher:
               binds or connects, the daemon is the CURVE server; a daemon
               that does not admit the key never subscribes
               (wait_subscriber returns False) and what is sent is dropped.
+    fused     send the fused form: send(attn, grad) computes it (on the
+              tensors' device for torch tensors); a Fused given to send()
+              is sent as such whatever this says
+    batch     micro-batching: hold trades until `batch` are pending (1,
+              the default: every send() is a message of its own)
+    delay     ... or until the oldest pending trade waited `delay`
+              seconds (default 0.005; 0: only batch and flush() send)
     """
 
     def __init__(self, model: str, bind: Union[None, str, Sequence[str]] = None,
                  connect: Union[None, str, Sequence[str]] = None, tokens: Optional[Sequence[str]] = None,
                  cls: Optional[int] = None, dtype: str = "f32", seq: int = 0,
                  context: Optional[zmq.Context] = None, sndhwm: int = 1000, linger_ms: int = 2000,
-                 curve_secret: Optional[Union[str, bytes]] = None, server_public: Optional[Union[str, bytes]] = None) -> None:
+                 curve_secret: Optional[Union[str, bytes]] = None, server_public: Optional[Union[str, bytes]] = None,
+                 fused: bool = False, batch: int = 1, delay: float = 0.005) -> None:
         if not isinstance(model, str) or not MODEL_RE.match(model):
             raise ValueError("model name must be 1-64 bytes of [A-Za-z0-9_.-], not %r" % (model,))
         if dtype not in codec.DTYPES:
             raise ValueError("dtype must be one of %s, not %r" % (", ".join(codec.DTYPES), dtype))
         if (bind is None) == (connect is None):
             raise ValueError("give exactly one of bind= or connect=")
+        if int(batch) < 1:
+            raise ValueError("batch must be at least 1, not %r" % (batch,))
+        if not delay >= 0:
+            raise ValueError("delay must be >= 0 seconds, not %r" % (delay,))
+        self.fused = bool(fused)
+        self.batch = int(batch)
+        self.delay = float(delay)
+        self._pending: List[dict] = []   # trades waiting for a batch
+        self._pending_key = None
+        self._pending_since = 0.0
+        self._lock = threading.RLock()
+        self._cv = threading.Condition(self._lock)
+        self._timer: Optional[threading.Thread] = None
+        self._closed = False
         self.model = model
         self.topic = ("attn/" + model).encode()
         self.dtype = dtype
@@ -107,92 +145,190 @@ class Publisher:
         """Block until a subscriber covering `attn/<model>` has subscribed
         (returns True), or `timeout` seconds passed (returns False).
         Returns at once if one has subscribed since the last call."""
-        if self._poll_subscriptions():
-            return True
         deadline = time.monotonic() + timeout
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            if self._sock.poll(int(left * 1000) + 1, zmq.POLLIN) and self._poll_subscriptions():
-                return True
+            # In slices, under the lock: the batch timer may send meanwhile.
+            with self._lock:
+                if self._poll_subscriptions():
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                if self._sock.poll(int(min(left, 0.05) * 1000) + 1, zmq.POLLIN) and self._poll_subscriptions():
+                    return True
 
     def send(self, attn: Any, grad: Any = None, ids: Optional[Iterable[Union[int, str]]] = None,
              target: Any = None, y: Any = None, ts: Optional[int] = None,
              tokens: Optional[Sequence[str]] = None, cls: Optional[int] = None,
              extra: Optional[Dict[str, Any]] = None) -> int:
-        """Send one message with the B trades of `attn` and return its seq.
+        """Send (or, with batch > 1, queue) the B trades of `attn`; returns
+        the seq of the message that carries them.
 
         attn    [B, L, H, n, n] or, for a single trade, [L, H, n, n]; numpy
-                array or torch tensor, post-softmax attention
-        grad    same shape, d y_t / d attn (optional)
+                array or torch tensor, post-softmax attention; or a Fused
+                (xplain.fuse), sent in the fused form
+        grad    same shape, d y_t / d attn (optional; not with a Fused)
         ids     B trade ids (str or non-negative int); default: a running
                 counter of this publisher
         target  B target classes (or one int for all); y: B floats (or one)
-        ts      event time, ns since the epoch (default: now)
+        ts      event time, ns since the epoch (default: now); a batched
+                message carries its first trade's
         tokens, cls  change the schema (starts a new epoch in the daemon)
-        extra   further keys for the body (ignored by contract-v1 daemons)
+        extra   further keys for the body (ignored by contract-v1 daemons);
+                a send with extra keys is never merged with other trades
         """
-        a = codec.to_numpy(attn)
-        if a.ndim == 4:
-            a = a[None]
-        if a.ndim != 5 or a.shape[3] != a.shape[4]:
-            raise ValueError("attn must be [B,L,H,n,n] or [L,H,n,n], got shape %s" % (a.shape,))
-        B, L, H, n, _ = a.shape
-        g = None
-        if grad is not None:
-            g = codec.to_numpy(grad)
-            if g.ndim == 4:
-                g = g[None]
-            if g.shape != a.shape:
-                raise ValueError("grad shape %s differs from attn shape %s" % (g.shape, a.shape))
-        if tokens is not None:
-            self.tokens = list(tokens)
-        if cls is not None:
-            self.cls = int(cls)
-        if self.tokens is None or self.cls is None:
-            raise ValueError("the schema is unknown: give tokens= and cls= (to the constructor or send)")
-        if len(self.tokens) != n:
-            raise ValueError("%d token names for n = %d tokens" % (len(self.tokens), n))
-        if not -1 <= self.cls < n:
-            raise ValueError("cls = %d out of range for n = %d" % (self.cls, n))
-
-        if ids is None:
-            ids = list(range(self._next_id, self._next_id + B))
-            self._next_id += B
+        if isinstance(attn, Fused):
+            if grad is not None:
+                raise ValueError("grad goes inside the Fused (fuse(attn, grad)), not beside it")
+            f = attn.to_host()
+            B, L, H, n = f.shape
+            part = {"fused": True, "f": f}
         else:
-            ids = [_trade_id(i) for i in _as_seq(ids)]
-            if len(ids) != B:
-                raise ValueError("%d ids for a batch of %d trades" % (len(ids), B))
+            a = codec.to_numpy(attn) if not (self.fused and hasattr(attn, "detach")) else attn
+            if a.ndim == 4:
+                a = a[None]
+            if a.ndim != 5 or a.shape[3] != a.shape[4]:
+                raise ValueError("attn must be [B,L,H,n,n] or [L,H,n,n], got shape %s" % (tuple(a.shape),))
+            B, L, H, n, _ = (int(x) for x in a.shape)
+            g = None
+            if grad is not None:
+                g = codec.to_numpy(grad) if not (self.fused and hasattr(grad, "detach")) else grad
+                if g.ndim == 4:
+                    g = g[None]
+                if tuple(g.shape) != tuple(a.shape):
+                    raise ValueError("grad shape %s differs from attn shape %s" % (tuple(g.shape), tuple(a.shape)))
+            if self.fused:
+                part = {"fused": True, "f": fuse(a, g)}
+            else:
+                part = {"fused": False, "a": a, "g": g}
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the publisher is closed")
+            if tokens is not None:
+                self.tokens = list(tokens)
+            if cls is not None:
+                self.cls = int(cls)
+            if self.tokens is None or self.cls is None:
+                raise ValueError("the schema is unknown: give tokens= and cls= (to the constructor or send)")
+            if len(self.tokens) != n:
+                raise ValueError("%d token names for n = %d tokens" % (len(self.tokens), n))
+            if not -1 <= self.cls < n:
+                raise ValueError("cls = %d out of range for n = %d" % (self.cls, n))
+            if ids is None:
+                ids = list(range(self._next_id, self._next_id + B))
+                self._next_id += B
+            else:
+                ids = [_trade_id(i) for i in _as_seq(ids)]
+                if len(ids) != B:
+                    raise ValueError("%d ids for a batch of %d trades" % (len(ids), B))
+            part.update(B=B, ids=ids, ts=int(time.time_ns() if ts is None else ts),
+                        target=None if target is None else [int(v) for v in _broadcast(target, B, "target")],
+                        y=None if y is None else [float(v) for v in _broadcast(y, B, "y")],
+                        extra=extra)
+            f = part.get("f")
+            key = (part["fused"], L, H, n, self.cls, tuple(self.tokens),
+                   (f.fgrad is not None, f.fgrad_signed is not None) if f is not None else part["g"] is not None,
+                   part["target"] is not None, part["y"] is not None)
+            if self._pending and (key != self._pending_key or extra):
+                self._flush_locked()
+            if not self._pending:
+                self._pending_key = key
+                self._pending_since = time.monotonic()
+            self._pending.append(part)
+            seq = self.seq
+            if extra or sum(p["B"] for p in self._pending) >= self.batch:
+                self._flush_locked()
+            elif self.delay > 0:
+                self._start_timer()
+                self._cv.notify_all()
+            return seq
 
-        body = {
-            "v": 1, "model": self.model, "seq": self.seq,
-            "ts": int(time.time_ns() if ts is None else ts),
-            "ids": ids, "L": L, "H": H, "n": n, "dtype": self.dtype,
-            "attn": codec.encode(a, self.dtype),
-        }
-        if g is not None:
-            body["grad"] = codec.encode(g, self.dtype)
-        if target is not None:
-            t = [int(v) for v in _broadcast(target, B, "target")]
-            body["target"] = t
-        if y is not None:
-            body["y"] = [float(v) for v in _broadcast(y, B, "y")]
+    def flush(self) -> Optional[int]:
+        """Send the pending trades now; returns the seq sent, or None when
+        nothing was pending."""
+        with self._lock:
+            return self._flush_locked()
+
+    def _flush_locked(self) -> Optional[int]:
+        if not self._pending:
+            return None
+        parts, self._pending = self._pending, []
+        self._pending_key = None
+        first = parts[0]
+        ids = [i for p in parts for i in p["ids"]]
+        if first["fused"]:
+            fs = [p["f"] for p in parts]
+            f = fs[0] if len(fs) == 1 else Fused(
+                *(None if getattr(fs[0], k) is None else np.concatenate([getattr(x, k) for x in fs])
+                  for k in ("fattn", "head_confidence", "fgrad", "head_importance", "fgrad_signed")),
+                H=fs[0].H)
+            B, L, H, n = f.shape
+            tensors = [("fattn", f.fattn, self.dtype), ("fgrad", f.fgrad, self.dtype),
+                       ("fgrad_signed", f.fgrad_signed, self.dtype),
+                       ("head_importance", f.head_importance, "f32"),
+                       ("head_confidence", f.head_confidence, "f32")]
+        else:
+            a = parts[0]["a"] if len(parts) == 1 else np.concatenate([p["a"] for p in parts])
+            g = None
+            if parts[0]["g"] is not None:
+                g = parts[0]["g"] if len(parts) == 1 else np.concatenate([p["g"] for p in parts])
+            B, L, H, n, _ = a.shape
+            tensors = [("attn", a, self.dtype), ("grad", g, self.dtype)]
+        head = {"v": 1, "model": self.model, "seq": self.seq, "ts": first["ts"], "ids": ids,
+                "L": int(L), "H": int(H), "n": int(n), "dtype": self.dtype}
+        tail: Dict[str, Any] = {}
+        if first["target"] is not None:
+            tail["target"] = [t for p in parts for t in p["target"]]
+        if first["y"] is not None:
+            tail["y"] = [v for p in parts for v in p["y"]]
         self._poll_subscriptions()
-        schema = (L, H, n, self.cls, tuple(self.tokens))
+        schema = (int(L), int(H), int(n), self.cls, tuple(self.tokens))
         if schema != self._sent_schema:
-            body["cls"] = self.cls
-            body["tokens"] = list(self.tokens)
-        if extra:
-            for k, v in extra.items():
-                body.setdefault(k, v)
-        self._sock.send_multipart([self.topic, msgpack.packb(body, use_bin_type=True)])
+            tail["cls"] = self.cls
+            tail["tokens"] = list(self.tokens)
+        if first["extra"]:
+            for k, v in first["extra"].items():
+                if k not in head and k not in tail and all(k != t[0] or t[1] is None for t in tensors):
+                    tail[k] = v
+        body = _pack_body(head, [t for t in tensors if t[1] is not None], tail)
+        self._sock.send_multipart([self.topic, body], copy=False)
         self._sent_schema = schema
         seq = self.seq
         self.seq += 1
         return seq
 
+    def _start_timer(self) -> None:
+        if self._timer is None:
+            self._timer = threading.Thread(target=self._timer_loop, name="xplain-pub-batch", daemon=True)
+            self._timer.start()
+
+    def _timer_loop(self) -> None:
+        with self._cv:
+            while not self._closed:
+                if not self._pending or self.delay <= 0:
+                    self._cv.wait()
+                    continue
+                left = self._pending_since + self.delay - time.monotonic()
+                if left > 0:
+                    self._cv.wait(left)
+                    continue
+                try:
+                    self._flush_locked()
+                except zmq.ZMQError:
+                    self._pending = []      # the socket is gone: nothing to send to
+
     def close(self, linger_ms: Optional[int] = None) -> None:
+        """Send what is pending, stop the batch timer and close the socket."""
+        with self._cv:
+            if self._closed:
+                return
+            try:
+                self._flush_locked()
+            finally:
+                self._closed = True
+                self._cv.notify_all()
+        if self._timer is not None:
+            self._timer.join(5.0)
         if linger_ms is not None:
             self._sock.setsockopt(zmq.LINGER, linger_ms)
         self._sock.close()
@@ -202,6 +338,42 @@ class Publisher:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _bin_header(size: int) -> bytes:
+    if size < 256:
+        return b"\xc4" + size.to_bytes(1, "big")
+    if size < 65536:
+        return b"\xc5" + size.to_bytes(2, "big")
+    return b"\xc6" + size.to_bytes(4, "big")
+
+
+def _tensor_view(x, dtype: str):
+    """The wire bytes of a tensor as a buffer, without a copy when the
+    array already is contiguous little-endian float32 (f32)."""
+    if dtype == "f32":
+        a = np.ascontiguousarray(x, dtype="<f4")
+        return memoryview(a).cast("B")
+    return codec.encode(x, dtype)
+
+
+def _pack_body(head: Dict[str, Any], tensors, tail: Dict[str, Any]) -> bytes:
+    """msgpack map of head, tensors (key, array, dtype), tail: the small
+    values through msgpack, each tensor copied once, into the frame."""
+    pk = msgpack.Packer(use_bin_type=True)
+    chunks = [pk.pack_map_header(len(head) + len(tensors) + len(tail))]
+    for k, v in head.items():
+        chunks.append(pk.pack(k))
+        chunks.append(pk.pack(v))
+    for k, x, dt in tensors:
+        buf = _tensor_view(x, dt)
+        chunks.append(pk.pack(k))
+        chunks.append(_bin_header(len(buf)))
+        chunks.append(buf)
+    for k, v in tail.items():
+        chunks.append(pk.pack(k))
+        chunks.append(pk.pack(v))
+    return b"".join(chunks)
 
 
 def _as_list(x):
