@@ -97,6 +97,43 @@ def test_fuse_torch_same_bits_as_numpy():
         assert np.array_equal(fuse(torch.from_numpy(a), torch.from_numpy(g)).fattn, fn.fattn)
 
 
+def test_capture_fuses_on_the_device():
+    """A fused capture equals fusing the full capture's tensors (same
+    float32 bits for the head means), for a model with several layers."""
+    try:
+        import torch
+    except ImportError:
+        print("  (torch not installed: skipped)")
+        return
+    from xplain.torch_capture import AttentionCapture
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(d_model=16, nhead=4, dim_feedforward=32, batch_first=True)
+    enc = torch.nn.TransformerEncoder(layer, num_layers=3, enable_nested_tensor=False)
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc, self.head = enc, torch.nn.Linear(16, 2)
+
+        def forward(self, x):
+            return self.head(self.enc(x)[:, -1])
+    model = M().eval()
+    x = torch.randn(5, 7, 16)
+    cap = AttentionCapture(model)
+    full = cap.run(x)
+    fz = cap.run(x, fused=True)
+    assert fz.attn is None and fz.grad is None and fz.fused is not None
+    want = fuse_numpy(full.attn, full.grad)
+    assert fz.fused.shape == (5, 3, 4, 7)
+    for k in ("fattn", "fgrad"):
+        assert np.array_equal(getattr(fz.fused, k), getattr(want, k)), k
+    close(fz.fused.head_importance, want.head_importance, 1e-5, "imp")
+    close(fz.fused.head_confidence, want.head_confidence, 1e-6, "conf")
+    assert np.array_equal(fz.target, full.target)
+    fwd = cap.run(x, grad=False, fused=True)
+    assert fwd.fused.fgrad is None and fwd.fused.head_importance is None
+
+
 class Sink:
     """A SUB on the publisher's endpoint; recv() with a deadline."""
 
@@ -247,7 +284,7 @@ def test_micro_batching():
 def main():
     failed = []
     for f in (test_fuse_numpy_matches_definitions, test_fuse_torch_same_bits_as_numpy,
-              test_fused_publisher_messages, test_full_form_bytes_unchanged, test_micro_batching):
+              test_capture_fuses_on_the_device, test_fused_publisher_messages, test_full_form_bytes_unchanged, test_micro_batching):
         t0 = time.monotonic()
         try:
             f()

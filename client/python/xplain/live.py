@@ -24,8 +24,10 @@ The model must be in eval() mode: a batch scored in training mode is
 passed through uncaptured (and counted in `training`).
 
 The wire form: per-head attention and gradients (contract v1, as
-Publisher.send). A pre-fused form, when the daemon accepts one, is a
-choice of the sender (`_Sender.publish`), not of the model's thread.
+Publisher.send), or, when the publisher is fused (Publisher(fused=True),
+or fused=True here), the fused form computed on the model's device inside
+the capture: only the head means, H times smaller, are copied to the
+host, and the sender thread packs them.
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ class LiveExplainer:
     def __init__(self, model: torch.nn.Module, publisher: Any, *, sample: float = 1.0,
                  queue_size: int = 64, target: Target = "pred", y: Union[str, int, None] = "target",
                  ids: Optional[Ids] = None, capture: Optional[AttentionCapture] = None,
-                 seed: Optional[int] = None, strict: bool = False) -> None:
+                 seed: Optional[int] = None, strict: bool = False, fused: Optional[bool] = None) -> None:
         if not 0.0 <= sample <= 1.0:
             raise ValueError("sample must be a rate in [0, 1], not %r" % (sample,))
         if queue_size < 1:
@@ -65,6 +67,7 @@ class LiveExplainer:
                                "(another explain_forward still open?)")
         self.model, self.publisher = model, publisher
         self.sample, self.target, self.y, self.ids, self.strict = sample, target, y, ids, strict
+        self.fused = bool(getattr(publisher, "fused", False)) if fused is None else bool(fused)
         self.capture = capture if capture is not None else AttentionCapture(model)
         self.counts: Dict[str, int] = dict(scored=0, sampled=0, training=0, queued=0,
                                            dropped=0, sent=0, failed=0)
@@ -100,10 +103,10 @@ class LiveExplainer:
                     args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
                     kwargs = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
                     c, out = self.capture._capture(lambda: self._original(self.model, *args, **kwargs),
-                                                   self.target, True)
+                                                   self.target, True, fused=self.fused)
             else:
                 c, out = self.capture._capture(lambda: self._original(self.model, *args, **kwargs),
-                                               self.target, True, keep_graph=grad_on)
+                                               self.target, True, keep_graph=grad_on, fused=self.fused)
             ids = list(self.ids(*args, **kwargs)) if self.ids is not None else None
         except Exception as e:              # a capture that fails never fails the model
             self.counts["failed"] += 1
@@ -155,7 +158,10 @@ class LiveExplainer:
             y = c.target_prob()
         else:
             y = c.prob[:, int(self.y)]
-        self.publisher.send(c.attn, grad=c.grad, ids=ids, target=c.target, y=y, ts=ts)
+        if c.fused is not None:
+            self.publisher.send(c.fused, ids=ids, target=c.target, y=y, ts=ts)
+        else:
+            self.publisher.send(c.attn, grad=c.grad, ids=ids, target=c.target, y=y, ts=ts)
 
     # --- control --------------------------------------------------------------
 
@@ -196,7 +202,8 @@ class LiveExplainer:
 def explain_forward(model: torch.nn.Module, publisher: Any, *, sample: float = 1.0,
                     queue_size: int = 64, target: Target = "pred", y: Union[str, int, None] = "target",
                     ids: Optional[Ids] = None, capture: Optional[AttentionCapture] = None,
-                    seed: Optional[int] = None, strict: bool = False) -> LiveExplainer:
+                    seed: Optional[int] = None, strict: bool = False,
+                    fused: Optional[bool] = None) -> LiveExplainer:
     """Wrap `model.forward` so that scored batches are published with their
     explanation inputs; returns the LiveExplainer (close() unwraps).
 
@@ -217,12 +224,14 @@ def explain_forward(model: torch.nn.Module, publisher: Any, *, sample: float = 1
                 give one with match= for models with their own attention)
     strict      re-raise a failed capture in the model's thread (default:
                 count it, keep last_error, and return the plain forward)
+    fused       fuse on the model's device and send the fused form
+                (default: when the publisher was made with fused=True)
 
     The wrapped forward returns what the model returns; for a sampled batch
     that is the output of the capture's forward, detached when gradients
     were disabled by the caller (no_grad, inference_mode)."""
     return LiveExplainer(model, publisher, sample=sample, queue_size=queue_size, target=target, y=y,
-                         ids=ids, capture=capture, seed=seed, strict=strict)
+                         ids=ids, capture=capture, seed=seed, strict=strict, fused=fused)
 
 
 def _detach(out: Any) -> Any:

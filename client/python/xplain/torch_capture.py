@@ -79,19 +79,23 @@ _MISSING = object()
 class Captured:
     """Result of one capture.
 
-    attn    numpy float32 [B, L, H, n, n]
-    grad    numpy float32 [B, L, H, n, n] or None (forward only)
+    attn    numpy float32 [B, L, H, n, n] (None for a fused capture)
+    grad    numpy float32 [B, L, H, n, n] or None (forward only, or fused)
+    fused   for a fused capture (fused=True): an xplain.fuse.Fused of numpy
+            arrays, the head means and statistics computed on the model's
+            device before anything was copied to the host; else None
     target  numpy int64 [B] or None
     logits  numpy float32 [B, C] (model output)
     prob    numpy float32 [B, C] (softmax of logits; sigmoid for C == 1)
     score   numpy float32 [B] the differentiated target scores y_t
     """
-    __slots__ = ("attn", "grad", "target", "logits", "prob", "score")
+    __slots__ = ("attn", "grad", "target", "logits", "prob", "score", "fused")
 
-    def __init__(self, attn: np.ndarray, grad: Optional[np.ndarray], target: Optional[np.ndarray],
-                 logits: np.ndarray, prob: np.ndarray, score: np.ndarray) -> None:
+    def __init__(self, attn: Optional[np.ndarray], grad: Optional[np.ndarray], target: Optional[np.ndarray],
+                 logits: np.ndarray, prob: np.ndarray, score: np.ndarray, fused: Any = None) -> None:
         self.attn, self.grad, self.target = attn, grad, target
         self.logits, self.prob, self.score = logits, prob, score
+        self.fused = fused
 
     def target_prob(self) -> np.ndarray:
         """Each sample's probability of its target class, float32 [B] (for
@@ -346,7 +350,7 @@ class AttentionCapture:
     # --- running ------------------------------------------------------------
 
     def run(self, *inputs: Any, target: Target = "pred", grad: bool = True,
-            eval_mode: bool = True, **kwargs: Any) -> Captured:
+            eval_mode: bool = True, fused: bool = False, **kwargs: Any) -> Captured:
         """Run the model on `inputs` (batched, and keyword `kwargs`) and
         capture every attention layer.
 
@@ -354,6 +358,8 @@ class AttentionCapture:
                  all samples; or a sequence of B classes
         grad     False: forward only (attn without gradients)
         eval_mode   put the model in eval() for the capture (restored after)
+        fused    compute the fused form (xplain.fuse) on the model's device
+                 and copy only that to the host: Captured.fused, no attn
 
         The score differentiated for sample b is logits[b, target[b]] of the
         model's output (its first element when it returns a tuple); for a
@@ -363,20 +369,20 @@ class AttentionCapture:
         if eval_mode:
             self.model.eval()
         try:
-            return self._capture(lambda: self.model(*inputs, **kwargs), target, grad)[0]
+            return self._capture(lambda: self.model(*inputs, **kwargs), target, grad, fused=fused)[0]
         finally:
             if eval_mode and was_training:
                 self.model.train()
 
     def _capture(self, call: Callable[[], Any], target: Target, grad: bool,
-                 keep_graph: bool = False) -> Tuple[Captured, Any]:
+                 keep_graph: bool = False, fused: bool = False) -> Tuple[Captured, Any]:
         """One capture around call() (the model's forward): the Captured
         tensors and the forward's own output."""
         with _PATCH_LOCK:
-            return self._capture_locked(call, target, grad, keep_graph)
+            return self._capture_locked(call, target, grad, keep_graph, fused)
 
     def _capture_locked(self, call: Callable[[], Any], target: Target, grad: bool,
-                        keep_graph: bool) -> Tuple[Captured, Any]:
+                        keep_graph: bool, fused: bool = False) -> Tuple[Captured, Any]:
         was_installed = self._installed
         self.install()
         self._records = {}
@@ -442,14 +448,26 @@ class AttentionCapture:
                             raise RuntimeError("attention layer %d got no gradient from the "
                                                "target score (not on the path to the output?)" % i)
                     # Layer i's gradient is read from layer i's own tensor.
-                    G = np.stack([_np(u.grad, s) for u, s in zip(used, shapes)], axis=1)
+                    if fused:
+                        G_dev = torch.stack([u.grad.detach().reshape(s) for u, s in zip(used, shapes)], dim=1)
+                    else:
+                        G = np.stack([_np(u.grad, s) for u, s in zip(used, shapes)], axis=1)
                     for u in used:
                         u.grad = None
-                A = np.stack([_np(u, s) for u, s in zip(used, shapes)], axis=1)
+                F = None
+                if fused:
+                    # On the model's device: only the fused arrays, H times
+                    # smaller than the heads, are copied to the host.
+                    from .fuse import fuse_torch
+                    A_dev = torch.stack([u.detach().reshape(s) for u, s in zip(used, shapes)], dim=1)
+                    F = fuse_torch(A_dev, G_dev if grad else None).to_host()
+                    A = None
+                else:
+                    A = np.stack([_np(u, s) for u, s in zip(used, shapes)], axis=1)
                 lg = logits.detach().cpu().float()
                 prob = torch.sigmoid(lg) if C == 1 else torch.softmax(lg, dim=1)
                 return (Captured(A, G, t.detach().cpu().numpy().astype(np.int64),
-                                 lg.numpy(), prob.numpy(), score.detach().cpu().float().numpy()), out)
+                                 lg.numpy(), prob.numpy(), score.detach().cpu().float().numpy(), F), out)
         finally:
             if sdpa_before is not _MISSING:
                 setattr(F, _SDPA, sdpa_before)
@@ -552,7 +570,8 @@ def _np(t: torch.Tensor, shape: Tuple[int, ...]) -> np.ndarray:
 
 def capture(model: torch.nn.Module, *inputs: Any, target: Target = "pred", grad: bool = True,
             layers: Optional[Sequence[torch.nn.Module]] = None, match: Optional[Match] = None,
-            probs: Optional[Probs] = None, sdpa: Optional[bool] = None, **kwargs: Any) -> Captured:
+            probs: Optional[Probs] = None, sdpa: Optional[bool] = None, fused: bool = False,
+            **kwargs: Any) -> Captured:
     """One-shot AttentionCapture(model, layers, match=, probs=, sdpa=).run(*inputs, ...)."""
     return AttentionCapture(model, layers, match=match, probs=probs, sdpa=sdpa).run(
-        *inputs, target=target, grad=grad, **kwargs)
+        *inputs, target=target, grad=grad, fused=fused, **kwargs)
