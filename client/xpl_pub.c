@@ -1,8 +1,11 @@
 /*  xpl_pub: contract-v1 ingest encoder and XPUB socket.  */
 #include "xpl_private.h"
+#include "fuse.h"
 #include "half.h"
 
 #include <assert.h>
+#include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -31,6 +34,19 @@ struct xpl_pub_t {
     size_t scratch_cap;
     float *f32;
     size_t f32_cap;
+    bool fused;                 /* send the fused form */
+    float *fz;                  /* fused scratch: M, P, S (B*L*n*n each), imp, conf */
+    size_t fz_cap;
+    float *fin;                 /* full tensors widened to f32 for fusing */
+    size_t fin_cap;
+    /* Micro-batching: trades waiting for a message, in wire dtype. */
+    uint32_t batch;
+    int64_t delay_us;
+    struct s_pend *pend;
+    pthread_mutex_t lock;       /* the socket and the pending trades */
+    pthread_cond_t wake;
+    pthread_t timer;
+    bool timer_on, closing;
 };
 
 static xpl_pub_t *
@@ -42,6 +58,13 @@ s_new(const char *endpoint, bool bind, const xpl_curve_t *curve)
     if (!self)
         return xpl_fail_null(XPL_ENOMEM, "out of memory");
     self->wire_dtype = XPL_WIRE_AS_GIVEN;
+    self->batch = 1;
+    pthread_mutex_init(&self->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&self->wake, &ca);
+    pthread_condattr_destroy(&ca);
     void *ctx = xpl_ctx_acquire();
     if (!ctx) {
         free(self);
@@ -73,6 +96,8 @@ fail:
         zmq_close(self->sock);
     }
     xpl_ctx_release();
+    pthread_cond_destroy(&self->wake);
+    pthread_mutex_destroy(&self->lock);
     free(self);
     return NULL;
 }
@@ -111,6 +136,9 @@ s_free_tokens(s_model_t *m)
     m->tokens = NULL;
 }
 
+static void s_pend_free(struct s_pend *p);
+static int s_flush_locked(xpl_pub_t *self);
+
 void
 xpl_pub_destroy(xpl_pub_t **self_p)
 {
@@ -118,6 +146,18 @@ xpl_pub_destroy(xpl_pub_t **self_p)
     xpl_pub_t *self = *self_p;
     if (!self)
         return;
+    pthread_mutex_lock(&self->lock);
+    s_flush_locked(self);
+    self->closing = true;
+    pthread_cond_broadcast(&self->wake);
+    pthread_mutex_unlock(&self->lock);
+    if (self->timer_on)
+        pthread_join(self->timer, NULL);
+    s_pend_free(self->pend);
+    pthread_cond_destroy(&self->wake);
+    pthread_mutex_destroy(&self->lock);
+    free(self->fz);
+    free(self->fin);
     xpl_hs_close(&self->hs, self->sock);
     zmq_close(self->sock);
     xpl_ctx_release();
@@ -179,6 +219,12 @@ xpl_pub_set_schema(xpl_pub_t *self, const char *model, uint32_t L, uint32_t H, u
     s_model_t *m = s_find(self, model);
     if (m && s_same_schema(m, L, H, n, cls, tokens))
         return 0;
+    /* Pending trades were of the old schema (and models may move). */
+    pthread_mutex_lock(&self->lock);
+    int frc = s_flush_locked(self);
+    pthread_mutex_unlock(&self->lock);
+    if (frc)
+        return -1;
     char **copy = calloc(n, sizeof *copy);
     if (!copy)
         return xpl_fail(XPL_ENOMEM, "out of memory");
@@ -265,15 +311,24 @@ xpl_pub_wait_subscriber(xpl_pub_t *self, int timeout_ms)
     assert(self);
     int64_t deadline = xpl_now_ms() + timeout_ms;
     for (;;) {
+        /* In slices of at most 50 ms under the lock: the batch timer may
+           send in between. */
+        pthread_mutex_lock(&self->lock);
         s_read_subscriptions(self, 0);
-        if (self->subscribers > 0)
+        if (self->subscribers > 0) {
+            pthread_mutex_unlock(&self->lock);
             return 0;
+        }
         int left = timeout_ms < 0 ? -1 : (int)(deadline - xpl_now_ms());
-        if (timeout_ms >= 0 && left <= 0)
+        if (timeout_ms >= 0 && left <= 0) {
+            pthread_mutex_unlock(&self->lock);
             return xpl_fail(XPL_ETIMEOUT, "no subscriber on %s within %d ms%s", self->endpoint,
                             timeout_ms, xpl_hs_hint(&self->hs));
+        }
         zmq_pollitem_t it = {self->sock, 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&it, 1, left) < 0)
+        int rc = zmq_poll(&it, 1, left < 0 || left > 50 ? 50 : left);
+        pthread_mutex_unlock(&self->lock);
+        if (rc < 0)
             return xpl_fail_zmq("wait for a subscriber");
     }
 }
@@ -349,6 +404,14 @@ s_now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+static int64_t
+s_mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 /* An sbuffer whose writer remembers running out of memory (msgpack-c's
    packers ignore the writer's result). */
 typedef struct {
@@ -372,37 +435,47 @@ s_free_sbuffer(void *data, void *hint)
     free(data);
 }
 
-int
-xpl_pub_send(xpl_pub_t *self, const xpl_batch_t *b)
+/* The tensors of one message: the full form's attn and grad, or the
+   fused form's fattn, fgrad, fgrad_signed (all of `in` dtype, converted
+   to the wire dtype on the way) and the head statistics (f32). */
+enum { T_A, T_G, T_S, T_IMP, T_CONF, T_N };
+static const char *s_full_keys[2] = {"attn", "grad"};
+static const char *s_fused_keys[T_N] = {"fattn", "fgrad", "fgrad_signed", "head_importance",
+                                        "head_confidence"};
+
+typedef struct {
+    uint32_t B;
+    const xpl_id_t *ids;
+    int64_t ts;
+    const int64_t *target;
+    const double *y;
+    bool fused;
+    int in;                     /* dtype of t[T_A..T_S] */
+    const void *t[T_N];
+} s_msg_t;
+
+/* Encode one message and send it zero-copy. */
+static int
+s_encode_send(xpl_pub_t *self, s_model_t *m, const s_msg_t *g)
 {
-    assert(self);
-    if (!b || !b->model)
-        return xpl_fail(XPL_EINVAL, "send: no batch or model");
-    s_model_t *m = s_find(self, b->model);
-    if (!m)
-        return xpl_fail(XPL_EINVAL, "send: no schema set for model '%s'", b->model);
-    if (b->B == 0 || !b->ids || !b->attn)
-        return xpl_fail(XPL_EINVAL, "send: batch of '%s' needs B >= 1, ids and attn", b->model);
-    if (b->dtype != XPL_F32 && b->dtype != XPL_F16 && b->dtype != XPL_BF16)
-        return xpl_fail(XPL_EINVAL, "send: unknown dtype %d", (int)b->dtype);
-    for (uint32_t i = 0; i < b->B; i++)
-        if (b->ids[i].is_str && !b->ids[i].s)
-            return xpl_fail(XPL_EINVAL, "send: id %u is a NULL string", i);
     s_read_subscriptions(self, 0);
-    int wire = self->wire_dtype == XPL_WIRE_AS_GIVEN ? (int)b->dtype : self->wire_dtype;
-    size_t count = (size_t)b->B * m->L * m->H * m->n * m->n;
+    int wire = self->wire_dtype == XPL_WIRE_AS_GIVEN ? g->in : self->wire_dtype;
+    size_t count = (size_t)g->B * m->L * (g->fused ? 1 : m->H) * m->n * m->n;
+    size_t hcount = (size_t)g->B * m->L * m->H;
     bool schema = m->schema_pending
                   || (self->schema_every && m->since_schema + 1 >= self->schema_every);
-    uint32_t nkeys = 10 + (b->grad ? 1 : 0) + (b->target ? 1 : 0) + (b->y ? 1 : 0)
-                     + (schema ? 2 : 0);
+    uint32_t ntens = 0;
+    for (int k = 0; k < T_N; k++)
+        ntens += g->t[k] != NULL;
+    uint32_t nkeys = 9 + ntens + (g->target ? 1 : 0) + (g->y ? 1 : 0) + (schema ? 2 : 0);
 
     /* Reserve the whole message up front: one allocation, handed to
        ZeroMQ as is (zero-copy send). */
     s_out_t out = {.oom = false};
     msgpack_sbuffer_init(&out.sb);
-    size_t est = 512 + (b->grad ? 2 : 1) * count * s_dtype_size(wire) + (size_t)b->B * 48;
-    for (uint32_t i = 0; i < b->B; i++)
-        est += b->ids[i].is_str ? strlen(b->ids[i].s) : 0;
+    size_t est = 512 + ntens * count * s_dtype_size(wire) + 2 * hcount * 4 + (size_t)g->B * 48;
+    for (uint32_t i = 0; i < g->B; i++)
+        est += g->ids[i].is_str ? strlen(g->ids[i].s) : 0;
     if (schema)
         for (uint32_t i = 0; i < m->n; i++)
             est += strlen(m->tokens[i]) + 5;
@@ -420,11 +493,11 @@ xpl_pub_send(xpl_pub_t *self, const xpl_batch_t *b)
     xpk_key(&pk, "seq");
     msgpack_pack_uint64(&pk, m->seq);
     xpk_key(&pk, "ts");
-    msgpack_pack_int64(&pk, b->ts ? b->ts : s_now_ns());
+    msgpack_pack_int64(&pk, g->ts ? g->ts : s_now_ns());
     xpk_key(&pk, "ids");
-    msgpack_pack_array(&pk, b->B);
-    for (uint32_t i = 0; i < b->B; i++)
-        xpk_id(&pk, &b->ids[i]);
+    msgpack_pack_array(&pk, g->B);
+    for (uint32_t i = 0; i < g->B; i++)
+        xpk_id(&pk, &g->ids[i]);
     xpk_key(&pk, "L");
     msgpack_pack_uint32(&pk, m->L);
     xpk_key(&pk, "H");
@@ -433,25 +506,26 @@ xpl_pub_send(xpl_pub_t *self, const xpl_batch_t *b)
     msgpack_pack_uint32(&pk, m->n);
     xpk_key(&pk, "dtype");
     xpk_str(&pk, s_dtype_name(wire));
-    xpk_key(&pk, "attn");
-    if (s_pack_tensor(self, &pk, b->attn, count, b->dtype, wire))
-        goto fail;
-    if (b->grad) {
-        xpk_key(&pk, "grad");
-        if (s_pack_tensor(self, &pk, b->grad, count, b->dtype, wire))
+    for (int k = 0; k < T_N; k++) {
+        if (!g->t[k])
+            continue;
+        xpk_key(&pk, g->fused ? s_fused_keys[k] : s_full_keys[k]);
+        bool head = k >= T_IMP;
+        if (s_pack_tensor(self, &pk, g->t[k], head ? hcount : count, head ? XPL_F32 : g->in,
+                          head ? XPL_F32 : wire))
             goto fail;
     }
-    if (b->target) {
+    if (g->target) {
         xpk_key(&pk, "target");
-        msgpack_pack_array(&pk, b->B);
-        for (uint32_t i = 0; i < b->B; i++)
-            msgpack_pack_int64(&pk, b->target[i]);
+        msgpack_pack_array(&pk, g->B);
+        for (uint32_t i = 0; i < g->B; i++)
+            msgpack_pack_int64(&pk, g->target[i]);
     }
-    if (b->y) {
+    if (g->y) {
         xpk_key(&pk, "y");
-        msgpack_pack_array(&pk, b->B);
-        for (uint32_t i = 0; i < b->B; i++)
-            msgpack_pack_double(&pk, b->y[i]);
+        msgpack_pack_array(&pk, g->B);
+        for (uint32_t i = 0; i < g->B; i++)
+            msgpack_pack_double(&pk, g->y[i]);
     }
     if (schema) {
         xpk_key(&pk, "cls");
@@ -491,6 +565,379 @@ xpl_pub_send(xpl_pub_t *self, const xpl_batch_t *b)
 fail:
     msgpack_sbuffer_destroy(sb);
     return -1;
+}
+
+/* ---- pending trades (micro-batching) ------------------------------------ */
+
+struct s_pend {
+    char model[65];
+    uint32_t B, cap;            /* trades pending, and room for */
+    bool fused;
+    int wire;                   /* dtype the tensors are held in */
+    unsigned has;               /* bits of T_*, and of target (1 << 8), y (1 << 9) */
+    int64_t ts;                 /* the first trade's */
+    int64_t since_us;           /* monotonic time the first trade came */
+    size_t per[T_N];            /* bytes of one trade's tensor k */
+    uint8_t *t[T_N];
+    xpl_id_t *ids;              /* strings owned */
+    int64_t *target;
+    double *y;
+};
+
+static void
+s_pend_clear(struct s_pend *p)
+{
+    for (uint32_t i = 0; i < p->B; i++)
+        if (p->ids[i].is_str)
+            free((char *)p->ids[i].s);
+    p->B = 0;
+}
+
+static void
+s_pend_free(struct s_pend *p)
+{
+    if (!p)
+        return;
+    s_pend_clear(p);
+    for (int k = 0; k < T_N; k++)
+        free(p->t[k]);
+    free(p->ids);
+    free(p->target);
+    free(p->y);
+    free(p);
+}
+
+static int
+s_grow(void *pp, size_t bytes)
+{
+    void *q = realloc(*(void **)pp, bytes ? bytes : 1);
+    if (!q)
+        return xpl_fail(XPL_ENOMEM, "out of memory (%zu bytes)", bytes);
+    *(void **)pp = q;
+    return 0;
+}
+
+/* Convert `count` values of dtype `in` at src to dtype `out` at dst. */
+static int
+s_convert(xpl_pub_t *self, void *dst, const void *src, size_t count, int in, int out)
+{
+    if (in == out) {
+        memcpy(dst, src, count * s_dtype_size(in));
+        return 0;
+    }
+    const float *f = src;
+    if (in != XPL_F32) {
+        void *fp = self->f32;
+        if (s_reserve(&fp, &self->f32_cap, count * sizeof(float)))
+            return -1;
+        self->f32 = fp;
+        if (in == XPL_F16)
+            half_f16_decode(self->f32, src, count);
+        else
+            half_bf16_decode(self->f32, src, count);
+        f = self->f32;
+    }
+    if (out == XPL_F32)
+        memcpy(dst, f, count * 4);
+    else if (out == XPL_F16)
+        half_f16_encode(dst, f, count);
+    else
+        half_bf16_encode(dst, f, count);
+    return 0;
+}
+
+static unsigned
+s_has_bits(const s_msg_t *g)
+{
+    unsigned has = (g->target ? 1u << 8 : 0) | (g->y ? 1u << 9 : 0);
+    for (int k = 0; k < T_N; k++)
+        has |= g->t[k] ? 1u << k : 0;
+    return has;
+}
+
+/* Append a message's trades to the pending ones (which are of the same
+   model, form and fields, or none). */
+static int
+s_pend_add(xpl_pub_t *self, s_model_t *m, const s_msg_t *g)
+{
+    if (!self->pend && !(self->pend = calloc(1, sizeof *self->pend)))
+        return xpl_fail(XPL_ENOMEM, "out of memory");
+    struct s_pend *p = self->pend;
+    int wire = self->wire_dtype == XPL_WIRE_AS_GIVEN ? g->in : self->wire_dtype;
+    if (p->B == 0) {
+        snprintf(p->model, sizeof p->model, "%s", m->model);
+        p->fused = g->fused;
+        p->wire = wire;
+        p->has = s_has_bits(g);
+        p->ts = g->ts ? g->ts : s_now_ns();
+        p->since_us = s_mono_us();
+        size_t nn = (size_t)m->n * m->n, lh = (size_t)m->L * m->H;
+        for (int k = 0; k < T_N; k++)
+            p->per[k] = k >= T_IMP ? lh * 4
+                                   : (size_t)m->L * (g->fused ? 1 : m->H) * nn * s_dtype_size(wire);
+    }
+    uint32_t need = p->B + g->B;
+    if (need > p->cap) {
+        uint32_t cap = p->cap ? p->cap : 8;
+        while (cap < need)
+            cap *= 2;
+        for (int k = 0; k < T_N; k++)
+            if ((p->has & (1u << k)) && s_grow(&p->t[k], cap * p->per[k]))
+                return -1;
+        if (s_grow(&p->ids, cap * sizeof *p->ids) || s_grow(&p->target, cap * sizeof *p->target)
+            || s_grow(&p->y, cap * sizeof *p->y))
+            return -1;
+        p->cap = cap;
+    }
+    for (int k = 0; k < T_N; k++) {
+        if (!g->t[k])
+            continue;
+        bool head = k >= T_IMP;
+        size_t cnt = p->per[k] / (head ? 4 : s_dtype_size(wire)) * g->B;
+        if (s_convert(self, p->t[k] + (size_t)p->B * p->per[k], g->t[k], cnt,
+                      head ? XPL_F32 : g->in, head ? XPL_F32 : wire))
+            return -1;
+    }
+    for (uint32_t i = 0; i < g->B; i++) {
+        xpl_id_t id = g->ids[i];
+        if (id.is_str && !(id.s = strdup(id.s))) {
+            p->B += i;
+            return xpl_fail(XPL_ENOMEM, "out of memory");
+        }
+        p->ids[p->B + i] = id;
+        if (g->target)
+            p->target[p->B + i] = g->target[i];
+        if (g->y)
+            p->y[p->B + i] = g->y[i];
+    }
+    p->B = need;
+    return 0;
+}
+
+static int
+s_flush_locked(xpl_pub_t *self)
+{
+    struct s_pend *p = self->pend;
+    if (!p || p->B == 0)
+        return 0;
+    s_model_t *m = s_find(self, p->model);
+    int rc = -1;
+    if (m) {
+        s_msg_t g = {.B = p->B, .ids = p->ids, .ts = p->ts,
+                     .target = (p->has & (1u << 8)) ? p->target : NULL,
+                     .y = (p->has & (1u << 9)) ? p->y : NULL, .fused = p->fused, .in = p->wire};
+        for (int k = 0; k < T_N; k++)
+            g.t[k] = (p->has & (1u << k)) ? p->t[k] : NULL;
+        /* Held in the wire dtype already: no second conversion. */
+        int saved = self->wire_dtype;
+        self->wire_dtype = p->wire;
+        rc = s_encode_send(self, m, &g);
+        self->wire_dtype = saved;
+    } else {
+        xpl_fail(XPL_EINVAL, "pending trades of model '%s' lost its schema", p->model);
+    }
+    s_pend_clear(p);
+    return rc;
+}
+
+static void *
+s_timer_main(void *arg)
+{
+    xpl_pub_t *self = arg;
+    pthread_mutex_lock(&self->lock);
+    while (!self->closing) {
+        struct s_pend *p = self->pend;
+        if (!p || p->B == 0 || self->delay_us <= 0) {
+            pthread_cond_wait(&self->wake, &self->lock);
+            continue;
+        }
+        int64_t due = p->since_us + self->delay_us, now = s_mono_us();
+        if (now < due) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            int64_t ns = ts.tv_nsec + (due - now) * 1000;
+            ts.tv_sec += ns / 1000000000;
+            ts.tv_nsec = ns % 1000000000;
+            pthread_cond_timedwait(&self->wake, &self->lock, &ts);
+            continue;
+        }
+        s_flush_locked(self);       /* an error here has no caller to go to */
+    }
+    pthread_mutex_unlock(&self->lock);
+    return NULL;
+}
+
+/* A message to send: at once (batch 1, nothing pending), or queued. */
+static int
+s_submit(xpl_pub_t *self, s_model_t *m, const s_msg_t *g)
+{
+    struct s_pend *p = self->pend;
+    int wire = self->wire_dtype == XPL_WIRE_AS_GIVEN ? g->in : self->wire_dtype;
+    if (p && p->B > 0
+        && (strcmp(p->model, m->model) || p->fused != g->fused || p->wire != wire
+            || p->has != s_has_bits(g)))
+        if (s_flush_locked(self))
+            return -1;
+    if ((!p || p->B == 0) && g->B >= self->batch)
+        return s_encode_send(self, m, g);
+    if (s_pend_add(self, m, g))
+        return -1;
+    if (self->pend->B >= self->batch)
+        return s_flush_locked(self);
+    if (self->delay_us > 0 && !self->timer_on) {
+        if (pthread_create(&self->timer, NULL, s_timer_main, self) == 0)
+            self->timer_on = true;
+    }
+    pthread_cond_broadcast(&self->wake);
+    return 0;
+}
+
+static int
+s_check_ids(const xpl_id_t *ids, uint32_t B)
+{
+    for (uint32_t i = 0; i < B; i++)
+        if (ids[i].is_str && !ids[i].s)
+            return xpl_fail(XPL_EINVAL, "send: id %u is a NULL string", i);
+    return 0;
+}
+
+/* Fuse B trades of full tensors into self->fz (f32): M, P, S blocks of
+   B*L*n*n, then imp and conf of B*L*H. */
+static int
+s_fuse(xpl_pub_t *self, s_model_t *m, const xpl_batch_t *b, s_msg_t *g)
+{
+    const size_t nn = (size_t)m->n * m->n, full = (size_t)m->L * m->H * nn;
+    const size_t lnn = (size_t)m->L * nn, lh = (size_t)m->L * m->H, B = b->B;
+    void *fz = self->fz;
+    if (s_reserve(&fz, &self->fz_cap, (3 * B * lnn + 2 * B * lh) * sizeof(float)))
+        return -1;
+    self->fz = fz;
+    const float *A = b->attn, *G = b->grad;
+    if (b->dtype != XPL_F32) {
+        /* Widen to f32 once (the daemon fuses the values it decodes). */
+        void *fin = self->fin;
+        if (s_reserve(&fin, &self->fin_cap, (b->grad ? 2 : 1) * B * full * sizeof(float)))
+            return -1;
+        self->fin = fin;
+        void (*dec)(float *, const void *, size_t) =
+            b->dtype == XPL_F16 ? half_f16_decode : half_bf16_decode;
+        dec(self->fin, b->attn, B * full);
+        if (b->grad)
+            dec(self->fin + B * full, b->grad, B * full);
+        A = self->fin;
+        G = b->grad ? self->fin + B * full : NULL;
+    }
+    float *M = self->fz, *P = M + B * lnn, *imp = M + 3 * B * lnn, *conf = imp + B * lh;
+    for (size_t t = 0; t < B; t++)
+        fuse_trade(m->L, m->H, m->n, A + t * full, G ? G + t * full : NULL, M + t * lnn,
+                   P + t * lnn, NULL, imp + t * lh, conf + t * lh);
+    g->fused = true;
+    g->in = XPL_F32;
+    g->t[T_A] = M;
+    g->t[T_G] = G ? P : NULL;
+    g->t[T_S] = NULL;
+    g->t[T_IMP] = G ? imp : NULL;
+    g->t[T_CONF] = conf;
+    return 0;
+}
+
+int
+xpl_pub_send(xpl_pub_t *self, const xpl_batch_t *b)
+{
+    assert(self);
+    if (!b || !b->model)
+        return xpl_fail(XPL_EINVAL, "send: no batch or model");
+    s_model_t *m = s_find(self, b->model);
+    if (!m)
+        return xpl_fail(XPL_EINVAL, "send: no schema set for model '%s'", b->model);
+    if (b->B == 0 || !b->ids || !b->attn)
+        return xpl_fail(XPL_EINVAL, "send: batch of '%s' needs B >= 1, ids and attn", b->model);
+    if (b->dtype != XPL_F32 && b->dtype != XPL_F16 && b->dtype != XPL_BF16)
+        return xpl_fail(XPL_EINVAL, "send: unknown dtype %d", (int)b->dtype);
+    if (s_check_ids(b->ids, b->B))
+        return -1;
+    s_msg_t g = {.B = b->B, .ids = b->ids, .ts = b->ts, .target = b->target, .y = b->y,
+                 .fused = false, .in = (int)b->dtype, .t = {b->attn, b->grad}};
+    pthread_mutex_lock(&self->lock);
+    int rc = self->fused ? s_fuse(self, m, b, &g) : 0;
+    if (rc == 0)
+        rc = s_submit(self, m, &g);
+    pthread_mutex_unlock(&self->lock);
+    return rc;
+}
+
+int
+xpl_pub_send_fused(xpl_pub_t *self, const xpl_fused_batch_t *b)
+{
+    assert(self);
+    if (!b || !b->model)
+        return xpl_fail(XPL_EINVAL, "send: no batch or model");
+    s_model_t *m = s_find(self, b->model);
+    if (!m)
+        return xpl_fail(XPL_EINVAL, "send: no schema set for model '%s'", b->model);
+    if (b->B == 0 || !b->ids || !b->fattn || !b->head_confidence)
+        return xpl_fail(XPL_EINVAL, "send: fused batch of '%s' needs B >= 1, ids, fattn and "
+                        "head_confidence", b->model);
+    if (!b->fgrad != !b->head_importance || (b->fgrad_signed && !b->fgrad))
+        return xpl_fail(XPL_EINVAL, "send: fused batch of '%s': fgrad and head_importance go "
+                        "together, fgrad_signed needs fgrad", b->model);
+    if (b->dtype != XPL_F32 && b->dtype != XPL_F16 && b->dtype != XPL_BF16)
+        return xpl_fail(XPL_EINVAL, "send: unknown dtype %d", (int)b->dtype);
+    if (s_check_ids(b->ids, b->B))
+        return -1;
+    s_msg_t g = {.B = b->B, .ids = b->ids, .ts = b->ts, .target = b->target, .y = b->y,
+                 .fused = true, .in = (int)b->dtype,
+                 .t = {b->fattn, b->fgrad, b->fgrad_signed, b->head_importance,
+                       b->head_confidence}};
+    pthread_mutex_lock(&self->lock);
+    int rc = s_submit(self, m, &g);
+    pthread_mutex_unlock(&self->lock);
+    return rc;
+}
+
+int
+xpl_pub_set_fused(xpl_pub_t *self, bool fused)
+{
+    assert(self);
+    self->fused = fused;
+    return 0;
+}
+
+int
+xpl_pub_set_batch(xpl_pub_t *self, uint32_t batch, int64_t delay_us)
+{
+    assert(self);
+    if (batch < 1 || delay_us < 0)
+        return xpl_fail(XPL_EINVAL, "batch must be >= 1 and delay_us >= 0 (got %u, %lld)", batch,
+                        (long long)delay_us);
+    pthread_mutex_lock(&self->lock);
+    int rc = s_flush_locked(self);
+    self->batch = batch;
+    self->delay_us = delay_us;
+    pthread_cond_broadcast(&self->wake);
+    pthread_mutex_unlock(&self->lock);
+    return rc;
+}
+
+int
+xpl_pub_flush(xpl_pub_t *self)
+{
+    assert(self);
+    pthread_mutex_lock(&self->lock);
+    int rc = s_flush_locked(self);
+    pthread_mutex_unlock(&self->lock);
+    return rc;
+}
+
+uint32_t
+xpl_pub_pending(const xpl_pub_t *self)
+{
+    assert(self);
+    xpl_pub_t *w = (xpl_pub_t *)self;
+    pthread_mutex_lock(&w->lock);
+    uint32_t n = w->pend ? w->pend->B : 0;
+    pthread_mutex_unlock(&w->lock);
+    return n;
 }
 
 uint64_t

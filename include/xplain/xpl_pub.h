@@ -16,10 +16,24 @@
     lets a program wait for the daemon before its first message (ZeroMQ
     drops what a PUB sends before anyone has subscribed).
 
+    The fused form (proto/ingest.md, "The fused form"): with
+    xpl_pub_set_fused the publisher sends, per trade and layer, the head
+    means the daemon needs (mean_h A, mean_h max(0, G A)) and the head
+    statistics instead of every head, H times fewer bytes, computed from
+    the full tensors given to xpl_pub_send; xpl_pub_send_fused sends
+    fused arrays computed elsewhere (on the model's GPU).
+
+    Micro-batching, for servers that score trade by trade: with
+    xpl_pub_set_batch, trades are held until `batch` are pending or the
+    oldest waited `delay_us` (a timer thread then sends them), and go out
+    as one message; xpl_pub_flush sends what is pending, and so does
+    xpl_pub_destroy. Trades of another model, another form or with other
+    optional fields than the pending ones send the pending ones first.
+
     Errors: -1 with XPL_EINVAL for a bad argument (model name, shape,
     missing schema, NULL buffer), XPL_EZMQ for a socket failure,
     XPL_ETIMEOUT when no subscriber came in time. A publisher is used by
-    one thread at a time.  */
+    one thread at a time (its batch timer takes turns with it).  */
 #ifndef XPL_PUB_H_INCLUDED
 #define XPL_PUB_H_INCLUDED
 
@@ -48,6 +62,22 @@ typedef struct {
     const double *y;            /* B model outputs, or NULL */
     int64_t ts;                 /* event time, ns since the Unix epoch; 0 = now */
 } xpl_batch_t;
+
+/* One message of B pre-fused trades (xpl_pub_send_fused). */
+typedef struct {
+    const char *model;          /* schema set (L, H, n from it) */
+    uint32_t B;
+    const xpl_id_t *ids;
+    xpl_dtype_t dtype;          /* element type of fattn, fgrad, fgrad_signed */
+    const void *fattn;          /* B*L*n*n, [b][l][i][j]: mean_h A */
+    const void *fgrad;          /* same: mean_h max(0, G A), or NULL */
+    const void *fgrad_signed;   /* same: mean_h G A, or NULL (needs fgrad) */
+    const float *head_importance;   /* B*L*H |sum_ij A G|; with fgrad only */
+    const float *head_confidence;   /* B*L*H mean_i max_j A */
+    const int64_t *target;      /* B, or NULL */
+    const double *y;            /* B, or NULL */
+    int64_t ts;                 /* 0 = now */
+} xpl_fused_batch_t;
 
 /* A publisher that binds `endpoint` (the daemon then runs with
    --ingest-connect), or connects to it (the daemon runs with
@@ -101,8 +131,30 @@ XPL_EXPORT void xpl_pub_set_linger(xpl_pub_t *self, int linger_ms);
    longer counts. XPL_ETIMEOUT when none came, XPL_EINTR on a signal. */
 XPL_EXPORT int xpl_pub_wait_subscriber(xpl_pub_t *self, int timeout_ms);
 
-/* Encode and send one batch. Returns 0, or -1 (nothing sent). */
+/* Send the fused form (true) or every head (false, the default): the
+   full tensors given to xpl_pub_send are fused on the way (head means
+   summed in head order in float32, as the daemon sums them, so the
+   explanations are bit for bit those of the full form). */
+XPL_EXPORT int xpl_pub_set_fused(xpl_pub_t *self, bool fused);
+
+/* Micro-batching: hold trades until `batch` (>= 1; 1, the default, sends
+   each xpl_pub_send at once) are pending, or the oldest pending trade
+   waited delay_us microseconds (0: only batch and xpl_pub_flush send).
+   Pending trades are sent first. */
+XPL_EXPORT int xpl_pub_set_batch(xpl_pub_t *self, uint32_t batch, int64_t delay_us);
+
+/* Encode and send (or, batching, queue: everything is copied) one batch.
+   Returns 0, or -1 (nothing sent or queued). */
 XPL_EXPORT int xpl_pub_send(xpl_pub_t *self, const xpl_batch_t *batch);
+
+/* The same for trades already fused. */
+XPL_EXPORT int xpl_pub_send_fused(xpl_pub_t *self, const xpl_fused_batch_t *batch);
+
+/* Send the pending trades now. 0 (also when none were pending) or -1. */
+XPL_EXPORT int xpl_pub_flush(xpl_pub_t *self);
+
+/* Trades pending (batching). */
+XPL_EXPORT uint32_t xpl_pub_pending(const xpl_pub_t *self);
 
 /* The seq the next message of `model` will carry (0 before the first). */
 XPL_EXPORT uint64_t xpl_pub_next_seq(const xpl_pub_t *self, const char *model);

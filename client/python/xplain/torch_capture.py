@@ -454,20 +454,20 @@ class AttentionCapture:
                         G = np.stack([_np(u.grad, s) for u, s in zip(used, shapes)], axis=1)
                     for u in used:
                         u.grad = None
-                F = None
+                fz = None
                 if fused:
                     # On the model's device: only the fused arrays, H times
                     # smaller than the heads, are copied to the host.
                     from .fuse import fuse_torch
                     A_dev = torch.stack([u.detach().reshape(s) for u, s in zip(used, shapes)], dim=1)
-                    F = fuse_torch(A_dev, G_dev if grad else None).to_host()
+                    fz = fuse_torch(A_dev, G_dev if grad else None).to_host()
                     A = None
                 else:
                     A = np.stack([_np(u, s) for u, s in zip(used, shapes)], axis=1)
                 lg = logits.detach().cpu().float()
                 prob = torch.sigmoid(lg) if C == 1 else torch.softmax(lg, dim=1)
                 return (Captured(A, G, t.detach().cpu().numpy().astype(np.int64),
-                                 lg.numpy(), prob.numpy(), score.detach().cpu().float().numpy(), F), out)
+                                 lg.numpy(), prob.numpy(), score.detach().cpu().float().numpy(), fz), out)
         finally:
             if sdpa_before is not _MISSING:
                 setattr(F, _SDPA, sdpa_before)
