@@ -5,6 +5,7 @@
 #ifndef XPL_BENCH_COMMON_H
 #define XPL_BENCH_COMMON_H
 
+#include "fuse.h"
 #include "half.h"
 #include "support.h"
 #include "xmath.h"
@@ -22,6 +23,7 @@ typedef struct {
     xm_dtype_t dtype;
     uint32_t B;
     int grad;
+    int fused;          /* the fused form (fattn, fgrad, head statistics) */
 } wl_t;
 
 /* The named workloads of ISSUE 7. */
@@ -31,6 +33,8 @@ static const wl_t WORKLOADS[] = {
     {"tab32-f16", 4, 8, 32, 31, XM_F16, 1, 1},
     {"tab16", 3, 4, 16, 15, XM_F32, 1, 1},
     {"wide128", 6, 8, 128, 127, XM_F32, 1, 1},
+    {"tab32-fused", 4, 8, 32, 31, XM_F32, 1, 1, 1},
+    {"tab32-fused-f16", 4, 8, 32, 31, XM_F16, 1, 1, 1},
 };
 #define N_WORKLOADS (sizeof WORKLOADS / sizeof WORKLOADS[0])
 
@@ -66,10 +70,14 @@ wl_trade_elems(const wl_t *w)
     return (size_t)w->L * w->H * w->n * w->n;
 }
 
-/* Bytes of tensor data per trade (attn + grad). */
+/* Bytes of tensor data per trade (attn + grad; fused: fattn + fgrad and
+   the head statistics). */
 static inline size_t
 wl_trade_bytes(const wl_t *w)
 {
+    if (w->fused)
+        return (size_t)w->L * w->n * w->n * xm_dtype_size(w->dtype) * (w->grad ? 2 : 1) +
+               (size_t)w->L * w->H * 4 * (w->grad ? 2 : 1);
     return wl_trade_elems(w) * xm_dtype_size(w->dtype) * (w->grad ? 2 : 1);
 }
 
@@ -142,6 +150,50 @@ s_pk_str(msgpack_packer *pk, const char *s)
     msgpack_pack_str_body(pk, s, len);
 }
 
+/* The fused keys of a workload's message, from its full tensors (fused
+   in float32 as core/fuse.c does, then encoded in the wire dtype). */
+static inline void
+wmsg_fused(msgpack_packer *pk, const wl_t *w, const void *attn, const void *grad)
+{
+    const size_t full = wl_trade_elems(w), lnn = (size_t)w->L * w->n * w->n;
+    const size_t lh = (size_t)w->L * w->H, es = xm_dtype_size(w->dtype);
+    float *A = malloc(full * 4), *G = malloc(full * 4);
+    float *M = malloc(w->B * lnn * 4), *P = malloc(w->B * lnn * 4), *S = malloc(lnn * 4);
+    float *imp = malloc(w->B * lh * 4), *conf = malloc(w->B * lh * 4);
+    uint8_t *enc = malloc(w->B * lnn * es);
+    for (uint32_t b = 0; b < w->B; b++) {
+        const uint8_t *a = (const uint8_t *)attn + b * full * es;
+        const uint8_t *g = grad ? (const uint8_t *)grad + b * full * es : NULL;
+        if (w->dtype == XM_F32) {
+            memcpy(A, a, full * 4);
+            if (g)
+                memcpy(G, g, full * 4);
+        } else {
+            half_f16_decode(A, a, full);
+            if (g)
+                half_f16_decode(G, g, full);
+        }
+        fuse_trade(w->L, w->H, w->n, A, g ? G : NULL, M + b * lnn, P + b * lnn, S, imp + b * lh,
+                   conf + b * lh);
+    }
+    for (int k = 0; k < (grad ? 2 : 1); k++) {
+        const float *x = k ? P : M;
+        if (w->dtype == XM_F32)
+            memcpy(enc, x, w->B * lnn * 4);
+        else
+            half_f16_encode(enc, x, w->B * lnn);
+        s_pk_str(pk, k ? "fgrad" : "fattn");
+        msgpack_pack_bin(pk, w->B * lnn * es);
+        msgpack_pack_bin_body(pk, enc, w->B * lnn * es);
+    }
+    for (int k = grad ? 0 : 1; k < 2; k++) {
+        s_pk_str(pk, k ? "head_confidence" : "head_importance");
+        msgpack_pack_bin(pk, w->B * lh * 4);
+        msgpack_pack_bin_body(pk, k ? conf : imp, w->B * lh * 4);
+    }
+    free(A); free(G); free(M); free(P); free(S); free(imp); free(conf); free(enc);
+}
+
 static inline void
 wmsg_build(wmsg_t *m, const wl_t *w, const char *model, uint64_t seed)
 {
@@ -153,7 +205,7 @@ wmsg_build(wmsg_t *m, const wl_t *w, const char *model, uint64_t seed)
     msgpack_sbuffer_init(&m->body);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &m->body, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, 15);
+    msgpack_pack_map(&pk, w->fused ? (w->grad ? 17 : 15) : 15);
     s_pk_str(&pk, "v");
     msgpack_pack_uint8(&pk, 1);
     s_pk_str(&pk, "model");
@@ -197,6 +249,12 @@ wmsg_build(wmsg_t *m, const wl_t *w, const char *model, uint64_t seed)
     msgpack_pack_array(&pk, w->B);
     for (uint32_t b = 0; b < w->B; b++)
         msgpack_pack_double(&pk, 0.5);
+    if (w->fused) {
+        wmsg_fused(&pk, w, attn, grad);
+        free(attn);
+        free(grad);
+        return;
+    }
     s_pk_str(&pk, "attn");
     msgpack_pack_bin(&pk, bytes);
     msgpack_pack_bin_body(&pk, attn, bytes);

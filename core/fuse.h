@@ -13,8 +13,9 @@
     The head means are summed in head order in float32 and scaled by
     float32(1/H) at the end, the way the daemon's full-form pass does, so
     that explaining the fused form gives bit for bit what explaining the
-    full one gives. The head statistics are summed in double (at least as
-    accurate as the daemon's own). No BLAS, no sockets, no allocation.  */
+    full one gives. The head statistics are summed in double (the
+    importance from float32 products, as the daemon's). No BLAS, no
+    sockets, no allocation.  */
 #ifndef XPL_FUSE_H
 #define XPL_FUSE_H
 

@@ -74,13 +74,18 @@ class Fused:
         return int(B), int(L), self.H, int(n)
 
     def to_host(self) -> "Fused":
-        """numpy float32 arrays (a no-op for numpy ones)."""
+        """numpy arrays (a no-op for numpy ones): float32, or float16 where
+        the tensors are half already (fuse_torch(half=True))."""
         def h(x):
             if x is None:
                 return None
             if hasattr(x, "detach"):
-                return x.detach().float().cpu().numpy()
-            return np.asarray(x, dtype=np.float32)
+                x = x.detach()
+                if x.dtype != __import__("torch").float16:
+                    x = x.float()
+                return x.cpu().numpy()
+            x = np.asarray(x)
+            return x if x.dtype in (np.float32, np.float16) else x.astype(np.float32)
         return Fused(h(self.fattn), h(self.head_confidence), h(self.fgrad), h(self.head_importance),
                      h(self.fgrad_signed), self.H)
 
@@ -123,17 +128,21 @@ def fuse_numpy(attn, grad=None, signed: bool = False) -> Fused:
         if g.shape != a.shape:
             raise ValueError("grad shape %s differs from attn shape %s" % (g.shape, a.shape))
         prod = a * g
-        P = _head_mean(np.maximum(prod, np.float32(0)), H)
+        # The float32 products summed in double, as the daemon sums them.
+        imp = np.abs(prod.reshape(prod.shape[:3] + (-1,)).sum(axis=-1, dtype=np.float64)).astype(np.float32)
         if signed:
             S = _head_mean(prod, H)
-        imp = np.abs(np.einsum("blhij,blhij->blh", a.astype(np.float64), g.astype(np.float64))).astype(np.float32)
+        P = _head_mean(np.maximum(prod, np.float32(0), out=prod), H)
     return Fused(M, conf, P, imp, S, H)
 
 
-def fuse_torch(attn, grad=None, signed: bool = False) -> Fused:
+def fuse_torch(attn, grad=None, signed: bool = False, half: bool = False) -> Fused:
     """torch [B, L, H, n, n] tensors -> Fused of torch tensors on their
     device (float32; head statistics summed in float64 there). No copy to
-    the host: call .to_host() when the arrays are wanted."""
+    the host: call .to_host() when the arrays are wanted. half=True: the
+    head means are rounded to float16 on the device (for an f16 wire: half
+    the bytes to copy, no conversion on the host; the head statistics
+    stay float32)."""
     import torch
     with torch.no_grad():
         a = attn.detach()
@@ -155,7 +164,10 @@ def fuse_torch(attn, grad=None, signed: bool = False) -> Fused:
             P = _head_mean(prod.clamp_min(0.0), H)
             if signed:
                 S = _head_mean(prod, H)
-            imp = (a.double() * g.double()).sum(dim=(-1, -2)).abs().float()
+            # The float32 products summed in double, as the daemon sums them.
+            imp = prod.double().sum(dim=(-1, -2)).abs().float()
+        if half:
+            M, P, S = (None if x is None else x.half() for x in (M, P, S))
     return Fused(M, conf, P, imp, S, H)
 
 

@@ -67,7 +67,9 @@ class LiveExplainer:
                                "(another explain_forward still open?)")
         self.model, self.publisher = model, publisher
         self.sample, self.target, self.y, self.ids, self.strict = sample, target, y, ids, strict
-        self.fused = bool(getattr(publisher, "fused", False)) if fused is None else bool(fused)
+        self.fused: Union[bool, str] = bool(getattr(publisher, "fused", False)) if fused is None else bool(fused)
+        if self.fused and getattr(publisher, "dtype", None) == "f16":
+            self.fused = "f16"      # round to half on the device: half the bytes to copy
         self.capture = capture if capture is not None else AttentionCapture(model)
         self.counts: Dict[str, int] = dict(scored=0, sampled=0, training=0, queued=0,
                                            dropped=0, sent=0, failed=0)

@@ -126,6 +126,9 @@ class Publisher:
 
     def _drain_subscriptions(self):
         new = 0
+        # EVENTS first: a recv that raises Again costs more than the send.
+        if not self._sock.get(zmq.EVENTS) & zmq.POLLIN:
+            return 0
         while True:
             try:
                 ev = self._sock.recv(zmq.NOBLOCK)
@@ -348,32 +351,49 @@ def _bin_header(size: int) -> bytes:
     return b"\xc6" + size.to_bytes(4, "big")
 
 
+def _map_items(d: Dict[str, Any]) -> bytes:
+    """msgpack of a dict's key/value pairs without the map header."""
+    b = msgpack.packb(d, use_bin_type=True)
+    h = b[0]
+    return b[1:] if h < 0x90 else b[3:] if h == 0xDE else b[5:]
+
+
+def _map_header(count: int) -> bytes:
+    if count < 16:
+        return bytes([0x80 | count])
+    if count < 65536:
+        return b"\xde" + count.to_bytes(2, "big")
+    return b"\xdf" + count.to_bytes(4, "big")
+
+
 def _tensor_view(x, dtype: str):
     """The wire bytes of a tensor as a buffer, without a copy when the
     array already is contiguous little-endian float32 (f32)."""
     if dtype == "f32":
         a = np.ascontiguousarray(x, dtype="<f4")
         return memoryview(a).cast("B")
+    if dtype == "f16" and getattr(x, "dtype", None) == np.float16:
+        # Already half (converted on the model's device): as is.
+        return memoryview(np.ascontiguousarray(x, dtype="<f2")).cast("B")
     return codec.encode(x, dtype)
 
 
 def _pack_body(head: Dict[str, Any], tensors, tail: Dict[str, Any]) -> bytes:
     """msgpack map of head, tensors (key, array, dtype), tail: the small
     values through msgpack, each tensor copied once, into the frame."""
-    pk = msgpack.Packer(use_bin_type=True)
-    chunks = [pk.pack_map_header(len(head) + len(tensors) + len(tail))]
-    for k, v in head.items():
-        chunks.append(pk.pack(k))
-        chunks.append(pk.pack(v))
+    chunks = [_map_header(len(head) + len(tensors) + len(tail)), _map_items(head)]
     for k, x, dt in tensors:
         buf = _tensor_view(x, dt)
-        chunks.append(pk.pack(k))
+        chunks.append(_KEYS.get(k) or msgpack.packb(k))
         chunks.append(_bin_header(len(buf)))
         chunks.append(buf)
-    for k, v in tail.items():
-        chunks.append(pk.pack(k))
-        chunks.append(pk.pack(v))
+    if tail:
+        chunks.append(_map_items(tail))
     return b"".join(chunks)
+
+
+_KEYS = {k: msgpack.packb(k) for k in ("attn", "grad", "fattn", "fgrad", "fgrad_signed",
+                                       "head_importance", "head_confidence")}
 
 
 def _as_list(x):

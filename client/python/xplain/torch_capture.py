@@ -350,7 +350,7 @@ class AttentionCapture:
     # --- running ------------------------------------------------------------
 
     def run(self, *inputs: Any, target: Target = "pred", grad: bool = True,
-            eval_mode: bool = True, fused: bool = False, **kwargs: Any) -> Captured:
+            eval_mode: bool = True, fused: Union[bool, str] = False, **kwargs: Any) -> Captured:
         """Run the model on `inputs` (batched, and keyword `kwargs`) and
         capture every attention layer.
 
@@ -359,7 +359,9 @@ class AttentionCapture:
         grad     False: forward only (attn without gradients)
         eval_mode   put the model in eval() for the capture (restored after)
         fused    compute the fused form (xplain.fuse) on the model's device
-                 and copy only that to the host: Captured.fused, no attn
+                 and copy only that to the host: Captured.fused, no attn;
+                 "f16": its head means rounded to float16 there (for an
+                 f16 wire)
 
         The score differentiated for sample b is logits[b, target[b]] of the
         model's output (its first element when it returns a tuple); for a
@@ -460,7 +462,7 @@ class AttentionCapture:
                     # smaller than the heads, are copied to the host.
                     from .fuse import fuse_torch
                     A_dev = torch.stack([u.detach().reshape(s) for u, s in zip(used, shapes)], dim=1)
-                    fz = fuse_torch(A_dev, G_dev if grad else None).to_host()
+                    fz = fuse_torch(A_dev, G_dev if grad else None, half=fused == "f16").to_host()
                     A = None
                 else:
                     A = np.stack([_np(u, s) for u, s in zip(used, shapes)], axis=1)
