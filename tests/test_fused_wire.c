@@ -6,6 +6,7 @@
     a truncated bin); a decoder that does not take the fused form treats
     it as an older daemon does (missing_key: no attn); the per-trade value
     check names rows of M and head statistics out of range.  */
+#define _GNU_SOURCE /* memmem */
 #include "fuse.h"
 #include "half.h"
 #include "support.h"
@@ -403,5 +404,67 @@ Test(fused_wire, trade_values_are_checked)
         free_data(&e);
     }
     wire_decoder_destroy(&dec);
+    free_data(&d);
+}
+
+/* Hostile bytes: every truncation of a fused body is msgpack; random
+   byte changes give some named reason (or a message still valid), never
+   a read past the bytes present (the ASan build checks that); a bin
+   declaring 4 GiB is msgpack, not an allocation. */
+Test(fused_wire, hostile_bytes)
+{
+    msg_t m = {2, 2, 3, 5, 0, FUSED | F_FSIGN};
+    data_t d;
+    make_data(&m, &d, 21);
+    size_t len;
+    uint8_t *body = build(&m, &d, &len);
+    wire_limits_t lim;
+    wire_limits_default(&lim);
+    lim.fused = true;
+    wire_decoder_t dec;
+    wire_decoder_init(&dec, &lim);
+    wire_ingest_t in;
+    for (size_t cut = 0; cut < len; cut++) {
+        uint8_t *p = malloc(cut ? cut : 1);
+        memcpy(p, body, cut);
+        xr_reason_t r = wire_decode_ingest(&dec, "attn/m1", 7, p, cut, &in);
+        cr_assert_eq(r, XR_MSGPACK, "cut at %zu of %zu: %s (%s)", cut, len, xr_reason_name(r),
+                     wire_detail(&dec));
+        free(p);
+    }
+    rng_t r;
+    rng_seed(&r, 99);
+    uint8_t *p = malloc(len);
+    for (int k = 0; k < 20000; k++) {
+        memcpy(p, body, len);
+        int flips = 1 + (int)(rng_uniform(&r) * 4);
+        for (int f = 0; f < flips; f++)
+            p[(size_t)(rng_uniform(&r) * len)] = (uint8_t)rng_next(&r);
+        xr_reason_t rc = wire_decode_ingest(&dec, "attn/m1", 7, p, len, &in);
+        cr_assert(rc < XR_NREASONS);
+        if (rc == XR_OK && in.fused) {
+            /* Whatever decodes is within the message. */
+            const uint8_t *end = p + len;
+            cr_assert(in.fattn >= p && in.fattn + in.B * in.trade_bytes <= end);
+            cr_assert(in.head_confidence + in.B * in.trade_head_bytes <= end);
+            if (in.fgrad)
+                cr_assert(in.fgrad + in.B * in.trade_bytes <= end);
+            for (uint32_t b = 0; b < in.B; b++)
+                (void)wire_fused_trade_ok(&in, b, 0.01f, NULL);
+        } else if (rc != XR_OK) {
+            cr_assert(wire_detail(&dec)[0], "%s without a detail", xr_reason_name(rc));
+        }
+    }
+    free(p);
+    /* fattn declaring 4 GiB - 16 bytes. */
+    uint8_t *q = malloc(len + 16);
+    memcpy(q, body, len);
+    uint8_t *at = memmem(q, len, "fattn", 5);
+    cr_assert_not_null(at);
+    memcpy(at + 5, "\xc6\xff\xff\xff\xf0", 5);
+    cr_assert_eq(wire_decode_ingest(&dec, "attn/m1", 7, q, len, &in), XR_MSGPACK);
+    free(q);
+    wire_decoder_destroy(&dec);
+    free(body);
     free_data(&d);
 }
