@@ -1136,8 +1136,9 @@ xm_explain_ex(xm_work_t *w, const xm_opts_t *o, const xm_shape_t *s, xm_dtype_t 
 /* ---- the fused form ----------------------------------------------------- */
 
 /* `count` values of dtype dt at `src` (any alignment) into float32 `dst`,
-   accumulating the finiteness check into *bad. */
-static void
+   accumulating the finiteness check into *bad. Compiled per target like
+   the full pass: the check's vector sum stays in a register. */
+XM_CLONES static void
 s_load(float *dst, const uint8_t *src, size_t count, xm_dtype_t dt, v8f *bad)
 {
     if (dt == XM_F32)
@@ -1147,13 +1148,15 @@ s_load(float *dst, const uint8_t *src, size_t count, xm_dtype_t dt, v8f *bad)
     else
         half_bf16_decode(dst, src, count);
     const v8f zero = {0};
-    v8f b = *bad;
+    v8f b = zero;
     size_t k = 0;
     for (; k + 8 <= count; k += 8)
         b += s_ld(dst + k) * zero;
+    float t = 0.0f;
     for (; k < count; k++)
-        b[0] += dst[k] * 0.0f;
-    *bad = b;
+        t += dst[k] * 0.0f;
+    b[0] += t;
+    *bad += b;
 }
 
 /* Row sums of layer l's head means, in the same order as the full form's
