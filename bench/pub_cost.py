@@ -48,8 +48,9 @@ def cmd_sink(ep):
     print("RESULT messages=%d" % count, flush=True)
 
 
-def cmd_pub(ep, mode, dtype, N, batch):
+def cmd_pub(ep, mode, dtype, N, batch, zero_copy=False):
     import numpy as np
+    import zmq
     import xplain
     rng = np.random.default_rng(3)
     pool = []
@@ -61,9 +62,13 @@ def cmd_pub(ep, mode, dtype, N, batch):
         pool.append((a, g))
     toks = ["f%d" % j for j in range(n - 1)] + ["CLS"]
     kw = {}
-    if mode in ("fused", "prefused") or batch > 1:
+    if mode in ("fused", "prefused") or batch > 1 or zero_copy:
         kw = dict(fused=(mode == "fused"), batch=batch, delay=0)
-    pub = xplain.Publisher("bench", bind=ep, tokens=toks, cls=n - 1, dtype=dtype, sndhwm=100000, **kw)
+        if zero_copy:
+            kw["zero_copy"] = True
+    ctx = zmq.Context()
+    pub = xplain.Publisher("bench", bind=ep, tokens=toks, cls=n - 1, dtype=dtype, sndhwm=100000,
+                           context=ctx, **kw)
     if not pub.wait_subscriber(20):
         print("no subscriber", file=sys.stderr)
         sys.exit(1)
@@ -91,7 +96,8 @@ def cmd_pub(ep, mode, dtype, N, batch):
     if hasattr(pub, "flush"):
         pub.flush()
     w1 = time.monotonic()
-    pub.close(linger_ms=20000)      # the I/O thread sends what is queued: its CPU counts
+    pub.close(linger_ms=20000)
+    ctx.term()                      # the I/O thread sends what is queued: its CPU counts
     c2 = time.process_time()
     print("RESULT cpu_us=%.2f wall_us=%.2f sent=%d" % ((c2 - c0) / N * 1e6, (w1 - w0) / N * 1e6, N),
           flush=True)
@@ -159,6 +165,7 @@ def main(argv):
         rows = [
             ("Python", "today (main)", "full", "f32", 1, env_old),
             ("Python", "", "full", "f32", 1, env_new),
+            ("Python", "zero-copy", "full", "f32", 1, env_new),
             ("Python", "", "full", "f16", 1, env_new),
             ("Python", "", "fused", "f32", 1, env_new),
             ("Python", "", "fused", "f16", 1, env_new),
@@ -177,8 +184,8 @@ def main(argv):
         for rep in range(reps):
             for k, (lang, note, mode, dt, batch, env) in enumerate(rows):
                 if lang == "Python":
-                    cmd = lambda ep, mode=mode, dt=dt, batch=batch: [
-                        sys.executable, __file__, "pub", ep, mode, dt, str(N), str(batch)]
+                    cmd = lambda ep, mode=mode, dt=dt, batch=batch, zc=(note == "zero-copy"): [
+                        sys.executable, __file__, "pub", ep, mode, dt, str(N), str(batch)] + (["zc"] if zc else [])
                 else:
                     cmd = lambda ep, mode=mode, dt=dt, batch=batch: [
                         bench_pub, ep, mode, dt, str(N), str(batch)]
@@ -203,6 +210,7 @@ if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "sink":
         cmd_sink(sys.argv[2])
     elif len(sys.argv) >= 7 and sys.argv[1] == "pub":
-        cmd_pub(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))
+        cmd_pub(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]),
+                len(sys.argv) > 7 and sys.argv[7] == "zc")
     else:
         sys.exit(main(sys.argv[1:]))

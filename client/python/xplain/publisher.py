@@ -24,7 +24,12 @@ one message of up to B trades; `flush()` sends what is pending, and
 `close()` does too.
 
 Bodies are packed with one copy of each tensor (straight from the array
-into the frame) and handed to ZeroMQ without another (`copy=False`).
+into the frame). pyzmq's zero-copy send (`zero_copy=True`, copy=False)
+saves one more copy of large frames but is off by default: libzmq may
+still be sending a frame when the interpreter exits and frees it (seen
+as a segfault or 'Bad address' at exit); use it only where the process
+terminates its zmq context before exiting. bench/pub_cost.py measures
+both.
 """
 import re
 import threading
@@ -67,6 +72,8 @@ class Publisher:
               the default: every send() is a message of its own)
     delay     ... or until the oldest pending trade waited `delay`
               seconds (default 0.005; 0: only batch and flush() send)
+    zero_copy hand frames to ZeroMQ without a copy (see above: only when
+              the zmq context is terminated before the process exits)
     """
 
     def __init__(self, model: str, bind: Union[None, str, Sequence[str]] = None,
@@ -74,7 +81,8 @@ class Publisher:
                  cls: Optional[int] = None, dtype: str = "f32", seq: int = 0,
                  context: Optional[zmq.Context] = None, sndhwm: int = 1000, linger_ms: int = 2000,
                  curve_secret: Optional[Union[str, bytes]] = None, server_public: Optional[Union[str, bytes]] = None,
-                 fused: bool = False, batch: int = 1, delay: float = 0.005) -> None:
+                 fused: bool = False, batch: int = 1, delay: float = 0.005,
+                 zero_copy: bool = False) -> None:
         if not isinstance(model, str) or not MODEL_RE.match(model):
             raise ValueError("model name must be 1-64 bytes of [A-Za-z0-9_.-], not %r" % (model,))
         if dtype not in codec.DTYPES:
@@ -86,6 +94,7 @@ class Publisher:
         if not delay >= 0:
             raise ValueError("delay must be >= 0 seconds, not %r" % (delay,))
         self.fused = bool(fused)
+        self.zero_copy = bool(zero_copy)
         self.batch = int(batch)
         self.delay = float(delay)
         self._pending: List[dict] = []   # trades waiting for a batch
@@ -294,7 +303,7 @@ class Publisher:
                 if k not in head and k not in tail and all(k != t[0] or t[1] is None for t in tensors):
                     tail[k] = v
         body = _pack_body(head, [t for t in tensors if t[1] is not None], tail)
-        self._sock.send_multipart([self.topic, body], copy=False)
+        self._sock.send_multipart([self.topic, body], copy=not self.zero_copy)
         self._sent_schema = schema
         seq = self.seq
         self.seq += 1
