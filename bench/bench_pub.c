@@ -1,6 +1,8 @@
 /*  bench_pub: what libxplain's publisher costs a live model per trade.
 
     bench_pub EP MODE DTYPE N BATCH
+    bench_pub sink EP         the null sink pub_cost.py runs for every row
+                              (C, so that it keeps up with any publisher)
       MODE  full | fused (fused from full tensors, core/fuse.c on the CPU)
             | prefused (arrays fused elsewhere, e.g. on the model's GPU)
       DTYPE f32 | f16 (the wire dtype; inputs are float32 buffers)
@@ -22,6 +24,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <zmq.h>
 
 #define L_ 4
 #define H_ 8
@@ -44,9 +47,46 @@ s_wall_us(void)
     return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
 }
 
+/* A SUB that counts messages until none came for 3 s (30 s before the
+   first), then prints RESULT messages=N. */
+static int
+s_sink(const char *ep)
+{
+    void *ctx = zmq_ctx_new(), *s = zmq_socket(ctx, ZMQ_SUB);
+    int hwm = 100000, tmo = 30000;
+    zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(s, ZMQ_SUBSCRIBE, "attn/", 5);
+    zmq_setsockopt(s, ZMQ_RCVTIMEO, &tmo, sizeof tmo);
+    if (zmq_connect(s, ep))
+        return 1;
+    printf("READY\n");
+    fflush(stdout);
+    long count = 0;
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    for (;;) {
+        if (zmq_msg_recv(&m, s, 0) < 0)
+            break;
+        if (!zmq_msg_more(&m)) {
+            count++;
+            if (count == 1) {
+                tmo = 3000;
+                zmq_setsockopt(s, ZMQ_RCVTIMEO, &tmo, sizeof tmo);
+            }
+        }
+    }
+    zmq_msg_close(&m);
+    printf("RESULT messages=%ld\n", count);
+    zmq_close(s);
+    zmq_ctx_term(ctx);
+    return 0;
+}
+
 int
 main(int argc, char **argv)
 {
+    if (argc == 3 && strcmp(argv[1], "sink") == 0)
+        return s_sink(argv[2]);
     if (argc != 6) {
         fprintf(stderr, "usage: bench_pub EP full|fused|prefused f32|f16 N BATCH\n");
         return 2;
@@ -79,7 +119,7 @@ main(int argc, char **argv)
         tokens[j] = names[j];
     }
     xpl_pub_t *pub = xpl_pub_new_bind(ep);
-    if (!pub || xpl_pub_set_schema(pub, "bench", L_, H_, N_, N_ - 1, tokens)) {
+    if (!pub || xpl_pub_set_sndhwm(pub, 100000) || xpl_pub_set_schema(pub, "bench", L_, H_, N_, N_ - 1, tokens)) {
         fprintf(stderr, "bench_pub: %s\n", xpl_strerror());
         return 1;
     }

@@ -10,7 +10,8 @@ e.g. on the model's GPU by the capture) and wire dtype (f32, f16): the
 publisher's process CPU time per trade (user + system of all its threads,
 ZeroMQ's I/O thread included: it is the model's machine that pays it),
 sending N single-trade messages as fast as send() returns to a null sink
-in another process (which counts what arrived: nothing may be dropped).
+in another process (bench_pub sink, in C so that it keeps up; it counts
+what arrived, and the table says what was dropped).
 "today" is the Python publisher as it is on main (`git show main:...`),
 full f32: the baseline of the target "fused <= 0.25x today's full".
 Also: micro-batching (batch=16) for the fused Python publisher. Medians
@@ -126,9 +127,9 @@ def old_package(tmp):
     return root
 
 
-def run_one(argv, env, N, batch):
+def run_one(argv, env, N, batch, sink_cmd):
     ep = free_ep()
-    sink = subprocess.Popen([sys.executable, __file__, "sink", ep], stdout=subprocess.PIPE, text=True)
+    sink = subprocess.Popen(sink_cmd + [ep], stdout=subprocess.PIPE, text=True)
     assert sink.stdout.readline().strip() == "READY"
     pub = subprocess.run(argv(ep), env=env, capture_output=True, text=True, timeout=600)
     out = sink.communicate(timeout=120)[0]
@@ -189,7 +190,7 @@ def main(argv):
                 else:
                     cmd = lambda ep, mode=mode, dt=dt, batch=batch: [
                         bench_pub, ep, mode, dt, str(N), str(batch)]
-                r = run_one(cmd, env, N, batch)
+                r = run_one(cmd, env, N, batch, [bench_pub, "sink"])
                 results.setdefault(k, []).append(r)
                 print("rep %d %-6s %-12s %-8s %s batch=%d: %s" % (rep, lang, note, mode, dt, batch, r),
                       file=sys.stderr, flush=True)

@@ -275,6 +275,18 @@ xpl_pub_set_schema_every(xpl_pub_t *self, uint32_t messages)
     self->schema_every = messages;
 }
 
+int
+xpl_pub_set_sndhwm(xpl_pub_t *self, int messages)
+{
+    assert(self);
+    if (messages < 0)
+        return xpl_fail(XPL_EINVAL, "sndhwm must be >= 0, not %d", messages);
+    pthread_mutex_lock(&self->lock);
+    int rc = zmq_setsockopt(self->sock, ZMQ_SNDHWM, &messages, sizeof messages);
+    pthread_mutex_unlock(&self->lock);
+    return rc ? xpl_fail_zmq("sndhwm") : 0;
+}
+
 void
 xpl_pub_set_linger(xpl_pub_t *self, int linger_ms)
 {

@@ -215,6 +215,9 @@ Test(client_fused, pre_fused_arrays_go_out_as_given)
     fb.fgrad_signed = NULL;
     fb.head_confidence = NULL;
     cr_assert_eq(xpl_pub_send_fused(f.pub, &fb), -1);
+    cr_assert_eq(xpl_pub_set_sndhwm(f.pub, -1), -1);
+    cr_assert_eq(xpl_errno(), XPL_EINVAL);
+    cr_assert_eq(xpl_pub_set_sndhwm(f.pub, 5000), 0);
     fx_close(&f);
 }
 

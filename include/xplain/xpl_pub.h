@@ -122,6 +122,11 @@ XPL_EXPORT int xpl_pub_set_wire_dtype(xpl_pub_t *self, int dtype);
    (0, the default: only when needed, see above). */
 XPL_EXPORT void xpl_pub_set_schema_every(xpl_pub_t *self, uint32_t messages);
 
+/* ZeroMQ's send high-water mark, in messages (default 1000): what a PUB
+   queues per subscriber before it drops. Applies to subscribers that
+   connect afterwards. */
+XPL_EXPORT int xpl_pub_set_sndhwm(xpl_pub_t *self, int messages);
+
 /* How long xpl_pub_destroy may spend sending queued messages (ms). */
 XPL_EXPORT void xpl_pub_set_linger(xpl_pub_t *self, int linger_ms);
 
