@@ -198,32 +198,17 @@ s_same_schema(const s_model_t *m, uint32_t L, uint32_t H, uint32_t n, int32_t cl
     return true;
 }
 
-int
-xpl_pub_set_schema(xpl_pub_t *self, const char *model, uint32_t L, uint32_t H, uint32_t n,
-                   int32_t cls, const char *const *tokens)
+/* The schema change itself, under the lock: the batch timer reads the
+   models (and the pending trades were of the old schema). */
+static int
+s_set_schema_locked(xpl_pub_t *self, const char *model, uint32_t L, uint32_t H, uint32_t n,
+                    int32_t cls, const char *const *tokens)
 {
-    assert(self);
-    if (!xpl_model_name_ok(model))
-        return xpl_fail(XPL_EINVAL, "bad model name '%s' (1-64 bytes of [A-Za-z0-9_.-])",
-                        model ? model : "(null)");
-    if (L == 0 || H == 0 || n == 0)
-        return xpl_fail(XPL_EINVAL, "schema of '%s': L, H and n must be >= 1", model);
-    if (cls < -1 || (cls >= 0 && (uint32_t)cls >= n))
-        return xpl_fail(XPL_EINVAL, "schema of '%s': cls %d out of range for n = %u", model,
-                        cls, n);
-    if (!tokens)
-        return xpl_fail(XPL_EINVAL, "schema of '%s': no token names", model);
-    for (uint32_t i = 0; i < n; i++)
-        if (!tokens[i])
-            return xpl_fail(XPL_EINVAL, "schema of '%s': token %u is NULL", model, i);
     s_model_t *m = s_find(self, model);
     if (m && s_same_schema(m, L, H, n, cls, tokens))
         return 0;
     /* Pending trades were of the old schema (and models may move). */
-    pthread_mutex_lock(&self->lock);
-    int frc = s_flush_locked(self);
-    pthread_mutex_unlock(&self->lock);
-    if (frc)
+    if (s_flush_locked(self))
         return -1;
     char **copy = calloc(n, sizeof *copy);
     if (!copy)
@@ -259,12 +244,38 @@ xpl_pub_set_schema(xpl_pub_t *self, const char *model, uint32_t L, uint32_t H, u
 }
 
 int
+xpl_pub_set_schema(xpl_pub_t *self, const char *model, uint32_t L, uint32_t H, uint32_t n,
+                   int32_t cls, const char *const *tokens)
+{
+    assert(self);
+    if (!xpl_model_name_ok(model))
+        return xpl_fail(XPL_EINVAL, "bad model name '%s' (1-64 bytes of [A-Za-z0-9_.-])",
+                        model ? model : "(null)");
+    if (L == 0 || H == 0 || n == 0)
+        return xpl_fail(XPL_EINVAL, "schema of '%s': L, H and n must be >= 1", model);
+    if (cls < -1 || (cls >= 0 && (uint32_t)cls >= n))
+        return xpl_fail(XPL_EINVAL, "schema of '%s': cls %d out of range for n = %u", model,
+                        cls, n);
+    if (!tokens)
+        return xpl_fail(XPL_EINVAL, "schema of '%s': no token names", model);
+    for (uint32_t i = 0; i < n; i++)
+        if (!tokens[i])
+            return xpl_fail(XPL_EINVAL, "schema of '%s': token %u is NULL", model, i);
+    pthread_mutex_lock(&self->lock);
+    int rc = s_set_schema_locked(self, model, L, H, n, cls, tokens);
+    pthread_mutex_unlock(&self->lock);
+    return rc;
+}
+
+int
 xpl_pub_set_wire_dtype(xpl_pub_t *self, int dtype)
 {
     assert(self);
     if (dtype != XPL_WIRE_AS_GIVEN && dtype != XPL_F32 && dtype != XPL_F16 && dtype != XPL_BF16)
         return xpl_fail(XPL_EINVAL, "unknown wire dtype %d", dtype);
+    pthread_mutex_lock(&self->lock);
     self->wire_dtype = dtype;
+    pthread_mutex_unlock(&self->lock);
     return 0;
 }
 
@@ -466,12 +477,12 @@ typedef struct {
     const void *t[T_N];
 } s_msg_t;
 
-/* Encode one message and send it zero-copy. */
+/* Encode one message with its tensors in dtype `wire` and send it
+   zero-copy. */
 static int
-s_encode_send(xpl_pub_t *self, s_model_t *m, const s_msg_t *g)
+s_encode_send(xpl_pub_t *self, s_model_t *m, const s_msg_t *g, int wire)
 {
     s_read_subscriptions(self, 0);
-    int wire = self->wire_dtype == XPL_WIRE_AS_GIVEN ? g->in : self->wire_dtype;
     size_t count = (size_t)g->B * m->L * (g->fused ? 1 : m->H) * m->n * m->n;
     size_t hcount = (size_t)g->B * m->L * m->H;
     bool schema = m->schema_pending
@@ -741,10 +752,7 @@ s_flush_locked(xpl_pub_t *self)
         for (int k = 0; k < T_N; k++)
             g.t[k] = (p->has & (1u << k)) ? p->t[k] : NULL;
         /* Held in the wire dtype already: no second conversion. */
-        int saved = self->wire_dtype;
-        self->wire_dtype = p->wire;
-        rc = s_encode_send(self, m, &g);
-        self->wire_dtype = saved;
+        rc = s_encode_send(self, m, &g, p->wire);
     } else {
         xpl_fail(XPL_EINVAL, "pending trades of model '%s' lost its schema", p->model);
     }
@@ -791,7 +799,7 @@ s_submit(xpl_pub_t *self, s_model_t *m, const s_msg_t *g)
         if (s_flush_locked(self))
             return -1;
     if ((!p || p->B == 0) && g->B >= self->batch)
-        return s_encode_send(self, m, g);
+        return s_encode_send(self, m, g, wire);
     if (s_pend_add(self, m, g))
         return -1;
     if (self->pend->B >= self->batch)
@@ -956,6 +964,10 @@ uint64_t
 xpl_pub_next_seq(const xpl_pub_t *self, const char *model)
 {
     assert(self);
+    xpl_pub_t *w = (xpl_pub_t *)self;
+    pthread_mutex_lock(&w->lock);
     const s_model_t *m = model ? s_find(self, model) : NULL;
-    return m ? m->seq : 0;
+    uint64_t seq = m ? m->seq : 0;
+    pthread_mutex_unlock(&w->lock);
+    return seq;
 }
