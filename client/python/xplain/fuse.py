@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["Fused", "fuse", "fuse_numpy", "fuse_torch"]
+__all__ = ["Fused", "fuse", "fuse_numpy", "fuse_torch", "fuse_torch_layers"]
 
 
 class Fused:
@@ -143,32 +143,53 @@ def fuse_torch(attn, grad=None, signed: bool = False, half: bool = False) -> Fus
     head means are rounded to float16 on the device (for an f16 wire: half
     the bytes to copy, no conversion on the host; the head statistics
     stay float32)."""
+    a = attn if attn.dim() == 5 else attn[None]
+    g = None if grad is None else (grad if grad.dim() == 5 else grad[None])
+    if g is not None and g.shape != a.shape:
+        raise ValueError("grad shape %s differs from attn shape %s" % (tuple(g.shape), tuple(a.shape)))
+    L = a.shape[1]
+    return fuse_torch_layers([a[:, l] for l in range(L)],
+                             None if g is None else [g[:, l] for l in range(L)], signed, half)
+
+
+def fuse_torch_layers(attn, grad=None, signed: bool = False, half: bool = False) -> Fused:
+    """fuse_torch for a list of L per-layer tensors [B, H, n, n] (as a
+    capture holds them): each layer is fused where it is, and only the
+    fused results are stacked, never the heads."""
     import torch
+    Ms, Ps, Ss, imps, confs = [], [], [], [], []
     with torch.no_grad():
-        a = attn.detach()
-        if a.dim() == 4:
-            a = a[None]
-        a = a.float()
-        H = a.shape[2]
-        M = _head_mean(a, H)
-        conf = a.amax(dim=-1).double().mean(dim=-1).float()
-        P = S = imp = None
-        if grad is not None:
-            g = grad.detach()
-            if g.dim() == 4:
-                g = g[None]
-            g = g.float()
-            if g.shape != a.shape:
-                raise ValueError("grad shape %s differs from attn shape %s" % (tuple(g.shape), tuple(a.shape)))
-            prod = a * g
-            P = _head_mean(prod.clamp_min(0.0), H)
-            if signed:
-                S = _head_mean(prod, H)
-            # The float32 products summed in double, as the daemon sums them.
-            imp = prod.double().sum(dim=(-1, -2)).abs().float()
+        for l, x in enumerate(attn):
+            a = x.detach().float()
+            H = a.shape[1]
+            inv = _f32_inv(H)
+            m = a[:, 0].clone()
+            for h in range(1, H):
+                m += a[:, h]
+            Ms.append(m.mul_(inv))
+            confs.append(a.amax(dim=-1).mean(dim=-1, dtype=torch.float64).float())
+            if grad is not None:
+                prod = a * grad[l].detach().float()
+                # The float32 products summed in double, as the daemon sums them.
+                imps.append(prod.sum(dim=(-1, -2), dtype=torch.float64).abs().float())
+                if signed:
+                    s = prod[:, 0].clone()
+                    for h in range(1, H):
+                        s += prod[:, h]
+                    Ss.append(s.mul_(inv))
+                prod.clamp_(min=0.0)
+                p = prod[:, 0].clone()
+                for h in range(1, H):
+                    p += prod[:, h]
+                Ps.append(p.mul_(inv))
+        M = torch.stack(Ms, dim=1)
+        conf = torch.stack(confs, dim=1)
+        P = torch.stack(Ps, dim=1) if Ps else None
+        S = torch.stack(Ss, dim=1) if Ss else None
+        imp = torch.stack(imps, dim=1) if imps else None
         if half:
             M, P, S = (None if x is None else x.half() for x in (M, P, S))
-    return Fused(M, conf, P, imp, S, H)
+    return Fused(M, conf, P, imp, S, int(attn[0].shape[1]))
 
 
 def fuse(attn, grad=None, signed: bool = False) -> Fused:

@@ -451,7 +451,7 @@ class AttentionCapture:
                                                "target score (not on the path to the output?)" % i)
                     # Layer i's gradient is read from layer i's own tensor.
                     if fused:
-                        G_dev = torch.stack([u.grad.detach().reshape(s) for u, s in zip(used, shapes)], dim=1)
+                        G_dev = [u.grad.detach().reshape(s[0], s[1], s[2], s[3]) for u, s in zip(used, shapes)]
                     else:
                         G = np.stack([_np(u.grad, s) for u, s in zip(used, shapes)], axis=1)
                     for u in used:
@@ -460,9 +460,9 @@ class AttentionCapture:
                 if fused:
                     # On the model's device: only the fused arrays, H times
                     # smaller than the heads, are copied to the host.
-                    from .fuse import fuse_torch
-                    A_dev = torch.stack([u.detach().reshape(s) for u, s in zip(used, shapes)], dim=1)
-                    fz = fuse_torch(A_dev, G_dev if grad else None, half=fused == "f16").to_host()
+                    from .fuse import fuse_torch_layers
+                    A_dev = [u.detach().reshape(s) for u, s in zip(used, shapes)]
+                    fz = fuse_torch_layers(A_dev, G_dev if grad else None, half=fused == "f16").to_host()
                     A = None
                 else:
                     A = np.stack([_np(u, s) for u, s in zip(used, shapes)], axis=1)
