@@ -11,7 +11,7 @@ import sys
 import tempfile
 import traceback
 
-BUILD = os.environ.get("XPL_BUILD_DIR") or os.path.join(os.path.dirname(__file__), "..", "build")
+BUILD = os.environ.get("XPL_BUILD_DIR") or os.path.join(os.path.dirname(__file__), "..", "..", "build")
 
 
 def _sanitized():

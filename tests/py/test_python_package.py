@@ -30,7 +30,7 @@ import traceback
 
 import numpy as np
 
-SOURCE = os.environ.get("XPL_SOURCE_DIR") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE = os.environ.get("XPL_SOURCE_DIR") or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.environ.get("XPL_BUILD_DIR") or os.path.join(SOURCE, "build")
 XPLAIND = os.path.abspath(os.path.join(BUILD, "daemon", "xplaind"))
 sys.path.insert(0, os.path.join(SOURCE, "tests"))

@@ -26,8 +26,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ref  # noqa: E402  (the float64 reference of MATH.md)
 
-BUILD = os.environ.get("XPL_BUILD_DIR") or os.path.join(os.path.dirname(__file__), "..", "build")
-FLOW_CLI = os.path.join(BUILD, "tests", "flow_cli")
+BUILD = os.environ.get("XPL_BUILD_DIR") or os.path.join(os.path.dirname(__file__), "..", "..", "build")
+FLOW_CLI = os.path.join(BUILD, "tests", "unit", "flow_cli")
 REL = 1e-6
 
 

@@ -22,8 +22,8 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BUILD = os.path.abspath(os.environ.get("XPL_BUILD_DIR") or os.path.join(HERE, "..", "build"))
-SOURCE = os.path.abspath(os.environ.get("XPL_SOURCE_DIR") or os.path.join(HERE, ".."))
+BUILD = os.path.abspath(os.environ.get("XPL_BUILD_DIR") or os.path.join(HERE, "..", "..", "build"))
+SOURCE = os.path.abspath(os.environ.get("XPL_SOURCE_DIR") or os.path.join(HERE, "..", ".."))
 XPLAIND = os.path.join(BUILD, "daemon", "xplaind")
 CONF = os.path.join(SOURCE, "systemd", "xplaind.conf")
 

@@ -44,8 +44,8 @@ import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BUILD = os.path.abspath(os.environ.get("XPL_BUILD_DIR") or os.path.join(HERE, "..", "build"))
-SOURCE = os.path.abspath(os.environ.get("XPL_SOURCE_DIR") or os.path.join(HERE, ".."))
+BUILD = os.path.abspath(os.environ.get("XPL_BUILD_DIR") or os.path.join(HERE, "..", "..", "build"))
+SOURCE = os.path.abspath(os.environ.get("XPL_SOURCE_DIR") or os.path.join(HERE, "..", ".."))
 SANDBOX_UID = 61834          # stands in for the unit's DynamicUser=yes
 
 
