@@ -10,7 +10,7 @@
 - fixtures: `daemon` (start xplaind, stopped or killed at the end),
   `daemon_on_free_ports` (the same with TCP ports drawn below the
   ephemeral range, drawn again when taken meanwhile), `free_port`,
-  `publisher`, `check` (count checks, fail at the end if any failed).
+  `publisher`, `tmp_dir`.
 
 The helpers themselves live in xpltest.py, importable by tests and by
 helper processes alike. Run one test with
@@ -110,13 +110,21 @@ def publisher():
     return make
 
 
+@pytest.fixture(autouse=True)
+def _no_daemon_left():
+    """Kill the daemons a test started itself (not its module's shared
+    ones, started before) and left running because it failed."""
+    n = len(xpltest.started)
+    yield
+    _stop_left(xpltest.started[n:])
+
+
 @pytest.fixture
-def check():
-    """check(cond, what): count a check and print `what` when it fails,
-    so that a test reports every mismatch it finds rather than the first;
-    the test fails at its end when any check failed."""
-    from protocheck import Checks
-    c = Checks()
-    yield c
-    c.report()
-    assert c.failed == 0, f"{c.failed} of {c.failed + c.passed} checks failed (printed above)"
+def tmp_dir():
+    """A fresh directory of this test alone (tempfile: unique under ctest
+    -j, short enough for ipc:// paths), removed at its end."""
+    import shutil
+    import tempfile
+    d = tempfile.mkdtemp(prefix="xpltest-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

@@ -86,7 +86,7 @@ def make_cases():
     return out
 
 
-def main():
+def test_c_flow_equals_networkx():
     t0 = time.time()
     cases = make_cases()
     inputs = [(ref.flow_capacities(A).astype(np.float32), cls) for A, cls in cases]
@@ -105,7 +105,3 @@ def main():
     assert checked > 300, checked
     print("test_flow_networkx: %d cases, %d values, worst rel %.2e (same input), %.2e "
           "(ref.flow), %.1f s" % (len(cases), checked, worst_same, worst_e2e, time.time() - t0))
-
-
-if __name__ == "__main__":
-    main()
