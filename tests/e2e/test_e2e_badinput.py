@@ -190,10 +190,10 @@ def test_too_many_models(daemon):
     d.stop()
 
 
-def test_bad_queries(daemon):
+def test_bad_queries(daemon, publisher):
     d = daemon(*ARGS)
     # m1 is a known model, so that a trade it never had is not_found.
-    join(d, d.publisher(), model="m1")
+    publisher(d, model="m1")
     cases = [
         (b"\xdd\xff\x00\x00\x00", "bad_request"),
         (b"", "bad_request"),

@@ -364,7 +364,8 @@ def test_publisher_drops():
         big = st.message(1203, account=False)
         big[1] += b"\0" * (2 << 20)       # trailing bytes: it would be rejected if it got in
         pub.send_multipart(big)
-        time.sleep(0.3)
+        # The probes sent behind it go down with the connection; join
+        # waits until the publisher has reconnected and one got through.
         join(d, pub, sub, model="__probe_big")
         pump(pub, sub, [(st, 1204)])
         info = model_info(d, "gap")

@@ -1,7 +1,7 @@
 """core/flow against networkx, the attention-flow authors' own tool.
 
 Random cases (shapes, CLS positions, random and peaked attention) are
-built in numpy; the C library computes them through tests/flow_cli (built
+built in numpy; the C library computes them through tests/unit/flow_cli (built
 next to the tests), and networkx computes maximum_flow_value on the graph
 built exactly as tests/ref.py builds it. Two comparisons, both at 1e-6
 relative:

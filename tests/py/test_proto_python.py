@@ -1,4 +1,4 @@
-"""client/python/xplain against proto/examples/, as tests/test_client_examples.c
+"""client/python/xplain against proto/examples/, as tests/unit/test_client_examples.c
 does for libxplain: no daemon runs.
 
 - A fake XPUB publishes every xpl/, glob/, drift/, heads/ example to a

@@ -1,7 +1,7 @@
 """The numpy reference of the variants (tests/ref.py) on cases worked out
 by hand from MATH.md, and tests/vectors/variants.* current with it.
 
-test_variants.c checks the C reference (tests/ref.c) and the library
+test_variants.c checks the C reference (tests/unit/ref.c) and the library
 against those vectors, so the two references are compared through them.
 """
 import os
