@@ -299,6 +299,7 @@ def test_stops_under_handshakes(keys, root, rounds=6):
         close_context(ctx)
 
 
+@pytest.mark.usefixtures("keys")      # the key files under root
 def test_refuses_to_start_without_keys(root):
     cases = [
         (["--curve"], "secret_key_file is not set"),

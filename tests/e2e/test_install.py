@@ -47,10 +47,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BUILD = os.path.abspath(os.environ.get("XPL_BUILD_DIR") or os.path.join(HERE, "..", "..", "build"))
 SOURCE = os.path.abspath(os.environ.get("XPL_SOURCE_DIR") or os.path.join(HERE, "..", ".."))
 SANDBOX_UID = 61834          # stands in for the unit's DynamicUser=yes
-# The shared helpers (tests/), also when this file runs as the sandbox's
-# child process: importing them starts nothing.
-sys.path.insert(0, os.path.dirname(HERE))
-from xpltest import free_port, wait_until  # noqa: E402
 
 
 def install(destdir, prefix):
@@ -383,6 +379,10 @@ def sandbox_run(dest):
     import zmq
     import msgpack
     import urllib.request
+    # Here, not at the top: the sandbox's child runs this file from a
+    # bind mount, where tests/ is not beside it.
+    sys.path.insert(0, os.path.dirname(HERE))
+    from xpltest import free_port, wait_until
 
     os.chmod(dest, 0o755)           # a mkdtemp: the service user must reach the binary
     with open(f"{dest}/usr/lib/systemd/system/xplaind.service") as f:
