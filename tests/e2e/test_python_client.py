@@ -47,6 +47,7 @@ sys.path.insert(0, os.path.join(SOURCE, "client", "python"))
 sys.path.insert(0, os.path.join(SOURCE, "tests"))
 
 import ref      # noqa: E402  (float64 reference of MATH.md)
+from xpltest import free_port  # noqa: E402
 import xplain   # noqa: E402
 from xplain import codec, curve  # noqa: E402
 
@@ -647,7 +648,9 @@ def test_errors(d_py_last):
 def test_publisher_daemon_restart():
     """The publisher binds, daemons connect: a daemon that starts after the
     schema was sent still learns it (the XPUB sees its subscription)."""
-    ep = xplain.free_tcp_endpoint()
+    # Below the ephemeral range (xpltest.free_port), so that no outgoing
+    # connection of a parallel test takes it before the publisher binds.
+    ep = "tcp://127.0.0.1:%d" % free_port()
     pub = xplain.Publisher("py_restart", bind=ep, tokens=["a", "b", "c", "CLS"], cls=3)
     rng = np.random.default_rng(5)
     for gen in range(2):
