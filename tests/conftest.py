@@ -1,8 +1,8 @@
 """pytest fixtures and hooks of the Python tests (e2e/ and py/).
 
 - a watchdog per test: a test (with its fixtures) still running after
-  XPL_TEST_WATCHDOG seconds (default 300; the slowest case takes about
-  45 s under ASan) prints the stack of every thread and exits 1, long
+  XPL_TEST_WATCHDOG seconds (default 300; the slowest e2e case takes
+  about 45 s under ASan; a module can set a longer WATCHDOG_S) prints the stack of every thread and exits 1, long
   before ctest's own timeout kills it without a word; the daemons it
   started die with it (xpltest._die_with_parent);
 - a failing test's report ends with the logs of the last three daemons
@@ -40,8 +40,10 @@ WATCHDOG = float(os.environ.get("XPL_TEST_WATCHDOG", "300"))
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     # Setup, call and teardown of one test (module fixtures included in
-    # the first and last test that use them) under one deadline.
-    faulthandler.dump_traceback_later(WATCHDOG, exit=True)
+    # the first and last test that use them) under one deadline. A module
+    # of CPU-bound cases that a loaded machine slows many times over (a
+    # training, networkx flows) sets a longer one, WATCHDOG_S.
+    faulthandler.dump_traceback_later(max(WATCHDOG, getattr(item.module, "WATCHDOG_S", 0)), exit=True)
     try:
         yield
     finally:

@@ -45,6 +45,9 @@ EXAMPLE = os.path.abspath(os.path.join(SOURCE, "examples", "ft_transformer.py"))
 METHODS = ["rollout", "grad_rollout", "first_layer", "attn_mean", "diag", "flow"]
 FLOW_CHECKED = 3   # the example's --flow-check default: networkx takes seconds per trade
 NF = 30        # breast-cancer features (tokens without CLS)
+# The watchdog of conftest.py: just under ctest's timeout of these cases (a
+# safety net against a hang on a loaded machine, not a speed check).
+WATCHDOG_S = 1750
 
 
 # A safety net against a hang, not a speed check: the two trainings take

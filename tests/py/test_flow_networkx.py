@@ -28,6 +28,9 @@ import ref  # noqa: E402  (the float64 reference of MATH.md)
 
 BUILD = os.environ.get("XPL_BUILD_DIR") or os.path.join(os.path.dirname(__file__), "..", "..", "build")
 FLOW_CLI = os.path.join(BUILD, "tests", "unit", "flow_cli")
+# The watchdog of conftest.py: just under ctest's timeout of these cases (a
+# safety net against a hang on a loaded machine, not a speed check).
+WATCHDOG_S = 1750
 REL = 1e-6
 
 
