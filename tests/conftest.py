@@ -43,7 +43,8 @@ def pytest_runtest_protocol(item, nextitem):
     # the first and last test that use them) under one deadline. A module
     # of CPU-bound cases that a loaded machine slows many times over (a
     # training, networkx flows) sets a longer one, WATCHDOG_S.
-    faulthandler.dump_traceback_later(max(WATCHDOG, getattr(item.module, "WATCHDOG_S", 0)), exit=True)
+    faulthandler.dump_traceback_later(max(WATCHDOG, getattr(item.module, "WATCHDOG_S", 0)), exit=True,
+                                      file=sys.__stderr__)
     try:
         yield
     finally:
