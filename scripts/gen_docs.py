@@ -1,33 +1,32 @@
-#!/bin/sh
-# Regenerate the option documentation from the built binaries, so that it
-# can never drift from the option table (daemon/config.c) and xplainctl:
-#
-#   systemd/xplaind.conf   the annotated example configuration (whole file)
-#   README.md              between <!-- options:begin --> and <!-- options:end -->,
-#                          and the unit's systemd-analyze security score between
-#                          <!-- security:begin --> and <!-- security:end -->
-#   man/xplaind.8          the .TH line and between .\" options:begin/end
-#   man/xplainctl.1        the .TH line and between .\" commands:begin/end
-#
-# usage: scripts/gen-docs.sh [--check] [BUILD_DIR]
-#   BUILD_DIR   a configured and built tree (default: $XPL_BUILD_DIR, else
-#               build); its daemon/xplaind and client/xplainctl are run.
-#   --check     write nothing; print a diff and exit 1 when a file is out
-#               of date (tests/test_docs.py runs this).
-#
-# Sources: `xplaind --help` (flag, section.key, default, reloadable, help
-# text of every option), `xplaind --print-config` (the effective values of
-# the service settings below), `xplainctl --help` and `xplainctl CMD --help`,
-# `systemd-analyze security --offline=true systemd/xplaind.service` (when
-# systemd-analyze is missing, the score in the README is left as it is).
-# An output line that cannot be parsed is an error, not a silent omission.
-# Every tool runs in one fixed environment (C.UTF-8, TERM=dumb, no colour),
-# whatever the caller's: systemd-analyze, for one, prints another face
-# without a UTF-8 locale and an emoji only on a capable terminal, so the
-# docs would otherwise depend on who generated or checked them.
-set -eu
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-exec /usr/bin/python3 - "$ROOT" "$@" <<'PY'
+#!/usr/bin/python3
+r"""Regenerate the option documentation from the built binaries, so that it
+can never drift from the option table (daemon/config.c) and xplainctl:
+
+  systemd/xplaind.conf   the annotated example configuration (whole file)
+  README.md              between <!-- options:begin --> and <!-- options:end -->,
+                         and the unit's systemd-analyze security score between
+                         <!-- security:begin --> and <!-- security:end -->
+  man/xplaind.8          the .TH line and between .\" options:begin/end
+  man/xplainctl.1        the .TH line and between .\" commands:begin/end
+
+usage: scripts/gen-docs.sh [--check] [BUILD_DIR]
+   (or /usr/bin/python3 scripts/gen_docs.py, which that script runs)
+  BUILD_DIR   a configured and built tree (default: $XPL_BUILD_DIR, else
+              build); its daemon/xplaind and client/xplainctl are run.
+  --check     write nothing; print a diff and exit 1 when a file is out
+              of date (tests/test_docs.py runs this).
+
+Sources: `xplaind --help` (flag, section.key, default, reloadable, help
+text of every option), `xplaind --print-config` (the effective values of
+the service settings below), `xplainctl --help` and `xplainctl CMD --help`,
+`systemd-analyze security --offline=true systemd/xplaind.service` (when
+systemd-analyze is missing, the score in the README is left as it is).
+An output line that cannot be parsed is an error, not a silent omission.
+Every tool runs in one fixed environment (C.UTF-8, TERM=dumb, no colour),
+whatever the caller's: systemd-analyze, for one, prints another face
+without a UTF-8 locale and an emoji only on a capable terminal, so the
+docs would otherwise depend on who generated or checked them.
+"""
 import difflib
 import os
 import re
@@ -530,7 +529,10 @@ def main(argv):
     return 0
 
 
-ROOT, CWD = sys.argv[1], os.getcwd()
-os.chdir(ROOT)
-sys.exit(main(sys.argv[2:]))
-PY
+# BUILD_DIR is taken relative to the caller's directory, the outputs
+# relative to the source tree (this file's parent's parent).
+ROOT, CWD = os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.getcwd()
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    sys.exit(main(sys.argv[1:]))
