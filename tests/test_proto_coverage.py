@@ -19,7 +19,7 @@ import os
 import re
 import sys
 
-from protocheck import EXAMPLES, PROTO, SOURCE, Checks, mk
+from protocheck import EXAMPLES, PROTO, SOURCE, Checks, load, mk
 
 check = Checks()
 
@@ -71,7 +71,7 @@ def documented_kinds():
 
 
 def main():
-    ex = {m["example"]: m for m in mk.load()}
+    ex = {m["example"]: m for m in load()}
     check(len(ex) > 50, "only %d examples" % len(ex))
 
     # ---- the docs' vocabulary has examples ---------------------------------

@@ -15,7 +15,7 @@ import time
 
 import msgpack
 
-from protocheck import EXAMPLES, SOURCE, Checks, mk
+from protocheck import EXAMPLES, SOURCE, Checks, compare, load, mk
 
 BUILD = os.environ.get("XPL_BUILD_DIR") or os.path.join(SOURCE, "build")
 XPLAIND = os.path.join(BUILD, "daemon", "xplaind")
@@ -27,7 +27,7 @@ check = Checks()
 
 
 def by_name():
-    return {m["example"]: m for m in mk.load()}
+    return {m["example"]: m for m in load()}
 
 
 def test_outputs(examples):
@@ -60,7 +60,7 @@ def test_outputs(examples):
         except mk.MsgpackError as e:
             check(False, "%s: not msgpack: %s" % (name, e))
             continue
-        diffs = mk.compare(want, have, skip=skip)
+        diffs = compare(want, have, skip=skip)
         check(not diffs, "%s differs from what the daemon sends now:\n    %s"
               % (name, "\n    ".join(diffs[:10])))
         # The normalised fields are there, with the type they had.

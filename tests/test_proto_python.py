@@ -15,6 +15,7 @@ does for libxplain: no daemon runs.
 
 Run by Debian's /usr/bin/python3 (python3-zmq, -msgpack, -numpy).
 """
+import base64
 import math
 import os
 import shutil
@@ -26,7 +27,7 @@ import msgpack
 import numpy as np
 import zmq
 
-from protocheck import EXAMPLES, SOURCE, Checks, mk
+from protocheck import EXAMPLES, SOURCE, Checks, load
 
 sys.path.insert(0, os.path.join(SOURCE, "client", "python"))
 import xplain  # noqa: E402
@@ -42,7 +43,7 @@ def same(got, want, path="body"):
     against bytes."""
     out = []
     if isinstance(want, dict) and "$bin" in want:
-        b = mk.base64.b64decode(want["$bin"])
+        b = base64.b64decode(want["$bin"])
         if isinstance(got, np.ndarray):        # a matrix the client turned into floats
             vals = np.asarray(want.get("$f32", []), dtype=np.float32)
             if got.dtype != np.float32 or got.size != vals.size or not np.array_equal(got.reshape(-1), vals):
@@ -360,7 +361,7 @@ def test_codec(ex):
 
 
 def main():
-    ex = {m["example"]: m for m in mk.load()}
+    ex = {m["example"]: m for m in load()}
     assert ex, "no examples in " + EXAMPLES
     d = tempfile.mkdtemp(prefix="xplpy-")
     ctx = zmq.Context()
