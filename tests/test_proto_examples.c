@@ -19,7 +19,7 @@
 #include "wire.h"
 #include "xmath.h"
 
-#include "../proto/examples/examples.h"
+#include "examples.h"
 
 #include <criterion/criterion.h>
 #include <inttypes.h>
