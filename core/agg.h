@@ -57,9 +57,6 @@ int agg_init(agg_t *a, uint32_t nfeat, double half_life);
    call twice. */
 void agg_destroy(agg_t *a);
 
-/* Forget every vector seen, keeping size and half-life. */
-void agg_reset(agg_t *a);
-
 /* Add one vector of nfeat floats. Returns 0, or -1 when it holds a NaN
    or Inf (then nothing changes: one bad trade must not poison the
    aggregate for good). */
@@ -67,7 +64,9 @@ int agg_update(agg_t *a, const float *x);
 
 /* Merge src into dst (Chan's parallel rule). Returns 0, or -1 when the
    feature counts or half-lives differ (dst unchanged). Decayed means:
-   see above. */
+   see above. Only the tests call the merges for now; they stay because
+   the shard aggregator (one daemon combining the global state of several
+   shards) is built on them. */
 int agg_merge(agg_t *dst, const agg_t *src);
 
 /* Sample standard deviation per feature into out[nfeat]:
@@ -93,7 +92,8 @@ void agg_heads_destroy(agg_heads_t *s);
    neither aggregate changes). */
 int agg_heads_update(agg_heads_t *s, const float *importance, const float *confidence);
 
-/* Merge src into dst; -1 when the shapes differ (dst unchanged). */
+/* Merge src into dst; -1 when the shapes differ (dst unchanged). Kept
+   for the shard aggregator, as agg_merge. */
 int agg_heads_merge(agg_heads_t *dst, const agg_heads_t *src);
 
 #endif

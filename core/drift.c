@@ -135,13 +135,3 @@ drift_reset_reference(drift_t *d)
 {
     d->ref_kind = DRIFT_REF_NONE;
 }
-
-void
-drift_reset(drift_t *d)
-{
-    d->filled = 0;
-    d->closed = 0;
-    d->has_last = false;
-    d->ref_kind = DRIFT_REF_NONE;
-    memset(d->sum, 0, d->nfeat * sizeof *d->sum);
-}

@@ -16,7 +16,7 @@
 
     The reference is one of
       baseline  the first window that closes while there is no reference
-                (after init, drift_reset or drift_reset_reference); that
+                (after init or drift_reset_reference); that
                 window is captured, not compared
       pinned    a vector an operator pinned (typically the last closed
                 window's mean, `last`, or the global mean)
@@ -57,7 +57,7 @@ typedef struct {
 
 /* Outcome of one closed window. */
 typedef struct {
-    uint64_t window;            /* 0-based index since init or drift_reset */
+    uint64_t window;            /* 0-based index since init */
     drift_ref_t ref;            /* reference this window was compared with */
     bool compared;              /* false: this window was captured as the baseline */
     drift_stat_t spearman, ndcg, js;
@@ -110,9 +110,5 @@ int drift_set_reference(drift_t *d, drift_ref_t kind, const double *ref);
 /* Drop the reference: the next window to close becomes the baseline. The
    open window is kept. */
 void drift_reset_reference(drift_t *d);
-
-/* Start over as after drift_init: no reference, empty window, window
-   indices from 0. */
-void drift_reset(drift_t *d);
 
 #endif
