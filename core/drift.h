@@ -1,5 +1,5 @@
 /*  drift: tumbling-window comparison of attributions with a reference
-    (MATH.md, "Global attributions and drift"; PROTOCOL.md section 3).
+    (MATH.md, "Global attributions and drift"; the drift/ topic in proto/global.md).
 
     Trades are pushed one attribution vector at a time. Every `window`
     trades the window closes: its per-feature mean is compared with the

@@ -21,7 +21,7 @@ extern "C" {
 /* Version of the wire contract this library speaks. */
 #define XPL_WIRE_VERSION 1
 
-/* Default endpoints of the daemon (PROTOCOL.md, proto/README.md). */
+/* Default endpoints of the daemon (proto/README.md). */
 #define XPL_DEFAULT_SUB_ENDPOINT "tcp://127.0.0.1:5557"
 #define XPL_DEFAULT_QUERY_ENDPOINT "tcp://127.0.0.1:5558"
 
