@@ -149,7 +149,7 @@ s_enc_epoch_state(msgpack_packer *pk, const gepoch_t *e)
 static void
 s_enc_model(server_t *s, msgpack_packer *pk, model_t *md)
 {
-    gmodel_t *gm = global_model(s, md);
+    gmodel_t *gm = global_model(&s->global, md);
     msgpack_pack_array(pk, 19);
     enc_strn(pk, md->name, md->name_len);
     enc_bool(pk, md->seq_known);
@@ -198,7 +198,7 @@ s_enc_model(server_t *s, msgpack_packer *pk, model_t *md)
         msgpack_pack_array(pk, sc->shape.n);
         for (uint32_t t = 0; t < sc->shape.n; t++)
             enc_str(pk, sc->tokens[t]);
-        gepoch_t *e = global_epoch(s, md, ep, false);
+        gepoch_t *e = global_epoch(&s->global, md, ep, false);
         if (e)
             s_enc_epoch_state(pk, e);
         else
@@ -533,7 +533,7 @@ s_dec_last(rd_t *d, glast_t *l)
 static int
 s_dec_epoch_state(server_t *s, rd_t *d, model_t *md, uint32_t epoch)
 {
-    gepoch_t *e = global_epoch(s, md, epoch, true);
+    gepoch_t *e = global_epoch(&s->global, md, epoch, true);
     if (!e)
         return s_fail(d, "epoch state (out of memory)");
     uint32_t nm, nc;
@@ -608,7 +608,7 @@ s_dec_model(server_t *s, rd_t *d)
     model_t *md = models_add(&s->models, name.ptr, name.len);
     if (!md)
         return s_fail(d, "model (table full: raise ingest.max_models)");
-    gmodel_t *gm = global_model(s, md);
+    gmodel_t *gm = global_model(&s->global, md);
     if (!gm)
         return s_fail(d, "model (out of memory)");
     uint64_t *counters[] = {&md->received, &md->trades, &md->explained, &md->rejected, &md->lost,

@@ -117,7 +117,7 @@ def main():
           "core/wire.c reasons %s != ingest.md reasons %s" % (sorted(set(code_reasons) ^ set(reasons)),
                                                             "(symmetric difference)"))
     query = read(SOURCE, "daemon", "query.c")
-    code_ops = re.findall(r'\{"(\w+)", (?:op_|global_op_)\w+\}', query)
+    code_ops = re.findall(r'\{"(\w+)", (?:op_|global_op_|query_op_)\w+\}', query)
     check(sorted(code_ops) == sorted(ops), "daemon/query.c ops %s != documented ops %s"
           % (sorted(code_ops), sorted(ops)))
     stats = ex.get("reply/stats")
