@@ -24,10 +24,9 @@
 
     Ownership: the struct lives in caller storage (stack, or embedded in a
     per-model state); agg_init allocates its arrays and agg_destroy frees
-    them. All fields are plain and meant to be read, and written back, by
-    the persistence code (snapshot as msgpack, restore by agg_init then
-    filling the fields). Invariants on restore: m2[j] >= 0; with count 0
-    every mean, m2 and decayed value is 0.
+    them. All fields are plain and meant to be read. Snapshots: agg_save
+    writes one, agg_load reads it back into an agg_init'ed aggregate
+    (below). Invariant on restore: m2[j] >= 0.
 
     agg_heads_t is the same for head statistics: an L x H importance and
     an L x H confidence aggregate, kept apart because importance needs the

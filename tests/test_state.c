@@ -215,7 +215,7 @@ random_model(server_t *s, const char *name, uint32_t nepochs, rng_t *r)
     cr_assert_not_null(md);
     for (uint32_t ep = 1; ep <= nepochs; ep++) {
         xm_shape_t shape = {2, 3, 3 + ep, ep % 2 ? (int32_t)(2 + ep) : -1};
-        char names[16][8];
+        char names[16][24];
         wire_sv_t tok[16];
         for (uint32_t t = 0; t < shape.n; t++) {
             snprintf(names[t], sizeof names[t], "w%u.%u", ep, t);

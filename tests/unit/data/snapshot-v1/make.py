@@ -1,7 +1,8 @@
 """Write the format-1 snapshot fixture beside this file, with what the
 daemon that wrote it reported about it.
 
-Run once, with the daemon of the commit that still wrote format 1:
+Run once, with the daemon of the commit that still wrote format 1 (e6e12e9,
+the parent of the first commit that adds this directory):
     XPL_BUILD_DIR=build /usr/bin/python3 tests/unit/data/snapshot-v1/make.py
 It leaves state.msgpack (the snapshot, as written at SIGTERM) and
 replies.json (the daemon's own global, drift, models and stats replies,
