@@ -11,10 +11,13 @@ import shutil
 import sys
 import tempfile
 
-from xpltest import Daemon
-
 HERE = os.path.dirname(os.path.abspath(__file__))
-FIXTURE = os.path.join(HERE, "unit", "data", "snapshot-v1")
+TESTS = os.path.dirname(HERE)
+sys.path.insert(0, TESTS)   # xpltest, when run without conftest.py
+
+from xpltest import Daemon  # noqa: E402
+
+FIXTURE = os.path.join(TESTS, "unit", "data", "snapshot-v1")
 
 
 def _replies():
