@@ -55,6 +55,20 @@ srv_new(const global_params_t *p)
     return s;
 }
 
+/* The global state of a model and of one of its epochs (the one place
+   this test spells global.c's accessors). */
+static gmodel_t *
+gm_of(server_t *s, model_t *md)
+{
+    return global_model(s, md);
+}
+
+static gepoch_t *
+ep_of(server_t *s, model_t *md, uint32_t epoch, bool create)
+{
+    return global_epoch(s, md, epoch, create);
+}
+
 static void
 srv_free(server_t *s)
 {
@@ -230,7 +244,7 @@ random_model(server_t *s, const char *name, uint32_t nepochs, rng_t *r)
                      &md->restarts, &md->xpl_seq, &md->flow_counter};
     for (size_t k = 0; k < 8; k++)
         *c[k] = rng_next(r) >> (k * 7);
-    gmodel_t *gm = global_model(s, md);
+    gmodel_t *gm = gm_of(s, md);
     gm->glob_seq = rng_next(r) % 100000;
     gm->drift_seq = rng_next(r) % 100000;
     gm->heads_seq = rng_next(r) % 100000;
@@ -250,7 +264,7 @@ random_model(server_t *s, const char *name, uint32_t nepochs, rng_t *r)
     /* The oldest kept epoch has no global state (nil in the snapshot). */
     uint32_t first = nepochs > MODEL_EPOCHS_KEPT ? nepochs - MODEL_EPOCHS_KEPT + 1 : 1;
     for (uint32_t ep = first + (nepochs > 1); ep <= nepochs; ep++) {
-        gepoch_t *e = global_epoch(s, md, ep, true);
+        gepoch_t *e = ep_of(s, md, ep, true);
         cr_assert_not_null(e);
         random_epoch(s, e, r);
     }
@@ -325,7 +339,7 @@ Test(state, random_states_round_trip_bit_for_bit)
             cr_assert_eq(ma->flow_counter, mb->flow_counter);
             cr_assert_eq(ma->last_seq, mb->last_seq);
             cr_assert_eq(ma->cur->epoch, mb->cur->epoch);
-            gmodel_t *ga = global_model(a, ma), *gb = global_model(b, mb);
+            gmodel_t *ga = gm_of(a, ma), *gb = gm_of(b, mb);
             cr_assert_eq(ga->alerts_count, gb->alerts_count);
             cr_assert_eq(ga->alerts_total, gb->alerts_total);
             cr_assert_eq(ga->heads_seq, gb->heads_seq);
@@ -596,7 +610,7 @@ check_stat(const msgpack_object *o, const drift_stat_t *st, const char *what)
 static void
 check_global(server_t *s, model_t *md, gepoch_t *e, const msgpack_object *g)
 {
-    gmodel_t *gm = global_model(s, md);
+    gmodel_t *gm = gm_of(s, md);
     cr_assert_eq(u64(must(g, "seq")), gm->glob_seq - 1);
     cr_assert_eq(u64(must(g, "count")), e->count);
     cr_assert_eq(u64(must(g, "untracked_targets")), e->untracked);
@@ -631,7 +645,7 @@ check_global(server_t *s, model_t *md, gepoch_t *e, const msgpack_object *g)
 static void
 check_drift(server_t *s, model_t *md, gepoch_t *e, const msgpack_object *dr)
 {
-    gmodel_t *gm = global_model(s, md);
+    gmodel_t *gm = gm_of(s, md);
     const msgpack_object *ms = must(dr, "methods");
     cr_assert_eq(ms->via.map.size, (uint32_t)__builtin_popcount(e->methods));
     for (uint32_t k = 0; k < ms->via.map.size; k++) {
@@ -677,7 +691,7 @@ check_drift(server_t *s, model_t *md, gepoch_t *e, const msgpack_object *dr)
 static void
 check_heads(server_t *s, model_t *md, gepoch_t *e, const msgpack_object *h)
 {
-    cr_assert_eq(u64(must(h, "seq")), global_model(s, md)->heads_seq - 1);
+    cr_assert_eq(u64(must(h, "seq")), gm_of(s, md)->heads_seq - 1);
     cr_assert_eq(u64(must(h, "importance_count")), e->heads.importance.count);
     cr_assert_eq(u64(must(h, "confidence_count")), e->heads.confidence.count);
     const agg_t *aggs[2] = {&e->heads.importance, &e->heads.confidence};
@@ -717,7 +731,7 @@ check_fixture(server_t *s, const msgpack_object *rep)
         cr_assert_eq(i64(must(mo, "cls")), md->cur->shape.cls);
         for (uint32_t ep = 1; ep <= md->cur->epoch; ep++) {
             char key[96];
-            gepoch_t *e = global_epoch(s, md, ep, false);
+            gepoch_t *e = ep_of(s, md, ep, false);
             snprintf(key, sizeof key, "global/%s/%u", md->name, ep);
             const msgpack_object *g = get(rep, key);
             if (g) {
