@@ -447,3 +447,554 @@ global_load_references(global_t *g, const models_t *models, const char *path)
     log_info("reference file %s: %d reference(s) read", path, count);
     return count;
 }
+
+/* ---- snapshots ---------------------------------------------------------
+   The global state writes and reads its own records (snap.h); state.c
+   holds the container. Records are keyed maps; SNAP_V1 reads the first
+   format's positional arrays. */
+
+static void
+s_put_bool(msgpack_packer *pk, bool b)
+{
+    b ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+}
+
+/* A method or reference kind written by name, read back by name. */
+static int
+s_get_method(snap_rd_t *d, int *m, const char *what)
+{
+    const uint8_t *p;
+    uint32_t len;
+    if (snap_get_str(d, &p, &len, what) || (*m = xm_method_parse((const char *)p, len)) < 0)
+        return snap_fail(d, what);
+    return 0;
+}
+
+static int
+s_get_ref(snap_rd_t *d, drift_ref_t *r, unsigned ver, const char *what)
+{
+    if (ver == SNAP_V1) {
+        uint64_t u;
+        if (snap_get_u64(d, &u, what) || u > DRIFT_REF_EXTERNAL)
+            return snap_fail(d, what);
+        *r = (drift_ref_t)u;
+        return 0;
+    }
+    const uint8_t *p;
+    uint32_t len;
+    int k;
+    if (snap_get_str(d, &p, &len, what) || (k = drift_ref_parse(p, len)) < 0)
+        return snap_fail(d, what);
+    *r = (drift_ref_t)k;
+    return 0;
+}
+
+/* Last closed window: nil, or {window, reference, compared, spearman,
+   ndcg, js, alert, ts}. */
+static void
+s_last_save(msgpack_packer *pk, const glast_t *l)
+{
+    if (!l->valid) {
+        msgpack_pack_nil(pk);
+        return;
+    }
+    msgpack_pack_map(pk, 8);
+    snap_put_str(pk, "window");
+    msgpack_pack_uint64(pk, l->window);
+    snap_put_str(pk, "reference");
+    snap_put_str(pk, drift_ref_name(l->ref));
+    snap_put_str(pk, "compared");
+    s_put_bool(pk, l->compared);
+    snap_put_str(pk, "spearman");
+    drift_stat_save(pk, &l->spearman);
+    snap_put_str(pk, "ndcg");
+    drift_stat_save(pk, &l->ndcg);
+    snap_put_str(pk, "js");
+    drift_stat_save(pk, &l->js);
+    snap_put_str(pk, "alert");
+    s_put_bool(pk, l->alert);
+    snap_put_str(pk, "ts");
+    msgpack_pack_int64(pk, l->ts);
+}
+
+static int
+s_last_load(snap_rd_t *d, glast_t *l, unsigned ver)
+{
+    if (snap_get_nil(d))
+        return 0;
+    const char *w = "last window";
+    if (ver == SNAP_V1) {
+        if (snap_get_array_n(d, 8, w) || snap_get_u64(d, &l->window, w) ||
+            s_get_ref(d, &l->ref, ver, w) || snap_get_bool(d, &l->compared, w) ||
+            drift_stat_load(d, &l->spearman, ver) || drift_stat_load(d, &l->ndcg, ver) ||
+            drift_stat_load(d, &l->js, ver) || snap_get_bool(d, &l->alert, w) ||
+            snap_get_i64(d, &l->ts, w))
+            return snap_fail(d, w);
+        l->valid = true;
+        return 0;
+    }
+    enum { WINDOW = 1, REF = 2, COMPARED = 4, SPEARMAN = 8, NDCG = 16, JS = 32, ALERT = 64,
+           TS = 128 };
+    uint32_t n;
+    unsigned seen = 0;
+    if (snap_get_map(d, &n, w))
+        return -1;
+    for (uint32_t k = 0; k < n; k++) {
+        mpr_obj_t key;
+        int rc;
+        if (snap_get_key(d, &key, w))
+            return -1;
+        if (mpr_str_eq(&key, "window"))
+            rc = snap_field(d, &seen, WINDOW, w) || snap_get_u64(d, &l->window, w);
+        else if (mpr_str_eq(&key, "reference"))
+            rc = snap_field(d, &seen, REF, w) || s_get_ref(d, &l->ref, ver, w);
+        else if (mpr_str_eq(&key, "compared"))
+            rc = snap_field(d, &seen, COMPARED, w) || snap_get_bool(d, &l->compared, w);
+        else if (mpr_str_eq(&key, "spearman"))
+            rc = snap_field(d, &seen, SPEARMAN, w) || drift_stat_load(d, &l->spearman, ver);
+        else if (mpr_str_eq(&key, "ndcg"))
+            rc = snap_field(d, &seen, NDCG, w) || drift_stat_load(d, &l->ndcg, ver);
+        else if (mpr_str_eq(&key, "js"))
+            rc = snap_field(d, &seen, JS, w) || drift_stat_load(d, &l->js, ver);
+        else if (mpr_str_eq(&key, "alert"))
+            rc = snap_field(d, &seen, ALERT, w) || snap_get_bool(d, &l->alert, w);
+        else if (mpr_str_eq(&key, "ts"))
+            rc = snap_field(d, &seen, TS, w) || snap_get_i64(d, &l->ts, w);
+        else
+            rc = snap_skip(d, w);
+        if (rc)
+            return -1;
+    }
+    if (snap_fields_all(d, seen, 255u, "last window (a field is missing)"))
+        return -1;
+    l->valid = true;
+    return 0;
+}
+
+/* An external reference: nil, or nf values (a copy the epoch owns). */
+static int
+s_extref_load(snap_rd_t *d, gepoch_t *e, int m)
+{
+    if (snap_get_nil(d))
+        return 0;
+    double *ref = malloc(e->nf * sizeof(double) + 1);
+    if (!ref)
+        return snap_fail(d, "external reference (out of memory)");
+    if (snap_get_doubles(d, ref, e->nf, "external reference")) {
+        free(ref);
+        return -1;
+    }
+    free(e->extref[m]);
+    e->extref[m] = ref;
+    return 0;
+}
+
+/* Create method m's state the way global_add does, once. */
+static int
+s_method_new(snap_rd_t *d, global_t *g, gepoch_t *e, int m)
+{
+    if (e->methods & XM_BIT(m))
+        return snap_fail(d, "method (given twice)");
+    if (s_epoch_method(g, e, m))
+        return snap_fail(d, "method state (out of memory)");
+    return 0;
+}
+
+/* One method of an epoch: {all, drift, extref, last}. */
+static int
+s_method_load(snap_rd_t *d, gepoch_t *e, int m)
+{
+    enum { ALL = 1, DRIFT = 2, EXTREF = 4, LAST = 8 };
+    uint32_t n;
+    unsigned seen = 0;
+    if (snap_get_map(d, &n, "method"))
+        return -1;
+    for (uint32_t k = 0; k < n; k++) {
+        mpr_obj_t key;
+        int rc;
+        if (snap_get_key(d, &key, "method field"))
+            return -1;
+        if (mpr_str_eq(&key, "all"))
+            rc = snap_field(d, &seen, ALL, "method aggregate") ||
+                 agg_load(d, &e->all[m], SNAP_V2);
+        else if (mpr_str_eq(&key, "drift"))
+            rc = snap_field(d, &seen, DRIFT, "method drift") ||
+                 drift_load(d, &e->drift[m], SNAP_V2);
+        else if (mpr_str_eq(&key, "extref"))
+            rc = snap_field(d, &seen, EXTREF, "external reference") || s_extref_load(d, e, m);
+        else if (mpr_str_eq(&key, "last"))
+            rc = snap_field(d, &seen, LAST, "last window") ||
+                 s_last_load(d, &e->last[m], SNAP_V2);
+        else
+            rc = snap_skip(d, "method field");
+        if (rc)
+            return -1;
+    }
+    return snap_fields_all(d, seen, ALL | DRIFT, "method (aggregate or drift missing)");
+}
+
+/* A new target class (s_class makes it, with every method's aggregate). */
+static gclass_t *
+s_class_new(snap_rd_t *d, global_t *g, gepoch_t *e, int64_t target)
+{
+    uint32_t before = e->nclasses;
+    gclass_t *c = s_class(g, e, target);
+    if (!c || e->nclasses == before) {
+        snap_fail(d, "target classes");
+        return NULL;
+    }
+    return c;
+}
+
+/* {target, methods: {name: agg}}, every method of the epoch present. */
+static int
+s_class_load(snap_rd_t *d, global_t *g, gepoch_t *e)
+{
+    enum { TARGET = 1, METHODS = 2 };
+    uint32_t n;
+    unsigned seen = 0;
+    int64_t target = 0;
+    mpr_t methods_at = {0};
+    if (snap_get_map(d, &n, "target class"))
+        return -1;
+    for (uint32_t k = 0; k < n; k++) {
+        mpr_obj_t key;
+        int rc;
+        if (snap_get_key(d, &key, "target class field"))
+            return -1;
+        if (mpr_str_eq(&key, "target")) {
+            rc = snap_field(d, &seen, TARGET, "target") || snap_get_i64(d, &target, "target");
+        } else if (mpr_str_eq(&key, "methods")) {
+            methods_at = d->r;   /* read once the class exists */
+            rc = snap_field(d, &seen, METHODS, "target class aggregates") ||
+                 snap_skip(d, "target class aggregates");
+        } else {
+            rc = snap_skip(d, "target class field");
+        }
+        if (rc)
+            return -1;
+    }
+    if (snap_fields_all(d, seen, TARGET | METHODS, "target class (a field is missing)"))
+        return -1;
+    gclass_t *c = s_class_new(d, g, e, target);
+    if (!c)
+        return -1;
+    mpr_t after = d->r;
+    d->r = methods_at;
+    uint32_t nm;
+    unsigned got = 0;
+    if (snap_get_map(d, &nm, "target class aggregates"))
+        return -1;
+    for (uint32_t k = 0; k < nm; k++) {
+        int m;
+        if (s_get_method(d, &m, "target class method") || !(e->methods & XM_BIT(m)) ||
+            snap_field(d, &got, XM_BIT(m), "target class method"))
+            return snap_fail(d, "target class method");
+        if (agg_load(d, &c->agg[m], SNAP_V2))
+            return -1;
+    }
+    if (got != e->methods)
+        return snap_fail(d, "target class aggregates (a method is missing)");
+    d->r = after;
+    return 0;
+}
+
+void
+gepoch_save(msgpack_packer *pk, const gepoch_t *e)
+{
+    msgpack_pack_map(pk, 5);
+    snap_put_str(pk, "count");
+    msgpack_pack_uint64(pk, e->count);
+    snap_put_str(pk, "untracked");
+    msgpack_pack_uint64(pk, e->untracked);
+    snap_put_str(pk, "methods");
+    msgpack_pack_map(pk, (size_t)__builtin_popcount(e->methods));
+    for (int m = 0; m < XM_NMETHODS; m++) {
+        if (!(e->methods & XM_BIT(m)))
+            continue;
+        snap_put_str(pk, xm_method_name((xm_method_t)m));
+        msgpack_pack_map(pk, 4);
+        snap_put_str(pk, "all");
+        agg_save(pk, &e->all[m]);
+        snap_put_str(pk, "drift");
+        drift_save(pk, &e->drift[m]);
+        snap_put_str(pk, "extref");
+        if (e->extref[m])
+            snap_put_doubles(pk, e->extref[m], e->nf);
+        else
+            msgpack_pack_nil(pk);
+        snap_put_str(pk, "last");
+        s_last_save(pk, &e->last[m]);
+    }
+    snap_put_str(pk, "classes");
+    msgpack_pack_array(pk, e->nclasses);
+    for (uint32_t c = 0; c < e->nclasses; c++) {
+        msgpack_pack_map(pk, 2);
+        snap_put_str(pk, "target");
+        msgpack_pack_int64(pk, e->classes[c].target);
+        snap_put_str(pk, "methods");
+        msgpack_pack_map(pk, (size_t)__builtin_popcount(e->methods));
+        for (int m = 0; m < XM_NMETHODS; m++) {
+            if (!(e->methods & XM_BIT(m)))
+                continue;
+            snap_put_str(pk, xm_method_name((xm_method_t)m));
+            agg_save(pk, &e->classes[c].agg[m]);
+        }
+    }
+    snap_put_str(pk, "heads");
+    agg_heads_save(pk, &e->heads);
+}
+
+/* The first format: [count, untracked, [[name, agg, drift, extref, last]],
+   [[target, [agg per method, in the order above]]], importance,
+   confidence]. */
+static int
+s_epoch_load_v1(snap_rd_t *d, global_t *g, gepoch_t *e)
+{
+    uint32_t nm, nc;
+    if (snap_get_array_n(d, 6, "epoch state") || snap_get_u64(d, &e->count, "epoch count") ||
+        snap_get_u64(d, &e->untracked, "epoch untracked") || snap_get_array(d, &nm, "methods"))
+        return -1;
+    int order[XM_NMETHODS];
+    for (uint32_t k = 0; k < nm; k++) {
+        int m;
+        if (k >= XM_NMETHODS || snap_get_array_n(d, 5, "method") ||
+            s_get_method(d, &m, "method name") || s_method_new(d, g, e, m))
+            return snap_fail(d, "method");
+        order[k] = m;
+        if (agg_load(d, &e->all[m], SNAP_V1) || drift_load(d, &e->drift[m], SNAP_V1) ||
+            s_extref_load(d, e, m) || s_last_load(d, &e->last[m], SNAP_V1))
+            return -1;
+    }
+    if (snap_get_array(d, &nc, "target classes"))
+        return -1;
+    for (uint32_t c = 0; c < nc; c++) {
+        int64_t target;
+        gclass_t *gc;
+        if (snap_get_array_n(d, 2, "target class") || snap_get_i64(d, &target, "target") ||
+            snap_get_array_n(d, nm, "target class aggregates") ||
+            !(gc = s_class_new(d, g, e, target)))
+            return snap_fail(d, "target class");
+        for (uint32_t k = 0; k < nm; k++)
+            if (agg_load(d, &gc->agg[order[k]], SNAP_V1))
+                return -1;
+    }
+    return agg_heads_load(d, &e->heads, SNAP_V1);
+}
+
+int
+gepoch_load(snap_rd_t *d, global_t *g, gepoch_t *e, unsigned ver)
+{
+    if (ver == SNAP_V1)
+        return s_epoch_load_v1(d, g, e);
+    enum { COUNT = 1, UNTRACKED = 2, METHODS = 4, CLASSES = 8, HEADS = 16 };
+    uint32_t n;
+    unsigned seen = 0;
+    mpr_t classes_at = {0};
+    if (snap_get_map(d, &n, "epoch state"))
+        return -1;
+    for (uint32_t k = 0; k < n; k++) {
+        mpr_obj_t key;
+        int rc;
+        if (snap_get_key(d, &key, "epoch state field"))
+            return -1;
+        if (mpr_str_eq(&key, "count")) {
+            rc = snap_field(d, &seen, COUNT, "epoch count") ||
+                 snap_get_u64(d, &e->count, "epoch count");
+        } else if (mpr_str_eq(&key, "untracked")) {
+            rc = snap_field(d, &seen, UNTRACKED, "epoch untracked") ||
+                 snap_get_u64(d, &e->untracked, "epoch untracked");
+        } else if (mpr_str_eq(&key, "methods")) {
+            uint32_t nm;
+            rc = snap_field(d, &seen, METHODS, "methods") || snap_get_map(d, &nm, "methods");
+            for (uint32_t j = 0; !rc && j < nm; j++) {
+                int m;
+                rc = s_get_method(d, &m, "method name") || s_method_new(d, g, e, m) ||
+                     s_method_load(d, e, m);
+            }
+        } else if (mpr_str_eq(&key, "classes")) {
+            classes_at = d->r;   /* read after the methods: a class has one agg per method */
+            rc = snap_field(d, &seen, CLASSES, "target classes") ||
+                 snap_skip(d, "target classes");
+        } else if (mpr_str_eq(&key, "heads")) {
+            rc = snap_field(d, &seen, HEADS, "head statistics") ||
+                 agg_heads_load(d, &e->heads, ver);
+        } else {
+            rc = snap_skip(d, "epoch state field");
+        }
+        if (rc)
+            return -1;
+    }
+    if (snap_fields_all(d, seen, 31u, "epoch state (a field is missing)"))
+        return -1;
+    mpr_t after = d->r;
+    d->r = classes_at;
+    uint32_t nc;
+    if (snap_get_array(d, &nc, "target classes"))
+        return -1;
+    for (uint32_t c = 0; c < nc; c++)
+        if (s_class_load(d, g, e))
+            return -1;
+    d->r = after;
+    return 0;
+}
+
+/* One alert: {ts, epoch, method, window, reference, spearman, ndcg, js};
+   SNAP_V1 the same as an array, method and reference as numbers. */
+static void
+s_alert_save(msgpack_packer *pk, const galert_t *a)
+{
+    msgpack_pack_map(pk, 8);
+    snap_put_str(pk, "ts");
+    msgpack_pack_int64(pk, a->ts);
+    snap_put_str(pk, "epoch");
+    msgpack_pack_uint32(pk, a->epoch);
+    snap_put_str(pk, "method");
+    snap_put_str(pk, xm_method_name((xm_method_t)a->method));
+    snap_put_str(pk, "window");
+    msgpack_pack_uint64(pk, a->window);
+    snap_put_str(pk, "reference");
+    snap_put_str(pk, drift_ref_name(a->ref));
+    snap_put_str(pk, "spearman");
+    drift_stat_save(pk, &a->spearman);
+    snap_put_str(pk, "ndcg");
+    drift_stat_save(pk, &a->ndcg);
+    snap_put_str(pk, "js");
+    drift_stat_save(pk, &a->js);
+}
+
+static int
+s_alert_load(snap_rd_t *d, galert_t *a, unsigned ver)
+{
+    const char *w = "alert";
+    int m = 0;
+    if (ver == SNAP_V1) {
+        uint64_t method;
+        if (snap_get_array_n(d, 8, w) || snap_get_i64(d, &a->ts, w) ||
+            snap_get_u32(d, &a->epoch, w) || snap_get_u64(d, &method, w) ||
+            snap_get_u64(d, &a->window, w) || s_get_ref(d, &a->ref, ver, w) ||
+            drift_stat_load(d, &a->spearman, ver) || drift_stat_load(d, &a->ndcg, ver) ||
+            drift_stat_load(d, &a->js, ver) || method >= XM_NMETHODS)
+            return snap_fail(d, w);
+        a->method = (uint8_t)method;
+        return 0;
+    }
+    enum { TS = 1, EPOCH = 2, METHOD = 4, WINDOW = 8, REF = 16, SPEARMAN = 32, NDCG = 64, JS = 128 };
+    uint32_t n;
+    unsigned seen = 0;
+    if (snap_get_map(d, &n, w))
+        return -1;
+    for (uint32_t k = 0; k < n; k++) {
+        mpr_obj_t key;
+        int rc;
+        if (snap_get_key(d, &key, w))
+            return -1;
+        if (mpr_str_eq(&key, "ts"))
+            rc = snap_field(d, &seen, TS, w) || snap_get_i64(d, &a->ts, w);
+        else if (mpr_str_eq(&key, "epoch"))
+            rc = snap_field(d, &seen, EPOCH, w) || snap_get_u32(d, &a->epoch, w);
+        else if (mpr_str_eq(&key, "method"))
+            rc = snap_field(d, &seen, METHOD, w) || s_get_method(d, &m, w);
+        else if (mpr_str_eq(&key, "window"))
+            rc = snap_field(d, &seen, WINDOW, w) || snap_get_u64(d, &a->window, w);
+        else if (mpr_str_eq(&key, "reference"))
+            rc = snap_field(d, &seen, REF, w) || s_get_ref(d, &a->ref, ver, w);
+        else if (mpr_str_eq(&key, "spearman"))
+            rc = snap_field(d, &seen, SPEARMAN, w) || drift_stat_load(d, &a->spearman, ver);
+        else if (mpr_str_eq(&key, "ndcg"))
+            rc = snap_field(d, &seen, NDCG, w) || drift_stat_load(d, &a->ndcg, ver);
+        else if (mpr_str_eq(&key, "js"))
+            rc = snap_field(d, &seen, JS, w) || drift_stat_load(d, &a->js, ver);
+        else
+            rc = snap_skip(d, w);
+        if (rc)
+            return -1;
+    }
+    a->method = (uint8_t)m;
+    return snap_fields_all(d, seen, 255u, "alert (a field is missing)");
+}
+
+void
+gmodel_save(msgpack_packer *pk, const global_t *g, const gmodel_t *gm)
+{
+    msgpack_pack_map(pk, 5);
+    snap_put_str(pk, "glob_seq");
+    msgpack_pack_uint64(pk, gm->glob_seq);
+    snap_put_str(pk, "drift_seq");
+    msgpack_pack_uint64(pk, gm->drift_seq);
+    snap_put_str(pk, "heads_seq");
+    msgpack_pack_uint64(pk, gm->heads_seq);
+    snap_put_str(pk, "alerts_total");
+    msgpack_pack_uint64(pk, gm->alerts_total);
+    /* alerts, oldest first */
+    snap_put_str(pk, "alerts");
+    uint32_t n = gm->alerts_count, kept = g->p.alerts_kept;
+    msgpack_pack_array(pk, n);
+    for (uint32_t k = 0; k < n; k++)
+        s_alert_save(pk, &gm->alerts[(gm->alerts_next + kept - n + k) % kept]);
+}
+
+/* Alerts oldest first into the ring; the newest alerts_kept stay when
+   the limit shrank since the snapshot. */
+static int
+s_alerts_load(snap_rd_t *d, const global_t *g, gmodel_t *gm, unsigned ver)
+{
+    uint32_t na, kept = g->p.alerts_kept;
+    if (snap_get_array(d, &na, "alerts"))
+        return -1;
+    for (uint32_t k = 0; k < na; k++) {
+        galert_t a = {0};
+        if (s_alert_load(d, &a, ver))
+            return -1;
+        if (kept) {
+            gm->alerts[gm->alerts_next] = a;
+            gm->alerts_next = (gm->alerts_next + 1) % kept;
+            if (gm->alerts_count < kept)
+                gm->alerts_count++;
+        }
+    }
+    return 0;
+}
+
+int
+gmodel_load(snap_rd_t *d, const global_t *g, gmodel_t *gm, unsigned ver)
+{
+    if (ver == SNAP_V1)
+        return snap_get_u64(d, &gm->glob_seq, "model counters") ||
+                       snap_get_u64(d, &gm->drift_seq, "model counters") ||
+                       snap_get_u64(d, &gm->heads_seq, "model counters") ||
+                       snap_get_u64(d, &gm->alerts_total, "model counters") ||
+                       s_alerts_load(d, g, gm, ver)
+                   ? -1
+                   : 0;
+    enum { GLOB = 1, DRIFT = 2, HEADS = 4, TOTAL = 8, ALERTS = 16 };
+    uint32_t n;
+    unsigned seen = 0;
+    if (snap_get_map(d, &n, "model global state"))
+        return -1;
+    for (uint32_t k = 0; k < n; k++) {
+        mpr_obj_t key;
+        int rc;
+        if (snap_get_key(d, &key, "model global state field"))
+            return -1;
+        if (mpr_str_eq(&key, "glob_seq"))
+            rc = snap_field(d, &seen, GLOB, "glob_seq") ||
+                 snap_get_u64(d, &gm->glob_seq, "glob_seq");
+        else if (mpr_str_eq(&key, "drift_seq"))
+            rc = snap_field(d, &seen, DRIFT, "drift_seq") ||
+                 snap_get_u64(d, &gm->drift_seq, "drift_seq");
+        else if (mpr_str_eq(&key, "heads_seq"))
+            rc = snap_field(d, &seen, HEADS, "heads_seq") ||
+                 snap_get_u64(d, &gm->heads_seq, "heads_seq");
+        else if (mpr_str_eq(&key, "alerts_total"))
+            rc = snap_field(d, &seen, TOTAL, "alerts_total") ||
+                 snap_get_u64(d, &gm->alerts_total, "alerts_total");
+        else if (mpr_str_eq(&key, "alerts"))
+            rc = snap_field(d, &seen, ALERTS, "alerts") || s_alerts_load(d, g, gm, ver);
+        else
+            rc = snap_skip(d, "model global state field");
+        if (rc)
+            return -1;
+    }
+    return snap_fields_all(d, seen, 31u, "model global state (a field is missing)");
+}

@@ -167,4 +167,23 @@ unsigned global_baseline(global_t *g, gepoch_t *e, unsigned mask, bool pin);
 int global_set_reference(global_t *g, const model_t *md, gepoch_t *e, int m,
                          const double *values);
 
+/* ---- snapshots (snap.h; state.c holds the container) --------------------
+
+   gepoch_save writes one epoch's state as {count, untracked, methods:
+   {name: {all, drift, extref, last}}, classes: [{target, methods: {name:
+   agg}}], heads}. gepoch_load reads it into an epoch global_epoch just
+   created (empty, with the schema's nf, L, H), creating each method's
+   state and each class as global_add would, with today's half-life,
+   window, thresholds and max_targets (more classes than that: an error).
+   SNAP_V1 reads the first format's positional array. */
+void gepoch_save(msgpack_packer *pk, const gepoch_t *e);
+int gepoch_load(snap_rd_t *d, global_t *g, gepoch_t *e, unsigned ver);
+
+/* A model's topic seqs and alert history: {glob_seq, drift_seq,
+   heads_seq, alerts_total, alerts: [...] (oldest first)}; loading keeps
+   the newest alerts_kept. SNAP_V1: the first format's four counters and
+   alert array, inline in its model record. */
+void gmodel_save(msgpack_packer *pk, const global_t *g, const gmodel_t *gm);
+int gmodel_load(snap_rd_t *d, const global_t *g, gmodel_t *gm, unsigned ver);
+
 #endif
