@@ -285,7 +285,7 @@ s_record_window(server_t *s, model_t *md, gmodel_t *gm, gepoch_t *e, int m, cons
             gm->alerts_count++;
     }
     gm->alerts_total++;
-    log_limited(XR_NREASONS + 5, LOG_WARN_,
+    log_limited(LOGK_DRIFT_ALERT, LOG_WARN_,
                 "drift: model '%s' epoch %" PRIu32 " %s window %" PRIu64 " vs %s: rho %.3f, "
                 "nDCG %.3f, JS %.3f: ALERT", md->name, e->epoch, xm_method_name((xm_method_t)m),
                 r->window, drift_ref_name(r->ref), r->spearman.defined ? r->spearman.value : NAN,
@@ -300,7 +300,7 @@ global_add(server_t *s, model_t *md, const int64_t *target, const xm_result_t *r
     bool fresh = gm && !global_epoch(s, md, md->cur->epoch, false);
     gepoch_t *e = global_epoch(s, md, md->cur->epoch, true);
     if (!gm || !e) {
-        log_limited(XR_NREASONS + 6, LOG_ERR_, "global: out of memory for model '%s'", md->name);
+        log_limited(LOGK_GLOBAL_OOM, LOG_ERR_, "global: out of memory for model '%s'", md->name);
         return;
     }
     if (fresh)
@@ -312,7 +312,7 @@ global_add(server_t *s, model_t *md, const int64_t *target, const xm_result_t *r
         if (!(res->computed & XM_BIT(m)))
             continue;
         if (s_epoch_method(g, e, m)) {
-            log_limited(XR_NREASONS + 6, LOG_ERR_, "global: out of memory for model '%s'", md->name);
+            log_limited(LOGK_GLOBAL_OOM, LOG_ERR_, "global: out of memory for model '%s'", md->name);
             return;
         }
         agg_update(&e->all[m], res->attr[m]);

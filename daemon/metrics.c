@@ -22,14 +22,6 @@
 #include <unistd.h>
 #include <zmq.h>
 
-/* Rate-limit keys of the log lines HTTP clients cause (log.h): high, to
-   stay clear of the ingest reasons' keys below them. */
-#define KEY_BAD 59
-#define KEY_REFUSED 60
-#define KEY_TIMEOUT 61
-#define KEY_LIMIT 62
-#define KEY_MHD 63
-
 /* Largest request head (request line and headers): the guard's peek
    buffer and libmicrohttpd's memory per connection (which also holds
    the answer's header). A scrape request is a few hundred bytes. */
@@ -126,7 +118,7 @@ s_reject(metrics_t *m, metrics_conn_t *c, size_t have, unsigned code)
     shutdown(c->fd, SHUT_WR);
     s_count_code(m, code);
     char ip[INET_ADDRSTRLEN];
-    log_limited(KEY_BAD, LOG_WARN_, "metrics: bad request from %s: %s", s_ip(c, ip),
+    log_limited(LOGK_HTTP_BAD, LOG_WARN_, "metrics: bad request from %s: %s", s_ip(c, ip),
                 code == 400 ? "NUL byte in the request head" : "request head over 8 KiB");
     s_drop(m, c);
 }
@@ -195,7 +187,7 @@ s_accept(metrics_t *m)
             m->refused_per_ip++;
             close(fd);
             char ip[INET_ADDRSTRLEN];
-            log_limited(KEY_REFUSED, LOG_WARN_, "metrics: refused a connection from %s: it has %"
+            log_limited(LOGK_HTTP_REFUSED, LOG_WARN_, "metrics: refused a connection from %s: it has %"
                         PRIu32 " open (max_per_ip)",
                         inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof ip) ? ip : "?", same);
             continue;
@@ -217,7 +209,7 @@ s_accept(metrics_t *m)
            until a slot frees (s_free). */
         s_listen(m, false);
         m->limit_reached++;
-        log_limited(KEY_LIMIT, LOG_WARN_, "metrics: %" PRIu32 " connections open "
+        log_limited(LOGK_HTTP_LIMIT, LOG_WARN_, "metrics: %" PRIu32 " connections open "
                     "(max_connections): new ones wait until one closes", m->nconns);
     }
 }
@@ -268,7 +260,7 @@ s_mhd_log(void *cls, const char *fmt, va_list ap)
     size_t len = strlen(buf);
     while (len && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
         buf[--len] = '\0';
-    log_limited(KEY_MHD, LOG_INFO_, "metrics: libmicrohttpd: %s", buf);
+    log_limited(LOGK_HTTP_MHD, LOG_INFO_, "metrics: libmicrohttpd: %s", buf);
 }
 
 /* Close the connections past their deadline: the guard's at once;
@@ -292,7 +284,7 @@ s_sweep(metrics_t *m, int64_t now)
         }
         m->timed_out++;
         char ip[INET_ADDRSTRLEN];
-        log_limited(KEY_TIMEOUT, LOG_WARN_, "metrics: closed a connection from %s: %s in %.1f s",
+        log_limited(LOGK_HTTP_TIMEOUT, LOG_WARN_, "metrics: closed a connection from %s: %s in %.1f s",
                     s_ip(c, ip), c->requested ? "answer not read" : "no complete request",
                     (double)m->timeout_ns / 1e9 * (c->requested ? ANSWER_TIMEOUTS : 1));
         if (c->state == MC_PENDING) {

@@ -552,5 +552,5 @@ query_reply_error(server_t *s, const char *code, const char *error)
         clean[k] = (unsigned char)error[k] >= 0x80 || (unsigned char)error[k] < 0x20 ? '?' : error[k];
     clean[k] = '\0';
     enc_str(pk, clean);
-    log_limited(XR_NREASONS + 3, LOG_INFO_, "query: %s: %s", code, clean);
+    log_limited(LOGK_QUERY_ERROR, LOG_INFO_, "query: %s: %s", code, clean);
 }

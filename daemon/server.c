@@ -411,7 +411,7 @@ s_query_burst(server_t *s)
             }
         if (n > QUERY_MAX_FRAMES || env > 16) {
             s->stats.query_dropped++;
-            log_limited(XR_NREASONS + 4, LOG_WARN_, "query: dropped a request of %d frames", n);
+            log_limited(LOGK_QUERY_DROPPED, LOG_WARN_, "query: dropped a request of %d frames", n);
             s_close_parts(parts, n, QUERY_MAX_FRAMES);
             continue;
         }

@@ -313,7 +313,7 @@ state_save(server_t *s, const char *dir)
     msgpack_sbuffer_destroy(&sb);
     if (err) {
         s->stats.snapshot_errors++;
-        log_limited(XR_NREASONS + 7, LOG_ERR_, "state: cannot %s snapshot %s/%s: %s (the previous "
+        log_limited(LOGK_SNAPSHOT, LOG_ERR_, "state: cannot %s snapshot %s/%s: %s (the previous "
                     "snapshot is kept)", step, dir, tmp, strerror(err));
         return -1;
     }
