@@ -116,6 +116,13 @@ int config_reload(config_t *next, int argc, char **argv);
 int config_diff(const config_t *a, const config_t *b, char *reloadable, size_t rlen,
                 char *restart, size_t slen);
 
+/* Apply what SIGHUP may change: the values of every option marked
+   reloadable in the table move from `src` into `dst`, and dst's old
+   values into `src` (the caller frees it); the values derived from them
+   (method_set, fusion_id, ...) follow in both. Both must have passed
+   config_load or config_reload. */
+void config_take_reloadable(config_t *dst, config_t *src);
+
 /* Release every string the config owns. */
 void config_free(config_t *cfg);
 
