@@ -155,10 +155,7 @@ s_enc_model(server_t *s, msgpack_packer *pk, model_t *md)
     enc_bool(pk, md->seq_known);
     msgpack_pack_uint64(pk, md->last_seq);
     msgpack_pack_int64(pk, md->last_ts);
-    uint64_t counters[] = {md->received, md->trades, md->explained, md->rejected, md->lost,
-                           md->restarts, md->xpl_seq, md->flow_counter};
-    for (size_t k = 0; k < 8; k++)
-        msgpack_pack_uint64(pk, counters[k]);
+    stats_model_save(pk, md);
     msgpack_pack_uint64(pk, gm ? gm->glob_seq : 0);
     msgpack_pack_uint64(pk, gm ? gm->drift_seq : 0);
     msgpack_pack_uint64(pk, gm ? gm->heads_seq : 0);
@@ -598,6 +595,12 @@ s_dec_epoch_state(server_t *s, rd_t *d, model_t *md, uint32_t epoch)
 }
 
 static int
+s_model_counter(void *d, uint64_t *v)
+{
+    return s_u64(d, v, "model counters");
+}
+
+static int
 s_dec_model(server_t *s, rd_t *d)
 {
     wire_sv_t name;
@@ -611,11 +614,9 @@ s_dec_model(server_t *s, rd_t *d)
     gmodel_t *gm = global_model(s, md);
     if (!gm)
         return s_fail(d, "model (out of memory)");
-    uint64_t *counters[] = {&md->received, &md->trades, &md->explained, &md->rejected, &md->lost,
-                            &md->restarts, &md->xpl_seq, &md->flow_counter,
-                            &gm->glob_seq, &gm->drift_seq, &gm->heads_seq, &gm->alerts_total};
+    uint64_t *counters[] = {&gm->glob_seq, &gm->drift_seq, &gm->heads_seq, &gm->alerts_total};
     if (s_bool(d, &md->seq_known, "seq_known") || s_u64(d, &md->last_seq, "last_seq") ||
-        s_i64(d, &md->last_ts, "last_ts"))
+        s_i64(d, &md->last_ts, "last_ts") || stats_model_load(md, s_model_counter, d))
         return -1;
     for (size_t k = 0; k < sizeof counters / sizeof *counters; k++)
         if (s_u64(d, counters[k], "model counters"))
