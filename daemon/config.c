@@ -719,6 +719,17 @@ config_diff(const config_t *a, const config_t *b, char *reloadable, size_t rlen,
     return diffs;
 }
 
+bool
+config_option(size_t k, const char **section, const char **key, bool *reloadable)
+{
+    if (k >= NOPTS)
+        return false;
+    *section = s_opts[k].section;
+    *key = s_opts[k].key;
+    *reloadable = s_opts[k].reloadable;
+    return true;
+}
+
 void
 config_free(config_t *cfg)
 {

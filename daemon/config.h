@@ -123,6 +123,10 @@ int config_diff(const config_t *a, const config_t *b, char *reloadable, size_t r
    config_load or config_reload. */
 void config_take_reloadable(config_t *dst, config_t *src);
 
+/* The option table, read only: option `k`'s section, key and whether
+   SIGHUP reloads it; false past the last option. */
+bool config_option(size_t k, const char **section, const char **key, bool *reloadable);
+
 /* Release every string the config owns. */
 void config_free(config_t *cfg);
 
