@@ -101,15 +101,16 @@ stats_pack_counters(msgpack_packer *pk, const stats_view_t *v)
 #define MD(f) offsetof(model_t, f)
 
 const stats_model_counter_t stats_model_counters[] = {
-    {"received", "model_received_messages_total", "Ingest messages received per model.",
+    {"received", "received", "model_received_messages_total", "Ingest messages received per model.",
      MD(received)},
-    {"trades", NULL, "Trades in the model's messages that decoded.", MD(trades)},
-    {"explained", "model_explained_trades_total", "Trades explained per model.", MD(explained)},
-    {"rejected", "model_rejected_total", "Rejections per model.", MD(rejected)},
-    {"lost", "model_lost_messages_total", "Lost ingest messages per model.", MD(lost)},
-    {"restarts", NULL, "Publisher restarts (seq went back).", MD(restarts)},
-    {NULL, NULL, "Next seq on xpl/<model>.", MD(xpl_seq)},
-    {NULL, NULL, "Trades seen, for flow sampling.", MD(flow_counter)},
+    {"trades", "trades", NULL, "Trades in the model's messages that decoded.", MD(trades)},
+    {"explained", "explained", "model_explained_trades_total", "Trades explained per model.",
+     MD(explained)},
+    {"rejected", "rejected", "model_rejected_total", "Rejections per model.", MD(rejected)},
+    {"lost", "lost", "model_lost_messages_total", "Lost ingest messages per model.", MD(lost)},
+    {"restarts", "restarts", NULL, "Publisher restarts (seq went back).", MD(restarts)},
+    {"xpl_seq", NULL, NULL, "Next seq on xpl/<model>.", MD(xpl_seq)},
+    {"flow_counter", NULL, NULL, "Trades seen, for flow sampling.", MD(flow_counter)},
 };
 const size_t stats_nmodel_counters = sizeof stats_model_counters / sizeof *stats_model_counters;
 
@@ -136,6 +137,30 @@ stats_pack_model(msgpack_packer *pk, const model_t *md)
         msgpack_pack_str_body(pk, c->name, len);
         msgpack_pack_uint64(pk, stats_model_value(c, md));
     }
+}
+
+void
+stats_model_save_keyed(msgpack_packer *pk, const model_t *md)
+{
+    msgpack_pack_map(pk, stats_nmodel_counters);
+    for (size_t r = 0; r < stats_nmodel_counters; r++) {
+        const stats_model_counter_t *c = &stats_model_counters[r];
+        size_t len = strlen(c->key);
+        msgpack_pack_str(pk, len);
+        msgpack_pack_str_body(pk, c->key, len);
+        msgpack_pack_uint64(pk, stats_model_value(c, md));
+    }
+}
+
+uint64_t *
+stats_model_counter_ptr(model_t *md, const void *key, size_t len)
+{
+    for (size_t r = 0; r < stats_nmodel_counters; r++) {
+        const stats_model_counter_t *c = &stats_model_counters[r];
+        if (strlen(c->key) == len && memcmp(c->key, key, len) == 0)
+            return (uint64_t *)((char *)md + c->offset);
+    }
+    return NULL;
 }
 
 void

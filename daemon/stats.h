@@ -99,6 +99,7 @@ void stats_pack_counters(msgpack_packer *pk, const stats_view_t *v);
    metric families (the rows with a metric) and the snapshot (every row,
    in this order) walk this table. */
 typedef struct {
+    const char *key;        /* key in a snapshot's model counters (the field's name) */
     const char *name;       /* key in a model's entry, NULL: not there */
     const char *metric;     /* counter family after "xplaind_" (label model), NULL: none */
     const char *help;
@@ -118,9 +119,17 @@ stats_model_value(const stats_model_counter_t *c, const model_t *md)
 uint32_t stats_model_named(void);
 void stats_pack_model(msgpack_packer *pk, const model_t *md);
 
-/* A model's counters in a snapshot: every row as a uint64, in table
-   order. Load reads them back through `get` (a reader of the snapshot's
-   next uint64; nonzero: fail) and returns 0 or get's failure. */
+/* A model's counters in a snapshot, keyed: a map {key: uint64} of every
+   row, in table order. A loader reading such a map stores each value
+   through stats_model_counter_ptr (NULL: a counter this daemon does not
+   keep, to be skipped; a counter the snapshot lacks stays 0). */
+void stats_model_save_keyed(msgpack_packer *pk, const model_t *md);
+uint64_t *stats_model_counter_ptr(model_t *md, const void *key, size_t len);
+
+/* The first snapshot format: every row as a bare uint64, in table order
+   (the order must not change). Load reads them back through `get` (a
+   reader of the snapshot's next uint64; nonzero: fail) and returns 0 or
+   get's failure. */
 void stats_model_save(msgpack_packer *pk, const model_t *md);
 int stats_model_load(model_t *md, int (*get)(void *rd, uint64_t *v), void *rd);
 
