@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <ini.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -404,6 +405,8 @@ s_size_str(uint64_t v, char *buf, size_t len)
     snprintf(buf, len, "%llu", (unsigned long long)v);
 }
 
+static void s_print(const config_t *cfg, FILE *out);
+
 static void
 s_usage(FILE *out)
 {
@@ -443,8 +446,9 @@ s_usage(FILE *out)
     }
 }
 
-int
-config_attention_parse(const char *name)
+/* Policy name to cfg_attention_t; -1 when unknown. */
+static int
+s_attention_parse(const char *name)
 {
     static const char *names[] = {"reject", "warn", "off"};
     for (int k = 0; k < 3; k++)
@@ -460,7 +464,7 @@ s_derive(config_t *cfg, const char **bad)
 {
     int rc = xm_methods_parse(cfg->methods, &cfg->method_set, bad);
     cfg->fusion_id = xm_fusion_parse(cfg->fusion);
-    cfg->attention_check_id = config_attention_parse(cfg->attention_check);
+    cfg->attention_check_id = s_attention_parse(cfg->attention_check);
     cfg->log_level_id = log_level_parse(cfg->log_level);
     return rc;
 }
@@ -606,7 +610,7 @@ s_load(config_t *cfg, int argc, char **argv, bool quiet_actions)
     if (s_finish(cfg))
         return CFG_EXIT_USAGE;
     if (print && !quiet_actions) {
-        config_print(cfg, stdout);
+        s_print(cfg, stdout);
         return CFG_EXIT_OK;
     }
     if (check && !quiet_actions) {
@@ -746,8 +750,9 @@ config_free(config_t *cfg)
     cfg->config_file = NULL;
 }
 
-void
-config_print(const config_t *cfg, FILE *out)
+/* The annotated configuration (INI) with current values. */
+static void
+s_print(const config_t *cfg, FILE *out)
 {
     const char *section = "";
     for (size_t k = 0; k < NOPTS; k++) {

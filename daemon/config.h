@@ -11,7 +11,6 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <stdio.h>
 
 #define CFG_LIST_MAX 16
 
@@ -91,8 +90,6 @@ typedef struct {
 /* The attention check's policy. */
 typedef enum { CFG_ATTN_REJECT = 0, CFG_ATTN_WARN = 1, CFG_ATTN_OFF = 2 } cfg_attention_t;
 
-/* Policy name to cfg_attention_t; -1 when unknown. */
-int config_attention_parse(const char *name);
 
 /* Outcome of reading the command line. */
 typedef enum {
@@ -130,7 +127,5 @@ bool config_option(size_t k, const char **section, const char **key, bool *reloa
 /* Release every string the config owns. */
 void config_free(config_t *cfg);
 
-/* Print the annotated configuration (INI) with current values. */
-void config_print(const config_t *cfg, FILE *out);
 
 #endif

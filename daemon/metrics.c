@@ -716,8 +716,9 @@ metrics_render_view(const metrics_view_t *v, size_t *len)
     return b.buf;
 }
 
-char *
-metrics_render(server_t *s, size_t *len)
+/* The exposition of a running server's state. */
+static char *
+s_render(server_t *s, size_t *len)
 {
     metrics_view_t v = {
         .counters = {&s->stats, &s->cache, &s->auth},
@@ -763,7 +764,7 @@ s_exposition(server_t *s)
         return m->last;
     }
     size_t len;
-    char *text = metrics_render(s, &len);
+    char *text = s_render(s, &len);
     if (!text)
         return m->last;
     struct MHD_Response *r = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);

@@ -117,7 +117,4 @@ typedef struct {
    NULL when out of memory. */
 char *metrics_render_view(const metrics_view_t *v, size_t *len);
 
-/* The same, of a running server's state. */
-char *metrics_render(struct server_t *s, size_t *len);
-
 #endif
