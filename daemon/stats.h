@@ -67,7 +67,8 @@ void stats_init(stats_t *s);
    the cache's and the ZAP handler's live with their owners. */
 typedef enum { STATS_SRC_STATS = 0, STATS_SRC_CACHE, STATS_SRC_AUTH, STATS_NSRC } stats_src_t;
 
-/* The counters' owners: stats_t, cache_t, auth_t. */
+/* The counters' owners: stats_t, cache_t, auth_t; a NULL owner's
+   counters read 0. */
 typedef struct {
     const stats_t *stats;
     const void *cache;      /* const cache_t * */

@@ -524,6 +524,20 @@ Test(counters, keyed_snapshot_round_trips_every_row)
     fx_fini(&f);
 }
 
+Test(counters, an_absent_owner_reads_zero)
+{
+    fx_t f;
+    fx_init(&f);
+    fill_counters(&f);
+    stats_view_t v = {&f.stats, NULL, NULL};
+    for (size_t r = 0; r < stats_ncounters; r++) {
+        const stats_counter_t *c = &stats_counters[r];
+        uint64_t want = c->src == STATS_SRC_STATS ? 1000 * (r + 1) + (uint64_t)(c->label ? c->first : 0) : 0;
+        cr_assert_eq(stats_counter_value(c, &v, c->label ? c->first : 0), want, "row %zu", r);
+    }
+    fx_fini(&f);
+}
+
 /* A reader of consecutive uint64 from a buffer, as state.c's. */
 typedef struct {
     const uint64_t *v;
