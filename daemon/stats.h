@@ -65,7 +65,7 @@ void stats_init(stats_t *s);
    counters (one per label value): `name_<label>` keys in the stats reply,
    one family with a `label` label in the metrics. Most live in stats_t;
    the cache's and the ZAP handler's live with their owners. */
-typedef enum { STATS_SRC_STATS = 0, STATS_SRC_CACHE, STATS_SRC_AUTH, STATS_NSRC } stats_src_t;
+typedef enum { STATS_SRC_STATS = 0, STATS_SRC_CACHE, STATS_SRC_AUTH } stats_src_t;
 
 /* The counters' owners: stats_t, cache_t, auth_t; a NULL owner's
    counters read 0. */
