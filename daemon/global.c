@@ -222,7 +222,7 @@ s_record_window(global_t *g, const model_t *md, gmodel_t *gm, gepoch_t *e, int m
             gm->alerts_count++;
     }
     gm->alerts_total++;
-    log_limited(XR_NREASONS + 5, LOG_WARN_,
+    log_limited(LOGK_DRIFT_ALERT, LOG_WARN_,
                 "drift: model '%s' epoch %" PRIu32 " %s window %" PRIu64 " vs %s: rho %.3f, "
                 "nDCG %.3f, JS %.3f: ALERT", md->name, e->epoch, xm_method_name((xm_method_t)m),
                 r->window, drift_ref_name(r->ref), r->spearman.defined ? r->spearman.value : NAN,
@@ -245,7 +245,7 @@ global_add(global_t *g, const model_t *md, const int64_t *target, const xm_resul
             s_apply_pending(g, md, e);
     }
     if (!gm || !e) {
-        log_limited(XR_NREASONS + 6, LOG_ERR_, "global: out of memory for model '%s'", md->name);
+        log_limited(LOGK_GLOBAL_OOM, LOG_ERR_, "global: out of memory for model '%s'", md->name);
         return;
     }
     gclass_t *c = NULL;
@@ -255,7 +255,7 @@ global_add(global_t *g, const model_t *md, const int64_t *target, const xm_resul
         if (!(res->computed & XM_BIT(m)))
             continue;
         if (s_epoch_method(g, e, m)) {
-            log_limited(XR_NREASONS + 6, LOG_ERR_, "global: out of memory for model '%s'", md->name);
+            log_limited(LOGK_GLOBAL_OOM, LOG_ERR_, "global: out of memory for model '%s'", md->name);
             return;
         }
         agg_update(&e->all[m], res->attr[m]);

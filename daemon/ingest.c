@@ -14,7 +14,7 @@ ingest_reject(stats_t *stats, model_t *md, xr_reason_t r, const char *model, siz
     stats->rejected_total++;
     if (md)
         md->rejected++;
-    log_limited((unsigned)r, LOG_WARN_, "ingest: rejected message%s%.*s%s: %s: %s",
+    log_limited(LOGK_REJECTED + r, LOG_WARN_, "ingest: rejected message%s%.*s%s: %s: %s",
                 mlen ? " for model '" : "", (int)mlen, model ? model : "", mlen ? "'" : "",
                 xr_reason_name(r), detail);
 }
@@ -128,12 +128,12 @@ s_track_seq(ingest_t *s, model_t *md, uint64_t seq)
     md->lost += lost;
     s->stats->lost += lost;
     if (lost)
-        log_limited(XR_NREASONS + 1, LOG_WARN_, "ingest: model '%s': %" PRIu64
+        log_limited(LOGK_SEQ_LOST, LOG_WARN_, "ingest: model '%s': %" PRIu64
                     " message(s) lost before seq %" PRIu64, md->name, lost, seq);
     if (restart) {
         md->restarts++;
         s->stats->restarts++;
-        log_limited(XR_NREASONS + 2, LOG_NOTICE_, "ingest: model '%s': publisher restarted "
+        log_limited(LOGK_RESTART, LOG_NOTICE_, "ingest: model '%s': publisher restarted "
                     "(seq went back to %" PRIu64 ")", md->name, seq);
     }
 }

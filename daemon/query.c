@@ -129,20 +129,9 @@ s_enc_schema_head(msgpack_packer *pk, const model_t *md)
 static void
 s_model_entry(msgpack_packer *pk, const model_t *md)
 {
-    msgpack_pack_map(pk, SCHEMA_FIELDS + 8);
+    msgpack_pack_map(pk, SCHEMA_FIELDS + stats_model_named() + 2);
     s_enc_schema_head(pk, md);
-    enc_str(pk, "received");
-    msgpack_pack_uint64(pk, md->received);
-    enc_str(pk, "trades");
-    msgpack_pack_uint64(pk, md->trades);
-    enc_str(pk, "explained");
-    msgpack_pack_uint64(pk, md->explained);
-    enc_str(pk, "rejected");
-    msgpack_pack_uint64(pk, md->rejected);
-    enc_str(pk, "lost");
-    msgpack_pack_uint64(pk, md->lost);
-    enc_str(pk, "restarts");
-    msgpack_pack_uint64(pk, md->restarts);
+    stats_pack_model(pk, md);
     enc_str(pk, "last_seq");
     msgpack_pack_uint64(pk, md->last_seq);
     enc_str(pk, "last_ts");
@@ -218,28 +207,7 @@ op_stats(query_t *s, qreq_t *q, msgpack_packer *pk)
     msgpack_pack_double(pk, s_uptime(s));
 
     enc_str(pk, "counters");
-    static const char *names[] = {"received", "received_trades", "explained", "published",
-                                  "rejected", "lost", "restarts", "dropped", "queries",
-                                  "query_errors", "query_dropped", "cache_too_big", "snapshots",
-                                  "snapshot_errors", "auth_admitted", "auth_refused",
-                                  "attention_warned", "query_too_large"};
-    uint64_t vals[] = {st->received, st->received_trades, st->explained, st->published,
-                       st->rejected_total, st->lost, st->restarts, st->dropped, st->queries,
-                       st->query_errors, st->query_dropped, s->cache->too_big, st->snapshots,
-                       st->snapshot_errors, s->auth ? s->auth->admitted : 0, s->auth ? s->auth->refused : 0,
-                       st->attention_warned, st->query_too_large};
-    msgpack_pack_map(pk, sizeof names / sizeof *names + 5);
-    for (size_t k = 0; k < sizeof names / sizeof *names; k++) {
-        enc_str(pk, names[k]);
-        msgpack_pack_uint64(pk, vals[k]);
-    }
-    /* auth_refused by kind (CURVE handshakes; auth.h) */
-    for (int k = 0; k < 5; k++) {
-        char name[48];
-        snprintf(name, sizeof name, "auth_refused_%s", auth_kind_names[k]);
-        enc_str(pk, name);
-        msgpack_pack_uint64(pk, s->auth ? s->auth->by_kind[k] : 0);
-    }
+    stats_pack_counters(pk, &(stats_view_t){st, s->cache, s->auth});
 
     enc_str(pk, "rejected");
     msgpack_pack_map(pk, XR_NREASONS - 1);
@@ -379,5 +347,5 @@ query_reply_error(query_t *s, const char *code, const char *error)
         clean[k] = (unsigned char)error[k] >= 0x80 || (unsigned char)error[k] < 0x20 ? '?' : error[k];
     clean[k] = '\0';
     enc_str(pk, clean);
-    log_limited(XR_NREASONS + 3, LOG_INFO_, "query: %s: %s", code, clean);
+    log_limited(LOGK_QUERY_ERROR, LOG_INFO_, "query: %s: %s", code, clean);
 }

@@ -286,18 +286,7 @@ s_reload(server_t *s)
     }
     /* Swap in the reloadable values only: the rest keeps running as it
        was started. */
-    config_t cur = s->cfg;
-#define TAKE(f) do { __typeof__(cur.f) t_ = cur.f; cur.f = next.f; next.f = t_; } while (0)
-    TAKE(max_batch); TAKE(max_layers); TAKE(max_heads); TAKE(max_tokens); TAKE(max_elems);
-    TAKE(max_str); TAKE(allow_models); TAKE(methods); TAKE(fusion); TAKE(grad_resnorm);
-    TAKE(flow_every); TAKE(log_level); TAKE(log_rate); TAKE(glob_interval_ms);
-    TAKE(drift_rho_min); TAKE(drift_ndcg_min); TAKE(drift_ndcg_k); TAKE(drift_js_max);
-    TAKE(reference_file); TAKE(snapshot_interval_s); TAKE(clients_dir);
-    TAKE(method_set); TAKE(fusion_id); TAKE(log_level_id);
-    TAKE(attention_check); TAKE(attention_tol); TAKE(attention_check_id); TAKE(schema_rate);
-    TAKE(query_max_size);
-#undef TAKE
-    s->cfg = cur;
+    config_take_reloadable(&s->cfg, &next);
     config_free(&next);
     server_apply_options(s);
     log_notice("SIGHUP: applied %s", rel);
@@ -429,7 +418,7 @@ s_query_burst(server_t *s)
             }
         if (n > QUERY_MAX_FRAMES || env > 16) {
             s->stats.query_dropped++;
-            log_limited(XR_NREASONS + 4, LOG_WARN_, "query: dropped a request of %d frames", n);
+            log_limited(LOGK_QUERY_DROPPED, LOG_WARN_, "query: dropped a request of %d frames", n);
             s_close_parts(parts, n, QUERY_MAX_FRAMES);
             continue;
         }

@@ -57,32 +57,25 @@ s_get_le(const uint8_t *p, int bytes)
    (SNAP_V1) was one 19-item array: name, seq_known, last_seq, last_ts,
    the eight counters, the global seqs and alerts, epoch, epochs. */
 
-/* The per-model counters, by name. One call each way. */
-#define MODEL_COUNTERS(X)                                                                         \
-    X(received) X(trades) X(explained) X(rejected) X(lost) X(restarts) X(xpl_seq) X(flow_counter)
-
+/* The per-model counters: stats.c's table, by name (the first format:
+   eight uints in table order). */
 static void
 s_counters_save(msgpack_packer *pk, const model_t *md)
 {
-#define X(name) +1
-    msgpack_pack_map(pk, 0 MODEL_COUNTERS(X));
-#undef X
-#define X(name)                                                                                   \
-    snap_put_str(pk, #name);                                                                      \
-    msgpack_pack_uint64(pk, md->name);
-    MODEL_COUNTERS(X)
-#undef X
+    stats_model_save_keyed(pk, md);
+}
+
+static int
+s_counter_get(void *d, uint64_t *v)
+{
+    return snap_get_u64(d, v, "model counters");
 }
 
 static int
 s_counters_load(snap_rd_t *d, model_t *md, unsigned ver)
 {
-    if (ver == SNAP_V1) {   /* eight uints in the order above */
-#define X(name) if (snap_get_u64(d, &md->name, "model counters")) return -1;
-        MODEL_COUNTERS(X)
-#undef X
-        return 0;
-    }
+    if (ver == SNAP_V1)
+        return stats_model_load(md, s_counter_get, d);
     uint32_t n;
     if (snap_get_map(d, &n, "model counters"))
         return -1;
@@ -90,10 +83,9 @@ s_counters_load(snap_rd_t *d, model_t *md, unsigned ver)
         mpr_obj_t key;
         if (snap_get_key(d, &key, "model counter"))
             return -1;
-#define X(name) if (mpr_str_eq(&key, #name)) { if (snap_get_u64(d, &md->name, #name)) return -1; continue; }
-        MODEL_COUNTERS(X)
-#undef X
-        if (snap_skip(d, "model counter"))   /* a counter this daemon does not keep */
+        uint64_t *v = stats_model_counter_ptr(md, key.v.raw.ptr, key.v.raw.len);
+        if (v ? snap_get_u64(d, v, "model counter")
+              : snap_skip(d, "model counter"))   /* a counter this daemon does not keep */
             return -1;
     }
     return 0;   /* a counter the snapshot lacks starts at 0 */
@@ -266,7 +258,7 @@ state_save(server_t *s, const char *dir)
     msgpack_sbuffer_destroy(&sb);
     if (err) {
         s->stats.snapshot_errors++;
-        log_limited(XR_NREASONS + 7, LOG_ERR_, "state: cannot %s snapshot %s/%s: %s (the previous "
+        log_limited(LOGK_SNAPSHOT, LOG_ERR_, "state: cannot %s snapshot %s/%s: %s (the previous "
                     "snapshot is kept)", step, dir, tmp, strerror(err));
         return -1;
     }
