@@ -1,4 +1,4 @@
-"""Fault suite of ISSUE 5: a real xplaind is put through the faults an
+"""Fault suite: a real xplaind is put through the faults an
 unattended service meets, and in each case it must keep serving (or
 recover) without losing any accepted trade's contribution to the global
 state beyond what the durability rules allow (proto/global.md: nothing on

@@ -16,7 +16,7 @@ import time
 import msgpack
 import pytest
 
-from protocheck import EXAMPLES, SOURCE, Checks, mk
+from protocheck import EXAMPLES, SOURCE, Checks, compare, load, mk
 
 BUILD = os.environ.get("XPL_BUILD_DIR") or os.path.join(SOURCE, "build")
 XPLAIND = os.path.join(BUILD, "daemon", "xplaind")
@@ -30,7 +30,7 @@ all_checks_pass = check.fixture()
 
 @pytest.fixture(scope="module")
 def examples():
-    ex = {m["example"]: m for m in mk.load()}
+    ex = {m["example"]: m for m in load()}
     assert ex, "no examples in " + EXAMPLES
     return ex
 
@@ -65,7 +65,7 @@ def test_outputs(examples):
         except mk.MsgpackError as e:
             check(False, "%s: not msgpack: %s" % (name, e))
             continue
-        diffs = mk.compare(want, have, skip=skip)
+        diffs = compare(want, have, skip=skip)
         check(not diffs, "%s differs from what the daemon sends now:\n    %s"
               % (name, "\n    ".join(diffs[:10])))
         # The normalised fields are there, with the type they had.

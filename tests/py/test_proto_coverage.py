@@ -21,7 +21,7 @@ import sys
 
 import pytest
 
-from protocheck import EXAMPLES, PROTO, SOURCE, Checks, mk
+from protocheck import EXAMPLES, PROTO, SOURCE, Checks, load, mk
 
 check = Checks()
 all_checks_pass = check.fixture()
@@ -75,7 +75,7 @@ def documented_kinds():
 
 @pytest.fixture(scope="module")
 def ex():
-    ex = {m["example"]: m for m in mk.load()}
+    ex = {m["example"]: m for m in load()}
     assert len(ex) > 50, "only %d examples" % len(ex)
     return ex
 
@@ -126,7 +126,7 @@ def test_code_vocabulary_is_the_docs(ex):
           "core/wire.c reasons %s != ingest.md reasons %s" % (sorted(set(code_reasons) ^ set(reasons)),
                                                             "(symmetric difference)"))
     query = read(SOURCE, "daemon", "query.c")
-    code_ops = re.findall(r'\{"(\w+)", (?:op_|global_op_)\w+\}', query)
+    code_ops = re.findall(r'\{"(\w+)", (?:op_|global_op_|query_op_)\w+\}', query)
     check(sorted(code_ops) == sorted(ops), "daemon/query.c ops %s != documented ops %s"
           % (sorted(code_ops), sorted(ops)))
     stats = ex.get("reply/stats")

@@ -15,6 +15,7 @@ does for libxplain: no daemon runs.
 
 Run by Debian's /usr/bin/python3 (python3-zmq, -msgpack, -numpy).
 """
+import base64
 import math
 import os
 import shutil
@@ -27,7 +28,7 @@ import numpy as np
 import pytest
 import zmq
 
-from protocheck import EXAMPLES, SOURCE, Checks, mk
+from protocheck import EXAMPLES, SOURCE, Checks, load
 
 sys.path.insert(0, os.path.join(SOURCE, "client", "python"))
 import xplain  # noqa: E402
@@ -44,7 +45,7 @@ def same(got, want, path="body"):
     against bytes."""
     out = []
     if isinstance(want, dict) and "$bin" in want:
-        b = mk.base64.b64decode(want["$bin"])
+        b = base64.b64decode(want["$bin"])
         if isinstance(got, np.ndarray):        # a matrix the client turned into floats
             vals = np.asarray(want.get("$f32", []), dtype=np.float32)
             if got.dtype != np.float32 or got.size != vals.size or not np.array_equal(got.reshape(-1), vals):

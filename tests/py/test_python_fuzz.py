@@ -42,14 +42,14 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from protocheck import SOURCE, mk  # noqa: E402
+from protocheck import SOURCE, load  # noqa: E402
 
 sys.path.insert(0, os.path.join(SOURCE, "client", "python"))
 import xplain  # noqa: E402
 from xplain import Client, Explanation, GlobalView, Subscriber, Update, XplainError  # noqa: E402
 from xplain import codec  # noqa: E402
 
-EXAMPLES = mk.load()
+EXAMPLES = load()
 EXAMPLES_BY = {}
 for e in EXAMPLES:
     EXAMPLES_BY.setdefault(e["kind"], []).append(e)

@@ -769,6 +769,10 @@ Test(client_malformed, replies_that_break_the_contract, .init = setup_nodaemon,
                  XPL_ESERVER);
     cr_assert(strstr(xpl_strerror(), "oops"), "%s", xpl_strerror());
     cr_assert_eq(FAKE("ping", "\x82\xa1v\x01\xa2ok\xc2", 0), XPL_ESERVER);
+    /* The daemon's out-of-memory code has its own errno. */
+    cr_assert_eq(FAKE("ping", "\x84\xa1v\x01\xa2ok\xc2\xa4" "code\xa8internal\xa5" "error\xad"
+                      "out of memory", 0), XPL_EINTERNAL);
+    cr_assert_str_eq(xpl_errno_name(XPL_EINTERNAL), "internal");
     /* Results with missing or mistyped keys. */
     cr_assert_eq(FAKE("schema", "\x82\xa1v\x01\xa2ok\xc3", 0), XPL_EPROTO);
     cr_assert(strstr(xpl_strerror(), "'model'"), "%s", xpl_strerror());

@@ -19,7 +19,7 @@
 
 #include "mpr.h"
 
-#include "../proto/examples/examples.h"
+#include "examples.h"
 
 #include <criterion/criterion.h>
 #include <math.h>

@@ -19,7 +19,7 @@
 #include "wire.h"
 #include "xmath.h"
 
-#include "../proto/examples/examples.h"
+#include "examples.h"
 
 #include <criterion/criterion.h>
 #include <inttypes.h>
@@ -215,15 +215,10 @@ daemon_down(daemon_t *d)
 static void
 feed(daemon_t *d, const ex_t *e)
 {
-    zmq_msg_t parts[EX_MAX_FRAMES];
-    for (int k = 0; k < e->nframes; k++) {
-        zmq_msg_init_size(&parts[k], e->len[k]);
-        if (e->len[k])
-            memcpy(zmq_msg_data(&parts[k]), e->frame[k], e->len[k]);
-    }
-    ingest_handle(&d->s, parts, e->nframes, now_mono_ns());
+    ingest_frame_t parts[EX_MAX_FRAMES];
     for (int k = 0; k < e->nframes; k++)
-        zmq_msg_close(&parts[k]);
+        parts[k] = (ingest_frame_t){e->frame[k], e->len[k]};
+    ingest_handle(&d->s.ingest, parts, e->nframes, now_mono_ns());
 }
 
 /* ---- ingest -------------------------------------------------------------- */
