@@ -148,7 +148,7 @@ class FakeRouter:
 
 @pytest.fixture(scope="module")
 def ex():
-    ex = {m["example"]: m for m in mk.load()}
+    ex = {m["example"]: m for m in load()}
     assert ex, "no examples in " + EXAMPLES
     return ex
 
