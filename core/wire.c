@@ -35,6 +35,7 @@ static const char *s_reason_names[XR_NREASONS] = {
     [XR_ATTENTION] = "attention",
     [XR_SCHEMA_RATE] = "schema_rate",
     [XR_FUSED_FORM] = "fused_form",
+    [XR_NEEDS_HEADS] = "needs_heads",
 };
 
 const char *
@@ -55,7 +56,7 @@ wire_limits_default(wire_limits_t *lim)
        trades of L = 8, H = 8, n = 32. See the README's memory section. */
     lim->max_elems = 4u << 20;
     lim->max_str = 256;
-    lim->fused = false;
+    lim->fused = true;
 }
 
 /* What the fused form may need beyond the full one's attn and grad: its

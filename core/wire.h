@@ -46,6 +46,7 @@ typedef enum {
     XR_ATTENTION,       /* an attention row is not a probability distribution */
     XR_SCHEMA_RATE,     /* the model's schema changes faster than allowed */
     XR_FUSED_FORM,      /* the fused form mixed with the full one, or incomplete */
+    XR_NEEDS_HEADS,     /* a fused message to a daemon whose options need every head */
     XR_NREASONS
 } xr_reason_t;
 
@@ -71,9 +72,9 @@ typedef struct {
     uint32_t max_tokens;    /* n */
     uint64_t max_elems;     /* B*L*H*n*n */
     uint32_t max_str;       /* bytes of an id or token string */
-    bool fused;             /* accept the fused form; when false a fused
-                               message is what it is to an older daemon:
-                               missing_key (no attn) */
+    bool fused;             /* accept the fused form (the default); when
+                               false a fused message is what it is to an
+                               older daemon: missing_key (no attn) */
 } wire_limits_t;
 
 /* A decoded ingest message: a view into the message bytes and into the

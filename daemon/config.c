@@ -86,7 +86,8 @@ static const opt_t s_opts[] = {
      "Methods to compute: rollout, grad_rollout, first_layer, attn_mean, diag, flow "
      "(grad_rollout only runs when a gradient is sent)."},
     {"explain", "fusion", "fusion", T_STR, O(fusion), "mean", 0, 0, true,
-     "Head fusion for rollout and first_layer: mean, max or min."},
+     "Head fusion for rollout and first_layer: mean, max or min. Max and min need every head: "
+     "messages in the fused form (per layer the head means) are then refused as 'needs_heads'."},
     {"explain", "grad_resnorm", "grad-resnorm", T_BOOL, O(grad_resnorm), "false", 0, 0, true,
      "Apply the residual normalisation rownorm(R - I) + I to grad_rollout."},
     {"explain", "flow_every", "flow-every", T_UINT, O(flow_every), "1", 0, 1u << 30, true,

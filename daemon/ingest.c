@@ -71,6 +71,61 @@ s_attention_ok(ingest_t *s, model_t *md, const wire_ingest_t *in, uint32_t b, co
     return false;
 }
 
+/* The fused form's counterpart of s_attention_ok: rows of M are
+   distributions (as means of distributions), the head statistics are in
+   range (wire_fused_trade_ok). */
+static bool
+s_fused_ok(ingest_t *s, model_t *md, const wire_ingest_t *in, uint32_t b)
+{
+    int policy = s->cfg->attention_check_id;
+    wire_attn_bad_t bad;
+    if (policy == CFG_ATTN_OFF || wire_fused_trade_ok(in, b, (float)s->cfg->attention_tol, &bad))
+        return true;
+    char why[192];
+    if (bad.i == UINT32_MAX)
+        snprintf(why, sizeof why, "trade %" PRIu32 " of %" PRIu32 ": fused head statistic l=%" PRIu32
+                 " h=%" PRIu32 " is %.6g, out of range (tolerance %g)", b, in->B, bad.l, bad.h,
+                 (double)bad.sum, s->cfg->attention_tol);
+    else
+        snprintf(why, sizeof why, "trade %" PRIu32 " of %" PRIu32 ": fused attention row l=%" PRIu32
+                 " i=%" PRIu32 " sums to %.6g, min %.6g (tolerance %g)", b, in->B, bad.l, bad.i,
+                 (double)bad.sum, (double)bad.min, s->cfg->attention_tol);
+    if (policy == CFG_ATTN_WARN) {
+        s->stats->attention_warned++;
+        log_limited(LOGK_ATTN_WARN, LOG_WARN_, "ingest: model '%s': explained although %s",
+                    md->name, why);
+        return true;
+    }
+    ingest_reject(s->stats, md, XR_ATTENTION, md->name, md->name_len, why);
+    return false;
+}
+
+/* One trade of either form: false when its values failed the check
+   (rejected and counted there), else the math library's answer in *rc. */
+static bool
+s_explain_one(ingest_t *s, model_t *md, const wire_ingest_t *in, uint32_t b, const xm_opts_t *opts,
+              xm_result_t *res, xm_err_t *rc)
+{
+    const xm_shape_t *shape = &md->cur->shape;
+    if (in->fused) {
+        if (!s_fused_ok(s, md, in, b))
+            return false;
+        const size_t tb = (size_t)b * in->trade_bytes, hb = (size_t)b * in->trade_head_bytes;
+        xm_fused_t f = {.mean = in->fattn + tb, .pos = in->fgrad ? in->fgrad + tb : NULL,
+                        .sign = in->fgrad_signed ? in->fgrad_signed + tb : NULL,
+                        .importance = in->head_importance ? in->head_importance + hb : NULL,
+                        .confidence = in->head_confidence + hb, .ntargets = 1};
+        *rc = xm_explain_fused(s->work, opts, shape, in->dtype, &f, res);
+        return true;
+    }
+    const uint8_t *a = in->attn + (size_t)b * in->trade_bytes;
+    const uint8_t *g = in->grad ? in->grad + (size_t)b * in->trade_bytes : NULL;
+    if (!s_attention_ok(s, md, in, b, a))
+        return false;
+    *rc = xm_explain(s->work, opts, shape, in->dtype, a, g, res);
+    return true;
+}
+
 static void
 s_explain_trades(ingest_t *s, model_t *md, const wire_ingest_t *in, int64_t t_recv)
 {
@@ -83,20 +138,22 @@ s_explain_trades(ingest_t *s, model_t *md, const wire_ingest_t *in, int64_t t_re
                 opts.methods &= ~XM_BIT(XM_FLOW);
             md->flow_counter++;
         }
-        const uint8_t *a = in->attn + (size_t)b * in->trade_bytes;
-        const uint8_t *g = in->grad ? in->grad + (size_t)b * in->trade_bytes : NULL;
-        if (!s_attention_ok(s, md, in, b, a))
-            continue;
         xm_result_t res;
-        xm_err_t rc = xm_explain(s->work, &opts, shape, in->dtype, a, g, &res);
+        xm_err_t rc;
+        if (!s_explain_one(s, md, in, b, &opts, &res, &rc))
+            continue;
         if (rc != XM_OK) {
             char why[96];
             snprintf(why, sizeof why, "trade %" PRIu32 " of %" PRIu32 ": %s", b, in->B,
-                     rc == XM_ENONFINITE ? "NaN or Inf in attn or grad"
+                     rc == XM_ENONFINITE ? (in->fused ? "NaN or Inf in the fused tensors"
+                                                      : "NaN or Inf in attn or grad")
                      : rc == XM_ENOMEM   ? "out of memory"
+                     : rc == XM_EHEADS   ? "the options need every head"
                                          : "shape refused by the math library");
-            ingest_reject(s->stats, md, rc == XM_ENONFINITE ? XR_NONFINITE : XR_INTERNAL, md->name,
-                          md->name_len, why);
+            ingest_reject(s->stats, md, rc == XM_ENONFINITE ? XR_NONFINITE
+                                        : rc == XM_EHEADS   ? XR_NEEDS_HEADS
+                                                            : XR_INTERNAL,
+                          md->name, md->name_len, why);
             continue;
         }
         const float *roll = xm_work_rollout_layers(s->work);
@@ -167,6 +224,15 @@ ingest_handle(ingest_t *s, const ingest_frame_t *parts, int nparts, int64_t t_re
     }
     if (r != XR_OK) {
         ingest_reject(s->stats, md, r, md ? md->name : NULL, md ? md->name_len : 0, wire_detail(s->dec));
+        return;
+    }
+    if (in.fused && s->opts->fusion != XM_FUSE_MEAN) {
+        /* Max/min over heads cannot come from their mean: refused before
+           the message changes anything (no model, no schema). */
+        ingest_reject(s->stats, md, XR_NEEDS_HEADS, md ? md->name : (const char *)in.model.ptr,
+                      md ? md->name_len : in.model.len,
+                      "a fused message, and head fusion is max or min (explain.fusion): "
+                      "send every head");
         return;
     }
     char why[160];

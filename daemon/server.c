@@ -37,6 +37,8 @@ s_limits(const config_t *c, wire_limits_t *lim)
     lim->max_tokens = (uint32_t)c->max_tokens;
     lim->max_elems = c->max_elems;
     lim->max_str = (uint32_t)c->max_str;
+    lim->fused = true;      /* explained by xm_explain_fused, refused in ingest when the
+                               options need every head */
 }
 
 static void

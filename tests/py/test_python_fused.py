@@ -12,14 +12,13 @@
   `delay` (waited for with a deadline), a change of form or schema sends
   what is pending first, close() sends what is left, seq counts messages.
 
-Run by ctest with /usr/bin/python3 and XPL_BUILD_DIR / XPL_SOURCE_DIR.
+Run by pytest (ctest registers each case).
 """
 import os
 import sys
 import time
-import traceback
 
-SOURCE = os.environ.get("XPL_SOURCE_DIR") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE = os.environ.get("XPL_SOURCE_DIR") or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(SOURCE, "client", "python"))
 
 import msgpack                      # noqa: E402
@@ -298,23 +297,3 @@ def test_micro_batching():
             raise AssertionError("accepted %r" % bad)
         except ValueError:
             pass
-
-
-def main():
-    failed = []
-    for f in (test_fuse_numpy_matches_definitions, test_fuse_torch_same_bits_as_numpy,
-              test_capture_fuses_on_the_device, test_fused_publisher_messages, test_full_form_bytes_unchanged, test_micro_batching):
-        t0 = time.monotonic()
-        try:
-            f()
-            print("ok   %-40s %.2f s" % (f.__name__, time.monotonic() - t0), flush=True)
-        except Exception:
-            failed.append(f.__name__)
-            print("FAIL %s" % f.__name__)
-            traceback.print_exc()
-    print("FAILED: " + ", ".join(failed) if failed else "ok")
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

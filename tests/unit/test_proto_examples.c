@@ -68,7 +68,7 @@ wire_value(const uint8_t *p, xm_dtype_t dt, size_t k)
 /* A tensor view holds the bytes of the rendering's "$bin", and each value
    reads back as the rendering's number. */
 static void
-check_tensor(const ex_t *e, const char *key, const uint8_t *view, const wire_ingest_t *in)
+check_tensor_as(const ex_t *e, const char *key, const uint8_t *view, xm_dtype_t dtype, size_t len_want, const uint64_t *dims, size_t ndims)
 {
     const jv_t *t = jv_get(e->body, key);
     if (!t) {
@@ -79,22 +79,36 @@ check_tensor(const ex_t *e, const char *key, const uint8_t *view, const wire_ing
     size_t len;
     uint8_t *bytes = jv_bin(t, &len);
     cr_assert_not_null(bytes, "%s: %s has no $bin", e->name, key);
-    cr_assert_eq(len, in->B * in->trade_bytes, "%s: %s has %zu bytes", e->name, key, len);
+    cr_assert_eq(len, len_want, "%s: %s has %zu bytes", e->name, key, len);
     cr_assert(memcmp(bytes, view, len) == 0, "%s: %s bytes differ", e->name, key);
-    const char *dt = wire_dtype_name(in->dtype);
-    size_t count = len / xm_dtype_size(in->dtype);
+    const char *dt = wire_dtype_name(dtype);
+    size_t count = len / xm_dtype_size(dtype);
     for (size_t k = 0; k < count; k++) {
-        float want = tensor_value(e, t, dt, k), got = wire_value(view, in->dtype, k);
+        float want = tensor_value(e, t, dt, k), got = wire_value(view, dtype, k);
         cr_assert(want == got || (isnan(want) && isnan(got)), "%s: %s[%zu] = %.9g, rendering says %.9g",
                   e->name, key, k, got, want);
     }
     const jv_t *shape = jv_get(t, "$shape");
-    cr_assert(shape && shape->n == 5, "%s: %s has no $shape", e->name, key);
-    uint64_t dims[5] = {in->B, in->shape.L, in->shape.H, in->shape.n, in->shape.n};
-    for (int k = 0; k < 5; k++)
-        cr_assert_eq((uint64_t)jv_int(jv_at(shape, (size_t)k)), dims[k], "%s: %s $shape[%d]", e->name,
+    cr_assert(shape && shape->n == ndims, "%s: %s has no $shape of %zu", e->name, key, ndims);
+    for (size_t k = 0; k < ndims; k++)
+        cr_assert_eq((uint64_t)jv_int(jv_at(shape, k)), dims[k], "%s: %s $shape[%zu]", e->name,
                      key, k);
     free(bytes);
+}
+
+/* attn, grad: [B][L][H][n][n]; the fused form's tensors [B][L][n][n] and
+   head statistics [B][L][H] (f32). */
+static void
+check_tensor(const ex_t *e, const char *key, const uint8_t *view, const wire_ingest_t *in)
+{
+    const uint64_t full[5] = {in->B, in->shape.L, in->shape.H, in->shape.n, in->shape.n};
+    const uint64_t fused[4] = {in->B, in->shape.L, in->shape.n, in->shape.n};
+    const uint64_t heads[3] = {in->B, in->shape.L, in->shape.H};
+    if (strncmp(key, "head_", 5) == 0)
+        check_tensor_as(e, key, view, XM_F32, in->B * in->trade_head_bytes, heads, 3);
+    else
+        check_tensor_as(e, key, view, in->dtype, in->B * in->trade_bytes,
+                        in->fused ? fused : full, in->fused ? 4 : 5);
 }
 
 static void
@@ -131,8 +145,9 @@ check_decoded(const ex_t *e, const wire_ingest_t *in)
     cr_assert_eq(in->shape.H, (uint32_t)jv_int(jv_get(b, "H")), "%s: H", e->name);
     cr_assert_eq(in->shape.n, (uint32_t)jv_int(jv_get(b, "n")), "%s: n", e->name);
     cr_assert_str_eq(wire_dtype_name(in->dtype), jv_str(jv_get(b, "dtype")), "%s: dtype", e->name);
-    cr_assert_eq(in->trade_bytes, (size_t)in->shape.L * in->shape.H * in->shape.n * in->shape.n *
-                                      xm_dtype_size(in->dtype));
+    cr_assert_eq(in->fused, jv_get(b, "fattn") != NULL, "%s: fused", e->name);
+    cr_assert_eq(in->trade_bytes, (size_t)in->shape.L * (in->fused ? 1 : in->shape.H) * in->shape.n *
+                                      in->shape.n * xm_dtype_size(in->dtype));
     const jv_t *cls = jv_get(b, "cls");
     cr_assert_eq(in->has_cls, cls != NULL, "%s: has_cls", e->name);
     if (cls)
@@ -150,6 +165,11 @@ check_decoded(const ex_t *e, const wire_ingest_t *in)
         cr_assert_eq(in->y[k], jv_num(jv_at(y, k)), "%s: y[%u]", e->name, k);
     check_tensor(e, "attn", in->attn, in);
     check_tensor(e, "grad", in->grad, in);
+    check_tensor(e, "fattn", in->fattn, in);
+    check_tensor(e, "fgrad", in->fgrad, in);
+    check_tensor(e, "fgrad_signed", in->fgrad_signed, in);
+    check_tensor(e, "head_importance", in->head_importance, in);
+    check_tensor(e, "head_confidence", in->head_confidence, in);
 }
 
 static xr_reason_t

@@ -1387,7 +1387,7 @@ Test(wire, reason_names_stable)
         "ok", "frames", "topic", "msgpack", "not_map", "version", "missing_key", "wrong_type",
         "duplicate_key", "model_name", "dtype", "shape", "too_large", "size", "length",
         "bad_string", "nonfinite", "not_allowed", "too_many_models", "no_schema", "internal",
-        "attention", "schema_rate", "fused_form"};
+        "attention", "schema_rate", "fused_form", "needs_heads"};
     for (int r = 0; r < XR_NREASONS; r++)
         cr_assert_str_eq(xr_reason_name((xr_reason_t)r), names[r]);
     cr_assert_str_eq(xr_reason_name(XR_NREASONS), "unknown");
@@ -1502,6 +1502,7 @@ Test(wire, max_body_bounds_the_largest_valid_message)
        wire_max_body, and the default is close to it (within 10%). */
     wire_limits_t lim;
     wire_limits_default(&lim);
+    lim.fused = false;      /* the full form's bound (test_fused_wire: the fused one's) */
     lim.max_elems = 1u << 16;
     lim.max_batch = 16;
     lim.max_tokens = 64;
@@ -1545,6 +1546,7 @@ Test(wire, max_body_bounds_the_largest_valid_message)
     msgpack_sbuffer_destroy(&sb);
 
     wire_limits_default(&lim);
+    lim.fused = false;
     max = wire_max_body(&lim);
     cr_assert_geq(max, 2 * lim.max_elems * 4);
     cr_assert_leq(max, 2 * lim.max_elems * 4 + (4u << 20), "default bound %" PRIu64, max);

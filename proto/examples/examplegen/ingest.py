@@ -4,6 +4,8 @@ value is a ratio of small integers rounded once to float32 (or then to
 f16/bf16), so the bytes are the same on every machine."""
 import numpy as np
 
+from . import fused
+
 T0 = 1764000000000000000            # ingest event times: T0 + k ms
 
 TOKENS_M1 = ["price", "size", "spread", "side", "CLS"]
@@ -82,6 +84,7 @@ def ingest_bodies():
         if k == 0:
             body.update({"cls": -1, "tokens": TOKENS_M2})
         out["drift-" + pattern] = ("attn/m2", body)
+    out.update(fused.ingest_bodies(m1_tensors, tensor_bytes, T0))
     return out
 
 
@@ -99,4 +102,5 @@ INGEST_DESCRIPTIONS = {
                "and alerts.",
     "drift-flat": "4 trades of m2 with uniform attention: window 2 has a constant mean, so "
                   "Spearman's rho is undefined (nil).",
+    **fused.DESCRIPTIONS,
 }

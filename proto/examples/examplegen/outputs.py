@@ -22,6 +22,10 @@ PUBLISHED = {
     "xpl/f32-followup": ("xpl/m1", 5, "Trade t-3 of ingest/f32-followup."),
     "xpl/m2-nocls": ("xpl/m2", 0, "Trade 1 of ingest/drift-a: a model without CLS, so each "
                      "vector has n = 4 entries."),
+    "xpl/m3-fused": ("xpl/m3", 0, "Trade f-1 of ingest/fused-f32: explained from the fused "
+                     "form, the same message as from every head."),
+    "xpl/m3-fused-f16-nograd": ("xpl/m3", 2, "Trade 301 of ingest/fused-f16-nograd: fused f16, "
+                                "no gradient, no grad_rollout."),
     "glob/m1": ("glob/m1", 0, "m1's global state after 6 trades, published before the reply "
                 "to request/global: two target classes, no external reference."),
     "glob/m1-reference": ("glob/m1", 1, "m1's global state with the external rollout "

@@ -1,6 +1,7 @@
 """One ingest message per rejection reason of ingest.md (reject/)."""
 import numpy as np
 
+from . import fused
 from .example import pack, raw_map
 
 
@@ -88,4 +89,5 @@ def reject_examples(valid):
                 "when it runs out of memory while handling it, which no message content "
                 "can cause.",
                 {"stage": "daemon", "reproducible": False}))
+    out.extend(fused.reject_examples(valid))
     return out

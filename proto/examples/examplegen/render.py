@@ -59,10 +59,18 @@ def render(node, key=None, ctx=None):
     if t == "bin":
         out = {"$bin": base64.b64encode(node.v).decode()}
         dtype = ctx.get("dtype")
-        if key in ("attn", "grad") and dtype in ("f32", "f16", "bf16") and \
+        fused = key in ("fattn", "fgrad", "fgrad_signed")
+        heads = key in ("head_importance", "head_confidence")
+        if heads:
+            dtype = "f32"       # the head statistics are float32 in every message
+        if (key in ("attn", "grad") or fused or heads) and dtype in ("f32", "f16", "bf16") and \
                 len(node.v) % (4 if dtype == "f32" else 2) == 0:
             out["$" + dtype] = [F32(x) for x in decode_tensor(node.v, dtype)]
             shape = ctx.get("shape")
+            if shape and fused:
+                shape = [shape[0], shape[1], shape[3], shape[4]]     # [B, L, n, n]
+            elif shape and heads:
+                shape = shape[:3]                                    # [B, L, H]
             if shape and int(np.prod(shape)) == len(out["$" + dtype]):
                 out["$shape"] = shape
         elif ctx.get("matrix_n") and len(node.v) == 4 * ctx["matrix_n"] ** 2:

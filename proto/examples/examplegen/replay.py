@@ -26,7 +26,8 @@ SCENARIO = ([("ingest", "ingest/" + n) for n in ("f32-first", "f16-batch3", "bf1
             + [("query", "request/" + n) for n in ("ping", "models", "schema", "trade",
                                                     "trade-uint-flow", "global", "reference",
                                                     "global-method-target")]
-            + [("ingest", "ingest/" + n) for n in ("drift-a", "drift-b", "drift-flat")]
+            + [("ingest", "ingest/" + n) for n in ("drift-a", "drift-b", "drift-flat",
+                                                    "fused-f32", "fused-f16-nograd")]
             + [("query", "request/" + r[0]) for r in REQUESTS[8:] if r[0] != "models-no-schema"])
 # A second daemon: a model's first message is rejected as no_schema, which
 # must leave no trace of the model. The rejected message is followed by a

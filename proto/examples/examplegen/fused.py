@@ -1,4 +1,4 @@
-"""The fused form's examples (proto/ingest.md, "The fused form"), for make.py.
+"""The fused form's examples (proto/ingest.md, "The fused form").
 
 Model m3 has m1's schema (L=2, H=2, n=5, CLS last) and is sent only in
 the fused form, after the other models' examples, so that none of their
@@ -8,6 +8,8 @@ float32, scaled by float32(1/H); head statistics in float64, then float32.
 Plain numpy + msgpack, no project code.
 """
 import numpy as np
+
+from .example import pack
 
 TOKENS_M3 = ["price", "size", "spread", "side", "CLS"]
 
@@ -63,7 +65,7 @@ DESCRIPTIONS = {
 }
 
 
-def reject_examples(valid, pack):
+def reject_examples(valid):
     """(reason, frames, description, expect extras) of the fused form's reasons."""
     topic, good = valid["fused-f32"]
     t = topic.encode()
