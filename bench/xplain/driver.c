@@ -112,7 +112,8 @@ usage(void)
 {
     fprintf(stderr,
             "usage: bench_xplain run [options]\n"
-            "  --workloads LIST   comma list of tab32,tab32-b64,tab32-f16,tab16,wide128 or nNLM\n"
+            "  --workloads LIST   comma list of tab32,tab32-b64,tab32-f16,tab16,wide128,\n"
+            "                     tab32-fused,tab32-fused-f16 or nNLM\n"
             "                     (H=8); 'sweep' adds n in {8..256} x L in {1,2,4,8,12}\n"
             "  --consumers LIST   sink,xplaind,python (default all three)\n"
             "  --reps N           max-rate repetitions per consumer (default 3; medians)\n"
