@@ -59,19 +59,14 @@ wire_limits_default(wire_limits_t *lim)
     lim->fused = true;
 }
 
-/* What the fused form may need beyond the full one's attn and grad: its
-   three tensors (fattn, fgrad, fgrad_signed) hold at most max_elems
-   values between them plus the head statistics, as f32 (bounded by
-   max_elems values each, as B*L*H <= B*L*H*n*n). */
+/* What the fused form may need beyond the full one: its tensors and head
+   statistics together hold at most 2 * max_elems values (the decoder
+   refuses more as too_large), as attn and grad do, so only the five keys
+   and their bin headers are extra. */
 static uint64_t
 s_fused_extra(const wire_limits_t *lim)
 {
-    if (!lim->fused)
-        return 0;
-    uint64_t heads = (uint64_t)lim->max_batch * lim->max_layers * lim->max_heads;
-    if (heads > lim->max_elems)
-        heads = lim->max_elems;
-    return 5 * 20 + 3 * 5 + lim->max_elems * 4 + 2 * (5 + heads * 4);
+    return lim->fused ? 5 * (16 + 5) : 0;
 }
 
 /* Room left for keys the contract lets a publisher add (ignored). */
@@ -813,15 +808,24 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
     uint64_t elems, trade_elems, helems = 0, trade_helems = 0;
     size_t es = xm_dtype_size(out->dtype);
     if (fused) {
-        /* Per trade L*n*n values a tensor and L*H head statistics. */
+        /* Per trade L*n*n values a tensor and L*H head statistics; all of
+           them together no more than attn and grad may hold (2 *
+           max_elems), so that the largest valid body stays that of the
+           full form. */
+        const unsigned given = seen & ~nil;
+        const uint64_t ntens = 1 + !!(given & (1u << K_FGRAD)) + !!(given & (1u << K_FGRAD_SIGNED));
+        const uint64_t nhead = 1 + !!(given & (1u << K_HEAD_IMP));
+        uint64_t all;
         if (!s_mul_le(L, n * n, d->lim.max_elems, &trade_elems) ||
             !s_mul_le(trade_elems, nids, d->lim.max_elems, &elems) ||
             !s_mul_le(L, H, d->lim.max_elems, &trade_helems) ||
-            !s_mul_le(trade_helems, nids, d->lim.max_elems, &helems))
+            !s_mul_le(trade_helems, nids, d->lim.max_elems, &helems) ||
+            (all = elems * ntens + helems * nhead) > 2 * d->lim.max_elems)
             return s_fail(d, XR_TOO_LARGE,
                           "B*L*n*n or B*L*H for B=%" PRIu32 " L=%" PRIu64 " H=%" PRIu64
-                          " n=%" PRIu64 " exceeds the limit of %" PRIu64 " values",
-                          nids, L, H, n, d->lim.max_elems);
+                          " n=%" PRIu64 " exceeds the limit of %" PRIu64 " values (all fused "
+                          "tensors together: %" PRIu64 ")",
+                          nids, L, H, n, d->lim.max_elems, 2 * d->lim.max_elems);
     } else if (!s_mul_le(L * H, n * n, d->lim.max_elems, &trade_elems) ||
                !s_mul_le(trade_elems, nids, d->lim.max_elems, &elems))
         return s_fail(d, XR_TOO_LARGE,

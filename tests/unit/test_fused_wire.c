@@ -349,6 +349,24 @@ Test(fused_wire, too_large_counts_fused_values)
     wire_decoder_destroy(&dec);
     free(body);
     free_data(&d);
+    /* Every tensor within max_elems, but all of them together more than
+       attn and grad may hold (2 * max_elems): too_large, so that the
+       largest valid body (the frame limit) is the full form's. */
+    m.keys = FUSED | F_FSIGN;
+    make_data(&m, &d, 4);
+    body = build(&m, &d, &len);
+    lim.max_elems = 3 * 64;             /* 3 tensors of 192 + 2 * 3 statistics > 384 */
+    wire_decoder_init(&dec, &lim);
+    cr_assert_eq(wire_decode_ingest(&dec, "attn/m1", 7, body, len, &out), XR_TOO_LARGE, "%s",
+                 wire_detail(&dec));
+    wire_decoder_destroy(&dec);
+    lim.max_elems = 3 * 64 * 3 / 2 + 3;   /* 576 + 6 <= 2 * 291 */
+    wire_decoder_init(&dec, &lim);
+    cr_assert_eq(wire_decode_ingest(&dec, "attn/m1", 7, body, len, &out), XR_OK, "%s",
+                 wire_detail(&dec));
+    wire_decoder_destroy(&dec);
+    free(body);
+    free_data(&d);
 }
 
 Test(fused_wire, trade_values_are_checked)
