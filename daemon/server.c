@@ -172,7 +172,7 @@ server_init(server_t *s)
             log_err("state: cannot create %s: %s", c->state_dir, strerror(errno));
             return -1;
         }
-        state_load(s, c->state_dir);
+        state_load(&s->models, &s->global, c->state_dir);
     }
     server_wire(s);
     if (c->reference_file[0] &&
@@ -559,7 +559,8 @@ server_run(server_t *s)
             next_glob = now + (int64_t)s->cfg.glob_interval_ms * 1000000;
         }
         if (s->cfg.state_dir[0] && now >= next_snap) {
-            if (s->global.gen != snap_gen && state_save(s, s->cfg.state_dir) == 0)
+            if (s->global.gen != snap_gen &&
+                state_save(&s->models, &s->global, &s->stats, s->cfg.state_dir) == 0)
                 snap_gen = s->global.gen;
             next_snap = now + (int64_t)s->cfg.snapshot_interval_s * 1000000000;
         }
@@ -581,7 +582,7 @@ server_run(server_t *s)
     publish_changed(&s->publisher, &s->global, &s->models);
     int status = 0;
     if (s->cfg.state_dir[0]) {
-        if (state_save(s, s->cfg.state_dir) == 0) {
+        if (state_save(&s->models, &s->global, &s->stats, s->cfg.state_dir) == 0) {
             log_notice("state: snapshot written to %s", s->cfg.state_dir);
         } else {
             /* The stop is not clean: what was explained since the last good
