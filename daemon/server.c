@@ -178,7 +178,9 @@ server_init(server_t *s)
     if (c->reference_file[0] &&
         global_load_references(&s->global, &s->models, c->reference_file) < 0)
         return -1;
-    if (metrics_init(s))
+    metrics_view_t mv = {.counters = {&s->stats, &s->cache, &s->auth}, .models = &s->models,
+                         .global = &s->global, .top_features = (uint32_t)c->metrics_top_features};
+    if (metrics_init(&s->metrics, c, &mv))
         return -1;
 
     if (!(s->zctx = zmq_ctx_new())) {
@@ -552,7 +554,7 @@ server_run(server_t *s)
         if (items[1].revents & ZMQ_POLLIN)
             s_query_burst(s);
         if (nmetrics)
-            metrics_handle(s, items + first_metrics, nmetrics);
+            metrics_handle(&s->metrics, items + first_metrics, nmetrics);
         now = now_mono_ns();
         if (now >= next_glob) {
             publish_changed(&s->publisher, &s->global, &s->models);

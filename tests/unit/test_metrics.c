@@ -72,9 +72,10 @@ fx_init(fx_t *f)
                                     .spearman = {.defined = true, .value = 0.75},
                                     .js = {.defined = true, .alert = true, .value = 0.25}};
 
+    f->cache.bytes = 4096;     /* the cache_bytes gauge */
     f->view = (metrics_view_t){.counters = {&f->stats, &f->cache, &f->auth},
                                .models = &f->models, .global = &f->global, .metrics = &f->http,
-                               .cache_bytes = 4096, .top_features = 0};
+                               .top_features = 0};
 }
 
 static void
