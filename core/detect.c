@@ -14,7 +14,7 @@ detect_opts_default(detect_opts_t *o)
     o->multiple = 5;
     o->cusum_k = 0.5;
     o->cusum_h = 8;
-    o->sd_floor = 0.05;
+    o->sd_floor = 0.1;
 }
 
 static const char *s_modes[] = {"fixed", "calibrated", "cusum"};

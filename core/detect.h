@@ -81,7 +81,7 @@ typedef struct {
 } detect_verdict_t;
 
 /* Defaults: fixed mode (nothing learnt), 50 calibration windows, multiple
-   5, k 0.5, h 8, sd_floor 0.05. See MATH.md for why. */
+   5, k 0.5, h 8, sd_floor 0.1. See MATH.md for why. */
 void detect_opts_default(detect_opts_t *o);
 
 /* "fixed", "calibrated", "cusum"; NULL out of range. */
