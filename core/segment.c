@@ -5,7 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *s_errs[] = {"ok", "bad_key", "bad_value", "too_many", "duplicate"};
+static const char *s_errs[] = {"ok",        "bad_key", "bad_value", "too_many",
+                               "duplicate", "not_map", "count",     "msgpack"};
 
 const char *
 seg_err_name(seg_err_t e)
@@ -119,6 +120,91 @@ segkeys_label(const segkeys_t *k, const seg_tag_t *tags, uint32_t ntags, char *b
     }
     buf[at] = '\0';
     return at;
+}
+
+/* Read one map of str -> str (or nil) at the reader into tags. */
+static seg_err_t
+s_read_map(mpr_t *r, seg_tag_t *tags, uint32_t *ntags)
+{
+    mpr_obj_t o;
+    *ntags = 0;
+    if (mpr_next(r, &o))
+        return SEG_MSGPACK;
+    if (o.type == MPR_NIL)
+        return SEG_OK;
+    if (o.type != MPR_MAP)
+        return SEG_NOT_MAP;
+    if (o.v.count > SEG_TAGS_MAX)
+        return SEG_TOO_MANY;
+    uint32_t n = o.v.count;
+    for (uint32_t i = 0; i < n; i++) {
+        mpr_obj_t k, v;
+        if (mpr_next(r, &k) || mpr_next(r, &v))
+            return SEG_MSGPACK;
+        if (k.type != MPR_STR || v.type != MPR_STR)
+            return SEG_NOT_MAP;
+        tags[i] = (seg_tag_t){(const char *)k.v.raw.ptr, (const char *)v.v.raw.ptr, k.v.raw.len,
+                              v.v.raw.len};
+    }
+    *ntags = n;
+    return seg_tags_check(tags, n);
+}
+
+void
+seg_iter_init(seg_iter_t *it, const void *data, size_t len, uint32_t ntrades)
+{
+    memset(it, 0, sizeof *it);
+    it->data = data;
+    it->len = len;
+    it->ntrades = ntrades;
+    mpr_init(&it->r, data, len);
+    mpr_t peek = it->r;
+    mpr_obj_t o;
+    if (mpr_next(&peek, &o) == MPR_OK && o.type == MPR_ARRAY) {
+        it->per_trade = true;
+        it->r = peek;
+    }
+}
+
+seg_err_t
+seg_iter_next(seg_iter_t *it, seg_tag_t *tags, uint32_t *ntags)
+{
+    *ntags = 0;
+    if (it->next >= it->ntrades)
+        return SEG_COUNT;
+    it->next++;
+    if (it->per_trade)
+        return s_read_map(&it->r, tags, ntags);
+    /* One map for every trade: read it afresh, views are the same. */
+    mpr_t r;
+    mpr_init(&r, it->data, it->len);
+    return s_read_map(&r, tags, ntags);
+}
+
+seg_err_t
+seg_tags_validate(const void *data, size_t len, uint32_t ntrades)
+{
+    mpr_t r;
+    mpr_obj_t o;
+    mpr_init(&r, data, len);
+    mpr_t peek = r;
+    if (mpr_next(&peek, &o))
+        return SEG_MSGPACK;
+    seg_tag_t tags[SEG_TAGS_MAX];
+    uint32_t n;
+    seg_err_t e;
+    if (o.type != MPR_ARRAY) {
+        if ((e = s_read_map(&r, tags, &n)))
+            return e;
+    } else {
+        if (o.v.count != ntrades)
+            return SEG_COUNT;
+        r = peek;
+        for (uint32_t i = 0; i < ntrades; i++)
+            if ((e = s_read_map(&r, tags, &n)))
+                return e;
+    }
+    return mpr_left(&r) ? SEG_MSGPACK : SEG_OK;
 }
 
 int

@@ -28,6 +28,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "mpr.h"
+
 #define SEG_KEYS_MAX 4          /* keys to segment by */
 #define SEG_KEY_MAX 32          /* bytes of a tag key */
 #define SEG_VALUE_MAX 64        /* bytes of a tag value */
@@ -53,7 +55,10 @@ typedef enum {
     SEG_BAD_KEY = 1,            /* empty, too long, or a byte outside [A-Za-z0-9_.-] */
     SEG_BAD_VALUE = 2,          /* empty, too long, or a forbidden byte */
     SEG_TOO_MANY = 3,           /* more than SEG_TAGS_MAX tags, or SEG_KEYS_MAX keys */
-    SEG_DUPLICATE = 4           /* one key twice */
+    SEG_DUPLICATE = 4,          /* one key twice */
+    SEG_NOT_MAP = 5,            /* tags that are not a map of str to str (or nil) */
+    SEG_COUNT = 6,              /* an array of per-trade tags of the wrong length */
+    SEG_MSGPACK = 7             /* truncated or invalid msgpack */
 } seg_err_t;
 
 /* Name of an error ("bad_key", ...). */
@@ -73,6 +78,31 @@ seg_err_t segkeys_parse(segkeys_t *k, const char *list);
    least SEG_LABEL_MAX + 1 bytes, NUL-terminated). Returns its length, or
    0 when segmentation is off or a key is missing (no segment). */
 size_t segkeys_label(const segkeys_t *k, const seg_tag_t *tags, uint32_t ntags, char *buf);
+
+/* A message's `tags` value, read trade by trade. It is either one map
+   (every trade of the message has those tags), or an array of `ntrades`
+   items, each a map or nil (no tags) for the trade at that position. */
+typedef struct {
+    mpr_t r;
+    bool per_trade;             /* array form */
+    uint32_t ntrades, next;
+    const uint8_t *data;        /* the whole value, for the map form */
+    size_t len;
+} seg_iter_t;
+
+/* Check a whole `tags` value (`len` msgpack bytes) for a message of
+   `ntrades` trades: its form, every tag (seg_tags_check), the array's
+   length. Returns SEG_OK or the first error. The ingest decoder calls
+   this once; the iterator below then needs no further checks. */
+seg_err_t seg_tags_validate(const void *data, size_t len, uint32_t ntrades);
+
+/* Start reading a value that seg_tags_validate accepted. */
+void seg_iter_init(seg_iter_t *it, const void *data, size_t len, uint32_t ntrades);
+
+/* The next trade's tags into tags[SEG_TAGS_MAX] (views into the value)
+   and *ntags (0: none). Returns SEG_OK, or SEG_COUNT past the last trade
+   (or another error on a value that was not validated). */
+seg_err_t seg_iter_next(seg_iter_t *it, seg_tag_t *tags, uint32_t *ntags);
 
 typedef struct {
     uint32_t max;               /* segments tracked at most */

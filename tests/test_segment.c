@@ -116,3 +116,103 @@ Test(segment, table_is_bounded_and_counts_the_rest)
     }
     segtab_destroy(&t);
 }
+
+/* A tiny msgpack writer for the tests: fixstr, fixmap, fixarray, nil. */
+typedef struct {
+    uint8_t b[512];
+    size_t n;
+} mp_t;
+
+static void
+mp_str(mp_t *m, const char *s)
+{
+    size_t len = strlen(s);
+    m->b[m->n++] = (uint8_t)(0xa0 | len);
+    memcpy(m->b + m->n, s, len);
+    m->n += len;
+}
+
+static void
+mp_hdr(mp_t *m, uint8_t base, unsigned count)
+{
+    m->b[m->n++] = (uint8_t)(base | count);
+}
+
+Test(segment, tags_values_read_trade_by_trade)
+{
+    /* One map for the whole message. */
+    mp_t m = {.n = 0};
+    mp_hdr(&m, 0x80, 2);
+    mp_str(&m, "desk");
+    mp_str(&m, "rates");
+    mp_str(&m, "venue");
+    mp_str(&m, "XLON");
+    cr_assert_eq(seg_tags_validate(m.b, m.n, 3), SEG_OK);
+    seg_iter_t it;
+    seg_tag_t t[SEG_TAGS_MAX];
+    uint32_t n;
+    seg_iter_init(&it, m.b, m.n, 3);
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(seg_iter_next(&it, t, &n), SEG_OK);
+        cr_assert_eq(n, 2u);
+        cr_assert(t[1].vlen == 4 && !memcmp(t[1].val, "XLON", 4));
+    }
+    cr_assert_eq(seg_iter_next(&it, t, &n), SEG_COUNT);
+    /* One per trade, nil for a trade without tags. */
+    mp_t a = {.n = 0};
+    mp_hdr(&a, 0x90, 3);
+    mp_hdr(&a, 0x80, 1);
+    mp_str(&a, "desk");
+    mp_str(&a, "fx");
+    a.b[a.n++] = 0xc0;
+    mp_hdr(&a, 0x80, 1);
+    mp_str(&a, "desk");
+    mp_str(&a, "rates");
+    cr_assert_eq(seg_tags_validate(a.b, a.n, 3), SEG_OK);
+    cr_assert_eq(seg_tags_validate(a.b, a.n, 2), SEG_COUNT);
+    seg_iter_init(&it, a.b, a.n, 3);
+    cr_assert_eq(seg_iter_next(&it, t, &n), SEG_OK);
+    cr_assert(n == 1 && t[0].vlen == 2 && !memcmp(t[0].val, "fx", 2));
+    cr_assert_eq(seg_iter_next(&it, t, &n), SEG_OK);
+    cr_assert_eq(n, 0u);
+    cr_assert_eq(seg_iter_next(&it, t, &n), SEG_OK);
+    cr_assert(n == 1 && t[0].vlen == 5);
+    /* Refusals, each with its reason. */
+    mp_t bad = {.n = 0};
+    mp_hdr(&bad, 0x80, 1);
+    mp_str(&bad, "desk");
+    bad.b[bad.n++] = 0x07;                      /* an int value */
+    cr_assert_eq(seg_tags_validate(bad.b, bad.n, 1), SEG_NOT_MAP);
+    bad.n = 0;
+    mp_str(&bad, "desk");                       /* a str, not a map */
+    cr_assert_eq(seg_tags_validate(bad.b, bad.n, 1), SEG_NOT_MAP);
+    bad.n = 0;
+    mp_hdr(&bad, 0x80, 1);
+    mp_str(&bad, "desk");
+    mp_str(&bad, "a,b");
+    cr_assert_eq(seg_tags_validate(bad.b, bad.n, 1), SEG_BAD_VALUE);
+    bad.n = 0;
+    mp_hdr(&bad, 0x80, 2);
+    mp_str(&bad, "desk");
+    mp_str(&bad, "a");
+    mp_str(&bad, "desk");
+    mp_str(&bad, "b");
+    cr_assert_eq(seg_tags_validate(bad.b, bad.n, 1), SEG_DUPLICATE);
+    cr_assert_eq(seg_tags_validate(m.b, m.n - 1, 1), SEG_MSGPACK, "truncated");
+    uint8_t big[1] = {0x80 | 15};
+    cr_assert_eq(seg_tags_validate(big, 1, 1), SEG_MSGPACK);
+    mp_t many = {.n = 0};
+    many.b[many.n++] = 0xde;                    /* map16 of 17 pairs */
+    many.b[many.n++] = 0;
+    many.b[many.n++] = 17;
+    for (int i = 0; i < 17; i++) {
+        char k[8];
+        snprintf(k, sizeof k, "k%d", i);
+        mp_str(&many, k);
+        mp_str(&many, "v");
+    }
+    cr_assert_eq(seg_tags_validate(many.b, many.n, 1), SEG_TOO_MANY);
+    /* Trailing bytes after the value. */
+    m.b[m.n++] = 0xc0;
+    cr_assert_eq(seg_tags_validate(m.b, m.n, 1), SEG_MSGPACK);
+}
