@@ -1,5 +1,5 @@
 /*  detect: verdicts on closed drift windows, and what moved (MATH.md,
-    "Drift detectors" and "What moved").
+    "Drift verdicts" and "What moved").
 
     A drift_t (drift.h) closes windows and measures three statistics
     against the reference. detect_t turns each closed window into a
