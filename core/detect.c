@@ -283,6 +283,216 @@ detect_cusum_h(double k, double arl)
     return 0.5 * (lo + hi);
 }
 
+/* ---- snapshots ------------------------------------------------------ */
+
+static void
+s_put_bool(msgpack_packer *pk, bool b)
+{
+    if (b)
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
+}
+
+static void
+s_put_bools(msgpack_packer *pk, const bool *b)
+{
+    msgpack_pack_array(pk, DETECT_NSTAT);
+    for (int i = 0; i < DETECT_NSTAT; i++)
+        s_put_bool(pk, b[i]);
+}
+
+static int
+s_get_bools(snap_rd_t *rd, bool *b, const char *what)
+{
+    if (snap_get_array_n(rd, DETECT_NSTAT, what))
+        return -1;
+    for (int i = 0; i < DETECT_NSTAT; i++)
+        if (snap_get_bool(rd, &b[i], what))
+            return -1;
+    return 0;
+}
+
+static int
+s_get_mode(snap_rd_t *rd, detect_mode_t *m, const char *what)
+{
+    const uint8_t *p;
+    uint32_t len;
+    if (snap_get_str(rd, &p, &len, what))
+        return -1;
+    int k = detect_mode_parse((const char *)p, len);
+    if (k < 0)
+        return snap_fail(rd, what);
+    *m = (detect_mode_t)k;
+    return 0;
+}
+
+void
+detect_save(msgpack_packer *pk, const detect_t *d)
+{
+    msgpack_pack_map(pk, 8);
+    snap_put_str(pk, "mode");
+    snap_put_str(pk, detect_mode_name(d->opts.mode));
+    snap_put_str(pk, "calib_windows");
+    msgpack_pack_uint32(pk, d->opts.calib_windows);
+    snap_put_str(pk, "calib_seen");
+    msgpack_pack_uint32(pk, d->calib_seen);
+    snap_put_str(pk, "ready");
+    s_put_bool(pk, d->ready);
+    snap_put_str(pk, "n");
+    msgpack_pack_array(pk, DETECT_NSTAT);
+    for (int i = 0; i < DETECT_NSTAT; i++)
+        msgpack_pack_uint32(pk, d->n[i]);
+    snap_put_str(pk, "mean");
+    snap_put_doubles(pk, d->mean, DETECT_NSTAT);
+    snap_put_str(pk, "m2");
+    snap_put_doubles(pk, d->m2, DETECT_NSTAT);
+    snap_put_str(pk, "cusum");
+    snap_put_doubles(pk, d->cusum, DETECT_NSTAT);
+}
+
+int
+detect_load(snap_rd_t *rd, detect_t *d)
+{
+    enum { MODE = 1, CALIB = 2, SEEN = 4, READY = 8, N = 16, MEAN = 32, M2 = 64, CUSUM = 128 };
+    const char *w = "drift verdict state";
+    detect_t t = *d;
+    detect_mode_t mode = DETECT_FIXED;
+    uint32_t calib = 0, pairs;
+    unsigned seen = 0;
+    if (snap_get_map(rd, &pairs, w))
+        return -1;
+    for (uint32_t k = 0; k < pairs; k++) {
+        mpr_obj_t key;
+        int rc;
+        if (snap_get_key(rd, &key, w))
+            return -1;
+        if (mpr_str_eq(&key, "mode"))
+            rc = snap_field(rd, &seen, MODE, w) || s_get_mode(rd, &mode, "drift mode");
+        else if (mpr_str_eq(&key, "calib_windows"))
+            rc = snap_field(rd, &seen, CALIB, w) || snap_get_u32(rd, &calib, w);
+        else if (mpr_str_eq(&key, "calib_seen"))
+            rc = snap_field(rd, &seen, SEEN, w) || snap_get_u32(rd, &t.calib_seen, w);
+        else if (mpr_str_eq(&key, "ready"))
+            rc = snap_field(rd, &seen, READY, w) || snap_get_bool(rd, &t.ready, w);
+        else if (mpr_str_eq(&key, "n")) {
+            rc = snap_field(rd, &seen, N, w) || snap_get_array_n(rd, DETECT_NSTAT, w);
+            for (int i = 0; !rc && i < DETECT_NSTAT; i++)
+                rc = snap_get_u32(rd, &t.n[i], w);
+        } else if (mpr_str_eq(&key, "mean"))
+            rc = snap_field(rd, &seen, MEAN, w) || snap_get_doubles(rd, t.mean, DETECT_NSTAT, w);
+        else if (mpr_str_eq(&key, "m2"))
+            rc = snap_field(rd, &seen, M2, w) || snap_get_doubles(rd, t.m2, DETECT_NSTAT, w);
+        else if (mpr_str_eq(&key, "cusum"))
+            rc = snap_field(rd, &seen, CUSUM, w) || snap_get_doubles(rd, t.cusum, DETECT_NSTAT, w);
+        else
+            rc = snap_skip(rd, w);
+        if (rc)
+            return -1;
+    }
+    if (snap_fields_all(rd, seen, 255u, "drift verdict state (a field is missing)"))
+        return -1;
+    for (int i = 0; i < DETECT_NSTAT; i++)
+        if (!isfinite(t.mean[i]) || !(t.m2[i] >= 0) || !isfinite(t.m2[i]) || !(t.cusum[i] >= 0) ||
+            !isfinite(t.cusum[i]) || t.n[i] > t.calib_seen)
+            return snap_fail(rd, "drift verdict state (a value out of range)");
+    if (t.calib_seen > calib || t.ready != (t.calib_seen >= calib))
+        return snap_fail(rd, "drift verdict state (calibration count)");
+    if (mode != d->opts.mode || calib != d->opts.calib_windows) {
+        detect_restart(d);      /* measured for other options: start again */
+        return 0;
+    }
+    *d = t;
+    return 0;
+}
+
+void
+detect_verdict_save(msgpack_packer *pk, const detect_verdict_t *v, const detect_moved_t *moved,
+                    uint32_t nmoved)
+{
+    msgpack_pack_map(pk, 7);
+    snap_put_str(pk, "mode");
+    snap_put_str(pk, detect_mode_name(v->mode));
+    snap_put_str(pk, "calibrating");
+    s_put_bool(pk, v->calibrating);
+    snap_put_str(pk, "scored");
+    s_put_bools(pk, v->scored);
+    snap_put_str(pk, "z");
+    snap_put_doubles(pk, v->z, DETECT_NSTAT);
+    snap_put_str(pk, "cusum");
+    snap_put_doubles(pk, v->cusum, DETECT_NSTAT);
+    snap_put_str(pk, "alerts");
+    s_put_bools(pk, v->alert_stat);
+    snap_put_str(pk, "moved");
+    msgpack_pack_array(pk, nmoved);
+    for (uint32_t k = 0; k < nmoved; k++) {
+        msgpack_pack_array(pk, 5);
+        msgpack_pack_uint32(pk, moved[k].feature);
+        msgpack_pack_double(pk, moved[k].ref);
+        msgpack_pack_double(pk, moved[k].cur);
+        msgpack_pack_uint32(pk, moved[k].ref_rank);
+        msgpack_pack_uint32(pk, moved[k].cur_rank);
+    }
+}
+
+int
+detect_verdict_load(snap_rd_t *rd, detect_verdict_t *v, detect_moved_t *moved, uint32_t cap,
+                    uint32_t *nmoved, uint32_t nfeat)
+{
+    enum { MODE = 1, CALIB = 2, SCORED = 4, Z = 8, CUSUM = 16, ALERTS = 32, MOVED = 64 };
+    const char *w = "drift verdict";
+    uint32_t pairs, n = 0;
+    unsigned seen = 0;
+    memset(v, 0, sizeof *v);
+    if (snap_get_map(rd, &pairs, w))
+        return -1;
+    for (uint32_t k = 0; k < pairs; k++) {
+        mpr_obj_t key;
+        int rc;
+        if (snap_get_key(rd, &key, w))
+            return -1;
+        if (mpr_str_eq(&key, "mode"))
+            rc = snap_field(rd, &seen, MODE, w) || s_get_mode(rd, &v->mode, "drift mode");
+        else if (mpr_str_eq(&key, "calibrating"))
+            rc = snap_field(rd, &seen, CALIB, w) || snap_get_bool(rd, &v->calibrating, w);
+        else if (mpr_str_eq(&key, "scored"))
+            rc = snap_field(rd, &seen, SCORED, w) || s_get_bools(rd, v->scored, w);
+        else if (mpr_str_eq(&key, "z"))
+            rc = snap_field(rd, &seen, Z, w) || snap_get_doubles(rd, v->z, DETECT_NSTAT, w);
+        else if (mpr_str_eq(&key, "cusum"))
+            rc = snap_field(rd, &seen, CUSUM, w) || snap_get_doubles(rd, v->cusum, DETECT_NSTAT, w);
+        else if (mpr_str_eq(&key, "alerts"))
+            rc = snap_field(rd, &seen, ALERTS, w) || s_get_bools(rd, v->alert_stat, w);
+        else if (mpr_str_eq(&key, "moved")) {
+            rc = snap_field(rd, &seen, MOVED, w) || snap_get_array(rd, &n, w);
+            if (!rc && n > cap)
+                rc = snap_fail(rd, "drift verdict (moved list too long)");
+            for (uint32_t j = 0; !rc && j < n; j++) {
+                detect_moved_t *m = &moved[j];
+                rc = snap_get_array_n(rd, 5, w) || snap_get_u32(rd, &m->feature, w) ||
+                     snap_get_f64(rd, &m->ref, w) || snap_get_f64(rd, &m->cur, w) ||
+                     snap_get_u32(rd, &m->ref_rank, w) || snap_get_u32(rd, &m->cur_rank, w);
+                if (!rc && (m->feature >= nfeat || m->ref_rank - 1 >= nfeat ||
+                            m->cur_rank - 1 >= nfeat))
+                    rc = snap_fail(rd, "drift verdict (a moved feature out of range)");
+                if (!rc) {
+                    m->delta = m->cur - m->ref;
+                    m->rank_up = (int32_t)m->ref_rank - (int32_t)m->cur_rank;
+                }
+            }
+        } else
+            rc = snap_skip(rd, w);
+        if (rc)
+            return -1;
+    }
+    if (snap_fields_all(rd, seen, 127u, "drift verdict (a field is missing)"))
+        return -1;
+    for (int i = 0; i < DETECT_NSTAT; i++)
+        v->alert |= v->alert_stat[i];
+    *nmoved = n;
+    return 0;
+}
+
 /* ---- what moved ---------------------------------------------------- */
 
 typedef struct {

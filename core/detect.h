@@ -38,6 +38,7 @@
 #define XPL_DETECT_H
 
 #include "drift.h"
+#include "snap.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -153,5 +154,28 @@ void detect_work_destroy(detect_work_t *w);
    area's size. Returns the number written. */
 uint32_t detect_what_moved(detect_work_t *w, const double *cur, const double *ref, uint32_t nfeat,
                            uint32_t k, detect_order_t by, detect_moved_t *out);
+
+/* ---- snapshots (snap.h) ------------------------------------------------
+
+   detect_save writes {mode, calib_windows, calib_seen, ready, n, mean, m2,
+   cusum}: the mode by name and the calibration length the state was
+   measured for, then the calibration and the CUSUM sums (three values
+   each, bit for bit). detect_load reads one into a detector that
+   detect_init made with today's options: a state measured for another
+   mode or calibration length is not resumed (the calibration restarts,
+   as a reload would), otherwise it continues where it stopped. Returns
+   0, or -1 with rd->why set. */
+void detect_save(msgpack_packer *pk, const detect_t *d);
+int detect_load(snap_rd_t *rd, detect_t *d);
+
+/* A verdict and its what-moved list, for a window kept in a snapshot:
+   {mode, calibrating, scored, z, cusum, alerts, moved: [[feature, ref,
+   cur, ref_rank, cur_rank]]}; detect_verdict_load fills *v and up to
+   `cap` moved entries (*nmoved), refusing a list longer than cap or a
+   feature index >= nfeat. */
+void detect_verdict_save(msgpack_packer *pk, const detect_verdict_t *v,
+                         const detect_moved_t *moved, uint32_t nmoved);
+int detect_verdict_load(snap_rd_t *rd, detect_verdict_t *v, detect_moved_t *moved,
+                        uint32_t cap, uint32_t *nmoved, uint32_t nfeat);
 
 #endif

@@ -480,3 +480,93 @@ Test(detect, what_moved_names_the_swapped_features)
     cr_assert(fabs(m[0].delta + 0.17) < 1e-15 && fabs(m[1].delta - 0.17) < 1e-15);
     detect_work_destroy(&w);
 }
+
+/* ---- snapshots ------------------------------------------------------ */
+
+static void
+save_detect(const detect_t *d, msgpack_sbuffer *sb)
+{
+    msgpack_packer pk;
+    msgpack_sbuffer_init(sb);
+    msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+    detect_save(&pk, d);
+}
+
+Test(detect, state_round_trips_and_resumes)
+{
+    detect_opts_t o;
+    detect_opts_default(&o);
+    o.mode = DETECT_CUSUM;
+    o.calib_windows = 4;
+    detect_t a, b;
+    cr_assert_eq(detect_init(&a, &o, NULL), 0);
+    detect_verdict_t v;
+    for (int t = 0; t < 4; t++)
+        feed(&a, 1, 0.01 + 0.01 * t, 0.02, 0.001 * (t + 1), &v);
+    feed(&a, 1, 0.1, 0.02, 0.002, &v);      /* z 3.75: S 3.25 on rho */
+    cr_assert(a.ready && a.cusum[DETECT_RHO] > 0);
+    msgpack_sbuffer sb;
+    save_detect(&a, &sb);
+    cr_assert_eq(detect_init(&b, &o, NULL), 0);
+    snap_rd_t rd;
+    snap_rd_init(&rd, sb.data, sb.size);
+    cr_assert_eq(detect_load(&rd, &b), 0, "%s", rd.why ? rd.why : "");
+    cr_assert(memcmp(&a, &b, sizeof a) == 0, "bit for bit");
+    /* Both continue alike. */
+    detect_verdict_t va, vb;
+    feed(&a, 1, 0.3, 0.02, 0.002, &va);
+    feed(&b, 1, 0.3, 0.02, 0.002, &vb);
+    cr_assert(va.cusum[DETECT_RHO] == vb.cusum[DETECT_RHO] && va.alert == vb.alert);
+    /* Another calibration length today: not resumed. */
+    o.calib_windows = 5;
+    cr_assert_eq(detect_init(&b, &o, NULL), 0);
+    snap_rd_init(&rd, sb.data, sb.size);
+    cr_assert_eq(detect_load(&rd, &b), 0);
+    cr_assert(!b.ready && b.calib_seen == 0 && b.cusum[DETECT_RHO] == 0);
+    /* Damage is named, and changes nothing. */
+    o.calib_windows = 4;
+    cr_assert_eq(detect_init(&b, &o, NULL), 0);
+    snap_rd_init(&rd, sb.data, sb.size);
+    cr_assert_eq(detect_load(&rd, &b), 0);
+    detect_t kept = b;
+    msgpack_sbuffer bad;
+    a.cusum[DETECT_JS] = -1;
+    save_detect(&a, &bad);
+    snap_rd_init(&rd, bad.data, bad.size);
+    cr_assert_eq(detect_load(&rd, &b), -1);
+    cr_assert_not_null(rd.why);
+    cr_assert(memcmp(&b, &kept, sizeof b) == 0, "a refused record leaves the detector as it was");
+    snap_rd_init(&rd, bad.data, bad.size - 3);
+    cr_assert_eq(detect_load(&rd, &b), -1, "truncated");
+    msgpack_sbuffer_destroy(&sb);
+    msgpack_sbuffer_destroy(&bad);
+}
+
+Test(detect, verdict_round_trips)
+{
+    detect_verdict_t v = {.mode = DETECT_CALIBRATED, .scored = {true, false, true},
+                          .z = {6.5, 0, -0.25}, .alert_stat = {true, false, false}, .alert = true};
+    detect_moved_t mv[2] = {{3, 0.5, 0.1, -0.4, 1, 4, -3}, {0, 0.2, 0.45, 0.25, 3, 1, 2}};
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    detect_verdict_save(&pk, &v, mv, 2);
+    detect_verdict_t w;
+    detect_moved_t got[4];
+    uint32_t n = 0;
+    snap_rd_t rd;
+    snap_rd_init(&rd, sb.data, sb.size);
+    cr_assert_eq(detect_verdict_load(&rd, &w, got, 4, &n, 5), 0, "%s", rd.why ? rd.why : "");
+    cr_assert_eq(n, 2u);
+    cr_assert(w.mode == v.mode && w.alert && w.scored[2] && !w.scored[1] && w.z[0] == 6.5);
+    for (int k = 0; k < 2; k++) {
+        cr_assert_eq(got[k].feature, mv[k].feature);
+        cr_assert(got[k].delta == mv[k].cur - mv[k].ref && got[k].rank_up == mv[k].rank_up);
+    }
+    snap_rd_init(&rd, sb.data, sb.size);
+    cr_assert_eq(detect_verdict_load(&rd, &w, got, 1, &n, 5), -1, "longer than the room");
+    snap_rd_init(&rd, sb.data, sb.size);
+    cr_assert_eq(detect_verdict_load(&rd, &w, got, 4, &n, 3), -1, "feature 3 of 3");
+    msgpack_sbuffer_destroy(&sb);
+}
