@@ -13,16 +13,15 @@
 import os
 import subprocess
 import sys
-import tempfile
 import time
 
 import msgpack
 import numpy as np
 
 from xplmetrics import parse, scrape, value
-from xpltest import Daemon, join, on_free_ports, wait_until
+from xpltest import join, wait_until
 
-sys.path.insert(0, os.path.join(os.environ.get("XPL_SOURCE_DIR", ".."), "client", "python"))
+sys.path.insert(0, os.path.join(os.environ["XPL_SOURCE_DIR"], "client", "python"))
 import xplain  # noqa: E402
 
 W = 40
@@ -80,7 +79,10 @@ def drain(sub):
     return out
 
 
-def test_segments(d, port):
+def test_segments(daemon_on_free_ports):
+    d, (port,) = daemon_on_free_ports(1, lambda p: (
+        "--drift-window", str(W), "--segment-by", "desk", "--max-segments", "4",
+        "--methods", "rollout,first_layer", "--metrics", f"127.0.0.1:{p}"))
     desks = ["A", "B", "C"]
     s = Sender(d, "seg")
     sub = d.subscriber(b"drift/seg")
@@ -212,7 +214,9 @@ def test_segments(d, port):
     s.send([attention(rng, BEFORE)], [{"desk": "A"}])
 
 
-def test_cusum_mode(d):
+def test_cusum_mode(daemon):
+    d = daemon("--drift-window", str(W), "--drift-mode", "cusum", "--drift-calib-windows", "5",
+               "--methods", "rollout,first_layer")
     s = Sender(d, "cu")
     sub = d.subscriber(b"drift/cu")
     rng = np.random.default_rng(6)
@@ -247,12 +251,12 @@ def test_cusum_mode(d):
     assert dq["segments"] == [] and dq["segment"] is None
 
 
-def test_restart_keeps_modes_and_segments(state_dir):
+def test_restart_keeps_modes_and_segments(daemon, tmp_dir):
     """A snapshot keeps each method's calibration and CUSUM, the last
     windows' verdicts and what moved, the segments with their own state,
     and the alerts with theirs: after a restart the drift replies are the
     same, and the next windows are judged, not calibrated again."""
-    args = ("--state-dir", state_dir, "--drift-window", str(W), "--drift-mode", "cusum",
+    args = ("--state-dir", tmp_dir, "--drift-window", str(W), "--drift-mode", "cusum",
             "--drift-calib-windows", "3", "--segment-by", "desk",
             "--methods", "rollout,first_layer")
     rng = np.random.default_rng(8)
@@ -267,48 +271,20 @@ def test_restart_keeps_modes_and_segments(state_dir):
             s.send(tensors, tags)
 
     segs = (None, "desk=A", "desk=B")
-    d = Daemon(*args)
-    try:
-        s = Sender(d, "st")
-        stream(s, 5, False)
-        stream(s, 2, True)
-        before = {seg: d.query("drift", model="st", segment=seg) for seg in segs}
-        assert before["desk=B"]["alerts"], "the shifted desk alerted before the restart"
-    finally:
-        assert "snapshot written" in d.stop()
-    d = Daemon(*args)
-    try:
-        for seg in segs:
-            assert d.query("drift", model="st", segment=seg) == before[seg], seg
-        s = Sender(d, "st")
-        s.sent, s.seq = 7 * W * 2, 1 << 20
-        stream(s, 1, True)
-        q = d.query("drift", model="st", segment="desk=B", method="rollout")
-        last = q["methods"]["rollout"]["last"]
-        assert last["window"] == 7 and not last["verdict"]["calibrating"], last
-        assert last["alert"] and {mv["feature"] for mv in last["moved"][:2]} == {"f0", "f4"}, last
-    finally:
-        d.stop()
-
-
-def main():
-    d, (port,) = on_free_ports(1, lambda p: Daemon(
-        "--drift-window", str(W), "--segment-by", "desk", "--max-segments", "4",
-        "--methods", "rollout,first_layer", "--metrics", f"127.0.0.1:{p}"))
-    try:
-        test_segments(d, port)
-    finally:
-        d.stop()
-    d = Daemon("--drift-window", str(W), "--drift-mode", "cusum", "--drift-calib-windows", "5",
-               "--methods", "rollout,first_layer")
-    try:
-        test_cusum_mode(d)
-    finally:
-        d.stop()
-    with tempfile.TemporaryDirectory(prefix="xpltest-") as state_dir:
-        test_restart_keeps_modes_and_segments(state_dir)
-    print("ok")
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    d = daemon(*args)
+    s = Sender(d, "st")
+    stream(s, 5, False)
+    stream(s, 2, True)
+    before = {seg: d.query("drift", model="st", segment=seg) for seg in segs}
+    assert before["desk=B"]["alerts"], "the shifted desk alerted before the restart"
+    assert "snapshot written" in d.stop()
+    d = daemon(*args)
+    for seg in segs:
+        assert d.query("drift", model="st", segment=seg) == before[seg], seg
+    s = Sender(d, "st")
+    s.sent, s.seq = 7 * W * 2, 1 << 20
+    stream(s, 1, True)
+    q = d.query("drift", model="st", segment="desk=B", method="rollout")
+    last = q["methods"]["rollout"]["last"]
+    assert last["window"] == 7 and not last["verdict"]["calibrating"], last
+    assert last["alert"] and {mv["feature"] for mv in last["moved"][:2]} == {"f0", "f4"}, last
