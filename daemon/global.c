@@ -645,6 +645,18 @@ s_last_save(msgpack_packer *pk, const glast_t *l)
     detect_verdict_save(pk, &l->verdict, l->moved, l->nmoved);
 }
 
+/* The verdict a window of a snapshot from before drift modes had: the
+   fixed thresholds', from its statistics' own flags; no evidence, nothing
+   listed as moved. */
+static void
+s_fixed_verdict(detect_verdict_t *v, const drift_stat_t *rho, const drift_stat_t *ndcg,
+                const drift_stat_t *js)
+{
+    *v = (detect_verdict_t){.mode = DETECT_FIXED,
+                            .alert_stat = {rho->alert, ndcg->alert, js->alert}};
+    v->alert = rho->alert || ndcg->alert || js->alert;
+}
+
 /* A window's verdict is optional: a snapshot from before drift modes
    has none (mode fixed, no evidence, nothing listed as moved). */
 static int
@@ -660,6 +672,7 @@ s_last_load(snap_rd_t *d, glast_t *l, unsigned ver, uint32_t nf)
             drift_stat_load(d, &l->js, ver) || snap_get_bool(d, &l->alert, w) ||
             snap_get_i64(d, &l->ts, w))
             return snap_fail(d, w);
+        s_fixed_verdict(&l->verdict, &l->spearman, &l->ndcg, &l->js);
         l->valid = true;
         return 0;
     }
@@ -700,6 +713,8 @@ s_last_load(snap_rd_t *d, glast_t *l, unsigned ver, uint32_t nf)
     }
     if (snap_fields_all(d, seen, 255u, "last window (a field is missing)"))
         return -1;
+    if (!(seen & VERDICT))
+        s_fixed_verdict(&l->verdict, &l->spearman, &l->ndcg, &l->js);
     l->valid = true;
     return 0;
 }
@@ -1197,6 +1212,7 @@ s_alert_load(snap_rd_t *d, galert_t *a, unsigned ver)
             drift_stat_load(d, &a->js, ver) || method >= XM_NMETHODS)
             return snap_fail(d, w);
         a->method = (uint8_t)method;
+        s_fixed_verdict(&a->verdict, &a->spearman, &a->ndcg, &a->js);
         return 0;
     }
     enum { TS = 1, EPOCH = 2, METHOD = 4, WINDOW = 8, REF = 16, SPEARMAN = 32, NDCG = 64, JS = 128,
@@ -1247,6 +1263,8 @@ s_alert_load(snap_rd_t *d, galert_t *a, unsigned ver)
             return -1;
     }
     a->method = (uint8_t)m;
+    if (!(seen & VERDICT))
+        s_fixed_verdict(&a->verdict, &a->spearman, &a->ndcg, &a->js);
     return snap_fields_all(d, seen, 255u, "alert (a field is missing)");
 }
 
