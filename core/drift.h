@@ -102,6 +102,14 @@ void drift_destroy(drift_t *d);
    open, -1 when x holds a NaN or Inf (nothing changes). */
 int drift_push(drift_t *d, const float *x, drift_report_t *out);
 
+/* Close a window formed elsewhere (by event time: core/evwin.h) whose
+   per-feature mean is `mean` (nfeat values): compared with the reference,
+   or captured as the baseline, exactly as a window drift_push closes.
+   The count window of drift_push is not touched. Returns 1 (*out
+   describes it, out->mean is d->last), or -1 when mean holds a NaN or Inf
+   (nothing changes). */
+int drift_close_mean(drift_t *d, const double *mean, drift_report_t *out);
+
 /* Compare from now on with a copy of `ref` (nfeat values; may be d->last),
    labelled `kind`, DRIFT_REF_PINNED or DRIFT_REF_EXTERNAL. The open
    window is kept. Returns 0, or -1 when ref holds a NaN or Inf or kind is

@@ -2,6 +2,7 @@
 #include "wire.h"
 
 #include "half.h"
+#include "segment.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -402,14 +403,14 @@ s_msgpack_fail(wire_decoder_t *d, mpr_err_t e, const char *where)
 /* The keys the decoder knows, as bits for the seen/duplicate check. */
 enum {
     K_V, K_MODEL, K_SEQ, K_TS, K_IDS, K_L, K_H, K_N, K_DTYPE, K_ATTN, K_GRAD,
-    K_TARGET, K_Y, K_CLS, K_TOKENS,
+    K_TARGET, K_Y, K_CLS, K_TOKENS, K_TAGS,
     K_FATTN, K_FGRAD, K_FGRAD_SIGNED, K_HEAD_IMP, K_HEAD_CONF,   /* the fused form */
     K_COUNT
 };
 #define K_FULL_COUNT K_FATTN
 static const char *s_keys[K_COUNT] = {"v", "model", "seq", "ts", "ids", "L", "H", "n",
                                       "dtype", "attn", "grad", "target", "y", "cls", "tokens",
-                                      "fattn", "fgrad", "fgrad_signed", "head_importance",
+                                      "tags", "fattn", "fgrad", "fgrad_signed", "head_importance",
                                       "head_confidence"};
 static const unsigned s_required = 1u << K_V | 1u << K_MODEL | 1u << K_SEQ | 1u << K_TS |
                                    1u << K_IDS | 1u << K_L | 1u << K_H | 1u << K_N |
@@ -581,7 +582,7 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
     uint64_t L = 0, H = 0, n = 0, seq = 0;
     int64_t cls = -1;
     uint32_t nids = 0, ntarget = 0, ny = 0, ntokens = 0;
-    wire_sv_t attn = {0}, grad = {0};
+    wire_sv_t attn = {0}, grad = {0}, tags = {0};
     wire_sv_t fbin[5] = {{0}};      /* fattn .. head_confidence, by K_ - K_FATTN */
     bool grad_nil = false;
     unsigned nil = 0;               /* fused keys given as nil */
@@ -602,6 +603,17 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
         if (seen & (1u << ki))
             return s_fail(d, XR_DUPLICATE_KEY, "key '%s' appears twice", kn);
         seen |= 1u << ki;
+        if (ki == K_TAGS) {
+            /* Kept as raw bytes, checked below once the batch size is
+               known: a map, or an array of maps (or nil) one per trade. */
+            const uint8_t *start = r.p;
+            if ((e = mpr_skip(&r, 2)) == MPR_EDEPTH)
+                return s_fail(d, XR_WRONG_TYPE, "tags: nested deeper than an array of maps");
+            if (e)
+                return s_msgpack_fail(d, e, kn);
+            tags = (wire_sv_t){start, (uint32_t)(r.p - start)};
+            continue;
+        }
         if ((e = mpr_next(&r, &o)))
             return s_msgpack_fail(d, e, kn);
 
@@ -864,6 +876,23 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
     if ((seen & (1u << K_TOKENS)) && ntokens != n)
         return s_fail(d, XR_LENGTH, "tokens has %" PRIu32 " entries for n=%" PRIu64, ntokens, n);
 
+    if (tags.len && !(tags.len == 1 && tags.ptr[0] == 0xc0)) {
+        seg_err_t se = seg_tags_validate(tags.ptr, tags.len, nids);
+        if (se == SEG_MSGPACK)
+            return s_fail(d, XR_MSGPACK, "tags: truncated or trailing bytes");
+        if (se == SEG_NOT_MAP)
+            return s_fail(d, XR_WRONG_TYPE, "tags: expected a map of str to str, or an array "
+                                            "of such maps (or nil) one per trade");
+        if (se == SEG_COUNT)
+            return s_fail(d, XR_LENGTH, "tags: the per-trade array's length is not the %" PRIu32
+                                        " trades", nids);
+        if (se)
+            return s_fail(d, XR_BAD_STRING, "tags: %s (keys 1-%d bytes of [A-Za-z0-9_.-], values "
+                                            "1-%d printable ASCII bytes but , = \" \\, at most %d tags)",
+                          seg_err_name(se), SEG_KEY_MAX, SEG_VALUE_MAX, SEG_TAGS_MAX);
+        out->tags = tags.ptr;
+        out->tags_len = tags.len;
+    }
     out->B = nids;
     out->shape = (xm_shape_t){(uint32_t)L, (uint32_t)H, (uint32_t)n, (int32_t)cls};
     out->attn = fused ? NULL : attn.ptr;

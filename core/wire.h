@@ -108,6 +108,9 @@ typedef struct {
     const int64_t *target;  /* B, or NULL */
     const double *y;        /* B, or NULL */
     const wire_sv_t *tokens;/* n, or NULL */
+    const uint8_t *tags;    /* the checked msgpack `tags` value (segment.h's
+                               seg_iter reads it), or NULL: none or nil */
+    size_t tags_len;
 } wire_ingest_t;
 
 typedef struct {

@@ -1,7 +1,9 @@
 /*  config: the option table, INI file, flags, help. See config.h.  */
 #include "config.h"
 
+#include "detect.h"
 #include "log.h"
+#include "segment.h"
 #include "xmath.h"
 
 #include <errno.h>
@@ -106,6 +108,13 @@ static const opt_t s_opts[] = {
      3600000, true, "How often glob/ and heads/ are published for models that changed, in ms."},
     {"global", "max_targets", "max-targets", T_UINT, O(max_targets), "16", 0, 4096, false,
      "Target classes kept separately per model and epoch (more are counted as untracked)."},
+    {"global", "segment_by", "segment-by", T_STR, O(segment_by), "", 0, 0, false,
+     "Tag keys to segment by, comma-separated (at most 4, e.g. desk,venue): a trade's segment is "
+     "its values for those keys, and global means and drift are kept per segment as well as "
+     "overall. Empty: no segments."},
+    {"global", "max_segments", "max-segments", T_UINT, O(max_segments), "16", 1, 4096, false,
+     "Segments tracked per model and schema epoch, first come first served; trades of further "
+     "segments count overall and in the drift query's segments_overflow."},
     {"drift", "window", "drift-window", T_UINT, O(drift_window), "500", 1, 1u << 30, false,
      "Trades per tumbling drift window."},
     {"drift", "rho_min", "drift-rho-min", T_DOUBLE, O(drift_rho_min), "0.8", 0, 0, true,
@@ -117,6 +126,29 @@ static const opt_t s_opts[] = {
     {"drift", "js_max", "drift-js-max", T_DOUBLE, O(drift_js_max), "0.1", 0, 0, true,
      "Alert when the Jensen-Shannon divergence (base 2) of a window from its reference exceeds this.",
      0.0, 1.0},
+    {"drift", "mode", "drift-mode", T_STR, O(drift_mode), "fixed", 0, 0, true,
+     "How a window becomes an alert: fixed (the thresholds above), calibrated (a departure "
+     "beyond drift.multiple times the spread the first drift.calib_windows windows after a "
+     "reference showed) or cusum (a CUSUM per statistic on that standardised departure, "
+     "drift.cusum_k and drift.cusum_h). See MATH.md, \"Drift verdicts\"."},
+    {"drift", "calib_windows", "drift-calib-windows", T_UINT, O(drift_calib_windows), "50", 2,
+     1000000, true,
+     "Windows after a reference is set that measure each statistic's spread (calibrated and "
+     "cusum modes; no alert meanwhile)."},
+    {"drift", "multiple", "drift-multiple", T_DOUBLE, O(drift_multiple), "5", 0, 0, true,
+     "Calibrated mode: alert when a statistic departs more than this many of its calibrated "
+     "standard deviations.", 0.001, 1000.0},
+    {"drift", "cusum_k", "drift-cusum-k", T_DOUBLE, O(drift_cusum_k), "0.5", 0, 0, true,
+     "CUSUM allowance k, in standard deviations per window.", 0.0, 100.0},
+    {"drift", "cusum_h", "drift-cusum-h", T_DOUBLE, O(drift_cusum_h), "8", 0, 0, true,
+     "CUSUM threshold h, in standard deviations (8 with k 0.5: about 19000 windows between "
+     "false alarms per statistic for normal noise; the drift query reports it).", 0.001, 1000.0},
+    {"drift", "sd_floor", "drift-sd-floor", T_DOUBLE, O(drift_sd_floor), "0.1", 0, 0, true,
+     "Smallest standard deviation used, as a fraction of the fixed margin (1 - rho_min, "
+     "1 - ndcg_min, js_max).", 0.0, 10.0},
+    {"drift", "moved_k", "drift-moved-k", T_UINT, O(drift_moved_k), "5", 0, 16, true,
+     "Features listed per closed window as those that moved most against the reference "
+     "(largest change of mean attribution; 0: none)."},
     {"drift", "alerts_kept", "alerts-kept", T_UINT, O(alerts_kept), "100", 0, 1000000, false,
      "Alerts kept per model for the drift query."},
     {"drift", "reference_file", "reference-file", T_STR, O(reference_file), "", 0, 0, true,
@@ -467,6 +499,8 @@ s_derive(config_t *cfg, const char **bad)
     cfg->fusion_id = xm_fusion_parse(cfg->fusion);
     cfg->attention_check_id = s_attention_parse(cfg->attention_check);
     cfg->log_level_id = log_level_parse(cfg->log_level);
+    cfg->drift_mode_id = detect_mode_parse(cfg->drift_mode, strlen(cfg->drift_mode));
+    segkeys_parse(&cfg->segkeys, cfg->segment_by);     /* n = 0 when bad: s_finish says why */
     return rc;
 }
 
@@ -491,6 +525,18 @@ s_finish(config_t *cfg)
     if (cfg->attention_check_id < 0) {
         fprintf(stderr, "xplaind: bad value for ingest.attention_check: '%s' (reject, warn or off)\n",
                 cfg->attention_check);
+        errors++;
+    }
+    seg_err_t se = segkeys_parse(&cfg->segkeys, cfg->segment_by);
+    if (se) {
+        fprintf(stderr, "xplaind: bad value for global.segment_by: '%s' (%s: at most %d tag keys "
+                        "of 1-%d bytes of [A-Za-z0-9_.-], comma-separated, none twice)\n",
+                cfg->segment_by, seg_err_name(se), SEG_KEYS_MAX, SEG_KEY_MAX);
+        errors++;
+    }
+    if (cfg->drift_mode_id < 0) {
+        fprintf(stderr, "xplaind: bad value for drift.mode: '%s' (fixed, calibrated or cusum)\n",
+                cfg->drift_mode);
         errors++;
     }
     if (cfg->log_level_id < 0) {

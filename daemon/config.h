@@ -8,6 +8,8 @@
 #ifndef XPLD_CONFIG_H
 #define XPLD_CONFIG_H
 
+#include "segment.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -52,10 +54,15 @@ typedef struct {
     uint64_t half_life;
     uint64_t glob_interval_ms;
     uint64_t max_targets;
+    char *segment_by;
+    uint64_t max_segments;
     /* [drift] */
     uint64_t drift_window;
     double drift_rho_min, drift_ndcg_min, drift_js_max;
     uint64_t drift_ndcg_k;
+    char *drift_mode;
+    uint64_t drift_calib_windows, drift_moved_k;
+    double drift_multiple, drift_cusum_k, drift_cusum_h, drift_sd_floor;
     uint64_t alerts_kept;
     char *reference_file;
     /* [state] */
@@ -82,6 +89,8 @@ typedef struct {
     int fusion_id;
     int log_level_id;
     int attention_check_id;     /* cfg_attention_t */
+    int drift_mode_id;          /* detect_mode_t */
+    segkeys_t segkeys;          /* parsed segment_by */
 
     /* Where the values came from (for messages). */
     char *config_file;

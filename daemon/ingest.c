@@ -130,7 +130,21 @@ static void
 s_explain_trades(ingest_t *s, model_t *md, const wire_ingest_t *in, int64_t t_recv)
 {
     const xm_shape_t *shape = &md->cur->shape;
+    const segkeys_t *keys = &s->cfg->segkeys;
+    seg_iter_t tags;
+    if (in->tags)
+        seg_iter_init(&tags, in->tags, in->tags_len, in->B);
     for (uint32_t b = 0; b < in->B; b++) {
+        /* The trade's segment, read before anything can skip the trade so
+           that the per-trade tags stay in step. */
+        char label[SEG_LABEL_MAX + 1];
+        size_t llen = 0;
+        if (in->tags) {
+            seg_tag_t tv[SEG_TAGS_MAX];
+            uint32_t nt;
+            if (seg_iter_next(&tags, tv, &nt) == SEG_OK)
+                llen = segkeys_label(keys, tv, nt, label);
+        }
         xm_opts_t opts = *s->opts;
         if (opts.methods & XM_BIT(XM_FLOW)) {
             uint64_t every = s->cfg->flow_every;
@@ -164,9 +178,10 @@ s_explain_trades(ingest_t *s, model_t *md, const wire_ingest_t *in, int64_t t_re
             .grad = xm_work_grad_layers(s->work), .resnorm = opts.grad_resnorm});
         publish_xpl(s->pub, md, in, b, &res);
         global_closed_t closed;
-        global_add(s->global, md, in->target ? &in->target[b] : NULL, &res, &closed);
+        global_add_seg(s->global, md, in->target ? &in->target[b] : NULL, &res, label, llen,
+                       &closed);
         if (closed.n)
-            publish_drift(s->pub, s->global, md, &closed);
+            publish_drift(s->pub, md, &closed);
         md->explained++;
         s->stats->explained++;
         stats_latency(s->stats, (uint64_t)(now_mono_ns() - t_recv));

@@ -50,12 +50,26 @@ s_drift_opts(const config_t *c, drift_opts_t *o)
     o->js_max = c->drift_js_max;
 }
 
+static void
+s_detect_opts(const config_t *c, detect_opts_t *o)
+{
+    detect_opts_default(o);
+    o->mode = (detect_mode_t)c->drift_mode_id;
+    o->calib_windows = (uint32_t)c->drift_calib_windows;
+    o->multiple = c->drift_multiple;
+    o->cusum_k = c->drift_cusum_k;
+    o->cusum_h = c->drift_cusum_h;
+    o->sd_floor = c->drift_sd_floor;
+}
+
 void
 server_apply_options(server_t *s)
 {
     drift_opts_t d;
+    detect_opts_t dt;
     s_drift_opts(&s->cfg, &d);
-    global_set_thresholds(&s->global, &d);
+    s_detect_opts(&s->cfg, &dt);
+    global_set_drift(&s->global, &d, &dt, (uint32_t)s->cfg.drift_moved_k);
     s->opts.methods = s->cfg.method_set;
     s->opts.fusion = (xm_fusion_t)s->cfg.fusion_id;
     s->opts.grad_resnorm = s->cfg.grad_resnorm;
@@ -159,8 +173,11 @@ server_init(server_t *s)
     xm_blas_single_thread();
     global_params_t gp = {.half_life = (double)c->half_life, .window = (uint32_t)c->drift_window,
                           .max_targets = (uint32_t)c->max_targets,
+                          .max_segments = c->segkeys.n ? (uint32_t)c->max_segments : 0,
                           .alerts_kept = (uint32_t)c->alerts_kept};
     s_drift_opts(c, &gp.drift);
+    s_detect_opts(c, &gp.detect);
+    gp.moved_k = (uint32_t)c->drift_moved_k;
     if (!(s->work = xm_work_new()) || query_init(&s->query) ||
         models_init(&s->models, (uint32_t)c->max_models) ||
         global_init(&s->global, (uint32_t)c->max_models, &gp) ||

@@ -19,6 +19,9 @@ static const char *const CHANGED[] = {
     "--drift-rho-min", "0.5", "--drift-ndcg-min", "0.5", "--drift-ndcg-k", "5",
     "--drift-js-max", "0.2", "--reference-file", "/nonexistent/ref.txt",
     "--snapshot-interval", "20", "--clients-dir", "/nonexistent/clients",
+    "--drift-mode", "cusum", "--drift-calib-windows", "7", "--drift-multiple", "4",
+    "--drift-cusum-k", "0.25", "--drift-cusum-h", "6", "--drift-sd-floor", "0.2",
+    "--drift-moved-k", "3",
     /* and one that needs a restart */
     "--cache-entries", "17"};
 #define NCHANGED (sizeof CHANGED / sizeof *CHANGED)
@@ -52,6 +55,7 @@ assert_derived_equal(const config_t *a, const config_t *b)
     cr_assert_eq(a->log_level_id, b->log_level_id, "log_level_id did not follow log.level");
     cr_assert_eq(a->attention_check_id, b->attention_check_id,
                  "attention_check_id did not follow ingest.attention_check");
+    cr_assert_eq(a->drift_mode_id, b->drift_mode_id, "drift_mode_id did not follow drift.mode");
 }
 
 Test(reload, the_test_changes_every_reloadable_option)
