@@ -68,10 +68,10 @@ wire_max_body(const wire_limits_t *lim)
         tensor = UINT32_MAX;
     uint64_t id = lim->max_str + 5 > 9 ? lim->max_str + 5 : 9;
     uint64_t b = 5                                  /* the map header */
-                 + 15 * 8                           /* the known keys, "tokens" longest */
+                 + 16 * 8                           /* the known keys, "tokens" longest */
                  + 1 + (5 + WIRE_MODEL_MAX)         /* v, model */
                  + 6 * 9 + 5                        /* seq ts L H n cls, dtype */
-                 + 2 * (5 + tensor)                 /* attn, grad */
+                 + 3 * (5 + tensor)                 /* attn, grad, rel */
                  + 5 + (uint64_t)lim->max_batch * id /* ids */
                  + 2 * (5 + (uint64_t)lim->max_batch * 9) /* target, y */
                  + 5 + (uint64_t)lim->max_tokens * (lim->max_str + 5) /* tokens */
@@ -359,10 +359,11 @@ s_msgpack_fail(wire_decoder_t *d, mpr_err_t e, const char *where)
 /* The keys the decoder knows, as bits for the seen/duplicate check. */
 enum {
     K_V, K_MODEL, K_SEQ, K_TS, K_IDS, K_L, K_H, K_N, K_DTYPE, K_ATTN, K_GRAD,
-    K_TARGET, K_Y, K_CLS, K_TOKENS, K_COUNT
+    K_TARGET, K_Y, K_CLS, K_TOKENS, K_REL, K_COUNT
 };
 static const char *s_keys[K_COUNT] = {"v", "model", "seq", "ts", "ids", "L", "H", "n",
-                                      "dtype", "attn", "grad", "target", "y", "cls", "tokens"};
+                                      "dtype", "attn", "grad", "target", "y", "cls", "tokens",
+                                      "rel"};
 static const unsigned s_required = 1u << K_V | 1u << K_MODEL | 1u << K_SEQ | 1u << K_TS |
                                    1u << K_IDS | 1u << K_L | 1u << K_H | 1u << K_N |
                                    1u << K_DTYPE | 1u << K_ATTN;
@@ -525,8 +526,8 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
     uint64_t L = 0, H = 0, n = 0, seq = 0;
     int64_t cls = -1;
     uint32_t nids = 0, ntarget = 0, ny = 0, ntokens = 0;
-    wire_sv_t attn = {0}, grad = {0};
-    bool grad_nil = false;
+    wire_sv_t attn = {0}, grad = {0}, rel = {0};
+    bool grad_nil = false, rel_nil = false;
     for (uint32_t k = 0; k < pairs; k++) {
         mpr_obj_t key;
         if ((e = mpr_next(&r, &key)))
@@ -604,6 +605,15 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
             if (o.type != MPR_BIN)
                 return s_wrong_type(d, kn, "bin", &o);
             *(ki == K_ATTN ? &attn : &grad) = (wire_sv_t){o.v.raw.ptr, o.v.raw.len};
+            break;
+        case K_REL:
+            if (o.type == MPR_NIL) {
+                rel_nil = true;
+                break;
+            }
+            if (o.type != MPR_BIN)
+                return s_wrong_type(d, kn, "bin", &o);
+            rel = (wire_sv_t){o.v.raw.ptr, o.v.raw.len};
             break;
         case K_IDS:
             if (o.type != MPR_ARRAY)
@@ -732,6 +742,15 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
         return s_fail(d, XR_SIZE,
                       "grad has %" PRIu32 " bytes, B*L*H*n*n*%zu = %" PRIu64 " expected", grad.len,
                       es, elems * es);
+    /* The relevance is read beside the gradient (lrp_rollout); alone it
+       would mean nothing. */
+    bool has_rel = (seen & (1u << K_REL)) && !rel_nil;
+    if (has_rel && !has_grad)
+        return s_fail(d, XR_MISSING_KEY, "rel is given without grad (lrp_rollout needs both)");
+    if (has_rel && rel.len != elems * es)
+        return s_fail(d, XR_SIZE,
+                      "rel has %" PRIu32 " bytes, B*L*H*n*n*%zu = %" PRIu64 " expected", rel.len,
+                      es, elems * es);
     if ((seen & (1u << K_TARGET)) && ntarget != nids)
         return s_fail(d, XR_LENGTH, "target has %" PRIu32 " entries for %" PRIu32 " ids", ntarget, nids);
     if ((seen & (1u << K_Y)) && ny != nids)
@@ -743,6 +762,7 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
     out->shape = (xm_shape_t){(uint32_t)L, (uint32_t)H, (uint32_t)n, (int32_t)cls};
     out->attn = attn.ptr;
     out->grad = has_grad ? grad.ptr : NULL;
+    out->rel = has_rel ? rel.ptr : NULL;
     out->trade_bytes = (size_t)trade_elems * es;
     out->ids = d->ids;
     out->target = (seen & (1u << K_TARGET)) ? d->target : NULL;

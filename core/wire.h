@@ -85,6 +85,7 @@ typedef struct {
     xm_dtype_t dtype;
     const uint8_t *attn;    /* B*L*H*n*n values */
     const uint8_t *grad;    /* same, or NULL */
+    const uint8_t *rel;     /* same as grad (only with grad), or NULL */
     size_t trade_bytes;     /* bytes of one trade's tensor: L*H*n*n*elem */
     const wire_id_t *ids;   /* B */
     const int64_t *target;  /* B, or NULL */
@@ -106,7 +107,7 @@ typedef struct {
 /* Safe defaults for the limits. */
 void wire_limits_default(wire_limits_t *lim);
 
-/* Bytes of the largest body frame the limits admit: attn and grad of
+/* Bytes of the largest body frame the limits admit: attn, grad and rel of
    max_elems f32 values each, plus every other field at its largest
    (ids, target, y, tokens, the scalar keys) and their msgpack headers.
    Any larger frame cannot be a valid message: the daemon derives ZeroMQ's

@@ -71,12 +71,25 @@ s_attention_ok(ingest_t *s, model_t *md, const wire_ingest_t *in, uint32_t b, co
     return false;
 }
 
+/* The explain options of a model: the global ones, or its own when the
+   configuration has a [model.NAME] section for it (looked up only when
+   there are such sections, so the default path costs nothing). */
+static void
+s_model_opts(const ingest_t *s, const model_t *md, xm_opts_t *out)
+{
+    *out = *s->opts;
+    if (s->cfg->nmodel_opts)
+        config_model_opts(s->cfg, md->name, out);
+}
+
 static void
 s_explain_trades(ingest_t *s, model_t *md, const wire_ingest_t *in, int64_t t_recv)
 {
     const xm_shape_t *shape = &md->cur->shape;
+    xm_opts_t mopts;
+    s_model_opts(s, md, &mopts);
     for (uint32_t b = 0; b < in->B; b++) {
-        xm_opts_t opts = *s->opts;
+        xm_opts_t opts = mopts;
         if (opts.methods & XM_BIT(XM_FLOW)) {
             uint64_t every = s->cfg->flow_every;
             if (every == 0 || md->flow_counter % every != 0)
@@ -85,17 +98,24 @@ s_explain_trades(ingest_t *s, model_t *md, const wire_ingest_t *in, int64_t t_re
         }
         const uint8_t *a = in->attn + (size_t)b * in->trade_bytes;
         const uint8_t *g = in->grad ? in->grad + (size_t)b * in->trade_bytes : NULL;
+        const uint8_t *rl = in->rel ? in->rel + (size_t)b * in->trade_bytes : NULL;
         if (!s_attention_ok(s, md, in, b, a))
             continue;
         xm_result_t res;
-        xm_err_t rc = xm_explain(s->work, &opts, shape, in->dtype, a, g, &res);
+        xm_input_t xin = {.attn = a, .grad = g, .rel = rl, .ntargets = 1};
+        xm_err_t rc = xm_explain_ex(s->work, &opts, shape, in->dtype, &xin, &res);
         if (rc != XM_OK) {
-            char why[96];
+            char why[128];
             snprintf(why, sizeof why, "trade %" PRIu32 " of %" PRIu32 ": %s", b, in->B,
-                     rc == XM_ENONFINITE ? "NaN or Inf in attn or grad"
+                     rc == XM_ENONFINITE ? (rl ? "NaN or Inf in attn, grad or rel"
+                                               : "NaN or Inf in attn or grad")
                      : rc == XM_ENOMEM   ? "out of memory"
-                                         : "shape refused by the math library");
-            ingest_reject(s->stats, md, rc == XM_ENONFINITE ? XR_NONFINITE : XR_INTERNAL, md->name,
+                                         : "explain.start_layer is outside -L..L-1 for this model");
+            /* XM_EARG here is the configured start layer outside -L..L-1
+               for this model's L: a shape the options cannot explain. */
+            ingest_reject(s->stats, md,
+                          rc == XM_ENONFINITE ? XR_NONFINITE : rc == XM_EARG ? XR_SHAPE : XR_INTERNAL,
+                          md->name,
                           md->name_len, why);
             continue;
         }

@@ -57,6 +57,9 @@ server_apply_options(server_t *s)
     s->opts.methods = s->cfg.method_set;
     s->opts.fusion = (xm_fusion_t)s->cfg.fusion_id;
     s->opts.grad_resnorm = s->cfg.grad_resnorm;
+    s->opts.discard = s->cfg.discard;
+    s->opts.discard_flow = s->cfg.discard_flow;
+    s->opts.start_layer = (int32_t)s->cfg.start_layer;
     s_limits(&s->cfg, &s->dec.lim);
     log_set_level((log_level_t)s->cfg.log_level_id);
     log_set_rate((uint32_t)s->cfg.log_rate);
