@@ -1,0 +1,284 @@
+"""End to end: the variants of MATH.md through a real xplaind, fed by a
+plain pyzmq + msgpack publisher (no project code): colsum,
+grad_rollout_signed and lrp_rollout (with the relevance tensor `rel`
+beside `grad`), the discard ratio and the start layer, set per model in
+[model.NAME] sections of a configuration file and reloaded on SIGHUP.
+Every published number is compared with the float64 reference
+(tests/ref.py) to 1e-5 relative, on random shapes, every CLS position
+(none, first, last, inside) and every dtype. Hostile values of the new
+field and options are rejected under their named reason and counted.
+"""
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))   # xpltest, when run without conftest.py
+
+import msgpack  # noqa: E402
+import numpy as np  # noqa: E402
+
+from xpltest import Daemon, assert_close, encode, join, random_attention, ref, wait_until  # noqa: E402
+
+ALL = ["rollout", "grad_rollout", "first_layer", "attn_mean", "diag", "colsum",
+       "grad_rollout_signed", "lrp_rollout"]
+FUSIONS = ["mean", "max", "min"]
+DTYPES = ["f32", "f16", "bf16"]
+
+
+def send(pub, model, seq, ids, A, G, R, dtype, cls):
+    B, L, H, n, _ = A.shape
+    body = {"v": 1, "model": model, "seq": seq, "ts": time.time_ns(), "ids": ids,
+            "L": L, "H": H, "n": n, "dtype": dtype, "cls": cls,
+            "tokens": [f"t{j}" for j in range(n)]}
+    body["attn"], Ax = encode(A, dtype)
+    Gx = Rx = None
+    if G is not None:
+        body["grad"], Gx = encode(G, dtype)
+        Gx = Gx.reshape(G.shape)
+    if R is not None:
+        body["rel"], Rx = encode(R, dtype)
+        Rx = Rx.reshape(R.shape)
+    pub.send_multipart([f"attn/{model}".encode(), msgpack.packb(body)])
+    return Ax.reshape(A.shape), Gx, Rx
+
+
+def recv(sub, count):
+    out = []
+    for _ in range(count):
+        topic, body = sub.recv_multipart()
+        out.append((topic.decode(), msgpack.unpackb(body)))
+    return out
+
+
+def expected(A, G, R, cls, o):
+    """Every method the daemon must publish for one trade, from ref.py."""
+    v = ref.variants(A, None if G is None else G[None], cls, None if R is None else R[None],
+                     fusion=o["fusion"], rho=o["discard"], start=o["start_layer"],
+                     resnorm=o["grad_resnorm"])
+    plain = ref.methods(A, None, cls, fusion=o["fusion"])
+    want = {"rollout": v["rollout"], "colsum": v["colsum"], "first_layer": plain["first_layer"],
+            "attn_mean": plain["attn_mean"], "diag": plain["diag"]}
+    for m in ("grad_rollout", "grad_rollout_signed", "lrp_rollout"):
+        if m in v:
+            want[m] = v[m][0]
+    return want
+
+
+def magnitude_scale(X, G, cls, resnorm, start, clamp):
+    """The magnitude scale of a gradient-family readout, as
+    tests/test_variants.c defines it for grad_rollout_signed: the same
+    readout with every product counted by its absolute value, and, with
+    the residual normalisation, the bound that its division by a row sum
+    near 0 implies. X is A (grad_rollout, grad_rollout_signed) or rel
+    (lrp_rollout)."""
+    Xa, Ga = np.abs(X), np.abs(G)
+    if not resnorm:
+        return ref.readout(ref.grad_rollout_matrix(Xa, Ga, False, start), cls)
+    n = X.shape[-1]
+    I = np.eye(n)
+    R = ref.grad_rollout_matrix(X, G, False, start, clamp=clamp) - I
+    Ra = ref.grad_rollout_matrix(Xa, Ga, False, start) - I
+    rows = [cls] if cls >= 0 else range(n)
+    acc = np.zeros(n)
+    for i in rows:
+        S, Sa = R[i].sum(), Ra[i].sum()
+        if S != 0:
+            acc += 4 * (Ra[i] + np.abs(R[i] / S) * Sa) / abs(S)
+    acc /= len(rows)
+    return acc if cls < 0 else np.delete(acc, cls)
+
+
+def check(msg, A, G, R, cls, o, what):
+    want = expected(A, G, R, cls, o)
+    assert sorted(msg["attr"]) == sorted(want), (what, sorted(msg["attr"]), sorted(want))
+    for m, w in want.items():
+        got = np.asarray(msg["attr"][m], np.float64)
+        # grad_rollout_signed sums products of both signs: relative to its
+        # magnitude scale (as the core's test). Without CLS the residual
+        # normalisation of every gradient method goes through the float32
+        # n x n product and R - I (the classic grad_rollout's path too),
+        # whose error is relative to that scale as well.
+        if m == "grad_rollout_signed" or (m in ("grad_rollout", "lrp_rollout") and
+                                          o["grad_resnorm"] and cls < 0):
+            X = R if m == "lrp_rollout" else A
+            tol = 1e-5 * (np.abs(w) + magnitude_scale(X, G, cls, o["grad_resnorm"], o["start_layer"],
+                                                      m != "grad_rollout_signed")) + 1e-12
+            k = int(np.argmax(np.abs(got - w) - tol))
+            assert got.shape == w.shape and (np.abs(got - w) <= tol).all(), \
+                f"{what} {m}: [{k}] got {got[k]!r} want {w[k]!r} (tol {tol[k]:.3g})"
+        else:
+            assert_close(got, w, 1e-5, what=f"{what} {m}")
+
+
+def random_cases(rng, count):
+    """Random shapes and options; CLS none/first/last/inside and the three
+    dtypes in turn, so that every combination of the two comes up."""
+    cases = []
+    for k in range(count):
+        L, H = int(rng.integers(1, 6)), int(rng.integers(1, 5))
+        n = int(rng.integers(3, 25))
+        cls = [-1, 0, n - 1, n // 2][k % 4]
+        o = {"fusion": FUSIONS[k % 3], "discard": [0.0, 0.1, 0.35, 0.5, 0.9, 1.0][k % 6],
+             "start_layer": int(rng.integers(-L, L)), "grad_resnorm": bool(k % 5 == 1)}
+        cases.append({"model": f"v{k}", "L": L, "H": H, "n": n, "cls": cls,
+                      "dtype": DTYPES[(k // 4) % 3], "B": 1 + k % 3, "o": o,
+                      "grad": k % 7 != 6, "rel": k % 7 not in (5, 6)})
+    return cases
+
+
+def section(model, o, methods=ALL):
+    return (f"[model.{model}]\nmethods = {','.join(methods)}\nfusion = {o['fusion']}\n"
+            f"discard = {o['discard']!r}\nstart_layer = {o['start_layer']}\n"
+            f"grad_resnorm = {'true' if o['grad_resnorm'] else 'false'}\n")
+
+
+def write_config(path, sections):
+    with open(path + ".tmp", "w") as f:
+        f.write("[explain]\nmethods = rollout,grad_rollout,first_layer,attn_mean\n\n")
+        f.write("\n".join(sections))
+    os.replace(path + ".tmp", path)
+
+
+def run_cases(d, pub, sub, rng, cases):
+    checked = 0
+    for c in cases:
+        B, L, H, n = c["B"], c["L"], c["H"], c["n"]
+        A = random_attention(rng, (B, L, H, n, n), temp=1 + 4 * (checked % 2))
+        G = rng.standard_normal((B, L, H, n, n)) if c["grad"] else None
+        R = rng.standard_normal((B, L, H, n, n)) * A if c["rel"] else None
+        ids = [f"{c['model']}-{b}" for b in range(B)]
+        Ax, Gx, Rx = send(pub, c["model"], 0, ids, A, G, R, c["dtype"], c["cls"])
+        for b, (topic, msg) in enumerate(recv(sub, B)):
+            assert topic == f"xpl/{c['model']}" and msg["id"] == ids[b], (topic, msg["id"])
+            check(msg, Ax[b], None if Gx is None else Gx[b], None if Rx is None else Rx[b],
+                  c["cls"], c["o"], f"{c['model']} L={L} H={H} n={n} cls={c['cls']} "
+                  f"{c['dtype']} {c['o']}")
+            checked += 1
+    return checked
+
+
+def test_variants_match_the_reference():
+    rng = np.random.default_rng(int(os.environ.get("XPL_TEST_SEED", "14")))
+    cases = random_cases(rng, 48)
+    cfg_dir = tempfile.mkdtemp(prefix="xpltest-variants-")
+    cfg = os.path.join(cfg_dir, "xplaind.conf")
+    write_config(cfg, [section(c["model"], c["o"]) for c in cases])
+    d = Daemon("--config", cfg)
+    try:
+        pub = d.publisher()
+        sub = d.subscriber(b"xpl/v")
+        join(d, pub, sub)
+        checked = run_cases(d, pub, sub, rng, cases)
+        st = d.stats()
+        assert st["counters"]["rejected"] == 0, st["rejected"]
+        assert checked >= 90, checked
+        print(f"checked {checked} trades of {len(cases)} random shapes and options")
+
+        # SIGHUP: new options for the same models apply to the next trades.
+        for c in cases:
+            L = c["L"]
+            c["o"] = {"fusion": FUSIONS[(FUSIONS.index(c["o"]["fusion"]) + 1) % 3],
+                      "discard": [0.2, 0.0, 0.6][len(c["model"]) % 3],
+                      "start_layer": -L if L > 1 else 0, "grad_resnorm": not c["o"]["grad_resnorm"]}
+        write_config(cfg, [section(c["model"], c["o"]) for c in cases])
+        d.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "SIGHUP: applied" in d.stderr() and "model.*" in d.stderr(),
+                   what="the daemon to log that it applied the new [model.NAME] sections")
+        checked = run_cases(d, pub, sub, rng, cases[:12])
+        assert checked >= 20
+        assert d.stats()["counters"]["rejected"] == 0
+    finally:
+        d.stop()
+        shutil.rmtree(cfg_dir, ignore_errors=True)
+
+
+def test_defaults_are_the_classic_methods():
+    """Without options the variants stay off: the same messages (rel
+    included) give exactly the four default methods."""
+    d = Daemon()
+    try:
+        pub = d.publisher()
+        sub = d.subscriber(b"xpl/plain")
+        join(d, pub, sub)
+        rng = np.random.default_rng(5)
+        A = random_attention(rng, (1, 3, 2, 7, 7))
+        G = rng.standard_normal(A.shape)
+        Ax, Gx, Rx = send(pub, "plain", 0, [1], A, G, G * A, "f32", 0)
+        (_, msg), = recv(sub, 1)
+        assert sorted(msg["attr"]) == ["attn_mean", "first_layer", "grad_rollout", "rollout"]
+        want = ref.methods(Ax[0], Gx[0], 0)
+        for m in msg["attr"]:
+            assert_close(msg["attr"][m], want[m], what=m)
+    finally:
+        d.stop()
+
+
+def test_hostile_rel_and_options_are_rejected_by_name():
+    cfg_dir = tempfile.mkdtemp(prefix="xpltest-variants-")
+    cfg = os.path.join(cfg_dir, "xplaind.conf")
+    with open(cfg, "w") as f:
+        f.write(f"[explain]\nmethods = {','.join(ALL)}\n\n[model.h2]\nstart_layer = -3\n")
+    d = Daemon("--config", cfg)
+    try:
+        pub = d.publisher()
+        sub = d.subscriber(b"xpl/h")
+        join(d, pub, sub)
+        rng = np.random.default_rng(9)
+        A = random_attention(rng, (1, 3, 2, 5, 5))
+        G = rng.standard_normal(A.shape)
+        base = {"v": 1, "model": "h", "ts": 1, "ids": [1], "L": 3, "H": 2, "n": 5, "dtype": "f32",
+                "cls": 0, "tokens": list("abcde"), "attn": encode(A, "f32")[0]}
+        good_rel = encode(G * A, "f32")[0]
+        nan_rel = np.array(G * A)
+        nan_rel[0, 2, 1, 3, 4] = np.nan
+        bad = [
+            ("missing_key", {"rel": good_rel}),                                  # rel without grad
+            ("size", {"grad": encode(G, "f32")[0], "rel": good_rel[:-4]}),      # one value short
+            ("wrong_type", {"grad": encode(G, "f32")[0], "rel": [1.0, 2.0]}),
+            ("nonfinite", {"grad": encode(G, "f32")[0], "rel": encode(nan_rel, "f32")[0]}),
+        ]
+        seq = 0
+        for reason, extra in bad:
+            before = d.stats()
+            body = dict(base, seq=seq, **extra)
+            seq += 1
+            pub.send_multipart([b"attn/h", msgpack.packb(body)])
+            after = wait_until(lambda: (lambda s: s if s["counters"]["rejected"] >
+                                        before["counters"]["rejected"] else None)(d.stats()),
+                               what=f"the '{reason}' rejection to be counted")
+            for r, c in after["rejected"].items():
+                assert c == before["rejected"][r] + (1 if r == reason else 0), (reason, r, c)
+        # A valid message still goes through, rel: nil meaning no rel.
+        body = dict(base, seq=seq, grad=encode(G, "f32")[0], rel=None)
+        seq += 1
+        pub.send_multipart([b"attn/h", msgpack.packb(body)])
+        (_, msg), = recv(sub, 1)
+        assert "lrp_rollout" not in msg["attr"] and "grad_rollout_signed" in msg["attr"]
+        # A model with L = 2 cannot start at layer -3 (its section): 'shape'.
+        before = d.stats()["rejected"]["shape"]
+        A2 = random_attention(rng, (1, 2, 2, 5, 5))
+        body = dict(base, model="h2", seq=0, L=2, attn=encode(A2, "f32")[0])
+        pub.send_multipart([b"attn/h2", msgpack.packb(body)])
+        wait_until(lambda: d.stats()["rejected"]["shape"] == before + 1,
+                   what="the start layer out of range to be rejected as shape")
+    finally:
+        log = d.stop()
+        shutil.rmtree(cfg_dir, ignore_errors=True)
+    for what in ("rel is given without grad", "rel has", "NaN or Inf in attn, grad or rel",
+                 "explain.start_layer is outside"):
+        assert what in log, (what, log[-2000:])
+
+
+def main():
+    test_variants_match_the_reference()
+    test_defaults_are_the_classic_methods()
+    test_hostile_rel_and_options_are_rejected_by_name()
+    print("ok")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
