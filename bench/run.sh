@@ -38,7 +38,7 @@ rm -rf "$TMP"
 mkdir -p "$TMP"
 
 echo "== correctness first: test_xmath (float64 reference)"
-"$BUILD/tests/test_xmath" --jobs=1 >"$TMP/test.txt" 2>&1 || { cat "$TMP/test.txt"; exit 1; }
+"$BUILD/tests/unit/test_xmath" --jobs=1 >"$TMP/test.txt" 2>&1 || { cat "$TMP/test.txt"; exit 1; }
 
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 START=$(date -u '+%Y-%m-%d %H:%M UTC')

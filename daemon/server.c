@@ -604,7 +604,7 @@ server_run(server_t *s)
    that connected out to its peer: the session that zmq_close terminates
    still lets its engine process the peer's handshake, finds its ZAP pipe
    closing and asserts, in ZeroMQ's I/O thread. Measured: about 1 stop in
-   250 with a refused model publisher reconnecting (tests/test_e2e_curve.py,
+   250 with a refused model publisher reconnecting (tests/e2e/test_e2e_curve.py,
    connect mode, on a loaded machine). The final snapshot is on disk and
    the last line logged by then, so while the sockets close, an abort ends
    the process with the status the stop had earned instead of a crash

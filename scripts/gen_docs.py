@@ -14,7 +14,7 @@ usage: scripts/gen-docs.sh [--check] [BUILD_DIR]
   BUILD_DIR   a configured and built tree (default: $XPL_BUILD_DIR, else
               build); its daemon/xplaind and client/xplainctl are run.
   --check     write nothing; print a diff and exit 1 when a file is out
-              of date (tests/test_docs.py runs this).
+              of date (tests/py/test_docs.py runs this).
 
 Sources: `xplaind --help` (flag, section.key, default, reloadable, help
 text of every option), `xplaind --print-config` (the effective values of

@@ -89,18 +89,36 @@ def compare(want, got, path="", skip=(), float_rel=1e-5, float_abs=1e-6):
 
 class Checks:
     """check(cond, what): count a check, print `what` when it fails;
-    check.report() prints the totals and returns the exit status."""
+    check.report() prints the totals and returns the exit status.
+    check.fixture(): an autouse pytest fixture for the test module that
+    holds `check`: every test starts with no failure counted and fails at
+    its end, listing every failed check, when one failed."""
 
     def __init__(self):
         self.passed = self.failed = 0
+        self.failures = []
 
     def __call__(self, cond, what):
         if cond:
             self.passed += 1
         else:
             self.failed += 1
+            self.failures.append(what)
             print("FAIL:", what)
 
     def report(self):
         print("%d passed, %d failed" % (self.passed, self.failed))
         return 1 if self.failed else 0
+
+    def fixture(self):
+        import pytest
+
+        @pytest.fixture(autouse=True)
+        def all_checks_pass():
+            self.passed = self.failed = 0
+            self.failures = []
+            yield
+            self.report()
+            assert self.failed == 0, "%d of %d checks failed:\n%s" % (
+                self.failed, self.failed + self.passed, "\n".join(self.failures))
+        return all_checks_pass

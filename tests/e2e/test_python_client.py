@@ -25,7 +25,6 @@
 
 Run by ctest with /usr/bin/python3 and XPL_BUILD_DIR / XPL_SOURCE_DIR.
 """
-import faulthandler
 import math
 import os
 import pathlib
@@ -35,27 +34,51 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 
 import msgpack
 import numpy as np
+import pytest
 import zmq
 
-SOURCE = os.environ.get("XPL_SOURCE_DIR") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE = os.environ.get("XPL_SOURCE_DIR") or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.environ.get("XPL_BUILD_DIR") or os.path.join(SOURCE, "build")
 XPLAIND = os.path.join(BUILD, "daemon", "xplaind")
 sys.path.insert(0, os.path.join(SOURCE, "client", "python"))
 sys.path.insert(0, os.path.join(SOURCE, "tests"))
 
 import ref      # noqa: E402  (float64 reference of MATH.md)
+from xpltest import free_port  # noqa: E402
 import xplain   # noqa: E402
 from xplain import codec, curve  # noqa: E402
 
 ALL = "rollout,grad_rollout,first_layer,attn_mean,diag,flow"
 
-# A hung test prints every thread's stack and exits 1 before ctest kills it
-# without a word (as tests/xpltest.py does for the end-to-end tests).
-faulthandler.dump_traceback_later(float(os.environ.get("XPL_TEST_WATCHDOG", "300")), exit=True)
+
+
+@pytest.fixture
+def d():
+    """A daemon with every method and drift windows of 10 trades; it must
+    stop cleanly."""
+    with xplain.Daemon(XPLAIND, methods=ALL, args=["--drift-window", "10"]) as d:
+        yield d
+        rc = d.stop()
+        assert rc == 0, "daemon exit status %s:\n%s" % (rc, d.log_text())
+
+
+@pytest.fixture
+def d_py_last(d):
+    """The daemon, having explained one trade of py_last (SCHEMAS)."""
+    model, L, H, n, cls = SCHEMAS[0]
+    p = xplain.Publisher(model, connect=d.ingest, tokens=["f%d" % j for j in range(n)], cls=cls)
+    assert p.wait_subscriber(10), "the daemon did not subscribe"
+    q = xplain.Client(d.query, timeout=5)
+    A = random_attention(np.random.default_rng(9), (1, L, H, n, n))
+    p.send(A)
+    wait_until(lambda: any(m["model"] == model and m["explained"] >= 1 for m in q.models()),
+               what="a trade of py_last to be explained")
+    q.close()
+    p.close()
+    return d
 
 
 def assert_close(got, want, rel=1e-5, abs_=1e-12, what=""):
@@ -96,9 +119,11 @@ def join(d, sub):
         x = sub.recv(timeout=0.05)
         return x is not None and x.model == "zz_probe"
     wait_until(once, what="the subscriber to be joined")
-    time.sleep(0.05)
-    while sub.recv(timeout=0.02) is not None:
-        pass
+    # A last probe, read up to: one publisher's trades arrive in order, so
+    # every earlier probe has been read too.
+    probe.send(A, ids=["last"])
+    wait_until(lambda: (lambda x: x is not None and x.model == "zz_probe" and x.id == "last")(
+        sub.recv(timeout=0.05)), what="the last probe's explanation")
     probe.close()
 
 
@@ -537,7 +562,8 @@ def test_round_trips(d):
         p.close()
 
 
-def test_errors(d):
+def test_errors(d_py_last):
+    d = d_py_last
     q = xplain.Client(d.query, timeout=5)
 
     def code_of(f):
@@ -587,6 +613,7 @@ def test_errors(d):
     router.setsockopt(zmq.LINGER, 0)
     port = router.bind_to_random_port("tcp://127.0.0.1")
     stop = threading.Event()
+    late_sent = threading.Event()
 
     def serve():
         pending = []
@@ -599,6 +626,8 @@ def test_errors(d):
             for item in [p for p in pending if p[0] <= time.monotonic()]:
                 pending.remove(item)
                 router.send_multipart(item[1] + [msgpack.packb({"v": 1, "ok": True, "echo": item[2]})])
+                if item[2] == "first":
+                    late_sent.set()
     th = threading.Thread(target=serve, daemon=True)
     th.start()
     c = xplain.Client("tcp://127.0.0.1:%d" % port, timeout=0.3)
@@ -607,7 +636,7 @@ def test_errors(d):
         raise AssertionError("slow reply did not time out")
     except xplain.QueryTimeout:
         pass
-    time.sleep(1.0)                      # the late reply to "first" is sent now
+    assert late_sent.wait(10), "timed out waiting for the fake server's late reply to 'first'"
     assert c.request("second")["echo"] == "second"
     assert c.request("third", timeout=2)["echo"] == "third"
     c.close()
@@ -619,7 +648,9 @@ def test_errors(d):
 def test_publisher_daemon_restart():
     """The publisher binds, daemons connect: a daemon that starts after the
     schema was sent still learns it (the XPUB sees its subscription)."""
-    ep = xplain.free_tcp_endpoint()
+    # Below the ephemeral range (xpltest.free_port), so that no outgoing
+    # connection of a parallel test takes it before the publisher binds.
+    ep = "tcp://127.0.0.1:%d" % free_port()
     pub = xplain.Publisher("py_restart", bind=ep, tokens=["a", "b", "c", "CLS"], cls=3)
     rng = np.random.default_rng(5)
     for gen in range(2):
@@ -1002,42 +1033,3 @@ def test_torch_capture():
                           torch.from_numpy(cf.attn).to(torch.bfloat16).float().numpy())
     s.close(0)
     pub.close()
-
-
-def main():
-    if not os.access(XPLAIND, os.X_OK):
-        print("xplaind not built at %s" % XPLAIND)
-        return 1
-    t_all = time.monotonic()
-    failed = []
-
-    def run(f, *args):
-        t0 = time.monotonic()
-        try:
-            f(*args)
-            print("ok   %-32s %.2f s" % (f.__name__, time.monotonic() - t0), flush=True)
-        except Exception:
-            failed.append(f.__name__)
-            print("FAIL %s" % f.__name__)
-            traceback.print_exc()
-
-    run(test_codec_bf16)
-    run(test_codec_f16)
-    run(test_publisher_wire)
-    with xplain.Daemon(XPLAIND, methods=ALL, args=["--drift-window", "10"]) as d:
-        run(test_round_trips, d)
-        run(test_errors, d)
-        rc = d.stop()
-        if rc != 0:
-            failed.append("daemon exit status %s" % rc)
-            print(d.log_text())
-    run(test_publisher_daemon_restart)
-    run(test_curve_certificates)
-    run(test_curve_daemon)
-    run(test_torch_capture)
-    print("%s in %.1f s" % ("FAILED: " + ", ".join(failed) if failed else "ok", time.monotonic() - t_all))
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

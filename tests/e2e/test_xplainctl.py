@@ -18,10 +18,10 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 import xml.etree.ElementTree as ET
 
 import numpy as np
+import pytest
 
 from xpltest import (BUILD, Daemon, assert_close, encode, join, random_attention, ref,
                      wait_until)
@@ -96,12 +96,60 @@ def wait_explained(d, count):
             if m["model"] == "m1" and m["explained"] >= count:
                 return
         time.sleep(0.02)
-    raise AssertionError("daemon did not explain the trades")
+    raise AssertionError(f"timed out after 10 s waiting for {count} trades of m1 to be explained")
 
+
+
+@pytest.fixture(scope="module")
+def fed():
+    """A daemon that has explained five trades of m1 (t-0, t-1, t-2, 7 and
+    nograd, without a gradient), and their feeder."""
+    d = Daemon()
+    f = Feeder(d)
+    for k in range(3):
+        f.send(f"t-{k}")
+    f.send(7)
+    f.send("nograd", grad=False)
+    wait_explained(d, 5)
+    yield d, f
+    d.stop()
+
+
+@pytest.fixture(scope="module")
+def d(fed):
+    return fed[0]
+
+
+@pytest.fixture(scope="module")
+def f(fed):
+    return fed[1]
+
+
+@pytest.fixture
+def bare():
+    """A daemon that has seen no model."""
+    d = Daemon()
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def demo():
+    """A daemon running its demo stream."""
+    d = Daemon("--demo", ingest_bind=False)
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def c():
+    c = CurveSetup()
+    yield c
+    c.stop()
 
 # ---- without a daemon --------------------------------------------------
 
-def test_help_everywhere(_):
+def test_help_everywhere():
     rc, out, err = ctl("--help")
     assert rc == 0 and "usage: xplainctl COMMAND" in out, (rc, out, err)
     assert "--curve-key FILE" in out and "--server-key FILE" in out
@@ -126,7 +174,7 @@ def test_help_everywhere(_):
     assert rc == 0 and out.startswith("xplainctl ")
 
 
-def test_usage_errors(_):
+def test_usage_errors():
     for args, needle in [([], None), (["frob"], "unknown command 'frob'"),
                          (["tail", "--bogus"], "unknown argument '--bogus'"),
                          (["tail", "-k", "zero"], "non-negative integer"),
@@ -150,7 +198,7 @@ def test_usage_errors(_):
             one_line_error(err, needle)
 
 
-def test_unreachable_daemon(_):
+def test_unreachable_daemon():
     tmp = tempfile.mkdtemp(prefix="xplctl-")
     nobody = ["--query", f"ipc://{tmp}/q", "--sub", f"ipc://{tmp}/p", "--timeout", "200"]
     for args in [["query", "ping"], ["stats"], ["heatmap", "--model", "m", "--id", "1"],
@@ -186,7 +234,7 @@ def keygen(path, *args):
     return out
 
 
-def test_keygen(_):
+def test_keygen():
     tmp = tempfile.mkdtemp(prefix="xplctl-")
     path = os.path.join(tmp, "c.key")
     old = os.umask(0o022)
@@ -573,7 +621,8 @@ def test_top(d, f):
     one_line_error(err, "unknown model 'nope'")
 
 
-def test_top_no_models(d):
+def test_top_no_models(bare):
+    d = bare
     """A daemon that has no model yet: top waits up to the timeout, then
     says so (interactively it would wait until interrupted)."""
     t0 = time.time()
@@ -585,71 +634,19 @@ def test_top_no_models(d):
 
 # ---- against the demo stream ---------------------------------------------
 
-def test_demo_tail(d):
+def test_demo_tail(demo):
+    d = demo
     rc, out, err = ctl_d(d, "tail", "--count", "3", "-k", "2", "--ascii")
     assert rc == 0, err
     assert out.count("demo-trades  ") == 3
     assert "#" in out and "█" not in out
 
 
-def test_demo_top(d):
+def test_demo_top(demo):
+    d = demo
     """The README's live view: the demo model is picked by default."""
     wait_until(lambda: d.query("global", model="demo-trades")["ok"], what="demo global state")
     rc, out, err = ctl_d(d, "top", "--once")
     assert rc == 0, err
     assert out.startswith("xplaind top  demo-trades"), out
     assert "rollout" in out and "drift" in out
-
-
-def main():
-    failures = []
-    passed = 0
-
-    def run(name, fn, *args):
-        nonlocal passed
-        try:
-            fn(*args)
-            passed += 1
-            print(f"ok   {name}")
-        except Exception:
-            failures.append(name)
-            print(f"FAIL {name}\n{traceback.format_exc()}")
-
-    for name, fn in [("help", test_help_everywhere), ("usage", test_usage_errors),
-                     ("unreachable", test_unreachable_daemon), ("keygen", test_keygen)]:
-        run(name, fn, None)
-
-    c = CurveSetup()
-    try:
-        run("curve", test_curve, c)
-    finally:
-        c.stop()
-
-    d = Daemon()
-    try:
-        run("top without models", test_top_no_models, d)
-        f = Feeder(d)
-        for k in range(3):
-            f.send(f"t-{k}")
-        f.send(7)
-        f.send("nograd", grad=False)
-        wait_explained(d, 5)
-        for name, fn in [("query", test_query), ("stats", test_stats), ("tail", test_tail),
-                         ("heatmap", test_heatmap), ("top", test_top)]:
-            run(name, fn, d, f)
-    finally:
-        d.stop()
-
-    d = Daemon("--demo", ingest_bind=False)
-    try:
-        run("demo tail", test_demo_tail, d)
-        run("demo top", test_demo_top, d)
-    finally:
-        d.stop()
-
-    print(f"{passed} passed, {len(failures)} failed")
-    return 1 if failures else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,6 +16,7 @@ import time
 
 import msgpack
 import numpy as np
+import pytest
 
 from xpltest import XPLAIND, Daemon, assert_close, join, random_attention, wait_until
 
@@ -54,6 +55,22 @@ def check_prefix(g, vectors, count):
         assert st["count"] == count
         assert_close(st["mean"], xs.mean(axis=0), 1e-9, what=f"{m} mean")
         assert_close(st["std"], xs.std(axis=0, ddof=1), 1e-7, what=f"{m} std")
+
+
+@pytest.fixture
+def state_dir(tmp_dir):
+    return tmp_dir
+
+
+@pytest.fixture
+def snapshot_dir(state_dir):
+    """A state directory holding a good snapshot (150 trades of s1 and a
+    reference, written at SIGTERM)."""
+    d = StatefulDaemon(state_dir)
+    stream(d, "s1", 0, 150, np.random.default_rng(1), [])
+    d.query("reference", model="s1", method="rollout", values=[4, 3, 2, 1])
+    assert "snapshot written" in d.stop()
+    return state_dir
 
 
 def test_sigterm_restores_exactly(state_dir):
@@ -111,7 +128,8 @@ def test_kill9_loses_at_most_one_interval(state_dir):
         d.stop()
 
 
-def test_corrupt_snapshot(state_dir):
+def test_corrupt_snapshot(snapshot_dir):
+    state_dir = snapshot_dir
     path = os.path.join(state_dir, "state.msgpack")
     good = open(path, "rb").read()
     variants = {
@@ -147,17 +165,3 @@ def test_unwritable_state_dir_is_reported():
                             "--publish", f"ipc://{tmp}/p", "--query", f"ipc://{tmp}/q"],
                            capture_output=True, text=True, timeout=20)
         assert p.returncode == 1 and "state: cannot create" in p.stderr, (p.returncode, p.stderr)
-
-
-def main():
-    with tempfile.TemporaryDirectory() as state_dir:
-        test_sigterm_restores_exactly(state_dir)
-        test_corrupt_snapshot(state_dir)
-    with tempfile.TemporaryDirectory() as state_dir:
-        test_kill9_loses_at_most_one_interval(state_dir)
-    test_unwritable_state_dir_is_reported()
-    print("ok")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""client/python/xplain against proto/examples/, as tests/test_client_examples.c
+"""client/python/xplain against proto/examples/, as tests/unit/test_client_examples.c
 does for libxplain: no daemon runs.
 
 - A fake XPUB publishes every xpl/, glob/, drift/, heads/ example to a
@@ -25,6 +25,7 @@ import threading
 
 import msgpack
 import numpy as np
+import pytest
 import zmq
 
 from protocheck import EXAMPLES, SOURCE, Checks, load
@@ -34,6 +35,7 @@ import xplain  # noqa: E402
 from xplain import Client, GlobalView, Publisher, QueryError, Subscriber  # noqa: E402
 
 check = Checks()
+all_checks_pass = check.fixture()
 
 
 def same(got, want, path="body"):
@@ -142,6 +144,35 @@ class FakeRouter:
         self.stop = True
         self.th.join()
         self.sock.close(0)
+
+
+@pytest.fixture(scope="module")
+def ex():
+    ex = {m["example"]: m for m in load()}
+    assert ex, "no examples in " + EXAMPLES
+    return ex
+
+
+@pytest.fixture
+def d():
+    """A directory for this test's ipc:// endpoints."""
+    d = tempfile.mkdtemp(prefix="xplpy-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def ctx():
+    ctx = zmq.Context()
+    yield ctx
+    ctx.destroy(0)
+
+
+@pytest.fixture
+def router(ctx, d, ex):
+    router = FakeRouter(ctx, "ipc://%s/q" % d, ex)
+    yield router
+    router.close()
 
 
 def wait_subscriptions(xpub, count):
@@ -358,26 +389,3 @@ def test_codec(ex):
                 want = np.asarray(b[key]["$" + b["dtype"]], dtype=np.float32).reshape(b[key]["$shape"])
                 check(np.array_equal(vals, want), "%s: codec.decode(%s)" % (m["example"], key))
                 check(xplain.encode(vals, b["dtype"]) == raw[key], "%s: codec.encode(%s)" % (m["example"], key))
-
-
-def main():
-    ex = {m["example"]: m for m in load()}
-    assert ex, "no examples in " + EXAMPLES
-    d = tempfile.mkdtemp(prefix="xplpy-")
-    ctx = zmq.Context()
-    router = FakeRouter(ctx, "ipc://%s/q" % d, ex)
-    try:
-        test_codec(ex)
-        test_published(ctx, d, ex, router)
-        test_queries(ctx, ex, router)
-        test_clone(ctx, d, ex, router)
-        test_publisher(ctx, d, ex)
-    finally:
-        router.close()
-        ctx.destroy(0)
-        shutil.rmtree(d, ignore_errors=True)
-    return check.report()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,7 +10,31 @@ import time
 import msgpack
 import numpy as np
 
+import pytest
+
 from xpltest import Daemon, assert_close, encode, join, random_attention, ref
+
+
+@pytest.fixture(scope="module")
+def d():
+    d = Daemon()
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def d_opts():
+    d = Daemon("--methods", "rollout,grad_rollout,first_layer,attn_mean,diag,flow",
+               "--fusion", "max", "--grad-resnorm")
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def d_flow():
+    d = Daemon("--methods", "rollout,flow", "--flow-every", "3")
+    yield d
+    d.stop()
 
 
 def send(pub, model, seq, ids, A, G, dtype, cls=None, tokens=None, target=None, y=None):
@@ -169,28 +193,3 @@ def test_flow_sampling_and_on_demand(d_flow):
     rep = d.query("trade", model="fl", id=1, flow=True)
     assert rep["ok"], rep
     assert_close(rep["attr"]["flow"], ref.flow(Ax[1], 4), what="on-demand flow")
-
-
-def main():
-    d = Daemon()
-    try:
-        test_shapes_dtypes_batches(d)
-        test_schema_epochs_and_seq(d)
-    finally:
-        d.stop()
-    d = Daemon("--methods", "rollout,grad_rollout,first_layer,attn_mean,diag,flow",
-               "--fusion", "max", "--grad-resnorm")
-    try:
-        test_method_options(d)
-    finally:
-        d.stop()
-    d = Daemon("--methods", "rollout,flow", "--flow-every", "3")
-    try:
-        test_flow_sampling_and_on_demand(d)
-    finally:
-        d.stop()
-    print("ok")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

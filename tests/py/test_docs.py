@@ -22,8 +22,8 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BUILD = os.path.abspath(os.environ.get("XPL_BUILD_DIR") or os.path.join(HERE, "..", "build"))
-SOURCE = os.path.abspath(os.environ.get("XPL_SOURCE_DIR") or os.path.join(HERE, ".."))
+BUILD = os.path.abspath(os.environ.get("XPL_BUILD_DIR") or os.path.join(HERE, "..", "..", "build"))
+SOURCE = os.path.abspath(os.environ.get("XPL_SOURCE_DIR") or os.path.join(HERE, "..", ".."))
 XPLAIND = os.path.join(BUILD, "daemon", "xplaind")
 CONF = os.path.join(SOURCE, "systemd", "xplaind.conf")
 
@@ -85,16 +85,3 @@ def test_man_pages_render():
             p = run("lexgrog", page)
             assert p.returncode == 0 and " - " in p.stdout, f"lexgrog cannot read NAME of {page}:\n{p.stdout}"
     print("ok: man pages render without warnings")
-
-
-def main():
-    test_generated_docs_up_to_date()
-    test_example_config_is_valid()
-    test_documented_defaults_are_the_defaults()
-    test_man_pages_render()
-    print("ok")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -39,16 +39,16 @@ import math
 import os
 import sys
 import time
-import traceback
 
 import numpy as np
 
-SOURCE = os.environ.get("XPL_SOURCE_DIR") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE = os.environ.get("XPL_SOURCE_DIR") or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.environ.get("XPL_BUILD_DIR") or os.path.join(SOURCE, "build")
 XPLAIND = os.path.join(BUILD, "daemon", "xplaind")
 sys.path.insert(0, os.path.join(SOURCE, "client", "python"))
 sys.path.insert(0, os.path.join(SOURCE, "tests"))
 
+import pytest                       # noqa: E402
 import torch                        # noqa: E402
 import torch.nn as nn               # noqa: E402
 import torch.nn.functional as F     # noqa: E402
@@ -448,6 +448,34 @@ SOFTMAX, F_SOFTMAX = torch.softmax, F.softmax
 
 # --- the tests ------------------------------------------------------------------
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _torch_setup():
+    assert os.access(XPLAIND, os.X_OK), "xplaind not built at %s" % XPLAIND
+    installed = not hasattr(F, "scaled_dot_product_attention")
+    if installed:
+        # PyTorch < 2.0: the documented formula stands in for the function.
+        F.scaled_dot_product_attention = doc_sdpa
+    print("torch %s%s" % (torch.__version__, ": documented SDPA formula installed as "
+                          "torch.nn.functional.scaled_dot_product_attention" if installed else ""))
+    torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture
+def d():
+    """A daemon with every method; it must stop cleanly."""
+    with xplain.Daemon(XPLAIND, methods=ALL) as d:
+        yield d
+        rc = d.stop()
+        assert rc == 0, "daemon exit status %s:\n%s" % (rc, d.log_text())
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return models()
+
+
 def test_sdpa_reference():
     """sdpa_reference against the documented formula (and PyTorch's own
     scaled_dot_product_attention where it exists)."""
@@ -784,47 +812,3 @@ def test_daemon(d, cases):
     print("  %d trades of %d models, %d values equal to the reference" % (len(want), len(cases), values))
     sub.close()
     q.close()
-
-
-def main():
-    if not os.access(XPLAIND, os.X_OK):
-        print("xplaind not built at %s" % XPLAIND)
-        return 1
-    installed = not hasattr(F, "scaled_dot_product_attention")
-    if installed:
-        # PyTorch < 2.0: the documented formula stands in for the function.
-        F.scaled_dot_product_attention = doc_sdpa
-    print("torch %s%s" % (torch.__version__, ": documented SDPA formula installed as "
-                          "torch.nn.functional.scaled_dot_product_attention" if installed else ""))
-    torch.set_num_threads(1)
-    t_all = time.monotonic()
-    failed = []
-
-    def run(f, *args):
-        t0 = time.monotonic()
-        try:
-            f(*args)
-            print("ok   %-28s %.2f s" % (f.__name__, time.monotonic() - t0), flush=True)
-        except Exception:
-            failed.append(f.__name__)
-            print("FAIL %s" % f.__name__)
-            traceback.print_exc()
-
-    run(test_sdpa_reference)
-    cases = models()
-    run(test_captures, cases)
-    run(test_ways_to_name_layers)
-    run(test_softmax_forms, cases)
-    run(test_mha_still)
-    with xplain.Daemon(XPLAIND, methods=ALL) as d:
-        run(test_daemon, d, cases)
-        rc = d.stop()
-        if rc != 0:
-            failed.append("daemon exit status %s" % rc)
-            print(d.log_text())
-    print("%s in %.1f s" % ("FAILED: " + ", ".join(failed) if failed else "ok", time.monotonic() - t_all))
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,6 +14,7 @@ import sys
 import time
 
 import msgpack
+import pytest
 
 from protocheck import EXAMPLES, SOURCE, Checks, compare, load, mk
 
@@ -24,10 +25,14 @@ XPLAIND = os.path.join(BUILD, "daemon", "xplaind")
 VOLATILE = [["version"]]
 
 check = Checks()
+all_checks_pass = check.fixture()
 
 
-def by_name():
-    return {m["example"]: m for m in load()}
+@pytest.fixture(scope="module")
+def examples():
+    ex = {m["example"]: m for m in load()}
+    assert ex, "no examples in " + EXAMPLES
+    return ex
 
 
 def test_outputs(examples):
@@ -113,7 +118,8 @@ def test_rejections(examples):
                       "%s: a daemon with memory should explain it" % name)
                 continue
             ok = wait(lambda: r.stats()["counters"]["rejected"] >= 1)
-            time.sleep(0.05)
+            # The trades of the same message explained, if any.
+            wait(lambda: r.stats()["counters"]["explained"] - explained >= x.get("explained", 0))
             st = r.stats()
             counted = {k: v for k, v in st["rejected"].items() if v}
             check(ok and counted == {reason: 1},
@@ -125,15 +131,3 @@ def test_rejections(examples):
             log = r.stop()
         if x.get("reproducible", True) is not False:
             check(": %s: " % reason in log, "%s: no log line for the rejection" % name)
-
-
-def main():
-    examples = by_name()
-    assert examples, "no examples in " + EXAMPLES
-    test_outputs(examples)
-    test_rejections(examples)
-    return check.report()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """The numpy reference of the variants (tests/ref.py) on cases worked out
 by hand from MATH.md, and tests/vectors/variants.* current with it.
 
-test_variants.c checks the C reference (tests/ref.c) and the library
+test_variants.c checks the C reference (tests/unit/ref.c) and the library
 against those vectors, so the two references are compared through them.
 """
 import os
@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/
 sys.path.insert(0, HERE)
 import ref  # noqa: E402
 
@@ -25,7 +25,7 @@ def eq(got, want, what, tol=1e-12):
     checks += 1
 
 
-def discard_by_hand():
+def test_discard_by_hand():
     F = np.array([[0.1, 0.2, 0.1],
                   [0.3, 0.3, 0.3],
                   [0.5, 0.0, 0.5]])
@@ -42,7 +42,7 @@ def discard_by_hand():
     eq(ref.discard(F, -1, 0.0), F, "rho 0")
 
 
-def start_layer_by_hand():
+def test_start_layer_by_hand():
     assert list(ref.start_layer(4, 0)) == [0, 1, 2, 3]
     assert list(ref.start_layer(4, -1)) == [3]
     assert list(ref.start_layer(4, -4)) == [0, 1, 2, 3]
@@ -62,7 +62,7 @@ def start_layer_by_hand():
     eq(ref.grad_rollout_matrix(A, G, start=1), np.eye(2) + A[1, 0], "grad_rollout s=1")
 
 
-def colsum_signed_lrp_by_hand():
+def test_colsum_signed_lrp_by_hand():
     A = np.array([[[[0.5, 0.5, 0.0], [0.2, 0.3, 0.5], [0.1, 0.1, 0.8]]]])
     eq(ref.colsum(A, -1), [0.8, 0.9, 1.3], "colsum no CLS")
     eq(ref.colsum(A, 2), [0.8, 0.9], "colsum CLS last")
@@ -77,20 +77,12 @@ def colsum_signed_lrp_by_hand():
     eq(v["lrp_rollout"][0], np.delete(np.maximum(2 * P, 0)[0], 0), "lrp target 0")
 
 
-def groups_by_hand():
+def test_groups_by_hand():
     eq(ref.groups([1, 2, 4, 8], [0, 1, 1, 0], 2), [9, 6], "groups")
     eq(ref.groups([1, 2, 4], [0, 1, 2], 3), [1, 2, 4], "singletons")
 
 
-def vectors_current():
+def test_vectors_current():
     gen = os.path.join(HERE, "gen_variant_vectors.py")
     r = subprocess.run([sys.executable, gen, "--check"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, "tests/vectors/variants.* are stale: run %s (%s%s)" % (gen, r.stdout, r.stderr)
-
-
-discard_by_hand()
-start_layer_by_hand()
-colsum_signed_lrp_by_hand()
-groups_by_hand()
-vectors_current()
-print("variants reference: %d checks passed, vectors current" % checks)

@@ -19,9 +19,47 @@ import time
 
 import msgpack
 import numpy as np
+import pytest
 
 from xpltest import Daemon, join, on_free_ports, random_attention, wait_until
 from xplmetrics import http, parse, scrape, series, value
+
+
+@pytest.fixture
+def dport(daemon_on_free_ports):
+    """A daemon with its metrics endpoint, and the endpoint's port."""
+    d, (port,) = daemon_on_free_ports(1, lambda p: ("--metrics", f"127.0.0.1:{p}",
+                                                    "--drift-window", "20"))
+    yield d, port
+    d.stop()
+
+
+@pytest.fixture
+def d(dport):
+    return dport[0]
+
+
+@pytest.fixture
+def port(dport):
+    return dport[1]
+
+
+@pytest.fixture
+def dport2(daemon_on_free_ports):
+    d, (port,) = daemon_on_free_ports(1, lambda p: ("--metrics", f"127.0.0.1:{p}",
+                                                    "--metrics-top-features", "2"))
+    yield d, port
+    d.stop()
+
+
+@pytest.fixture
+def d2(dport2):
+    return dport2[0]
+
+
+@pytest.fixture
+def port2(dport2):
+    return dport2[1]
 
 
 def send_trades(pub, model, seq0, count, rng, n=4, tokens=None, imp=None):
@@ -325,27 +363,3 @@ def test_refusals():
                    what="the refusal to be logged")
     finally:
         d.stop()
-
-
-def main():
-    d, (port,) = on_free_ports(
-        1, lambda p: Daemon("--metrics", f"127.0.0.1:{p}", "--drift-window", "20"))
-    try:
-        test_metrics(d, port)
-        test_drift_metrics(d, port)
-        test_never_completed(d, port)
-        test_slowloris(d, port)
-    finally:
-        d.stop()
-    d2, (port2,) = on_free_ports(
-        1, lambda p: Daemon("--metrics", f"127.0.0.1:{p}", "--metrics-top-features", "2"))
-    try:
-        test_top_features(port2, d2)
-    finally:
-        d2.stop()
-    test_refusals()
-    print("ok")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

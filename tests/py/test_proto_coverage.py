@@ -19,9 +19,12 @@ import os
 import re
 import sys
 
+import pytest
+
 from protocheck import EXAMPLES, PROTO, SOURCE, Checks, load, mk
 
 check = Checks()
+all_checks_pass = check.fixture()
 
 
 def read(*path):
@@ -70,11 +73,14 @@ def documented_kinds():
     return kinds
 
 
-def main():
+@pytest.fixture(scope="module")
+def ex():
     ex = {m["example"]: m for m in load()}
-    check(len(ex) > 50, "only %d examples" % len(ex))
+    assert len(ex) > 50, "only %d examples" % len(ex)
+    return ex
 
-    # ---- the docs' vocabulary has examples ---------------------------------
+
+def test_docs_vocabulary_has_examples(ex):
     kinds = documented_kinds()
     check(set(kinds) >= {"attn", "xpl", "glob", "drift", "heads"}, "message kinds in the docs: %s" % kinds)
     for k in kinds:
@@ -110,7 +116,10 @@ def main():
             check(m["body"]["code"] in codes, "%s: code %s is not in queries.md" % (m["example"],
                                                                                     m["body"]["code"]))
 
-    # ---- the code's vocabulary is the docs' -------------------------------
+
+def test_code_vocabulary_is_the_docs(ex):
+    reasons = documented_reasons()
+    ops = documented_ops()
     wire = read(SOURCE, "core", "wire.c")
     code_reasons = [r for r in re.findall(r'\[XR_\w+\] = "(\w+)"', wire) if r != "ok"]
     check(sorted(code_reasons) == sorted(reasons),
@@ -124,7 +133,8 @@ def main():
     check(stats and sorted(stats["body"]["rejected"]) == sorted(reasons),
           "the stats reply's reasons differ from ingest.md's")
 
-    # ---- each .json renders its .msgpack ----------------------------------------
+
+def test_json_renders_msgpack(ex):
     listed = set()
     for m in ex.values():
         name = m["example"]
@@ -149,15 +159,11 @@ def main():
         for f in os.listdir(os.path.join(EXAMPLES, kind)):
             check(os.path.join(kind, f) in listed, "%s/%s belongs to no example" % (kind, f))
 
-    # ---- reproducible, indexed -------------------------------------------------------
+
+def test_reproducible_and_indexed(ex):
     bad = mk.check_inputs()
     check(not bad, "inputs differ from what make.py generates: %s" % bad[:5])
     check(mk.index_text({n: m["description"] for n, m in ex.items()}) == mk.readme_index(),
           "proto/examples/README.md's index is out of date (run make.py)")
     check("[examples/](examples/)" in read(PROTO, "README.md"), "proto/README.md does not list examples/")
 
-    return check.report()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

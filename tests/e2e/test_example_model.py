@@ -33,7 +33,9 @@ import sys
 import tempfile
 import time
 
-SOURCE = os.environ.get("XPL_SOURCE_DIR") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import pytest
+
+SOURCE = os.environ.get("XPL_SOURCE_DIR") or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.environ.get("XPL_BUILD_DIR") or os.path.join(SOURCE, "build")
 XPLAIND = os.path.abspath(os.path.join(BUILD, "daemon", "xplaind"))
 sys.path.insert(0, os.path.join(SOURCE, "tests"))
@@ -43,6 +45,9 @@ EXAMPLE = os.path.abspath(os.path.join(SOURCE, "examples", "ft_transformer.py"))
 METHODS = ["rollout", "grad_rollout", "first_layer", "attn_mean", "diag", "flow"]
 FLOW_CHECKED = 3   # the example's --flow-check default: networkx takes seconds per trade
 NF = 30        # breast-cancer features (tokens without CLS)
+# The watchdog of conftest.py: just under ctest's timeout of these cases (a
+# safety net against a hang on a loaded machine, not a speed check).
+WATCHDOG_S = 1750
 
 
 # A safety net against a hang, not a speed check: the two trainings take
@@ -100,29 +105,27 @@ def run(python, venv, args, rows_expected, timeout=1500):
     return res
 
 
-def main():
-    try:
-        import sklearn  # noqa: F401
-        import torch    # noqa: F401
-    except ImportError as e:
-        print("FAIL: %s (the test command installs python3-torch and python3-sklearn)" % e)
-        return 1
-    if not os.access(XPLAIND, os.X_OK):
-        print("FAIL: xplaind not built at %s" % XPLAIND)
-        return 1
+@pytest.fixture(scope="module")
+def venv():
+    """(python, venv): client/python installed from a wheel into a fresh
+    venv, as a user installs it."""
+    import sklearn  # noqa: F401  (the test command installs python3-sklearn)
+    import torch    # noqa: F401  (and python3-torch)
+    assert os.access(XPLAIND, os.X_OK), "xplaind not built at %s" % XPLAIND
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         python, _ = pyvenv.install(tmp, wheel=True)
         venv = os.path.join(tmp, "venv")
         print("xplain installed from a wheel into %s (%.1f s)" % (venv, time.monotonic() - t0))
-        # All 171 test rows, f32, batches of 8 (B > 1 on the wire).
-        run(python, venv, ["--repeats", "5"], 171)
-        # bf16 on the wire, batches of 16, a short training run.
-        run(python, venv, ["--dtype", "bf16", "--rows", "48", "--batch", "16", "--epochs", "3",
-                           "--repeats", "2"], 48)
-    print("ok in %.1f s" % (time.monotonic() - t0))
-    return 0
+        yield python, venv
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def test_f32_all_rows(venv):
+    """All 171 test rows, f32, batches of 8 (B > 1 on the wire)."""
+    run(*venv, ["--repeats", "5"], 171)
+
+
+def test_bf16_short_training(venv):
+    """bf16 on the wire, batches of 16, a short training run."""
+    run(*venv, ["--dtype", "bf16", "--rows", "48", "--batch", "16", "--epochs", "3",
+                "--repeats", "2"], 48)

@@ -14,7 +14,7 @@ import time
 import msgpack
 import numpy as np
 
-from xpltest import Daemon, assert_close, join, ref
+from xpltest import assert_close, join, ref
 
 HALF_LIFE = 50.0
 
@@ -74,7 +74,8 @@ def check_state(state, vectors, target=None):
         assert_close(st["decayed"], dec, 1e-9, what=f"{m} decayed")
 
 
-def test_global_state(d):
+def test_global_state(daemon):
+    d = daemon("--half-life", str(int(HALF_LIFE)), "--glob-interval-ms", "50")
     st = Stream(d, "g1")
     join(d, st.pub, st.sub)
     glob = d.subscriber(b"glob/g1")
@@ -133,9 +134,11 @@ def test_global_state(d):
     assert e["ok"] is False and e["code"] == "bad_argument"
     e = d.query("global", model="g1", epoch=7)
     assert e["ok"] is False and e["code"] == "not_found"
+    d.stop()
 
 
-def test_drift_alert_on_shift(d):
+def test_drift_alert_on_shift(daemon):
+    d = daemon("--drift-window", "40", "--glob-interval-ms", "50")
     W = 40
     st = Stream(d, "dr", L=2, H=2, n=7)
     join(d, st.pub, st.sub)
@@ -183,21 +186,4 @@ def test_drift_alert_on_shift(d):
     assert d.query("drift", model="dr")["methods"]["rollout"]["reference"] == "none"
     bad = d.query("baseline", model="dr", action="forget")
     assert bad["ok"] is False and bad["code"] == "bad_argument"
-
-
-def main():
-    d = Daemon("--half-life", str(int(HALF_LIFE)), "--glob-interval-ms", "50")
-    try:
-        test_global_state(d)
-    finally:
-        d.stop()
-    d = Daemon("--drift-window", "40", "--glob-interval-ms", "50")
-    try:
-        test_drift_alert_on_shift(d)
-    finally:
-        d.stop()
-    print("ok")
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    d.stop()

@@ -34,6 +34,7 @@ import time
 import urllib.parse
 import urllib.request
 
+import pytest
 import yaml
 
 from xpltest import BUILD, SOURCE, XPLAIND, _die_with_parent, wait_until
@@ -218,6 +219,35 @@ def fill(expr, model="demo-trades"):
             .replace('"$model"', f'"{model}"').replace('=~"$method"', '=~".+"'))
 
 
+@pytest.fixture
+def exported():
+    """The names a daemon running the drifting demo exports, for the
+    static checks."""
+    d = tempfile.mkdtemp(prefix="xplmon-")
+    port = free_port()
+    p = Proc("xplaind", [XPLAIND, "--demo", "--demo-rate", "1000", "--drift-window", "100",
+                         "--demo-drift-every", "500", "--publish", f"ipc://{d}/pub",
+                         "--query", f"ipc://{d}/q", "--metrics", f"127.0.0.1:{port}"], d)
+    try:
+        def full():
+            try:
+                s, _ = parse(scrape(port))
+            except OSError:
+                return None
+            names = {n for n, _ in s}
+            return names if "xplaind_drift_spearman_rho" in names else None
+        return wait_until(full, timeout=30, what="a scrape with the drift statistics")
+    finally:
+        p.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def dash():
+    with open(DASHBOARD) as f:
+        return json.load(f)
+
+
 def test_static(exported):
     out = run(tool("promtool"), "check", "rules", RULES)
     assert "SUCCESS" in out, out
@@ -257,7 +287,6 @@ def test_static(exported):
             assert os.path.isfile(f"{dest}/usr/share/xplaind/monitoring/{f}"), f"{f} not installed"
     finally:
         shutil.rmtree(dest, ignore_errors=True)
-    return dash
 
 
 def test_drift_fires(dash):
@@ -307,33 +336,3 @@ def _ts(rfc3339):
     m = re.match(r"(\d+)-(\d+)-(\d+)T(\d+):(\d+):(\d+)(\.\d+)?Z", rfc3339)
     secs = calendar.timegm(tuple(int(m.group(i)) for i in range(1, 7)))
     return secs + float(m.group(7) or 0)
-
-
-def main():
-    # The names a daemon running the drifting demo exports, for the
-    # static checks.
-    d = tempfile.mkdtemp(prefix="xplmon-")
-    port = free_port()
-    p = Proc("xplaind", [XPLAIND, "--demo", "--demo-rate", "1000", "--drift-window", "100",
-                         "--demo-drift-every", "500", "--publish", f"ipc://{d}/pub",
-                         "--query", f"ipc://{d}/q", "--metrics", f"127.0.0.1:{port}"], d)
-    try:
-        def full():
-            try:
-                s, _ = parse(scrape(port))
-            except OSError:
-                return None
-            names = {n for n, _ in s}
-            return names if "xplaind_drift_spearman_rho" in names else None
-        exported = wait_until(full, timeout=30, what="a scrape with the drift statistics")
-    finally:
-        p.stop()
-        shutil.rmtree(d, ignore_errors=True)
-    dash = test_static(exported)
-    test_drift_fires(dash)
-    test_healthy_quiet()
-    print("ok")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

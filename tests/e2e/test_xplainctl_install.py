@@ -9,9 +9,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import traceback
 
-BUILD = os.environ.get("XPL_BUILD_DIR") or os.path.join(os.path.dirname(__file__), "..", "build")
+import pytest
+
+BUILD = os.environ.get("XPL_BUILD_DIR") or os.path.join(os.path.dirname(__file__), "..", "..", "build")
 
 
 def _sanitized():
@@ -72,6 +73,28 @@ def libdir(prefix):
     raise AssertionError("xplain.pc not installed")
 
 
+@pytest.fixture(scope="module")
+def prefix():
+    """libxplain installed (component xplain) into a fresh prefix."""
+    tmp = tempfile.mkdtemp(prefix="xplinstall-")
+    prefix = os.path.join(tmp, "prefix")
+    run("cmake", "--install", BUILD, "--prefix", prefix, "--component", "xplain")
+    yield prefix
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def work(prefix):
+    """A consumer project: main.c and its CMakeLists.txt."""
+    work = tempfile.mkdtemp(prefix="xplconsumer-")
+    with open(os.path.join(work, "main.c"), "w") as f:
+        f.write(CONSUMER)
+    with open(os.path.join(work, "CMakeLists.txt"), "w") as f:
+        f.write(CMAKELISTS)
+    yield work
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def test_layout(prefix):
     lib = libdir(prefix)
     for f in ["include/xplain/xplain.h", "include/xplain/xpl_view.h", "bin/xplainctl"]:
@@ -117,35 +140,3 @@ def test_find_package(prefix, work):
     p = subprocess.run(["cmake", "-S", work, "-B", os.path.join(work, "build2"),
                         f"-DCMAKE_PREFIX_PATH={prefix}"], capture_output=True, text=True)
     assert p.returncode != 0 and "xplain" in p.stderr, p.stderr
-
-
-def main():
-    tmp = tempfile.mkdtemp(prefix="xplinstall-")
-    prefix = os.path.join(tmp, "prefix")
-    work = os.path.join(tmp, "consumer")
-    os.makedirs(work)
-    with open(os.path.join(work, "main.c"), "w") as f:
-        f.write(CONSUMER)
-    with open(os.path.join(work, "CMakeLists.txt"), "w") as f:
-        f.write(CMAKELISTS)
-    passed, failed = 0, 0
-    try:
-        run("cmake", "--install", BUILD, "--prefix", prefix, "--component", "xplain")
-        for name, fn, args in [("layout", test_layout, (prefix,)),
-                               ("pkg-config", test_pkg_config, (prefix, work)),
-                               ("find_package", test_find_package, (prefix, work))]:
-            try:
-                fn(*args)
-                passed += 1
-                print(f"ok   {name}")
-            except Exception:
-                failed += 1
-                print(f"FAIL {name}\n{traceback.format_exc()}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

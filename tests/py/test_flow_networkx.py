@@ -1,7 +1,7 @@
 """core/flow against networkx, the attention-flow authors' own tool.
 
 Random cases (shapes, CLS positions, random and peaked attention) are
-built in numpy; the C library computes them through tests/flow_cli (built
+built in numpy; the C library computes them through tests/unit/flow_cli (built
 next to the tests), and networkx computes maximum_flow_value on the graph
 built exactly as tests/ref.py builds it. Two comparisons, both at 1e-6
 relative:
@@ -26,8 +26,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ref  # noqa: E402  (the float64 reference of MATH.md)
 
-BUILD = os.environ.get("XPL_BUILD_DIR") or os.path.join(os.path.dirname(__file__), "..", "build")
-FLOW_CLI = os.path.join(BUILD, "tests", "flow_cli")
+BUILD = os.environ.get("XPL_BUILD_DIR") or os.path.join(os.path.dirname(__file__), "..", "..", "build")
+FLOW_CLI = os.path.join(BUILD, "tests", "unit", "flow_cli")
+# The watchdog of conftest.py: just under ctest's timeout of these cases (a
+# safety net against a hang on a loaded machine, not a speed check).
+WATCHDOG_S = 1750
 REL = 1e-6
 
 
@@ -86,7 +89,7 @@ def make_cases():
     return out
 
 
-def main():
+def test_c_flow_equals_networkx():
     t0 = time.time()
     cases = make_cases()
     inputs = [(ref.flow_capacities(A).astype(np.float32), cls) for A, cls in cases]
@@ -105,7 +108,3 @@ def main():
     assert checked > 300, checked
     print("test_flow_networkx: %d cases, %d values, worst rel %.2e (same input), %.2e "
           "(ref.flow), %.1f s" % (len(cases), checked, worst_same, worst_e2e, time.time() - t0))
-
-
-if __name__ == "__main__":
-    main()

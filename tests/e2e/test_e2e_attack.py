@@ -335,17 +335,3 @@ def test_latency_counts_the_wait():
     finally:
         d.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def main():
-    test_attention_policy()
-    test_schema_flapping()
-    test_many_models_log_lines()
-    test_oversized_frames_are_never_buffered()
-    test_valid_burst_within_bound()
-    test_latency_counts_the_wait()
-    print("ok")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

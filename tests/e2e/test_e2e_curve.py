@@ -21,7 +21,29 @@ import msgpack
 import numpy as np
 import zmq
 
+import pytest
+
 from xpltest import XPLAIND, Daemon, close_context, random_attention, wait_until
+
+
+@pytest.fixture(scope="module")
+def root():
+    with tempfile.TemporaryDirectory(prefix="xplcurve-") as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def keys(root):
+    return Keys(root)
+
+
+@pytest.fixture(scope="module")
+def d(keys):
+    """A CURVE daemon that admits the good key, shared by the module."""
+    d = Daemon("--curve", "--secret-key-file", keys.server_cert, "--clients-dir", keys.clients,
+               "--log-rate", "1000", curve=keys.good())
+    yield d
+    d.stop()
 
 
 def write_cert(path, public, secret=None):
@@ -277,6 +299,7 @@ def test_stops_under_handshakes(keys, root, rounds=6):
         close_context(ctx)
 
 
+@pytest.mark.usefixtures("keys")      # the key files under root
 def test_refuses_to_start_without_keys(root):
     cases = [
         (["--curve"], "secret_key_file is not set"),
@@ -292,23 +315,3 @@ def test_refuses_to_start_without_keys(root):
                             "--query", f"ipc://{root}/q"] + args, capture_output=True, text=True,
                            timeout=20)
         assert p.returncode == 1 and why in p.stderr, (args, p.returncode, p.stderr)
-
-
-def main():
-    with tempfile.TemporaryDirectory() as root:
-        keys = Keys(root)
-        d = Daemon("--curve", "--secret-key-file", keys.server_cert, "--clients-dir", keys.clients,
-                   "--log-rate", "1000", curve=keys.good())
-        try:
-            test_curve(d, keys)
-            test_refusals_counted(d, keys)
-        finally:
-            d.stop()
-        test_ingest_connect_mode(keys, root)
-        test_stops_under_handshakes(keys, root)
-        test_refuses_to_start_without_keys(root)
-    print("ok")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

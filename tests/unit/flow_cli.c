@@ -1,4 +1,4 @@
-/*  flow_cli: core/flow behind stdin/stdout, for tests/test_flow_networkx.py.
+/*  flow_cli: core/flow behind stdin/stdout, for tests/py/test_flow_networkx.py.
 
     Input: any number of records, each three little-endian int32 (L, n,
     cls) followed by L*n*n little-endian float32 capacities [L][n][n].

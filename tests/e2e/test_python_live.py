@@ -24,15 +24,15 @@ import random
 import sys
 import threading
 import time
-import traceback
 
 
-SOURCE = os.environ.get("XPL_SOURCE_DIR") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE = os.environ.get("XPL_SOURCE_DIR") or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.environ.get("XPL_BUILD_DIR") or os.path.join(SOURCE, "build")
 XPLAIND = os.path.join(BUILD, "daemon", "xplaind")
 sys.path.insert(0, os.path.join(SOURCE, "client", "python"))
 sys.path.insert(0, os.path.join(SOURCE, "tests"))
 
+import pytest                       # noqa: E402
 import torch                        # noqa: E402
 
 import ref                          # noqa: E402
@@ -57,6 +57,23 @@ def model_and_batches(k, B=3, seed=7):
                 torch.stack([torch.randint(0, 3, (B,), generator=g), torch.randint(0, 5, (B,), generator=g)], 1))
                for _ in range(k)]
     return m, batches
+
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _torch_setup():
+    assert os.access(XPLAIND, os.X_OK), "xplaind not built at %s" % XPLAIND
+    torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture
+def d():
+    """A daemon with every method; it must stop cleanly."""
+    with xplain.Daemon(XPLAIND, methods=ALL) as d:
+        yield d
+        rc = d.stop()
+        assert rc == 0, "daemon exit status %s:\n%s" % (rc, d.log_text())
 
 
 def test_live_daemon(d):
@@ -211,37 +228,3 @@ def test_modes_and_errors():
     assert any(p.grad is not None for p in m.parameters())
     live.close()
     wait_until(lambda: len(pub.sent) == 1, what="the one sampled batch to be sent")
-
-
-def main():
-    if not os.access(XPLAIND, os.X_OK):
-        print("xplaind not built at %s" % XPLAIND)
-        return 1
-    torch.set_num_threads(1)
-    t_all = time.monotonic()
-    failed = []
-
-    def run(f, *args):
-        t0 = time.monotonic()
-        try:
-            f(*args)
-            print("ok   %-28s %.2f s" % (f.__name__, time.monotonic() - t0), flush=True)
-        except Exception:
-            failed.append(f.__name__)
-            print("FAIL %s" % f.__name__)
-            traceback.print_exc()
-
-    run(test_sampling_and_dropping)
-    run(test_modes_and_errors)
-    with xplain.Daemon(XPLAIND, methods=ALL) as d:
-        run(test_live_daemon, d)
-        rc = d.stop()
-        if rc != 0:
-            failed.append("daemon exit status %s" % rc)
-            print(d.log_text())
-    print("%s in %.1f s" % ("FAILED: " + ", ".join(failed) if failed else "ok", time.monotonic() - t_all))
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

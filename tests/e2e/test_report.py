@@ -22,11 +22,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 import xml.etree.ElementTree as ET
 
 import msgpack
 import numpy as np
+import pytest
 
 from xpltest import BUILD, Daemon, encode, join, random_attention, ref, wait_until
 
@@ -196,7 +196,7 @@ class Feeder:
         self.trades[tid] = (Ax.reshape(A.shape)[0], Gx.reshape(G.shape)[0])
 
 
-def test_heatmap_layout(d, f, tid, tmp):
+def check_heatmap_layout(d, f, tid, tmp):
     """Many tokens with long names: every label inside the canvas, the
     title clear of the rotated labels, a robust colour scale, labelled bars."""
     if True:
@@ -440,42 +440,45 @@ def test_report_errors(d, f, tmp):
     assert rc == 1 and "cannot write" in err, (rc, err)
 
 
-def main():
-    failures, passed = [], 0
+@pytest.fixture(scope="module")
+def tmp():
+    """Where the output goes (SVG, HTML, screenshots): kept for a look."""
     tmp = tempfile.mkdtemp(prefix="xpl-report-")
     print(f"output (SVG, HTML, screenshots) in {tmp}")
+    return tmp
 
-    def run(name, fn, *args):
-        nonlocal passed
-        t0 = time.time()
-        try:
-            fn(*args)
-            passed += 1
-            print(f"ok   {name} ({time.time() - t0:.1f} s)", flush=True)
-        except Exception:
-            failures.append(name)
-            print(f"FAIL {name}\n{traceback.format_exc()}", flush=True)
 
+@pytest.fixture(scope="module")
+def fed():
+    """A daemon (drift windows of 2) that has explained 5 trades of bc
+    (31 tokens) and one of wide (64 tokens with long names)."""
     d = Daemon("--drift-window", "2")
-    try:
-        f = Feeder(d, "bc", FEATURES)
-        for k in range(5):
-            f.send(f"bc-{k}")
-        wide = Feeder(d, "wide", [f"feature_{k:02d}_{'x' * (k % 9)}" for k in range(63)])
-        wide.send("wide-1")
-        wait_until(lambda: all(m["explained"] >= (5 if m["model"] == "bc" else 1)
-                               for m in d.stats()["models"] if m["model"] in ("bc", "wide"))
-                   and len(d.stats()["models"]) >= 3, what="the trades to be explained")
-        run("heatmap layout (31 tokens)", test_heatmap_layout, d, f, "bc-3", tmp)
-        run("heatmap layout (64 tokens)", test_heatmap_layout, d, wide, "wide-1", tmp)
-        run("report of a quiet model", test_report_static, d, f, tmp)
-        run("report errors", test_report_errors, d, f, tmp)
-    finally:
-        d.stop()
-    run("report of the demo stream", test_report_demo, tmp)
-    print(f"{passed} passed, {len(failures)} failed")
-    return 1 if failures else 0
+    f = Feeder(d, "bc", FEATURES)
+    for k in range(5):
+        f.send(f"bc-{k}")
+    wide = Feeder(d, "wide", [f"feature_{k:02d}_{'x' * (k % 9)}" for k in range(63)])
+    wide.send("wide-1")
+    wait_until(lambda: all(m["explained"] >= (5 if m["model"] == "bc" else 1)
+                           for m in d.stats()["models"] if m["model"] in ("bc", "wide"))
+               and len(d.stats()["models"]) >= 3, what="the trades to be explained")
+    yield d, f, wide
+    d.stop()
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+@pytest.fixture(scope="module")
+def d(fed):
+    return fed[0]
+
+
+@pytest.fixture(scope="module")
+def f(fed):
+    return fed[1]
+
+
+def test_heatmap_layout_31_tokens(d, f, tmp):
+    check_heatmap_layout(d, f, "bc-3", tmp)
+
+
+def test_heatmap_layout_64_tokens(fed, tmp):
+    d, _, wide = fed
+    check_heatmap_layout(d, wide, "wide-1", tmp)

@@ -4,12 +4,11 @@ have counted exactly that rejection under its reason, logged it, lost
 nothing it had accepted, and explain the next good message correctly.
 """
 import struct
-import sys
 
 import msgpack
 import numpy as np
 
-from xpltest import Daemon, assert_close, join, random_attention, ref, wait_until
+from xpltest import assert_close, join, random_attention, ref, wait_until
 
 L, H, N, CLS = 2, 2, 4, 3
 TOKENS = ["a", "b", "c", "CLS"]
@@ -113,7 +112,11 @@ def bad_inputs(seq=100):
     return cases
 
 
-def test_bad_inputs(d):
+ARGS = ("--allow-models", "m1,m2,m3,__probe", "--log-rate", "1000")
+
+
+def test_bad_inputs(daemon):
+    d = daemon(*ARGS)
     pub = d.publisher()
     sub = d.subscriber(b"xpl/m1")
     join(d, pub, sub)
@@ -167,9 +170,13 @@ def test_bad_inputs(d):
     good_one()
     m1 = [m for m in d.query("models")["models"] if m["model"] == "m1"][0]
     assert m1["lost"] == 4 and m1["restarts"] == 1, m1
+    log = d.stop()
+    for reason in ("msgpack", "size", "nonfinite", "version", "not_allowed", "no_schema"):
+        assert f": {reason}: " in log, f"no log line for {reason}"
 
 
-def test_too_many_models(d):
+def test_too_many_models(daemon):
+    d = daemon("--max-models", "2")
     pub = d.publisher()
     join(d, pub, model="m1")
     body, _, _ = good_body(model="m2")
@@ -180,9 +187,13 @@ def test_too_many_models(d):
     pub.send_multipart([b"attn/m9", msgpack.packb(body)])
     wait_until(lambda: d.stats()["rejected"]["too_many_models"] == before + 1, what="too_many_models")
     assert d.query("ping")["ok"]
+    d.stop()
 
 
-def test_bad_queries(d):
+def test_bad_queries(daemon, publisher):
+    d = daemon(*ARGS)
+    # m1 is a known model, so that a trade it never had is not_found.
+    publisher(d, model="m1")
     cases = [
         (b"\xdd\xff\x00\x00\x00", "bad_request"),
         (b"", "bad_request"),
@@ -216,24 +227,4 @@ def test_bad_queries(d):
     assert frames[0] == b"" and msgpack.unpackb(frames[-1])["code"] == "bad_request"
     dealer.close(linger=0)
     assert d.query("ping")["ok"]
-
-
-def main():
-    d = Daemon("--allow-models", "m1,m2,m3,__probe", "--log-rate", "1000")
-    try:
-        test_bad_inputs(d)
-        test_bad_queries(d)
-    finally:
-        log = d.stop()
-    for reason in ("msgpack", "size", "nonfinite", "version", "not_allowed", "no_schema"):
-        assert f": {reason}: " in log, f"no log line for {reason}"
-    d = Daemon("--max-models", "2")
-    try:
-        test_too_many_models(d)
-    finally:
-        d.stop()
-    print("ok")
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    d.stop()

@@ -26,11 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 
 import numpy as np
 
-SOURCE = os.environ.get("XPL_SOURCE_DIR") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE = os.environ.get("XPL_SOURCE_DIR") or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.environ.get("XPL_BUILD_DIR") or os.path.join(SOURCE, "build")
 XPLAIND = os.path.abspath(os.path.join(BUILD, "daemon", "xplaind"))
 sys.path.insert(0, os.path.join(SOURCE, "tests"))
@@ -206,30 +205,3 @@ def test_install_and_use():
             got, w = np.asarray(vec, np.float64), want[m]
             assert np.all(np.abs(got - w) <= 1e-5 * np.abs(w) + 1e-7), (i, m, got, w)
     print("  imported from %s; 3 trades explained by the daemon equal the reference" % res["file"])
-
-
-def main():
-    if not os.access(XPLAIND, os.X_OK):
-        print("xplaind not built at %s" % XPLAIND)
-        return 1
-    t_all = time.monotonic()
-    failed = []
-
-    def run(f):
-        t0 = time.monotonic()
-        try:
-            f()
-            print("ok   %-28s %.2f s" % (f.__name__, time.monotonic() - t0), flush=True)
-        except Exception:
-            failed.append(f.__name__)
-            print("FAIL %s" % f.__name__)
-            traceback.print_exc()
-
-    run(test_one_version)
-    run(test_install_and_use)
-    print("%s in %.1f s" % ("FAILED: " + ", ".join(failed) if failed else "ok", time.monotonic() - t_all))
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

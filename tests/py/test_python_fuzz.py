@@ -37,11 +37,11 @@ os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY",
 
 import msgpack  # noqa: E402
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import xpltest  # noqa: E402,F401  (the watchdog)
 from protocheck import SOURCE, load  # noqa: E402
 
 sys.path.insert(0, os.path.join(SOURCE, "client", "python"))
@@ -200,6 +200,13 @@ def check_update(u):
 
 
 _SUB = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_subscriber():
+    yield
+    for sub in _SUB:
+        sub.close()
 
 
 def subscriber_decodes(kind, topic, body, schema):
@@ -379,17 +386,3 @@ def test_found():
             raise AssertionError("codec.decode%r decoded" % (args,))
         except ValueError:
             pass
-
-
-def main():
-    test_found()
-    for t in (test_subscriber, test_client, test_global_view, test_codec_decode):
-        t()
-        print("%s: %d examples, every one decoded or refused as documented" % (t.__name__, RUNS))
-    for sub in _SUB:
-        sub.close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
