@@ -9,19 +9,13 @@ Every published number is compared with the float64 reference
 field and options are rejected under their named reason and counted.
 """
 import os
-import shutil
 import signal
-import sys
-import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))   # xpltest, when run without conftest.py
+import msgpack
+import numpy as np
 
-import msgpack  # noqa: E402
-import numpy as np  # noqa: E402
-
-from xpltest import Daemon, assert_close, encode, join, random_attention, ref, wait_until  # noqa: E402
+from xpltest import assert_close, encode, join, random_attention, ref, wait_until
 
 ALL = ["rollout", "grad_rollout", "first_layer", "attn_mean", "diag", "colsum",
        "grad_rollout_signed", "lrp_rollout"]
@@ -161,124 +155,104 @@ def run_cases(d, pub, sub, rng, cases):
     return checked
 
 
-def test_variants_match_the_reference():
+def test_variants_match_the_reference(daemon, tmp_dir):
     rng = np.random.default_rng(int(os.environ.get("XPL_TEST_SEED", "14")))
     cases = random_cases(rng, 48)
-    cfg_dir = tempfile.mkdtemp(prefix="xpltest-variants-")
-    cfg = os.path.join(cfg_dir, "xplaind.conf")
+    cfg = os.path.join(tmp_dir, "xplaind.conf")
     write_config(cfg, [section(c["model"], c["o"]) for c in cases])
-    d = Daemon("--config", cfg)
-    try:
-        pub = d.publisher()
-        sub = d.subscriber(b"xpl/v")
-        join(d, pub, sub)
-        checked = run_cases(d, pub, sub, rng, cases)
-        st = d.stats()
-        assert st["counters"]["rejected"] == 0, st["rejected"]
-        assert checked >= 90, checked
-        print(f"checked {checked} trades of {len(cases)} random shapes and options")
+    d = daemon("--config", cfg)
+    pub = d.publisher()
+    sub = d.subscriber(b"xpl/v")
+    join(d, pub, sub)
+    checked = run_cases(d, pub, sub, rng, cases)
+    st = d.stats()
+    assert st["counters"]["rejected"] == 0, st["rejected"]
+    assert checked >= 90, checked
+    print(f"checked {checked} trades of {len(cases)} random shapes and options")
 
-        # SIGHUP: new options for the same models apply to the next trades.
-        for c in cases:
-            L = c["L"]
-            c["o"] = {"fusion": FUSIONS[(FUSIONS.index(c["o"]["fusion"]) + 1) % 3],
-                      "discard": [0.2, 0.0, 0.6][len(c["model"]) % 3],
-                      "start_layer": -L if L > 1 else 0, "grad_resnorm": not c["o"]["grad_resnorm"]}
-        write_config(cfg, [section(c["model"], c["o"]) for c in cases])
-        d.proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: "SIGHUP: applied" in d.stderr() and "model.*" in d.stderr(),
-                   what="the daemon to log that it applied the new [model.NAME] sections")
-        checked = run_cases(d, pub, sub, rng, cases[:12])
-        assert checked >= 20
-        assert d.stats()["counters"]["rejected"] == 0
-    finally:
-        d.stop()
-        shutil.rmtree(cfg_dir, ignore_errors=True)
+    # SIGHUP: new options for the same models apply to the next trades.
+    for c in cases:
+        L = c["L"]
+        c["o"] = {"fusion": FUSIONS[(FUSIONS.index(c["o"]["fusion"]) + 1) % 3],
+                  "discard": [0.2, 0.0, 0.6][len(c["model"]) % 3],
+                  "start_layer": -L if L > 1 else 0, "grad_resnorm": not c["o"]["grad_resnorm"]}
+    write_config(cfg, [section(c["model"], c["o"]) for c in cases])
+    d.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "SIGHUP: applied" in d.stderr() and "model.*" in d.stderr(),
+               what="the daemon to log that it applied the new [model.NAME] sections")
+    checked = run_cases(d, pub, sub, rng, cases[:12])
+    assert checked >= 20
+    assert d.stats()["counters"]["rejected"] == 0
+    d.stop()
 
 
-def test_defaults_are_the_classic_methods():
+def test_defaults_are_the_classic_methods(daemon):
     """Without options the variants stay off: the same messages (rel
     included) give exactly the four default methods."""
-    d = Daemon()
-    try:
-        pub = d.publisher()
-        sub = d.subscriber(b"xpl/plain")
-        join(d, pub, sub)
-        rng = np.random.default_rng(5)
-        A = random_attention(rng, (1, 3, 2, 7, 7))
-        G = rng.standard_normal(A.shape)
-        Ax, Gx, Rx = send(pub, "plain", 0, [1], A, G, G * A, "f32", 0)
-        (_, msg), = recv(sub, 1)
-        assert sorted(msg["attr"]) == ["attn_mean", "first_layer", "grad_rollout", "rollout"]
-        want = ref.methods(Ax[0], Gx[0], 0)
-        for m in msg["attr"]:
-            assert_close(msg["attr"][m], want[m], what=m)
-    finally:
-        d.stop()
+    d = daemon()
+    pub = d.publisher()
+    sub = d.subscriber(b"xpl/plain")
+    join(d, pub, sub)
+    rng = np.random.default_rng(5)
+    A = random_attention(rng, (1, 3, 2, 7, 7))
+    G = rng.standard_normal(A.shape)
+    Ax, Gx, Rx = send(pub, "plain", 0, [1], A, G, G * A, "f32", 0)
+    (_, msg), = recv(sub, 1)
+    assert sorted(msg["attr"]) == ["attn_mean", "first_layer", "grad_rollout", "rollout"]
+    want = ref.methods(Ax[0], Gx[0], 0)
+    for m in msg["attr"]:
+        assert_close(msg["attr"][m], want[m], what=m)
+    d.stop()
 
 
-def test_hostile_rel_and_options_are_rejected_by_name():
-    cfg_dir = tempfile.mkdtemp(prefix="xpltest-variants-")
-    cfg = os.path.join(cfg_dir, "xplaind.conf")
+def test_hostile_rel_and_options_are_rejected_by_name(daemon, tmp_dir):
+    cfg = os.path.join(tmp_dir, "xplaind.conf")
     with open(cfg, "w") as f:
         f.write(f"[explain]\nmethods = {','.join(ALL)}\n\n[model.h2]\nstart_layer = -3\n")
-    d = Daemon("--config", cfg)
-    try:
-        pub = d.publisher()
-        sub = d.subscriber(b"xpl/h")
-        join(d, pub, sub)
-        rng = np.random.default_rng(9)
-        A = random_attention(rng, (1, 3, 2, 5, 5))
-        G = rng.standard_normal(A.shape)
-        base = {"v": 1, "model": "h", "ts": 1, "ids": [1], "L": 3, "H": 2, "n": 5, "dtype": "f32",
-                "cls": 0, "tokens": list("abcde"), "attn": encode(A, "f32")[0]}
-        good_rel = encode(G * A, "f32")[0]
-        nan_rel = np.array(G * A)
-        nan_rel[0, 2, 1, 3, 4] = np.nan
-        bad = [
-            ("missing_key", {"rel": good_rel}),                                  # rel without grad
-            ("size", {"grad": encode(G, "f32")[0], "rel": good_rel[:-4]}),      # one value short
-            ("wrong_type", {"grad": encode(G, "f32")[0], "rel": [1.0, 2.0]}),
-            ("nonfinite", {"grad": encode(G, "f32")[0], "rel": encode(nan_rel, "f32")[0]}),
-        ]
-        seq = 0
-        for reason, extra in bad:
-            before = d.stats()
-            body = dict(base, seq=seq, **extra)
-            seq += 1
-            pub.send_multipart([b"attn/h", msgpack.packb(body)])
-            after = wait_until(lambda: (lambda s: s if s["counters"]["rejected"] >
-                                        before["counters"]["rejected"] else None)(d.stats()),
-                               what=f"the '{reason}' rejection to be counted")
-            for r, c in after["rejected"].items():
-                assert c == before["rejected"][r] + (1 if r == reason else 0), (reason, r, c)
-        # A valid message still goes through, rel: nil meaning no rel.
-        body = dict(base, seq=seq, grad=encode(G, "f32")[0], rel=None)
+    d = daemon("--config", cfg)
+    pub = d.publisher()
+    sub = d.subscriber(b"xpl/h")
+    join(d, pub, sub)
+    rng = np.random.default_rng(9)
+    A = random_attention(rng, (1, 3, 2, 5, 5))
+    G = rng.standard_normal(A.shape)
+    base = {"v": 1, "model": "h", "ts": 1, "ids": [1], "L": 3, "H": 2, "n": 5, "dtype": "f32",
+            "cls": 0, "tokens": list("abcde"), "attn": encode(A, "f32")[0]}
+    good_rel = encode(G * A, "f32")[0]
+    nan_rel = np.array(G * A)
+    nan_rel[0, 2, 1, 3, 4] = np.nan
+    bad = [
+        ("missing_key", {"rel": good_rel}),                                  # rel without grad
+        ("size", {"grad": encode(G, "f32")[0], "rel": good_rel[:-4]}),      # one value short
+        ("wrong_type", {"grad": encode(G, "f32")[0], "rel": [1.0, 2.0]}),
+        ("nonfinite", {"grad": encode(G, "f32")[0], "rel": encode(nan_rel, "f32")[0]}),
+    ]
+    seq = 0
+    for reason, extra in bad:
+        before = d.stats()
+        body = dict(base, seq=seq, **extra)
         seq += 1
         pub.send_multipart([b"attn/h", msgpack.packb(body)])
-        (_, msg), = recv(sub, 1)
-        assert "lrp_rollout" not in msg["attr"] and "grad_rollout_signed" in msg["attr"]
-        # A model with L = 2 cannot start at layer -3 (its section): 'shape'.
-        before = d.stats()["rejected"]["shape"]
-        A2 = random_attention(rng, (1, 2, 2, 5, 5))
-        body = dict(base, model="h2", seq=0, L=2, attn=encode(A2, "f32")[0])
-        pub.send_multipart([b"attn/h2", msgpack.packb(body)])
-        wait_until(lambda: d.stats()["rejected"]["shape"] == before + 1,
-                   what="the start layer out of range to be rejected as shape")
-    finally:
-        log = d.stop()
-        shutil.rmtree(cfg_dir, ignore_errors=True)
+        after = wait_until(lambda: (lambda s: s if s["counters"]["rejected"] >
+                                    before["counters"]["rejected"] else None)(d.stats()),
+                           what=f"the '{reason}' rejection to be counted")
+        for r, c in after["rejected"].items():
+            assert c == before["rejected"][r] + (1 if r == reason else 0), (reason, r, c)
+    # A valid message still goes through, rel: nil meaning no rel.
+    body = dict(base, seq=seq, grad=encode(G, "f32")[0], rel=None)
+    seq += 1
+    pub.send_multipart([b"attn/h", msgpack.packb(body)])
+    (_, msg), = recv(sub, 1)
+    assert "lrp_rollout" not in msg["attr"] and "grad_rollout_signed" in msg["attr"]
+    # A model with L = 2 cannot start at layer -3 (its section): 'shape'.
+    before = d.stats()["rejected"]["shape"]
+    A2 = random_attention(rng, (1, 2, 2, 5, 5))
+    body = dict(base, model="h2", seq=0, L=2, attn=encode(A2, "f32")[0])
+    pub.send_multipart([b"attn/h2", msgpack.packb(body)])
+    wait_until(lambda: d.stats()["rejected"]["shape"] == before + 1,
+               what="the start layer out of range to be rejected as shape")
+    log = d.stop()
     for what in ("rel is given without grad", "rel has", "NaN or Inf in attn, grad or rel",
                  "explain.start_layer is outside"):
         assert what in log, (what, log[-2000:])
 
-
-def main():
-    test_variants_match_the_reference()
-    test_defaults_are_the_classic_methods()
-    test_hostile_rel_and_options_are_rejected_by_name()
-    print("ok")
-
-
-if __name__ == "__main__":
-    sys.exit(main())
