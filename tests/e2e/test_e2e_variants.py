@@ -62,30 +62,6 @@ def expected(A, G, R, cls, o):
     return want
 
 
-def magnitude_scale(X, G, cls, resnorm, start, clamp):
-    """The magnitude scale of a gradient-family readout, as
-    tests/test_variants.c defines it for grad_rollout_signed: the same
-    readout with every product counted by its absolute value, and, with
-    the residual normalisation, the bound that its division by a row sum
-    near 0 implies. X is A (grad_rollout, grad_rollout_signed) or rel
-    (lrp_rollout)."""
-    Xa, Ga = np.abs(X), np.abs(G)
-    if not resnorm:
-        return ref.readout(ref.grad_rollout_matrix(Xa, Ga, False, start), cls)
-    n = X.shape[-1]
-    I = np.eye(n)
-    R = ref.grad_rollout_matrix(X, G, False, start, clamp=clamp) - I
-    Ra = ref.grad_rollout_matrix(Xa, Ga, False, start) - I
-    rows = [cls] if cls >= 0 else range(n)
-    acc = np.zeros(n)
-    for i in rows:
-        S, Sa = R[i].sum(), Ra[i].sum()
-        if S != 0:
-            acc += 4 * (Ra[i] + np.abs(R[i] / S) * Sa) / abs(S)
-    acc /= len(rows)
-    return acc if cls < 0 else np.delete(acc, cls)
-
-
 def check(msg, A, G, R, cls, o, what):
     want = expected(A, G, R, cls, o)
     assert sorted(msg["attr"]) == sorted(want), (what, sorted(msg["attr"]), sorted(want))
@@ -99,8 +75,9 @@ def check(msg, A, G, R, cls, o, what):
         if m == "grad_rollout_signed" or (m in ("grad_rollout", "lrp_rollout") and
                                           o["grad_resnorm"] and cls < 0):
             X = R if m == "lrp_rollout" else A
-            tol = 1e-5 * (np.abs(w) + magnitude_scale(X, G, cls, o["grad_resnorm"], o["start_layer"],
-                                                      m != "grad_rollout_signed")) + 1e-12
+            tol = 1e-5 * (np.abs(w) + ref.magnitude_scale(X, G, cls, o["grad_resnorm"],
+                                                          o["start_layer"],
+                                                          m != "grad_rollout_signed")) + 1e-12
             k = int(np.argmax(np.abs(got - w) - tol))
             assert got.shape == w.shape and (np.abs(got - w) <= tol).all(), \
                 f"{what} {m}: [{k}] got {got[k]!r} want {w[k]!r} (tol {tol[k]:.3g})"

@@ -120,7 +120,7 @@ class Publisher:
     def send(self, attn: Any, grad: Any = None, ids: Optional[Iterable[Union[int, str]]] = None,
              target: Any = None, y: Any = None, ts: Optional[int] = None,
              tokens: Optional[Sequence[str]] = None, cls: Optional[int] = None,
-             extra: Optional[Dict[str, Any]] = None) -> int:
+             extra: Optional[Dict[str, Any]] = None, rel: Any = None) -> int:
         """Send one message with the B trades of `attn` and return its seq.
 
         attn    [B, L, H, n, n] or, for a single trade, [L, H, n, n]; numpy
@@ -132,6 +132,8 @@ class Publisher:
         ts      event time, ns since the epoch (default: now)
         tokens, cls  change the schema (starts a new epoch in the daemon)
         extra   further keys for the body (ignored by contract-v1 daemons)
+        rel     same shape as grad, the relevance of every attention
+                probability (the daemon's lrp_rollout); only with grad
         """
         a = codec.to_numpy(attn)
         if a.ndim == 4:
@@ -146,6 +148,15 @@ class Publisher:
                 g = g[None]
             if g.shape != a.shape:
                 raise ValueError("grad shape %s differs from attn shape %s" % (g.shape, a.shape))
+        r = None
+        if rel is not None:
+            if g is None:
+                raise ValueError("rel needs grad (lrp_rollout reads both)")
+            r = codec.to_numpy(rel)
+            if r.ndim == 4:
+                r = r[None]
+            if r.shape != a.shape:
+                raise ValueError("rel shape %s differs from attn shape %s" % (r.shape, a.shape))
         if tokens is not None:
             self.tokens = list(tokens)
         if cls is not None:
@@ -173,6 +184,8 @@ class Publisher:
         }
         if g is not None:
             body["grad"] = codec.encode(g, self.dtype)
+        if r is not None:
+            body["rel"] = codec.encode(r, self.dtype)
         if target is not None:
             t = [int(v) for v in _broadcast(target, B, "target")]
             body["target"] = t
