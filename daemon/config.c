@@ -305,7 +305,8 @@ s_set(config_t *cfg, const opt_t *o, const char *value, bool replace_list, char 
         errno = 0;
         long long x = strtoll(value, &end, 10);
         if (errno || end == value || *end || x < (long long)o->dmin || x > (long long)o->dmax) {
-            snprintf(err, elen, "'%s' is not an integer from %.0f to %.0f", value, o->dmin, o->dmax);
+            snprintf(err, elen, "'%s' is not an integer from %.0f to %.0f", value, o->dmin,
+                     o->dmax);
             return -1;
         }
         *(int64_t *)f = x;
@@ -649,8 +650,8 @@ s_finish(config_t *cfg)
     const char *bad = NULL;
     if (s_derive(cfg, &bad)) {
         fprintf(stderr, "xplaind: bad value for explain.methods: unknown method near '%s' "
-                        "(known: rollout, grad_rollout, first_layer, attn_mean, diag, flow, colsum, "
-                        "grad_rollout_signed, lrp_rollout)\n", bad);
+                        "(known: rollout, grad_rollout, first_layer, attn_mean, diag, flow, "
+                        "colsum, grad_rollout_signed, lrp_rollout)\n", bad);
         errors++;
     } else if (cfg->method_set == 0) {
         fprintf(stderr, "xplaind: bad value for explain.methods: no method enabled\n");

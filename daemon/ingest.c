@@ -113,18 +113,20 @@ s_explain_trades(ingest_t *s, model_t *md, const wire_ingest_t *in, int64_t t_re
                                          : "explain.start_layer is outside -L..L-1 for this model");
             /* XM_EARG here is the configured start layer outside -L..L-1
                for this model's L: a shape the options cannot explain. */
-            ingest_reject(s->stats, md,
-                          rc == XM_ENONFINITE ? XR_NONFINITE : rc == XM_EARG ? XR_SHAPE : XR_INTERNAL,
-                          md->name,
-                          md->name_len, why);
+            xr_reason_t r = rc == XM_ENONFINITE ? XR_NONFINITE
+                            : rc == XM_EARG     ? XR_SHAPE
+                                                : XR_INTERNAL;
+            ingest_reject(s->stats, md, r, md->name, md->name_len, why);
             continue;
         }
         const float *roll = xm_work_rollout_layers(s->work);
+        uint32_t start = 0;     /* resolved: xm_explain_ex accepted it */
+        xm_start_layer(opts.start_layer, shape->L, &start);
         cache_put(s->cache, &(cache_put_t){
             .model = md->index, .epoch = md->cur->epoch, .id = &in->ids[b], .ts = in->ts,
             .target = in->target ? &in->target[b] : NULL, .y = in->y ? &in->y[b] : NULL,
             .shape = shape, .res = &res, .roll = roll, .flow = xm_work_flow_layers(s->work),
-            .grad = xm_work_grad_layers(s->work), .resnorm = opts.grad_resnorm});
+            .grad = xm_work_grad_layers(s->work), .resnorm = opts.grad_resnorm, .start = start});
         publish_xpl(s->pub, md, in, b, &res);
         global_closed_t closed;
         global_add(s->global, md, in->target ? &in->target[b] : NULL, &res, &closed);

@@ -129,7 +129,26 @@ def run_cases(d, pub, sub, rng, cases):
                   c["cls"], c["o"], f"{c['model']} L={L} H={H} n={n} cls={c['cls']} "
                   f"{c['dtype']} {c['o']}")
             checked += 1
+        c["last"] = (ids[-1], Ax[-1], None if Gx is None else Gx[-1])
     return checked
+
+
+def check_matrices(d, c):
+    """The trade query's full matrices of a case's last trade, with its
+    discard ratio and start layer (the residual normalisation's R - I
+    cancels in float32: grad_rollout's matrix is checked without it)."""
+    tid, A, G = c["last"]
+    o = c["o"]
+    rep = d.query("trade", model=c["model"], id=tid)
+    assert rep["ok"], rep
+    n = c["n"]
+    R = np.frombuffer(rep["matrices"]["rollout"], dtype="<f4").reshape(n, n)
+    assert_close(R, ref.rollout_matrix(A, o["fusion"], o["discard"], o["start_layer"], c["cls"]),
+                 what=f"{c['model']} rollout matrix {o}")
+    if G is not None and not o["grad_resnorm"]:
+        Rg = np.frombuffer(rep["matrices"]["grad_rollout"], dtype="<f4").reshape(n, n)
+        assert_close(Rg, ref.grad_rollout_matrix(A, G, False, o["start_layer"]),
+                     what=f"{c['model']} grad_rollout matrix {o}")
 
 
 def test_variants_match_the_reference(daemon, tmp_dir):
@@ -142,6 +161,8 @@ def test_variants_match_the_reference(daemon, tmp_dir):
     sub = d.subscriber(b"xpl/v")
     join(d, pub, sub)
     checked = run_cases(d, pub, sub, rng, cases)
+    for c in cases:
+        check_matrices(d, c)
     st = d.stats()
     assert st["counters"]["rejected"] == 0, st["rejected"]
     assert checked >= 90, checked
