@@ -57,6 +57,10 @@ static const opt_t s_opts[] = {
      "L=8, H=8, n=256 (or 64 trades of n=32)."},
     {"ingest", "max_str", "max-str", T_UINT, O(max_str), "256", 1, 65536, true,
      "Longest trade id or token name accepted, in bytes."},
+    {"ingest", "max_trade_targets", "max-trade-targets", T_UINT, O(max_targets_per_trade), "16",
+     1, 4096, true,
+     "Most targets one message may explain each trade for ('targets': one gradient per "
+     "target); more are rejected as 'length'."},
     {"ingest", "attention_check", "attention-check", T_STR, O(attention_check), "reject", 0, 0,
      true,
      "What to do with a trade whose attention rows are not probability distributions: reject "

@@ -231,9 +231,26 @@ s_record_window(global_t *g, const model_t *md, gmodel_t *gm, gepoch_t *e, int m
 
 static void s_apply_pending(global_t *g, const model_t *md, gepoch_t *e);
 
+static void s_add(global_t *g, const model_t *md, const int64_t *target, const xm_result_t *res,
+                  global_closed_t *closed, bool whole_trade);
+
 void
 global_add(global_t *g, const model_t *md, const int64_t *target, const xm_result_t *res,
            global_closed_t *closed)
+{
+    s_add(g, md, target, res, closed, true);
+}
+
+void
+global_add_target(global_t *g, const model_t *md, const int64_t *target, const xm_result_t *res,
+                  global_closed_t *closed)
+{
+    s_add(g, md, target, res, closed, false);
+}
+
+static void
+s_add(global_t *g, const model_t *md, const int64_t *target, const xm_result_t *res,
+      global_closed_t *closed, bool whole_trade)
 {
     closed->n = 0;
     closed->epoch = md->cur->epoch;
@@ -265,8 +282,10 @@ global_add(global_t *g, const model_t *md, const int64_t *target, const xm_resul
         if (drift_push(&e->drift[m], res->attr[m], &r) == 1)
             s_record_window(g, md, gm, e, m, &r, closed);
     }
-    agg_heads_update(&e->heads, res->head_importance, res->head_confidence);
-    e->count++;
+    if (whole_trade) {
+        agg_heads_update(&e->heads, res->head_importance, res->head_confidence);
+        e->count++;
+    }
     gm->dirty = true;
     g->gen++;
 }

@@ -128,6 +128,12 @@ void global_set_thresholds(global_t *g, const drift_opts_t *o);
 void global_add(global_t *g, const model_t *md, const int64_t *target, const xm_result_t *res,
                 global_closed_t *closed);
 
+/* A further target of the trade just added: its methods go into the
+   aggregates of class `target` and the model's, and into drift, but the
+   trade is not counted again and the heads are left alone. */
+void global_add_target(global_t *g, const model_t *md, const int64_t *target,
+                       const xm_result_t *res, global_closed_t *closed);
+
 /* The current epoch of md when its state changed since it was last
    taken, else NULL; takes the change (for publish_changed). */
 const gepoch_t *global_take_changed(global_t *g, const model_t *md);

@@ -82,6 +82,36 @@ s_model_opts(const ingest_t *s, const model_t *md, xm_opts_t *out)
         config_model_opts(s->cfg, md->name, out);
 }
 
+/* A trade explained for T targets: one xpl/ message per target, named by
+   its class, with every method (the gradient methods of that target);
+   target 0's result is the trade's, each further one adds only its
+   gradient methods to its class (global_add_target). */
+static void
+s_publish_targets(ingest_t *s, model_t *md, const wire_ingest_t *in, uint32_t b,
+                  const xm_result_t *res)
+{
+    const uint32_t nf = xm_nfeat(&md->cur->shape);
+    const size_t lh = (size_t)md->cur->shape.L * md->cur->shape.H;
+    for (uint32_t t = 0; t < in->ntargets; t++) {
+        xm_result_t rt = *res;
+        for (int m = 0; m < XM_NMETHODS; m++)
+            if ((XM_GRAD_METHODS & XM_BIT(m)) && rt.attr[m])
+                rt.attr[m] += (size_t)t * nf;
+        if (rt.head_importance)
+            rt.head_importance += t * lh;
+        publish_xpl_target(s->pub, md, in, b, &in->targets[t], &rt);
+        global_closed_t closed;
+        if (t == 0) {
+            global_add(s->global, md, &in->targets[t], &rt, &closed);
+        } else {
+            rt.computed &= XM_GRAD_METHODS;
+            global_add_target(s->global, md, &in->targets[t], &rt, &closed);
+        }
+        if (closed.n)
+            publish_drift(s->pub, s->global, md, &closed);
+    }
+}
+
 static void
 s_explain_trades(ingest_t *s, model_t *md, const wire_ingest_t *in, int64_t t_recv)
 {
@@ -97,12 +127,15 @@ s_explain_trades(ingest_t *s, model_t *md, const wire_ingest_t *in, int64_t t_re
             md->flow_counter++;
         }
         const uint8_t *a = in->attn + (size_t)b * in->trade_bytes;
-        const uint8_t *g = in->grad ? in->grad + (size_t)b * in->trade_bytes : NULL;
-        const uint8_t *rl = in->rel ? in->rel + (size_t)b * in->trade_bytes : NULL;
+        /* T gradient (and relevance) blocks per trade with "targets". */
+        const uint32_t T = in->ntargets ? in->ntargets : 1;
+        const size_t gbytes = (size_t)T * in->trade_bytes;
+        const uint8_t *g = in->grad ? in->grad + (size_t)b * gbytes : NULL;
+        const uint8_t *rl = in->rel ? in->rel + (size_t)b * gbytes : NULL;
         if (!s_attention_ok(s, md, in, b, a))
             continue;
         xm_result_t res;
-        xm_input_t xin = {.attn = a, .grad = g, .rel = rl, .ntargets = 1};
+        xm_input_t xin = {.attn = a, .grad = g, .rel = rl, .ntargets = T};
         xm_err_t rc = xm_explain_ex(s->work, &opts, shape, in->dtype, &xin, &res);
         if (rc != XM_OK) {
             char why[128];
@@ -127,11 +160,15 @@ s_explain_trades(ingest_t *s, model_t *md, const wire_ingest_t *in, int64_t t_re
             .target = in->target ? &in->target[b] : NULL, .y = in->y ? &in->y[b] : NULL,
             .shape = shape, .res = &res, .roll = roll, .flow = xm_work_flow_layers(s->work),
             .grad = xm_work_grad_layers(s->work), .resnorm = opts.grad_resnorm, .start = start});
-        publish_xpl(s->pub, md, in, b, &res);
         global_closed_t closed;
-        global_add(s->global, md, in->target ? &in->target[b] : NULL, &res, &closed);
-        if (closed.n)
-            publish_drift(s->pub, s->global, md, &closed);
+        if (!in->ntargets) {
+            publish_xpl(s->pub, md, in, b, &res);
+            global_add(s->global, md, in->target ? &in->target[b] : NULL, &res, &closed);
+            if (closed.n)
+                publish_drift(s->pub, s->global, md, &closed);
+        } else {
+            s_publish_targets(s, md, in, b, &res);
+        }
         md->explained++;
         s->stats->explained++;
         stats_latency(s->stats, (uint64_t)(now_mono_ns() - t_recv));

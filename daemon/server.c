@@ -37,6 +37,7 @@ s_limits(const config_t *c, wire_limits_t *lim)
     lim->max_tokens = (uint32_t)c->max_tokens;
     lim->max_elems = c->max_elems;
     lim->max_str = (uint32_t)c->max_str;
+    lim->max_targets = (uint32_t)c->max_targets_per_trade;
 }
 
 static void

@@ -254,3 +254,76 @@ def test_hostile_rel_and_options_are_rejected_by_name(daemon, tmp_dir):
                  "explain.start_layer is outside"):
         assert what in log, (what, log[-2000:])
 
+
+
+def test_several_targets_per_trade(daemon):
+    """"targets": [c0, c1, c2] with T gradient (and relevance) blocks per
+    trade: one xpl/ message per target, named by its class, every method
+    in it (the gradient methods of that target, against ref.py); the
+    trade counted once, each target's vectors in its class. Then T above
+    max_trade_targets, targets without grad, target beside targets and a
+    gradient sized for the wrong T are refused by name."""
+    d = daemon("--methods", ",".join(ALL), "--max-trade-targets", "3")
+    pub = d.publisher()
+    sub = d.subscriber(b"xpl/mt")
+    join(d, pub, sub)
+    rng = np.random.default_rng(31)
+    for k, (L, H, n, cls, dtype) in enumerate([(2, 3, 6, 0, "f32"), (3, 2, 5, -1, "f16"),
+                                                (1, 2, 7, 6, "bf16"), (2, 1, 4, 2, "f32")]):
+        model, B, T = f"mt{k}", 2, [3, 1, 2, 2][k]
+        classes = [7, 3, 11][:T]
+        A = random_attention(rng, (B, L, H, n, n))
+        G = rng.standard_normal((B, T, L, H, n, n))
+        R = rng.standard_normal((B, T, L, H, n, n)) * A[:, None]
+        body = {"v": 1, "model": model, "seq": 0, "ts": 1, "ids": [f"{model}-0", f"{model}-1"],
+                "L": L, "H": H, "n": n, "dtype": dtype, "cls": cls,
+                "tokens": [f"t{j}" for j in range(n)], "targets": classes}
+        body["attn"], Ax = encode(A, dtype)
+        body["grad"], Gx = encode(G, dtype)
+        body["rel"], Rx = encode(R, dtype)
+        Ax, Gx, Rx = Ax.reshape(A.shape), Gx.reshape(G.shape), Rx.reshape(R.shape)
+        pub.send_multipart([f"attn/{model}".encode(), msgpack.packb(body)])
+        msgs = recv(sub, B * T)
+        o = {"fusion": "mean", "discard": 0.0, "start_layer": 0, "grad_resnorm": False}
+        for b in range(B):
+            for t in range(T):
+                _, msg = msgs[b * T + t]
+                assert msg["id"] == body["ids"][b] and msg["target"] == classes[t], msg
+                check(msg, Ax[b], Gx[b, t], Rx[b, t], cls, o, f"{model} trade {b} target {t}")
+        g = d.query("global", model=model)
+        assert g["ok"] and g["count"] == B, g
+        got = {c["target"]: c for c in g["targets"]}
+        assert sorted(got) == sorted(classes), got.keys()
+        for t, c in enumerate(classes):
+            m = got[c]["methods"]
+            want = np.mean([expected(Ax[b], Gx[b, t], Rx[b, t], cls, o)["lrp_rollout"]
+                            for b in range(B)], axis=0)
+            assert m["lrp_rollout"]["count"] == B
+            assert_close(m["lrp_rollout"]["mean"], want, 1e-5, what=f"{model} class {c} mean")
+            # The methods without a gradient belong to the trade's first target.
+            assert m["rollout"]["count"] == (B if t == 0 else 0), (t, m["rollout"])
+    assert d.stats()["counters"]["rejected"] == 0
+    # Hostile.
+    A = random_attention(rng, (1, 1, 1, 4, 4))
+    G = rng.standard_normal((1, 2, 1, 1, 4, 4))
+    base = {"v": 1, "model": "mt0", "ts": 1, "ids": [1], "L": 1, "H": 1, "n": 4,
+            "dtype": "f32", "attn": encode(A, "f32")[0]}
+    bad = [("length", {"targets": [1, 2, 3, 4], "grad": encode(np.tile(G, (1, 2, 1, 1, 1, 1)),
+                                                                "f32")[0]}),
+           ("length", {"targets": [], "grad": encode(G[:, 0], "f32")[0]}),
+           ("missing_key", {"targets": [1, 2]}),
+           ("duplicate_key", {"targets": [1, 2], "target": [1], "grad": encode(G, "f32")[0]}),
+           ("size", {"targets": [1, 2], "grad": encode(G[:, 0], "f32")[0]}),
+           ("wrong_type", {"targets": [1, "x"], "grad": encode(G, "f32")[0]})]
+    for seq, (reason, extra) in enumerate(bad):
+        before = d.stats()
+        pub.send_multipart([b"attn/mt0", msgpack.packb(dict(base, seq=100 + seq, **extra))])
+        after = wait_until(lambda: (lambda s: s if s["counters"]["rejected"] >
+                                    before["counters"]["rejected"] else None)(d.stats()),
+                           what=f"the '{reason}' rejection to be counted")
+        for r, c in after["rejected"].items():
+            assert c == before["rejected"][r] + (1 if r == reason else 0), (reason, r, c)
+    log = d.stop()
+    for what in ("targets has 4 entries (1 to 3 allowed)", "targets is given without grad",
+                 "target and targets are both given", "B*T*L*H*n*n*4"):
+        assert what in log, what
