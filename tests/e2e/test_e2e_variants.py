@@ -2,7 +2,8 @@
 plain pyzmq + msgpack publisher (no project code): colsum,
 grad_rollout_signed and lrp_rollout (with the relevance tensor `rel`
 beside `grad`), the discard ratio and the start layer, set per model in
-[model.NAME] sections of a configuration file and reloaded on SIGHUP.
+[model.NAME] sections of a configuration file and reloaded on SIGHUP,
+and several targets per trade ("targets", one xpl/ message per target).
 Every published number is compared with the float64 reference
 (tests/ref.py) to 1e-5 relative, on random shapes, every CLS position
 (none, first, last, inside) and every dtype. Hostile values of the new
