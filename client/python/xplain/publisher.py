@@ -120,7 +120,8 @@ class Publisher:
     def send(self, attn: Any, grad: Any = None, ids: Optional[Iterable[Union[int, str]]] = None,
              target: Any = None, y: Any = None, ts: Optional[int] = None,
              tokens: Optional[Sequence[str]] = None, cls: Optional[int] = None,
-             extra: Optional[Dict[str, Any]] = None) -> int:
+             extra: Optional[Dict[str, Any]] = None, rel: Any = None,
+             targets: Optional[Sequence[int]] = None) -> int:
         """Send one message with the B trades of `attn` and return its seq.
 
         attn    [B, L, H, n, n] or, for a single trade, [L, H, n, n]; numpy
@@ -132,6 +133,11 @@ class Publisher:
         ts      event time, ns since the epoch (default: now)
         tokens, cls  change the schema (starts a new epoch in the daemon)
         extra   further keys for the body (ignored by contract-v1 daemons)
+        rel     same shape as grad, the relevance of every attention
+                probability (the daemon's lrp_rollout); only with grad
+        targets T classes explained at once: grad (and rel) are then
+                [B, T, L, H, n, n], gradient t that of class targets[t]
+                (not with target); one xpl/ message per trade and target
         """
         a = codec.to_numpy(attn)
         if a.ndim == 4:
@@ -140,12 +146,27 @@ class Publisher:
             raise ValueError("attn must be [B,L,H,n,n] or [L,H,n,n], got shape %s" % (a.shape,))
         B, L, H, n, _ = a.shape
         g = None
+        gshape = a.shape
+        if targets is not None:
+            targets = [int(t) for t in _as_seq(targets)]
+            if grad is None or target is not None or not targets:
+                raise ValueError("targets needs grad, no target, and at least one class")
+            gshape = (B, len(targets)) + a.shape[1:]
         if grad is not None:
             g = codec.to_numpy(grad)
-            if g.ndim == 4:
+            if g.ndim == 4 and targets is None:
                 g = g[None]
-            if g.shape != a.shape:
-                raise ValueError("grad shape %s differs from attn shape %s" % (g.shape, a.shape))
+            if g.shape != gshape:
+                raise ValueError("grad shape %s, expected %s" % (g.shape, gshape))
+        r = None
+        if rel is not None:
+            if g is None:
+                raise ValueError("rel needs grad (lrp_rollout reads both)")
+            r = codec.to_numpy(rel)
+            if r.ndim == 4 and targets is None:
+                r = r[None]
+            if r.shape != gshape:
+                raise ValueError("rel shape %s, expected %s" % (r.shape, gshape))
         if tokens is not None:
             self.tokens = list(tokens)
         if cls is not None:
@@ -173,6 +194,10 @@ class Publisher:
         }
         if g is not None:
             body["grad"] = codec.encode(g, self.dtype)
+        if r is not None:
+            body["rel"] = codec.encode(r, self.dtype)
+        if targets is not None:
+            body["targets"] = targets
         if target is not None:
             t = [int(v) for v in _broadcast(target, B, "target")]
             body["target"] = t
