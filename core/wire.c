@@ -57,6 +57,7 @@ wire_limits_default(wire_limits_t *lim)
        trades of L = 8, H = 8, n = 32. See the README's memory section. */
     lim->max_elems = 4u << 20;
     lim->max_str = 256;
+    lim->max_targets = 16;
     lim->fused = true;
 }
 
@@ -82,13 +83,14 @@ wire_max_body(const wire_limits_t *lim)
         tensor = UINT32_MAX;
     uint64_t id = lim->max_str + 5 > 9 ? lim->max_str + 5 : 9;
     uint64_t b = 5                                  /* the map header */
-                 + 15 * 8                           /* the known keys, "tokens" longest */
+                 + 17 * 8                           /* the known keys, "targets" longest */
                  + 1 + (5 + WIRE_MODEL_MAX)         /* v, model */
                  + 6 * 9 + 5                        /* seq ts L H n cls, dtype */
-                 + 2 * (5 + tensor)                 /* attn, grad */
+                 + 3 * (5 + tensor)                 /* attn, grad, rel */
                  + s_fused_extra(lim)               /* the fused form's keys */
                  + 5 + (uint64_t)lim->max_batch * id /* ids */
                  + 2 * (5 + (uint64_t)lim->max_batch * 9) /* target, y */
+                 + 5 + (uint64_t)(lim->max_targets ? lim->max_targets : 16) * 9 /* targets */
                  + 5 + (uint64_t)lim->max_tokens * (lim->max_str + 5) /* tokens */
                  + WIRE_UNKNOWN_SLACK;
     return b;
@@ -283,19 +285,23 @@ wire_fused_trade_ok(const wire_ingest_t *in, uint32_t b, float tol, wire_attn_ba
     if (!wire_attn_rows_ok(&m, in->dtype, in->fattn + (size_t)b * in->trade_bytes, tol, bad))
         return false;
     const size_t lh = (size_t)sh->L * sh->H;
+    const uint32_t T = in->ntargets ? in->ntargets : 1;
     for (int which = 0; which < 2; which++) {
         const uint8_t *p = which ? in->head_importance : in->head_confidence;
         if (!p)
             continue;
-        p += (size_t)b * in->trade_head_bytes;
-        for (size_t k = 0; k < lh; k++) {
+        /* head_importance holds one [L][H] block per target. */
+        const size_t cnt = which ? lh * T : lh;
+        p += (size_t)b * cnt * 4;
+        for (size_t k = 0; k < cnt; k++) {
             float x;
             memcpy(&x, p + 4 * k, 4);
             /* NaN compares false both ways: left to the finiteness check. */
             bool off = which ? x < -tol : (x < -tol || x > 1.0f + tol);
             if (off) {
                 if (bad)
-                    *bad = (wire_attn_bad_t){.l = (uint32_t)(k / sh->H), .h = (uint32_t)(k % sh->H),
+                    *bad = (wire_attn_bad_t){.l = (uint32_t)(k % lh / sh->H),
+                                             .h = (uint32_t)(k % sh->H),
                                              .i = UINT32_MAX, .sum = x, .min = 0.0f};
                 return false;
             }
@@ -318,6 +324,7 @@ wire_decoder_destroy(wire_decoder_t *d)
     free(d->target);
     free(d->y);
     free(d->tokens);
+    free(d->targets);
     memset(d, 0, sizeof *d);
 }
 
@@ -403,15 +410,15 @@ s_msgpack_fail(wire_decoder_t *d, mpr_err_t e, const char *where)
 /* The keys the decoder knows, as bits for the seen/duplicate check. */
 enum {
     K_V, K_MODEL, K_SEQ, K_TS, K_IDS, K_L, K_H, K_N, K_DTYPE, K_ATTN, K_GRAD,
-    K_TARGET, K_Y, K_CLS, K_TOKENS, K_TAGS,
+    K_TARGET, K_Y, K_CLS, K_TOKENS, K_TAGS, K_REL, K_TARGETS,
     K_FATTN, K_FGRAD, K_FGRAD_SIGNED, K_HEAD_IMP, K_HEAD_CONF,   /* the fused form */
     K_COUNT
 };
 #define K_FULL_COUNT K_FATTN
 static const char *s_keys[K_COUNT] = {"v", "model", "seq", "ts", "ids", "L", "H", "n",
                                       "dtype", "attn", "grad", "target", "y", "cls", "tokens",
-                                      "tags", "fattn", "fgrad", "fgrad_signed", "head_importance",
-                                      "head_confidence"};
+                                      "tags", "rel", "targets", "fattn", "fgrad", "fgrad_signed",
+                                      "head_importance", "head_confidence"};
 static const unsigned s_required = 1u << K_V | 1u << K_MODEL | 1u << K_SEQ | 1u << K_TS |
                                    1u << K_IDS | 1u << K_L | 1u << K_H | 1u << K_N |
                                    1u << K_DTYPE | 1u << K_ATTN;
@@ -581,10 +588,10 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
     unsigned seen = 0;
     uint64_t L = 0, H = 0, n = 0, seq = 0;
     int64_t cls = -1;
-    uint32_t nids = 0, ntarget = 0, ny = 0, ntokens = 0;
-    wire_sv_t attn = {0}, grad = {0}, tags = {0};
+    uint32_t nids = 0, ntarget = 0, ny = 0, ntokens = 0, ntargets = 0;
+    wire_sv_t attn = {0}, grad = {0}, tags = {0}, rel = {0};
     wire_sv_t fbin[5] = {{0}};      /* fattn .. head_confidence, by K_ - K_FATTN */
-    bool grad_nil = false;
+    bool grad_nil = false, rel_nil = false;
     unsigned nil = 0;               /* fused keys given as nil */
     for (uint32_t k = 0; k < pairs; k++) {
         mpr_obj_t key;
@@ -675,6 +682,15 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
                 return s_wrong_type(d, kn, "bin", &o);
             *(ki == K_ATTN ? &attn : &grad) = (wire_sv_t){o.v.raw.ptr, o.v.raw.len};
             break;
+        case K_REL:
+            if (o.type == MPR_NIL) {
+                rel_nil = true;
+                break;
+            }
+            if (o.type != MPR_BIN)
+                return s_wrong_type(d, kn, "bin", &o);
+            rel = (wire_sv_t){o.v.raw.ptr, o.v.raw.len};
+            break;
         case K_FATTN:
         case K_FGRAD:
         case K_FGRAD_SIGNED:
@@ -751,6 +767,35 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
             *(ki == K_TARGET ? &ntarget : &ny) = cnt;
             break;
         }
+        case K_TARGETS: {
+            if (o.type != MPR_ARRAY)
+                return s_wrong_type(d, kn, "array", &o);
+            uint32_t lim = d->lim.max_targets ? d->lim.max_targets : 16;
+            if (o.v.count == 0 || o.v.count > lim)
+                return s_fail(d, XR_LENGTH, "targets has %" PRIu32 " entries (1 to %" PRIu32
+                              " allowed)", o.v.count, lim);
+            ntargets = o.v.count;
+            if (ntargets > d->cap_targets) {
+                int64_t *t = realloc(d->targets, ntargets * sizeof *t);
+                if (!t)
+                    return s_fail(d, XR_INTERNAL, "out of memory for %" PRIu32 " targets", ntargets);
+                d->targets = t;
+                d->cap_targets = ntargets;
+            }
+            for (uint32_t t = 0; t < ntargets; t++) {
+                mpr_obj_t it;
+                if ((e = mpr_next(&r, &it)))
+                    return s_msgpack_fail(d, e, kn);
+                if (it.type == MPR_UINT && it.v.u <= INT64_MAX)
+                    d->targets[t] = (int64_t)it.v.u;
+                else if (it.type == MPR_INT)
+                    d->targets[t] = it.v.i;
+                else
+                    return s_fail(d, XR_WRONG_TYPE, "targets[%" PRIu32 "]: expected int, got %s",
+                                  t, mpr_type_name(it.type));
+            }
+            break;
+        }
         case K_TOKENS:
             if (o.type != MPR_ARRAY)
                 return s_wrong_type(d, kn, "array", &o);
@@ -791,6 +836,11 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
         if (seen & full)
             return s_fail(d, XR_FUSED_FORM, "key '%s' of the full form in a fused message (fattn)",
                           (seen & (1u << K_ATTN)) ? "attn" : "grad");
+        /* lrp_rollout weighs G * Rel per head: no head mean sent here can
+           stand in for it, so the relevance has no fused form. */
+        if ((seen & (1u << K_REL)) && !rel_nil)
+            return s_fail(d, XR_FUSED_FORM, "key 'rel' in a fused message (the relevance has no "
+                          "fused form: lrp_rollout needs every head)");
         bool has_p = (seen & (1u << K_FGRAD)) && !(nil & (1u << K_FGRAD));
         bool has_s = (seen & (1u << K_FGRAD_SIGNED)) && !(nil & (1u << K_FGRAD_SIGNED));
         bool has_i = (seen & (1u << K_HEAD_IMP)) && !(nil & (1u << K_HEAD_IMP));
@@ -817,58 +867,91 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
     if (out->has_cls && (cls < -1 || cls >= (int64_t)n || (cls >= 0 && n < 2)))
         return s_fail(d, XR_SHAPE, "cls=%" PRId64 " is not -1 or a token index below n=%" PRIu64,
                       cls, n);
-    uint64_t elems, trade_elems, helems = 0, trade_helems = 0;
+    uint64_t elems, trade_elems, helems = 0, trade_helems = 0, gelems = 0, ghelems = 0;
     size_t es = xm_dtype_size(out->dtype);
+    /* With T targets the gradient tensors (grad and rel; fgrad,
+       fgrad_signed and head_importance) hold T blocks per trade. */
+    const uint32_t T = ntargets ? ntargets : 1;
     if (fused) {
         /* Per trade L*n*n values a tensor and L*H head statistics; all of
            them together no more than attn and grad may hold (2 *
            max_elems), so that the largest valid body stays that of the
            full form. */
         const unsigned given = seen & ~nil;
-        const uint64_t ntens = 1 + !!(given & (1u << K_FGRAD)) + !!(given & (1u << K_FGRAD_SIGNED));
-        const uint64_t nhead = 1 + !!(given & (1u << K_HEAD_IMP));
-        uint64_t all;
+        const uint64_t ng = !!(given & (1u << K_FGRAD)) + !!(given & (1u << K_FGRAD_SIGNED));
+        const uint64_t nhead = !!(given & (1u << K_HEAD_IMP));
+        const uint64_t cap = 2 * d->lim.max_elems;
+        uint64_t te, th, all = 0;
         if (!s_mul_le(L, n * n, d->lim.max_elems, &trade_elems) ||
             !s_mul_le(trade_elems, nids, d->lim.max_elems, &elems) ||
             !s_mul_le(L, H, d->lim.max_elems, &trade_helems) ||
             !s_mul_le(trade_helems, nids, d->lim.max_elems, &helems) ||
-            (all = elems * ntens + helems * nhead) > 2 * d->lim.max_elems)
+            !s_mul_le(elems, T, cap, &gelems) || !s_mul_le(helems, T, cap, &ghelems) ||
+            !s_mul_le(gelems, ng, cap, &te) || !s_mul_le(ghelems, nhead, cap, &th) ||
+            (all = elems + helems + te + th) > cap)
             return s_fail(d, XR_TOO_LARGE,
-                          "B*L*n*n or B*L*H for B=%" PRIu32 " L=%" PRIu64 " H=%" PRIu64
-                          " n=%" PRIu64 " exceeds the limit of %" PRIu64 " values (all fused "
-                          "tensors together: %" PRIu64 ")",
-                          nids, L, H, n, d->lim.max_elems, 2 * d->lim.max_elems);
+                          "B*L*n*n or B*L*H for B=%" PRIu32 " T=%" PRIu32 " L=%" PRIu64
+                          " H=%" PRIu64 " n=%" PRIu64 " exceeds the limit of %" PRIu64
+                          " values (all fused tensors together: %" PRIu64 ")",
+                          nids, T, L, H, n, d->lim.max_elems, cap);
     } else if (!s_mul_le(L * H, n * n, d->lim.max_elems, &trade_elems) ||
                !s_mul_le(trade_elems, nids, d->lim.max_elems, &elems))
         return s_fail(d, XR_TOO_LARGE,
                       "B*L*H*n*n for B=%" PRIu32 " L=%" PRIu64 " H=%" PRIu64 " n=%" PRIu64
                       " exceeds the limit of %" PRIu64 " values",
                       nids, L, H, n, d->lim.max_elems);
+    /* Each full-form tensor stays within max_elems, so the largest body
+       is unchanged. */
+    else if (!s_mul_le(elems, T, d->lim.max_elems, &gelems))
+        return s_fail(d, XR_TOO_LARGE,
+                      "B*T*L*H*n*n for B=%" PRIu32 " T=%" PRIu32 " L=%" PRIu64 " H=%" PRIu64
+                      " n=%" PRIu64 " exceeds the limit of %" PRIu64 " values",
+                      nids, T, L, H, n, d->lim.max_elems);
     bool has_grad = (seen & (1u << K_GRAD)) && !grad_nil;
+    bool has_fgrad = fused && (seen & ~nil & (1u << K_FGRAD));
     /* A bin holds at most 2^32 - 1 bytes: larger products can never match
        (and elems * es must not wrap). */
-    if (elems > UINT32_MAX / es || helems > UINT32_MAX / 4)
+    if (gelems > UINT32_MAX / es || ghelems > UINT32_MAX / 4)
         return s_fail(d, XR_SIZE, "%s*%zu = %" PRIu64 "*%zu bytes cannot fit in a msgpack bin",
-                      fused ? "B*L*n*n" : "B*L*H*n*n", es, elems, es);
+                      fused ? "B*T*L*n*n" : "B*T*L*H*n*n", es, gelems, es);
+    if (ntargets && !has_grad && !has_fgrad)
+        return s_fail(d, XR_MISSING_KEY, "targets is given without %s (one gradient per target)",
+                      fused ? "fgrad" : "grad");
+    if (ntargets && (seen & (1u << K_TARGET)))
+        return s_fail(d, XR_DUPLICATE_KEY, "target and targets are both given (the class of each "
+                      "result would be said twice)");
     if (fused) {
         for (int ki = K_FATTN; ki < K_COUNT; ki++) {
             const wire_sv_t *v = &fbin[ki - K_FATTN];
             bool head = ki == K_HEAD_IMP || ki == K_HEAD_CONF;
-            uint64_t want = head ? helems * 4 : elems * es;
+            bool pert = ki != K_FATTN && ki != K_HEAD_CONF;     /* one block per target */
+            uint64_t want = head ? (pert ? ghelems : helems) * 4 : (pert ? gelems : elems) * es;
             if ((seen & ~nil & (1u << ki)) && v->len != want)
                 return s_fail(d, XR_SIZE, "%s has %" PRIu32 " bytes, %s = %" PRIu64 " expected",
-                              s_keys[ki], v->len, head ? "B*L*H*4 (f32)" : "B*L*n*n*elem", want);
+                              s_keys[ki], v->len,
+                              head ? (pert ? "B*T*L*H*4 (f32)" : "B*L*H*4 (f32)")
+                                   : (pert ? "B*T*L*n*n*elem" : "B*L*n*n*elem"),
+                              want);
         }
     } else {
         if (attn.len != elems * es)
             return s_fail(d, XR_SIZE,
                           "attn has %" PRIu32 " bytes, B*L*H*n*n*%zu = %" PRIu64 " expected",
                           attn.len, es, elems * es);
-        if (has_grad && grad.len != elems * es)
+        if (has_grad && grad.len != gelems * es)
             return s_fail(d, XR_SIZE,
-                          "grad has %" PRIu32 " bytes, B*L*H*n*n*%zu = %" PRIu64 " expected",
-                          grad.len, es, elems * es);
+                          "grad has %" PRIu32 " bytes, B*T*L*H*n*n*%zu = %" PRIu64 " expected",
+                          grad.len, es, gelems * es);
     }
+    /* The relevance is read beside the gradient (lrp_rollout); alone it
+       would mean nothing. The fused form refused it above. */
+    bool has_rel = (seen & (1u << K_REL)) && !rel_nil;
+    if (has_rel && !has_grad)
+        return s_fail(d, XR_MISSING_KEY, "rel is given without grad (lrp_rollout needs both)");
+    if (has_rel && rel.len != gelems * es)
+        return s_fail(d, XR_SIZE,
+                      "rel has %" PRIu32 " bytes, B*T*L*H*n*n*%zu = %" PRIu64 " expected", rel.len,
+                      es, gelems * es);
     if ((seen & (1u << K_TARGET)) && ntarget != nids)
         return s_fail(d, XR_LENGTH, "target has %" PRIu32 " entries for %" PRIu32 " ids", ntarget, nids);
     if ((seen & (1u << K_Y)) && ny != nids)
@@ -897,6 +980,9 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
     out->shape = (xm_shape_t){(uint32_t)L, (uint32_t)H, (uint32_t)n, (int32_t)cls};
     out->attn = fused ? NULL : attn.ptr;
     out->grad = has_grad ? grad.ptr : NULL;
+    out->rel = has_rel ? rel.ptr : NULL;
+    out->targets = ntargets ? d->targets : NULL;
+    out->ntargets = ntargets;
     out->trade_bytes = (size_t)trade_elems * es;
     out->fused = fused;
     if (fused) {

@@ -72,6 +72,7 @@ typedef struct {
     uint32_t max_tokens;    /* n */
     uint64_t max_elems;     /* B*L*H*n*n */
     uint32_t max_str;       /* bytes of an id or token string */
+    uint32_t max_targets;   /* T, entries of "targets" (0: the default, 16) */
     bool fused;             /* accept the fused form (the default); when
                                false a fused message is what it is to an
                                older daemon: missing_key (no attn) */
@@ -90,20 +91,32 @@ typedef struct {
     xm_dtype_t dtype;
     const uint8_t *attn;    /* B*L*H*n*n values (NULL in the fused form) */
     const uint8_t *grad;    /* same, or NULL */
+    const uint8_t *rel;     /* same as grad (only with grad), or NULL;
+                               never in the fused form */
+    /* Several targets per trade: grad (and rel) hold T blocks per trade,
+       [b][t][l][h][i][j], target t's class targets[t]; ntargets 0 when
+       the message has no "targets" (one gradient per trade). In the fused
+       form fgrad, fgrad_signed ([b][t][l][i][j]) and head_importance
+       ([b][t][l][h]) hold the T blocks. */
+    const int64_t *targets;
+    uint32_t ntargets;
     size_t trade_bytes;     /* bytes of one trade's tensor: L*H*n*n*elem
-                               (fused form: L*n*n*elem) */
+                               (fused form: L*n*n*elem); one target's
+                               block of grad, rel, fgrad or fgrad_signed */
     /* The fused form (proto/ingest.md, "The fused form"): instead of attn
        and grad, per trade and layer the head means M_l = mean_h A_l, and
        optionally P_l = mean_h max(0, G_l A_l) and S_l = mean_h G_l A_l
-       (each B*L*n*n values of `dtype`), with the head statistics as
-       little-endian float32 [B][L][H]. */
+       (each B*L*n*n values of `dtype`, times T for P and S), with the
+       head statistics as little-endian float32 [B][L][H] ([B][T][L][H]
+       for the importance). */
     bool fused;
     const uint8_t *fattn;   /* M, B*L*n*n */
     const uint8_t *fgrad;   /* P, or NULL */
     const uint8_t *fgrad_signed; /* S, or NULL (only with fgrad) */
-    const uint8_t *head_importance; /* B*L*H f32, with fgrad only */
+    const uint8_t *head_importance; /* B*T*L*H f32, with fgrad only */
     const uint8_t *head_confidence; /* B*L*H f32 */
-    size_t trade_head_bytes; /* L*H*4 */
+    size_t trade_head_bytes; /* L*H*4: one block of head_confidence or
+                                (per target) head_importance */
     const wire_id_t *ids;   /* B */
     const int64_t *target;  /* B, or NULL */
     const double *y;        /* B, or NULL */
@@ -121,13 +134,15 @@ typedef struct {
     uint32_t cap_batch;
     wire_sv_t *tokens;
     uint32_t cap_tokens;
+    int64_t *targets;
+    uint32_t cap_targets;
     char detail[192];       /* why the last decode failed */
 } wire_decoder_t;
 
 /* Safe defaults for the limits. */
 void wire_limits_default(wire_limits_t *lim);
 
-/* Bytes of the largest body frame the limits admit: attn and grad of
+/* Bytes of the largest body frame the limits admit: attn, grad and rel of
    max_elems f32 values each, plus every other field at its largest
    (ids, target, y, tokens, the scalar keys) and their msgpack headers.
    Any larger frame cannot be a valid message: the daemon derives ZeroMQ's

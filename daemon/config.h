@@ -9,12 +9,35 @@
 #define XPLD_CONFIG_H
 
 #include "segment.h"
+#include "xmath.h"
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #define CFG_LIST_MAX 16
+#define CFG_MODELS_MAX 256     /* [model.NAME] sections */
+
+/* A [model.NAME] section: the [explain] options one model overrides.
+   `set` has a CFG_MO_* bit for each key the section gives. */
+enum {
+    CFG_MO_METHODS = 1u << 0,
+    CFG_MO_FUSION = 1u << 1,
+    CFG_MO_RESNORM = 1u << 2,
+    CFG_MO_DISCARD = 1u << 3,
+    CFG_MO_DISCARD_FLOW = 1u << 4,
+    CFG_MO_START = 1u << 5
+};
+typedef struct {
+    char name[65];
+    unsigned set;
+    unsigned methods;
+    int fusion;
+    bool grad_resnorm;
+    double discard;
+    bool discard_flow;
+    int64_t start_layer;
+} cfg_model_t;
 
 typedef struct {
     int count;
@@ -28,6 +51,7 @@ typedef struct {
     uint64_t ingest_rcvhwm;
     uint64_t max_msg_size;
     uint64_t max_batch, max_layers, max_heads, max_tokens, max_elems, max_str;
+    uint64_t max_targets_per_trade;
     cfg_list_t allow_models;
     uint64_t max_models;
     char *attention_check;      /* reject, warn, off */
@@ -44,6 +68,12 @@ typedef struct {
     char *fusion;
     bool grad_resnorm;
     uint64_t flow_every;
+    double discard;
+    bool discard_flow;
+    int64_t start_layer;
+    /* [model.NAME] sections, in file order (SIGHUP reloads them all). */
+    cfg_model_t *model_opts;
+    int nmodel_opts;
     /* [cache] */
     uint64_t cache_entries;
     uint64_t cache_mb;
@@ -132,6 +162,10 @@ void config_take_reloadable(config_t *dst, config_t *src);
 /* The option table, read only: option `k`'s section, key and whether
    SIGHUP reloads it; false past the last option. */
 bool config_option(size_t k, const char **section, const char **key, bool *reloadable);
+
+/* Apply the [model.NAME] section of `model` (a NUL-terminated name), if
+   any, over the options in *opts; returns true when there was one. */
+bool config_model_opts(const config_t *cfg, const char *model, xm_opts_t *opts);
 
 /* Release every string the config owns. */
 void config_free(config_t *cfg);

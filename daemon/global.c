@@ -327,6 +327,9 @@ s_seg_method(global_t *g, gepoch_t *e, gseg_t *sg, int m)
     return 0;
 }
 
+static void s_add(global_t *g, const model_t *md, const int64_t *target, const xm_result_t *res,
+                  const char *label, size_t len, global_closed_t *closed, bool whole_trade);
+
 void
 global_add(global_t *g, const model_t *md, const int64_t *target, const xm_result_t *res,
            global_closed_t *closed)
@@ -337,6 +340,20 @@ global_add(global_t *g, const model_t *md, const int64_t *target, const xm_resul
 void
 global_add_seg(global_t *g, const model_t *md, const int64_t *target, const xm_result_t *res,
                const char *label, size_t len, global_closed_t *closed)
+{
+    s_add(g, md, target, res, label, len, closed, true);
+}
+
+void
+global_add_target(global_t *g, const model_t *md, const int64_t *target, const xm_result_t *res,
+                  const char *label, size_t len, global_closed_t *closed)
+{
+    s_add(g, md, target, res, label, len, closed, false);
+}
+
+static void
+s_add(global_t *g, const model_t *md, const int64_t *target, const xm_result_t *res,
+      const char *label, size_t len, global_closed_t *closed, bool whole_trade)
 {
     closed->n = 0;
     closed->epoch = md->cur->epoch;
@@ -354,7 +371,15 @@ global_add_seg(global_t *g, const model_t *md, const int64_t *target, const xm_r
     gclass_t *c = NULL;
     if (target && !(c = s_class(g, e, *target)))
         e->untracked++;
-    gseg_t *sg = s_segment(g, e, label, len);
+    /* A further target adds to the segment its trade is already in; only
+       a whole trade may create one or count as overflow. */
+    gseg_t *sg = NULL;
+    if (whole_trade) {
+        sg = s_segment(g, e, label, len);
+    } else if (e->seg && len) {
+        int k = segtab_find(&e->segs, label, len);
+        sg = k >= 0 ? e->seg[k] : NULL;
+    }
     int si = sg ? segtab_find(&e->segs, label, len) : -1;
     for (int m = 0; m < XM_NMETHODS; m++) {
         if (!(res->computed & XM_BIT(m)))
@@ -377,10 +402,12 @@ global_add_seg(global_t *g, const model_t *md, const int64_t *target, const xm_r
             s_record_window(g, md, gm, e, m, si, &sg->drift[m], &sg->detect[m], &sg->last[m], &r,
                             g->p.window, closed);
     }
-    if (sg)
-        sg->count++;
-    agg_heads_update(&e->heads, res->head_importance, res->head_confidence);
-    e->count++;
+    if (whole_trade) {
+        if (sg)
+            sg->count++;
+        agg_heads_update(&e->heads, res->head_importance, res->head_confidence);
+        e->count++;
+    }
     gm->dirty = true;
     g->gen++;
 }

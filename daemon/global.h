@@ -180,6 +180,14 @@ void global_add_seg(global_t *g, const model_t *md, const int64_t *target, const
 /* Segment `label` of epoch e, or NULL when not tracked. */
 const gseg_t *global_segment(const gepoch_t *e, const char *label, size_t len);
 
+/* A further target of the trade just added: its methods go into the
+   aggregates of class `target`, the model's and the trade's segment's,
+   and into drift, but the trade is not counted again and the heads are
+   left alone. */
+void global_add_target(global_t *g, const model_t *md, const int64_t *target,
+                       const xm_result_t *res, const char *label, size_t len,
+                       global_closed_t *closed);
+
 /* The current epoch of md when its state changed since it was last
    taken, else NULL; takes the change (for publish_changed). */
 const gepoch_t *global_take_changed(global_t *g, const model_t *md);

@@ -107,23 +107,71 @@ s_explain_one(ingest_t *s, model_t *md, const wire_ingest_t *in, uint32_t b, con
               xm_result_t *res, xm_err_t *rc)
 {
     const xm_shape_t *shape = &md->cur->shape;
+    /* T gradient (and relevance) blocks per trade with "targets", in
+       either form. */
+    const uint32_t T = in->ntargets ? in->ntargets : 1;
     if (in->fused) {
         if (!s_fused_ok(s, md, in, b))
             return false;
         const size_t tb = (size_t)b * in->trade_bytes, hb = (size_t)b * in->trade_head_bytes;
-        xm_fused_t f = {.mean = in->fattn + tb, .pos = in->fgrad ? in->fgrad + tb : NULL,
-                        .sign = in->fgrad_signed ? in->fgrad_signed + tb : NULL,
-                        .importance = in->head_importance ? in->head_importance + hb : NULL,
-                        .confidence = in->head_confidence + hb, .ntargets = 1};
+        const size_t gtb = tb * T, ghb = hb * T;
+        xm_fused_t f = {.mean = in->fattn + tb, .pos = in->fgrad ? in->fgrad + gtb : NULL,
+                        .sign = in->fgrad_signed ? in->fgrad_signed + gtb : NULL,
+                        .importance = in->head_importance ? in->head_importance + ghb : NULL,
+                        .confidence = in->head_confidence + hb, .ntargets = T};
         *rc = xm_explain_fused(s->work, opts, shape, in->dtype, &f, res);
         return true;
     }
     const uint8_t *a = in->attn + (size_t)b * in->trade_bytes;
-    const uint8_t *g = in->grad ? in->grad + (size_t)b * in->trade_bytes : NULL;
+    const size_t gbytes = (size_t)T * in->trade_bytes;
+    const uint8_t *g = in->grad ? in->grad + (size_t)b * gbytes : NULL;
+    const uint8_t *rl = in->rel ? in->rel + (size_t)b * gbytes : NULL;
     if (!s_attention_ok(s, md, in, b, a))
         return false;
-    *rc = xm_explain(s->work, opts, shape, in->dtype, a, g, res);
+    xm_input_t xin = {.attn = a, .grad = g, .rel = rl, .ntargets = T};
+    *rc = xm_explain_ex(s->work, opts, shape, in->dtype, &xin, res);
     return true;
+}
+
+/* The explain options of a model: the global ones, or its own when the
+   configuration has a [model.NAME] section for it (looked up only when
+   there are such sections, so the default path costs nothing). */
+static void
+s_model_opts(const ingest_t *s, const model_t *md, xm_opts_t *out)
+{
+    *out = *s->opts;
+    if (s->cfg->nmodel_opts)
+        config_model_opts(s->cfg, md->name, out);
+}
+
+/* A trade explained for T targets: one xpl/ message per target, named by
+   its class, with every method (the gradient methods of that target);
+   target 0's result is the trade's, each further one adds only its
+   gradient methods to its class (global_add_target). */
+static void
+s_publish_targets(ingest_t *s, model_t *md, const wire_ingest_t *in, uint32_t b,
+                  const xm_result_t *res, const char *label, size_t llen)
+{
+    const uint32_t nf = xm_nfeat(&md->cur->shape);
+    const size_t lh = (size_t)md->cur->shape.L * md->cur->shape.H;
+    for (uint32_t t = 0; t < in->ntargets; t++) {
+        xm_result_t rt = *res;
+        for (int m = 0; m < XM_NMETHODS; m++)
+            if ((XM_GRAD_METHODS & XM_BIT(m)) && rt.attr[m])
+                rt.attr[m] += (size_t)t * nf;
+        if (rt.head_importance)
+            rt.head_importance += t * lh;
+        publish_xpl_target(s->pub, md, in, b, &in->targets[t], &rt);
+        global_closed_t closed;
+        if (t == 0) {
+            global_add_seg(s->global, md, &in->targets[t], &rt, label, llen, &closed);
+        } else {
+            rt.computed &= XM_GRAD_METHODS;
+            global_add_target(s->global, md, &in->targets[t], &rt, label, llen, &closed);
+        }
+        if (closed.n)
+            publish_drift(s->pub, md, &closed);
+    }
 }
 
 static void
@@ -134,6 +182,8 @@ s_explain_trades(ingest_t *s, model_t *md, const wire_ingest_t *in, int64_t t_re
     seg_iter_t tags;
     if (in->tags)
         seg_iter_init(&tags, in->tags, in->tags_len, in->B);
+    xm_opts_t mopts;
+    s_model_opts(s, md, &mopts);
     for (uint32_t b = 0; b < in->B; b++) {
         /* The trade's segment, read before anything can skip the trade so
            that the per-trade tags stay in step. */
@@ -145,7 +195,7 @@ s_explain_trades(ingest_t *s, model_t *md, const wire_ingest_t *in, int64_t t_re
             if (seg_iter_next(&tags, tv, &nt) == SEG_OK)
                 llen = segkeys_label(keys, tv, nt, label);
         }
-        xm_opts_t opts = *s->opts;
+        xm_opts_t opts = mopts;
         if (opts.methods & XM_BIT(XM_FLOW)) {
             uint64_t every = s->cfg->flow_every;
             if (every == 0 || md->flow_counter % every != 0)
@@ -157,37 +207,85 @@ s_explain_trades(ingest_t *s, model_t *md, const wire_ingest_t *in, int64_t t_re
         if (!s_explain_one(s, md, in, b, &opts, &res, &rc))
             continue;
         if (rc != XM_OK) {
-            char why[96];
+            char why[128];
             snprintf(why, sizeof why, "trade %" PRIu32 " of %" PRIu32 ": %s", b, in->B,
                      rc == XM_ENONFINITE ? (in->fused ? "NaN or Inf in the fused tensors"
+                                            : in->rel ? "NaN or Inf in attn, grad or rel"
                                                       : "NaN or Inf in attn or grad")
                      : rc == XM_ENOMEM   ? "out of memory"
                      : rc == XM_EHEADS   ? "the options need every head"
-                                         : "shape refused by the math library");
-            ingest_reject(s->stats, md, rc == XM_ENONFINITE ? XR_NONFINITE
-                                        : rc == XM_EHEADS   ? XR_NEEDS_HEADS
-                                                            : XR_INTERNAL,
-                          md->name, md->name_len, why);
+                                         : "explain.start_layer is outside -L..L-1 for this model");
+            /* XM_EARG here is the configured start layer outside -L..L-1
+               for this model's L: a shape the options cannot explain. */
+            xr_reason_t r = rc == XM_ENONFINITE ? XR_NONFINITE
+                            : rc == XM_EARG     ? XR_SHAPE
+                            : rc == XM_EHEADS   ? XR_NEEDS_HEADS
+                                                : XR_INTERNAL;
+            ingest_reject(s->stats, md, r, md->name, md->name_len, why);
             continue;
         }
         const float *roll = xm_work_rollout_layers(s->work);
+        uint32_t start = 0;     /* resolved: xm_explain_ex accepted it */
+        xm_start_layer(opts.start_layer, shape->L, &start);
         cache_put(s->cache, &(cache_put_t){
             .model = md->index, .epoch = md->cur->epoch, .id = &in->ids[b], .ts = in->ts,
             .target = in->target ? &in->target[b] : NULL, .y = in->y ? &in->y[b] : NULL,
             .shape = shape, .res = &res, .roll = roll, .flow = xm_work_flow_layers(s->work),
-            .grad = xm_work_grad_layers(s->work), .resnorm = opts.grad_resnorm});
-        publish_xpl(s->pub, md, in, b, &res);
+            .grad = xm_work_grad_layers(s->work), .resnorm = opts.grad_resnorm, .start = start});
         global_closed_t closed;
-        global_add_seg(s->global, md, in->target ? &in->target[b] : NULL, &res, label, llen,
-                       &closed);
-        if (closed.n)
-            publish_drift(s->pub, md, &closed);
+        if (!in->ntargets) {
+            publish_xpl(s->pub, md, in, b, &res);
+            global_add_seg(s->global, md, in->target ? &in->target[b] : NULL, &res, label, llen,
+                           &closed);
+            if (closed.n)
+                publish_drift(s->pub, md, &closed);
+        } else {
+            s_publish_targets(s, md, in, b, &res, label, llen);
+        }
         md->explained++;
         s->stats->explained++;
         stats_latency(s->stats, (uint64_t)(now_mono_ns() - t_recv));
         if (in->ts > 0)
             stats_latency_ts(s->stats, now_wall_ns() - in->ts);
     }
+}
+
+/* Whether a fused message can be explained with the options of its
+   model (its [model.NAME] section over the global ones) exactly as the
+   full tensors would be: XR_OK, or the reason and why it cannot.
+   - head fusion max or min needs every head (needs_heads);
+   - lrp_rollout weighs G * Rel per head, and the relevance has no fused
+     form (needs_heads): a model asking for it sends its gradients with
+     every head (without a gradient neither form has lrp_rollout);
+   - grad_rollout_signed is mean_h G * A, which P = mean_h max(0, G * A)
+     does not give: with fgrad it needs fgrad_signed (fused_form). */
+static xr_reason_t
+s_fused_refusal(const ingest_t *s, const wire_ingest_t *in, char *why, size_t len)
+{
+    xm_opts_t o = *s->opts;
+    if (s->cfg->nmodel_opts) {
+        char name[WIRE_MODEL_MAX + 1];
+        memcpy(name, in->model.ptr, in->model.len);
+        name[in->model.len] = '\0';
+        config_model_opts(s->cfg, name, &o);
+    }
+    if (o.fusion != XM_FUSE_MEAN) {
+        snprintf(why, len, "a fused message, and head fusion is max or min (explain.fusion or "
+                 "its [model.NAME] section): send every head");
+        return XR_NEEDS_HEADS;
+    }
+    if ((o.methods & XM_BIT(XM_LRP_ROLLOUT)) && in->fgrad) {
+        snprintf(why, len, "a fused message with fgrad, and lrp_rollout is asked for "
+                 "(explain.methods or its [model.NAME] section): its relevance needs every "
+                 "head, send attn, grad and rel");
+        return XR_NEEDS_HEADS;
+    }
+    if ((o.methods & XM_BIT(XM_GRAD_ROLLOUT_SIGNED)) && in->fgrad && !in->fgrad_signed) {
+        snprintf(why, len, "grad_rollout_signed is asked for (explain.methods or its "
+                 "[model.NAME] section) and the fused message has fgrad without fgrad_signed");
+        return XR_FUSED_FORM;
+    }
+    return XR_OK;
 }
 
 /* Sequence tracking counts every message that names its seq, so that a
@@ -241,14 +339,16 @@ ingest_handle(ingest_t *s, const ingest_frame_t *parts, int nparts, int64_t t_re
         ingest_reject(s->stats, md, r, md ? md->name : NULL, md ? md->name_len : 0, wire_detail(s->dec));
         return;
     }
-    if (in.fused && s->opts->fusion != XM_FUSE_MEAN) {
-        /* Max/min over heads cannot come from their mean: refused before
+    if (in.fused) {
+        /* What the model's options ask of a fused message, checked before
            the message changes anything (no model, no schema). */
-        ingest_reject(s->stats, md, XR_NEEDS_HEADS, md ? md->name : (const char *)in.model.ptr,
-                      md ? md->name_len : in.model.len,
-                      "a fused message, and head fusion is max or min (explain.fusion): "
-                      "send every head");
-        return;
+        char fwhy[192];
+        xr_reason_t fr = s_fused_refusal(s, &in, fwhy, sizeof fwhy);
+        if (fr != XR_OK) {
+            ingest_reject(s->stats, md, fr, md ? md->name : (const char *)in.model.ptr,
+                          md ? md->name_len : in.model.len, fwhy);
+            return;
+        }
     }
     char why[160];
     bool new_epoch;

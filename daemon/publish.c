@@ -377,9 +377,16 @@ publish_send(publisher_t *p, const void *topic, size_t tlen, const void *body, s
 void
 publish_xpl(publisher_t *p, model_t *md, const wire_ingest_t *in, uint32_t b, const xm_result_t *res)
 {
+    publish_xpl_target(p, md, in, b, in->target ? &in->target[b] : NULL, res);
+}
+
+void
+publish_xpl_target(publisher_t *p, model_t *md, const wire_ingest_t *in, uint32_t b,
+                   const int64_t *target, const xm_result_t *res)
+{
     msgpack_packer *pk = &p->pk;
     p->buf.size = 0;
-    msgpack_pack_map(pk, 7 + (in->target != NULL) + (in->y != NULL));
+    msgpack_pack_map(pk, 7 + (target != NULL) + (in->y != NULL));
     enc_str(pk, "v");
     msgpack_pack_uint8(pk, 1);
     enc_str(pk, "model");
@@ -392,9 +399,9 @@ publish_xpl(publisher_t *p, model_t *md, const wire_ingest_t *in, uint32_t b, co
     msgpack_pack_int64(pk, in->ts);
     enc_str(pk, "epoch");
     msgpack_pack_uint32(pk, md->cur->epoch);
-    if (in->target) {
+    if (target) {
         enc_str(pk, "target");
-        msgpack_pack_int64(pk, in->target[b]);
+        msgpack_pack_int64(pk, *target);
     }
     if (in->y) {
         enc_str(pk, "y");

@@ -48,6 +48,11 @@ void publish_send(publisher_t *p, const void *topic, size_t tlen, const void *bo
 void publish_xpl(publisher_t *p, model_t *md, const wire_ingest_t *in, uint32_t b,
                  const xm_result_t *res);
 
+/* The same for one target of a trade explained for several: `target`
+   is the class the message names (NULL: none). */
+void publish_xpl_target(publisher_t *p, model_t *md, const wire_ingest_t *in, uint32_t b,
+                        const int64_t *target, const xm_result_t *res);
+
 /* drift/<model>: the windows a global_add closed. */
 void publish_drift(publisher_t *p, const model_t *md, const global_closed_t *closed);
 

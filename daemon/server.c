@@ -37,6 +37,7 @@ s_limits(const config_t *c, wire_limits_t *lim)
     lim->max_tokens = (uint32_t)c->max_tokens;
     lim->max_elems = c->max_elems;
     lim->max_str = (uint32_t)c->max_str;
+    lim->max_targets = (uint32_t)c->max_targets_per_trade;
     lim->fused = true;      /* explained by xm_explain_fused, refused in ingest when the
                                options need every head */
 }
@@ -73,6 +74,9 @@ server_apply_options(server_t *s)
     s->opts.methods = s->cfg.method_set;
     s->opts.fusion = (xm_fusion_t)s->cfg.fusion_id;
     s->opts.grad_resnorm = s->cfg.grad_resnorm;
+    s->opts.discard = s->cfg.discard;
+    s->opts.discard_flow = s->cfg.discard_flow;
+    s->opts.start_layer = (int32_t)s->cfg.start_layer;
     s_limits(&s->cfg, &s->dec.lim);
     log_set_level((log_level_t)s->cfg.log_level_id);
     log_set_rate((uint32_t)s->cfg.log_rate);

@@ -170,6 +170,7 @@ check_decoded(const ex_t *e, const wire_ingest_t *in)
     check_tensor(e, "fgrad_signed", in->fgrad_signed, in);
     check_tensor(e, "head_importance", in->head_importance, in);
     check_tensor(e, "head_confidence", in->head_confidence, in);
+    check_tensor(e, "rel", in->rel, in);
 }
 
 static xr_reason_t

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["Fused", "fuse", "fuse_numpy", "fuse_torch", "fuse_torch_layers"]
+__all__ = ["Fused", "fuse", "fuse_numpy", "fuse_targets", "fuse_torch", "fuse_torch_layers"]
 
 
 class Fused:
@@ -30,6 +30,11 @@ class Fused:
     head_importance  float32 [B, L, H]      |sum_ij A G|, or None (with fgrad)
     head_confidence  float32 [B, L, H]      mean_i max_j A
     H                heads the means were taken over
+
+    With several targets per trade (fuse_targets) fgrad and fgrad_signed
+    are [B, T, L, n, n] and head_importance [B, T, L, H], target t's
+    block computed from its own gradient (the wire's layout with
+    `targets`); T is then that count, else None.
 
     Arrays are numpy, or torch tensors for a Fused from fuse_torch (until
     to_host()). Indexing with a slice gives the trades of that slice.
@@ -56,12 +61,20 @@ class Fused:
             raise ValueError("fgrad and head_importance go together")
         if self.fgrad_signed is not None and self.fgrad is None:
             raise ValueError("fgrad_signed needs fgrad")
+        T = None if self.fgrad is None or self.fgrad.ndim == 4 else int(self.fgrad.shape[1])
+        tax = () if T is None else (T,)
         for k in ("fgrad", "fgrad_signed"):
             v = getattr(self, k)
-            if v is not None and tuple(v.shape) != tuple(self.fattn.shape):
-                raise ValueError("%s shape %s differs from fattn %s" % (k, tuple(v.shape), tuple(self.fattn.shape)))
-        if self.head_importance is not None and tuple(self.head_importance.shape) != (B, L, self.H):
-            raise ValueError("head_importance shape %s, expected %s" % (tuple(self.head_importance.shape), (B, L, self.H)))
+            want = (B,) + tax + (L, n, n)
+            if v is not None and tuple(v.shape) != want:
+                raise ValueError("%s shape %s, expected %s" % (k, tuple(v.shape), want))
+        if self.head_importance is not None and tuple(self.head_importance.shape) != (B,) + tax + (L, self.H):
+            raise ValueError("head_importance shape %s, expected %s" % (tuple(self.head_importance.shape), (B,) + tax + (L, self.H)))
+
+    @property
+    def T(self) -> Optional[int]:
+        """Targets per trade when fgrad has a target axis, else None."""
+        return None if self.fgrad is None or self.fgrad.ndim == 4 else int(self.fgrad.shape[1])
 
     @property
     def B(self) -> int:
@@ -190,6 +203,18 @@ def fuse_torch_layers(attn, grad=None, signed: bool = False, half: bool = False)
         if half:
             M, P, S = (None if x is None else x.half() for x in (M, P, S))
     return Fused(M, conf, P, imp, S, int(attn[0].shape[1]))
+
+
+def fuse_targets(attn, grad, signed: bool = False) -> Fused:
+    """Several targets per trade: attn [B, L, H, n, n], grad [B, T, L, H,
+    n, n] (gradient t that of target t) -> Fused of numpy arrays whose
+    fgrad, fgrad_signed and head_importance carry the target axis; each
+    target's block is what fuse(attn, grad[:, t]) gives."""
+    T = int(grad.shape[1])
+    fs = [fuse(attn, grad[:, t], signed) for t in range(T)]
+    st = lambda k: None if getattr(fs[0], k) is None else np.stack([getattr(f, k) for f in fs], axis=1)  # noqa: E731
+    return Fused(fs[0].fattn, fs[0].head_confidence, st("fgrad"), st("head_importance"),
+                 st("fgrad_signed"), fs[0].H)
 
 
 def fuse(attn, grad=None, signed: bool = False) -> Fused:

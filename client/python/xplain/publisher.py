@@ -41,7 +41,7 @@ import numpy as np
 import zmq
 
 from . import codec, curve
-from .fuse import Fused, fuse
+from .fuse import Fused, fuse, fuse_targets
 
 MODEL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -172,7 +172,8 @@ class Publisher:
     def send(self, attn: Any, grad: Any = None, ids: Optional[Iterable[Union[int, str]]] = None,
              target: Any = None, y: Any = None, ts: Optional[int] = None,
              tokens: Optional[Sequence[str]] = None, cls: Optional[int] = None,
-             extra: Optional[Dict[str, Any]] = None) -> int:
+             extra: Optional[Dict[str, Any]] = None, rel: Any = None,
+             targets: Optional[Sequence[int]] = None) -> int:
         """Send (or, with batch > 1, queue) the B trades of `attn`; returns
         the seq of the message that carries them.
 
@@ -188,12 +189,31 @@ class Publisher:
         tokens, cls  change the schema (starts a new epoch in the daemon)
         extra   further keys for the body (ignored by contract-v1 daemons);
                 a send with extra keys is never merged with other trades
+        rel     same shape as grad, the relevance of every attention
+                probability (the daemon's lrp_rollout); only with grad, and
+                not in the fused form (it has none: lrp_rollout needs every
+                head)
+        targets T classes explained at once: grad (and rel) are then
+                [B, T, L, H, n, n], gradient t that of class targets[t]
+                (not with target); one xpl/ message per trade and target.
+                In the fused form fgrad (and fgrad_signed) are [B, T, L, n, n]
+                and head_importance [B, T, L, H]
         """
+        if targets is not None:
+            targets = [int(t) for t in _as_seq(targets)]
+            if target is not None or not targets:
+                raise ValueError("targets needs grad, no target, and at least one class")
         if isinstance(attn, Fused):
             if grad is not None:
                 raise ValueError("grad goes inside the Fused (fuse(attn, grad)), not beside it")
+            if rel is not None:
+                raise ValueError("rel has no fused form (lrp_rollout needs every head): send attn, grad and rel")
             f = attn.to_host()
             B, L, H, n = f.shape
+            if targets is not None and (f.fgrad is None or f.T != len(targets)):
+                raise ValueError("targets needs a Fused with fgrad for %d targets" % len(targets))
+            if targets is None and f.T is not None:
+                raise ValueError("a Fused with a target axis needs targets=")
             part = {"fused": True, "f": f}
         else:
             a = codec.to_numpy(attn) if not (self.fused and hasattr(attn, "detach")) else attn
@@ -202,17 +222,32 @@ class Publisher:
             if a.ndim != 5 or a.shape[3] != a.shape[4]:
                 raise ValueError("attn must be [B,L,H,n,n] or [L,H,n,n], got shape %s" % (tuple(a.shape),))
             B, L, H, n, _ = (int(x) for x in a.shape)
+            gshape = tuple(a.shape) if targets is None else (B, len(targets)) + tuple(a.shape[1:])
+            if targets is not None and grad is None:
+                raise ValueError("targets needs grad, no target, and at least one class")
             g = None
             if grad is not None:
                 g = codec.to_numpy(grad) if not (self.fused and hasattr(grad, "detach")) else grad
-                if g.ndim == 4:
+                if g.ndim == 4 and targets is None:
                     g = g[None]
-                if tuple(g.shape) != tuple(a.shape):
-                    raise ValueError("grad shape %s differs from attn shape %s" % (tuple(g.shape), tuple(a.shape)))
+                if tuple(g.shape) != gshape:
+                    raise ValueError("grad shape %s, expected %s" % (tuple(g.shape), gshape))
+            r = None
+            if rel is not None:
+                if g is None:
+                    raise ValueError("rel needs grad (lrp_rollout reads both)")
+                if self.fused:
+                    raise ValueError("rel has no fused form (lrp_rollout needs every head): "
+                                     "send it from a Publisher with fused=False")
+                r = codec.to_numpy(rel)
+                if r.ndim == 4 and targets is None:
+                    r = r[None]
+                if r.shape != gshape:
+                    raise ValueError("rel shape %s, expected %s" % (r.shape, gshape))
             if self.fused:
-                part = {"fused": True, "f": fuse(a, g)}
+                part = {"fused": True, "f": fuse(a, g) if targets is None else fuse_targets(a, g)}
             else:
-                part = {"fused": False, "a": a, "g": g}
+                part = {"fused": False, "a": a, "g": g, "r": r}
         with self._lock:
             if self._closed:
                 raise RuntimeError("the publisher is closed")
@@ -236,11 +271,13 @@ class Publisher:
             part.update(B=B, ids=ids, ts=int(time.time_ns() if ts is None else ts),
                         target=None if target is None else [int(v) for v in _broadcast(target, B, "target")],
                         y=None if y is None else [float(v) for v in _broadcast(y, B, "y")],
-                        extra=extra)
+                        extra=extra, targets=targets)
             f = part.get("f")
             key = (part["fused"], L, H, n, self.cls, tuple(self.tokens),
-                   (f.fgrad is not None, f.fgrad_signed is not None) if f is not None else part["g"] is not None,
-                   part["target"] is not None, part["y"] is not None)
+                   (f.fgrad is not None, f.fgrad_signed is not None) if f is not None
+                   else (part["g"] is not None, part["r"] is not None),
+                   part["target"] is not None, part["y"] is not None,
+                   None if targets is None else tuple(targets))
             if self._pending and (key != self._pending_key or extra):
                 self._flush_locked()
             if not self._pending:
@@ -281,14 +318,18 @@ class Publisher:
                        ("head_confidence", f.head_confidence, "f32")]
         else:
             a = parts[0]["a"] if len(parts) == 1 else np.concatenate([p["a"] for p in parts])
-            g = None
+            g = r = None
             if parts[0]["g"] is not None:
                 g = parts[0]["g"] if len(parts) == 1 else np.concatenate([p["g"] for p in parts])
+            if parts[0]["r"] is not None:
+                r = parts[0]["r"] if len(parts) == 1 else np.concatenate([p["r"] for p in parts])
             B, L, H, n, _ = a.shape
-            tensors = [("attn", a, self.dtype), ("grad", g, self.dtype)]
+            tensors = [("attn", a, self.dtype), ("grad", g, self.dtype), ("rel", r, self.dtype)]
         head = {"v": 1, "model": self.model, "seq": self.seq, "ts": first["ts"], "ids": ids,
                 "L": int(L), "H": int(H), "n": int(n), "dtype": self.dtype}
         tail: Dict[str, Any] = {}
+        if first["targets"] is not None:
+            tail["targets"] = list(first["targets"])
         if first["target"] is not None:
             tail["target"] = [t for p in parts for t in p["target"]]
         if first["y"] is not None:
@@ -401,7 +442,7 @@ def _pack_body(head: Dict[str, Any], tensors, tail: Dict[str, Any]) -> bytes:
     return b"".join(chunks)
 
 
-_KEYS = {k: msgpack.packb(k) for k in ("attn", "grad", "fattn", "fgrad", "fgrad_signed",
+_KEYS = {k: msgpack.packb(k) for k in ("attn", "grad", "rel", "fattn", "fgrad", "fgrad_signed",
                                        "head_importance", "head_confidence")}
 
 

@@ -63,7 +63,7 @@ def render(node, key=None, ctx=None):
         heads = key in ("head_importance", "head_confidence")
         if heads:
             dtype = "f32"       # the head statistics are float32 in every message
-        if (key in ("attn", "grad") or fused or heads) and dtype in ("f32", "f16", "bf16") and \
+        if (key in ("attn", "grad", "rel") or fused or heads) and dtype in ("f32", "f16", "bf16") and \
                 len(node.v) % (4 if dtype == "f32" else 2) == 0:
             out["$" + dtype] = [F32(x) for x in decode_tensor(node.v, dtype)]
             shape = ctx.get("shape")
