@@ -68,6 +68,9 @@ class Publisher:
     fused     send the fused form: send(attn, grad) computes it (on the
               tensors' device for torch tensors); a Fused given to send()
               is sent as such whatever this says
+    fused_signed  with fused, send fgrad_signed too (S = mean_h G A), what
+              a daemon asked for grad_rollout_signed needs (without it
+              such a daemon refuses fused gradients as fused_form)
     batch     micro-batching: hold trades until `batch` are pending (1,
               the default: every send() is a message of its own)
     delay     ... or until the oldest pending trade waited `delay`
@@ -82,7 +85,7 @@ class Publisher:
                  context: Optional[zmq.Context] = None, sndhwm: int = 1000, linger_ms: int = 2000,
                  curve_secret: Optional[Union[str, bytes]] = None, server_public: Optional[Union[str, bytes]] = None,
                  fused: bool = False, batch: int = 1, delay: float = 0.005,
-                 zero_copy: bool = False) -> None:
+                 zero_copy: bool = False, fused_signed: bool = False) -> None:
         if not isinstance(model, str) or not MODEL_RE.match(model):
             raise ValueError("model name must be 1-64 bytes of [A-Za-z0-9_.-], not %r" % (model,))
         if dtype not in codec.DTYPES:
@@ -94,6 +97,7 @@ class Publisher:
         if not delay >= 0:
             raise ValueError("delay must be >= 0 seconds, not %r" % (delay,))
         self.fused = bool(fused)
+        self.fused_signed = bool(fused_signed)
         self.zero_copy = bool(zero_copy)
         self.batch = int(batch)
         self.delay = float(delay)
@@ -245,7 +249,9 @@ class Publisher:
                 if r.shape != gshape:
                     raise ValueError("rel shape %s, expected %s" % (r.shape, gshape))
             if self.fused:
-                part = {"fused": True, "f": fuse(a, g) if targets is None else fuse_targets(a, g)}
+                sg = self.fused_signed and g is not None
+                part = {"fused": True,
+                        "f": fuse(a, g, sg) if targets is None else fuse_targets(a, g, sg)}
             else:
                 part = {"fused": False, "a": a, "g": g, "r": r}
         with self._lock:
