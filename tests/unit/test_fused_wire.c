@@ -486,3 +486,129 @@ Test(fused_wire, hostile_bytes)
     free(body);
     free_data(&d);
 }
+
+/* A fused message with several targets: T blocks of fgrad, fgrad_signed
+   and head_importance per trade (tsize: the T the blocks are sized for),
+   and optionally rel, target or no fgrad. Values: uniform M, conf 1/n,
+   importance imp_bad at [trade 1][target T-1][l 1][h 2], else 0.5. */
+typedef struct {
+    uint32_t T, tsize;
+    bool rel, target, no_fgrad;
+    float imp_bad;
+} tmsg_t;
+
+enum { TB = 2, TL = 2, TH = 3, TN = 4 };
+
+static uint8_t *
+build_targets(const tmsg_t *m, size_t *len)
+{
+    const size_t lnn = (size_t)TL * TN * TN, lh = (size_t)TL * TH, T = m->tsize;
+    float *M = malloc(TB * lnn * 4), *P = calloc(TB * T * lnn, 4);
+    float *imp = malloc(TB * T * lh * 4), *conf = malloc(TB * lh * 4);
+    for (size_t k = 0; k < TB * lnn; k++)
+        M[k] = 1.0f / TN;
+    for (size_t k = 0; k < TB * lh; k++)
+        conf[k] = 1.0f / TN;
+    for (size_t k = 0; k < TB * T * lh; k++)
+        imp[k] = 0.5f;
+    imp[((1 * T + (T - 1)) * TL + 1) * TH + 2] = m->imp_bad;
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 12 + (m->no_fgrad ? 0 : 3) + m->rel + m->target);
+    pack_key(&pk, "v"); msgpack_pack_uint8(&pk, 1);
+    pack_key(&pk, "model"); msgpack_pack_str(&pk, 2); msgpack_pack_str_body(&pk, "m1", 2);
+    pack_key(&pk, "seq"); msgpack_pack_uint8(&pk, 1);
+    pack_key(&pk, "ts"); msgpack_pack_int64(&pk, 1);
+    pack_key(&pk, "ids"); msgpack_pack_array(&pk, TB);
+    for (int b = 0; b < TB; b++)
+        msgpack_pack_uint32(&pk, 10 + b);
+    pack_key(&pk, "L"); msgpack_pack_uint32(&pk, TL);
+    pack_key(&pk, "H"); msgpack_pack_uint32(&pk, TH);
+    pack_key(&pk, "n"); msgpack_pack_uint32(&pk, TN);
+    pack_key(&pk, "dtype"); msgpack_pack_str(&pk, 3); msgpack_pack_str_body(&pk, "f32", 3);
+    pack_key(&pk, "targets"); msgpack_pack_array(&pk, m->T);
+    for (uint32_t t = 0; t < m->T; t++)
+        msgpack_pack_int32(&pk, 5 + (int)t);
+    pack_key(&pk, "fattn"); pack_tensor(&pk, M, TB * lnn, 0, false);
+    if (!m->no_fgrad) {
+        pack_key(&pk, "fgrad"); pack_tensor(&pk, P, TB * T * lnn, 0, false);
+        pack_key(&pk, "fgrad_signed"); pack_tensor(&pk, P, TB * T * lnn, 0, false);
+        pack_key(&pk, "head_importance"); pack_tensor(&pk, imp, TB * T * lh, 0, false);
+    }
+    pack_key(&pk, "head_confidence"); pack_tensor(&pk, conf, TB * lh, 0, false);
+    if (m->rel) {
+        pack_key(&pk, "rel"); pack_tensor(&pk, P, TB * T * lnn, 0, false);
+    }
+    if (m->target) {
+        pack_key(&pk, "target"); msgpack_pack_array(&pk, TB);
+        msgpack_pack_uint8(&pk, 0); msgpack_pack_uint8(&pk, 1);
+    }
+    free(M); free(P); free(imp); free(conf);
+    *len = sb.size;
+    return (uint8_t *)sb.data;
+}
+
+static xr_reason_t
+decode_targets(const tmsg_t *m, wire_decoder_t *dec, wire_ingest_t *out, uint8_t **body)
+{
+    size_t len;
+    *body = build_targets(m, &len);
+    wire_limits_t lim;
+    wire_limits_default(&lim);
+    wire_decoder_init(dec, &lim);
+    return wire_decode_ingest(dec, "attn/m1", 7, *body, len, out);
+}
+
+Test(fused_wire, targets_carry_gradient_blocks_and_rel_has_no_fused_form)
+{
+    wire_decoder_t dec;
+    wire_ingest_t in;
+    uint8_t *body;
+    /* Valid: T = 3 blocks per trade, views where the layout says. */
+    xr_reason_t r = decode_targets(&(tmsg_t){.T = 3, .tsize = 3, .imp_bad = 0.5f}, &dec, &in, &body);
+    cr_assert_eq(r, XR_OK, "%s", wire_detail(&dec));
+    cr_assert(in.fused);
+    cr_assert_eq(in.ntargets, 3);
+    cr_assert_eq(in.targets[2], 7);
+    cr_assert_eq(in.trade_bytes, (size_t)TL * TN * TN * 4);
+    cr_assert_eq(in.trade_head_bytes, (size_t)TL * TH * 4);
+    cr_assert_not_null(in.fgrad_signed);
+    cr_assert_null(in.rel);
+    cr_assert(wire_fused_trade_ok(&in, 0, 1e-4f, NULL));
+    cr_assert(wire_fused_trade_ok(&in, 1, 1e-4f, NULL));
+    free(body);
+    wire_decoder_destroy(&dec);
+    /* The importance of the last target of trade 1 is checked, and named
+       by its layer and head. */
+    r = decode_targets(&(tmsg_t){.T = 3, .tsize = 3, .imp_bad = -1.0f}, &dec, &in, &body);
+    cr_assert_eq(r, XR_OK, "%s", wire_detail(&dec));
+    wire_attn_bad_t bad;
+    cr_assert(wire_fused_trade_ok(&in, 0, 1e-4f, NULL));
+    cr_assert_not(wire_fused_trade_ok(&in, 1, 1e-4f, &bad));
+    cr_assert_eq(bad.l, 1);
+    cr_assert_eq(bad.h, 2);
+    cr_assert_eq(bad.i, UINT32_MAX);
+    free(body);
+    wire_decoder_destroy(&dec);
+    struct {
+        tmsg_t m;
+        xr_reason_t want;
+        const char *detail;
+    } bad_cases[] = {
+        {{.T = 3, .tsize = 1, .imp_bad = 0.5f}, XR_SIZE, "B*T*L*n*n"},
+        {{.T = 2, .tsize = 2, .rel = true, .imp_bad = 0.5f}, XR_FUSED_FORM, "relevance has no fused form"},
+        {{.T = 2, .tsize = 2, .target = true, .imp_bad = 0.5f}, XR_DUPLICATE_KEY, "target and targets"},
+        {{.T = 2, .tsize = 2, .no_fgrad = true, .imp_bad = 0.5f}, XR_MISSING_KEY, "without fgrad"},
+    };
+    for (size_t k = 0; k < sizeof bad_cases / sizeof bad_cases[0]; k++) {
+        r = decode_targets(&bad_cases[k].m, &dec, &in, &body);
+        cr_assert_eq(r, bad_cases[k].want, "case %zu: got %s (%s)", k, xr_reason_name(r),
+                     wire_detail(&dec));
+        cr_assert(strstr(wire_detail(&dec), bad_cases[k].detail), "case %zu: '%s'", k,
+                  wire_detail(&dec));
+        free(body);
+        wire_decoder_destroy(&dec);
+    }
+}
