@@ -10,7 +10,8 @@ a second model with the same options (1e-6 relative, f32).
 What the fused form cannot carry is refused by name and counted, the
 daemon going on: lrp_rollout asked for with a gradient (needs_heads),
 grad_rollout_signed asked for without fgrad_signed (fused_form), rel in a
-fused message (fused_form). A model whose own section drops those methods
+fused message (fused_form), max head fusion in the model's own section
+(needs_heads). A model whose own section drops those methods
 is explained from the same messages, and a fused message without a
 gradient is explained for an lrp_rollout model as the full form would be.
 """
@@ -123,11 +124,12 @@ def test_what_the_fused_form_cannot_carry_is_refused(daemon, tmp_dir):
     cfg = os.path.join(tmp_dir, "xplaind.conf")
     write_config(cfg, "[explain]\nmethods = rollout,grad_rollout,lrp_rollout\n\n"
                       "[model.rsigned]\nmethods = rollout,grad_rollout,grad_rollout_signed\n\n"
-                      "[model.rok]\nmethods = rollout,grad_rollout\n")
+                      "[model.rok]\nmethods = rollout,grad_rollout\n\n"
+                      "[model.rmax]\nmethods = rollout,grad_rollout\nfusion = max\n")
     d = daemon("--config", cfg)
     try:
         pubs = {m: xplain.Publisher(m, connect=d.ingest, tokens=TOKENS, cls=0, fused=True)
-                for m in ("rlrp", "rsigned", "rok", "rrel", "rnograd")}
+                for m in ("rlrp", "rsigned", "rok", "rrel", "rnograd", "rmax")}
         for p in pubs.values():
             assert p.wait_subscriber(10), "the daemon never subscribed"
         A, G = trades(6, 2, 1)
@@ -141,6 +143,7 @@ def test_what_the_fused_form_cannot_carry_is_refused(daemon, tmp_dir):
         signed.send(fuse(A, G, signed=True))
         pubs["rok"].send(A, grad=G)                 # its section drops lrp_rollout
         pubs["rnograd"].send(A)                     # no gradient: no lrp_rollout either way
+        pubs["rmax"].send(A)                        # its own fusion is max: needs_heads
         # rel beside the fused tensors (a Publisher refuses it, so as an
         # extra key): fused_form.
         pubs["rrel"].send(fuse(A, G), extra={"rel": np.zeros(A.shape, "<f4").tobytes()})
@@ -152,14 +155,14 @@ def test_what_the_fused_form_cannot_carry_is_refused(daemon, tmp_dir):
             ex = {m: models.get(m, {}).get("explained", 0) for m in pubs}
             return d.stats()["rejected"], ex
         rej, ex = wait_until(
-            lambda: (lambda s: s if s[0].get("needs_heads", 0) + s[0].get("fused_form", 0) >= 3
+            lambda: (lambda s: s if s[0].get("needs_heads", 0) + s[0].get("fused_form", 0) >= 4
                      and sum(s[1].values()) >= 6 else None)(state()),
-            what="3 fused messages refused and 6 trades explained")
-        assert rej["needs_heads"] == 1 and rej["fused_form"] == 2, rej
-        assert sum(rej.values()) == 3, rej
-        assert ex == {"rlrp": 0, "rsigned": 2, "rok": 2, "rrel": 0, "rnograd": 2}, ex
+            what="4 fused messages refused and 6 trades explained")
+        assert rej["needs_heads"] == 2 and rej["fused_form"] == 2, rej
+        assert sum(rej.values()) == 4, rej
+        assert ex == {"rlrp": 0, "rsigned": 2, "rok": 2, "rrel": 0, "rnograd": 2, "rmax": 0}, ex
         log = d.stderr()
-        for what in ("lrp_rollout is asked for", "fgrad without fgrad_signed",
+        for what in ("lrp_rollout is asked for", "fgrad without fgrad_signed", "max or min",
                      "the relevance has no fused form"):
             assert what in log, what
         for p in list(pubs.values()) + [signed]:
