@@ -618,6 +618,7 @@ s_get_method(snap_rd_t *d, int *m, const char *what)
 {
     const uint8_t *p;
     uint32_t len;
+    *m = -1;    /* set on every path: -O3 cannot see that snap_fail returns -1 */
     if (snap_get_str(d, &p, &len, what) || (*m = xm_method_parse((const char *)p, len)) < 0)
         return snap_fail(d, what);
     return 0;
