@@ -1,0 +1,364 @@
+/*  evwin: event-time decayed means and windows that merge exactly. See
+    evwin.h and MATH.md, "Merging across daemons".  */
+#include "evwin.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ldexp exponents beyond this only ever give 0 (or are never reached):
+   2^-1100 is below the smallest subnormal. */
+#define S_EXP_CLAMP 1100
+
+int64_t
+evwin_floor_div(int64_t a, int64_t b)
+{
+    int64_t q = a / b;
+    if ((a % b != 0) && ((a < 0) != (b < 0)))
+        q--;
+    return q;
+}
+
+static int64_t
+s_floor_mod(int64_t a, int64_t b)
+{
+    int64_t r = a % b;
+    return r < 0 ? r + b : r;
+}
+
+static int64_t
+s_sub_sat(int64_t a, int64_t b)
+{
+    int64_t r;
+    return __builtin_sub_overflow(a, b, &r) ? (b > 0 ? INT64_MIN : INT64_MAX) : r;
+}
+
+static int64_t
+s_mul_sat(int64_t a, int64_t b)
+{
+    int64_t r;
+    return __builtin_mul_overflow(a, b, &r) ? ((a < 0) != (b < 0) ? INT64_MIN : INT64_MAX) : r;
+}
+
+static int
+s_clamp_exp(int64_t e)
+{
+    return e < -S_EXP_CLAMP ? -S_EXP_CLAMP : e > S_EXP_CLAMP ? S_EXP_CLAMP : (int)e;
+}
+
+static bool
+s_finitef(const float *x, uint32_t n)
+{
+    for (uint32_t j = 0; j < n; j++)
+        if (!isfinite(x[j]))
+            return false;
+    return true;
+}
+
+/* ---------------------------------------------------------------- decay */
+
+int
+evdecay_init(evdecay_t *d, uint32_t nfeat, int64_t half_ns)
+{
+    memset(d, 0, sizeof *d);
+    if (half_ns < 1)
+        return -1;
+    if (nfeat > 0 && !(d->sum = calloc(nfeat, sizeof *d->sum)))
+        return -1;
+    d->nfeat = nfeat;
+    d->half_ns = half_ns;
+    return 0;
+}
+
+void
+evdecay_destroy(evdecay_t *d)
+{
+    free(d->sum);
+    memset(d, 0, sizeof *d);
+}
+
+void
+evdecay_reset(evdecay_t *d)
+{
+    d->count = 0;
+    d->anchor = 0;
+    d->weight = 0;
+    if (d->nfeat)
+        memset(d->sum, 0, d->nfeat * sizeof *d->sum);
+}
+
+/* Move the sums to a later anchor: an exact scaling by a power of two
+   (until values turn subnormal, see evwin.h). */
+static void
+s_rescale(evdecay_t *d, int64_t anchor)
+{
+    int e = s_clamp_exp(-(anchor - d->anchor));
+    d->weight = ldexp(d->weight, e);
+    for (uint32_t j = 0; j < d->nfeat; j++)
+        d->sum[j] = ldexp(d->sum[j], e);
+    d->anchor = anchor;
+}
+
+int
+evdecay_add(evdecay_t *d, int64_t ts, const float *x)
+{
+    if (!s_finitef(x, d->nfeat))
+        return -1;
+    int64_t q = evwin_floor_div(ts, d->half_ns);
+    int64_t r = s_floor_mod(ts, d->half_ns);
+    if (d->count == 0)
+        d->anchor = q;
+    else if (q > d->anchor)
+        s_rescale(d, q);
+    /* The mantissa depends on r alone, the anchor only shifts the
+       exponent: the same trade weighs the same in every daemon. */
+    double w = ldexp(exp2((double)r / (double)d->half_ns), s_clamp_exp(q - d->anchor));
+    d->weight += w;
+    for (uint32_t j = 0; j < d->nfeat; j++)
+        d->sum[j] += w * (double)x[j];
+    d->count++;
+    return 0;
+}
+
+int
+evdecay_merge(evdecay_t *dst, const evdecay_t *src)
+{
+    if (dst->nfeat != src->nfeat || dst->half_ns != src->half_ns)
+        return -1;
+    if (src->count == 0)
+        return 0;
+    if (dst->count == 0) {
+        dst->count = src->count;
+        dst->anchor = src->anchor;
+        dst->weight = src->weight;
+        if (dst->nfeat)
+            memcpy(dst->sum, src->sum, dst->nfeat * sizeof *dst->sum);
+        return 0;
+    }
+    if (src->anchor > dst->anchor)
+        s_rescale(dst, src->anchor);
+    int e = s_clamp_exp(src->anchor - dst->anchor);
+    dst->weight += ldexp(src->weight, e);
+    for (uint32_t j = 0; j < dst->nfeat; j++)
+        dst->sum[j] += ldexp(src->sum[j], e);
+    dst->count += src->count;
+    return 0;
+}
+
+void
+evdecay_mean(const evdecay_t *d, double *out)
+{
+    for (uint32_t j = 0; j < d->nfeat; j++)
+        out[j] = d->weight > 0 ? d->sum[j] / d->weight : 0.0;
+}
+
+double
+evdecay_weight_at(const evdecay_t *d, int64_t t)
+{
+    if (d->count == 0)
+        return 0.0;
+    int64_t q = evwin_floor_div(t, d->half_ns);
+    int64_t r = s_floor_mod(t, d->half_ns);
+    /* weight * 2^(anchor - t/h) = weight * 2^(anchor - q) * 2^(-r/h) */
+    return ldexp(d->weight * exp2(-(double)r / (double)d->half_ns),
+                 s_clamp_exp(s_sub_sat(d->anchor, q)));
+}
+
+/* -------------------------------------------------------------- windows */
+
+int
+evwin_init(evwin_t *w, uint32_t nfeat, int64_t len_ns, int64_t late_ns, uint32_t keep)
+{
+    memset(w, 0, sizeof *w);
+    if (len_ns < 1 || late_ns < 0)
+        return -1;
+    uint64_t slots = (uint64_t)keep + (uint64_t)(late_ns / len_ns) + 2;
+    if (slots > EVWIN_MAX_SLOTS)
+        return -1;
+    w->count = calloc(slots, sizeof *w->count);
+    w->sum = calloc(slots * nfeat + 1, sizeof *w->sum);
+    w->mean = calloc(nfeat + 1, sizeof *w->mean);
+    if (!w->count || !w->sum || !w->mean) {
+        evwin_destroy(w);
+        return -1;
+    }
+    w->nfeat = nfeat;
+    w->len_ns = len_ns;
+    w->late_ns = late_ns;
+    w->keep = keep;
+    w->nslots = (uint32_t)slots;
+    return 0;
+}
+
+void
+evwin_destroy(evwin_t *w)
+{
+    free(w->count);
+    free(w->sum);
+    free(w->mean);
+    memset(w, 0, sizeof *w);
+}
+
+void
+evwin_reset(evwin_t *w)
+{
+    w->started = false;
+    w->max_ts = w->next_close = w->base = 0;
+    w->late = 0;
+    if (w->count) {
+        memset(w->count, 0, w->nslots * sizeof *w->count);
+        memset(w->sum, 0, (size_t)w->nslots * w->nfeat * sizeof *w->sum);
+    }
+}
+
+static size_t
+s_slot(const evwin_t *w, int64_t k)
+{
+    return (size_t)s_floor_mod(k, w->nslots);
+}
+
+static bool
+s_held(const evwin_t *w, int64_t k)
+{
+    return w->started && k >= w->base && k - w->base < (int64_t)w->nslots;
+}
+
+static void
+s_view(evwin_t *w, int64_t k, evwin_view_t *out)
+{
+    size_t s = s_slot(w, k);
+    const double *sum = w->sum + s * w->nfeat;
+    uint64_t n = w->count[s];
+    for (uint32_t j = 0; j < w->nfeat; j++)
+        w->mean[j] = n ? sum[j] / (double)n : 0.0;
+    out->k = k;
+    out->start_ns = s_mul_sat(k, w->len_ns);
+    out->end_ns = k == INT64_MAX ? INT64_MAX : s_mul_sat(k + 1, w->len_ns);
+    out->count = n;
+    out->sum = sum;
+    out->mean = w->mean;
+}
+
+/* The window index below which a watermark of max_ts closes everything. */
+static int64_t
+s_next_close(const evwin_t *w, int64_t max_ts)
+{
+    return evwin_floor_div(s_sub_sat(max_ts, w->late_ns), w->len_ns);
+}
+
+/* Close the windows below next_close (through cb when given), then drop
+   the held windows below next_close - keep so that their slots can hold
+   the newest windows. */
+static void
+s_slide(evwin_t *w, int64_t next_close, evwin_close_fn *cb, void *arg)
+{
+    if (next_close <= w->next_close)
+        return;
+    int64_t top = w->base + (int64_t)w->nslots;
+    for (int64_t k = w->next_close; k < next_close && k < top; k++)
+        if (cb && w->count[s_slot(w, k)]) {
+            evwin_view_t v;
+            s_view(w, k, &v);
+            cb(arg, &v);
+        }
+    int64_t base = s_sub_sat(next_close, w->keep);
+    if (base > w->base) {
+        int64_t drop = base - w->base;
+        if (drop > (int64_t)w->nslots)
+            drop = w->nslots;
+        for (int64_t k = w->base; k < w->base + drop; k++) {
+            size_t s = s_slot(w, k);
+            w->count[s] = 0;
+            memset(w->sum + s * w->nfeat, 0, w->nfeat * sizeof *w->sum);
+        }
+        w->base = base;
+    }
+    w->next_close = next_close;
+}
+
+static void
+s_start(evwin_t *w, int64_t ts)
+{
+    w->started = true;
+    w->max_ts = ts;
+    w->next_close = s_next_close(w, ts);
+    w->base = s_sub_sat(w->next_close, w->keep);
+}
+
+void
+evwin_advance(evwin_t *w, int64_t ts, evwin_close_fn *cb, void *arg)
+{
+    if (!w->started) {
+        s_start(w, ts);
+        return;
+    }
+    if (ts <= w->max_ts)
+        return;
+    w->max_ts = ts;
+    s_slide(w, s_next_close(w, ts), cb, arg);
+}
+
+int
+evwin_add(evwin_t *w, int64_t ts, const float *x, evwin_close_fn *cb, void *arg)
+{
+    if (!s_finitef(x, w->nfeat))
+        return -1;
+    evwin_advance(w, ts, cb, arg);
+    int64_t k = evwin_floor_div(ts, w->len_ns);
+    if (k < w->next_close || !s_held(w, k)) {
+        /* Not held can only mean ts within late_ns of INT64_MIN, where
+           the watermark saturates: refused as late as well. */
+        w->late++;
+        return 1;
+    }
+    size_t s = s_slot(w, k);
+    double *sum = w->sum + s * w->nfeat;
+    for (uint32_t j = 0; j < w->nfeat; j++)
+        sum[j] += (double)x[j];
+    w->count[s]++;
+    return 0;
+}
+
+int
+evwin_get(evwin_t *w, int64_t k, evwin_view_t *out)
+{
+    if (!s_held(w, k))
+        return -1;
+    s_view(w, k, out);
+    return k < w->next_close ? 1 : 0;
+}
+
+int
+evwin_merge(evwin_t *dst, const evwin_t *src)
+{
+    if (dst->nfeat != src->nfeat || dst->len_ns != src->len_ns || dst->late_ns != src->late_ns
+        || dst->keep != src->keep)
+        return -1;
+    if (!src->started)
+        return 0;
+    if (!dst->started) {
+        s_start(dst, src->max_ts);
+        dst->next_close = src->next_close;
+        dst->base = src->base;
+    } else {
+        if (src->max_ts > dst->max_ts)
+            dst->max_ts = src->max_ts;
+        s_slide(dst, src->next_close, NULL, NULL);
+    }
+    /* Both now hold windows from their own base up; dst's base is the
+       higher, so every window dst holds that src holds is added. */
+    for (int64_t k = dst->base; k - dst->base < (int64_t)dst->nslots; k++) {
+        if (!s_held(src, k))
+            continue;
+        size_t ss = s_slot(src, k), ds = s_slot(dst, k);
+        if (!src->count[ss])
+            continue;
+        dst->count[ds] += src->count[ss];
+        const double *from = src->sum + ss * src->nfeat;
+        double *to = dst->sum + ds * dst->nfeat;
+        for (uint32_t j = 0; j < dst->nfeat; j++)
+            to[j] += from[j];
+    }
+    dst->late += src->late;
+    return 0;
+}
