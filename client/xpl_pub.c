@@ -1,6 +1,7 @@
 /*  xpl_pub: contract-v1 ingest encoder and XPUB socket.  */
 #include "xpl_private.h"
 #include "half.h"
+#include "shard.h"
 
 #include <assert.h>
 #include <stdlib.h>
@@ -8,14 +9,20 @@
 #include <time.h>
 #include <zmq.h>
 
+/* One stream of a model: all of it, or with shards the share of one
+   shard, with its own seq so that a shard daemon sees no gap. */
+typedef struct {
+    uint64_t seq;               /* next seq */
+    bool schema_pending;        /* send cls/tokens with the next message */
+    uint32_t since_schema;      /* messages since cls/tokens were sent */
+} s_stream_t;
+
 typedef struct {
     char model[65];
     uint32_t L, H, n;
     int32_t cls;
     char **tokens;              /* n, owned */
-    uint64_t seq;               /* next seq */
-    bool schema_pending;        /* send cls/tokens with the next message */
-    uint32_t since_schema;      /* messages since cls/tokens were sent */
+    s_stream_t *streams;        /* [nshards], owned */
 } s_model_t;
 
 struct xpl_pub_t {
@@ -24,7 +31,11 @@ struct xpl_pub_t {
     char endpoint[256];
     int wire_dtype;
     uint32_t schema_every;
-    int subscribers;            /* subscriptions to attn/ minus unsubscriptions */
+    uint32_t nshards;           /* >= 1; 1: plain attn/<model> topics */
+    int *shard_subs;            /* [nshards] subscriptions covering the shard's
+                                   topics (attn/ without shards) minus
+                                   unsubscriptions */
+    bool subs_read;             /* subscriptions were counted: nshards is fixed */
     s_model_t *models;
     size_t nmodels;
     void *scratch;              /* conversion buffers, grown on demand */
@@ -42,8 +53,15 @@ s_new(const char *endpoint, bool bind, const xpl_curve_t *curve)
     if (!self)
         return xpl_fail_null(XPL_ENOMEM, "out of memory");
     self->wire_dtype = XPL_WIRE_AS_GIVEN;
+    self->nshards = 1;
+    self->shard_subs = calloc(1, sizeof *self->shard_subs);
+    if (!self->shard_subs) {
+        free(self);
+        return xpl_fail_null(XPL_ENOMEM, "out of memory");
+    }
     void *ctx = xpl_ctx_acquire();
     if (!ctx) {
+        free(self->shard_subs);
         free(self);
         return NULL;
     }
@@ -73,6 +91,7 @@ fail:
         zmq_close(self->sock);
     }
     xpl_ctx_release();
+    free(self->shard_subs);
     free(self);
     return NULL;
 }
@@ -121,9 +140,12 @@ xpl_pub_destroy(xpl_pub_t **self_p)
     xpl_hs_close(&self->hs, self->sock);
     zmq_close(self->sock);
     xpl_ctx_release();
-    for (size_t i = 0; i < self->nmodels; i++)
+    for (size_t i = 0; i < self->nmodels; i++) {
         s_free_tokens(&self->models[i]);
+        free(self->models[i].streams);
+    }
     free(self->models);
+    free(self->shard_subs);
     free(self->scratch);
     free(self->f32);
     free(self);
@@ -198,8 +220,16 @@ xpl_pub_set_schema(xpl_pub_t *self, const char *model, uint32_t L, uint32_t H, u
             return xpl_fail(XPL_ENOMEM, "out of memory");
         }
         self->models = grown;
+        s_stream_t *streams = calloc(self->nshards, sizeof *streams);
+        if (!streams) {
+            for (uint32_t i = 0; i < n; i++)
+                free(copy[i]);
+            free(copy);
+            return xpl_fail(XPL_ENOMEM, "out of memory");
+        }
         m = &self->models[self->nmodels++];
         memset(m, 0, sizeof *m);
+        m->streams = streams;
         snprintf(m->model, sizeof m->model, "%s", model);
     } else
         s_free_tokens(m);
@@ -208,7 +238,8 @@ xpl_pub_set_schema(xpl_pub_t *self, const char *model, uint32_t L, uint32_t H, u
     m->n = n;
     m->cls = cls;
     m->tokens = copy;
-    m->schema_pending = true;
+    for (uint32_t k = 0; k < self->nshards; k++)
+        m->streams[k].schema_pending = true;
     return 0;
 }
 
@@ -236,27 +267,56 @@ xpl_pub_set_linger(xpl_pub_t *self, int linger_ms)
     zmq_setsockopt(self->sock, ZMQ_LINGER, &linger_ms, sizeof linger_ms);
 }
 
+/* Does a subscription to `prefix` receive some of shard k's topics (all
+   of attn/ without shards)? */
+static bool
+s_covers(const xpl_pub_t *self, const uint8_t *prefix, size_t len, uint32_t k)
+{
+    char space[SHARD_PREFIX_MAX + 8];
+    size_t n = self->nshards > 1 ? shard_prefix(space, sizeof space, k, self->nshards)
+                                 : (size_t)snprintf(space, sizeof space, "attn/");
+    size_t common = len < n ? len : n;
+    return memcmp(prefix, space, common) == 0;
+}
+
 /* Read pending (un)subscription messages. A new subscription means a
-   daemon (re)joined, and must be told every model's schema again. */
+   daemon (re)joined, and must be told every model's schema again (with
+   shards: the schema of the shards it subscribed to). */
 static void
 s_read_subscriptions(xpl_pub_t *self, int timeout_ms)
 {
+    self->subs_read = true;
     zmq_pollitem_t it = {self->sock, 0, ZMQ_POLLIN, 0};
     while (zmq_poll(&it, 1, timeout_ms) > 0) {
         zmq_msg_t m;
         zmq_msg_init(&m);
         if (zmq_msg_recv(&m, self->sock, ZMQ_DONTWAIT) >= 0 && zmq_msg_size(&m) >= 1) {
-            uint8_t op = ((const uint8_t *)zmq_msg_data(&m))[0];
-            if (op == 1) {
-                self->subscribers++;
-                for (size_t i = 0; i < self->nmodels; i++)
-                    self->models[i].schema_pending = true;
-            } else if (op == 0 && self->subscribers > 0)
-                self->subscribers--;
+            const uint8_t *ev = zmq_msg_data(&m);
+            size_t len = zmq_msg_size(&m) - 1;
+            for (uint32_t k = 0; k < self->nshards; k++) {
+                if (!s_covers(self, ev + 1, len, k))
+                    continue;
+                if (ev[0] == 1) {
+                    self->shard_subs[k]++;
+                    for (size_t i = 0; i < self->nmodels; i++)
+                        self->models[i].streams[k].schema_pending = true;
+                } else if (ev[0] == 0 && self->shard_subs[k] > 0)
+                    self->shard_subs[k]--;
+            }
         }
         zmq_msg_close(&m);
         timeout_ms = 0;
     }
+}
+
+/* Every shard has a subscriber (without shards: someone subscribed). */
+static bool
+s_all_subscribed(const xpl_pub_t *self)
+{
+    for (uint32_t k = 0; k < self->nshards; k++)
+        if (self->shard_subs[k] <= 0)
+            return false;
+    return true;
 }
 
 int
@@ -266,7 +326,7 @@ xpl_pub_wait_subscriber(xpl_pub_t *self, int timeout_ms)
     int64_t deadline = xpl_now_ms() + timeout_ms;
     for (;;) {
         s_read_subscriptions(self, 0);
-        if (self->subscribers > 0)
+        if (s_all_subscribed(self))
             return 0;
         int left = timeout_ms < 0 ? -1 : (int)(deadline - xpl_now_ms());
         if (timeout_ms >= 0 && left <= 0)
@@ -372,10 +432,10 @@ s_free_sbuffer(void *data, void *hint)
     free(data);
 }
 
-int
-xpl_pub_send(xpl_pub_t *self, const xpl_batch_t *b)
+/* Send one message of batch b on the topic of `shard` (0 without shards). */
+static int
+s_send(xpl_pub_t *self, const xpl_batch_t *b, uint32_t shard)
 {
-    assert(self);
     if (!b || !b->model)
         return xpl_fail(XPL_EINVAL, "send: no batch or model");
     s_model_t *m = s_find(self, b->model);
@@ -389,10 +449,11 @@ xpl_pub_send(xpl_pub_t *self, const xpl_batch_t *b)
         if (b->ids[i].is_str && !b->ids[i].s)
             return xpl_fail(XPL_EINVAL, "send: id %u is a NULL string", i);
     s_read_subscriptions(self, 0);
+    s_stream_t *st = &m->streams[shard];
     int wire = self->wire_dtype == XPL_WIRE_AS_GIVEN ? (int)b->dtype : self->wire_dtype;
     size_t count = (size_t)b->B * m->L * m->H * m->n * m->n;
-    bool schema = m->schema_pending
-                  || (self->schema_every && m->since_schema + 1 >= self->schema_every);
+    bool schema = st->schema_pending
+                  || (self->schema_every && st->since_schema + 1 >= self->schema_every);
     uint32_t nkeys = 10 + (b->grad ? 1 : 0) + (b->target ? 1 : 0) + (b->y ? 1 : 0)
                      + (schema ? 2 : 0);
 
@@ -418,7 +479,7 @@ xpl_pub_send(xpl_pub_t *self, const xpl_batch_t *b)
     xpk_key(&pk, "model");
     xpk_str(&pk, m->model);
     xpk_key(&pk, "seq");
-    msgpack_pack_uint64(&pk, m->seq);
+    msgpack_pack_uint64(&pk, st->seq);
     xpk_key(&pk, "ts");
     msgpack_pack_int64(&pk, b->ts ? b->ts : s_now_ns());
     xpk_key(&pk, "ids");
@@ -466,8 +527,9 @@ xpl_pub_send(xpl_pub_t *self, const xpl_batch_t *b)
         goto fail;
     }
 
-    char topic[5 + 64];
-    size_t tlen = (size_t)snprintf(topic, sizeof topic, "attn/%s", m->model);
+    char topic[SHARD_PREFIX_MAX + 5 + 64 + 1];
+    size_t tlen = self->nshards > 1 ? shard_prefix(topic, sizeof topic, shard, self->nshards) : 0;
+    tlen += (size_t)snprintf(topic + tlen, sizeof topic - tlen, "attn/%s", m->model);
     zmq_msg_t body;
     if (zmq_msg_init_data(&body, sb->data, sb->size, s_free_sbuffer, NULL)) {
         xpl_fail_zmq("send");
@@ -481,12 +543,12 @@ xpl_pub_send(xpl_pub_t *self, const xpl_batch_t *b)
         zmq_msg_close(&body);
         return xpl_fail_zmq("send");
     }
-    m->seq++;
+    st->seq++;
     if (schema) {
-        m->schema_pending = false;
-        m->since_schema = 0;
+        st->schema_pending = false;
+        st->since_schema = 0;
     } else
-        m->since_schema++;
+        st->since_schema++;
     return 0;
 fail:
     msgpack_sbuffer_destroy(sb);
@@ -498,5 +560,138 @@ xpl_pub_next_seq(const xpl_pub_t *self, const char *model)
 {
     assert(self);
     const s_model_t *m = model ? s_find(self, model) : NULL;
-    return m ? m->seq : 0;
+    uint64_t sum = 0;
+    for (uint32_t k = 0; m && k < self->nshards; k++)
+        sum += m->streams[k].seq;
+    return sum;
+}
+
+int
+xpl_pub_set_shards(xpl_pub_t *self, uint32_t nshards)
+{
+    assert(self);
+    if (nshards == 0 || nshards > SHARD_MAX)
+        return xpl_fail(XPL_EINVAL, "shard count %u out of range 1..%u", nshards, SHARD_MAX);
+    if (self->subs_read)
+        return xpl_fail(XPL_EINVAL, "set the shard count before waiting for subscribers or sending");
+    if (nshards == self->nshards)
+        return 0;
+    int *subs = calloc(nshards, sizeof *subs);
+    s_stream_t **streams = calloc(self->nmodels + 1, sizeof *streams);
+    bool ok = subs && streams;
+    for (size_t i = 0; ok && i < self->nmodels; i++)
+        ok = (streams[i] = calloc(nshards, sizeof **streams)) != NULL;
+    if (!ok) {
+        for (size_t i = 0; streams && i < self->nmodels; i++)
+            free(streams[i]);
+        free(streams);
+        free(subs);
+        return xpl_fail(XPL_ENOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < self->nmodels; i++) {
+        free(self->models[i].streams);
+        self->models[i].streams = streams[i];
+        for (uint32_t k = 0; k < nshards; k++)
+            streams[i][k].schema_pending = true;
+    }
+    free(streams);
+    free(self->shard_subs);
+    self->shard_subs = subs;
+    self->nshards = nshards;
+    return 0;
+}
+
+uint32_t
+xpl_pub_shards(const xpl_pub_t *self)
+{
+    assert(self);
+    return self->nshards;
+}
+
+uint32_t
+xpl_shard_of(const xpl_id_t *id, uint32_t nshards)
+{
+    if (!id || nshards <= 1)
+        return 0;
+    uint64_t h = id->is_str ? shard_hash(id->s ? id->s : "", id->s ? strlen(id->s) : 0)
+                            : shard_hash_uint(id->u);
+    return shard_of(h, nshards);
+}
+
+/* A batch over several shards: one message per shard that has trades,
+   in shard order, each with its trades in batch order (copied out). */
+static int
+s_send_split(xpl_pub_t *self, const xpl_batch_t *b, const s_model_t *m, const uint32_t *shard)
+{
+    size_t per = (size_t)m->L * m->H * m->n * m->n * s_dtype_size((int)b->dtype);
+    xpl_id_t *ids = malloc(b->B * sizeof *ids);
+    char *attn = malloc(b->B * per);
+    char *grad = b->grad ? malloc(b->B * per) : NULL;
+    int64_t *target = b->target ? malloc(b->B * sizeof *target) : NULL;
+    double *y = b->y ? malloc(b->B * sizeof *y) : NULL;
+    int rc = 0;
+    if (!ids || !attn || (b->grad && !grad) || (b->target && !target) || (b->y && !y)) {
+        rc = xpl_fail(XPL_ENOMEM, "out of memory splitting a batch of %u trades", b->B);
+        goto done;
+    }
+    for (uint32_t k = 0; k < self->nshards && rc == 0; k++) {
+        uint32_t c = 0;
+        for (uint32_t i = 0; i < b->B; i++) {
+            if (shard[i] != k)
+                continue;
+            ids[c] = b->ids[i];
+            memcpy(attn + c * per, (const char *)b->attn + i * per, per);
+            if (grad)
+                memcpy(grad + c * per, (const char *)b->grad + i * per, per);
+            if (target)
+                target[c] = b->target[i];
+            if (y)
+                y[c] = b->y[i];
+            c++;
+        }
+        if (c == 0)
+            continue;
+        xpl_batch_t part = *b;
+        part.B = c;
+        part.ids = ids;
+        part.attn = attn;
+        part.grad = grad;
+        part.target = target;
+        part.y = y;
+        rc = s_send(self, &part, k);
+    }
+done:
+    free(ids);
+    free(attn);
+    free(grad);
+    free(target);
+    free(y);
+    return rc;
+}
+
+int
+xpl_pub_send(xpl_pub_t *self, const xpl_batch_t *b)
+{
+    assert(self);
+    if (self->nshards == 1 || !b || !b->model || !b->ids || b->B == 0 || !b->attn)
+        return s_send(self, b, 0);      /* s_send names what is wrong */
+    const s_model_t *m = s_find(self, b->model);
+    if (!m || (b->dtype != XPL_F32 && b->dtype != XPL_F16 && b->dtype != XPL_BF16))
+        return s_send(self, b, 0);
+    uint32_t *shard = malloc(b->B * sizeof *shard);
+    if (!shard)
+        return xpl_fail(XPL_ENOMEM, "out of memory");
+    bool one = true;
+    for (uint32_t i = 0; i < b->B; i++) {
+        if (b->ids[i].is_str && !b->ids[i].s) {
+            free(shard);
+            return xpl_fail(XPL_EINVAL, "send: id %u is a NULL string", i);
+        }
+        shard[i] = xpl_shard_of(&b->ids[i], self->nshards);
+        one = one && shard[i] == shard[0];
+    }
+    /* The common case of one trade per message needs no copy. */
+    int rc = one ? s_send(self, b, shard[0]) : s_send_split(self, b, m, shard);
+    free(shard);
+    return rc;
 }

@@ -11,6 +11,11 @@ avoids losing the first messages to ZeroMQ's slow-joiner window, and a new
 subscription (a daemon started or restarted) makes the next message carry
 `cls` and `tokens` again, so that a daemon that joins mid-stream learns the
 schema instead of rejecting every message as `no_schema`.
+
+With shards=N the stream is split over N daemons by trade id (xplain.shard,
+proto/README.md "Sharding"): trade `id` goes to shard shard_of(id, N) on
+the topic shard/<K>/<N>/attn/<model>, which only the daemon run with
+--shard K/N subscribes to, so ZeroMQ filters at this publisher.
 """
 import re
 import time
@@ -21,6 +26,7 @@ import numpy as np
 import zmq
 
 from . import codec, curve
+from .shard import MAX_SHARDS, shard_of, shard_prefix
 
 MODEL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -44,21 +50,36 @@ class Publisher:
               binds or connects, the daemon is the CURVE server; a daemon
               that does not admit the key never subscribes
               (wait_subscriber returns False) and what is sent is dropped.
+    shards    split the stream over this many shard daemons (default 1:
+              no sharding). A batch whose trades belong to several shards
+              is sent as one message per shard, in shard order, each with
+              its trades in batch order; each shard has its own seq
+              (`seqs`) and gets the schema again when its daemon
+              (re)subscribes; wait_subscriber waits for every shard.
     """
 
     def __init__(self, model: str, bind: Union[None, str, Sequence[str]] = None,
                  connect: Union[None, str, Sequence[str]] = None, tokens: Optional[Sequence[str]] = None,
                  cls: Optional[int] = None, dtype: str = "f32", seq: int = 0,
                  context: Optional[zmq.Context] = None, sndhwm: int = 1000, linger_ms: int = 2000,
-                 curve_secret: Optional[Union[str, bytes]] = None, server_public: Optional[Union[str, bytes]] = None) -> None:
+                 curve_secret: Optional[Union[str, bytes]] = None, server_public: Optional[Union[str, bytes]] = None,
+                 shards: int = 1) -> None:
         if not isinstance(model, str) or not MODEL_RE.match(model):
             raise ValueError("model name must be 1-64 bytes of [A-Za-z0-9_.-], not %r" % (model,))
         if dtype not in codec.DTYPES:
             raise ValueError("dtype must be one of %s, not %r" % (", ".join(codec.DTYPES), dtype))
         if (bind is None) == (connect is None):
             raise ValueError("give exactly one of bind= or connect=")
+        if isinstance(shards, bool) or int(shards) != shards or not 1 <= shards <= MAX_SHARDS:
+            raise ValueError("shards must be an integer in 1..%d, not %r" % (MAX_SHARDS, shards))
         self.model = model
         self.topic = ("attn/" + model).encode()
+        self.shards = int(shards)
+        self._topics = [self.topic] if self.shards == 1 else \
+            [shard_prefix(k, self.shards) + self.topic for k in range(self.shards)]
+        self.seqs = [int(seq)] * self.shards      # per shard, when sharded
+        self._sent_schemas = [None] * self.shards  # per shard, when sharded
+        self.shard_subscriptions = [0] * self.shards
         self.dtype = dtype
         self.seq = int(seq)
         self.tokens = list(tokens) if tokens is not None else None
@@ -93,8 +114,17 @@ class Publisher:
                 ev = self._sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return new
-            if ev[:1] == b"\x01" and self.topic.startswith(ev[1:]):
-                new += 1
+            if ev[:1] != b"\x01":
+                continue
+            if self.shards == 1:
+                if self.topic.startswith(ev[1:]):
+                    new += 1
+                continue
+            for k, topic in enumerate(self._topics):
+                if topic.startswith(ev[1:]):
+                    new += 1
+                    self.shard_subscriptions[k] += 1
+                    self._sent_schemas[k] = None
 
     def _poll_subscriptions(self):
         new = self._drain_subscriptions()
@@ -103,10 +133,24 @@ class Publisher:
             self._sent_schema = None     # a (re)joined daemon needs the schema
         return new
 
+    def _all_shards_subscribed(self):
+        return all(c > 0 for c in self.shard_subscriptions)
+
     def wait_subscriber(self, timeout: float = 5.0) -> bool:
         """Block until a subscriber covering `attn/<model>` has subscribed
         (returns True), or `timeout` seconds passed (returns False).
-        Returns at once if one has subscribed since the last call."""
+        Returns at once if one has subscribed since the last call.
+        Sharded: until every shard has had a subscriber (at once if so)."""
+        if self.shards > 1:
+            deadline = time.monotonic() + timeout
+            while True:
+                self._poll_subscriptions()
+                if self._all_shards_subscribed():
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._sock.poll(int(left * 1000) + 1, zmq.POLLIN)
         if self._poll_subscriptions():
             return True
         deadline = time.monotonic() + timeout
@@ -121,7 +165,9 @@ class Publisher:
              target: Any = None, y: Any = None, ts: Optional[int] = None,
              tokens: Optional[Sequence[str]] = None, cls: Optional[int] = None,
              extra: Optional[Dict[str, Any]] = None) -> int:
-        """Send one message with the B trades of `attn` and return its seq.
+        """Send one message with the B trades of `attn` and return its seq
+        (sharded: one message per shard with trades, in shard order; the
+        seq of the last one is returned, `seqs` holds each shard's next).
 
         attn    [B, L, H, n, n] or, for a single trade, [L, H, n, n]; numpy
                 array or torch tensor, post-softmax attention
@@ -165,28 +211,54 @@ class Publisher:
             if len(ids) != B:
                 raise ValueError("%d ids for a batch of %d trades" % (len(ids), B))
 
+        t = [int(v) for v in _broadcast(target, B, "target")] if target is not None else None
+        yv = [float(v) for v in _broadcast(y, B, "y")] if y is not None else None
+        ts = int(time.time_ns() if ts is None else ts)
+        self._poll_subscriptions()
+        if self.shards == 1:
+            return self._send_message(0, a, g, ids, t, yv, ts, extra)
+        by_shard: Dict[int, list] = {}
+        for i, tid in enumerate(ids):
+            by_shard.setdefault(shard_of(tid, self.shards), []).append(i)
+        seq = -1
+        for k in sorted(by_shard):
+            idx = by_shard[k]
+            if len(idx) == B:
+                seq = self._send_message(k, a, g, ids, t, yv, ts, extra)
+                continue
+            seq = self._send_message(k, a[idx], None if g is None else g[idx], [ids[i] for i in idx],
+                                     None if t is None else [t[i] for i in idx],
+                                     None if yv is None else [yv[i] for i in idx], ts, extra)
+        return seq
+
+    def _send_message(self, k, a, g, ids, t, yv, ts, extra):
+        """One message of shard k (0 unsharded) with the trades given."""
+        _, L, H, n, _ = a.shape
+        sharded = self.shards > 1
         body = {
-            "v": 1, "model": self.model, "seq": self.seq,
-            "ts": int(time.time_ns() if ts is None else ts),
-            "ids": ids, "L": L, "H": H, "n": n, "dtype": self.dtype,
+            "v": 1, "model": self.model, "seq": self.seqs[k] if sharded else self.seq,
+            "ts": ts, "ids": ids, "L": L, "H": H, "n": n, "dtype": self.dtype,
             "attn": codec.encode(a, self.dtype),
         }
         if g is not None:
             body["grad"] = codec.encode(g, self.dtype)
-        if target is not None:
-            t = [int(v) for v in _broadcast(target, B, "target")]
+        if t is not None:
             body["target"] = t
-        if y is not None:
-            body["y"] = [float(v) for v in _broadcast(y, B, "y")]
-        self._poll_subscriptions()
+        if yv is not None:
+            body["y"] = yv
         schema = (L, H, n, self.cls, tuple(self.tokens))
-        if schema != self._sent_schema:
+        if schema != (self._sent_schemas[k] if sharded else self._sent_schema):
             body["cls"] = self.cls
             body["tokens"] = list(self.tokens)
         if extra:
-            for k, v in extra.items():
-                body.setdefault(k, v)
-        self._sock.send_multipart([self.topic, msgpack.packb(body, use_bin_type=True)])
+            for key, v in extra.items():
+                body.setdefault(key, v)
+        self._sock.send_multipart([self._topics[k], msgpack.packb(body, use_bin_type=True)])
+        if sharded:
+            self._sent_schemas[k] = schema
+            seq = self.seqs[k]
+            self.seqs[k] += 1
+            return seq
         self._sent_schema = schema
         seq = self.seq
         self.seq += 1
