@@ -117,6 +117,29 @@ drift_push(drift_t *d, const float *x, drift_report_t *out)
 }
 
 int
+drift_push_mean(drift_t *d, const double *mean, drift_report_t *out)
+{
+    for (uint32_t j = 0; j < d->nfeat; j++)
+        if (!isfinite(mean[j]))
+            return -1;
+    memcpy(d->last, mean, d->nfeat * sizeof *d->last);
+    d->has_last = true;
+    memset(out, 0, sizeof *out);
+    out->window = d->closed++;
+    out->mean = d->last;
+    if (d->ref_kind == DRIFT_REF_NONE) {
+        memcpy(d->ref, d->last, d->nfeat * sizeof *d->ref);
+        d->ref_kind = DRIFT_REF_BASELINE;
+        out->ref = DRIFT_REF_BASELINE;
+        return 1;
+    }
+    out->ref = d->ref_kind;
+    out->compared = true;
+    s_compare(d, out);
+    return 1;
+}
+
+int
 drift_set_reference(drift_t *d, drift_ref_t kind, const double *ref)
 {
     if (kind != DRIFT_REF_PINNED && kind != DRIFT_REF_EXTERNAL)

@@ -2,6 +2,7 @@
     time against its explicit weighted sum, windows by event time against
     a direct grouping of the stream, lateness, retention, edge cases.
     Merging is tested in test_merge.c.  */
+#include "drift.h"
 #include "evwin.h"
 #include "support.h"
 
@@ -346,4 +347,72 @@ Test(evwin, refusals)
     cr_assert(!a.started);
     evwin_destroy(&a);
     evwin_destroy(&b);
+}
+
+/* Windows of 1 s holding 10 trades each give the same drift reports
+   through drift_push_mean as count windows of 10 through drift_push. */
+typedef struct {
+    drift_t *d;
+    int n;
+    drift_report_t r[32];
+    double mean[32][NF];
+} dcollect_t;
+
+static void
+s_drift(void *arg, const evwin_view_t *v)
+{
+    dcollect_t *c = arg;
+    cr_assert_eq(drift_push_mean(c->d, v->mean, &c->r[c->n]), 1);
+    memcpy(c->mean[c->n], c->r[c->n].mean, sizeof c->mean[0]);
+    c->n++;
+}
+
+Test(evwin, drives_drift_as_count_windows_do)
+{
+    drift_t byc, byt;
+    cr_assert_eq(drift_init(&byc, NF, 10, NULL), 0);
+    cr_assert_eq(drift_init(&byt, NF, 1, NULL), 0);
+    evwin_t w;
+    cr_assert_eq(evwin_init(&w, NF, SEC, 0, 0), 0);
+    dcollect_t c = {.d = &byt};
+    rng_t r;
+    rng_seed(&r, 17);
+    drift_report_t want[32];
+    double want_mean[32][NF];
+    int nw = 0;
+    for (int t = 0; t < 200; t++) {
+        float x[NF];
+        gen_vec(&r, x, NF);
+        if (t >= 100)                       /* a change of regime halfway */
+            for (int j = 0; j < NF; j++)
+                x[j] = -x[j];
+        int rc = drift_push(&byc, x, &want[nw]);
+        if (rc == 1) {
+            memcpy(want_mean[nw], want[nw].mean, sizeof want_mean[0]);
+            nw++;
+        }
+        cr_assert_eq(evwin_add(&w, T0 + (t / 10) * SEC + (t % 10) * (SEC / 10), x, s_drift, &c), 0);
+    }
+    evwin_advance(&w, T0 + 100 * SEC, s_drift, &c);
+    cr_assert_eq(nw, 20);
+    cr_assert_eq(c.n, nw);
+    int alerts = 0;
+    for (int i = 0; i < nw; i++) {
+        cr_assert_eq(c.r[i].window, want[i].window);
+        cr_assert_eq(c.r[i].ref, want[i].ref);
+        cr_assert_eq(c.r[i].compared, want[i].compared);
+        cr_assert_eq(c.r[i].alert, want[i].alert, "window %d", i);
+        cr_assert_eq(c.r[i].spearman.value, want[i].spearman.value);
+        cr_assert_eq(c.r[i].js.value, want[i].js.value);
+        cr_assert_eq(memcmp(c.mean[i], want_mean[i], sizeof want_mean[0]), 0);
+        alerts += want[i].alert;
+    }
+    cr_assert_geq(alerts, 10, "the second half alerts");
+    double bad[NF] = {NAN};
+    drift_report_t rep;
+    cr_assert_eq(drift_push_mean(&byt, bad, &rep), -1);
+    cr_assert_eq(byt.closed, 20);
+    evwin_destroy(&w);
+    drift_destroy(&byc);
+    drift_destroy(&byt);
 }
