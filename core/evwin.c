@@ -175,10 +175,11 @@ evwin_init(evwin_t *w, uint32_t nfeat, int64_t len_ns, int64_t late_ns, uint32_t
     uint64_t slots = (uint64_t)keep + (uint64_t)(late_ns / len_ns) + 2;
     if (slots > EVWIN_MAX_SLOTS)
         return -1;
+    w->key = calloc(slots, sizeof *w->key);
     w->count = calloc(slots, sizeof *w->count);
     w->sum = calloc(slots * nfeat + 1, sizeof *w->sum);
     w->mean = calloc(nfeat + 1, sizeof *w->mean);
-    if (!w->count || !w->sum || !w->mean) {
+    if (!w->key || !w->count || !w->sum || !w->mean) {
         evwin_destroy(w);
         return -1;
     }
@@ -193,6 +194,7 @@ evwin_init(evwin_t *w, uint32_t nfeat, int64_t len_ns, int64_t late_ns, uint32_t
 void
 evwin_destroy(evwin_t *w)
 {
+    free(w->key);
     free(w->count);
     free(w->sum);
     free(w->mean);
@@ -203,34 +205,94 @@ void
 evwin_reset(evwin_t *w)
 {
     w->started = false;
-    w->max_ts = w->next_close = w->base = 0;
+    w->max_ts = w->next_close = 0;
     w->late = 0;
-    if (w->count) {
-        memset(w->count, 0, w->nslots * sizeof *w->count);
-        memset(w->sum, 0, (size_t)w->nslots * w->nfeat * sizeof *w->sum);
+    w->used = 0;
+}
+
+/* The first slot whose window is >= k (used when none). */
+static uint32_t
+s_lower(const evwin_t *w, int64_t k)
+{
+    uint32_t lo = 0, hi = w->used;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (w->key[mid] < k)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
+    return lo;
 }
 
-static size_t
-s_slot(const evwin_t *w, int64_t k)
+static double *
+s_sum(const evwin_t *w, uint32_t slot)
 {
-    return (size_t)s_floor_mod(k, w->nslots);
+    return w->sum + (size_t)slot * w->nfeat;
 }
 
-static bool
-s_held(const evwin_t *w, int64_t k)
+/* Remove n slots from `at` on, keeping the order. */
+static void
+s_remove(evwin_t *w, uint32_t at, uint32_t n)
 {
-    return w->started && k >= w->base && k - w->base < (int64_t)w->nslots;
+    uint32_t rest = w->used - at - n;
+    memmove(w->key + at, w->key + at + n, rest * sizeof *w->key);
+    memmove(w->count + at, w->count + at + n, rest * sizeof *w->count);
+    memmove(s_sum(w, at), s_sum(w, at + n), (size_t)rest * w->nfeat * sizeof *w->sum);
+    w->used -= n;
+}
+
+/* Closed windows held: those below next_close. */
+static uint32_t
+s_closed(const evwin_t *w)
+{
+    return s_lower(w, w->next_close);
+}
+
+/* Drop the oldest closed windows past `keep`. */
+static void
+s_trim(evwin_t *w)
+{
+    uint32_t closed = s_closed(w);
+    if (closed > w->keep)
+        s_remove(w, 0, closed - w->keep);
+}
+
+/* An empty slot for window k (not held yet) at its place; the oldest
+   closed window makes room when all are taken. Returns the slot, or -1
+   when k is closed and older than every closed window kept (it is not
+   among the newest `keep`), or there is no room (never, see evwin.h). */
+static int64_t
+s_insert(evwin_t *w, int64_t k)
+{
+    if (w->used == w->nslots) {
+        uint32_t closed = s_closed(w);
+        if (closed == 0 || (k < w->next_close && k < w->key[0]))
+            return -1;
+        s_remove(w, 0, 1);
+    } else if (k < w->next_close && s_closed(w) >= w->keep && (w->keep == 0 || k < w->key[0])) {
+        return -1;
+    }
+    uint32_t at = s_lower(w, k), rest = w->used - at;
+    memmove(w->key + at + 1, w->key + at, rest * sizeof *w->key);
+    memmove(w->count + at + 1, w->count + at, rest * sizeof *w->count);
+    memmove(s_sum(w, at + 1), s_sum(w, at), (size_t)rest * w->nfeat * sizeof *w->sum);
+    w->key[at] = k;
+    w->count[at] = 0;
+    memset(s_sum(w, at), 0, w->nfeat * sizeof *w->sum);
+    w->used++;
+    s_trim(w);
+    return s_lower(w, k);
 }
 
 static void
-s_view(evwin_t *w, int64_t k, evwin_view_t *out)
+s_view_slot(evwin_t *w, uint32_t slot, evwin_view_t *out)
 {
-    size_t s = s_slot(w, k);
-    const double *sum = w->sum + s * w->nfeat;
-    uint64_t n = w->count[s];
+    const double *sum = s_sum(w, slot);
+    uint64_t n = w->count[slot];
     for (uint32_t j = 0; j < w->nfeat; j++)
         w->mean[j] = n ? sum[j] / (double)n : 0.0;
+    int64_t k = w->key[slot];
     out->k = k;
     out->start_ns = s_mul_sat(k, w->len_ns);
     out->end_ns = k == INT64_MAX ? INT64_MAX : s_mul_sat(k + 1, w->len_ns);
@@ -246,34 +308,21 @@ s_next_close(const evwin_t *w, int64_t max_ts)
     return evwin_floor_div(s_sub_sat(max_ts, w->late_ns), w->len_ns);
 }
 
-/* Close the windows below next_close (through cb when given), then drop
-   the held windows below next_close - keep so that their slots can hold
-   the newest windows. */
+/* Close the windows below next_close (through cb when given), oldest
+   first, then drop the closed ones past `keep`. */
 static void
 s_slide(evwin_t *w, int64_t next_close, evwin_close_fn *cb, void *arg)
 {
     if (next_close <= w->next_close)
         return;
-    int64_t top = w->base + (int64_t)w->nslots;
-    for (int64_t k = w->next_close; k < next_close && k < top; k++)
-        if (cb && w->count[s_slot(w, k)]) {
-            evwin_view_t v;
-            s_view(w, k, &v);
-            cb(arg, &v);
-        }
-    int64_t base = s_sub_sat(next_close, w->keep);
-    if (base > w->base) {
-        int64_t drop = base - w->base;
-        if (drop > (int64_t)w->nslots)
-            drop = w->nslots;
-        for (int64_t k = w->base; k < w->base + drop; k++) {
-            size_t s = s_slot(w, k);
-            w->count[s] = 0;
-            memset(w->sum + s * w->nfeat, 0, w->nfeat * sizeof *w->sum);
-        }
-        w->base = base;
+    for (uint32_t at = s_lower(w, w->next_close); cb && at < w->used && w->key[at] < next_close;
+         at++) {
+        evwin_view_t v;
+        s_view_slot(w, at, &v);
+        cb(arg, &v);
     }
     w->next_close = next_close;
+    s_trim(w);
 }
 
 static void
@@ -282,7 +331,6 @@ s_start(evwin_t *w, int64_t ts)
     w->started = true;
     w->max_ts = ts;
     w->next_close = s_next_close(w, ts);
-    w->base = s_sub_sat(w->next_close, w->keep);
 }
 
 void
@@ -305,27 +353,61 @@ evwin_add(evwin_t *w, int64_t ts, const float *x, evwin_close_fn *cb, void *arg)
         return -1;
     evwin_advance(w, ts, cb, arg);
     int64_t k = evwin_floor_div(ts, w->len_ns);
-    if (k < w->next_close || !s_held(w, k)) {
-        /* Not held can only mean ts within late_ns of INT64_MIN, where
-           the watermark saturates: refused as late as well. */
+    if (k < w->next_close) {
         w->late++;
         return 1;
     }
-    size_t s = s_slot(w, k);
-    double *sum = w->sum + s * w->nfeat;
+    uint32_t at = s_lower(w, k);
+    if (at == w->used || w->key[at] != k) {
+        int64_t got = s_insert(w, k);
+        if (got < 0) {
+            /* Never for an open window (the open ones always fit); a
+               watermark saturated near INT64_MIN is the only way here. */
+            w->late++;
+            return 1;
+        }
+        at = (uint32_t)got;
+    }
+    double *sum = s_sum(w, at);
     for (uint32_t j = 0; j < w->nfeat; j++)
         sum[j] += (double)x[j];
-    w->count[s]++;
+    w->count[at]++;
     return 0;
 }
 
 int
 evwin_get(evwin_t *w, int64_t k, evwin_view_t *out)
 {
-    if (!s_held(w, k))
+    if (!w->started)
         return -1;
-    s_view(w, k, out);
-    return k < w->next_close ? 1 : 0;
+    uint32_t at = s_lower(w, k);
+    if (at < w->used && w->key[at] == k) {
+        s_view_slot(w, at, out);
+        return k < w->next_close ? 1 : 0;
+    }
+    if (k < w->next_close)
+        return -1;
+    /* Open and empty. */
+    memset(w->mean, 0, w->nfeat * sizeof *w->mean);
+    out->k = k;
+    out->start_ns = s_mul_sat(k, w->len_ns);
+    out->end_ns = k == INT64_MAX ? INT64_MAX : s_mul_sat(k + 1, w->len_ns);
+    out->count = 0;
+    out->sum = w->mean;
+    out->mean = w->mean;
+    return 0;
+}
+
+int
+evwin_next(evwin_t *w, int64_t k, evwin_view_t *out)
+{
+    if (!w->started)
+        return -1;
+    uint32_t at = s_lower(w, k);
+    if (at == w->used)
+        return -1;
+    s_view_slot(w, at, out);
+    return w->key[at] < w->next_close ? 1 : 0;
 }
 
 int
@@ -339,23 +421,26 @@ evwin_merge(evwin_t *dst, const evwin_t *src)
     if (!dst->started) {
         s_start(dst, src->max_ts);
         dst->next_close = src->next_close;
-        dst->base = src->base;
     } else {
         if (src->max_ts > dst->max_ts)
             dst->max_ts = src->max_ts;
         s_slide(dst, src->next_close, NULL, NULL);
     }
-    /* Both now hold windows from their own base up; dst's base is the
-       higher, so every window dst holds that src holds is added. */
-    for (int64_t k = dst->base; k - dst->base < (int64_t)dst->nslots; k++) {
-        if (!s_held(src, k))
-            continue;
-        size_t ss = s_slot(src, k), ds = s_slot(dst, k);
-        if (!src->count[ss])
-            continue;
-        dst->count[ds] += src->count[ss];
-        const double *from = src->sum + ss * src->nfeat;
-        double *to = dst->sum + ds * dst->nfeat;
+    /* Newest first: once `keep` closed windows are held, an older closed
+       one of src is not among the union's newest and s_insert refuses
+       it, whatever was merged before. */
+    for (uint32_t i = src->used; i-- > 0;) {
+        int64_t k = src->key[i];
+        uint32_t at = s_lower(dst, k);
+        if (at == dst->used || dst->key[at] != k) {
+            int64_t got = s_insert(dst, k);
+            if (got < 0)
+                continue;
+            at = (uint32_t)got;
+        }
+        dst->count[at] += src->count[i];
+        const double *from = s_sum(src, i);
+        double *to = s_sum(dst, at);
         for (uint32_t j = 0; j < dst->nfeat; j++)
             to[j] += from[j];
     }

@@ -29,14 +29,17 @@
     once the watermark reaches its end ((k + 1) * len_ns <= watermark).
     A trade whose window has closed is *late*: counted in `late`, never
     added (a closed window's verdict stands). Windows close oldest first,
-    each through a callback; empty windows close silently. The last
-    `keep` closed windows stay readable (evwin_get), so that a peer merging
-    this state (an aggregator) can still read windows it has not yet
-    combined.
+    each through a callback; empty windows close silently (an empty window
+    is never held). The last `keep` closed windows that hold trades stay
+    readable (evwin_get, evwin_next), however far apart in time, so that a
+    peer merging this state (an aggregator) can still read windows it has
+    not yet combined, also across a pause in the stream.
 
-    Memory: evwin keeps (keep + late_ns / len_ns + 2) slots of nfeat + 1
-    values (8 bytes each) plus nfeat of scratch, fixed at init; at most
-    EVWIN_MAX_SLOTS slots. evdecay keeps nfeat + 1 values.
+    Memory: evwin holds at most nslots = keep + late_ns / len_ns + 2
+    windows (the open ones can never be more than late_ns / len_ns + 2) of
+    nfeat + 2 values (8 bytes each), sorted by index, plus nfeat of
+    scratch, fixed at init; at most EVWIN_MAX_SLOTS. evdecay keeps nfeat +
+    1 values.
 
     Merging (evdecay_merge, evwin_merge) is commutative and associative up
     to the rounding of float64 sums: any grouping and order of the parts of
@@ -108,12 +111,13 @@ typedef struct {
     int64_t late_ns;            /* allowed lateness, >= 0 */
     uint32_t keep;              /* closed windows kept readable */
     uint32_t nslots;            /* keep + late_ns / len_ns + 2 */
-    bool started;               /* max_ts, next_close and base are set */
+    bool started;               /* max_ts and next_close are set */
     int64_t max_ts;             /* largest ts seen */
     int64_t next_close;         /* lowest window not closed yet */
-    int64_t base;               /* lowest window held: next_close - keep */
     uint64_t late;              /* trades refused as late */
-    uint64_t *count;            /* [nslots], slot of window k: k mod nslots */
+    uint32_t used;              /* windows held, in slots [0, used) */
+    int64_t *key;               /* [nslots] window index, ascending */
+    uint64_t *count;            /* [nslots] trades in it (> 0) */
     double *sum;                /* [nslots][nfeat] */
     double *mean;               /* [nfeat] scratch for views */
 } evwin_t;
@@ -140,14 +144,19 @@ int evwin_add(evwin_t *w, int64_t ts, const float *x, evwin_close_fn *cb, void *
    (a heartbeat, or the end of a stream): windows close through cb. */
 void evwin_advance(evwin_t *w, int64_t ts, evwin_close_fn *cb, void *arg);
 
-/* Window k: 1 when closed and still kept, 0 when open (possibly empty,
-   possibly later than any trade yet), -1 when not held (before the first
-   trade, dropped, or beyond the slots). *out is filled for 0 and 1. */
+/* Window k: 1 when closed and still kept, 0 when open (possibly empty:
+   then count 0), -1 when closed and not held (empty, or dropped past
+   keep) or before the first trade. *out is filled for 0 and 1. */
 int evwin_get(evwin_t *w, int64_t k, evwin_view_t *out);
 
-/* Merge src into dst (no callbacks): the result holds, for every window
-   at or after max(next_close) - keep, the sum of both; max_ts is the
-   larger, late the sum. Windows that thereby become closed in dst are
+/* The held window with the lowest index >= k: 1 when closed, 0 when open
+   (*out filled), -1 when there is none. */
+int evwin_next(evwin_t *w, int64_t k, evwin_view_t *out);
+
+/* Merge src into dst (no callbacks): max_ts is the larger, late the
+   sum, and the windows are the union's, summed where both hold one: every
+   open window, and the `keep` newest closed ones (whatever the order of
+   merges, the same ones). Windows that thereby become closed in dst are
    readable with evwin_get. 0, or -1 when nfeat, len_ns, late_ns or keep
    differ (dst unchanged). */
 int evwin_merge(evwin_t *dst, const evwin_t *src);

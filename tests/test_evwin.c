@@ -305,14 +305,23 @@ Test(evwin, keeps_the_last_closed_windows_and_jumps_ahead)
     cr_assert(close_enough(v.mean[0], 3.0, 0, 0));
     cr_assert_eq(evwin_get(&w, 4, &v), 1);
     cr_assert_eq(evwin_get(&w, 5, &v), 0);
-    /* A jump of a million windows: window 5 closes, nothing else is
-       reported, and the slots are clean for the new windows. */
+    /* A jump of a million windows (a pause in the stream): window 5
+       closes, nothing else is reported, and the last two windows that
+       hold trades are still kept, however old. */
     x[0] = 42;
     cr_assert_eq(evwin_add(&w, 10000005, x, s_collect, &c), 0);
     cr_assert_eq(c.n, 6);
     cr_assert_eq(c.k[5], 5);
-    cr_assert_eq(evwin_get(&w, 5, &v), -1);
-    cr_assert_eq(evwin_get(&w, 999999, &v), 1);
+    cr_assert_eq(evwin_get(&w, 3, &v), -1);
+    cr_assert_eq(evwin_get(&w, 4, &v), 1);
+    cr_assert_eq(evwin_get(&w, 5, &v), 1);
+    cr_assert_eq(v.count, 1);
+    cr_assert(close_enough(v.mean[0], 5.0, 0, 0));
+    cr_assert_eq(evwin_get(&w, 999999, &v), -1, "closed and empty: not held");
+    cr_assert_eq(evwin_next(&w, 6, &v), 0, "the next window held is the open one");
+    cr_assert_eq(v.k, 1000000);
+    cr_assert_eq(evwin_next(&w, 1000001, &v), -1);
+    cr_assert_eq(evwin_get(&w, 1000001, &v), 0, "open and empty");
     cr_assert_eq(v.count, 0);
     cr_assert_eq(evwin_get(&w, 1000000, &v), 0);
     cr_assert_eq(v.count, 1);
