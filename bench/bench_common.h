@@ -24,7 +24,7 @@ typedef struct {
     int grad;
 } wl_t;
 
-/* The named workloads of ISSUE 7. */
+/* The named workloads of the benchmark tables (bench/README.md, "Workloads"). */
 static const wl_t WORKLOADS[] = {
     {"tab32", 4, 8, 32, 31, XM_F32, 1, 1},
     {"tab32-b64", 4, 8, 32, 31, XM_F32, 64, 1},

@@ -6,7 +6,7 @@
       flow); the same shape with random (logits ~ N(0,1)) and peaked
       (logits ~ 8 N(0,1)) attention, and without CLS;
     - growth: trades/s for n in {8,16,32,64,128} x L in {1,2,4,8,12};
-    - dump/time: write a file of trades (records of tests/flow_cli's
+    - dump/time: write a file of trades (records of tests/unit/flow_cli's
       format) and time flow_compute on it, so that bench/flow_networkx.py
       can time networkx on the very same inputs (bench/flow_compare.sh).
 

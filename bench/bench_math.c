@@ -1,4 +1,4 @@
-/*  bench_math: the math library alone, in process, no ZeroMQ (ISSUE 7).
+/*  bench_math: the math library alone, in process, no ZeroMQ.
 
     - single-core read bandwidth: a streaming sum over a buffer far larger
       than the last-level cache;

@@ -2,7 +2,7 @@
 
 usage: /usr/bin/python3 bench/flow_networkx.py FILE [--trades K] [--values CFILE]
 
-FILE holds records written by `bench_flow dump` (tests/flow_cli's format:
+FILE holds records written by `bench_flow dump` (tests/unit/flow_cli's format:
 int32 L, n, cls, then L*n*n float32 capacities, little-endian). For each
 of the first K trades this does what the attention-flow authors' code
 (and tests/ref.py) does per trade: build the layered networkx DiGraph and

@@ -79,6 +79,7 @@ static const char *s_names[] = {
     [XPL_EBAD_ARGUMENT] = "bad_argument",
     [XPL_ESERVER] = "server",
     [XPL_ECERT] = "certificate",
+    [XPL_EINTERNAL] = "internal",
 };
 
 const char *
@@ -95,6 +96,8 @@ xpl_errno_from_code(const char *code)
     for (int c = XPL_EBAD_REQUEST; c <= XPL_EBAD_ARGUMENT; c++)
         if (strcmp(code, s_names[c]) == 0)
             return c;
+    if (strcmp(code, s_names[XPL_EINTERNAL]) == 0)
+        return XPL_EINTERNAL;
     return XPL_ESERVER;
 }
 

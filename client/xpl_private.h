@@ -7,7 +7,9 @@
                  reference counted, an optional finaliser
       documents  a bounds-checked msgpack document (a flat tree over
                  core/mpr) that decoders query by key
-      decoders   msgpack bodies -> the public structs (xpl_decode.c)
+      decoders   msgpack bodies -> the public structs, one class to a file
+                 (xpl_schema.c, xpl_explanation.c, ...; their shared
+                 helpers in xpl_decode.h/.c)
       encoding   small msgpack-c helpers (xpl_encode.c)
       CURVE      key sets, CURVE client sockets and the watching of their
                  handshakes for the hint of a timeout (xpl_curve.c)  */
@@ -126,7 +128,7 @@ int xn_num(const xnode_t *n, double *out);
 int xn_bool(const xnode_t *n, bool *out);
 bool xn_is(const xnode_t *n, mpr_type_t t);
 
-/* ---- decoders (xpl_decode.c) ------------------------------------------ */
+/* ---- decoders (xpl_decode.c and one file per class) ------------------- */
 
 /* Check the common reply envelope {"v": 1, "ok": ...}. Returns 0 for
    ok: true; -1 with the daemon's error (code mapped to XPL_E*, its

@@ -38,18 +38,6 @@ agg_destroy(agg_t *a)
     memset(a, 0, sizeof *a);
 }
 
-void
-agg_reset(agg_t *a)
-{
-    a->count = 0;
-    if (a->nfeat == 0)
-        return;
-    memset(a->mean, 0, a->nfeat * sizeof *a->mean);
-    memset(a->m2, 0, a->nfeat * sizeof *a->m2);
-    if (a->decayed)
-        memset(a->decayed, 0, a->nfeat * sizeof *a->decayed);
-}
-
 static bool
 s_finitef(const float *x, uint32_t n)
 {
@@ -172,4 +160,130 @@ agg_heads_merge(agg_heads_t *dst, const agg_heads_t *src)
     agg_merge(&dst->importance, &src->importance);
     agg_merge(&dst->confidence, &src->confidence);
     return 0;
+}
+
+/* ---- snapshots ---------------------------------------------------------- */
+
+void
+agg_save(msgpack_packer *pk, const agg_t *a)
+{
+    msgpack_pack_map(pk, 4);
+    snap_put_str(pk, "count");
+    msgpack_pack_uint64(pk, a->count);
+    snap_put_str(pk, "mean");
+    snap_put_doubles(pk, a->mean, a->nfeat);
+    snap_put_str(pk, "m2");
+    snap_put_doubles(pk, a->m2, a->nfeat);
+    snap_put_str(pk, "decayed");
+    if (a->decayed)
+        snap_put_doubles(pk, a->decayed, a->nfeat);
+    else
+        msgpack_pack_nil(pk);
+}
+
+/* decayed: nil, or nfeat values (kept when this aggregate decays). */
+static int
+s_load_decayed(snap_rd_t *d, agg_t *a, bool *was_nil)
+{
+    *was_nil = snap_get_nil(d);
+    return *was_nil ? 0 : snap_get_doubles(d, a->decayed, a->nfeat, "aggregate decayed means");
+}
+
+int
+agg_load(snap_rd_t *d, agg_t *a, unsigned ver)
+{
+    bool nil = true;
+    if (ver == SNAP_V1) {
+        if (snap_get_array_n(d, 4, "aggregate") || snap_get_u64(d, &a->count, "aggregate count") ||
+            snap_get_doubles(d, a->mean, a->nfeat, "aggregate means") ||
+            snap_get_doubles(d, a->m2, a->nfeat, "aggregate m2") || s_load_decayed(d, a, &nil))
+            return -1;
+    } else {
+        enum { COUNT = 1, MEAN = 2, M2 = 4, DECAYED = 8 };
+        uint32_t n;
+        unsigned seen = 0;
+        if (snap_get_map(d, &n, "aggregate"))
+            return -1;
+        for (uint32_t k = 0; k < n; k++) {
+            mpr_obj_t key;
+            int rc;
+            if (snap_get_key(d, &key, "aggregate field"))
+                return -1;
+            if (mpr_str_eq(&key, "count"))
+                rc = snap_field(d, &seen, COUNT, "aggregate count") ||
+                     snap_get_u64(d, &a->count, "aggregate count");
+            else if (mpr_str_eq(&key, "mean"))
+                rc = snap_field(d, &seen, MEAN, "aggregate means") ||
+                     snap_get_doubles(d, a->mean, a->nfeat, "aggregate means");
+            else if (mpr_str_eq(&key, "m2"))
+                rc = snap_field(d, &seen, M2, "aggregate m2") ||
+                     snap_get_doubles(d, a->m2, a->nfeat, "aggregate m2");
+            else if (mpr_str_eq(&key, "decayed"))
+                rc = snap_field(d, &seen, DECAYED, "aggregate decayed means") ||
+                     s_load_decayed(d, a, &nil);
+            else
+                rc = snap_skip(d, "aggregate field");
+            if (rc)
+                return -1;
+        }
+        if (snap_fields_all(d, seen, COUNT | MEAN | M2, "aggregate (count, mean or m2 missing)"))
+            return -1;
+    }
+    for (uint32_t k = 0; k < a->nfeat; k++)
+        if (!(a->m2[k] >= 0))
+            return snap_fail(d, "aggregate m2 (negative)");
+    if (nil && a->decayed)   /* the snapshot had no decayed mean: start it at the mean */
+        memcpy(a->decayed, a->mean, a->nfeat * sizeof(double));
+    return 0;
+}
+
+void
+agg_heads_save(msgpack_packer *pk, const agg_heads_t *s)
+{
+    msgpack_pack_map(pk, 4);
+    snap_put_str(pk, "L");
+    msgpack_pack_uint32(pk, s->L);
+    snap_put_str(pk, "H");
+    msgpack_pack_uint32(pk, s->H);
+    snap_put_str(pk, "importance");
+    agg_save(pk, &s->importance);
+    snap_put_str(pk, "confidence");
+    agg_save(pk, &s->confidence);
+}
+
+int
+agg_heads_load(snap_rd_t *d, agg_heads_t *s, unsigned ver)
+{
+    if (ver == SNAP_V1)
+        return agg_load(d, &s->importance, ver) || agg_load(d, &s->confidence, ver) ? -1 : 0;
+    enum { L = 1, H = 2, IMP = 4, CONF = 8 };
+    uint32_t n, v;
+    unsigned seen = 0;
+    if (snap_get_map(d, &n, "head statistics"))
+        return -1;
+    for (uint32_t k = 0; k < n; k++) {
+        mpr_obj_t key;
+        int rc;
+        if (snap_get_key(d, &key, "head statistics field"))
+            return -1;
+        if (mpr_str_eq(&key, "L"))
+            rc = snap_field(d, &seen, L, "head statistics L") ||
+                 snap_get_u32(d, &v, "head statistics L") ||
+                 (v != s->L && snap_fail(d, "head statistics L (not the schema's)"));
+        else if (mpr_str_eq(&key, "H"))
+            rc = snap_field(d, &seen, H, "head statistics H") ||
+                 snap_get_u32(d, &v, "head statistics H") ||
+                 (v != s->H && snap_fail(d, "head statistics H (not the schema's)"));
+        else if (mpr_str_eq(&key, "importance"))
+            rc = snap_field(d, &seen, IMP, "head importance") ||
+                 agg_load(d, &s->importance, ver);
+        else if (mpr_str_eq(&key, "confidence"))
+            rc = snap_field(d, &seen, CONF, "head confidence") ||
+                 agg_load(d, &s->confidence, ver);
+        else
+            rc = snap_skip(d, "head statistics field");
+        if (rc)
+            return -1;
+    }
+    return snap_fields_all(d, seen, L | H | IMP | CONF, "head statistics (a field is missing)");
 }

@@ -24,16 +24,17 @@
 
     Ownership: the struct lives in caller storage (stack, or embedded in a
     per-model state); agg_init allocates its arrays and agg_destroy frees
-    them. All fields are plain and meant to be read, and written back, by
-    the persistence code (snapshot as msgpack, restore by agg_init then
-    filling the fields). Invariants on restore: m2[j] >= 0; with count 0
-    every mean, m2 and decayed value is 0.
+    them. All fields are plain and meant to be read. Snapshots: agg_save
+    writes one, agg_load reads it back into an agg_init'ed aggregate
+    (below). Invariant on restore: m2[j] >= 0.
 
     agg_heads_t is the same for head statistics: an L x H importance and
     an L x H confidence aggregate, kept apart because importance needs the
     gradient and so may have fewer trades behind it.  */
 #ifndef XPL_AGG_H
 #define XPL_AGG_H
+
+#include "snap.h"
 
 #include <stdint.h>
 
@@ -57,9 +58,6 @@ int agg_init(agg_t *a, uint32_t nfeat, double half_life);
    call twice. */
 void agg_destroy(agg_t *a);
 
-/* Forget every vector seen, keeping size and half-life. */
-void agg_reset(agg_t *a);
-
 /* Add one vector of nfeat floats. Returns 0, or -1 when it holds a NaN
    or Inf (then nothing changes: one bad trade must not poison the
    aggregate for good). */
@@ -67,7 +65,9 @@ int agg_update(agg_t *a, const float *x);
 
 /* Merge src into dst (Chan's parallel rule). Returns 0, or -1 when the
    feature counts or half-lives differ (dst unchanged). Decayed means:
-   see above. */
+   see above. Only the tests call the merges for now; they stay because
+   the shard aggregator (one daemon combining the global state of several
+   shards) is built on them. */
 int agg_merge(agg_t *dst, const agg_t *src);
 
 /* Sample standard deviation per feature into out[nfeat]:
@@ -93,7 +93,29 @@ void agg_heads_destroy(agg_heads_t *s);
    neither aggregate changes). */
 int agg_heads_update(agg_heads_t *s, const float *importance, const float *confidence);
 
-/* Merge src into dst; -1 when the shapes differ (dst unchanged). */
+/* Merge src into dst; -1 when the shapes differ (dst unchanged). Kept
+   for the shard aggregator, as agg_merge. */
 int agg_heads_merge(agg_heads_t *dst, const agg_heads_t *src);
+
+/* ---- snapshots (snap.h) ------------------------------------------------
+
+   agg_save writes {count, mean, m2, decayed}: a uint, two arrays of
+   nfeat float64 and the decayed means (nil when disabled), bit for bit.
+   agg_load reads one into an aggregate that agg_init made with the size
+   and half-life of today: the arrays must have nfeat values and every m2
+   be >= 0. A snapshot without decayed means starts them at the mean; one
+   with them while they are disabled now drops them. A half-life other
+   than the one they were decayed with simply continues with the new one.
+   SNAP_V1 reads the first format's [count, mean, m2, decayed].
+   Returns 0, or -1 with d->why set (the aggregate then holds partial
+   values: the caller discards it). */
+void agg_save(msgpack_packer *pk, const agg_t *a);
+int agg_load(snap_rd_t *d, agg_t *a, unsigned ver);
+
+/* {L, H, importance, confidence}; agg_heads_load wants the L and H that
+   agg_heads_init was given. SNAP_V1: the two aggregates one after the
+   other, as the first format had them inside the epoch record. */
+void agg_heads_save(msgpack_packer *pk, const agg_heads_t *s);
+int agg_heads_load(snap_rd_t *d, agg_heads_t *s, unsigned ver);
 
 #endif

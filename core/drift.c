@@ -159,12 +159,170 @@ drift_reset_reference(drift_t *d)
     d->ref_kind = DRIFT_REF_NONE;
 }
 
-void
-drift_reset(drift_t *d)
+/* ---- snapshots ---------------------------------------------------------- */
+
+int
+drift_ref_parse(const uint8_t *name, uint32_t len)
 {
-    d->filled = 0;
-    d->closed = 0;
-    d->has_last = false;
-    d->ref_kind = DRIFT_REF_NONE;
-    memset(d->sum, 0, d->nfeat * sizeof *d->sum);
+    for (int r = DRIFT_REF_NONE; r <= DRIFT_REF_EXTERNAL; r++) {
+        const char *n = drift_ref_name((drift_ref_t)r);
+        if (strlen(n) == len && memcmp(n, name, len) == 0)
+            return r;
+    }
+    return -1;
+}
+
+void
+drift_stat_save(msgpack_packer *pk, const drift_stat_t *st)
+{
+    msgpack_pack_map(pk, 3);
+    snap_put_str(pk, "defined");
+    st->defined ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+    snap_put_str(pk, "alert");
+    st->alert ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+    snap_put_str(pk, "value");
+    msgpack_pack_double(pk, st->value);
+}
+
+int
+drift_stat_load(snap_rd_t *rd, drift_stat_t *st, unsigned ver)
+{
+    if (ver == SNAP_V1)
+        return snap_get_array_n(rd, 3, "window statistic") ||
+                       snap_get_bool(rd, &st->defined, "window statistic") ||
+                       snap_get_bool(rd, &st->alert, "window statistic") ||
+                       snap_get_f64(rd, &st->value, "window statistic")
+                   ? -1
+                   : 0;
+    enum { DEFINED = 1, ALERT = 2, VALUE = 4 };
+    uint32_t n;
+    unsigned seen = 0;
+    if (snap_get_map(rd, &n, "window statistic"))
+        return -1;
+    for (uint32_t k = 0; k < n; k++) {
+        mpr_obj_t key;
+        int rc;
+        if (snap_get_key(rd, &key, "window statistic field"))
+            return -1;
+        if (mpr_str_eq(&key, "defined"))
+            rc = snap_field(rd, &seen, DEFINED, "window statistic defined") ||
+                 snap_get_bool(rd, &st->defined, "window statistic defined");
+        else if (mpr_str_eq(&key, "alert"))
+            rc = snap_field(rd, &seen, ALERT, "window statistic alert") ||
+                 snap_get_bool(rd, &st->alert, "window statistic alert");
+        else if (mpr_str_eq(&key, "value"))
+            rc = snap_field(rd, &seen, VALUE, "window statistic value") ||
+                 snap_get_f64(rd, &st->value, "window statistic value");
+        else
+            rc = snap_skip(rd, "window statistic field");
+        if (rc)
+            return -1;
+    }
+    return snap_fields_all(rd, seen, DEFINED | ALERT | VALUE, "window statistic (a field is missing)");
+}
+
+void
+drift_save(msgpack_packer *pk, const drift_t *d)
+{
+    msgpack_pack_map(pk, 8);
+    snap_put_str(pk, "window");
+    msgpack_pack_uint32(pk, d->window);
+    snap_put_str(pk, "filled");
+    msgpack_pack_uint32(pk, d->filled);
+    snap_put_str(pk, "closed");
+    msgpack_pack_uint64(pk, d->closed);
+    snap_put_str(pk, "reference");
+    snap_put_str(pk, drift_ref_name(d->ref_kind));
+    snap_put_str(pk, "has_last");
+    d->has_last ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+    snap_put_str(pk, "sum");
+    snap_put_doubles(pk, d->sum, d->nfeat);
+    snap_put_str(pk, "last");
+    snap_put_doubles(pk, d->last, d->nfeat);
+    snap_put_str(pk, "ref");
+    snap_put_doubles(pk, d->ref, d->nfeat);
+}
+
+/* The keyed record (SNAP_V2) into the out-parameters drift_load checks. */
+static int
+s_load_fields(snap_rd_t *rd, drift_t *d, uint64_t *window, uint64_t *filled, uint64_t *kind)
+{
+    enum { WINDOW = 1, FILLED = 2, CLOSED = 4, REF_KIND = 8, HAS_LAST = 16, SUM = 32, LAST = 64,
+           REF = 128 };
+    uint32_t n;
+    unsigned seen = 0;
+    if (snap_get_map(rd, &n, "drift"))
+        return -1;
+    for (uint32_t k = 0; k < n; k++) {
+        mpr_obj_t key;
+        int rc;
+        const uint8_t *name;
+        uint32_t len;
+        if (snap_get_key(rd, &key, "drift field"))
+            return -1;
+        if (mpr_str_eq(&key, "window"))
+            rc = snap_field(rd, &seen, WINDOW, "drift window") ||
+                 snap_get_u64(rd, window, "drift window");
+        else if (mpr_str_eq(&key, "filled"))
+            rc = snap_field(rd, &seen, FILLED, "drift filled") ||
+                 snap_get_u64(rd, filled, "drift filled");
+        else if (mpr_str_eq(&key, "closed"))
+            rc = snap_field(rd, &seen, CLOSED, "drift closed") ||
+                 snap_get_u64(rd, &d->closed, "drift closed");
+        else if (mpr_str_eq(&key, "reference")) {
+            int r;
+            rc = snap_field(rd, &seen, REF_KIND, "drift reference kind") ||
+                 snap_get_str(rd, &name, &len, "drift reference kind") ||
+                 ((r = drift_ref_parse(name, len)) < 0 &&
+                  snap_fail(rd, "drift reference kind (unknown)"));
+            if (!rc)
+                *kind = (uint64_t)r;
+        } else if (mpr_str_eq(&key, "has_last"))
+            rc = snap_field(rd, &seen, HAS_LAST, "drift has_last") ||
+                 snap_get_bool(rd, &d->has_last, "drift has_last");
+        else if (mpr_str_eq(&key, "sum"))
+            rc = snap_field(rd, &seen, SUM, "drift sums") ||
+                 snap_get_doubles(rd, d->sum, d->nfeat, "drift sums");
+        else if (mpr_str_eq(&key, "last"))
+            rc = snap_field(rd, &seen, LAST, "drift last") ||
+                 snap_get_doubles(rd, d->last, d->nfeat, "drift last");
+        else if (mpr_str_eq(&key, "ref"))
+            rc = snap_field(rd, &seen, REF, "drift reference") ||
+                 snap_get_doubles(rd, d->ref, d->nfeat, "drift reference");
+        else
+            rc = snap_skip(rd, "drift field");
+        if (rc)
+            return -1;
+    }
+    return snap_fields_all(rd, seen, 255u, "drift (a field is missing)");
+}
+
+int
+drift_load(snap_rd_t *rd, drift_t *d, unsigned ver)
+{
+    uint64_t window = 0, filled = 0, kind = 0;
+    if (ver == SNAP_V1) {
+        if (snap_get_array_n(rd, 8, "drift") || snap_get_u64(rd, &window, "drift window") ||
+            snap_get_u64(rd, &filled, "drift filled") ||
+            snap_get_u64(rd, &d->closed, "drift closed") ||
+            snap_get_u64(rd, &kind, "drift reference kind") ||
+            snap_get_bool(rd, &d->has_last, "drift has_last") ||
+            snap_get_doubles(rd, d->sum, d->nfeat, "drift sums") ||
+            snap_get_doubles(rd, d->last, d->nfeat, "drift last") ||
+            snap_get_doubles(rd, d->ref, d->nfeat, "drift reference"))
+            return -1;
+    } else if (s_load_fields(rd, d, &window, &filled, &kind)) {
+        return -1;
+    }
+    if (kind > DRIFT_REF_EXTERNAL || filled > window)
+        return snap_fail(rd, "drift state");
+    d->ref_kind = (drift_ref_t)kind;
+    if (window == d->window) {
+        d->filled = (uint32_t)filled;
+    } else {
+        /* The window size changed: the open window cannot be resumed. */
+        d->filled = 0;
+        memset(d->sum, 0, d->nfeat * sizeof *d->sum);
+    }
+    return 0;
 }

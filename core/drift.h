@@ -1,5 +1,5 @@
 /*  drift: tumbling-window comparison of attributions with a reference
-    (MATH.md, "Global attributions and drift"; PROTOCOL.md section 3).
+    (MATH.md, "Global attributions and drift"; the drift/ topic in proto/global.md).
 
     Trades are pushed one attribution vector at a time. Every `window`
     trades the window closes: its per-feature mean is compared with the
@@ -16,7 +16,7 @@
 
     The reference is one of
       baseline  the first window that closes while there is no reference
-                (after init, drift_reset or drift_reset_reference); that
+                (after init or drift_reset_reference); that
                 window is captured, not compared
       pinned    a vector an operator pinned (typically the last closed
                 window's mean, `last`, or the global mean)
@@ -31,6 +31,7 @@
 #define XPL_DRIFT_H
 
 #include "rank.h"
+#include "snap.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -57,7 +58,7 @@ typedef struct {
 
 /* Outcome of one closed window. */
 typedef struct {
-    uint64_t window;            /* 0-based index since init or drift_reset */
+    uint64_t window;            /* 0-based index since init */
     drift_ref_t ref;            /* reference this window was compared with */
     bool compared;              /* false: this window was captured as the baseline */
     drift_stat_t spearman, ndcg, js;
@@ -119,8 +120,27 @@ int drift_set_reference(drift_t *d, drift_ref_t kind, const double *ref);
    open window is kept. */
 void drift_reset_reference(drift_t *d);
 
-/* Start over as after drift_init: no reference, empty window, window
-   indices from 0. */
-void drift_reset(drift_t *d);
+/* ---- snapshots (snap.h) ------------------------------------------------
+
+   drift_save writes {window, filled, closed, reference, has_last, sum,
+   last, ref}: the window size it was counting, the open window, the
+   closed-window count, the reference kind by name ("baseline", ...), and
+   the three vectors bit for bit. drift_load reads one into a detector
+   that drift_init made with today's nfeat, window and thresholds: the
+   vectors must have nfeat values, the kind be known, filled <= window.
+   When the window size changed the open window cannot be resumed: it
+   starts empty (closed windows, last and reference are kept). SNAP_V1
+   reads the first format's positional array (kind as a number).
+   Returns 0, or -1 with d->why set (then discard the detector). */
+void drift_save(msgpack_packer *pk, const drift_t *d);
+int drift_load(snap_rd_t *rd, drift_t *d, unsigned ver);
+
+/* One window statistic: {defined, alert, value}; SNAP_V1 [defined,
+   alert, value]. */
+void drift_stat_save(msgpack_packer *pk, const drift_stat_t *st);
+int drift_stat_load(snap_rd_t *rd, drift_stat_t *st, unsigned ver);
+
+/* The kind named `name` (len bytes), or -1. */
+int drift_ref_parse(const uint8_t *name, uint32_t len);
 
 #endif

@@ -139,12 +139,6 @@ xm_fusion_parse(const char *name)
     return -1;
 }
 
-const char *
-xm_fusion_name(xm_fusion_t f)
-{
-    return f == XM_FUSE_MAX ? "max" : f == XM_FUSE_MIN ? "min" : "mean";
-}
-
 xm_work_t *
 xm_work_new(void)
 {

@@ -188,7 +188,6 @@ int xm_start_layer(int32_t s, uint32_t L, uint32_t *out);
 
 /* Head-fusion name to enum; -1 when unknown. */
 int xm_fusion_parse(const char *name);
-const char *xm_fusion_name(xm_fusion_t f);
 
 /* Create an empty work area (caller owns; grows on demand, never per
    trade once warm). */

@@ -13,8 +13,6 @@
 
 #define ZAP_ENDPOINT "inproc://zeromq.zap.01"
 #define ZAP_DOMAIN "xplaind"
-/* Rate-limit key of handshake refusals (the ZAP ones use 40). */
-#define LOG_KEY_HANDSHAKE 41
 
 const char *const auth_kind_names[5] = {"key", "mechanism", "crypto", "protocol", "incomplete"};
 
@@ -216,7 +214,7 @@ s_event(auth_t *a, int m)
         }
         a->by_kind[kind]++;
         a->refused++;
-        log_limited(LOG_KEY_HANDSHAKE, LOG_WARN_, "security: refused a peer on the %s socket (%s): %s",
+        log_limited(LOGK_AUTH_HANDSHAKE, LOG_WARN_, "security: refused a peer on the %s socket (%s): %s",
                     a->mon_what[m], ep, why);
     }
     n = n < 2 ? n : 2;
@@ -292,7 +290,7 @@ s_request(auth_t *a)
         char key[41] = "?";
         if (n >= 7 && zmq_msg_size(&f[6]) == 32)
             zmq_z85_encode(key, zmq_msg_data(&f[6]), 32);
-        log_limited(40, LOG_WARN_, "security: refused peer %s (key %s): %s", address, key, why);
+        log_limited(LOGK_AUTH_PEER, LOG_WARN_, "security: refused peer %s (key %s): %s", address, key, why);
     }
     const char *status = ok ? "200" : "400";
     const char *text = ok ? "OK" : why;

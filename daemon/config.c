@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <ini.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -404,6 +405,8 @@ s_size_str(uint64_t v, char *buf, size_t len)
     snprintf(buf, len, "%llu", (unsigned long long)v);
 }
 
+static void s_print(const config_t *cfg, FILE *out);
+
 static void
 s_usage(FILE *out)
 {
@@ -443,8 +446,9 @@ s_usage(FILE *out)
     }
 }
 
-int
-config_attention_parse(const char *name)
+/* Policy name to cfg_attention_t; -1 when unknown. */
+static int
+s_attention_parse(const char *name)
 {
     static const char *names[] = {"reject", "warn", "off"};
     for (int k = 0; k < 3; k++)
@@ -453,13 +457,25 @@ config_attention_parse(const char *name)
     return -1;
 }
 
+/* Derive the parsed forms from their option strings (-1 ids for names
+   not known); returns xm_methods_parse's result, `bad` where it failed. */
+static int
+s_derive(config_t *cfg, const char **bad)
+{
+    int rc = xm_methods_parse(cfg->methods, &cfg->method_set, bad);
+    cfg->fusion_id = xm_fusion_parse(cfg->fusion);
+    cfg->attention_check_id = s_attention_parse(cfg->attention_check);
+    cfg->log_level_id = log_level_parse(cfg->log_level);
+    return rc;
+}
+
 /* Derive the parsed forms and check cross-field rules. */
 static int
 s_finish(config_t *cfg)
 {
     int errors = 0;
     const char *bad = NULL;
-    if (xm_methods_parse(cfg->methods, &cfg->method_set, &bad)) {
+    if (s_derive(cfg, &bad)) {
         fprintf(stderr, "xplaind: bad value for explain.methods: unknown method near '%s' "
                         "(known: rollout, grad_rollout, first_layer, attn_mean, diag, flow)\n", bad);
         errors++;
@@ -467,16 +483,16 @@ s_finish(config_t *cfg)
         fprintf(stderr, "xplaind: bad value for explain.methods: no method enabled\n");
         errors++;
     }
-    if ((cfg->fusion_id = xm_fusion_parse(cfg->fusion)) < 0) {
+    if (cfg->fusion_id < 0) {
         fprintf(stderr, "xplaind: bad value for explain.fusion: '%s' (mean, max or min)\n", cfg->fusion);
         errors++;
     }
-    if ((cfg->attention_check_id = config_attention_parse(cfg->attention_check)) < 0) {
+    if (cfg->attention_check_id < 0) {
         fprintf(stderr, "xplaind: bad value for ingest.attention_check: '%s' (reject, warn or off)\n",
                 cfg->attention_check);
         errors++;
     }
-    if ((cfg->log_level_id = log_level_parse(cfg->log_level)) < 0) {
+    if (cfg->log_level_id < 0) {
         fprintf(stderr, "xplaind: bad value for log.level: '%s' (err, warning, notice, info, debug)\n",
                 cfg->log_level);
         errors++;
@@ -594,7 +610,7 @@ s_load(config_t *cfg, int argc, char **argv, bool quiet_actions)
     if (s_finish(cfg))
         return CFG_EXIT_USAGE;
     if (print && !quiet_actions) {
-        config_print(cfg, stdout);
+        s_print(cfg, stdout);
         return CFG_EXIT_OK;
     }
     if (check && !quiet_actions) {
@@ -653,6 +669,32 @@ s_equal(const config_t *a, const config_t *b, const opt_t *o)
     return true;
 }
 
+/* Exchange one option's value between two configs (strings and lists
+   change owner, nothing is copied). */
+static void
+s_swap(config_t *a, config_t *b, const opt_t *o)
+{
+    char tmp[sizeof(cfg_list_t)];
+    size_t size = o->type == T_LIST ? sizeof(cfg_list_t)
+                  : o->type == T_STR ? sizeof(char *)
+                  : o->type == T_BOOL ? sizeof(bool)
+                  : o->type == T_DOUBLE ? sizeof(double) : sizeof(uint64_t);
+    memcpy(tmp, s_field(a, o), size);
+    memcpy(s_field(a, o), s_field(b, o), size);
+    memcpy(s_field(b, o), tmp, size);
+}
+
+void
+config_take_reloadable(config_t *dst, config_t *src)
+{
+    for (size_t k = 0; k < NOPTS; k++)
+        if (s_opts[k].reloadable)
+            s_swap(dst, src, &s_opts[k]);
+    const char *bad;
+    s_derive(dst, &bad);
+    s_derive(src, &bad);
+}
+
 static void
 s_append(char *buf, size_t len, const char *name)
 {
@@ -681,6 +723,17 @@ config_diff(const config_t *a, const config_t *b, char *reloadable, size_t rlen,
     return diffs;
 }
 
+bool
+config_option(size_t k, const char **section, const char **key, bool *reloadable)
+{
+    if (k >= NOPTS)
+        return false;
+    *section = s_opts[k].section;
+    *key = s_opts[k].key;
+    *reloadable = s_opts[k].reloadable;
+    return true;
+}
+
 void
 config_free(config_t *cfg)
 {
@@ -697,8 +750,9 @@ config_free(config_t *cfg)
     cfg->config_file = NULL;
 }
 
-void
-config_print(const config_t *cfg, FILE *out)
+/* The annotated configuration (INI) with current values. */
+static void
+s_print(const config_t *cfg, FILE *out)
 {
     const char *section = "";
     for (size_t k = 0; k < NOPTS; k++) {

@@ -11,7 +11,6 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <stdio.h>
 
 #define CFG_LIST_MAX 16
 
@@ -91,8 +90,6 @@ typedef struct {
 /* The attention check's policy. */
 typedef enum { CFG_ATTN_REJECT = 0, CFG_ATTN_WARN = 1, CFG_ATTN_OFF = 2 } cfg_attention_t;
 
-/* Policy name to cfg_attention_t; -1 when unknown. */
-int config_attention_parse(const char *name);
 
 /* Outcome of reading the command line. */
 typedef enum {
@@ -116,10 +113,19 @@ int config_reload(config_t *next, int argc, char **argv);
 int config_diff(const config_t *a, const config_t *b, char *reloadable, size_t rlen,
                 char *restart, size_t slen);
 
+/* Apply what SIGHUP may change: the values of every option marked
+   reloadable in the table move from `src` into `dst`, and dst's old
+   values into `src` (the caller frees it); the values derived from them
+   (method_set, fusion_id, ...) follow in both. Both must have passed
+   config_load or config_reload. */
+void config_take_reloadable(config_t *dst, config_t *src);
+
+/* The option table, read only: option `k`'s section, key and whether
+   SIGHUP reloads it; false past the last option. */
+bool config_option(size_t k, const char **section, const char **key, bool *reloadable);
+
 /* Release every string the config owns. */
 void config_free(config_t *cfg);
 
-/* Print the annotated configuration (INI) with current values. */
-void config_print(const config_t *cfg, FILE *out);
 
 #endif

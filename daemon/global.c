@@ -1,11 +1,9 @@
-/*  global: global attributions, head statistics, drift. See global.h and
-    proto/global.md.  */
+/*  global: global attributions, head statistics, drift: state only. See
+    global.h and proto/global.md.  */
 #include "global.h"
 
 #include "log.h"
-#include "publish.h"
-#include "query.h"
-#include "server.h"
+#include "stats.h"     /* now_wall_ns */
 
 #include <errno.h>
 #include <inttypes.h>
@@ -16,22 +14,20 @@
 
 /* External references read from the reference file, waiting for their
    model's epoch (kept per model name: the model may not exist yet). */
-typedef struct pending_t {
-    struct pending_t *next;
+typedef struct gpending_t {
+    struct gpending_t *next;
     char model[WIRE_MODEL_MAX + 1];
     int method;
     uint32_t nf;
     double *values;
 } pending_t;
 
-static pending_t *s_pending;
-
 static void
-s_pending_clear(void)
+s_pending_clear(global_t *g)
 {
-    while (s_pending) {
-        pending_t *p = s_pending;
-        s_pending = p->next;
+    while (g->pending) {
+        pending_t *p = g->pending;
+        g->pending = p->next;
         free(p->values);
         free(p);
     }
@@ -77,7 +73,7 @@ global_destroy(global_t *g)
         free(gm);
     }
     free(g->models);
-    s_pending_clear();
+    s_pending_clear(g);
     memset(g, 0, sizeof *g);
 }
 
@@ -94,9 +90,8 @@ global_set_thresholds(global_t *g, const drift_opts_t *o)
 }
 
 gmodel_t *
-global_model(server_t *s, model_t *md)
+global_model(global_t *g, const model_t *md)
 {
-    global_t *g = &s->global;
     if (md->index >= g->cap)
         return NULL;
     gmodel_t **slot = &g->models[md->index];
@@ -119,14 +114,21 @@ global_model_const(const global_t *g, const model_t *md)
     return md->index < g->cap ? g->models[md->index] : NULL;
 }
 
+/* The state of `epoch` in gm's ring, or NULL. */
+static gepoch_t *
+s_epoch_find(const gmodel_t *gm, uint32_t epoch)
+{
+    gepoch_t *e = epoch ? gm->epochs[(epoch - 1) % MODEL_EPOCHS_KEPT] : NULL;
+    return e && e->epoch == epoch ? e : NULL;
+}
+
 const gepoch_t *
 global_current(const global_t *g, const model_t *md)
 {
     const gmodel_t *gm = global_model_const(g, md);
-    if (!gm || !md->cur || md->cur->epoch == 0)
+    if (!gm || !md->cur)
         return NULL;
-    const gepoch_t *e = gm->epochs[(md->cur->epoch - 1) % MODEL_EPOCHS_KEPT];
-    return e && e->epoch == md->cur->epoch ? e : NULL;
+    return s_epoch_find(gm, md->cur->epoch);
 }
 
 /* Method state is created the first time the method shows up. */
@@ -146,9 +148,9 @@ s_epoch_method(global_t *g, gepoch_t *e, int m)
 }
 
 gepoch_t *
-global_epoch(server_t *s, model_t *md, uint32_t epoch, bool create)
+global_epoch(global_t *g, const model_t *md, uint32_t epoch, bool create)
 {
-    gmodel_t *gm = global_model(s, md);
+    gmodel_t *gm = global_model(g, md);
     if (!gm || epoch == 0)
         return NULL;
     gepoch_t **slot = &gm->epochs[(epoch - 1) % MODEL_EPOCHS_KEPT];
@@ -197,82 +199,17 @@ s_class(global_t *g, gepoch_t *e, int64_t target)
     return c;
 }
 
+/* A window closed: keep it as the method's last, keep an alert for the
+   drift query and log it, and hand it to the caller in `closed`. */
 static void
-s_enc_stat(msgpack_packer *pk, const drift_stat_t *st)
-{
-    if (st->defined)
-        msgpack_pack_double(pk, st->value);
-    else
-        msgpack_pack_nil(pk);
-}
-
-/* The three rank statistics of a window, as map entries. */
-static void
-s_enc_stats(msgpack_packer *pk, const drift_stat_t *spearman, const drift_stat_t *ndcg,
-            const drift_stat_t *js)
-{
-    enc_str(pk, "spearman");
-    s_enc_stat(pk, spearman);
-    enc_str(pk, "ndcg");
-    s_enc_stat(pk, ndcg);
-    enc_str(pk, "js");
-    s_enc_stat(pk, js);
-}
-
-/* The seven fields of a closed window shared by drift/ and the drift
-   query: window, reference, compared, spearman, ndcg, js, alert; drift/
-   adds "trades" (window size) after "window" when `trades` is given. */
-#define WINDOW_FIELDS 7
-static void
-s_enc_window(msgpack_packer *pk, const glast_t *l, const uint32_t *trades)
-{
-    enc_str(pk, "window");
-    msgpack_pack_uint64(pk, l->window);
-    if (trades) {
-        enc_str(pk, "trades");
-        msgpack_pack_uint32(pk, *trades);
-    }
-    enc_str(pk, "reference");
-    enc_str(pk, drift_ref_name(l->ref));
-    enc_str(pk, "compared");
-    enc_bool(pk, l->compared);
-    s_enc_stats(pk, &l->spearman, &l->ndcg, &l->js);
-    enc_str(pk, "alert");
-    enc_bool(pk, l->alert);
-}
-
-static void
-s_publish_drift(server_t *s, model_t *md, gmodel_t *gm, const gepoch_t *e, int m, const glast_t *l)
-{
-    msgpack_packer *pk = &s->ppk;
-    s->pbuf.size = 0;
-    msgpack_pack_map(pk, 7 + WINDOW_FIELDS);
-    enc_str(pk, "v");
-    msgpack_pack_uint8(pk, 1);
-    enc_str(pk, "model");
-    enc_strn(pk, md->name, md->name_len);
-    enc_str(pk, "seq");
-    msgpack_pack_uint64(pk, gm->drift_seq++);
-    enc_str(pk, "ts");
-    msgpack_pack_int64(pk, l->ts);
-    enc_str(pk, "epoch");
-    msgpack_pack_uint32(pk, e->epoch);
-    enc_str(pk, "method");
-    enc_str(pk, xm_method_name((xm_method_t)m));
-    s_enc_window(pk, l, &s->global.p.window);
-    char topic[WIRE_MODEL_MAX + 8];
-    int tlen = snprintf(topic, sizeof topic, "drift/%s", md->name);
-    publish_send(s, topic, (size_t)tlen, s->pbuf.data, s->pbuf.size);
-}
-
-static void
-s_record_window(server_t *s, model_t *md, gmodel_t *gm, gepoch_t *e, int m, const drift_report_t *r)
+s_record_window(global_t *g, const model_t *md, gmodel_t *gm, gepoch_t *e, int m,
+                const drift_report_t *r, global_closed_t *closed)
 {
     int64_t ts = now_wall_ns();
     e->last[m] = (glast_t){.valid = true, .window = r->window, .ref = r->ref,
                            .compared = r->compared, .spearman = r->spearman, .ndcg = r->ndcg,
                            .js = r->js, .alert = r->alert, .ts = ts};
-    s_publish_drift(s, md, gm, e, m, &e->last[m]);
+    closed->w[closed->n++] = (gclosed_t){.method = m, .seq = gm->drift_seq++, .last = e->last[m]};
     if (!r->alert)
         return;
     if (gm->alerts) {
@@ -280,31 +217,37 @@ s_record_window(server_t *s, model_t *md, gmodel_t *gm, gepoch_t *e, int m, cons
                                                  .window = r->window, .ref = r->ref,
                                                  .spearman = r->spearman, .ndcg = r->ndcg,
                                                  .js = r->js};
-        gm->alerts_next = (gm->alerts_next + 1) % s->global.p.alerts_kept;
-        if (gm->alerts_count < s->global.p.alerts_kept)
+        gm->alerts_next = (gm->alerts_next + 1) % g->p.alerts_kept;
+        if (gm->alerts_count < g->p.alerts_kept)
             gm->alerts_count++;
     }
     gm->alerts_total++;
-    log_limited(XR_NREASONS + 5, LOG_WARN_,
+    log_limited(LOGK_DRIFT_ALERT, LOG_WARN_,
                 "drift: model '%s' epoch %" PRIu32 " %s window %" PRIu64 " vs %s: rho %.3f, "
                 "nDCG %.3f, JS %.3f: ALERT", md->name, e->epoch, xm_method_name((xm_method_t)m),
                 r->window, drift_ref_name(r->ref), r->spearman.defined ? r->spearman.value : NAN,
                 r->ndcg.defined ? r->ndcg.value : NAN, r->js.defined ? r->js.value : NAN);
 }
 
+static void s_apply_pending(global_t *g, const model_t *md, gepoch_t *e);
+
 void
-global_add(server_t *s, model_t *md, const int64_t *target, const xm_result_t *res)
+global_add(global_t *g, const model_t *md, const int64_t *target, const xm_result_t *res,
+           global_closed_t *closed)
 {
-    global_t *g = &s->global;
-    gmodel_t *gm = global_model(s, md);
-    bool fresh = gm && !global_epoch(s, md, md->cur->epoch, false);
-    gepoch_t *e = global_epoch(s, md, md->cur->epoch, true);
+    closed->n = 0;
+    closed->epoch = md->cur->epoch;
+    gmodel_t *gm = global_model(g, md);
+    gepoch_t *e = gm ? s_epoch_find(gm, md->cur->epoch) : NULL;
+    if (gm && !e) {
+        /* A new epoch: the file references for it apply now, once. */
+        if ((e = global_epoch(g, md, md->cur->epoch, true)))
+            s_apply_pending(g, md, e);
+    }
     if (!gm || !e) {
-        log_limited(XR_NREASONS + 6, LOG_ERR_, "global: out of memory for model '%s'", md->name);
+        log_limited(LOGK_GLOBAL_OOM, LOG_ERR_, "global: out of memory for model '%s'", md->name);
         return;
     }
-    if (fresh)
-        global_apply_pending(s, md);
     gclass_t *c = NULL;
     if (target && !(c = s_class(g, e, *target)))
         e->untracked++;
@@ -312,7 +255,7 @@ global_add(server_t *s, model_t *md, const int64_t *target, const xm_result_t *r
         if (!(res->computed & XM_BIT(m)))
             continue;
         if (s_epoch_method(g, e, m)) {
-            log_limited(XR_NREASONS + 6, LOG_ERR_, "global: out of memory for model '%s'", md->name);
+            log_limited(LOGK_GLOBAL_OOM, LOG_ERR_, "global: out of memory for model '%s'", md->name);
             return;
         }
         agg_update(&e->all[m], res->attr[m]);
@@ -320,7 +263,7 @@ global_add(server_t *s, model_t *md, const int64_t *target, const xm_result_t *r
             agg_update(&c->agg[m], res->attr[m]);
         drift_report_t r;
         if (drift_push(&e->drift[m], res->attr[m], &r) == 1)
-            s_record_window(s, md, gm, e, m, &r);
+            s_record_window(g, md, gm, e, m, &r, closed);
     }
     agg_heads_update(&e->heads, res->head_importance, res->head_confidence);
     e->count++;
@@ -328,193 +271,68 @@ global_add(server_t *s, model_t *md, const int64_t *target, const xm_result_t *r
     g->gen++;
 }
 
-/* Agreement of the global mean with an external reference. */
-static void
-s_enc_agreement(server_t *s, msgpack_packer *pk, const gepoch_t *e, int m)
+/* ---- topic seqs -------------------------------------------------------- */
+
+const gepoch_t *
+global_take_changed(global_t *g, const model_t *md)
 {
-    (void)s;
-    rank_work_t rw;
-    rank_work_init(&rw);
-    double rho;
-    if (e->all[m].count > 0 &&
-        rank_spearman(&rw, e->all[m].mean, e->extref[m], e->nf, &rho) == RANK_OK)
-        msgpack_pack_double(pk, rho);
-    else
-        msgpack_pack_nil(pk);
-    rank_work_destroy(&rw);
+    gmodel_t *gm = md->index < g->cap ? g->models[md->index] : NULL;
+    if (!gm || !gm->dirty)
+        return NULL;
+    const gepoch_t *e = s_epoch_find(gm, md->cur->epoch);
+    if (e)
+        gm->dirty = false;
+    return e;
 }
 
-static void
-s_enc_doubles(msgpack_packer *pk, const double *x, uint32_t n)
+uint64_t
+global_glob_seq(const global_t *g, const model_t *md)
 {
-    msgpack_pack_array(pk, n);
-    for (uint32_t k = 0; k < n; k++)
-        msgpack_pack_double(pk, x[k]);
+    const gmodel_t *gm = global_model_const(g, md);
+    return gm ? gm->glob_seq : 0;
 }
-
-/* count, mean, std, decayed of an aggregate, in a map with `extra` more
-   pairs the caller writes after. */
-static void
-s_enc_agg(msgpack_packer *pk, const agg_t *a, double *scratch, size_t extra)
-{
-    msgpack_pack_map(pk, 4 + extra);
-    enc_str(pk, "count");
-    msgpack_pack_uint64(pk, a->count);
-    enc_str(pk, "mean");
-    s_enc_doubles(pk, a->mean, a->nfeat);
-    enc_str(pk, "std");
-    agg_std(a, scratch);
-    s_enc_doubles(pk, scratch, a->nfeat);
-    enc_str(pk, "decayed");
-    s_enc_doubles(pk, a->decayed ? a->decayed : a->mean, a->nfeat);
-}
-
-/* "methods": map method -> {count, mean, std, decayed[, reference,
-   reference_spearman]} for the methods in `mask`. */
-static void
-s_enc_methods(server_t *s, msgpack_packer *pk, const gepoch_t *e, const agg_t *aggs,
-              unsigned mask, bool with_refs, double *scratch)
-{
-    msgpack_pack_map(pk, (size_t)__builtin_popcount(mask));
-    for (int m = 0; m < XM_NMETHODS; m++) {
-        if (!(mask & XM_BIT(m)))
-            continue;
-        enc_str(pk, xm_method_name((xm_method_t)m));
-        bool ref = with_refs && e->extref[m];
-        s_enc_agg(pk, &aggs[m], scratch, ref ? 2 : 0);
-        if (ref) {
-            enc_str(pk, "reference");
-            s_enc_doubles(pk, e->extref[m], e->nf);
-            enc_str(pk, "reference_spearman");
-            s_enc_agreement(s, pk, e, m);
-        }
-    }
-}
-
-/* The fields of a glob/ body (and of the global reply), `mask` methods,
-   all targets or one (`only_target`). Returns -1 when out of memory. */
-static int
-s_enc_glob_fields(server_t *s, msgpack_packer *pk, model_t *md, const gepoch_t *e, unsigned mask,
-                  const int64_t *only_target, uint64_t seq, int64_t ts)
-{
-    const schema_t *sc = model_schema(md, e->epoch);
-    double *scratch = malloc((e->nf ? e->nf : 1) * sizeof *scratch);
-    if (!scratch)
-        return -1;
-    enc_str(pk, "model");
-    enc_strn(pk, md->name, md->name_len);
-    enc_str(pk, "seq");
-    msgpack_pack_uint64(pk, seq);
-    enc_str(pk, "ts");
-    msgpack_pack_int64(pk, ts);
-    enc_str(pk, "epoch");
-    msgpack_pack_uint32(pk, e->epoch);
-    enc_str(pk, "features");
-    if (sc)
-        enc_features(pk, sc);
-    else
-        msgpack_pack_nil(pk);
-    enc_str(pk, "count");
-    msgpack_pack_uint64(pk, e->count);
-    enc_str(pk, "half_life");
-    msgpack_pack_double(pk, s->global.p.half_life);
-    enc_str(pk, "methods");
-    s_enc_methods(s, pk, e, e->all, mask, true, scratch);
-    enc_str(pk, "targets");
-    uint32_t nt = 0;
-    for (uint32_t c = 0; c < e->nclasses; c++)
-        nt += !only_target || e->classes[c].target == *only_target;
-    msgpack_pack_array(pk, nt);
-    for (uint32_t c = 0; c < e->nclasses; c++) {
-        if (only_target && e->classes[c].target != *only_target)
-            continue;
-        msgpack_pack_map(pk, 2);
-        enc_str(pk, "target");
-        msgpack_pack_int64(pk, e->classes[c].target);
-        enc_str(pk, "methods");
-        s_enc_methods(s, pk, e, e->classes[c].agg, mask, false, scratch);
-    }
-    enc_str(pk, "untracked_targets");
-    msgpack_pack_uint64(pk, e->untracked);
-    free(scratch);
-    return 0;
-}
-#define GLOB_FIELDS 10
-
-static void
-s_enc_heads_fields(msgpack_packer *pk, model_t *md, const gepoch_t *e, uint64_t seq)
-{
-    enc_str(pk, "model");
-    enc_strn(pk, md->name, md->name_len);
-    enc_str(pk, "seq");
-    msgpack_pack_uint64(pk, seq);
-    enc_str(pk, "ts");
-    msgpack_pack_int64(pk, now_wall_ns());
-    enc_str(pk, "epoch");
-    msgpack_pack_uint32(pk, e->epoch);
-    enc_str(pk, "L");
-    msgpack_pack_uint32(pk, e->L);
-    enc_str(pk, "H");
-    msgpack_pack_uint32(pk, e->H);
-    const agg_t *aggs[2] = {&e->heads.importance, &e->heads.confidence};
-    const char *names[2] = {"importance", "confidence"};
-    for (int k = 0; k < 2; k++) {
-        enc_str(pk, names[k]);
-        msgpack_pack_array(pk, e->L);
-        for (uint32_t l = 0; l < e->L; l++)
-            s_enc_doubles(pk, aggs[k]->mean + (size_t)l * e->H, e->H);
-    }
-    enc_str(pk, "importance_count");
-    msgpack_pack_uint64(pk, e->heads.importance.count);
-    enc_str(pk, "confidence_count");
-    msgpack_pack_uint64(pk, e->heads.confidence.count);
-}
-#define HEADS_FIELDS 10
 
 void
-global_publish_changed(server_t *s)
+global_glob_sent(global_t *g, const model_t *md, int64_t ts)
 {
-    msgpack_packer *pk = &s->ppk;
-    for (uint32_t k = 0; k < s->models.count && k < s->global.cap; k++) {
-        gmodel_t *gm = s->global.models[k];
-        model_t *md = s->models.items[k];
-        if (!gm || !gm->dirty)
-            continue;
-        gepoch_t *e = global_epoch(s, md, md->cur->epoch, false);
-        if (!e)
-            continue;
-        gm->dirty = false;
-        char topic[WIRE_MODEL_MAX + 8];
-
-        s->pbuf.size = 0;
-        msgpack_pack_map(pk, GLOB_FIELDS + 1);
-        enc_str(pk, "v");
-        msgpack_pack_uint8(pk, 1);
-        int64_t ts = now_wall_ns();
-        if (s_enc_glob_fields(s, pk, md, e, e->methods, NULL, gm->glob_seq, ts) == 0) {
-            gm->glob_seq++;
-            gm->glob_ts = ts;
-            int tlen = snprintf(topic, sizeof topic, "glob/%s", md->name);
-            publish_send(s, topic, (size_t)tlen, s->pbuf.data, s->pbuf.size);
-        }
-
-        s->pbuf.size = 0;
-        msgpack_pack_map(pk, HEADS_FIELDS + 1);
-        enc_str(pk, "v");
-        msgpack_pack_uint8(pk, 1);
-        s_enc_heads_fields(pk, md, e, gm->heads_seq++);
-        int tlen = snprintf(topic, sizeof topic, "heads/%s", md->name);
-        publish_send(s, topic, (size_t)tlen, s->pbuf.data, s->pbuf.size);
-    }
+    gmodel_t *gm = global_model(g, md);
+    if (!gm)
+        return;
+    gm->glob_seq++;
+    gm->glob_ts = ts;
 }
 
-/* ---- external references ---------------------------------------------- */
+uint64_t
+global_heads_seq_next(global_t *g, const model_t *md)
+{
+    gmodel_t *gm = global_model(g, md);
+    return gm ? gm->heads_seq++ : 0;
+}
+
+/* ---- references -------------------------------------------------------- */
+
+unsigned
+global_baseline(global_t *g, gepoch_t *e, unsigned mask, bool pin)
+{
+    for (int k = 0; k < XM_NMETHODS; k++) {
+        if (!(mask & XM_BIT(k)))
+            continue;
+        if (pin) {
+            if (e->all[k].count == 0 ||
+                drift_set_reference(&e->drift[k], DRIFT_REF_PINNED, e->all[k].mean))
+                mask &= ~XM_BIT(k);
+        } else {
+            drift_reset_reference(&e->drift[k]);
+        }
+    }
+    g->gen++;
+    return mask;
+}
 
 static int
-s_set_extref(server_t *s, model_t *md, gepoch_t *e, int m, const double *values)
+s_set_extref(global_t *g, gepoch_t *e, int m, const double *values)
 {
-    (void)md;
-    if (s_epoch_method(&s->global, e, m))
+    if (s_epoch_method(g, e, m))
         return -1;
     if (!e->extref[m] && !(e->extref[m] = malloc(e->nf * sizeof(double))))
         return -1;
@@ -524,13 +342,23 @@ s_set_extref(server_t *s, model_t *md, gepoch_t *e, int m, const double *values)
     return 0;
 }
 
-void
-global_apply_pending(server_t *s, model_t *md)
+int
+global_set_reference(global_t *g, const model_t *md, gepoch_t *e, int m, const double *values)
 {
-    gepoch_t *e = global_epoch(s, md, md->cur->epoch, true);
-    if (!e)
-        return;
-    for (pending_t *p = s_pending; p; p = p->next) {
+    if (s_set_extref(g, e, m, values))
+        return -1;
+    gmodel_t *gm = global_model(g, md);
+    if (gm)
+        gm->dirty = true;
+    g->gen++;
+    return 0;
+}
+
+/* Apply the pending file references of md to its epoch e. */
+static void
+s_apply_pending(global_t *g, const model_t *md, gepoch_t *e)
+{
+    for (pending_t *p = g->pending; p; p = p->next) {
         if (strcmp(p->model, md->name) != 0)
             continue;
         if (p->nf != e->nf) {
@@ -539,24 +367,24 @@ global_apply_pending(server_t *s, model_t *md)
                      xm_method_name((xm_method_t)p->method), p->nf, e->epoch, e->nf);
             continue;
         }
-        if (s_set_extref(s, md, e, p->method, p->values) != 0)
+        if (s_set_extref(g, e, p->method, p->values) != 0)
             continue;
-        s->global.gen++;
+        g->gen++;
         log_info("reference file: applied %s reference to model '%s' epoch %" PRIu32,
                      xm_method_name((xm_method_t)p->method), md->name, e->epoch);
     }
-    global_model(s, md)->dirty = true;
+    global_model(g, md)->dirty = true;
 }
 
 int
-global_load_references(server_t *s, const char *path)
+global_load_references(global_t *g, const models_t *models, const char *path)
 {
     FILE *f = fopen(path, "r");
     if (!f) {
         log_err("reference file %s: %s", path, strerror(errno));
         return -1;
     }
-    s_pending_clear();
+    s_pending_clear(g);
     char *line = NULL;
     size_t cap = 0;
     int lineno = 0, count = 0, bad = 0;
@@ -602,305 +430,571 @@ global_load_references(server_t *s, const char *path)
             free(p);
             continue;
         }
-        p->next = s_pending;
-        s_pending = p;
+        p->next = g->pending;
+        g->pending = p;
         count++;
     }
     free(line);
     fclose(f);
     if (bad)
         return -1;
-    for (uint32_t k = 0; k < s->models.count; k++)
-        global_apply_pending(s, s->models.items[k]);
+    for (uint32_t k = 0; k < models->count; k++) {
+        const model_t *md = models->items[k];
+        gepoch_t *e = global_epoch(g, md, md->cur->epoch, true);
+        if (e)
+            s_apply_pending(g, md, e);
+    }
     log_info("reference file %s: %d reference(s) read", path, count);
     return count;
 }
 
-/* ---- query ops --------------------------------------------------------- */
-
-/* The method named by argument `method`, or -1 (with q failed). */
-static int
-s_method_arg(qreq_t *q, bool required)
-{
-    const mpr_obj_t *o = qreq_arg(q, "method", NULL);
-    if (!o) {
-        if (required)
-            qreq_fail(q, "bad_request", "argument 'method' is missing");
-        return required ? -1 : -2;
-    }
-    if (o->type != MPR_STR)
-        return qreq_fail(q, "bad_request", "argument 'method' must be a str");
-    int m = xm_method_parse((const char *)o->v.raw.ptr, o->v.raw.len);
-    if (m < 0)
-        return qreq_fail(q, "bad_argument", "unknown method '%.*s'",
-                         o->v.raw.len > 32 ? 32 : (int)o->v.raw.len, (const char *)o->v.raw.ptr);
-    return m;
-}
-
-/* Model and epoch of a global-state request: the current epoch, or
-   argument `epoch`. */
-static gepoch_t *
-s_req_epoch(server_t *s, qreq_t *q, model_t **mdp, gmodel_t **gmp)
-{
-    model_t *md = qreq_model(s, q);
-    if (!md)
-        return NULL;
-    const mpr_obj_t *eo = qreq_arg(q, "epoch", NULL);
-    if (eo && eo->type != MPR_UINT) {
-        qreq_fail(q, "bad_request", "argument 'epoch' must be a uint");
-        return NULL;
-    }
-    uint32_t epoch = eo ? (uint32_t)eo->v.u : md->cur->epoch;
-    gepoch_t *e = global_epoch(s, md, epoch, false);
-    if (!e) {
-        qreq_fail(q, "not_found", "model '%s' has no global state for epoch %" PRIu32, md->name, epoch);
-        return NULL;
-    }
-    *mdp = md;
-    *gmp = global_model(s, md);
-    return e;
-}
-
-int
-global_op_global(server_t *s, qreq_t *q, msgpack_packer *pk)
-{
-    model_t *md;
-    gmodel_t *gm;
-    gepoch_t *e = s_req_epoch(s, q, &md, &gm);
-    if (!e)
-        return -1;
-    int m = s_method_arg(q, false);
-    if (m == -1)
-        return -1;
-    unsigned mask = e->methods;
-    if (m >= 0) {
-        if (!(mask & XM_BIT(m)))
-            return qreq_fail(q, "not_found", "method '%s' has no global state for model '%s'",
-                             xm_method_name((xm_method_t)m), md->name);
-        mask = XM_BIT(m);
-    }
-    const mpr_obj_t *to = qreq_arg(q, "target", NULL);
-    int64_t target;
-    if (to) {
-        if (to->type == MPR_UINT && to->v.u <= INT64_MAX)
-            target = (int64_t)to->v.u;
-        else if (to->type == MPR_INT)
-            target = to->v.i;
-        else
-            return qreq_fail(q, "bad_request", "argument 'target' must be an int");
-    }
-    /* The state is current at the seq of the last glob/ sent; when it
-       changed since, the next glob/ will carry it, so report that one's
-       seq minus one: a client applies every update with a higher seq. */
-    uint64_t seq = gm->glob_seq ? gm->glob_seq - 1 : 0;
-    if (gm->dirty && e->epoch == md->cur->epoch) {
-        /* Make the snapshot exactly the state of seq: send it now. */
-        global_publish_changed(s);
-        seq = gm->glob_seq - 1;
-    }
-    qreply_ok(pk, GLOB_FIELDS);
-    /* ts: when the state of seq was published (now, for an old epoch). */
-    bool current = e->epoch == md->cur->epoch;
-    if (s_enc_glob_fields(s, pk, md, e, mask, to ? &target : NULL, seq,
-                          current ? gm->glob_ts : now_wall_ns()))
-        return qreq_fail(q, "bad_argument", "out of memory");
-    return 0;
-}
-
-int
-global_op_baseline(server_t *s, qreq_t *q, msgpack_packer *pk)
-{
-    model_t *md;
-    gmodel_t *gm;
-    gepoch_t *e = s_req_epoch(s, q, &md, &gm);
-    if (!e)
-        return -1;
-    const mpr_obj_t *a = qreq_arg(q, "action", NULL);
-    bool pin;
-    if (!a || a->type != MPR_STR)
-        return qreq_fail(q, "bad_request", "argument 'action' (\"pin\" or \"reset\") is missing or not a str");
-    if (mpr_str_eq(a, "pin"))
-        pin = true;
-    else if (mpr_str_eq(a, "reset"))
-        pin = false;
-    else
-        return qreq_fail(q, "bad_argument", "argument 'action' must be \"pin\" or \"reset\"");
-    int m = s_method_arg(q, false);
-    if (m == -1)
-        return -1;
-    unsigned mask = m >= 0 ? XM_BIT(m) & e->methods : e->methods;
-    if (!mask)
-        return qreq_fail(q, "not_found", "no global state to pin for model '%s'", md->name);
-    for (int k = 0; k < XM_NMETHODS; k++) {
-        if (!(mask & XM_BIT(k)))
-            continue;
-        if (pin) {
-            if (e->all[k].count == 0 ||
-                drift_set_reference(&e->drift[k], DRIFT_REF_PINNED, e->all[k].mean))
-                mask &= ~XM_BIT(k);
-        } else {
-            drift_reset_reference(&e->drift[k]);
-        }
-    }
-    s->global.gen++;
-    log_limited(LOGK_BASELINE, LOG_NOTICE_, "drift: model '%s' epoch %" PRIu32 ": baseline %s",
-                md->name, e->epoch,
-               pin ? "pinned to the current global state" : "reset (next window becomes it)");
-    qreply_ok(pk, 4);
-    enc_str(pk, "model");
-    enc_strn(pk, md->name, md->name_len);
-    enc_str(pk, "epoch");
-    msgpack_pack_uint32(pk, e->epoch);
-    enc_str(pk, "action");
-    enc_str(pk, pin ? "pin" : "reset");
-    enc_str(pk, "methods");
-    msgpack_pack_array(pk, (size_t)__builtin_popcount(mask));
-    for (int k = 0; k < XM_NMETHODS; k++)
-        if (mask & XM_BIT(k))
-            enc_str(pk, xm_method_name((xm_method_t)k));
-    return 0;
-}
-
-int
-global_op_reference(server_t *s, qreq_t *q, msgpack_packer *pk)
-{
-    model_t *md = qreq_model(s, q);
-    if (!md)
-        return -1;
-    int m = s_method_arg(q, true);
-    if (m < 0)
-        return -1;
-    mpr_t items;
-    const mpr_obj_t *vo = qreq_arg(q, "values", &items);
-    if (!vo || vo->type != MPR_ARRAY)
-        return qreq_fail(q, "bad_request", "argument 'values' must be an array of floats");
-    gepoch_t *e = global_epoch(s, md, md->cur->epoch, true);
-    if (!e)
-        return qreq_fail(q, "bad_argument", "out of memory");
-    if (vo->v.count != e->nf)
-        return qreq_fail(q, "bad_argument", "'values' has %" PRIu32 " entries, model '%s' has %"
-                         PRIu32 " features", vo->v.count, md->name, e->nf);
-    double *v = malloc((e->nf ? e->nf : 1) * sizeof *v);
-    if (!v)
-        return qreq_fail(q, "bad_argument", "out of memory");
-    for (uint32_t k = 0; k < e->nf; k++) {
-        mpr_obj_t it;
-        if (mpr_next(&items, &it) ||
-            !(it.type == MPR_FLOAT || it.type == MPR_UINT || it.type == MPR_INT)) {
-            free(v);
-            return qreq_fail(q, "bad_request", "values[%" PRIu32 "] is not a number", k);
-        }
-        v[k] = it.type == MPR_FLOAT ? it.v.f : it.type == MPR_UINT ? (double)it.v.u : (double)it.v.i;
-        if (!isfinite(v[k])) {
-            free(v);
-            return qreq_fail(q, "bad_argument", "values[%" PRIu32 "] is not finite", k);
-        }
-    }
-    int rc = s_set_extref(s, md, e, m, v);
-    free(v);
-    if (rc)
-        return qreq_fail(q, "bad_argument", "out of memory");
-    global_model(s, md)->dirty = true;
-    s->global.gen++;
-    log_notice("drift: model '%s' epoch %" PRIu32 ": external %s reference set", md->name,
-               e->epoch, xm_method_name((xm_method_t)m));
-    qreply_ok(pk, 4);
-    enc_str(pk, "model");
-    enc_strn(pk, md->name, md->name_len);
-    enc_str(pk, "epoch");
-    msgpack_pack_uint32(pk, e->epoch);
-    enc_str(pk, "method");
-    enc_str(pk, xm_method_name((xm_method_t)m));
-    enc_str(pk, "spearman");
-    s_enc_agreement(s, pk, e, m);
-    return 0;
-}
+/* ---- snapshots ---------------------------------------------------------
+   The global state writes and reads its own records (snap.h); state.c
+   holds the container. Records are keyed maps; SNAP_V1 reads the first
+   format's positional arrays. */
 
 static void
-s_enc_last(msgpack_packer *pk, const glast_t *l)
+s_put_bool(msgpack_packer *pk, bool b)
 {
-    msgpack_pack_map(pk, WINDOW_FIELDS + 1);
-    s_enc_window(pk, l, NULL);
-    enc_str(pk, "ts");
+    b ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+}
+
+/* A method or reference kind written by name, read back by name. */
+static int
+s_get_method(snap_rd_t *d, int *m, const char *what)
+{
+    const uint8_t *p;
+    uint32_t len;
+    if (snap_get_str(d, &p, &len, what) || (*m = xm_method_parse((const char *)p, len)) < 0)
+        return snap_fail(d, what);
+    return 0;
+}
+
+static int
+s_get_ref(snap_rd_t *d, drift_ref_t *r, unsigned ver, const char *what)
+{
+    if (ver == SNAP_V1) {
+        uint64_t u;
+        if (snap_get_u64(d, &u, what) || u > DRIFT_REF_EXTERNAL)
+            return snap_fail(d, what);
+        *r = (drift_ref_t)u;
+        return 0;
+    }
+    const uint8_t *p;
+    uint32_t len;
+    int k;
+    if (snap_get_str(d, &p, &len, what) || (k = drift_ref_parse(p, len)) < 0)
+        return snap_fail(d, what);
+    *r = (drift_ref_t)k;
+    return 0;
+}
+
+/* Last closed window: nil, or {window, reference, compared, spearman,
+   ndcg, js, alert, ts}. */
+static void
+s_last_save(msgpack_packer *pk, const glast_t *l)
+{
+    if (!l->valid) {
+        msgpack_pack_nil(pk);
+        return;
+    }
+    msgpack_pack_map(pk, 8);
+    snap_put_str(pk, "window");
+    msgpack_pack_uint64(pk, l->window);
+    snap_put_str(pk, "reference");
+    snap_put_str(pk, drift_ref_name(l->ref));
+    snap_put_str(pk, "compared");
+    s_put_bool(pk, l->compared);
+    snap_put_str(pk, "spearman");
+    drift_stat_save(pk, &l->spearman);
+    snap_put_str(pk, "ndcg");
+    drift_stat_save(pk, &l->ndcg);
+    snap_put_str(pk, "js");
+    drift_stat_save(pk, &l->js);
+    snap_put_str(pk, "alert");
+    s_put_bool(pk, l->alert);
+    snap_put_str(pk, "ts");
     msgpack_pack_int64(pk, l->ts);
 }
 
-int
-global_op_drift(server_t *s, qreq_t *q, msgpack_packer *pk)
+static int
+s_last_load(snap_rd_t *d, glast_t *l, unsigned ver)
 {
-    model_t *md;
-    gmodel_t *gm;
-    gepoch_t *e = s_req_epoch(s, q, &md, &gm);
-    if (!e)
+    if (snap_get_nil(d))
+        return 0;
+    const char *w = "last window";
+    if (ver == SNAP_V1) {
+        if (snap_get_array_n(d, 8, w) || snap_get_u64(d, &l->window, w) ||
+            s_get_ref(d, &l->ref, ver, w) || snap_get_bool(d, &l->compared, w) ||
+            drift_stat_load(d, &l->spearman, ver) || drift_stat_load(d, &l->ndcg, ver) ||
+            drift_stat_load(d, &l->js, ver) || snap_get_bool(d, &l->alert, w) ||
+            snap_get_i64(d, &l->ts, w))
+            return snap_fail(d, w);
+        l->valid = true;
+        return 0;
+    }
+    enum { WINDOW = 1, REF = 2, COMPARED = 4, SPEARMAN = 8, NDCG = 16, JS = 32, ALERT = 64,
+           TS = 128 };
+    uint32_t n;
+    unsigned seen = 0;
+    if (snap_get_map(d, &n, w))
         return -1;
-    int m = s_method_arg(q, false);
-    if (m == -1)
+    for (uint32_t k = 0; k < n; k++) {
+        mpr_obj_t key;
+        int rc;
+        if (snap_get_key(d, &key, w))
+            return -1;
+        if (mpr_str_eq(&key, "window"))
+            rc = snap_field(d, &seen, WINDOW, w) || snap_get_u64(d, &l->window, w);
+        else if (mpr_str_eq(&key, "reference"))
+            rc = snap_field(d, &seen, REF, w) || s_get_ref(d, &l->ref, ver, w);
+        else if (mpr_str_eq(&key, "compared"))
+            rc = snap_field(d, &seen, COMPARED, w) || snap_get_bool(d, &l->compared, w);
+        else if (mpr_str_eq(&key, "spearman"))
+            rc = snap_field(d, &seen, SPEARMAN, w) || drift_stat_load(d, &l->spearman, ver);
+        else if (mpr_str_eq(&key, "ndcg"))
+            rc = snap_field(d, &seen, NDCG, w) || drift_stat_load(d, &l->ndcg, ver);
+        else if (mpr_str_eq(&key, "js"))
+            rc = snap_field(d, &seen, JS, w) || drift_stat_load(d, &l->js, ver);
+        else if (mpr_str_eq(&key, "alert"))
+            rc = snap_field(d, &seen, ALERT, w) || snap_get_bool(d, &l->alert, w);
+        else if (mpr_str_eq(&key, "ts"))
+            rc = snap_field(d, &seen, TS, w) || snap_get_i64(d, &l->ts, w);
+        else
+            rc = snap_skip(d, w);
+        if (rc)
+            return -1;
+    }
+    if (snap_fields_all(d, seen, 255u, "last window (a field is missing)"))
         return -1;
-    unsigned mask = m >= 0 ? XM_BIT(m) & e->methods : e->methods;
-    const global_params_t *p = &s->global.p;
-    qreply_ok(pk, 7);
-    enc_str(pk, "model");
-    enc_strn(pk, md->name, md->name_len);
-    enc_str(pk, "epoch");
-    msgpack_pack_uint32(pk, e->epoch);
-    enc_str(pk, "window");
-    msgpack_pack_uint32(pk, p->window);
-    enc_str(pk, "thresholds");
-    msgpack_pack_map(pk, 4);
-    enc_str(pk, "rho_min");
-    msgpack_pack_double(pk, p->drift.rho_min);
-    enc_str(pk, "ndcg_min");
-    msgpack_pack_double(pk, p->drift.ndcg_min);
-    enc_str(pk, "ndcg_k");
-    msgpack_pack_uint32(pk, p->drift.ndcg_k);
-    enc_str(pk, "js_max");
-    msgpack_pack_double(pk, p->drift.js_max);
-    enc_str(pk, "methods");
-    msgpack_pack_map(pk, (size_t)__builtin_popcount(mask));
-    for (int k = 0; k < XM_NMETHODS; k++) {
-        if (!(mask & XM_BIT(k)))
+    l->valid = true;
+    return 0;
+}
+
+/* An external reference: nil, or nf values (a copy the epoch owns). */
+static int
+s_extref_load(snap_rd_t *d, gepoch_t *e, int m)
+{
+    if (snap_get_nil(d))
+        return 0;
+    double *ref = malloc(e->nf * sizeof(double) + 1);
+    if (!ref)
+        return snap_fail(d, "external reference (out of memory)");
+    if (snap_get_doubles(d, ref, e->nf, "external reference")) {
+        free(ref);
+        return -1;
+    }
+    free(e->extref[m]);
+    e->extref[m] = ref;
+    return 0;
+}
+
+/* Create method m's state the way global_add does, once. */
+static int
+s_method_new(snap_rd_t *d, global_t *g, gepoch_t *e, int m)
+{
+    if (e->methods & XM_BIT(m))
+        return snap_fail(d, "method (given twice)");
+    if (s_epoch_method(g, e, m))
+        return snap_fail(d, "method state (out of memory)");
+    return 0;
+}
+
+/* One method of an epoch: {all, drift, extref, last}. */
+static int
+s_method_load(snap_rd_t *d, gepoch_t *e, int m)
+{
+    enum { ALL = 1, DRIFT = 2, EXTREF = 4, LAST = 8 };
+    uint32_t n;
+    unsigned seen = 0;
+    if (snap_get_map(d, &n, "method"))
+        return -1;
+    for (uint32_t k = 0; k < n; k++) {
+        mpr_obj_t key;
+        int rc;
+        if (snap_get_key(d, &key, "method field"))
+            return -1;
+        if (mpr_str_eq(&key, "all"))
+            rc = snap_field(d, &seen, ALL, "method aggregate") ||
+                 agg_load(d, &e->all[m], SNAP_V2);
+        else if (mpr_str_eq(&key, "drift"))
+            rc = snap_field(d, &seen, DRIFT, "method drift") ||
+                 drift_load(d, &e->drift[m], SNAP_V2);
+        else if (mpr_str_eq(&key, "extref"))
+            rc = snap_field(d, &seen, EXTREF, "external reference") || s_extref_load(d, e, m);
+        else if (mpr_str_eq(&key, "last"))
+            rc = snap_field(d, &seen, LAST, "last window") ||
+                 s_last_load(d, &e->last[m], SNAP_V2);
+        else
+            rc = snap_skip(d, "method field");
+        if (rc)
+            return -1;
+    }
+    return snap_fields_all(d, seen, ALL | DRIFT, "method (aggregate or drift missing)");
+}
+
+/* A new target class (s_class makes it, with every method's aggregate). */
+static gclass_t *
+s_class_new(snap_rd_t *d, global_t *g, gepoch_t *e, int64_t target)
+{
+    uint32_t before = e->nclasses;
+    gclass_t *c = s_class(g, e, target);
+    if (!c || e->nclasses == before) {
+        snap_fail(d, "target classes");
+        return NULL;
+    }
+    return c;
+}
+
+/* {target, methods: {name: agg}}, every method of the epoch present. */
+static int
+s_class_load(snap_rd_t *d, global_t *g, gepoch_t *e)
+{
+    enum { TARGET = 1, METHODS = 2 };
+    uint32_t n;
+    unsigned seen = 0;
+    int64_t target = 0;
+    mpr_t methods_at = {0};
+    if (snap_get_map(d, &n, "target class"))
+        return -1;
+    for (uint32_t k = 0; k < n; k++) {
+        mpr_obj_t key;
+        int rc;
+        if (snap_get_key(d, &key, "target class field"))
+            return -1;
+        if (mpr_str_eq(&key, "target")) {
+            rc = snap_field(d, &seen, TARGET, "target") || snap_get_i64(d, &target, "target");
+        } else if (mpr_str_eq(&key, "methods")) {
+            methods_at = d->r;   /* read once the class exists */
+            rc = snap_field(d, &seen, METHODS, "target class aggregates") ||
+                 snap_skip(d, "target class aggregates");
+        } else {
+            rc = snap_skip(d, "target class field");
+        }
+        if (rc)
+            return -1;
+    }
+    if (snap_fields_all(d, seen, TARGET | METHODS, "target class (a field is missing)"))
+        return -1;
+    gclass_t *c = s_class_new(d, g, e, target);
+    if (!c)
+        return -1;
+    mpr_t after = d->r;
+    d->r = methods_at;
+    uint32_t nm;
+    unsigned got = 0;
+    if (snap_get_map(d, &nm, "target class aggregates"))
+        return -1;
+    for (uint32_t k = 0; k < nm; k++) {
+        int m;
+        if (s_get_method(d, &m, "target class method") || !(e->methods & XM_BIT(m)) ||
+            snap_field(d, &got, XM_BIT(m), "target class method"))
+            return snap_fail(d, "target class method");
+        if (agg_load(d, &c->agg[m], SNAP_V2))
+            return -1;
+    }
+    if (got != e->methods)
+        return snap_fail(d, "target class aggregates (a method is missing)");
+    d->r = after;
+    return 0;
+}
+
+void
+gepoch_save(msgpack_packer *pk, const gepoch_t *e)
+{
+    msgpack_pack_map(pk, 5);
+    snap_put_str(pk, "count");
+    msgpack_pack_uint64(pk, e->count);
+    snap_put_str(pk, "untracked");
+    msgpack_pack_uint64(pk, e->untracked);
+    snap_put_str(pk, "methods");
+    msgpack_pack_map(pk, (size_t)__builtin_popcount(e->methods));
+    for (int m = 0; m < XM_NMETHODS; m++) {
+        if (!(e->methods & XM_BIT(m)))
             continue;
-        const drift_t *d = &e->drift[k];
-        enc_str(pk, xm_method_name((xm_method_t)k));
+        snap_put_str(pk, xm_method_name((xm_method_t)m));
         msgpack_pack_map(pk, 4);
-        enc_str(pk, "reference");
-        enc_str(pk, drift_ref_name(d->ref_kind));
-        enc_str(pk, "filled");
-        msgpack_pack_uint32(pk, d->filled);
-        enc_str(pk, "windows");
-        msgpack_pack_uint64(pk, d->closed);
-        enc_str(pk, "last");
-        if (e->last[k].valid)
-            s_enc_last(pk, &e->last[k]);
+        snap_put_str(pk, "all");
+        agg_save(pk, &e->all[m]);
+        snap_put_str(pk, "drift");
+        drift_save(pk, &e->drift[m]);
+        snap_put_str(pk, "extref");
+        if (e->extref[m])
+            snap_put_doubles(pk, e->extref[m], e->nf);
         else
             msgpack_pack_nil(pk);
+        snap_put_str(pk, "last");
+        s_last_save(pk, &e->last[m]);
     }
-    enc_str(pk, "alerts_total");
+    snap_put_str(pk, "classes");
+    msgpack_pack_array(pk, e->nclasses);
+    for (uint32_t c = 0; c < e->nclasses; c++) {
+        msgpack_pack_map(pk, 2);
+        snap_put_str(pk, "target");
+        msgpack_pack_int64(pk, e->classes[c].target);
+        snap_put_str(pk, "methods");
+        msgpack_pack_map(pk, (size_t)__builtin_popcount(e->methods));
+        for (int m = 0; m < XM_NMETHODS; m++) {
+            if (!(e->methods & XM_BIT(m)))
+                continue;
+            snap_put_str(pk, xm_method_name((xm_method_t)m));
+            agg_save(pk, &e->classes[c].agg[m]);
+        }
+    }
+    snap_put_str(pk, "heads");
+    agg_heads_save(pk, &e->heads);
+}
+
+/* The first format: [count, untracked, [[name, agg, drift, extref, last]],
+   [[target, [agg per method, in the order above]]], importance,
+   confidence]. */
+static int
+s_epoch_load_v1(snap_rd_t *d, global_t *g, gepoch_t *e)
+{
+    uint32_t nm, nc;
+    if (snap_get_array_n(d, 6, "epoch state") || snap_get_u64(d, &e->count, "epoch count") ||
+        snap_get_u64(d, &e->untracked, "epoch untracked") || snap_get_array(d, &nm, "methods"))
+        return -1;
+    int order[XM_NMETHODS];
+    for (uint32_t k = 0; k < nm; k++) {
+        int m;
+        if (k >= XM_NMETHODS || snap_get_array_n(d, 5, "method") ||
+            s_get_method(d, &m, "method name") || s_method_new(d, g, e, m))
+            return snap_fail(d, "method");
+        order[k] = m;
+        if (agg_load(d, &e->all[m], SNAP_V1) || drift_load(d, &e->drift[m], SNAP_V1) ||
+            s_extref_load(d, e, m) || s_last_load(d, &e->last[m], SNAP_V1))
+            return -1;
+    }
+    if (snap_get_array(d, &nc, "target classes"))
+        return -1;
+    for (uint32_t c = 0; c < nc; c++) {
+        int64_t target;
+        gclass_t *gc;
+        if (snap_get_array_n(d, 2, "target class") || snap_get_i64(d, &target, "target") ||
+            snap_get_array_n(d, nm, "target class aggregates") ||
+            !(gc = s_class_new(d, g, e, target)))
+            return snap_fail(d, "target class");
+        for (uint32_t k = 0; k < nm; k++)
+            if (agg_load(d, &gc->agg[order[k]], SNAP_V1))
+                return -1;
+    }
+    return agg_heads_load(d, &e->heads, SNAP_V1);
+}
+
+int
+gepoch_load(snap_rd_t *d, global_t *g, gepoch_t *e, unsigned ver)
+{
+    if (ver == SNAP_V1)
+        return s_epoch_load_v1(d, g, e);
+    enum { COUNT = 1, UNTRACKED = 2, METHODS = 4, CLASSES = 8, HEADS = 16 };
+    uint32_t n;
+    unsigned seen = 0;
+    mpr_t classes_at = {0};
+    if (snap_get_map(d, &n, "epoch state"))
+        return -1;
+    for (uint32_t k = 0; k < n; k++) {
+        mpr_obj_t key;
+        int rc;
+        if (snap_get_key(d, &key, "epoch state field"))
+            return -1;
+        if (mpr_str_eq(&key, "count")) {
+            rc = snap_field(d, &seen, COUNT, "epoch count") ||
+                 snap_get_u64(d, &e->count, "epoch count");
+        } else if (mpr_str_eq(&key, "untracked")) {
+            rc = snap_field(d, &seen, UNTRACKED, "epoch untracked") ||
+                 snap_get_u64(d, &e->untracked, "epoch untracked");
+        } else if (mpr_str_eq(&key, "methods")) {
+            uint32_t nm;
+            rc = snap_field(d, &seen, METHODS, "methods") || snap_get_map(d, &nm, "methods");
+            for (uint32_t j = 0; !rc && j < nm; j++) {
+                int m;
+                rc = s_get_method(d, &m, "method name") || s_method_new(d, g, e, m) ||
+                     s_method_load(d, e, m);
+            }
+        } else if (mpr_str_eq(&key, "classes")) {
+            classes_at = d->r;   /* read after the methods: a class has one agg per method */
+            rc = snap_field(d, &seen, CLASSES, "target classes") ||
+                 snap_skip(d, "target classes");
+        } else if (mpr_str_eq(&key, "heads")) {
+            rc = snap_field(d, &seen, HEADS, "head statistics") ||
+                 agg_heads_load(d, &e->heads, ver);
+        } else {
+            rc = snap_skip(d, "epoch state field");
+        }
+        if (rc)
+            return -1;
+    }
+    if (snap_fields_all(d, seen, 31u, "epoch state (a field is missing)"))
+        return -1;
+    mpr_t after = d->r;
+    d->r = classes_at;
+    uint32_t nc;
+    if (snap_get_array(d, &nc, "target classes"))
+        return -1;
+    for (uint32_t c = 0; c < nc; c++)
+        if (s_class_load(d, g, e))
+            return -1;
+    d->r = after;
+    return 0;
+}
+
+/* One alert: {ts, epoch, method, window, reference, spearman, ndcg, js};
+   SNAP_V1 the same as an array, method and reference as numbers. */
+static void
+s_alert_save(msgpack_packer *pk, const galert_t *a)
+{
+    msgpack_pack_map(pk, 8);
+    snap_put_str(pk, "ts");
+    msgpack_pack_int64(pk, a->ts);
+    snap_put_str(pk, "epoch");
+    msgpack_pack_uint32(pk, a->epoch);
+    snap_put_str(pk, "method");
+    snap_put_str(pk, xm_method_name((xm_method_t)a->method));
+    snap_put_str(pk, "window");
+    msgpack_pack_uint64(pk, a->window);
+    snap_put_str(pk, "reference");
+    snap_put_str(pk, drift_ref_name(a->ref));
+    snap_put_str(pk, "spearman");
+    drift_stat_save(pk, &a->spearman);
+    snap_put_str(pk, "ndcg");
+    drift_stat_save(pk, &a->ndcg);
+    snap_put_str(pk, "js");
+    drift_stat_save(pk, &a->js);
+}
+
+static int
+s_alert_load(snap_rd_t *d, galert_t *a, unsigned ver)
+{
+    const char *w = "alert";
+    int m = 0;
+    if (ver == SNAP_V1) {
+        uint64_t method;
+        if (snap_get_array_n(d, 8, w) || snap_get_i64(d, &a->ts, w) ||
+            snap_get_u32(d, &a->epoch, w) || snap_get_u64(d, &method, w) ||
+            snap_get_u64(d, &a->window, w) || s_get_ref(d, &a->ref, ver, w) ||
+            drift_stat_load(d, &a->spearman, ver) || drift_stat_load(d, &a->ndcg, ver) ||
+            drift_stat_load(d, &a->js, ver) || method >= XM_NMETHODS)
+            return snap_fail(d, w);
+        a->method = (uint8_t)method;
+        return 0;
+    }
+    enum { TS = 1, EPOCH = 2, METHOD = 4, WINDOW = 8, REF = 16, SPEARMAN = 32, NDCG = 64, JS = 128 };
+    uint32_t n;
+    unsigned seen = 0;
+    if (snap_get_map(d, &n, w))
+        return -1;
+    for (uint32_t k = 0; k < n; k++) {
+        mpr_obj_t key;
+        int rc;
+        if (snap_get_key(d, &key, w))
+            return -1;
+        if (mpr_str_eq(&key, "ts"))
+            rc = snap_field(d, &seen, TS, w) || snap_get_i64(d, &a->ts, w);
+        else if (mpr_str_eq(&key, "epoch"))
+            rc = snap_field(d, &seen, EPOCH, w) || snap_get_u32(d, &a->epoch, w);
+        else if (mpr_str_eq(&key, "method"))
+            rc = snap_field(d, &seen, METHOD, w) || s_get_method(d, &m, w);
+        else if (mpr_str_eq(&key, "window"))
+            rc = snap_field(d, &seen, WINDOW, w) || snap_get_u64(d, &a->window, w);
+        else if (mpr_str_eq(&key, "reference"))
+            rc = snap_field(d, &seen, REF, w) || s_get_ref(d, &a->ref, ver, w);
+        else if (mpr_str_eq(&key, "spearman"))
+            rc = snap_field(d, &seen, SPEARMAN, w) || drift_stat_load(d, &a->spearman, ver);
+        else if (mpr_str_eq(&key, "ndcg"))
+            rc = snap_field(d, &seen, NDCG, w) || drift_stat_load(d, &a->ndcg, ver);
+        else if (mpr_str_eq(&key, "js"))
+            rc = snap_field(d, &seen, JS, w) || drift_stat_load(d, &a->js, ver);
+        else
+            rc = snap_skip(d, w);
+        if (rc)
+            return -1;
+    }
+    a->method = (uint8_t)m;
+    return snap_fields_all(d, seen, 255u, "alert (a field is missing)");
+}
+
+void
+gmodel_save(msgpack_packer *pk, const global_t *g, const gmodel_t *gm)
+{
+    msgpack_pack_map(pk, 5);
+    snap_put_str(pk, "glob_seq");
+    msgpack_pack_uint64(pk, gm->glob_seq);
+    snap_put_str(pk, "drift_seq");
+    msgpack_pack_uint64(pk, gm->drift_seq);
+    snap_put_str(pk, "heads_seq");
+    msgpack_pack_uint64(pk, gm->heads_seq);
+    snap_put_str(pk, "alerts_total");
     msgpack_pack_uint64(pk, gm->alerts_total);
-    enc_str(pk, "alerts");
-    uint32_t n = gm->alerts_count, kept = s->global.p.alerts_kept;
-    uint32_t shown = 0;
-    for (uint32_t k = 0; k < n; k++) {
-        const galert_t *a = &gm->alerts[(gm->alerts_next + kept - n + k) % kept];
-        shown += m < 0 || a->method == m;
-    }
-    msgpack_pack_array(pk, shown);
-    for (uint32_t k = 0; k < n; k++) {
-        const galert_t *a = &gm->alerts[(gm->alerts_next + kept - n + k) % kept];
-        if (m >= 0 && a->method != m)
-            continue;
-        msgpack_pack_map(pk, 8);
-        enc_str(pk, "ts");
-        msgpack_pack_int64(pk, a->ts);
-        enc_str(pk, "epoch");
-        msgpack_pack_uint32(pk, a->epoch);
-        enc_str(pk, "method");
-        enc_str(pk, xm_method_name((xm_method_t)a->method));
-        enc_str(pk, "window");
-        msgpack_pack_uint64(pk, a->window);
-        enc_str(pk, "reference");
-        enc_str(pk, drift_ref_name(a->ref));
-        s_enc_stats(pk, &a->spearman, &a->ndcg, &a->js);
+    /* alerts, oldest first */
+    snap_put_str(pk, "alerts");
+    uint32_t n = gm->alerts_count, kept = g->p.alerts_kept;
+    msgpack_pack_array(pk, n);
+    for (uint32_t k = 0; k < n; k++)
+        s_alert_save(pk, &gm->alerts[(gm->alerts_next + kept - n + k) % kept]);
+}
+
+/* Alerts oldest first into the ring; the newest alerts_kept stay when
+   the limit shrank since the snapshot. */
+static int
+s_alerts_load(snap_rd_t *d, const global_t *g, gmodel_t *gm, unsigned ver)
+{
+    uint32_t na, kept = g->p.alerts_kept;
+    if (snap_get_array(d, &na, "alerts"))
+        return -1;
+    for (uint32_t k = 0; k < na; k++) {
+        galert_t a = {0};
+        if (s_alert_load(d, &a, ver))
+            return -1;
+        if (kept) {
+            gm->alerts[gm->alerts_next] = a;
+            gm->alerts_next = (gm->alerts_next + 1) % kept;
+            if (gm->alerts_count < kept)
+                gm->alerts_count++;
+        }
     }
     return 0;
+}
+
+int
+gmodel_load(snap_rd_t *d, const global_t *g, gmodel_t *gm, unsigned ver)
+{
+    if (ver == SNAP_V1)
+        return snap_get_u64(d, &gm->glob_seq, "model counters") ||
+                       snap_get_u64(d, &gm->drift_seq, "model counters") ||
+                       snap_get_u64(d, &gm->heads_seq, "model counters") ||
+                       snap_get_u64(d, &gm->alerts_total, "model counters") ||
+                       s_alerts_load(d, g, gm, ver)
+                   ? -1
+                   : 0;
+    enum { GLOB = 1, DRIFT = 2, HEADS = 4, TOTAL = 8, ALERTS = 16 };
+    uint32_t n;
+    unsigned seen = 0;
+    if (snap_get_map(d, &n, "model global state"))
+        return -1;
+    for (uint32_t k = 0; k < n; k++) {
+        mpr_obj_t key;
+        int rc;
+        if (snap_get_key(d, &key, "model global state field"))
+            return -1;
+        if (mpr_str_eq(&key, "glob_seq"))
+            rc = snap_field(d, &seen, GLOB, "glob_seq") ||
+                 snap_get_u64(d, &gm->glob_seq, "glob_seq");
+        else if (mpr_str_eq(&key, "drift_seq"))
+            rc = snap_field(d, &seen, DRIFT, "drift_seq") ||
+                 snap_get_u64(d, &gm->drift_seq, "drift_seq");
+        else if (mpr_str_eq(&key, "heads_seq"))
+            rc = snap_field(d, &seen, HEADS, "heads_seq") ||
+                 snap_get_u64(d, &gm->heads_seq, "heads_seq");
+        else if (mpr_str_eq(&key, "alerts_total"))
+            rc = snap_field(d, &seen, TOTAL, "alerts_total") ||
+                 snap_get_u64(d, &gm->alerts_total, "alerts_total");
+        else if (mpr_str_eq(&key, "alerts"))
+            rc = snap_field(d, &seen, ALERTS, "alerts") || s_alerts_load(d, g, gm, ver);
+        else
+            rc = snap_skip(d, "model global state field");
+        if (rc)
+            return -1;
+    }
+    return snap_fields_all(d, seen, 31u, "model global state (a field is missing)");
 }

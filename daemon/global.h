@@ -1,5 +1,6 @@
 /*  global: per-model global attributions, head statistics and drift, the
-    one owner of that state.
+    one owner of that state. It keeps state only: it encodes and sends
+    nothing (publish.c does), answers no query (query_global.c does).
 
     For every model and schema epoch it keeps, per method, a float64
     aggregate of the per-trade vectors (count, mean, sample std, decayed
@@ -8,16 +9,17 @@
     with its reference (baseline, pinned, or external). An external
     reference is also compared with the global mean (Spearman's rho: the
     agreement of attention attributions with, say, permutation
-    importance). Closed windows go out at once on drift/<model>; global
-    state and head statistics go out on glob/<model> and heads/<model>
-    every publish interval when they changed. Every topic has its own seq
-    per model, and the `global` query answers with the seq its state is
+    importance). global_add returns the windows it closed, for the
+    caller to publish on drift/<model> at once; glob/<model> and
+    heads/<model> go out every publish interval when the state changed
+    (global_take_changed). Every topic has its own seq per model, kept
+    here, and the `global` query answers with the seq its state is
     current at, so a client can join a snapshot with the updates that
     follow (zguide's Clone pattern): every glob/ message is a whole state,
     never a delta.
 
-    The query ops global, baseline, reference and drift are here; state.c
-    reads and writes this state through global_snapshot/global_restore.  */
+    state.c reads and writes this state through global_model and
+    global_epoch.  */
 #ifndef XPLD_GLOBAL_H
 #define XPLD_GLOBAL_H
 
@@ -89,15 +91,29 @@ typedef struct {
     uint32_t alerts_kept;
 } global_params_t;
 
+struct gpending_t;
+
 typedef struct {
     global_params_t p;
     gmodel_t **models;              /* by model index */
     uint32_t cap;
     uint64_t gen;                   /* bumped on every change, for snapshots */
+    struct gpending_t *pending;     /* reference-file entries (global_load_references) */
 } global_t;
 
-struct server_t;
-struct qreq_t;
+/* One window closed by global_add: its drift/ seq and what it found. */
+typedef struct {
+    int method;
+    uint64_t seq;
+    glast_t last;
+} gclosed_t;
+
+/* What one global_add closed (at most one window per method). */
+typedef struct {
+    uint32_t epoch;
+    int n;
+    gclosed_t w[XM_NMETHODS];
+} global_closed_t;
 
 int global_init(global_t *g, uint32_t max_models, const global_params_t *p);
 void global_destroy(global_t *g);
@@ -106,35 +122,68 @@ void global_destroy(global_t *g);
 void global_set_thresholds(global_t *g, const drift_opts_t *o);
 
 /* Account one explained trade of model md (current epoch): aggregates,
-   heads, drift (closed windows are published at once on drift/). */
-void global_add(struct server_t *s, model_t *md, const int64_t *target, const xm_result_t *res);
+   heads, drift. The windows it closed (with their alerts, which are also
+   kept for the drift query and logged) are written to `closed` for the
+   caller to publish; closed->n is 0 when none. */
+void global_add(global_t *g, const model_t *md, const int64_t *target, const xm_result_t *res,
+                global_closed_t *closed);
 
-/* Publish glob/ and heads/ of every model that changed; call from the loop. */
-void global_publish_changed(struct server_t *s);
+/* The current epoch of md when its state changed since it was last
+   taken, else NULL; takes the change (for publish_changed). */
+const gepoch_t *global_take_changed(global_t *g, const model_t *md);
+
+/* Topic seqs of md: the seq of the next glob/, and that it went out at
+   `ts`; the seq for the next heads/ (taken). */
+uint64_t global_glob_seq(const global_t *g, const model_t *md);
+void global_glob_sent(global_t *g, const model_t *md, int64_t ts);
+uint64_t global_heads_seq_next(global_t *g, const model_t *md);
 
 /* Load external references from a text file, one per line:
    `<model> <method> <v1> <v2> ... <v_nf>` ('#' comments). They apply to
-   the model's current epoch when its feature count matches (now, or when
-   the model first appears). Returns the number of references read, or
+   the current epoch of every model in `models` whose feature count
+   matches, now, and to a model's epoch when global_add creates it (the
+   model may not exist yet). Returns the number of references read, or
    -1 when the file cannot be read or a line is malformed (logged). */
-int global_load_references(struct server_t *s, const char *path);
+int global_load_references(global_t *g, const models_t *models, const char *path);
 
-/* Apply pending file references to a model whose epoch just started. */
-void global_apply_pending(struct server_t *s, model_t *md);
-
-/* Epoch state of a model (for state.c); create it when `create`. */
-gepoch_t *global_epoch(struct server_t *s, model_t *md, uint32_t epoch, bool create);
-gmodel_t *global_model(struct server_t *s, model_t *md);
+/* Epoch state of a model (for state.c and the queries); create it when
+   `create` (an epoch created here gets no file references: global_add
+   applies them to the epochs it creates). */
+gepoch_t *global_epoch(global_t *g, const model_t *md, uint32_t epoch, bool create);
+gmodel_t *global_model(global_t *g, const model_t *md);
 
 /* Read-only: state of a model's current epoch, NULL when it has none yet
    (creates nothing, unlike global_epoch; for the metrics endpoint). */
 const gepoch_t *global_current(const global_t *g, const model_t *md);
 const gmodel_t *global_model_const(const global_t *g, const model_t *md);
 
-/* Query ops. */
-int global_op_global(struct server_t *s, struct qreq_t *q, msgpack_packer *pk);
-int global_op_baseline(struct server_t *s, struct qreq_t *q, msgpack_packer *pk);
-int global_op_reference(struct server_t *s, struct qreq_t *q, msgpack_packer *pk);
-int global_op_drift(struct server_t *s, struct qreq_t *q, msgpack_packer *pk);
+/* Pin the reference of the methods in `mask` to their current global
+   mean (`pin`), or reset it so that the next window becomes it. Returns
+   the methods changed (pinning skips a method with no trades yet). */
+unsigned global_baseline(global_t *g, gepoch_t *e, unsigned mask, bool pin);
+
+/* Set method m's external reference of epoch e of md (e->nf values).
+   Returns 0, or -1 when out of memory. */
+int global_set_reference(global_t *g, const model_t *md, gepoch_t *e, int m,
+                         const double *values);
+
+/* ---- snapshots (snap.h; state.c holds the container) --------------------
+
+   gepoch_save writes one epoch's state as {count, untracked, methods:
+   {name: {all, drift, extref, last}}, classes: [{target, methods: {name:
+   agg}}], heads}. gepoch_load reads it into an epoch global_epoch just
+   created (empty, with the schema's nf, L, H), creating each method's
+   state and each class as global_add would, with today's half-life,
+   window, thresholds and max_targets (more classes than that: an error).
+   SNAP_V1 reads the first format's positional array. */
+void gepoch_save(msgpack_packer *pk, const gepoch_t *e);
+int gepoch_load(snap_rd_t *d, global_t *g, gepoch_t *e, unsigned ver);
+
+/* A model's topic seqs and alert history: {glob_seq, drift_seq,
+   heads_seq, alerts_total, alerts: [...] (oldest first)}; loading keeps
+   the newest alerts_kept. SNAP_V1: the first format's four counters and
+   alert array, inline in its model record. */
+void gmodel_save(msgpack_packer *pk, const global_t *g, const gmodel_t *gm);
+int gmodel_load(snap_rd_t *d, const global_t *g, gmodel_t *gm, unsigned ver);
 
 #endif

@@ -1,6 +1,8 @@
 /*  log: sd-daemon prefixed, rate-limited stderr logging. See log.h.  */
 #include "log.h"
 
+#include "wire.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -15,8 +17,21 @@ static struct {
     uint64_t held;      /* lines held back since the last printed one */
 } s_keys[LOG_KEYS];
 
+_Static_assert(XR_NREASONS <= LOGK_REASONS, "a rate-limit key per ingest rejection reason");
+
+#define LOGK_NAME_(id, name) [LOGK_##id] = name,
+static const char *const s_key_names[LOG_KEYS] = {LOG_KEY_LIST(LOGK_NAME_)};
+#undef LOGK_NAME_
+
+const char *
+log_key_name(log_key_t key)
+{
+    if ((unsigned)key >= LOG_KEYS)
+        return NULL;
+    return key < LOGK_REJECTED + LOGK_REASONS ? "ingest.rejected" : s_key_names[key];
+}
+
 void log_set_level(log_level_t level) { s_level = level; }
-log_level_t log_get_level(void) { return s_level; }
 void log_set_rate(uint32_t per_second) { s_rate = per_second; }
 
 int
@@ -51,11 +66,12 @@ log_msg(log_level_t level, const char *fmt, ...)
 }
 
 void
-log_limited(unsigned key, log_level_t level, const char *fmt, ...)
+log_limited(log_key_t key, log_level_t level, const char *fmt, ...)
 {
     if (level > s_level)
         return;
-    key %= LOG_KEYS;
+    if ((unsigned)key >= LOG_KEYS)
+        key = LOGK_REJECTED;    /* not a key: cannot happen, but never index past the table */
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     if (s_keys[key].second != ts.tv_sec) {

@@ -20,7 +20,6 @@ typedef enum {
 
 /* Messages above `level` are not printed (default LOG_INFO_). */
 void log_set_level(log_level_t level);
-log_level_t log_get_level(void);
 int log_level_parse(const char *name);
 
 /* Allow `per_second` lines per rate-limit key (default 5). */
@@ -28,18 +27,48 @@ void log_set_rate(uint32_t per_second);
 
 void log_msg(log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* Rate-limited: `key` (0..LOG_KEYS-1) groups messages of one kind.
-   Keys below 48 belong to the ingest rejection reasons (the xr_reason_t
-   value), to the call sites that number their keys after them, and to
-   auth.c's (40, 41); the kinds below are named. */
-#define LOG_KEYS 64
-enum {
-    LOGK_NEW_MODEL = 48,    /* ingest: a model seen for the first time */
-    LOGK_EPOCH,             /* ingest: a model's new schema epoch */
-    LOGK_ATTN_WARN,         /* ingest: attention failed the check, explained anyway */
-    LOGK_BASELINE,          /* query: a drift baseline pinned or reset on request */
-};
-void log_limited(unsigned key, log_level_t level, const char *fmt, ...)
+/* Rate-limit keys: each kind of message caused by network input has its
+   own budget of lines a second. The ingest rejections have one key per
+   reason (LOGK_REJECTED + the xr_reason_t value, LOGK_REASONS of them);
+   every other kind is named here, once, with its name for tests and
+   debugging (log_key_name). */
+#define LOGK_REASONS 32
+#define LOG_KEY_LIST(X)                                                                    \
+    X(SEQ_LOST, "ingest.seq_lost")           /* messages missing from a seq gap */         \
+    X(RESTART, "ingest.restart")             /* a publisher's seq went back */              \
+    X(NEW_MODEL, "ingest.new_model")         /* a model seen for the first time */          \
+    X(EPOCH, "ingest.epoch")                 /* a model's new schema epoch */               \
+    X(ATTN_WARN, "ingest.attention_warn")    /* attention failed the check, explained */    \
+    X(QUERY_ERROR, "query.error")            /* a query answered with ok: false */          \
+    X(QUERY_DROPPED, "query.dropped")        /* a request that could not be answered */     \
+    X(BASELINE, "drift.baseline")            /* a drift baseline pinned or reset */         \
+    X(DRIFT_ALERT, "drift.alert")            /* a drift window alerted */                   \
+    X(GLOBAL_OOM, "global.oom")              /* no memory for a model's global state */     \
+    X(SNAPSHOT, "state.snapshot")            /* a snapshot could not be written */          \
+    X(AUTH_PEER, "security.peer")            /* the ZAP handler refused a peer */           \
+    X(AUTH_HANDSHAKE, "security.handshake")  /* a CURVE handshake failed */                 \
+    X(HTTP_BAD, "metrics.bad_request")       /* a bad HTTP request head */                  \
+    X(HTTP_REFUSED, "metrics.refused")       /* a connection over max_per_ip */             \
+    X(HTTP_TIMEOUT, "metrics.timeout")       /* a connection past its deadline */           \
+    X(HTTP_LIMIT, "metrics.limit")           /* every connection slot taken */              \
+    X(HTTP_MHD, "metrics.libmicrohttpd")     /* libmicrohttpd's own messages */
+
+#define LOGK_ENUM_(id, name) LOGK_##id,
+typedef enum {
+    LOGK_REJECTED = 0,
+    LOGK_NAMED_ = LOGK_REJECTED + LOGK_REASONS - 1,
+    LOG_KEY_LIST(LOGK_ENUM_)
+    LOG_KEYS
+} log_key_t;
+#undef LOGK_ENUM_
+
+/* The listed name of a key, "ingest.rejected" for the rejection keys,
+   NULL out of range. */
+const char *log_key_name(log_key_t key);
+
+/* Like log_msg, within the budget of `key`; the lines held back are
+   counted and said on the next line that gets through. */
+void log_limited(log_key_t key, log_level_t level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 #define log_err(...) log_msg(LOG_ERR_, __VA_ARGS__)

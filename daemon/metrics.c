@@ -22,14 +22,6 @@
 #include <unistd.h>
 #include <zmq.h>
 
-/* Rate-limit keys of the log lines HTTP clients cause (log.h): high, to
-   stay clear of the ingest reasons' keys below them. */
-#define KEY_BAD 59
-#define KEY_REFUSED 60
-#define KEY_TIMEOUT 61
-#define KEY_LIMIT 62
-#define KEY_MHD 63
-
 /* Largest request head (request line and headers): the guard's peek
    buffer and libmicrohttpd's memory per connection (which also holds
    the answer's header). A scrape request is a few hundred bytes. */
@@ -126,7 +118,7 @@ s_reject(metrics_t *m, metrics_conn_t *c, size_t have, unsigned code)
     shutdown(c->fd, SHUT_WR);
     s_count_code(m, code);
     char ip[INET_ADDRSTRLEN];
-    log_limited(KEY_BAD, LOG_WARN_, "metrics: bad request from %s: %s", s_ip(c, ip),
+    log_limited(LOGK_HTTP_BAD, LOG_WARN_, "metrics: bad request from %s: %s", s_ip(c, ip),
                 code == 400 ? "NUL byte in the request head" : "request head over 8 KiB");
     s_drop(m, c);
 }
@@ -195,7 +187,7 @@ s_accept(metrics_t *m)
             m->refused_per_ip++;
             close(fd);
             char ip[INET_ADDRSTRLEN];
-            log_limited(KEY_REFUSED, LOG_WARN_, "metrics: refused a connection from %s: it has %"
+            log_limited(LOGK_HTTP_REFUSED, LOG_WARN_, "metrics: refused a connection from %s: it has %"
                         PRIu32 " open (max_per_ip)",
                         inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof ip) ? ip : "?", same);
             continue;
@@ -217,7 +209,7 @@ s_accept(metrics_t *m)
            until a slot frees (s_free). */
         s_listen(m, false);
         m->limit_reached++;
-        log_limited(KEY_LIMIT, LOG_WARN_, "metrics: %" PRIu32 " connections open "
+        log_limited(LOGK_HTTP_LIMIT, LOG_WARN_, "metrics: %" PRIu32 " connections open "
                     "(max_connections): new ones wait until one closes", m->nconns);
     }
 }
@@ -268,7 +260,7 @@ s_mhd_log(void *cls, const char *fmt, va_list ap)
     size_t len = strlen(buf);
     while (len && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
         buf[--len] = '\0';
-    log_limited(KEY_MHD, LOG_INFO_, "metrics: libmicrohttpd: %s", buf);
+    log_limited(LOGK_HTTP_MHD, LOG_INFO_, "metrics: libmicrohttpd: %s", buf);
 }
 
 /* Close the connections past their deadline: the guard's at once;
@@ -292,7 +284,7 @@ s_sweep(metrics_t *m, int64_t now)
         }
         m->timed_out++;
         char ip[INET_ADDRSTRLEN];
-        log_limited(KEY_TIMEOUT, LOG_WARN_, "metrics: closed a connection from %s: %s in %.1f s",
+        log_limited(LOGK_HTTP_TIMEOUT, LOG_WARN_, "metrics: closed a connection from %s: %s in %.1f s",
                     s_ip(c, ip), c->requested ? "answer not read" : "no complete request",
                     (double)m->timeout_ns / 1e9 * (c->requested ? ANSWER_TIMEOUTS : 1));
         if (c->state == MC_PENDING) {
@@ -380,13 +372,32 @@ s_gauge(sb_t *b, const char *name, const char *help, double v)
 
 /* One counter family with a value per model. */
 static void
-s_model_counter(sb_t *b, server_t *s, const char *name, const char *help, size_t offset)
+s_model_counter(sb_t *b, const metrics_view_t *v, const stats_model_counter_t *c)
 {
-    s_family(b, name, "counter", help);
-    for (uint32_t k = 0; k < s->models.count; k++) {
-        const model_t *md = s->models.items[k];
-        uint64_t v = *(const uint64_t *)((const char *)md + offset);
-        s_put(b, "xplaind_%s{model=\"%s\"} %" PRIu64 "\n", name, md->name, v);
+    s_family(b, c->metric, "counter", c->help);
+    for (uint32_t k = 0; k < v->models->count; k++) {
+        const model_t *md = v->models->items[k];
+        s_put(b, "xplaind_%s{model=\"%s\"} %" PRIu64 "\n", c->metric, md->name,
+              stats_model_value(c, md));
+    }
+}
+
+/* The daemon-wide counters, in the order of their table. */
+static void
+s_counters(sb_t *b, const stats_view_t *sv)
+{
+    for (size_t r = 0; r < stats_ncounters; r++) {
+        const stats_counter_t *c = &stats_counters[r];
+        if (!c->metric)
+            continue;
+        if (!c->label) {
+            s_counter(b, c->metric, c->help, stats_counter_value(c, sv, 0));
+            continue;
+        }
+        s_family(b, c->metric, "counter", c->help);
+        for (int k = c->first; k < c->end; k++)
+            s_put(b, "xplaind_%s{%s=\"%s\"} %" PRIu64 "\n", c->metric, c->label, c->label_name(k),
+                  stats_counter_value(c, sv, k));
     }
 }
 
@@ -395,18 +406,18 @@ s_model_counter(sb_t *b, server_t *s, const char *name, const char *help, size_t
 typedef bool (*drift_get_t)(const gepoch_t *e, int m, double *v);
 
 static void
-s_drift_family(sb_t *b, server_t *s, const char *name, const char *type, const char *help,
+s_drift_family(sb_t *b, const metrics_view_t *v, const char *name, const char *type, const char *help,
                drift_get_t get)
 {
     s_family(b, name, type, help);
-    for (uint32_t k = 0; k < s->models.count; k++) {
-        const model_t *md = s->models.items[k];
-        const gepoch_t *e = global_current(&s->global, md);
+    for (uint32_t k = 0; k < v->models->count; k++) {
+        const model_t *md = v->models->items[k];
+        const gepoch_t *e = global_current(v->global, md);
         for (int m = 0; e && m < XM_NMETHODS; m++) {
-            double v;
-            if ((e->methods & XM_BIT(m)) && get(e, m, &v))
+            double x;
+            if ((e->methods & XM_BIT(m)) && get(e, m, &x))
                 s_put(b, "xplaind_%s{model=\"%s\",method=\"%s\"} %.17g\n", name, md->name,
-                      xm_method_name((xm_method_t)m), v);
+                      xm_method_name((xm_method_t)m), x);
         }
     }
 }
@@ -478,14 +489,14 @@ s_get_count(const gepoch_t *e, int m, double *v)
 
 /* xplaind_drift_reference: a state set, 1 for the kind in force. */
 static void
-s_drift_reference(sb_t *b, server_t *s)
+s_drift_reference(sb_t *b, const metrics_view_t *v)
 {
     s_family(b, "drift_reference", "gauge",
              "Reference the drift windows are compared with (1 for the kind in force: none yet, "
              "baseline, pinned or external).");
-    for (uint32_t k = 0; k < s->models.count; k++) {
-        const model_t *md = s->models.items[k];
-        const gepoch_t *e = global_current(&s->global, md);
+    for (uint32_t k = 0; k < v->models->count; k++) {
+        const model_t *md = v->models->items[k];
+        const gepoch_t *e = global_current(v->global, md);
         for (int m = 0; e && m < XM_NMETHODS; m++) {
             if (!(e->methods & XM_BIT(m)))
                 continue;
@@ -531,7 +542,7 @@ s_top_features(const agg_t *a, uint32_t nf, uint32_t k, uint32_t *idx, bool *pic
    feature name that repeats within the schema gets "#<index>" appended
    so that every series stays unique. */
 static void
-s_attributions(sb_t *b, server_t *s, bool decayed)
+s_attributions(sb_t *b, const metrics_view_t *v, bool decayed)
 {
     if (decayed)
         s_family(b, "attribution_decayed", "gauge",
@@ -540,10 +551,10 @@ s_attributions(sb_t *b, server_t *s, bool decayed)
     else
         s_family(b, "attribution_mean", "gauge",
                  "Mean attribution of a feature over every trade of the current schema epoch.");
-    uint32_t topk = (uint32_t)s->cfg.metrics_top_features;
-    for (uint32_t k = 0; k < s->models.count; k++) {
-        const model_t *md = s->models.items[k];
-        const gepoch_t *e = global_current(&s->global, md);
+    uint32_t topk = v->top_features;
+    for (uint32_t k = 0; k < v->models->count; k++) {
+        const model_t *md = v->models->items[k];
+        const gepoch_t *e = global_current(v->global, md);
         const schema_t *sc = e ? model_schema(md, e->epoch) : NULL;
         if (!e || !sc || sc->nf != e->nf || e->nf == 0)
             continue;
@@ -579,9 +590,9 @@ s_attributions(sb_t *b, server_t *s, bool decayed)
 }
 
 static void
-s_render_drift(sb_t *b, server_t *s)
+s_render_drift(sb_t *b, const metrics_view_t *v)
 {
-    const drift_opts_t *o = &s->global.p.drift;
+    const drift_opts_t *o = &v->global->p.drift;
     s_family(b, "drift_threshold", "gauge",
              "Drift alert thresholds: a window alerts when spearman_rho < rho_min, ndcg < ndcg_min "
              "or js_divergence > js_max.");
@@ -589,39 +600,39 @@ s_render_drift(sb_t *b, server_t *s)
     s_put(b, "xplaind_drift_threshold{threshold=\"ndcg_min\"} %.17g\n", o->ndcg_min);
     s_put(b, "xplaind_drift_threshold{threshold=\"js_max\"} %.17g\n", o->js_max);
     s_gauge(b, "drift_ndcg_k", "k of the nDCG@k drift statistic.", o->ndcg_k);
-    s_gauge(b, "drift_window_trades", "Trades per tumbling drift window.", s->global.p.window);
-    s_drift_family(b, s, "drift_spearman_rho", "gauge",
+    s_gauge(b, "drift_window_trades", "Trades per tumbling drift window.", v->global->p.window);
+    s_drift_family(b, v, "drift_spearman_rho", "gauge",
                    "Spearman's rho of the last closed window's mean attribution against the "
                    "reference (absent when undefined or the window became the baseline).",
                    s_get_rho);
-    s_drift_family(b, s, "drift_ndcg", "gauge",
+    s_drift_family(b, v, "drift_ndcg", "gauge",
                    "nDCG@k of the last closed window's ranking against the reference's (absent when "
                    "undefined or the window became the baseline).", s_get_ndcg);
-    s_drift_family(b, s, "drift_js_divergence", "gauge",
+    s_drift_family(b, v, "drift_js_divergence", "gauge",
                    "Jensen-Shannon divergence (base 2) of the last closed window's mean attribution "
                    "from the reference (absent when undefined or the window became the baseline).",
                    s_get_js);
-    s_drift_family(b, s, "drift_alert", "gauge",
+    s_drift_family(b, v, "drift_alert", "gauge",
                    "1 when the last closed window alerted (a statistic across its threshold), else 0.",
                    s_get_alert);
-    s_drift_family(b, s, "drift_windows_total", "counter",
+    s_drift_family(b, v, "drift_windows_total", "counter",
                    "Drift windows closed in the current schema epoch.", s_get_windows);
-    s_drift_family(b, s, "drift_window_filled_trades", "gauge",
+    s_drift_family(b, v, "drift_window_filled_trades", "gauge",
                    "Trades in the open drift window.", s_get_filled);
-    s_drift_family(b, s, "drift_last_window_timestamp_seconds", "gauge",
+    s_drift_family(b, v, "drift_last_window_timestamp_seconds", "gauge",
                    "Unix time the last drift window closed.", s_get_last_ts);
-    s_drift_reference(b, s);
-    s_drift_family(b, s, "attribution_trades", "gauge",
+    s_drift_reference(b, v);
+    s_drift_family(b, v, "attribution_trades", "gauge",
                    "Trades behind the global attributions of a method, current schema epoch.",
                    s_get_count);
-    s_attributions(b, s, false);
-    s_attributions(b, s, true);
+    s_attributions(b, v, false);
+    s_attributions(b, v, true);
 }
 
 static void
-s_render_http(sb_t *b, server_t *s)
+s_render_http(sb_t *b, const metrics_view_t *v)
 {
-    metrics_t *m = &s->metrics;
+    const metrics_t *m = v->metrics;
     s_family(b, "metrics_requests_total", "counter",
              "HTTP requests answered on the metrics endpoint, by status code.");
     for (int k = 0; k < METRICS_CODES; k++)
@@ -648,46 +659,20 @@ s_render_http(sb_t *b, server_t *s)
 }
 
 char *
-metrics_render(server_t *s, size_t *len)
+metrics_render_view(const metrics_view_t *v, size_t *len)
 {
     sb_t b = {.cap = 16384};
     if (!(b.buf = malloc(b.cap)))
         return NULL;
-    const stats_t *st = &s->stats;
+    const stats_t *st = v->counters.stats;
     s_put(&b, "# HELP xplaind_build_info Version of the running daemon.\n"
               "# TYPE xplaind_build_info gauge\nxplaind_build_info{version=\"%s\"} 1\n", XPL_VERSION);
     s_gauge(&b, "uptime_seconds", "Seconds since the daemon started.",
             (double)(now_mono_ns() - st->start_ns) / 1e9);
-    s_gauge(&b, "models", "Models tracked.", s->models.count);
-    s_counter(&b, "received_messages_total", "Ingest messages received.", st->received);
-    s_counter(&b, "received_trades_total", "Trades in ingest messages that decoded.", st->received_trades);
-    s_counter(&b, "explained_trades_total", "Trades explained and published.", st->explained);
-    s_counter(&b, "published_messages_total", "Messages sent on the PUB socket.", st->published);
-    s_counter(&b, "dropped_messages_total", "PUB sends refused by ZeroMQ.", st->dropped);
-    s_counter(&b, "lost_messages_total", "Ingest messages missing from publisher seq gaps.", st->lost);
-    s_counter(&b, "publisher_restarts_total", "Publisher restarts (seq went back).", st->restarts);
-    s_family(&b, "rejected_total", "counter",
-             "Ingest messages (or trades, for nonfinite) rejected, by reason.");
-    for (int r = 1; r < XR_NREASONS; r++)
-        s_put(&b, "xplaind_rejected_total{reason=\"%s\"} %" PRIu64 "\n",
-              xr_reason_name((xr_reason_t)r), st->rejected[r]);
-    s_counter(&b, "queries_total", "Queries answered.", st->queries);
-    s_counter(&b, "query_errors_total", "Queries answered with ok: false.", st->query_errors);
-    s_counter(&b, "query_dropped_total", "Queries that could not be answered.", st->query_dropped);
-    s_counter(&b, "query_too_large_total", "Queries over query.max_size (answered bad_request).",
-              st->query_too_large);
-    s_counter(&b, "snapshots_total", "State snapshots written.", st->snapshots);
-    s_counter(&b, "snapshot_errors_total", "State snapshots that failed.", st->snapshot_errors);
-    s_counter(&b, "auth_admitted_total", "CURVE peers admitted by the ZAP handler.", s->auth.admitted);
-    s_counter(&b, "auth_refused_total", "CURVE peers refused, every kind.", s->auth.refused);
-    s_put(&b, "# HELP xplaind_auth_handshake_failures_total CURVE handshakes that failed, by kind "
-              "(incomplete: connection lost during the handshake).\n"
-              "# TYPE xplaind_auth_handshake_failures_total counter\n");
-    for (int k = 0; k < 5; k++)
-        s_put(&b, "xplaind_auth_handshake_failures_total{kind=\"%s\"} %llu\n", auth_kind_names[k],
-              (unsigned long long)s->auth.by_kind[k]);
-    s_gauge(&b, "cache_bytes", "Bytes held by the recent-trade cache.", (double)s->cache.bytes);
-    s_render_http(&b, s);
+    s_gauge(&b, "models", "Models tracked.", v->models->count);
+    s_counters(&b, &v->counters);
+    s_gauge(&b, "cache_bytes", "Bytes held by the recent-trade cache.", (double)v->cache_bytes);
+    s_render_http(&b, v);
 
     s_family(&b, "latency_seconds", "histogram",
              "Time from the ingest socket's receipt of a message (at most: from when it was "
@@ -708,34 +693,42 @@ metrics_render(server_t *s, size_t *len)
           st->latency_ts.count);
     s_put(&b, "xplaind_event_latency_seconds_sum %.9g\n", st->latency_ts.sum / 1e9);
     s_put(&b, "xplaind_event_latency_seconds_count %" PRIu64 "\n", st->latency_ts.count);
-    s_counter(&b, "attention_warned_total", "Trades explained although their attention rows "
-              "failed the check (attention-check warn).", st->attention_warned);
-
-    s_model_counter(&b, s, "model_received_messages_total", "Ingest messages received per model.",
-                    offsetof(model_t, received));
-    s_model_counter(&b, s, "model_explained_trades_total", "Trades explained per model.",
-                    offsetof(model_t, explained));
-    s_model_counter(&b, s, "model_rejected_total", "Rejections per model.", offsetof(model_t, rejected));
-    s_model_counter(&b, s, "model_lost_messages_total", "Lost ingest messages per model.",
-                    offsetof(model_t, lost));
+    for (size_t r = 0; r < stats_nmodel_counters; r++)
+        if (stats_model_counters[r].metric)
+            s_model_counter(&b, v, &stats_model_counters[r]);
     s_family(&b, "model_epoch", "gauge", "Current schema epoch per model.");
-    for (uint32_t k = 0; k < s->models.count; k++) {
-        const model_t *md = s->models.items[k];
+    for (uint32_t k = 0; k < v->models->count; k++) {
+        const model_t *md = v->models->items[k];
         s_put(&b, "xplaind_model_epoch{model=\"%s\"} %" PRIu32 "\n", md->name, md->cur->epoch);
     }
     s_family(&b, "model_drift_alerts_total", "counter", "Drift alerts raised per model.");
-    for (uint32_t k = 0; k < s->models.count; k++) {
-        const gmodel_t *gm = global_model_const(&s->global, s->models.items[k]);
+    for (uint32_t k = 0; k < v->models->count; k++) {
+        const gmodel_t *gm = global_model_const(v->global, v->models->items[k]);
         s_put(&b, "xplaind_model_drift_alerts_total{model=\"%s\"} %" PRIu64 "\n",
-              s->models.items[k]->name, gm ? gm->alerts_total : 0);
+              v->models->items[k]->name, gm ? gm->alerts_total : 0);
     }
-    s_render_drift(&b, s);
+    s_render_drift(&b, v);
     if (b.oom) {
         free(b.buf);
         return NULL;
     }
     *len = b.len;
     return b.buf;
+}
+
+/* The exposition of a running server's state. */
+static char *
+s_render(server_t *s, size_t *len)
+{
+    metrics_view_t v = {
+        .counters = {&s->stats, &s->cache, &s->auth},
+        .models = &s->models,
+        .global = &s->global,
+        .metrics = &s->metrics,
+        .cache_bytes = s->cache.bytes,
+        .top_features = (uint32_t)s->cfg.metrics_top_features,
+    };
+    return metrics_render_view(&v, len);
 }
 
 /* ---- HTTP ---------------------------------------------------------------- */
@@ -771,7 +764,7 @@ s_exposition(server_t *s)
         return m->last;
     }
     size_t len;
-    char *text = metrics_render(s, &len);
+    char *text = s_render(s, &len);
     if (!text)
         return m->last;
     struct MHD_Response *r = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);

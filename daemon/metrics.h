@@ -28,6 +28,10 @@
 #ifndef XPLD_METRICS_H
 #define XPLD_METRICS_H
 
+#include "global.h"
+#include "models.h"
+#include "stats.h"
+
 #include <netinet/in.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -99,7 +103,18 @@ long metrics_timeout_ms(metrics_t *m, int64_t now);
    connections past their deadline. Call every loop turn. */
 void metrics_handle(struct server_t *s, const void *items, int count);
 
-/* Render the exposition text into a malloc'ed buffer (caller frees). */
-char *metrics_render(struct server_t *s, size_t *len);
+/* What an exposition is rendered from: the owners' state, read only. */
+typedef struct {
+    stats_view_t counters;      /* the daemon-wide counters (stats.h) */
+    const models_t *models;
+    const global_t *global;
+    const metrics_t *metrics;   /* the endpoint's own counters */
+    uint64_t cache_bytes;
+    uint32_t top_features;      /* metrics.top_features */
+} metrics_view_t;
+
+/* Render the exposition text into a malloc'ed buffer (caller frees);
+   NULL when out of memory. */
+char *metrics_render_view(const metrics_view_t *v, size_t *len);
 
 #endif

@@ -1,9 +1,33 @@
-/*  publish: xpl/ encoder and the PUB socket. See publish.h and
-    proto/explanations.md.  */
+/*  publish: the four topics and their encoders. See publish.h and
+    proto/explanations.md, proto/global.md.  */
 #include "publish.h"
 
+#include "rank.h"
+
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
+
+void
+publisher_init(publisher_t *p, stats_t *stats, void *sock, publish_sink_fn sink, void *sink_arg)
+{
+    memset(p, 0, sizeof *p);
+    p->sock = sock;
+    p->sink = sink;
+    p->sink_arg = sink_arg;
+    p->stats = stats;
+    msgpack_sbuffer_init(&p->buf);
+    msgpack_packer_init(&p->pk, &p->buf, msgpack_sbuffer_write);
+}
+
+void
+publisher_destroy(publisher_t *p)
+{
+    msgpack_sbuffer_destroy(&p->buf);
+}
+
+/* ---- encoders ---------------------------------------------------------- */
 
 void
 enc_strn(msgpack_packer *pk, const void *s, size_t len)
@@ -49,22 +73,208 @@ enc_features(msgpack_packer *pk, const schema_t *sc)
         enc_str(pk, sc->features[k]);
 }
 
-void
-publish_send(server_t *s, const void *topic, size_t tlen, const void *body, size_t blen)
+static void
+s_enc_stat(msgpack_packer *pk, const drift_stat_t *st)
 {
-    if (zmq_send(s->pub, topic, tlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
-        zmq_send(s->pub, body, blen, ZMQ_DONTWAIT) < 0) {
-        s->stats.dropped++;
-        return;
-    }
-    s->stats.published++;
+    if (st->defined)
+        msgpack_pack_double(pk, st->value);
+    else
+        msgpack_pack_nil(pk);
 }
 
 void
-publish_xpl(server_t *s, model_t *md, const wire_ingest_t *in, uint32_t b, const xm_result_t *res)
+publish_enc_stats(msgpack_packer *pk, const drift_stat_t *spearman, const drift_stat_t *ndcg,
+                  const drift_stat_t *js)
 {
-    msgpack_packer *pk = &s->ppk;
-    s->pbuf.size = 0;
+    enc_str(pk, "spearman");
+    s_enc_stat(pk, spearman);
+    enc_str(pk, "ndcg");
+    s_enc_stat(pk, ndcg);
+    enc_str(pk, "js");
+    s_enc_stat(pk, js);
+}
+
+void
+publish_enc_window(msgpack_packer *pk, const glast_t *l, const uint32_t *trades)
+{
+    enc_str(pk, "window");
+    msgpack_pack_uint64(pk, l->window);
+    if (trades) {
+        enc_str(pk, "trades");
+        msgpack_pack_uint32(pk, *trades);
+    }
+    enc_str(pk, "reference");
+    enc_str(pk, drift_ref_name(l->ref));
+    enc_str(pk, "compared");
+    enc_bool(pk, l->compared);
+    publish_enc_stats(pk, &l->spearman, &l->ndcg, &l->js);
+    enc_str(pk, "alert");
+    enc_bool(pk, l->alert);
+}
+
+void
+publish_enc_agreement(msgpack_packer *pk, const gepoch_t *e, int m)
+{
+    rank_work_t rw;
+    rank_work_init(&rw);
+    double rho;
+    if (e->all[m].count > 0 &&
+        rank_spearman(&rw, e->all[m].mean, e->extref[m], e->nf, &rho) == RANK_OK)
+        msgpack_pack_double(pk, rho);
+    else
+        msgpack_pack_nil(pk);
+    rank_work_destroy(&rw);
+}
+
+static void
+s_enc_doubles(msgpack_packer *pk, const double *x, uint32_t n)
+{
+    msgpack_pack_array(pk, n);
+    for (uint32_t k = 0; k < n; k++)
+        msgpack_pack_double(pk, x[k]);
+}
+
+/* count, mean, std, decayed of an aggregate, in a map with `extra` more
+   pairs the caller writes after. */
+static void
+s_enc_agg(msgpack_packer *pk, const agg_t *a, double *scratch, size_t extra)
+{
+    msgpack_pack_map(pk, 4 + extra);
+    enc_str(pk, "count");
+    msgpack_pack_uint64(pk, a->count);
+    enc_str(pk, "mean");
+    s_enc_doubles(pk, a->mean, a->nfeat);
+    enc_str(pk, "std");
+    agg_std(a, scratch);
+    s_enc_doubles(pk, scratch, a->nfeat);
+    enc_str(pk, "decayed");
+    s_enc_doubles(pk, a->decayed ? a->decayed : a->mean, a->nfeat);
+}
+
+/* "methods": map method -> {count, mean, std, decayed[, reference,
+   reference_spearman]} for the methods in `mask`. */
+static void
+s_enc_methods(msgpack_packer *pk, const gepoch_t *e, const agg_t *aggs, unsigned mask,
+              bool with_refs, double *scratch)
+{
+    msgpack_pack_map(pk, (size_t)__builtin_popcount(mask));
+    for (int m = 0; m < XM_NMETHODS; m++) {
+        if (!(mask & XM_BIT(m)))
+            continue;
+        enc_str(pk, xm_method_name((xm_method_t)m));
+        bool ref = with_refs && e->extref[m];
+        s_enc_agg(pk, &aggs[m], scratch, ref ? 2 : 0);
+        if (ref) {
+            enc_str(pk, "reference");
+            s_enc_doubles(pk, e->extref[m], e->nf);
+            enc_str(pk, "reference_spearman");
+            publish_enc_agreement(pk, e, m);
+        }
+    }
+}
+
+int
+publish_enc_glob(msgpack_packer *pk, const global_t *g, const model_t *md, const gepoch_t *e,
+                 unsigned mask, const int64_t *only_target, uint64_t seq, int64_t ts)
+{
+    const schema_t *sc = model_schema(md, e->epoch);
+    double *scratch = malloc((e->nf ? e->nf : 1) * sizeof *scratch);
+    if (!scratch)
+        return -1;
+    enc_str(pk, "model");
+    enc_strn(pk, md->name, md->name_len);
+    enc_str(pk, "seq");
+    msgpack_pack_uint64(pk, seq);
+    enc_str(pk, "ts");
+    msgpack_pack_int64(pk, ts);
+    enc_str(pk, "epoch");
+    msgpack_pack_uint32(pk, e->epoch);
+    enc_str(pk, "features");
+    if (sc)
+        enc_features(pk, sc);
+    else
+        msgpack_pack_nil(pk);
+    enc_str(pk, "count");
+    msgpack_pack_uint64(pk, e->count);
+    enc_str(pk, "half_life");
+    msgpack_pack_double(pk, g->p.half_life);
+    enc_str(pk, "methods");
+    s_enc_methods(pk, e, e->all, mask, true, scratch);
+    enc_str(pk, "targets");
+    uint32_t nt = 0;
+    for (uint32_t c = 0; c < e->nclasses; c++)
+        nt += !only_target || e->classes[c].target == *only_target;
+    msgpack_pack_array(pk, nt);
+    for (uint32_t c = 0; c < e->nclasses; c++) {
+        if (only_target && e->classes[c].target != *only_target)
+            continue;
+        msgpack_pack_map(pk, 2);
+        enc_str(pk, "target");
+        msgpack_pack_int64(pk, e->classes[c].target);
+        enc_str(pk, "methods");
+        s_enc_methods(pk, e, e->classes[c].agg, mask, false, scratch);
+    }
+    enc_str(pk, "untracked_targets");
+    msgpack_pack_uint64(pk, e->untracked);
+    free(scratch);
+    return 0;
+}
+
+#define HEADS_FIELDS 10
+static void
+s_enc_heads(msgpack_packer *pk, const model_t *md, const gepoch_t *e, uint64_t seq)
+{
+    enc_str(pk, "model");
+    enc_strn(pk, md->name, md->name_len);
+    enc_str(pk, "seq");
+    msgpack_pack_uint64(pk, seq);
+    enc_str(pk, "ts");
+    msgpack_pack_int64(pk, now_wall_ns());
+    enc_str(pk, "epoch");
+    msgpack_pack_uint32(pk, e->epoch);
+    enc_str(pk, "L");
+    msgpack_pack_uint32(pk, e->L);
+    enc_str(pk, "H");
+    msgpack_pack_uint32(pk, e->H);
+    const agg_t *aggs[2] = {&e->heads.importance, &e->heads.confidence};
+    const char *names[2] = {"importance", "confidence"};
+    for (int k = 0; k < 2; k++) {
+        enc_str(pk, names[k]);
+        msgpack_pack_array(pk, e->L);
+        for (uint32_t l = 0; l < e->L; l++)
+            s_enc_doubles(pk, aggs[k]->mean + (size_t)l * e->H, e->H);
+    }
+    enc_str(pk, "importance_count");
+    msgpack_pack_uint64(pk, e->heads.importance.count);
+    enc_str(pk, "confidence_count");
+    msgpack_pack_uint64(pk, e->heads.confidence.count);
+}
+
+/* ---- topics ------------------------------------------------------------ */
+
+void
+publish_send(publisher_t *p, const void *topic, size_t tlen, const void *body, size_t blen)
+{
+    int rc;
+    if (p->sink)
+        rc = p->sink(p->sink_arg, topic, tlen, body, blen);
+    else
+        rc = zmq_send(p->sock, topic, tlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+                     zmq_send(p->sock, body, blen, ZMQ_DONTWAIT) < 0
+                 ? -1
+                 : 0;
+    if (rc) {
+        p->stats->dropped++;
+        return;
+    }
+    p->stats->published++;
+}
+
+void
+publish_xpl(publisher_t *p, model_t *md, const wire_ingest_t *in, uint32_t b, const xm_result_t *res)
+{
+    msgpack_packer *pk = &p->pk;
+    p->buf.size = 0;
     msgpack_pack_map(pk, 7 + (in->target != NULL) + (in->y != NULL));
     enc_str(pk, "v");
     msgpack_pack_uint8(pk, 1);
@@ -88,5 +298,66 @@ publish_xpl(server_t *s, model_t *md, const wire_ingest_t *in, uint32_t b, const
     }
     enc_str(pk, "attr");
     enc_attr(pk, res->computed, res->attr, xm_nfeat(&md->cur->shape));
-    publish_send(s, md->topic_xpl, md->topic_xpl_len, s->pbuf.data, s->pbuf.size);
+    publish_send(p, md->topic_xpl, md->topic_xpl_len, p->buf.data, p->buf.size);
+}
+
+void
+publish_drift(publisher_t *p, const global_t *g, const model_t *md, const global_closed_t *closed)
+{
+    char topic[WIRE_MODEL_MAX + 8];
+    int tlen = 0;
+    for (int k = 0; k < closed->n; k++) {
+        const gclosed_t *w = &closed->w[k];
+        msgpack_packer *pk = &p->pk;
+        p->buf.size = 0;
+        msgpack_pack_map(pk, 7 + PUBLISH_WINDOW_FIELDS);
+        enc_str(pk, "v");
+        msgpack_pack_uint8(pk, 1);
+        enc_str(pk, "model");
+        enc_strn(pk, md->name, md->name_len);
+        enc_str(pk, "seq");
+        msgpack_pack_uint64(pk, w->seq);
+        enc_str(pk, "ts");
+        msgpack_pack_int64(pk, w->last.ts);
+        enc_str(pk, "epoch");
+        msgpack_pack_uint32(pk, closed->epoch);
+        enc_str(pk, "method");
+        enc_str(pk, xm_method_name((xm_method_t)w->method));
+        publish_enc_window(pk, &w->last, &g->p.window);
+        if (!tlen)
+            tlen = snprintf(topic, sizeof topic, "drift/%s", md->name);
+        publish_send(p, topic, (size_t)tlen, p->buf.data, p->buf.size);
+    }
+}
+
+void
+publish_changed(publisher_t *p, global_t *g, const models_t *models)
+{
+    msgpack_packer *pk = &p->pk;
+    for (uint32_t k = 0; k < models->count; k++) {
+        const model_t *md = models->items[k];
+        const gepoch_t *e = global_take_changed(g, md);
+        if (!e)
+            continue;
+        char topic[WIRE_MODEL_MAX + 8];
+
+        p->buf.size = 0;
+        msgpack_pack_map(pk, PUBLISH_GLOB_FIELDS + 1);
+        enc_str(pk, "v");
+        msgpack_pack_uint8(pk, 1);
+        int64_t ts = now_wall_ns();
+        if (publish_enc_glob(pk, g, md, e, e->methods, NULL, global_glob_seq(g, md), ts) == 0) {
+            global_glob_sent(g, md, ts);
+            int tlen = snprintf(topic, sizeof topic, "glob/%s", md->name);
+            publish_send(p, topic, (size_t)tlen, p->buf.data, p->buf.size);
+        }
+
+        p->buf.size = 0;
+        msgpack_pack_map(pk, HEADS_FIELDS + 1);
+        enc_str(pk, "v");
+        msgpack_pack_uint8(pk, 1);
+        s_enc_heads(pk, md, e, global_heads_seq_next(g, md));
+        int tlen = snprintf(topic, sizeof topic, "heads/%s", md->name);
+        publish_send(p, topic, (size_t)tlen, p->buf.data, p->buf.size);
+    }
 }

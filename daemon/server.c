@@ -4,12 +4,9 @@
 #include "server.h"
 
 #include "demo.h"
-#include "ingest.h"
-#include "global.h"
 #include "log.h"
 #include "notify.h"
 #include "state.h"
-#include "query.h"
 #include "qjob.h"
 
 #include <errno.h>
@@ -122,6 +119,23 @@ s_signals_install(server_t *s)
     return 0;
 }
 
+void
+server_wire(server_t *s)
+{
+    s->publisher.sock = s->pub;
+    s->ingest = (ingest_t){.cfg = &s->cfg, .opts = &s->opts, .dec = &s->dec, .work = s->work,
+                           .models = &s->models, .cache = &s->cache, .global = &s->global,
+                           .pub = &s->publisher, .stats = &s->stats};
+    s->query.models = &s->models;
+    s->query.global = &s->global;
+    s->query.cache = &s->cache;
+    s->query.stats = &s->stats;
+    s->query.auth = &s->auth;
+    s->query.opts = &s->opts;
+    s->query.pub = &s->publisher;
+    s->query.worker = s->qworker;
+}
+
 int
 server_init(server_t *s)
 {
@@ -130,10 +144,7 @@ server_init(server_t *s)
     s_limits(c, &lim);
     wire_decoder_init(&s->dec, &lim);
     stats_init(&s->stats);
-    msgpack_sbuffer_init(&s->pbuf);
-    msgpack_packer_init(&s->ppk, &s->pbuf, msgpack_sbuffer_write);
-    msgpack_sbuffer_init(&s->qbuf);
-    msgpack_packer_init(&s->qpk, &s->qbuf, msgpack_sbuffer_write);
+    publisher_init(&s->publisher, &s->stats, NULL, NULL, NULL);
     s->sigfd = -1;
     s->metrics.listen_fd = -1;
 
@@ -148,7 +159,7 @@ server_init(server_t *s)
                           .max_targets = (uint32_t)c->max_targets,
                           .alerts_kept = (uint32_t)c->alerts_kept};
     s_drift_opts(c, &gp.drift);
-    if (!(s->work = xm_work_new()) || !(s->qflow = flow_work_new()) ||
+    if (!(s->work = xm_work_new()) || query_init(&s->query) ||
         models_init(&s->models, (uint32_t)c->max_models) ||
         global_init(&s->global, (uint32_t)c->max_models, &gp) ||
         cache_init(&s->cache, (uint32_t)c->cache_entries, (size_t)c->cache_mb << 20)) {
@@ -163,7 +174,9 @@ server_init(server_t *s)
         }
         state_load(s, c->state_dir);
     }
-    if (c->reference_file[0] && global_load_references(s, c->reference_file) < 0)
+    server_wire(s);
+    if (c->reference_file[0] &&
+        global_load_references(&s->global, &s->models, c->reference_file) < 0)
         return -1;
     if (metrics_init(s))
         return -1;
@@ -178,11 +191,13 @@ server_init(server_t *s)
     zmq_ctx_set(s->zctx, ZMQ_IO_THREADS, 2);
     if (!(s->qworker = qworker_new()))
         return -1;
+    server_wire(s);
     if (auth_init(&s->auth, s->zctx, c))
         return -1;
     s->sub = zmq_socket(s->zctx, ZMQ_SUB);
     s->pub = zmq_socket(s->zctx, ZMQ_PUB);
     s->router = zmq_socket(s->zctx, ZMQ_ROUTER);
+    server_wire(s);
     if (!s->sub || !s->pub || !s->router) {
         log_err("cannot create sockets: %s", zmq_strerror(errno));
         return -1;
@@ -263,7 +278,7 @@ s_reload(server_t *s)
     /* The reference file is read again on every SIGHUP: its contents may
        have changed while its name did not. */
     if (next.reference_file[0])
-        global_load_references(s, next.reference_file);
+        global_load_references(&s->global, &s->models, next.reference_file);
     if (!rel[0]) {
         log_notice("SIGHUP: nothing to change");
         config_free(&next);
@@ -271,18 +286,7 @@ s_reload(server_t *s)
     }
     /* Swap in the reloadable values only: the rest keeps running as it
        was started. */
-    config_t cur = s->cfg;
-#define TAKE(f) do { __typeof__(cur.f) t_ = cur.f; cur.f = next.f; next.f = t_; } while (0)
-    TAKE(max_batch); TAKE(max_layers); TAKE(max_heads); TAKE(max_tokens); TAKE(max_elems);
-    TAKE(max_str); TAKE(allow_models); TAKE(methods); TAKE(fusion); TAKE(grad_resnorm);
-    TAKE(flow_every); TAKE(log_level); TAKE(log_rate); TAKE(glob_interval_ms);
-    TAKE(drift_rho_min); TAKE(drift_ndcg_min); TAKE(drift_ndcg_k); TAKE(drift_js_max);
-    TAKE(reference_file); TAKE(snapshot_interval_s); TAKE(clients_dir);
-    TAKE(method_set); TAKE(fusion_id); TAKE(log_level_id);
-    TAKE(attention_check); TAKE(attention_tol); TAKE(attention_check_id); TAKE(schema_rate);
-    TAKE(query_max_size);
-#undef TAKE
-    s->cfg = cur;
+    config_take_reloadable(&s->cfg, &next);
     config_free(&next);
     server_apply_options(s);
     log_notice("SIGHUP: applied %s", rel);
@@ -373,7 +377,10 @@ s_ingest_burst(server_t *s)
         }
         for (int i = 0; i < n && i < 3; i++)
             s->ingest_bytes_untrimmed += zmq_msg_size(&parts[i]);
-        ingest_handle(s, parts, n, base);
+        ingest_frame_t frames[3];
+        for (int i = 0; i < n && i < 3; i++)
+            frames[i] = (ingest_frame_t){zmq_msg_data(&parts[i]), zmq_msg_size(&parts[i])};
+        ingest_handle(&s->ingest, frames, n, base);
         s_close_parts(parts, n, 3);
     }
 }
@@ -411,36 +418,36 @@ s_query_burst(server_t *s)
             }
         if (n > QUERY_MAX_FRAMES || env > 16) {
             s->stats.query_dropped++;
-            log_limited(XR_NREASONS + 4, LOG_WARN_, "query: dropped a request of %d frames", n);
+            log_limited(LOGK_QUERY_DROPPED, LOG_WARN_, "query: dropped a request of %d frames", n);
             s_close_parts(parts, n, QUERY_MAX_FRAMES);
             continue;
         }
-        s->qenv = parts;
-        s->qenv_n = env;
-        s->qdeferred = false;
+        s->query.env = parts;
+        s->query.env_n = env;
+        s->query.deferred = false;
         size_t blen = n - env == 1 ? zmq_msg_size(&parts[env]) : 0;
         if (n - env != 1) {
-            query_reply_error(s, "bad_request", "expected exactly one request frame after the envelope");
+            query_reply_error(&s->query, "bad_request", "expected exactly one request frame after the envelope");
         } else if (blen > s->cfg.query_max_size) {
             /* Not parsed: walking a huge request is the cost to avoid. */
             char why[128];
             snprintf(why, sizeof why, "request of %zu bytes is larger than query.max_size (%llu bytes)",
                      blen, (unsigned long long)s->cfg.query_max_size);
             s->stats.query_too_large++;
-            query_reply_error(s, "bad_request", why);
+            query_reply_error(&s->query, "bad_request", why);
         } else {
-            query_handle(s, zmq_msg_data(&parts[env]), blen);
+            query_handle(&s->query, zmq_msg_data(&parts[env]), blen);
         }
-        s->qenv = NULL;
-        s->qenv_n = 0;
-        if (!s->qdeferred) {
+        s->query.env = NULL;
+        s->query.env_n = 0;
+        if (!s->query.deferred) {
             const void *ev[QUERY_MAX_FRAMES];
             size_t el[QUERY_MAX_FRAMES];
             for (int i = 0; i < env; i++) {
                 ev[i] = zmq_msg_data(&parts[i]);
                 el[i] = zmq_msg_size(&parts[i]);
             }
-            s_query_send(s, env, ev, el, s->qbuf.data, s->qbuf.size);
+            s_query_send(s, env, ev, el, s->query.buf.data, s->query.buf.size);
         }
         s_close_parts(parts, n, QUERY_MAX_FRAMES);
     }
@@ -457,9 +464,9 @@ s_query_collect(server_t *s)
     size_t len = j->buf.size;
     if (j->failed) {
         s->stats.queries--;     /* counted again, as an error, below */
-        query_reply_error(s, "bad_argument", "out of memory for the matrices or flow");
-        body = s->qbuf.data;
-        len = s->qbuf.size;
+        query_reply_error(&s->query, "internal", "out of memory for the matrices or flow");
+        body = s->query.buf.data;
+        len = s->query.buf.size;
     }
     s_query_send(s, j->nenv, (const void *const *)j->env, j->env_len, body, len);
     qjob_free(j);
@@ -548,7 +555,7 @@ server_run(server_t *s)
             metrics_handle(s, items + first_metrics, nmetrics);
         now = now_mono_ns();
         if (now >= next_glob) {
-            global_publish_changed(s);
+            publish_changed(&s->publisher, &s->global, &s->models);
             next_glob = now + (int64_t)s->cfg.glob_interval_ms * 1000000;
         }
         if (s->cfg.state_dir[0] && now >= next_snap) {
@@ -571,7 +578,7 @@ server_run(server_t *s)
         }
     }
     notify_stopping();
-    global_publish_changed(s);
+    publish_changed(&s->publisher, &s->global, &s->models);
     int status = 0;
     if (s->cfg.state_dir[0]) {
         if (state_save(s, s->cfg.state_dir) == 0) {
@@ -594,7 +601,7 @@ server_run(server_t *s)
    that connected out to its peer: the session that zmq_close terminates
    still lets its engine process the peer's handshake, finds its ZAP pipe
    closing and asserts, in ZeroMQ's I/O thread. Measured: about 1 stop in
-   250 with a refused model publisher reconnecting (tests/test_e2e_curve.py,
+   250 with a refused model publisher reconnecting (tests/e2e/test_e2e_curve.py,
    connect mode, on a loaded machine). The final snapshot is on disk and
    the last line logged by then, so while the sockets close, an abort ends
    the process with the status the stop had earned instead of a crash
@@ -647,15 +654,11 @@ server_destroy(server_t *s)
     }
     wire_decoder_destroy(&s->dec);
     xm_work_destroy(&s->work);
-    flow_work_destroy(&s->qflow);
+    query_destroy(&s->query);
     metrics_destroy(&s->metrics);
     global_destroy(&s->global);
     models_destroy(&s->models);
     cache_destroy(&s->cache);
-    msgpack_sbuffer_destroy(&s->pbuf);
-    msgpack_sbuffer_destroy(&s->qbuf);
-    free(s->mat);
-    free(s->tmp);
-    free(s->fout);
+    publisher_destroy(&s->publisher);
     config_free(&s->cfg);
 }

@@ -1,9 +1,33 @@
-/*  server: the daemon's state and its main loop.
+/*  server: the daemon's state and its main loop, and the one place that
+    wires the modules together: each of them gets the parts it uses
+    (global_t, publisher_t, stats_t, models_t, ...), never server_t.
 
     One thread owns everything here. The loop polls the ingest SUB, the
-    query ROUTER and a signal self-pipe; an ingest message goes decode -> explain
-    -> cache -> publish before the next one is read, so there is no queue
-    to grow and no lock to take.  */
+    query ROUTER and a signal self-pipe; an ingest message goes decode ->
+    explain -> cache -> publish before the next one is read, so there is
+    no queue to grow and no lock to take.
+
+    The trade path, top to bottom; each stage returns to the one above
+    and none calls back up:
+
+      server.c   s_ingest_burst: receive a message, hand its frames to
+      ingest.c   ingest_handle: count, reject (named reason) or go on
+      wire.c       wire_decode_ingest: frames -> wire_ingest_t
+      models.c     models_find/models_add, model_apply_schema_limited,
+                   model_track_seq
+      xmath.c      xm_explain: one trade -> xm_result_t
+      cache.c      cache_put: kept for the trade query
+      publish.c    publish_xpl: xpl/<model>
+      global.c     global_add: aggregates, heads, drift (state only;
+                   returns the windows it closed, alerts included)
+      publish.c    publish_drift: drift/<model> for those windows
+    and every glob_interval_ms, from the loop:
+      publish.c  publish_changed: glob/<model>, heads/<model> of the
+                 models global.c marks changed
+
+    Queries: server.c s_query_burst -> query.c query_handle -> the op
+    (query.c, query_trade.c, query_global.c) -> the owners' read
+    functions, and the encoders publish.c shares with the topics.  */
 #ifndef XPLD_SERVER_H
 #define XPLD_SERVER_H
 
@@ -16,7 +40,10 @@
 #include "xmath.h"
 #include "flow.h"
 #include "global.h"
+#include "ingest.h"
 #include "metrics.h"
+#include "publish.h"
+#include "query.h"
 
 #include <msgpack.h>
 #include <stdbool.h>
@@ -45,19 +72,10 @@ typedef struct server_t {
     metrics_t metrics;
     auth_t auth;
 
-    msgpack_sbuffer pbuf;   /* publish encoder, reused */
-    msgpack_packer ppk;
-    msgpack_sbuffer qbuf;   /* query replies, reused */
-    msgpack_packer qpk;
-
-    /* Scratch for the trade query (full matrices, on-demand flow). */
-    float *mat, *tmp, *fout;
-    size_t cap_mat;
-    flow_work_t *qflow;
+    publisher_t publisher;      /* the four topics, on `pub` */
+    ingest_t ingest;            /* views of the above, for ingest_handle */
+    query_t query;              /* views of the above, reply buffer, scratch */
     struct qworker_t *qworker;  /* large trade replies (qjob.h) */
-    void *qenv;                 /* zmq_msg_t[]: envelope of the request being handled */
-    int qenv_n;
-    bool qdeferred;             /* that request's reply went to the worker */
 
     demo_t *demo;
     int status;                 /* exit status the process will have (server_destroy) */
@@ -73,6 +91,11 @@ typedef struct server_t {
 /* Set up sockets and state from s->cfg (already loaded). Returns 0, or -1
    with the reason logged. */
 int server_init(server_t *s);
+
+/* Hand every module the parts of s it uses (ingest, query, publisher):
+   call again when one of them changes (sockets, worker). server_init
+   does; a test that builds a server_t by hand calls it itself. */
+void server_wire(server_t *s);
 
 /* Run until SIGTERM/SIGINT; returns the process exit status. */
 int server_run(server_t *s);

@@ -7,6 +7,7 @@
 #include "mpr.h"
 #include "publish.h"
 #include "server.h"
+#include "snap.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -21,7 +22,7 @@
 #include <unistd.h>
 
 #define MAGIC "XPLSTATE"
-#define FORMAT 1u
+#define FORMAT SNAP_V2     /* written; SNAP_V1 files still load */
 #define HEADER 28
 
 static uint64_t
@@ -49,160 +50,104 @@ s_get_le(const uint8_t *p, int bytes)
     return v;
 }
 
-/* ---- encoding ----------------------------------------------------------- */
+/* ---- the model record ---------------------------------------------------
+   {name, seq_known, last_seq, last_ts, counters, global, epoch, epochs:
+   [{epoch, L, H, n, cls, tokens, state}]}; the global state's parts are
+   written and read by global.c (gmodel_*, gepoch_*). The first format
+   (SNAP_V1) was one 19-item array: name, seq_known, last_seq, last_ts,
+   the eight counters, the global seqs and alerts, epoch, epochs. */
 
+/* The per-model counters: stats.c's table, by name (the first format:
+   eight uints in table order). */
 static void
-s_doubles(msgpack_packer *pk, const double *x, uint32_t n)
+s_counters_save(msgpack_packer *pk, const model_t *md)
 {
-    msgpack_pack_array(pk, n);
-    for (uint32_t k = 0; k < n; k++)
-        msgpack_pack_double(pk, x[k]);
+    stats_model_save_keyed(pk, md);
+}
+
+static int
+s_counter_get(void *d, uint64_t *v)
+{
+    return snap_get_u64(d, v, "model counters");
+}
+
+static int
+s_counters_load(snap_rd_t *d, model_t *md, unsigned ver)
+{
+    if (ver == SNAP_V1)
+        return stats_model_load(md, s_counter_get, d);
+    uint32_t n;
+    if (snap_get_map(d, &n, "model counters"))
+        return -1;
+    for (uint32_t k = 0; k < n; k++) {
+        mpr_obj_t key;
+        if (snap_get_key(d, &key, "model counter"))
+            return -1;
+        uint64_t *v = stats_model_counter_ptr(md, key.v.raw.ptr, key.v.raw.len);
+        if (v ? snap_get_u64(d, v, "model counter")
+              : snap_skip(d, "model counter"))   /* a counter this daemon does not keep */
+            return -1;
+    }
+    return 0;   /* a counter the snapshot lacks starts at 0 */
 }
 
 static void
-s_enc_agg(msgpack_packer *pk, const agg_t *a)
+s_schema_save(server_t *s, msgpack_packer *pk, model_t *md, const schema_t *sc)
 {
-    msgpack_pack_array(pk, 4);
-    msgpack_pack_uint64(pk, a->count);
-    s_doubles(pk, a->mean, a->nfeat);
-    s_doubles(pk, a->m2, a->nfeat);
-    if (a->decayed)
-        s_doubles(pk, a->decayed, a->nfeat);
+    msgpack_pack_map(pk, 7);
+    snap_put_str(pk, "epoch");
+    msgpack_pack_uint32(pk, sc->epoch);
+    snap_put_str(pk, "L");
+    msgpack_pack_uint32(pk, sc->shape.L);
+    snap_put_str(pk, "H");
+    msgpack_pack_uint32(pk, sc->shape.H);
+    snap_put_str(pk, "n");
+    msgpack_pack_uint32(pk, sc->shape.n);
+    snap_put_str(pk, "cls");
+    msgpack_pack_int32(pk, sc->shape.cls);
+    snap_put_str(pk, "tokens");
+    msgpack_pack_array(pk, sc->shape.n);
+    for (uint32_t t = 0; t < sc->shape.n; t++)
+        enc_str(pk, sc->tokens[t]);
+    snap_put_str(pk, "state");
+    gepoch_t *e = global_epoch(&s->global, md, sc->epoch, false);
+    if (e)
+        gepoch_save(pk, e);
     else
         msgpack_pack_nil(pk);
 }
 
 static void
-s_enc_stat(msgpack_packer *pk, const drift_stat_t *st)
+s_model_save(server_t *s, msgpack_packer *pk, model_t *md)
 {
-    msgpack_pack_array(pk, 3);
-    enc_bool(pk, st->defined);
-    enc_bool(pk, st->alert);
-    msgpack_pack_double(pk, st->value);
-}
-
-static void
-s_enc_drift(msgpack_packer *pk, const drift_t *d)
-{
-    msgpack_pack_array(pk, 8);
-    msgpack_pack_uint32(pk, d->window);
-    msgpack_pack_uint32(pk, d->filled);
-    msgpack_pack_uint64(pk, d->closed);
-    msgpack_pack_uint8(pk, (uint8_t)d->ref_kind);
-    enc_bool(pk, d->has_last);
-    s_doubles(pk, d->sum, d->nfeat);
-    s_doubles(pk, d->last, d->nfeat);
-    s_doubles(pk, d->ref, d->nfeat);
-}
-
-static void
-s_enc_last(msgpack_packer *pk, const glast_t *l)
-{
-    if (!l->valid) {
-        msgpack_pack_nil(pk);
-        return;
-    }
-    msgpack_pack_array(pk, 8);
-    msgpack_pack_uint64(pk, l->window);
-    msgpack_pack_uint8(pk, (uint8_t)l->ref);
-    enc_bool(pk, l->compared);
-    s_enc_stat(pk, &l->spearman);
-    s_enc_stat(pk, &l->ndcg);
-    s_enc_stat(pk, &l->js);
-    enc_bool(pk, l->alert);
-    msgpack_pack_int64(pk, l->ts);
-}
-
-static void
-s_enc_epoch_state(msgpack_packer *pk, const gepoch_t *e)
-{
-    msgpack_pack_array(pk, 6);
-    msgpack_pack_uint64(pk, e->count);
-    msgpack_pack_uint64(pk, e->untracked);
-    msgpack_pack_array(pk, (size_t)__builtin_popcount(e->methods));
-    for (int m = 0; m < XM_NMETHODS; m++) {
-        if (!(e->methods & XM_BIT(m)))
-            continue;
-        msgpack_pack_array(pk, 5);
-        enc_str(pk, xm_method_name((xm_method_t)m));
-        s_enc_agg(pk, &e->all[m]);
-        s_enc_drift(pk, &e->drift[m]);
-        if (e->extref[m])
-            s_doubles(pk, e->extref[m], e->nf);
-        else
-            msgpack_pack_nil(pk);
-        s_enc_last(pk, &e->last[m]);
-    }
-    msgpack_pack_array(pk, e->nclasses);
-    for (uint32_t c = 0; c < e->nclasses; c++) {
-        msgpack_pack_array(pk, 2);
-        msgpack_pack_int64(pk, e->classes[c].target);
-        msgpack_pack_array(pk, (size_t)__builtin_popcount(e->methods));
-        for (int m = 0; m < XM_NMETHODS; m++)
-            if (e->methods & XM_BIT(m))
-                s_enc_agg(pk, &e->classes[c].agg[m]);
-    }
-    s_enc_agg(pk, &e->heads.importance);
-    s_enc_agg(pk, &e->heads.confidence);
-}
-
-static void
-s_enc_model(server_t *s, msgpack_packer *pk, model_t *md)
-{
-    gmodel_t *gm = global_model(s, md);
-    msgpack_pack_array(pk, 19);
+    gmodel_t *gm = global_model(&s->global, md);
+    gmodel_t none = {0};
+    msgpack_pack_map(pk, 8);
+    snap_put_str(pk, "name");
     enc_strn(pk, md->name, md->name_len);
+    snap_put_str(pk, "seq_known");
     enc_bool(pk, md->seq_known);
+    snap_put_str(pk, "last_seq");
     msgpack_pack_uint64(pk, md->last_seq);
+    snap_put_str(pk, "last_ts");
     msgpack_pack_int64(pk, md->last_ts);
-    uint64_t counters[] = {md->received, md->trades, md->explained, md->rejected, md->lost,
-                           md->restarts, md->xpl_seq, md->flow_counter};
-    for (size_t k = 0; k < 8; k++)
-        msgpack_pack_uint64(pk, counters[k]);
-    msgpack_pack_uint64(pk, gm ? gm->glob_seq : 0);
-    msgpack_pack_uint64(pk, gm ? gm->drift_seq : 0);
-    msgpack_pack_uint64(pk, gm ? gm->heads_seq : 0);
-    msgpack_pack_uint64(pk, gm ? gm->alerts_total : 0);
-    /* alerts, oldest first */
-    uint32_t n = gm ? gm->alerts_count : 0, kept = s->global.p.alerts_kept;
-    msgpack_pack_array(pk, n);
-    for (uint32_t k = 0; k < n; k++) {
-        const galert_t *a = &gm->alerts[(gm->alerts_next + kept - n + k) % kept];
-        msgpack_pack_array(pk, 8);
-        msgpack_pack_int64(pk, a->ts);
-        msgpack_pack_uint32(pk, a->epoch);
-        msgpack_pack_uint8(pk, a->method);
-        msgpack_pack_uint64(pk, a->window);
-        msgpack_pack_uint8(pk, (uint8_t)a->ref);
-        s_enc_stat(pk, &a->spearman);
-        s_enc_stat(pk, &a->ndcg);
-        s_enc_stat(pk, &a->js);
-    }
+    snap_put_str(pk, "counters");
+    s_counters_save(pk, md);
+    snap_put_str(pk, "global");
+    gmodel_save(pk, &s->global, gm ? gm : &none);
+    snap_put_str(pk, "epoch");
     msgpack_pack_uint32(pk, md->cur->epoch);
     /* epochs, oldest first */
     uint32_t ne = 0;
     for (int k = 0; k < MODEL_EPOCHS_KEPT; k++)
         ne += md->schemas[k] != NULL;
+    snap_put_str(pk, "epochs");
     msgpack_pack_array(pk, ne);
     uint32_t cur = md->cur->epoch;
     for (uint32_t ep = cur > MODEL_EPOCHS_KEPT ? cur - MODEL_EPOCHS_KEPT + 1 : 1; ep <= cur; ep++) {
         const schema_t *sc = model_schema(md, ep);
-        if (!sc)
-            continue;
-        msgpack_pack_array(pk, 7);
-        msgpack_pack_uint32(pk, sc->epoch);
-        msgpack_pack_uint32(pk, sc->shape.L);
-        msgpack_pack_uint32(pk, sc->shape.H);
-        msgpack_pack_uint32(pk, sc->shape.n);
-        msgpack_pack_int32(pk, sc->shape.cls);
-        msgpack_pack_array(pk, sc->shape.n);
-        for (uint32_t t = 0; t < sc->shape.n; t++)
-            enc_str(pk, sc->tokens[t]);
-        gepoch_t *e = global_epoch(s, md, ep, false);
-        if (e)
-            s_enc_epoch_state(pk, e);
-        else
-            msgpack_pack_nil(pk);
+        if (sc)
+            s_schema_save(s, pk, md, sc);
     }
 }
 
@@ -245,7 +190,7 @@ state_save(server_t *s, const char *dir)
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
     msgpack_pack_map(&pk, 4);
     enc_str(&pk, "v");
-    msgpack_pack_uint8(&pk, 1);
+    msgpack_pack_uint8(&pk, FORMAT);
     enc_str(&pk, "written_ns");
     msgpack_pack_int64(&pk, now_wall_ns());
     enc_str(&pk, "half_life");
@@ -253,7 +198,7 @@ state_save(server_t *s, const char *dir)
     enc_str(&pk, "models");
     msgpack_pack_array(&pk, s->models.count);
     for (uint32_t k = 0; k < s->models.count; k++)
-        s_enc_model(s, &pk, s->models.items[k]);
+        s_model_save(s, &pk, s->models.items[k]);
 
     uint8_t head[HEADER];
     memcpy(head, MAGIC, 8);
@@ -313,7 +258,7 @@ state_save(server_t *s, const char *dir)
     msgpack_sbuffer_destroy(&sb);
     if (err) {
         s->stats.snapshot_errors++;
-        log_limited(XR_NREASONS + 7, LOG_ERR_, "state: cannot %s snapshot %s/%s: %s (the previous "
+        log_limited(LOGK_SNAPSHOT, LOG_ERR_, "state: cannot %s snapshot %s/%s: %s (the previous "
                     "snapshot is kept)", step, dir, tmp, strerror(err));
         return -1;
     }
@@ -321,400 +266,266 @@ state_save(server_t *s, const char *dir)
     return 0;
 }
 
-/* ---- decoding ----------------------------------------------------------- */
+/* ---- decoding -----------------------------------------------------------
+   Strict: the first surprise stops the restore, named (snap.h). */
 
-/* A strict reader over our own format: every read names what it expected,
-   and the first surprise stops the restore with that name. */
-typedef struct {
-    mpr_t r;
-    const char *what;
-} rd_t;
-
+/* One epoch: its schema goes to models.c, its state to global.c. */
 static int
-s_fail(rd_t *d, const char *what)
+s_schema_load(server_t *s, snap_rd_t *d, model_t *md, uint64_t cur, unsigned ver)
 {
-    if (!d->what)
-        d->what = what;
-    return -1;
-}
-
-static int
-s_obj(rd_t *d, mpr_obj_t *o, mpr_type_t want, const char *what)
-{
-    if (mpr_next(&d->r, o) || o->type != want)
-        return s_fail(d, what);
-    return 0;
-}
-
-static int
-s_array(rd_t *d, uint32_t *count, const char *what)
-{
-    mpr_obj_t o;
-    if (s_obj(d, &o, MPR_ARRAY, what))
-        return -1;
-    *count = o.v.count;
-    return 0;
-}
-
-static int
-s_array_n(rd_t *d, uint32_t n, const char *what)
-{
-    uint32_t c;
-    if (s_array(d, &c, what) || c != n)
-        return s_fail(d, what);
-    return 0;
-}
-
-static int
-s_u64(rd_t *d, uint64_t *v, const char *what)
-{
-    mpr_obj_t o;
-    if (s_obj(d, &o, MPR_UINT, what))
-        return -1;
-    *v = o.v.u;
-    return 0;
-}
-
-static int
-s_i64(rd_t *d, int64_t *v, const char *what)
-{
-    mpr_obj_t o;
-    if (mpr_next(&d->r, &o))
-        return s_fail(d, what);
-    if (o.type == MPR_INT)
-        *v = o.v.i;
-    else if (o.type == MPR_UINT && o.v.u <= INT64_MAX)
-        *v = (int64_t)o.v.u;
-    else
-        return s_fail(d, what);
-    return 0;
-}
-
-static int
-s_bool(rd_t *d, bool *v, const char *what)
-{
-    mpr_obj_t o;
-    if (s_obj(d, &o, MPR_BOOL, what))
-        return -1;
-    *v = o.v.b;
-    return 0;
-}
-
-static int
-s_f64(rd_t *d, double *v, const char *what)
-{
-    mpr_obj_t o;
-    if (s_obj(d, &o, MPR_FLOAT, what))
-        return -1;
-    *v = o.v.f;
-    return 0;
-}
-
-/* nil, or exactly n doubles into v (which may be NULL for nil only). */
-static int
-s_doubles_in(rd_t *d, double *v, uint32_t n, bool nil_ok, bool *was_nil, const char *what)
-{
-    mpr_t save = d->r;
-    mpr_obj_t o;
-    if (mpr_next(&d->r, &o))
-        return s_fail(d, what);
-    if (o.type == MPR_NIL && nil_ok) {
-        if (was_nil)
-            *was_nil = true;
-        return 0;
-    }
-    d->r = save;
-    if (was_nil)
-        *was_nil = false;
-    if (!v || s_array_n(d, n, what))
-        return s_fail(d, what);
-    for (uint32_t k = 0; k < n; k++)
-        if (s_f64(d, &v[k], what))
+    uint64_t epoch = 0, L = 0, H = 0, n = 0;
+    int64_t cls = 0;
+    uint32_t nt = 0;
+    mpr_t tokens_at = {0}, state_at = {0};
+    if (ver == SNAP_V1) {
+        if (snap_get_array_n(d, 7, "epoch") || snap_get_u64(d, &epoch, "epoch") ||
+            snap_get_u64(d, &L, "L") || snap_get_u64(d, &H, "H") || snap_get_u64(d, &n, "n") ||
+            snap_get_i64(d, &cls, "cls"))
             return -1;
-    return 0;
-}
-
-static int
-s_str(rd_t *d, wire_sv_t *sv, const char *what)
-{
-    mpr_obj_t o;
-    if (s_obj(d, &o, MPR_STR, what))
-        return -1;
-    sv->ptr = o.v.raw.ptr;
-    sv->len = o.v.raw.len;
-    return 0;
-}
-
-static int
-s_key(rd_t *d, const char *key)
-{
-    mpr_obj_t o;
-    if (s_obj(d, &o, MPR_STR, key) || !mpr_str_eq(&o, key))
-        return s_fail(d, key);
-    return 0;
-}
-
-static int
-s_dec_agg(rd_t *d, agg_t *a, const char *what)
-{
-    bool nil;
-    if (s_array_n(d, 4, what) || s_u64(d, &a->count, what) ||
-        s_doubles_in(d, a->mean, a->nfeat, false, NULL, what) ||
-        s_doubles_in(d, a->m2, a->nfeat, false, NULL, what) ||
-        s_doubles_in(d, a->decayed, a->nfeat, true, &nil, what))
-        return -1;
-    for (uint32_t k = 0; k < a->nfeat; k++)
-        if (!(a->m2[k] >= 0))
-            return s_fail(d, what);
-    if (nil && a->decayed)   /* snapshot had no decayed mean: start it at the mean */
-        memcpy(a->decayed, a->mean, a->nfeat * sizeof(double));
-    return 0;
-}
-
-static int
-s_dec_stat(rd_t *d, drift_stat_t *st, const char *what)
-{
-    return s_array_n(d, 3, what) || s_bool(d, &st->defined, what) || s_bool(d, &st->alert, what) ||
-                   s_f64(d, &st->value, what)
-               ? -1
-               : 0;
-}
-
-static int
-s_dec_drift(rd_t *d, drift_t *dr)
-{
-    uint64_t window, filled, closed, kind;
-    bool has_last;
-    if (s_array_n(d, 8, "drift") || s_u64(d, &window, "drift window") ||
-        s_u64(d, &filled, "drift filled") || s_u64(d, &closed, "drift closed") ||
-        s_u64(d, &kind, "drift reference kind") || s_bool(d, &has_last, "drift has_last") ||
-        s_doubles_in(d, dr->sum, dr->nfeat, false, NULL, "drift sums") ||
-        s_doubles_in(d, dr->last, dr->nfeat, false, NULL, "drift last") ||
-        s_doubles_in(d, dr->ref, dr->nfeat, false, NULL, "drift reference"))
-        return -1;
-    if (kind > DRIFT_REF_EXTERNAL || filled > window)
-        return s_fail(d, "drift state");
-    dr->ref_kind = (drift_ref_t)kind;
-    dr->has_last = has_last;
-    dr->closed = closed;
-    if (window == dr->window) {
-        dr->filled = (uint32_t)filled;
+        tokens_at = d->r;
+        if (snap_skip(d, "tokens"))
+            return -1;
+        state_at = d->r;
+        if (snap_skip(d, "epoch state"))
+            return -1;
     } else {
-        /* The window size changed: the open window cannot be resumed. */
-        dr->filled = 0;
-        memset(dr->sum, 0, dr->nfeat * sizeof(double));
-    }
-    return 0;
-}
-
-static int
-s_dec_last(rd_t *d, glast_t *l)
-{
-    mpr_t save = d->r;
-    mpr_obj_t o;
-    if (mpr_next(&d->r, &o))
-        return s_fail(d, "last window");
-    if (o.type == MPR_NIL)
-        return 0;
-    d->r = save;
-    uint64_t window, ref;
-    if (s_array_n(d, 8, "last window") || s_u64(d, &window, "last window") ||
-        s_u64(d, &ref, "last window") || s_bool(d, &l->compared, "last window") ||
-        s_dec_stat(d, &l->spearman, "last window") || s_dec_stat(d, &l->ndcg, "last window") ||
-        s_dec_stat(d, &l->js, "last window") || s_bool(d, &l->alert, "last window") ||
-        s_i64(d, &l->ts, "last window") || ref > DRIFT_REF_EXTERNAL)
-        return s_fail(d, "last window");
-    l->valid = true;
-    l->window = window;
-    l->ref = (drift_ref_t)ref;
-    return 0;
-}
-
-static int
-s_dec_epoch_state(server_t *s, rd_t *d, model_t *md, uint32_t epoch)
-{
-    gepoch_t *e = global_epoch(s, md, epoch, true);
-    if (!e)
-        return s_fail(d, "epoch state (out of memory)");
-    uint32_t nm, nc;
-    if (s_array_n(d, 6, "epoch state") || s_u64(d, &e->count, "epoch count") ||
-        s_u64(d, &e->untracked, "epoch untracked") || s_array(d, &nm, "methods"))
-        return -1;
-    unsigned order[XM_NMETHODS];
-    for (uint32_t k = 0; k < nm; k++) {
-        wire_sv_t name;
-        if (k >= XM_NMETHODS || s_array_n(d, 5, "method") || s_str(d, &name, "method name"))
-            return s_fail(d, "method");
-        int m = xm_method_parse((const char *)name.ptr, name.len);
-        if (m < 0 || (e->methods & XM_BIT(m)))
-            return s_fail(d, "method name");
-        /* Create the method's state as global_add would. */
-        if (agg_init(&e->all[m], e->nf, s->global.p.half_life) ||
-            drift_init(&e->drift[m], e->nf, s->global.p.window, &s->global.p.drift))
-            return s_fail(d, "method state (out of memory)");
-        e->methods |= XM_BIT(m);
-        order[k] = (unsigned)m;
-        if (s_dec_agg(d, &e->all[m], "method aggregate") || s_dec_drift(d, &e->drift[m]))
+        enum { EPOCH = 1, FL = 2, FH = 4, FN = 8, CLS = 16, TOKENS = 32, STATE = 64 };
+        uint32_t pairs;
+        unsigned seen = 0;
+        if (snap_get_map(d, &pairs, "epoch"))
             return -1;
-        bool nil;
-        double *ref = malloc(e->nf * sizeof(double) + 1);
-        if (!ref || s_doubles_in(d, ref, e->nf, true, &nil, "external reference")) {
-            free(ref);
-            return -1;
-        }
-        if (nil)
-            free(ref);
-        else
-            e->extref[m] = ref;
-        if (s_dec_last(d, &e->last[m]))
-            return -1;
-    }
-    if (s_array(d, &nc, "target classes") || nc > s->global.p.max_targets)
-        return s_fail(d, "target classes");
-    if (nc) {
-        e->classes = calloc(nc, sizeof *e->classes);
-        if (!e->classes)
-            return s_fail(d, "target classes (out of memory)");
-        e->cap_classes = nc;
-    }
-    for (uint32_t c = 0; c < nc; c++) {
-        gclass_t *gc = &e->classes[c];
-        if (s_array_n(d, 2, "target class") || s_i64(d, &gc->target, "target") ||
-            s_array_n(d, nm, "target class aggregates"))
-            return s_fail(d, "target class");
-        e->nclasses++;
-        for (uint32_t k = 0; k < nm; k++) {
-            unsigned m = order[k];
-            if (agg_init(&gc->agg[m], e->nf, s->global.p.half_life))
-                return s_fail(d, "target class (out of memory)");
-            if (s_dec_agg(d, &gc->agg[m], "target class aggregate"))
+        for (uint32_t k = 0; k < pairs; k++) {
+            mpr_obj_t key;
+            int rc;
+            if (snap_get_key(d, &key, "epoch field"))
+                return -1;
+            if (mpr_str_eq(&key, "epoch"))
+                rc = snap_field(d, &seen, EPOCH, "epoch") || snap_get_u64(d, &epoch, "epoch");
+            else if (mpr_str_eq(&key, "L"))
+                rc = snap_field(d, &seen, FL, "L") || snap_get_u64(d, &L, "L");
+            else if (mpr_str_eq(&key, "H"))
+                rc = snap_field(d, &seen, FH, "H") || snap_get_u64(d, &H, "H");
+            else if (mpr_str_eq(&key, "n"))
+                rc = snap_field(d, &seen, FN, "n") || snap_get_u64(d, &n, "n");
+            else if (mpr_str_eq(&key, "cls"))
+                rc = snap_field(d, &seen, CLS, "cls") || snap_get_i64(d, &cls, "cls");
+            else if (mpr_str_eq(&key, "tokens"))
+                rc = snap_field(d, &seen, TOKENS, "tokens") || (tokens_at = d->r, 0) ||
+                     snap_skip(d, "tokens");
+            else if (mpr_str_eq(&key, "state"))
+                rc = snap_field(d, &seen, STATE, "epoch state") || (state_at = d->r, 0) ||
+                     snap_skip(d, "epoch state");
+            else
+                rc = snap_skip(d, "epoch field");
+            if (rc)
                 return -1;
         }
+        if (snap_fields_all(d, seen, 127u, "epoch (a field is missing)"))
+            return -1;
     }
-    if (s_dec_agg(d, &e->heads.importance, "head importance") ||
-        s_dec_agg(d, &e->heads.confidence, "head confidence"))
+    mpr_t after = d->r;
+    d->r = tokens_at;
+    if (snap_get_array(d, &nt, "tokens"))
         return -1;
+    if (epoch == 0 || epoch > UINT32_MAX || L == 0 || H == 0 || n == 0 || nt != n ||
+        n > 65536 || L > 65536 || H > 65536 || cls < -1 || cls >= (int64_t)n)
+        return snap_fail(d, "epoch schema");
+    wire_sv_t *tokens = malloc(n * sizeof *tokens);
+    if (!tokens)
+        return snap_fail(d, "epoch schema (out of memory)");
+    for (uint32_t t = 0; t < nt; t++)
+        if (snap_get_str(d, &tokens[t].ptr, &tokens[t].len, "token")) {
+            free(tokens);
+            return -1;
+        }
+    xm_shape_t shape = {(uint32_t)L, (uint32_t)H, (uint32_t)n, (int32_t)cls};
+    int rc = model_restore_schema(md, (uint32_t)epoch, &shape, tokens, epoch == cur);
+    free(tokens);
+    if (rc)
+        return snap_fail(d, "epoch schema");
+    d->r = state_at;
+    if (!snap_get_nil(d)) {
+        gepoch_t *e = global_epoch(&s->global, md, (uint32_t)epoch, true);
+        if (!e)
+            return snap_fail(d, "epoch state (out of memory)");
+        if (gepoch_load(d, &s->global, e, ver))
+            return -1;
+    }
+    d->r = after;
     return 0;
 }
 
 static int
-s_dec_model(server_t *s, rd_t *d)
+s_epochs_load(server_t *s, snap_rd_t *d, model_t *md, uint64_t cur, unsigned ver)
+{
+    uint32_t ne;
+    if (snap_get_array(d, &ne, "epochs"))
+        return -1;
+    for (uint32_t k = 0; k < ne; k++)
+        if (s_schema_load(s, d, md, cur, ver))
+            return -1;
+    if (!md->cur || md->cur->epoch != cur)   /* every model has a current schema */
+        return snap_fail(d, "current epoch");
+    return 0;
+}
+
+/* The name, and a fresh model and global model under it. */
+static model_t *
+s_model_new(server_t *s, snap_rd_t *d, gmodel_t **gm)
 {
     wire_sv_t name;
-    if (s_array_n(d, 19, "model") || s_str(d, &name, "model name"))
-        return -1;
-    if (!wire_model_name_ok(name.ptr, name.len) || models_find(&s->models, name.ptr, name.len))
-        return s_fail(d, "model name");
+    if (snap_get_str(d, &name.ptr, &name.len, "model name"))
+        return NULL;
+    if (!wire_model_name_ok(name.ptr, name.len) || models_find(&s->models, name.ptr, name.len)) {
+        snap_fail(d, "model name");
+        return NULL;
+    }
     model_t *md = models_add(&s->models, name.ptr, name.len);
-    if (!md)
-        return s_fail(d, "model (table full: raise ingest.max_models)");
-    gmodel_t *gm = global_model(s, md);
-    if (!gm)
-        return s_fail(d, "model (out of memory)");
-    uint64_t *counters[] = {&md->received, &md->trades, &md->explained, &md->rejected, &md->lost,
-                            &md->restarts, &md->xpl_seq, &md->flow_counter,
-                            &gm->glob_seq, &gm->drift_seq, &gm->heads_seq, &gm->alerts_total};
-    if (s_bool(d, &md->seq_known, "seq_known") || s_u64(d, &md->last_seq, "last_seq") ||
-        s_i64(d, &md->last_ts, "last_ts"))
-        return -1;
-    for (size_t k = 0; k < sizeof counters / sizeof *counters; k++)
-        if (s_u64(d, counters[k], "model counters"))
-            return -1;
-    uint32_t na;
-    if (s_array(d, &na, "alerts"))
-        return -1;
-    uint32_t kept = s->global.p.alerts_kept;
-    for (uint32_t k = 0; k < na; k++) {
-        galert_t a;
-        uint64_t epoch, method, window, ref;
-        if (s_array_n(d, 8, "alert") || s_i64(d, &a.ts, "alert") || s_u64(d, &epoch, "alert") ||
-            s_u64(d, &method, "alert") || s_u64(d, &window, "alert") || s_u64(d, &ref, "alert") ||
-            s_dec_stat(d, &a.spearman, "alert") || s_dec_stat(d, &a.ndcg, "alert") ||
-            s_dec_stat(d, &a.js, "alert") || method >= XM_NMETHODS || ref > DRIFT_REF_EXTERNAL)
-            return s_fail(d, "alert");
-        a.epoch = (uint32_t)epoch;
-        a.method = (uint8_t)method;
-        a.window = window;
-        a.ref = (drift_ref_t)ref;
-        if (kept) {   /* keep the newest `kept` when the limit shrank */
-            gm->alerts[gm->alerts_next] = a;
-            gm->alerts_next = (gm->alerts_next + 1) % kept;
-            if (gm->alerts_count < kept)
-                gm->alerts_count++;
-        }
+    if (!md) {
+        snap_fail(d, "model (table full: raise ingest.max_models)");
+        return NULL;
     }
-    uint64_t cur;
-    uint32_t ne;
-    if (s_u64(d, &cur, "current epoch") || s_array(d, &ne, "epochs"))
-        return -1;
-    for (uint32_t k = 0; k < ne; k++) {
-        uint64_t epoch, L, H, n;
-        int64_t cls;
-        uint32_t nt;
-        if (s_array_n(d, 7, "epoch") || s_u64(d, &epoch, "epoch") || s_u64(d, &L, "L") ||
-            s_u64(d, &H, "H") || s_u64(d, &n, "n") || s_i64(d, &cls, "cls") ||
-            s_array(d, &nt, "tokens"))
-            return -1;
-        if (epoch == 0 || epoch > UINT32_MAX || L == 0 || H == 0 || n == 0 || nt != n ||
-            n > 65536 || L > 65536 || H > 65536 || cls < -1 || cls >= (int64_t)n)
-            return s_fail(d, "epoch schema");
-        wire_sv_t *tokens = malloc(n * sizeof *tokens);
-        if (!tokens)
-            return s_fail(d, "epoch schema (out of memory)");
-        for (uint32_t t = 0; t < nt; t++)
-            if (s_str(d, &tokens[t], "token")) {
-                free(tokens);
-                return -1;
-            }
-        xm_shape_t shape = {(uint32_t)L, (uint32_t)H, (uint32_t)n, (int32_t)cls};
-        int rc = model_restore_schema(md, (uint32_t)epoch, &shape, tokens, epoch == cur);
-        free(tokens);
-        if (rc)
-            return s_fail(d, "epoch schema");
-        mpr_t save = d->r;
-        mpr_obj_t o;
-        if (mpr_next(&d->r, &o))
-            return s_fail(d, "epoch state");
-        if (o.type != MPR_NIL) {
-            d->r = save;
-            if (s_dec_epoch_state(s, d, md, (uint32_t)epoch))
-                return -1;
-        }
+    if (!(*gm = global_model(&s->global, md))) {
+        snap_fail(d, "model (out of memory)");
+        return NULL;
     }
-    if (!md->cur || md->cur->epoch != cur)   /* every model has a current schema */
-        return s_fail(d, "current epoch");
-    return 0;
+    return md;
 }
 
 static int
-s_decode(server_t *s, const uint8_t *p, size_t n, const char **why)
+s_model_load_v1(server_t *s, snap_rd_t *d)
 {
-    rd_t d = {.what = NULL};
-    mpr_init(&d.r, p, n);
-    mpr_obj_t o;
-    uint32_t nm;
-    double half_life;
+    gmodel_t *gm;
+    model_t *md;
+    uint64_t cur;
+    if (snap_get_array_n(d, 19, "model") || !(md = s_model_new(s, d, &gm)) ||
+        snap_get_bool(d, &md->seq_known, "seq_known") ||
+        snap_get_u64(d, &md->last_seq, "last_seq") || snap_get_i64(d, &md->last_ts, "last_ts") ||
+        s_counters_load(d, md, SNAP_V1) || gmodel_load(d, &s->global, gm, SNAP_V1) ||
+        snap_get_u64(d, &cur, "current epoch"))
+        return -1;
+    return s_epochs_load(s, d, md, cur, SNAP_V1);
+}
+
+/* Keyed: the name first (everything else hangs off the model), the rest
+   in any order once it exists. */
+static int
+s_model_load(server_t *s, snap_rd_t *d, unsigned ver)
+{
+    if (ver == SNAP_V1)
+        return s_model_load_v1(s, d);
+    enum { F_NAME, F_SEQ_KNOWN, F_LAST_SEQ, F_LAST_TS, F_COUNTERS, F_GLOBAL, F_EPOCH, F_EPOCHS, NF };
+    static const char *const names[NF] = {"name", "seq_known", "last_seq", "last_ts",
+                                          "counters", "global", "epoch", "epochs"};
+    mpr_t at[NF];
+    unsigned seen = 0;
+    uint32_t pairs;
+    if (snap_get_map(d, &pairs, "model"))
+        return -1;
+    for (uint32_t k = 0; k < pairs; k++) {
+        mpr_obj_t key;
+        if (snap_get_key(d, &key, "model field"))
+            return -1;
+        int f = 0;
+        while (f < NF && !mpr_str_eq(&key, names[f]))
+            f++;
+        if (f < NF && snap_field(d, &seen, 1u << f, names[f]))
+            return -1;
+        if (f < NF)
+            at[f] = d->r;
+        if (snap_skip(d, "model field"))
+            return -1;
+    }
+    if (snap_fields_all(d, seen, (1u << NF) - 1, "model (a field is missing)"))
+        return -1;
+    mpr_t after = d->r;
+    gmodel_t *gm;
+    model_t *md;
+    uint64_t cur;
+    d->r = at[F_NAME];
+    if (!(md = s_model_new(s, d, &gm)))
+        return -1;
+    d->r = at[F_SEQ_KNOWN];
+    if (snap_get_bool(d, &md->seq_known, "seq_known"))
+        return -1;
+    d->r = at[F_LAST_SEQ];
+    if (snap_get_u64(d, &md->last_seq, "last_seq"))
+        return -1;
+    d->r = at[F_LAST_TS];
+    if (snap_get_i64(d, &md->last_ts, "last_ts"))
+        return -1;
+    d->r = at[F_COUNTERS];
+    if (s_counters_load(d, md, ver))
+        return -1;
+    d->r = at[F_GLOBAL];
+    if (gmodel_load(d, &s->global, gm, ver))
+        return -1;
+    d->r = at[F_EPOCH];
+    if (snap_get_u64(d, &cur, "current epoch"))
+        return -1;
+    d->r = at[F_EPOCHS];
+    if (s_epochs_load(s, d, md, cur, ver))
+        return -1;
+    d->r = after;
+    return 0;
+}
+
+/* {v, written_ns, half_life, models}; v is the header's format. */
+static int
+s_decode(server_t *s, const uint8_t *p, size_t n, unsigned ver, const char **why)
+{
+    snap_rd_t d;
+    snap_rd_init(&d, p, n);
+    uint32_t pairs, nm = 0;
+    unsigned seen = 0;
+    uint64_t v = 0;
+    double half_life = 0;
     int64_t written;
-    if (s_obj(&d, &o, MPR_MAP, "payload map") || o.v.count != 4 || s_key(&d, "v") ||
-        s_obj(&d, &o, MPR_UINT, "v") || o.v.u != 1 || s_key(&d, "written_ns") ||
-        s_i64(&d, &written, "written_ns") || s_key(&d, "half_life") ||
-        s_f64(&d, &half_life, "half_life") || s_key(&d, "models") || s_array(&d, &nm, "models")) {
-        *why = d.what;
+    mpr_t models_at = {0};
+    enum { V = 1, WRITTEN = 2, HALF_LIFE = 4, MODELS = 8 };
+    if (snap_get_map(&d, &pairs, "payload map"))
+        goto fail;
+    for (uint32_t k = 0; k < pairs; k++) {
+        mpr_obj_t key;
+        int rc;
+        if (snap_get_key(&d, &key, "payload field"))
+            goto fail;
+        if (mpr_str_eq(&key, "v"))
+            rc = snap_field(&d, &seen, V, "v") || snap_get_u64(&d, &v, "v") ||
+                 (v != ver && snap_fail(&d, "v (not the header's format version)"));
+        else if (mpr_str_eq(&key, "written_ns"))
+            rc = snap_field(&d, &seen, WRITTEN, "written_ns") ||
+                 snap_get_i64(&d, &written, "written_ns");
+        else if (mpr_str_eq(&key, "half_life"))
+            rc = snap_field(&d, &seen, HALF_LIFE, "half_life") ||
+                 snap_get_f64(&d, &half_life, "half_life");
+        else if (mpr_str_eq(&key, "models"))
+            rc = snap_field(&d, &seen, MODELS, "models") || (models_at = d.r, 0) ||
+                 snap_skip(&d, "models");
+        else
+            rc = snap_skip(&d, "payload field");
+        if (rc)
+            goto fail;
+    }
+    if (snap_fields_all(&d, seen, 15u, "payload map (a field is missing)"))
+        goto fail;
+    if (mpr_left(&d.r)) {
+        *why = "bytes after the payload";
         return -1;
     }
     if (half_life != s->global.p.half_life)
         log_notice("state: snapshot used half-life %g, now %g: decayed means continue with the new one",
                    half_life, s->global.p.half_life);
+    d.r = models_at;
+    if (snap_get_array(&d, &nm, "models"))
+        goto fail;
     for (uint32_t k = 0; k < nm; k++)
-        if (s_dec_model(s, &d)) {
-            *why = d.what;
-            return -1;
-        }
-    if (mpr_left(&d.r)) {
-        *why = "bytes after the payload";
-        return -1;
-    }
+        if (s_model_load(s, &d, ver))
+            goto fail;
     return 0;
+fail:
+    *why = d.why;
+    return -1;
 }
 
 /* Forget everything a failed restore may have put in place. */
@@ -812,6 +623,7 @@ state_load(server_t *s, const char *dir)
         why = "a symbolic link, not a snapshot file";
     }
     uint8_t head[HEADER];
+    unsigned ver = 0;
     uint8_t *payload = NULL;
     uint64_t len = 0;
     struct stat st;
@@ -826,7 +638,7 @@ state_load(server_t *s, const char *dir)
         why = "truncated header";
     else if (memcmp(head, MAGIC, 8) != 0)
         why = "not an xplaind snapshot (bad magic)";
-    else if (s_get_le(head + 8, 4) != FORMAT)
+    else if ((ver = (unsigned)s_get_le(head + 8, 4)) != SNAP_V1 && ver != SNAP_V2)
         why = "unknown snapshot format version";
     else if ((len = s_get_le(head + 12, 8)) != (uint64_t)st.st_size - HEADER)
         why = "truncated (payload length does not match the file size)";
@@ -838,7 +650,7 @@ state_load(server_t *s, const char *dir)
         fclose(f);
     else if (fd >= 0)
         close(fd);
-    if (!why && s_decode(s, payload, len, &why) == 0) {
+    if (!why && s_decode(s, payload, len, ver, &why) == 0) {
         free(payload);
         close(dfd);
         uint64_t explained = 0;

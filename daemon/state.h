@@ -12,7 +12,18 @@
     so a crash leaves either the old snapshot or the new one, never a
     torn file. A snapshot that fails any check on load is reported,
     renamed to state.msgpack.corrupt-<unix time>, and the daemon starts
-    fresh.  */
+    fresh.
+
+    This file is only that container and the model record that ties a
+    model's schemas (models.c) to its global state. Every other record
+    is written and read by its owner, keyed by field names (core/snap.h):
+    agg_save/agg_load, drift_save/drift_load, gepoch_save/gepoch_load and
+    gmodel_save/gmodel_load (global.c). Format 2 (written now) is keyed
+    maps throughout; format 1, the first daemon's positional arrays,
+    still loads through the same functions (SNAP_V1), and the next save
+    writes it as format 2. The payload is {v, written_ns, half_life,
+    models: [{name, seq_known, last_seq, last_ts, counters, global,
+    epoch, epochs: [{epoch, L, H, n, cls, tokens, state}]}]}.  */
 #ifndef XPLD_STATE_H
 #define XPLD_STATE_H
 

@@ -7,8 +7,11 @@
 #ifndef XPLD_STATS_H
 #define XPLD_STATS_H
 
+#include "models.h"
 #include "wire.h"
 
+#include <msgpack.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define HIST_BUCKETS 976     /* 32 exact + 16 per octave up to 2^64 */
@@ -51,6 +54,85 @@ typedef struct {
 } stats_t;
 
 void stats_init(stats_t *s);
+
+/* ---- the counters, listed once -------------------------------------------
+
+   Every daemon-wide counter is a row of stats_counters: where its value
+   lives, its key in the `stats` reply's "counters" map, its Prometheus
+   family and help text. The stats reply (stats_pack_counters) and the
+   metrics exposition walk this table, so a counter is added in one place.
+   Rows are in the order of the stats reply. A labelled row is an array of
+   counters (one per label value): `name_<label>` keys in the stats reply,
+   one family with a `label` label in the metrics. Most live in stats_t;
+   the cache's and the ZAP handler's live with their owners. */
+typedef enum { STATS_SRC_STATS = 0, STATS_SRC_CACHE, STATS_SRC_AUTH } stats_src_t;
+
+/* The counters' owners: stats_t, cache_t, auth_t; a NULL owner's
+   counters read 0. */
+typedef struct {
+    const stats_t *stats;
+    const void *cache;      /* const cache_t * */
+    const void *auth;       /* const auth_t * */
+} stats_view_t;
+
+typedef struct {
+    const char *name;       /* key in the stats reply's counters, NULL: not there */
+    const char *metric;     /* counter family after "xplaind_", NULL: not exported */
+    const char *help;
+    stats_src_t src;
+    size_t offset;          /* of its uint64_t (labelled: uint64_t[]) in the owner */
+    const char *label;      /* label of a labelled row, NULL: one value */
+    const char *(*label_name)(int k);
+    int first, end;         /* label indices [first, end) */
+} stats_counter_t;
+
+extern const stats_counter_t stats_counters[];
+extern const size_t stats_ncounters;
+
+/* Value of a row (of label index k, for a labelled row). */
+uint64_t stats_counter_value(const stats_counter_t *c, const stats_view_t *v, int k);
+
+/* The stats reply's "counters" map. */
+void stats_pack_counters(msgpack_packer *pk, const stats_view_t *v);
+
+/* Per-model counters (model_t), listed once the same way: the models and
+   stats replies' model entries (the rows with a name), the per-model
+   metric families (the rows with a metric) and the snapshot (every row,
+   in this order) walk this table. */
+typedef struct {
+    const char *key;        /* key in a snapshot's model counters (the field's name) */
+    const char *name;       /* key in a model's entry, NULL: not there */
+    const char *metric;     /* counter family after "xplaind_" (label model), NULL: none */
+    const char *help;
+    size_t offset;          /* of its uint64_t in model_t */
+} stats_model_counter_t;
+
+extern const stats_model_counter_t stats_model_counters[];
+extern const size_t stats_nmodel_counters;
+
+static inline uint64_t
+stats_model_value(const stats_model_counter_t *c, const model_t *md)
+{
+    return *(const uint64_t *)((const char *)md + c->offset);
+}
+
+/* Rows with a name (the pairs stats_pack_model writes). */
+uint32_t stats_model_named(void);
+void stats_pack_model(msgpack_packer *pk, const model_t *md);
+
+/* A model's counters in a snapshot, keyed: a map {key: uint64} of every
+   row, in table order. A loader reading such a map stores each value
+   through stats_model_counter_ptr (NULL: a counter this daemon does not
+   keep, to be skipped; a counter the snapshot lacks stays 0). */
+void stats_model_save_keyed(msgpack_packer *pk, const model_t *md);
+uint64_t *stats_model_counter_ptr(model_t *md, const void *key, size_t len);
+
+/* The first snapshot format: every row as a bare uint64, in table order
+   (the order must not change). Load reads them back through `get` (a
+   reader of the snapshot's next uint64; nonzero: fail) and returns 0 or
+   get's failure. */
+void stats_model_save(msgpack_packer *pk, const model_t *md);
+int stats_model_load(model_t *md, int (*get)(void *rd, uint64_t *v), void *rd);
 
 /* Record one trade's latency (ns): the histogram and the Prometheus
    buckets. */

@@ -7,7 +7,7 @@ set -eu
 
 BUILD="cmake make gcc pkg-config libc6-dev libzmq3-dev libmsgpack-dev libopenblas-dev
        libinih-dev libsystemd-dev libmicrohttpd-dev"
-TEST="libcriterion-dev groff-base man-db python3 python3-zmq python3-msgpack python3-numpy python3-networkx
+TEST="libcriterion-dev groff-base man-db python3 python3-pytest python3-zmq python3-msgpack python3-numpy python3-networkx
       python3-torch python3-sklearn python3-hypothesis python3-venv python3-pip python3-setuptools
       python3-wheel python3-yaml chromium clang-14 libclang-rt-14-dev llvm-14 systemd
       prometheus prometheus-alertmanager"

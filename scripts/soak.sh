@@ -1,5 +1,5 @@
 #!/bin/sh
-# Soak test of ISSUE 5 (not part of the default test run): a real xplaind
+# Soak test (not part of the default test run): a real xplaind
 # fed at a fixed fraction (80%) of its measured maximum rate for 10 minutes,
 # with a subscriber of every explanation attached and durable state on,
 # reporting every INTERVAL seconds the daemon's RSS, messages sent /

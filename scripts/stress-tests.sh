@@ -7,7 +7,10 @@
 #                           [--hog] [--logs DIR] [--stop-on-fail]
 #
 #   -n RUNS        runs per build directory (default 10)
-#   -R REGEX       only the tests whose name matches (ctest -R); default all
+#   -R REGEX       only the tests whose name matches (ctest -R); default all.
+#                  C unit tests are named test_<module>, Python cases by
+#                  their pytest node id (e2e/test_e2e_curve.py::test_curve),
+#                  so a file's name picks all its cases
 #   -E REGEX       leave out the tests whose name matches (ctest -E)
 #   -b BUILD       a configured and built build directory (repeatable;
 #                  default build); for the sanitizer build the ASan/UBSan
@@ -45,7 +48,7 @@ while [ $# -gt 0 ]; do
     --hog) HOG=1; shift ;;
     --logs) LOGS=$2; shift 2 ;;
     --stop-on-fail) STOP=1; shift ;;
-    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "stress-tests.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -125,10 +128,10 @@ echo
 echo "== failures per test ($RUNS runs per build; hog: $([ "$HOG" = 1 ] && echo on || echo off))"
 awk '{ key = $1 " " $2; runs[key]++; if ($3 != "Passed") { fails[key]++; how[key] = how[key] " " $3 } }
      END {
-         printf "%-12s %-32s %5s %5s  %s\n", "build", "test", "runs", "fails", "how"
+         printf "%-12s %-64s %5s %5s  %s\n", "build", "test", "runs", "fails", "how"
          for (k in runs) {
              split(k, p, " ")
-             printf "%-12s %-32s %5d %5d %s\n", p[1], p[2], runs[k], fails[k], how[k]
+             printf "%-12s %-64s %5d %5d %s\n", p[1], p[2], runs[k], fails[k], how[k]
          }
      }' "$TALLY" | { read -r head; echo "$head"; sort -k4,4nr -k1,1 -k2,2; }
 echo

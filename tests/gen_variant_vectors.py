@@ -1,7 +1,7 @@
 """Write tests/vectors/variants.{json,msgpack}: the variants of MATH.md
 ("Variants asked for by users of the published tools") computed by the
 numpy reference (tests/ref.py), for test_variants.c to check both the C
-reference (tests/ref.c) and the library against.
+reference (tests/unit/ref.c) and the library against.
 
 The inputs are float32 values (what the library sees); some cases are
 quantized to multiples of 1/16 so that the discard ratio meets ties.

@@ -1,4 +1,4 @@
-"""Independent float64 reference of ../shared/MATH.md, in numpy.
+"""Independent float64 reference of core/MATH.md, in numpy.
 
 Written from the definitions, full matrices everywhere (no row-vector
 shortcuts), so that it shares no structure with the C library it checks.

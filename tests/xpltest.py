@@ -2,10 +2,13 @@
 endpoints in a temporary directory, talk to it with plain pyzmq + msgpack
 (no project code), and stop it, checking that it exits cleanly.
 
-Run by Debian's /usr/bin/python3 (python3-zmq, python3-msgpack, python3-numpy).
+Run by Debian's /usr/bin/python3 (python3-zmq, python3-msgpack, python3-numpy),
+under pytest: tests/conftest.py turns these helpers into fixtures (daemon,
+free_port, ...) and adds the watchdog. Importing this module starts
+nothing, so that a helper process (test_install's sandbox child) can use
+it too.
 """
 import ctypes
-import faulthandler
 import os
 import random
 import shutil
@@ -21,45 +24,37 @@ import msgpack
 import numpy as np
 import zmq
 
-BUILD = os.environ.get("XPL_BUILD_DIR") or os.path.join(os.path.dirname(__file__), "..", "build")
-SOURCE = os.environ.get("XPL_SOURCE_DIR") or os.path.join(os.path.dirname(__file__), "..")
+HERE = os.path.dirname(os.path.abspath(__file__))
+BUILD = os.environ.get("XPL_BUILD_DIR") or os.path.join(HERE, "..", "build")
+SOURCE = os.environ.get("XPL_SOURCE_DIR") or os.path.join(HERE, "..")
 XPLAIND = os.path.join(BUILD, "daemon", "xplaind")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ref  # noqa: E402  (the float64 reference of MATH.md)
 
-# Watchdog: a test that is still running after XPL_TEST_WATCHDOG seconds
-# (default 300; the slowest test takes about 45 s under ASan) prints the
-# stack of every thread and exits 1, long before ctest's own timeout kills
-# it without a word. Daemons it started die with it (see _die_with_parent).
-faulthandler.dump_traceback_later(float(os.environ.get("XPL_TEST_WATCHDOG", "300")), exit=True)
-
-# Every daemon a test started, and an excepthook that prints the end of
-# the logs of the last three when the test fails: CI shows only the
-# test's own output.
-_started = []
+# Every daemon started in this process: conftest.py appends the end of the
+# logs of the last three to a failing test's report (CI shows only the
+# test's own output), and kills those a test left running.
+started = []
 
 
-def _print_daemon_logs(kind, value, tb):
-    _prev_excepthook(kind, value, tb)
-    if len(_started) > 3:
-        print(f"--- ({len(_started) - 3} earlier daemons of this test not shown)", file=sys.stderr)
-    for d in _started[-3:]:
+def daemon_logs(last=3, lines=80):
+    """The end of the logs of the last `last` daemons started, as text."""
+    out = []
+    if len(started) > last:
+        out.append(f"--- ({len(started) - last} earlier daemons of this run not shown)")
+    for d in started[-last:]:
         try:
-            lines = d.stderr().splitlines()
+            text = d.stderr().splitlines()
         except OSError as e:
-            lines = [f"(log unreadable: {e})"]
+            text = [f"(log unreadable: {e})"]
         state = "running" if d.proc.poll() is None else f"exit {d.proc.returncode}"
-        print(f"--- xplaind pid {d.proc.pid} ({state}): {' '.join(d.cmd[1:])}", file=sys.stderr)
-        if len(lines) > 80:
-            print(f"    ({len(lines) - 80} earlier lines left out)", file=sys.stderr)
-        for line in lines[-80:]:
-            print("    " + line, file=sys.stderr)
-    sys.stderr.flush()
+        out.append(f"--- xplaind pid {d.proc.pid} ({state}): {' '.join(d.cmd[1:])}")
+        if len(text) > lines:
+            out.append(f"    ({len(text) - lines} earlier lines left out)")
+        out += ["    " + line for line in text[-lines:]]
+    return "\n".join(out)
 
-
-_prev_excepthook = sys.excepthook
-sys.excepthook = _print_daemon_logs
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1
@@ -114,7 +109,7 @@ class Daemon:
         # preexec_fn: e.g. resource limits for the daemon alone (fault tests).
         self.proc = subprocess.Popen(cmd, stderr=self.log, stdout=self.log,
                                      preexec_fn=_die_with_parent(preexec_fn))
-        _started.append(self)
+        started.append(self)
         self.ctx = zmq.Context()
         self.req = None
         self._wait_ready()

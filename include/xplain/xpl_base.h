@@ -21,7 +21,7 @@ extern "C" {
 /* Version of the wire contract this library speaks. */
 #define XPL_WIRE_VERSION 1
 
-/* Default endpoints of the daemon (PROTOCOL.md, proto/README.md). */
+/* Default endpoints of the daemon (proto/README.md). */
 #define XPL_DEFAULT_SUB_ENDPOINT "tcp://127.0.0.1:5557"
 #define XPL_DEFAULT_QUERY_ENDPOINT "tcp://127.0.0.1:5558"
 
@@ -41,8 +41,10 @@ typedef enum {
     XPL_ENOT_FOUND = 10,        /* daemon: "not_found" (trade, method, target) */
     XPL_EBAD_ARGUMENT = 11,     /* daemon: "bad_argument" */
     XPL_ESERVER = 12,           /* daemon: ok false with another code */
-    XPL_ECERT = 13              /* a CURVE certificate file cannot be read or
+    XPL_ECERT = 13,             /* a CURVE certificate file cannot be read or
                                    written, or is not what is needed */
+    XPL_EINTERNAL = 14          /* daemon: "internal" (it ran out of memory;
+                                   the same request may succeed later) */
 } xpl_errno_t;
 
 /* Code of the last error in the calling thread (XPL_OK when none yet). */

@@ -11,7 +11,8 @@
     Errors: every call returns -1 (or NULL) with xpl_errno() telling why:
     XPL_ETIMEOUT when no reply came in time (daemon down or unreachable),
     the daemon's own error (XPL_EUNKNOWN_MODEL, XPL_ENOT_FOUND,
-    XPL_EBAD_REQUEST, XPL_EUNKNOWN_OP, XPL_EBAD_ARGUMENT, XPL_ESERVER)
+    XPL_EBAD_REQUEST, XPL_EUNKNOWN_OP, XPL_EBAD_ARGUMENT, XPL_EINTERNAL,
+    XPL_ESERVER)
     with its readable sentence in xpl_strerror(), XPL_EPROTO for a reply
     that does not follow the contract, XPL_EINTR when a signal came.
 

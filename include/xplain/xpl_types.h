@@ -20,7 +20,7 @@
 extern "C" {
 #endif
 
-/* Tensor element types of the wire (PROTOCOL.md: dtype). */
+/* Tensor element types of the wire (proto/ingest.md: dtype). */
 typedef enum { XPL_F32 = 0, XPL_F16 = 1, XPL_BF16 = 2 } xpl_dtype_t;
 
 /* A trade id: a string or an unsigned integer, as it was ingested. */

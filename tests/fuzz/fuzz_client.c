@@ -504,7 +504,7 @@ static void
 s_failed(void)
 {
     int e = xpl_errno();
-    REQUIRE(e == XPL_EPROTO || e == XPL_ESERVER
+    REQUIRE(e == XPL_EPROTO || e == XPL_ESERVER || e == XPL_EINTERNAL
             || (e >= XPL_EBAD_REQUEST && e <= XPL_EBAD_ARGUMENT));
     REQUIRE(xpl_strerror()[0] != '\0');
 }

@@ -118,14 +118,8 @@ s_ingest(const char *model, uint64_t seq, uint32_t L, uint32_t H, uint32_t n, in
 
     char topic[80];
     int tl = snprintf(topic, sizeof topic, "attn/%s", model);
-    zmq_msg_t parts[2];
-    zmq_msg_init_size(&parts[0], (size_t)tl);
-    memcpy(zmq_msg_data(&parts[0]), topic, (size_t)tl);
-    zmq_msg_init_size(&parts[1], sb.size);
-    memcpy(zmq_msg_data(&parts[1]), sb.data, sb.size);
-    ingest_handle(&s_srv, parts, 2, now_mono_ns());
-    zmq_msg_close(&parts[0]);
-    zmq_msg_close(&parts[1]);
+    ingest_frame_t parts[2] = {{topic, (size_t)tl}, {sb.data, sb.size}};
+    ingest_handle(&s_srv.ingest, parts, 2, now_mono_ns());
     free(a);
     free(g);
     msgpack_sbuffer_destroy(&sb);
@@ -148,20 +142,18 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
     wire_limits_default(&lim);
     wire_decoder_init(&s->dec, &lim);
     stats_init(&s->stats);
-    msgpack_sbuffer_init(&s->pbuf);
-    msgpack_packer_init(&s->ppk, &s->pbuf, msgpack_sbuffer_write);
-    msgpack_sbuffer_init(&s->qbuf);
-    msgpack_packer_init(&s->qpk, &s->qbuf, msgpack_sbuffer_write);
+    publisher_init(&s->publisher, &s->stats, NULL, NULL, NULL);
     s->sigfd = -1;
     xm_blas_single_thread();
     global_params_t gp = {.half_life = (double)c->half_life, .window = (uint32_t)c->drift_window,
                           .max_targets = (uint32_t)c->max_targets,
                           .alerts_kept = (uint32_t)c->alerts_kept};
-    REQUIRE((s->work = xm_work_new()) && (s->qflow = flow_work_new()));
+    REQUIRE((s->work = xm_work_new()) && query_init(&s->query) == 0);
     REQUIRE(models_init(&s->models, (uint32_t)c->max_models) == 0);
     REQUIRE(global_init(&s->global, (uint32_t)c->max_models, &gp) == 0);
     REQUIRE(cache_init(&s->cache, (uint32_t)c->cache_entries, (size_t)c->cache_mb << 20) == 0);
     server_apply_options(s);
+    server_wire(s);
 
     /* m1, epoch 1: n = 5 with CLS, gradients; 24 trades close windows,
        the shift half-way raises alerts. */
@@ -194,21 +186,21 @@ static bool
 s_known_code(const mpr_obj_t *o)
 {
     static const char *codes[] = {"bad_request", "unknown_op", "unknown_model", "not_found",
-                                  "bad_argument"};
+                                  "bad_argument", "internal"};
     for (size_t k = 0; k < sizeof codes / sizeof *codes; k++)
         if (mpr_str_eq(o, codes[k]))
             return true;
     return false;
 }
 
-/* The reply in s->qbuf is one map with v: 1, ok, and code/error when not ok. */
+/* The reply in s->query.buf is one map with v: 1, ok, and code/error when not ok. */
 static void
 s_check_reply(const server_t *s)
 {
     mpr_t r;
     mpr_obj_t o;
-    mpr_init(&r, s->qbuf.data, s->qbuf.size);
-    REQUIRE(s->qbuf.size > 0);
+    mpr_init(&r, s->query.buf.data, s->query.buf.size);
+    REQUIRE(s->query.buf.size > 0);
     mpr_t all = r;
     REQUIRE(mpr_skip(&all, 63) == MPR_OK && mpr_left(&all) == 0);
     REQUIRE(mpr_next(&r, &o) == MPR_OK && o.type == MPR_MAP);
@@ -245,7 +237,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     server_t *s = &s_srv;
     uint64_t before = s->stats.queries;
-    query_handle(s, data, size);
+    query_handle(&s->query, data, size);
     REQUIRE(s->stats.queries == before + 1);
     s_check_reply(s);
     return 0;

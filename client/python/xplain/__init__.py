@@ -32,7 +32,7 @@ from .clone import GlobalView
 from .launch import Daemon, find_xplaind, free_tcp_endpoint
 from .curve import CertificateError, Curve, load_certificate
 
-# The package version, and the daemon's: tests/test_python_package.py
+# The package version, and the daemon's: tests/py/test_python_package.py
 # checks it equals project(xplain VERSION ...) in the top CMakeLists.txt.
 # pyproject.toml reads it from here.
 __version__ = "0.1.0"

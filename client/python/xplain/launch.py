@@ -8,7 +8,7 @@
 The daemon binds its ingest SUB, PUB and query ROUTER on ipc:// endpoints
 in a private temporary directory (or on the endpoints given), so nothing
 collides with another instance; it runs in the foreground as a child
-process (the operator contract of PROTOCOL.md section 5) and is stopped
+process (as README.md, "Running the daemon", describes) and is stopped
 with SIGTERM, then SIGKILL, on stop() or at exit of the `with` block.
 """
 import os

@@ -26,7 +26,8 @@ class QueryError(XplainError):
     """The daemon answered `ok: false`.
 
     code   the contract's error code (bad_request, unknown_op,
-           unknown_model, not_found, bad_argument)
+           unknown_model, not_found, bad_argument, internal), as the
+           daemon sent it (a code this client does not know yet too)
     error  the daemon's readable sentence
     reply  the whole reply map"""
 

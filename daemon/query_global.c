@@ -1,0 +1,288 @@
+/*  query_global: the ops on global state, global, baseline, reference
+    and drift. They read and change that state through global.h and
+    write their replies with the encoders publish.c shares with glob/ and
+    drift/. See query.h and proto/global.md.  */
+#include "query.h"
+
+#include "log.h"
+#include "publish.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The method named by argument `method`, or -1 (with q failed). */
+static int
+s_method_arg(qreq_t *q, bool required)
+{
+    const mpr_obj_t *o = qreq_arg(q, "method", NULL);
+    if (!o) {
+        if (required)
+            qreq_fail(q, "bad_request", "argument 'method' is missing");
+        return required ? -1 : -2;
+    }
+    if (o->type != MPR_STR)
+        return qreq_fail(q, "bad_request", "argument 'method' must be a str");
+    int m = xm_method_parse((const char *)o->v.raw.ptr, o->v.raw.len);
+    if (m < 0)
+        return qreq_fail(q, "bad_argument", "unknown method '%.*s'",
+                         o->v.raw.len > 32 ? 32 : (int)o->v.raw.len, (const char *)o->v.raw.ptr);
+    return m;
+}
+
+/* Model and epoch of a global-state request: the current epoch, or
+   argument `epoch`. */
+static gepoch_t *
+s_req_epoch(query_t *s, qreq_t *q, model_t **mdp, gmodel_t **gmp)
+{
+    model_t *md = qreq_model(s, q);
+    if (!md)
+        return NULL;
+    const mpr_obj_t *eo = qreq_arg(q, "epoch", NULL);
+    if (eo && eo->type != MPR_UINT) {
+        qreq_fail(q, "bad_request", "argument 'epoch' must be a uint");
+        return NULL;
+    }
+    uint32_t epoch = eo ? (uint32_t)eo->v.u : md->cur->epoch;
+    gepoch_t *e = global_epoch(s->global, md, epoch, false);
+    if (!e) {
+        qreq_fail(q, "not_found", "model '%s' has no global state for epoch %" PRIu32, md->name, epoch);
+        return NULL;
+    }
+    *mdp = md;
+    *gmp = global_model(s->global, md);
+    return e;
+}
+
+int
+query_op_global(query_t *s, qreq_t *q, msgpack_packer *pk)
+{
+    model_t *md;
+    gmodel_t *gm;
+    gepoch_t *e = s_req_epoch(s, q, &md, &gm);
+    if (!e)
+        return -1;
+    int m = s_method_arg(q, false);
+    if (m == -1)
+        return -1;
+    unsigned mask = e->methods;
+    if (m >= 0) {
+        if (!(mask & XM_BIT(m)))
+            return qreq_fail(q, "not_found", "method '%s' has no global state for model '%s'",
+                             xm_method_name((xm_method_t)m), md->name);
+        mask = XM_BIT(m);
+    }
+    const mpr_obj_t *to = qreq_arg(q, "target", NULL);
+    int64_t target;
+    if (to) {
+        if (to->type == MPR_UINT && to->v.u <= INT64_MAX)
+            target = (int64_t)to->v.u;
+        else if (to->type == MPR_INT)
+            target = to->v.i;
+        else
+            return qreq_fail(q, "bad_request", "argument 'target' must be an int");
+    }
+    /* The state is current at the seq of the last glob/ sent; when it
+       changed since, the next glob/ will carry it, so report that one's
+       seq minus one: a client applies every update with a higher seq. */
+    uint64_t seq = gm->glob_seq ? gm->glob_seq - 1 : 0;
+    if (gm->dirty && e->epoch == md->cur->epoch) {
+        /* Make the snapshot exactly the state of seq: send it now (the
+           contract's one publishing query, see query.h). */
+        publish_changed(s->pub, s->global, s->models);
+        seq = gm->glob_seq - 1;
+    }
+    qreply_ok(pk, PUBLISH_GLOB_FIELDS);
+    /* ts: when the state of seq was published (now, for an old epoch). */
+    bool current = e->epoch == md->cur->epoch;
+    if (publish_enc_glob(pk, s->global, md, e, mask, to ? &target : NULL, seq,
+                         current ? gm->glob_ts : now_wall_ns()))
+        return qreq_fail(q, "internal", "out of memory");
+    return 0;
+}
+
+int
+query_op_baseline(query_t *s, qreq_t *q, msgpack_packer *pk)
+{
+    model_t *md;
+    gmodel_t *gm;
+    gepoch_t *e = s_req_epoch(s, q, &md, &gm);
+    if (!e)
+        return -1;
+    const mpr_obj_t *a = qreq_arg(q, "action", NULL);
+    bool pin;
+    if (!a || a->type != MPR_STR)
+        return qreq_fail(q, "bad_request", "argument 'action' (\"pin\" or \"reset\") is missing or not a str");
+    if (mpr_str_eq(a, "pin"))
+        pin = true;
+    else if (mpr_str_eq(a, "reset"))
+        pin = false;
+    else
+        return qreq_fail(q, "bad_argument", "argument 'action' must be \"pin\" or \"reset\"");
+    int m = s_method_arg(q, false);
+    if (m == -1)
+        return -1;
+    unsigned mask = m >= 0 ? XM_BIT(m) & e->methods : e->methods;
+    if (!mask)
+        return qreq_fail(q, "not_found", "no global state to pin for model '%s'", md->name);
+    mask = global_baseline(s->global, e, mask, pin);
+    log_limited(LOGK_BASELINE, LOG_NOTICE_, "drift: model '%s' epoch %" PRIu32 ": baseline %s",
+                md->name, e->epoch,
+               pin ? "pinned to the current global state" : "reset (next window becomes it)");
+    qreply_ok(pk, 4);
+    enc_str(pk, "model");
+    enc_strn(pk, md->name, md->name_len);
+    enc_str(pk, "epoch");
+    msgpack_pack_uint32(pk, e->epoch);
+    enc_str(pk, "action");
+    enc_str(pk, pin ? "pin" : "reset");
+    enc_str(pk, "methods");
+    msgpack_pack_array(pk, (size_t)__builtin_popcount(mask));
+    for (int k = 0; k < XM_NMETHODS; k++)
+        if (mask & XM_BIT(k))
+            enc_str(pk, xm_method_name((xm_method_t)k));
+    return 0;
+}
+
+int
+query_op_reference(query_t *s, qreq_t *q, msgpack_packer *pk)
+{
+    model_t *md = qreq_model(s, q);
+    if (!md)
+        return -1;
+    int m = s_method_arg(q, true);
+    if (m < 0)
+        return -1;
+    mpr_t items;
+    const mpr_obj_t *vo = qreq_arg(q, "values", &items);
+    if (!vo || vo->type != MPR_ARRAY)
+        return qreq_fail(q, "bad_request", "argument 'values' must be an array of floats");
+    gepoch_t *e = global_epoch(s->global, md, md->cur->epoch, true);
+    if (!e)
+        return qreq_fail(q, "internal", "out of memory");
+    if (vo->v.count != e->nf)
+        return qreq_fail(q, "bad_argument", "'values' has %" PRIu32 " entries, model '%s' has %"
+                         PRIu32 " features", vo->v.count, md->name, e->nf);
+    double *v = malloc((e->nf ? e->nf : 1) * sizeof *v);
+    if (!v)
+        return qreq_fail(q, "internal", "out of memory");
+    for (uint32_t k = 0; k < e->nf; k++) {
+        mpr_obj_t it;
+        if (mpr_next(&items, &it) ||
+            !(it.type == MPR_FLOAT || it.type == MPR_UINT || it.type == MPR_INT)) {
+            free(v);
+            return qreq_fail(q, "bad_request", "values[%" PRIu32 "] is not a number", k);
+        }
+        v[k] = it.type == MPR_FLOAT ? it.v.f : it.type == MPR_UINT ? (double)it.v.u : (double)it.v.i;
+        if (!isfinite(v[k])) {
+            free(v);
+            return qreq_fail(q, "bad_argument", "values[%" PRIu32 "] is not finite", k);
+        }
+    }
+    int rc = global_set_reference(s->global, md, e, m, v);
+    free(v);
+    if (rc)
+        return qreq_fail(q, "internal", "out of memory");
+    log_notice("drift: model '%s' epoch %" PRIu32 ": external %s reference set", md->name,
+               e->epoch, xm_method_name((xm_method_t)m));
+    qreply_ok(pk, 4);
+    enc_str(pk, "model");
+    enc_strn(pk, md->name, md->name_len);
+    enc_str(pk, "epoch");
+    msgpack_pack_uint32(pk, e->epoch);
+    enc_str(pk, "method");
+    enc_str(pk, xm_method_name((xm_method_t)m));
+    enc_str(pk, "spearman");
+    publish_enc_agreement(pk, e, m);
+    return 0;
+}
+
+static void
+s_enc_last(msgpack_packer *pk, const glast_t *l)
+{
+    msgpack_pack_map(pk, PUBLISH_WINDOW_FIELDS + 1);
+    publish_enc_window(pk, l, NULL);
+    enc_str(pk, "ts");
+    msgpack_pack_int64(pk, l->ts);
+}
+
+int
+query_op_drift(query_t *s, qreq_t *q, msgpack_packer *pk)
+{
+    model_t *md;
+    gmodel_t *gm;
+    gepoch_t *e = s_req_epoch(s, q, &md, &gm);
+    if (!e)
+        return -1;
+    int m = s_method_arg(q, false);
+    if (m == -1)
+        return -1;
+    unsigned mask = m >= 0 ? XM_BIT(m) & e->methods : e->methods;
+    const global_params_t *p = &s->global->p;
+    qreply_ok(pk, 7);
+    enc_str(pk, "model");
+    enc_strn(pk, md->name, md->name_len);
+    enc_str(pk, "epoch");
+    msgpack_pack_uint32(pk, e->epoch);
+    enc_str(pk, "window");
+    msgpack_pack_uint32(pk, p->window);
+    enc_str(pk, "thresholds");
+    msgpack_pack_map(pk, 4);
+    enc_str(pk, "rho_min");
+    msgpack_pack_double(pk, p->drift.rho_min);
+    enc_str(pk, "ndcg_min");
+    msgpack_pack_double(pk, p->drift.ndcg_min);
+    enc_str(pk, "ndcg_k");
+    msgpack_pack_uint32(pk, p->drift.ndcg_k);
+    enc_str(pk, "js_max");
+    msgpack_pack_double(pk, p->drift.js_max);
+    enc_str(pk, "methods");
+    msgpack_pack_map(pk, (size_t)__builtin_popcount(mask));
+    for (int k = 0; k < XM_NMETHODS; k++) {
+        if (!(mask & XM_BIT(k)))
+            continue;
+        const drift_t *d = &e->drift[k];
+        enc_str(pk, xm_method_name((xm_method_t)k));
+        msgpack_pack_map(pk, 4);
+        enc_str(pk, "reference");
+        enc_str(pk, drift_ref_name(d->ref_kind));
+        enc_str(pk, "filled");
+        msgpack_pack_uint32(pk, d->filled);
+        enc_str(pk, "windows");
+        msgpack_pack_uint64(pk, d->closed);
+        enc_str(pk, "last");
+        if (e->last[k].valid)
+            s_enc_last(pk, &e->last[k]);
+        else
+            msgpack_pack_nil(pk);
+    }
+    enc_str(pk, "alerts_total");
+    msgpack_pack_uint64(pk, gm->alerts_total);
+    enc_str(pk, "alerts");
+    uint32_t n = gm->alerts_count, kept = s->global->p.alerts_kept;
+    uint32_t shown = 0;
+    for (uint32_t k = 0; k < n; k++) {
+        const galert_t *a = &gm->alerts[(gm->alerts_next + kept - n + k) % kept];
+        shown += m < 0 || a->method == m;
+    }
+    msgpack_pack_array(pk, shown);
+    for (uint32_t k = 0; k < n; k++) {
+        const galert_t *a = &gm->alerts[(gm->alerts_next + kept - n + k) % kept];
+        if (m >= 0 && a->method != m)
+            continue;
+        msgpack_pack_map(pk, 8);
+        enc_str(pk, "ts");
+        msgpack_pack_int64(pk, a->ts);
+        enc_str(pk, "epoch");
+        msgpack_pack_uint32(pk, a->epoch);
+        enc_str(pk, "method");
+        enc_str(pk, xm_method_name((xm_method_t)a->method));
+        enc_str(pk, "window");
+        msgpack_pack_uint64(pk, a->window);
+        enc_str(pk, "reference");
+        enc_str(pk, drift_ref_name(a->ref));
+        publish_enc_stats(pk, &a->spearman, &a->ndcg, &a->js);
+    }
+    return 0;
+}

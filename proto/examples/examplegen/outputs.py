@@ -1,0 +1,73 @@
+"""The captured examples (xpl/, glob/, drift/, heads/, reply/): which
+published messages are kept, and the fields that depend on the clock,
+overwritten in the captured bytes with fixed values (keeping their msgpack
+type and width)."""
+from .nodes import patch, walk
+
+NORM_TS = 1764000099000000000       # stands for "when the daemon sent it"
+NORM_UPTIME = 12.5                  # stands for the daemon's uptime
+NORM_LATENCY = 125.0                # stands for a latency in microseconds
+
+# Published messages kept as examples: name -> (topic, seq, predicate on
+# the body or None, description).
+PUBLISHED = {
+    "xpl/f32-first": ("xpl/m1", 0, "Trade t-1 of ingest/f32-first: target and y echoed, "
+                      "grad_rollout (a gradient was sent) and flow (sampled: --flow-every 2)."),
+    "xpl/f16-batch3-0": ("xpl/m1", 1, "Trade 101 (uint id) of ingest/f16-batch3: no flow "
+                         "(not sampled)."),
+    "xpl/f16-batch3-1": ("xpl/m1", 2, "Trade 102 of ingest/f16-batch3, with flow."),
+    "xpl/f16-batch3-2": ("xpl/m1", 3, "Trade 103 of ingest/f16-batch3."),
+    "xpl/bf16-nograd": ("xpl/m1", 4, "Trade t-2 of ingest/bf16-nograd: no target, no y, "
+                        "no grad_rollout."),
+    "xpl/f32-followup": ("xpl/m1", 5, "Trade t-3 of ingest/f32-followup."),
+    "xpl/m2-nocls": ("xpl/m2", 0, "Trade 1 of ingest/drift-a: a model without CLS, so each "
+                     "vector has n = 4 entries."),
+    "glob/m1": ("glob/m1", 0, "m1's global state after 6 trades, published before the reply "
+                "to request/global: two target classes, no external reference."),
+    "glob/m1-reference": ("glob/m1", 1, "m1's global state with the external rollout "
+                          "reference of request/reference and its Spearman rho."),
+    "glob/m2": ("glob/m2", 0, "m2's global state: no target classes."),
+    "heads/m1": ("heads/m1", 0, "m1's head statistics (gradients sent: importance is set)."),
+    "heads/m2": ("heads/m2", 0, "m2's head statistics: no gradient ever, importance_count 0."),
+}
+# Drift messages are picked by method and window (their seq depends on the
+# order the methods close in).
+DRIFT = {
+    "drift/baseline": ("m2", "rollout", 0, "Window 0 of m2's rollout: it becomes the baseline, "
+                       "nothing is compared, every statistic is nil."),
+    "drift/alert": ("m2", "rollout", 1, "Window 1 of m2's rollout, compared with the baseline: "
+                    "the ranking is reversed, alert."),
+    "drift/undefined": ("m2", "rollout", 2, "Window 2 of m2's rollout: a constant mean vector, "
+                        "so Spearman's rho is undefined (nil) and never alerts by itself."),
+}
+
+# Clock-dependent fields, overwritten in the captured bytes: kind or reply
+# name -> [(path, value)].
+_TS = [(["ts"], NORM_TS)]
+_LAT = [([h, q], NORM_LATENCY) for h in ("latency_us", "latency_ts_us")
+        for q in ("p50", "p90", "p99", "p999", "max", "mean")]
+NORMALISED = {
+    "glob": _TS, "heads": _TS, "drift": _TS,
+    "reply/ping": [(["uptime_s"], NORM_UPTIME)],
+    "reply/stats": [(["uptime_s"], NORM_UPTIME)] + _LAT,
+    "reply/global": _TS, "reply/global-method-target": _TS, "reply/global-m2": _TS,
+    "reply/drift": [(["methods", "*", "last", "ts"], NORM_TS), (["alerts", "*", "ts"], NORM_TS)],
+    "reply/drift-method": [(["methods", "*", "last", "ts"], NORM_TS),
+                           (["alerts", "*", "ts"], NORM_TS)],
+    "reply/drift-m1": [(["methods", "*", "last", "ts"], NORM_TS), (["alerts", "*", "ts"], NORM_TS)],
+    "reply/drift-after-reset": [(["methods", "*", "last", "ts"], NORM_TS),
+                                (["alerts", "*", "ts"], NORM_TS)],
+}
+
+
+def normalise(name, kind, body):
+    """The body with its clock-dependent fields replaced; and the list of
+    what was replaced, for the .json."""
+    rules = NORMALISED.get(name) or NORMALISED.get(kind) or []
+    buf = bytearray(body)
+    done = []
+    for path, value in rules:
+        root = walk(bytes(buf))
+        if patch(buf, root, path, value):
+            done.append({"path": path, "value": value})
+    return bytes(buf), done

@@ -1,0 +1,53 @@
+"""The query requests (request/), each answered by reply/<name>."""
+
+# (name, op, request map or raw bytes, description); each is answered by
+# reply/<name>. Ordered as SCENARIO sends them.
+REQUESTS = [
+    ("ping", "ping", {"v": 1, "op": "ping"}, "Is the daemon there?"),
+    ("models", "models", {"v": 1, "op": "models"}, "Every model with its counters."),
+    ("schema", "schema", {"v": 1, "op": "schema", "model": "m1"}, "m1's current schema."),
+    ("trade", "trade", {"v": 1, "op": "trade", "model": "m1", "id": "t-1"},
+     "The cached explanation of trade t-1, with its n x n matrices."),
+    ("trade-uint-flow", "trade", {"v": 1, "op": "trade", "model": "m1", "id": 101, "flow": True},
+     "Trade 101 (a uint id), asking for flow, which was not sampled for it."),
+    ("global", "global", {"v": 1, "op": "global", "model": "m1"},
+     "m1's whole global state (publishes glob/m1 and heads/m1 first)."),
+    ("reference", "reference", {"v": 1, "op": "reference", "model": "m1", "method": "rollout",
+                                "values": [0.4, 0.3, 0.2, 0.1]},
+     "An external rollout reference for m1 (4 features)."),
+    ("global-method-target", "global",
+     {"v": 1, "op": "global", "model": "m1", "method": "rollout", "target": 1},
+     "m1's state restricted to rollout and target class 1 (the pending change with the "
+     "reference is published on glob/m1 first)."),
+    ("global-m2", "global", {"v": 1, "op": "global", "model": "m2"},
+     "m2's global state: no target classes, no gradient."),
+    ("drift", "drift", {"v": 1, "op": "drift", "model": "m2"},
+     "m2's drift status: thresholds, every method's last window, the alerts."),
+    ("baseline-pin", "baseline", {"v": 1, "op": "baseline", "model": "m2", "action": "pin"},
+     "Pin m2's current global means as the drift reference."),
+    ("drift-method", "drift", {"v": 1, "op": "drift", "model": "m2", "method": "rollout"},
+     "m2's rollout drift status after the pin."),
+    ("baseline-reset", "baseline",
+     {"v": 1, "op": "baseline", "model": "m2", "action": "reset", "method": "rollout"},
+     "Forget m2's rollout reference: the next window to close becomes the baseline."),
+    ("drift-after-reset", "drift", {"v": 1, "op": "drift", "model": "m2", "method": "rollout"},
+     "m2's rollout drift status after the reset: no reference."),
+    ("drift-m1", "drift", {"v": 1, "op": "drift", "model": "m1"},
+     "m1's drift status: every method closed its baseline window but flow (3 sampled trades "
+     "of a 4-trade window), whose last is nil."),
+    ("error-bad_request", "(none)", {"v": 1, "model": "m1"}, "A request without \"op\"."),
+    ("error-bad_request-not-msgpack", "(none)", b"\xc1not msgpack",
+     "A request that is not msgpack."),
+    ("error-unknown_op", "frobnicate", {"v": 1, "op": "frobnicate"}, "An op that does not exist."),
+    ("error-unknown_model", "schema", {"v": 1, "op": "schema", "model": "m9"},
+     "A model the daemon has never seen."),
+    ("error-not_found", "trade", {"v": 1, "op": "trade", "model": "m1", "id": "t-404"},
+     "A trade that is not in the recent-trade cache."),
+    ("error-bad_argument", "reference",
+     {"v": 1, "op": "reference", "model": "m1", "method": "rollout", "values": [1.0, 2.0]},
+     "A reference of 2 values for a model of 4 features."),
+    ("stats", "stats", {"v": 1, "op": "stats"}, "The daemon's counters (asked last)."),
+    ("models-no-schema", "models", {"v": 1, "op": "models"},
+     "The models of a daemon that rejected reject/no_schema, then explained ingest/drift-a: "
+     "a rejected message changes nothing, so m1 is not in the table, only m2 is."),
+]
