@@ -447,3 +447,186 @@ evwin_merge(evwin_t *dst, const evwin_t *src)
     dst->late += src->late;
     return 0;
 }
+
+/* ------------------------------------------------------------ snapshots */
+
+void
+evdecay_save(msgpack_packer *pk, const evdecay_t *d)
+{
+    msgpack_pack_map(pk, 5);
+    snap_put_str(pk, "half_ns");
+    msgpack_pack_int64(pk, d->half_ns);
+    snap_put_str(pk, "count");
+    msgpack_pack_uint64(pk, d->count);
+    snap_put_str(pk, "anchor");
+    msgpack_pack_int64(pk, d->anchor);
+    snap_put_str(pk, "weight");
+    msgpack_pack_double(pk, d->weight);
+    snap_put_str(pk, "sum");
+    snap_put_doubles(pk, d->sum, d->nfeat);
+}
+
+int
+evdecay_load(snap_rd_t *rd, evdecay_t *d)
+{
+    enum { HALF = 1, COUNT = 2, ANCHOR = 4, WEIGHT = 8, SUM = 16 };
+    uint32_t n;
+    unsigned seen = 0;
+    int64_t half = 0;
+    if (snap_get_map(rd, &n, "decayed mean"))
+        return -1;
+    for (uint32_t k = 0; k < n; k++) {
+        mpr_obj_t key;
+        int rc;
+        if (snap_get_key(rd, &key, "decayed mean field"))
+            return -1;
+        if (mpr_str_eq(&key, "half_ns"))
+            rc = snap_field(rd, &seen, HALF, "decayed mean half_ns") ||
+                 snap_get_i64(rd, &half, "decayed mean half_ns");
+        else if (mpr_str_eq(&key, "count"))
+            rc = snap_field(rd, &seen, COUNT, "decayed mean count") ||
+                 snap_get_u64(rd, &d->count, "decayed mean count");
+        else if (mpr_str_eq(&key, "anchor"))
+            rc = snap_field(rd, &seen, ANCHOR, "decayed mean anchor") ||
+                 snap_get_i64(rd, &d->anchor, "decayed mean anchor");
+        else if (mpr_str_eq(&key, "weight"))
+            rc = snap_field(rd, &seen, WEIGHT, "decayed mean weight") ||
+                 snap_get_f64(rd, &d->weight, "decayed mean weight");
+        else if (mpr_str_eq(&key, "sum"))
+            rc = snap_field(rd, &seen, SUM, "decayed mean sums") ||
+                 snap_get_doubles(rd, d->sum, d->nfeat, "decayed mean sums");
+        else
+            rc = snap_skip(rd, "decayed mean field");
+        if (rc)
+            return -1;
+    }
+    if (snap_fields_all(rd, seen, HALF | COUNT | ANCHOR | WEIGHT | SUM,
+                        "decayed mean (a field is missing)"))
+        return -1;
+    if (half != d->half_ns)
+        return snap_fail(rd, "decayed mean of another half-life");
+    if (!(d->weight >= 0) || !isfinite(d->weight) || (d->count > 0) != (d->weight > 0))
+        return snap_fail(rd, "decayed mean weight out of range");
+    for (uint32_t j = 0; j < d->nfeat; j++)
+        if (!isfinite(d->sum[j]))
+            return snap_fail(rd, "decayed mean sum not finite");
+    return 0;
+}
+
+/* windows: an array of [k, count, [sum...]], ascending k, the windows
+   held. */
+void
+evwin_save(msgpack_packer *pk, const evwin_t *w)
+{
+    msgpack_pack_map(pk, 8);
+    snap_put_str(pk, "len_ns");
+    msgpack_pack_int64(pk, w->len_ns);
+    snap_put_str(pk, "late_ns");
+    msgpack_pack_int64(pk, w->late_ns);
+    snap_put_str(pk, "keep");
+    msgpack_pack_uint32(pk, w->keep);
+    snap_put_str(pk, "started");
+    if (w->started)
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
+    snap_put_str(pk, "max_ts");
+    msgpack_pack_int64(pk, w->max_ts);
+    snap_put_str(pk, "next_close");
+    msgpack_pack_int64(pk, w->next_close);
+    snap_put_str(pk, "late");
+    msgpack_pack_uint64(pk, w->late);
+    snap_put_str(pk, "windows");
+    msgpack_pack_array(pk, w->used);
+    for (uint32_t i = 0; i < w->used; i++) {
+        msgpack_pack_array(pk, 3);
+        msgpack_pack_int64(pk, w->key[i]);
+        msgpack_pack_uint64(pk, w->count[i]);
+        snap_put_doubles(pk, s_sum(w, i), w->nfeat);
+    }
+}
+
+static int
+s_load_windows(snap_rd_t *rd, evwin_t *w)
+{
+    uint32_t n;
+    if (snap_get_array(rd, &n, "event-time windows"))
+        return -1;
+    if (n > w->nslots)
+        return snap_fail(rd, "more event-time windows than slots");
+    if (n && !w->started)
+        return snap_fail(rd, "event-time windows before any trade");
+    for (uint32_t i = 0; i < n; i++) {
+        int64_t k;
+        uint64_t count;
+        if (snap_get_array_n(rd, 3, "event-time window") ||
+            snap_get_i64(rd, &k, "event-time window index") ||
+            snap_get_u64(rd, &count, "event-time window count"))
+            return -1;
+        if (count == 0 || (i > 0 && k <= w->key[i - 1]))
+            return snap_fail(rd, "event-time windows out of order, twice or empty");
+        w->key[i] = k;
+        w->count[i] = count;
+        w->used = i + 1;
+        if (snap_get_doubles(rd, s_sum(w, i), w->nfeat, "event-time window sums"))
+            return -1;
+        for (uint32_t j = 0; j < w->nfeat; j++)
+            if (!isfinite(s_sum(w, i)[j]))
+                return snap_fail(rd, "event-time window sum not finite");
+    }
+    if (s_closed(w) > w->keep)
+        return snap_fail(rd, "more closed event-time windows than kept");
+    return 0;
+}
+
+int
+evwin_load(snap_rd_t *rd, evwin_t *w)
+{
+    enum { LEN = 1, LATE_NS = 2, KEEP = 4, STARTED = 8, MAX = 16, NEXT = 32, LATE = 64,
+           WINDOWS = 128 };
+    uint32_t n, keep = 0;
+    unsigned seen = 0;
+    int64_t len = 0, late_ns = -1;
+    evwin_reset(w);
+    if (snap_get_map(rd, &n, "event-time windows"))
+        return -1;
+    for (uint32_t i = 0; i < n; i++) {
+        mpr_obj_t key;
+        int rc;
+        if (snap_get_key(rd, &key, "event-time windows field"))
+            return -1;
+        if (mpr_str_eq(&key, "len_ns"))
+            rc = snap_field(rd, &seen, LEN, "window length") || snap_get_i64(rd, &len, "window length");
+        else if (mpr_str_eq(&key, "late_ns"))
+            rc = snap_field(rd, &seen, LATE_NS, "window lateness") ||
+                 snap_get_i64(rd, &late_ns, "window lateness");
+        else if (mpr_str_eq(&key, "keep"))
+            rc = snap_field(rd, &seen, KEEP, "windows kept") || snap_get_u32(rd, &keep, "windows kept");
+        else if (mpr_str_eq(&key, "started"))
+            rc = snap_field(rd, &seen, STARTED, "windows started") ||
+                 snap_get_bool(rd, &w->started, "windows started");
+        else if (mpr_str_eq(&key, "max_ts"))
+            rc = snap_field(rd, &seen, MAX, "windows max_ts") || snap_get_i64(rd, &w->max_ts, "windows max_ts");
+        else if (mpr_str_eq(&key, "next_close"))
+            rc = snap_field(rd, &seen, NEXT, "windows next_close") ||
+                 snap_get_i64(rd, &w->next_close, "windows next_close");
+        else if (mpr_str_eq(&key, "late"))
+            rc = snap_field(rd, &seen, LATE, "late trades") || snap_get_u64(rd, &w->late, "late trades");
+        else if (mpr_str_eq(&key, "windows")) {
+            /* After the fields it depends on (evwin_save writes it last). */
+            if (snap_fields_all(rd, seen, LEN | LATE_NS | KEEP | STARTED | MAX | NEXT,
+                                "event-time windows before their bounds"))
+                return -1;
+            if (len != w->len_ns || late_ns != w->late_ns || keep != w->keep)
+                return snap_fail(rd, "event-time windows of another length, lateness or keep");
+            if (w->started && w->next_close != s_next_close(w, w->max_ts))
+                return snap_fail(rd, "event-time window bounds inconsistent");
+            rc = snap_field(rd, &seen, WINDOWS, "event-time windows") || s_load_windows(rd, w);
+        } else
+            rc = snap_skip(rd, "event-time windows field");
+        if (rc)
+            return -1;
+    }
+    return snap_fields_all(rd, seen, LEN | LATE_NS | KEEP | STARTED | MAX | NEXT | LATE | WINDOWS,
+                           "event-time windows (a field is missing)");
+}

@@ -53,6 +53,8 @@
 #ifndef XPL_EVWIN_H
 #define XPL_EVWIN_H
 
+#include "snap.h"
+
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -163,5 +165,16 @@ int evwin_merge(evwin_t *dst, const evwin_t *src);
 
 /* Floor division and window bounds, shared with the callers. */
 int64_t evwin_floor_div(int64_t a, int64_t b);
+
+/* Snapshot records (snap.h), also the whole state a shard sends its
+   aggregator: evdecay_load and evwin_load read into a state inited with
+   today's configuration and fail (naming why in rd->why) when the record
+   was written with another half-life, window length, lateness or keep,
+   or does not hold together; the state then holds partial values and the
+   caller discards it. */
+void evdecay_save(msgpack_packer *pk, const evdecay_t *d);
+int evdecay_load(snap_rd_t *rd, evdecay_t *d);
+void evwin_save(msgpack_packer *pk, const evwin_t *w);
+int evwin_load(snap_rd_t *rd, evwin_t *w);
 
 #endif

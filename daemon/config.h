@@ -31,6 +31,7 @@ typedef struct {
     char *attention_check;      /* reject, warn, off */
     double attention_tol;
     uint64_t schema_rate;       /* new epochs per model per minute, 0: no limit */
+    char *shard;                /* "K/N" or empty */
     /* [publish] */
     char *publish;
     uint64_t publish_sndhwm;
@@ -52,12 +53,15 @@ typedef struct {
     uint64_t half_life;
     uint64_t glob_interval_ms;
     uint64_t max_targets;
+    double decay_s;             /* half-life by event time, 0: by trades */
     /* [drift] */
     uint64_t drift_window;
     double drift_rho_min, drift_ndcg_min, drift_js_max;
     uint64_t drift_ndcg_k;
     uint64_t alerts_kept;
     char *reference_file;
+    double drift_window_s;      /* windows by event time, 0: by trades */
+    double drift_lateness_s;
     /* [state] */
     char *state_dir;
     uint64_t snapshot_interval_s;
@@ -71,6 +75,10 @@ typedef struct {
     bool curve;
     char *secret_key_file;
     char *clients_dir;
+    /* [aggregate] */
+    cfg_list_t aggregate;       /* shards' publish endpoints: aggregator mode */
+    cfg_list_t aggregate_query; /* their query endpoints, in the same order */
+    uint64_t aggregate_stale_ms;
     /* [demo] */
     bool demo;
     uint64_t demo_rate;
@@ -82,6 +90,8 @@ typedef struct {
     int fusion_id;
     int log_level_id;
     int attention_check_id;     /* cfg_attention_t */
+    uint32_t shard_k, shard_n;  /* from shard; 0/0 when unsharded */
+    int64_t decay_ns, drift_window_ns, drift_lateness_ns;
 
     /* Where the values came from (for messages). */
     char *config_file;

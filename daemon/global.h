@@ -25,6 +25,7 @@
 
 #include "agg.h"
 #include "drift.h"
+#include "evwin.h"
 #include "models.h"
 #include "xmath.h"
 
@@ -41,11 +42,19 @@ typedef struct {
     drift_stat_t spearman, ndcg, js;
     bool alert;
     int64_t ts;
+    uint64_t trades;                /* trades in the window */
 } glast_t;
+
+/* Closed event-time windows kept for a merging aggregator (evwin keep). */
+#define GLOBAL_EVWIN_KEEP 32
+
+/* Most windows one global_add (or one aggregator merge) reports. */
+#define GLOBAL_CLOSED_MAX 64
 
 typedef struct {
     int64_t target;
     agg_t agg[XM_NMETHODS];
+    evdecay_t evd[XM_NMETHODS];     /* time-decayed means (decay_ns > 0) */
 } gclass_t;
 
 /* State of one schema epoch of one model. */
@@ -61,6 +70,11 @@ typedef struct {
     drift_t drift[XM_NMETHODS];
     glast_t last[XM_NMETHODS];
     double *extref[XM_NMETHODS];    /* external reference, NULL when none */
+    /* Event-time modes (global_params_t window_ns, decay_ns): windows by
+       the trades' ts, which drift[] judges as they close, and
+       time-decayed means. Both merge exactly across shards. */
+    evwin_t evw[XM_NMETHODS];       /* window_ns > 0 */
+    evdecay_t evd[XM_NMETHODS];     /* decay_ns > 0 */
 } gepoch_t;
 
 /* One alert, kept for the `drift` query. */
@@ -86,6 +100,9 @@ typedef struct {
 typedef struct {
     double half_life;
     uint32_t window;
+    int64_t window_ns;              /* > 0: drift windows by event time (evwin) */
+    int64_t late_ns;                /* their allowed lateness */
+    int64_t decay_ns;               /* > 0: decayed means by event time (evdecay) */
     drift_opts_t drift;
     uint32_t max_targets;
     uint32_t alerts_kept;
@@ -99,6 +116,10 @@ typedef struct {
     uint32_t cap;
     uint64_t gen;                   /* bumped on every change, for snapshots */
     struct gpending_t *pending;     /* reference-file entries (global_load_references) */
+    /* An aggregator's shards (aggregate.h), reported in glob/: how many,
+       and which (by position in aggregate.shards) are stale. */
+    uint32_t nshards;
+    uint32_t stale_mask;
 } global_t;
 
 /* One window closed by global_add: its drift/ seq and what it found. */
@@ -108,11 +129,14 @@ typedef struct {
     glast_t last;
 } gclosed_t;
 
-/* What one global_add closed (at most one window per method). */
+/* What one global_add closed: at most one window per method with count
+   windows; with event-time windows a trade far ahead can close several
+   (past GLOBAL_CLOSED_MAX they are kept and counted as alerts, not
+   published). */
 typedef struct {
     uint32_t epoch;
     int n;
-    gclosed_t w[XM_NMETHODS];
+    gclosed_t w[GLOBAL_CLOSED_MAX];
 } global_closed_t;
 
 int global_init(global_t *g, uint32_t max_models, const global_params_t *p);
@@ -122,11 +146,24 @@ void global_destroy(global_t *g);
 void global_set_thresholds(global_t *g, const drift_opts_t *o);
 
 /* Account one explained trade of model md (current epoch): aggregates,
-   heads, drift. The windows it closed (with their alerts, which are also
+   heads, drift. Its event time, for the event-time modes, is
+   md->last_ts (the ts of the message it came in, set by ingest). The windows it closed (with their alerts, which are also
    kept for the drift query and logged) are written to `closed` for the
    caller to publish; closed->n is 0 when none. */
 void global_add(global_t *g, const model_t *md, const int64_t *target, const xm_result_t *res,
                 global_closed_t *closed);
+
+/* Judge a closed event-time window of method m of epoch e (its mean and
+   trade count) against the drift reference and record it as global_add
+   does: the aggregator's path for merged windows. */
+void global_close_window(global_t *g, const model_t *md, gepoch_t *e, int m, const evwin_view_t *v,
+                         global_closed_t *closed);
+
+/* The state of method m in epoch e, or of class `target` (created up to
+   max_targets): for the aggregator, which fills them from its shards.
+   NULL when out of memory or past max_targets. */
+gepoch_t *global_epoch_method(global_t *g, gepoch_t *e, int m);
+gclass_t *global_class(global_t *g, gepoch_t *e, int64_t target);
 
 /* The current epoch of md when its state changed since it was last
    taken, else NULL; takes the change (for publish_changed). */

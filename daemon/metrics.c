@@ -670,6 +670,12 @@ metrics_render_view(const metrics_view_t *v, size_t *len)
     s_gauge(&b, "uptime_seconds", "Seconds since the daemon started.",
             (double)(now_mono_ns() - st->start_ns) / 1e9);
     s_gauge(&b, "models", "Models tracked.", v->models->count);
+    if (v->global->nshards) {
+        s_gauge(&b, "aggregate_shards", "Shards this aggregator merges (aggregate.shards).",
+                v->global->nshards);
+        s_gauge(&b, "aggregate_shards_stale", "Shards that sent no state for aggregate.stale_ms "
+                "(their last state still counts).", __builtin_popcount(v->global->stale_mask));
+    }
     s_counters(&b, &v->counters);
     s_gauge(&b, "cache_bytes", "Bytes held by the recent-trade cache.", (double)v->cache_bytes);
     s_render_http(&b, v);

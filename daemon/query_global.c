@@ -93,7 +93,7 @@ query_op_global(query_t *s, qreq_t *q, msgpack_packer *pk)
         publish_changed(s->pub, s->global, s->models);
         seq = gm->glob_seq - 1;
     }
-    qreply_ok(pk, PUBLISH_GLOB_FIELDS);
+    qreply_ok(pk, PUBLISH_GLOB_FIELDS_OF(s->global));
     /* ts: when the state of seq was published (now, for an old epoch). */
     bool current = e->epoch == md->cur->epoch;
     if (publish_enc_glob(pk, s->global, md, e, mask, to ? &target : NULL, seq,
@@ -244,7 +244,13 @@ query_op_drift(query_t *s, qreq_t *q, msgpack_packer *pk)
             continue;
         const drift_t *d = &e->drift[k];
         enc_str(pk, xm_method_name((xm_method_t)k));
-        msgpack_pack_map(pk, 4);
+        /* Event-time windows: the trades refused as late. */
+        bool evt = e->evw[k].count != NULL;
+        msgpack_pack_map(pk, 4 + (evt ? 1 : 0));
+        if (evt) {
+            enc_str(pk, "late");
+            msgpack_pack_uint64(pk, e->evw[k].late);
+        }
         enc_str(pk, "reference");
         enc_str(pk, drift_ref_name(d->ref_kind));
         enc_str(pk, "filled");

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import zmq
 
-SOURCE = os.environ.get("XPL_SOURCE_DIR") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from xpltest import SOURCE
+
 sys.path.insert(0, os.path.join(SOURCE, "client", "python"))
 from xplain import Publisher, shard_of  # noqa: E402
 from xplain.shard import id_key, shard_hash, shard_prefix  # noqa: E402
@@ -137,6 +138,3 @@ def test_bad_shard_counts():
         with pytest.raises(ValueError):
             Publisher("m1", bind="inproc://x%d" % id(bad), tokens=TOKENS, cls=2, shards=bad)
 
-
-if __name__ == "__main__":
-    sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", __file__]))

@@ -7,6 +7,7 @@
 #include "support.h"
 
 #include <criterion/criterion.h>
+#include <msgpack.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -424,4 +425,78 @@ Test(evwin, drives_drift_as_count_windows_do)
     evwin_destroy(&w);
     drift_destroy(&byc);
     drift_destroy(&byt);
+}
+
+/* ---------------------------------------------------------------- snapshots */
+
+Test(evwin, snapshot_records_round_trip_and_refuse_other_configurations)
+{
+    evwin_t w, back, other;
+    evdecay_t d, dback, dother;
+    cr_assert_eq(evwin_init(&w, NF, SEC, 3 * SEC, 4), 0);
+    cr_assert_eq(evdecay_init(&d, NF, 5 * SEC), 0);
+    rng_t r;
+    rng_seed(&r, 23);
+    for (int t = 0; t < 300; t++) {
+        float x[NF];
+        gen_vec(&r, x, NF);
+        int64_t ts = T0 + t * (SEC / 4) - (int64_t)(rng_uniform(&r) * 4 * SEC);
+        evwin_add(&w, ts, x, NULL, NULL);
+        cr_assert_eq(evdecay_add(&d, ts, x), 0);
+    }
+    cr_assert_gt(w.late, 0, "some trades were late");
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    evwin_save(&pk, &w);
+    evdecay_save(&pk, &d);
+
+    cr_assert_eq(evwin_init(&back, NF, SEC, 3 * SEC, 4), 0);
+    cr_assert_eq(evdecay_init(&dback, NF, 5 * SEC), 0);
+    snap_rd_t rd;
+    snap_rd_init(&rd, sb.data, sb.size);
+    cr_assert_eq(evwin_load(&rd, &back), 0, "%s", rd.why);
+    cr_assert_eq(evdecay_load(&rd, &dback), 0, "%s", rd.why);
+    cr_assert_eq(mpr_left(&rd.r), 0);
+    cr_assert(back.started);
+    cr_assert_eq(back.max_ts, w.max_ts);
+    cr_assert_eq(back.next_close, w.next_close);
+    cr_assert_eq(back.late, w.late);
+    cr_assert_eq(back.used, w.used);
+    for (uint32_t i = 0; i < w.used; i++) {
+        evwin_view_t a, b;
+        cr_assert_eq(evwin_get(&w, w.key[i], &a), evwin_get(&back, w.key[i], &b));
+        cr_assert_eq(a.count, b.count);
+        cr_assert_eq(memcmp(a.sum, b.sum, NF * sizeof(double)), 0, "window %lld", (long long)w.key[i]);
+    }
+    cr_assert_eq(dback.count, d.count);
+    cr_assert_eq(dback.anchor, d.anchor);
+    cr_assert_eq(dback.weight, d.weight);
+    cr_assert_eq(memcmp(dback.sum, d.sum, NF * sizeof(double)), 0);
+
+    /* Another lateness, or half-life: refused, named. */
+    cr_assert_eq(evwin_init(&other, NF, SEC, 2 * SEC, 4), 0);
+    cr_assert_eq(evdecay_init(&dother, NF, 6 * SEC), 0);
+    snap_rd_init(&rd, sb.data, sb.size);
+    cr_assert_eq(evwin_load(&rd, &other), -1);
+    cr_assert_not_null(strstr(rd.why, "another"), "%s", rd.why);
+    snap_rd_init(&rd, sb.data, sb.size);
+    cr_assert_eq(evwin_load(&rd, &back), 0);
+    cr_assert_eq(evdecay_load(&rd, &dother), -1);
+    cr_assert_not_null(strstr(rd.why, "half-life"), "%s", rd.why);
+    /* Cut short anywhere: refused, never a crash. */
+    for (size_t cut = 0; cut < sb.size; cut += 7) {
+        snap_rd_init(&rd, sb.data, cut);
+        int a = evwin_load(&rd, &back);
+        int b = a ? -1 : evdecay_load(&rd, &dback);
+        cr_assert(a == -1 || b == -1, "a record cut at %zu bytes of %zu loaded", cut, sb.size);
+    }
+    msgpack_sbuffer_destroy(&sb);
+    evwin_destroy(&w);
+    evwin_destroy(&back);
+    evwin_destroy(&other);
+    evdecay_destroy(&d);
+    evdecay_destroy(&dback);
+    evdecay_destroy(&dother);
 }

@@ -14,13 +14,11 @@ Run by Debian's /usr/bin/python3 (python3-pytest).
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 
 import pytest
 
-SOURCE = os.environ.get("XPL_SOURCE_DIR") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUILD = os.environ.get("XPL_BUILD_DIR") or os.path.join(SOURCE, "build")
+from xpltest import BUILD, SOURCE
 
 # template line -> the single unit's line
 INSTANCE_LINES = {
@@ -77,6 +75,3 @@ def test_systemd_analyze_verifies_an_instance():
         assert p.returncode == 0 and not p.stdout.strip() and not p.stderr.strip(), \
             "systemd-analyze verify complains (exit %d):\n%s%s" % (p.returncode, p.stdout, p.stderr)
 
-
-if __name__ == "__main__":
-    sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", __file__]))
