@@ -100,7 +100,7 @@ class Cluster:
     def start_agg(self):
         return Daemon("--aggregate", ",".join(self.ep[k]["pub"] for k in range(NS)),
                       "--aggregate-query", ",".join(self.ep[k]["q"] for k in range(NS)),
-                      "--aggregate-stale-ms", "1500", "--state-dir", os.path.join(self.tmp, "agg"),
+                      "--aggregate-stale-ms", "3000", "--state-dir", os.path.join(self.tmp, "agg"),
                       "--snapshot-interval", "1", *COMMON, ingest_bind=False)
 
     def start_shard(self, k):
