@@ -2,9 +2,9 @@
 #define _GNU_SOURCE
 #include "metrics.h"
 
+#include "cache.h"
 #include "global.h"
 #include "log.h"
-#include "server.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -220,7 +220,7 @@ static void
 s_notify_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                     enum MHD_ConnectionNotificationCode toe)
 {
-    metrics_t *m = &((server_t *)cls)->metrics;
+    metrics_t *m = cls;
     if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
         metrics_conn_t *c = *socket_context;
         if (c && c->state == MC_MHD)
@@ -244,7 +244,7 @@ s_notify_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
 {
     (void)conn;
     (void)req_cls;
-    metrics_t *m = &((server_t *)cls)->metrics;
+    metrics_t *m = cls;
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && toe != MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN)
         m->closed_early++;
 }
@@ -677,7 +677,9 @@ metrics_render_view(const metrics_view_t *v, size_t *len)
                 "(their last state still counts).", __builtin_popcount(v->global->stale_mask));
     }
     s_counters(&b, &v->counters);
-    s_gauge(&b, "cache_bytes", "Bytes held by the recent-trade cache.", (double)v->cache_bytes);
+    const cache_t *cache = v->counters.cache;
+    s_gauge(&b, "cache_bytes", "Bytes held by the recent-trade cache.",
+            cache ? (double)cache->bytes : 0);
     s_render_http(&b, v);
 
     s_family(&b, "latency_seconds", "histogram",
@@ -722,21 +724,6 @@ metrics_render_view(const metrics_view_t *v, size_t *len)
     return b.buf;
 }
 
-/* The exposition of a running server's state. */
-static char *
-s_render(server_t *s, size_t *len)
-{
-    metrics_view_t v = {
-        .counters = {&s->stats, &s->cache, &s->auth},
-        .models = &s->models,
-        .global = &s->global,
-        .metrics = &s->metrics,
-        .cache_bytes = s->cache.bytes,
-        .top_features = (uint32_t)s->cfg.metrics_top_features,
-    };
-    return metrics_render_view(&v, len);
-}
-
 /* ---- HTTP ---------------------------------------------------------------- */
 
 static enum MHD_Result
@@ -757,9 +744,8 @@ s_text(metrics_t *m, struct MHD_Connection *conn, unsigned code, const char *msg
 /* The exposition to answer with: a fresh rendering while the budget
    allows, else the last one. */
 static struct MHD_Response *
-s_exposition(server_t *s)
+s_exposition(metrics_t *m)
 {
-    metrics_t *m = &s->metrics;
     int64_t now = now_mono_ns();
     m->tokens += (double)(now - m->tokens_ns) / 1e9 * RENDER_RATE;
     if (m->tokens > RENDER_BURST)
@@ -770,7 +756,7 @@ s_exposition(server_t *s)
         return m->last;
     }
     size_t len;
-    char *text = s_render(s, &len);
+    char *text = metrics_render_view(&m->view, &len);
     if (!text)
         return m->last;
     struct MHD_Response *r = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
@@ -796,8 +782,7 @@ s_access(void *cls, struct MHD_Connection *conn, const char *url, const char *me
     (void)upload_data;
     (void)upload_data_size;
     (void)req_cls;
-    server_t *s = cls;
-    metrics_t *m = &s->metrics;
+    metrics_t *m = cls;
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     metrics_conn_t *c = ci ? ci->socket_context : NULL;
     if (c && !c->requested) {
@@ -809,7 +794,7 @@ s_access(void *cls, struct MHD_Connection *conn, const char *url, const char *me
         return s_text(m, conn, 405, "only GET /metrics is served\n");
     if (strcmp(url, "/metrics") != 0)
         return s_text(m, conn, 404, "not found: try /metrics\n");
-    struct MHD_Response *r = s_exposition(s);
+    struct MHD_Response *r = s_exposition(m);
     if (!r)
         return s_text(m, conn, 500, "out of memory\n");
     s_count_code(m, 200);
@@ -840,13 +825,13 @@ s_fit_fds(metrics_t *m)
 }
 
 int
-metrics_init(server_t *s)
+metrics_init(metrics_t *m, const config_t *cfg, const metrics_view_t *view)
 {
-    metrics_t *m = &s->metrics;
-    const config_t *cfg = &s->cfg;
     const char *spec = cfg->metrics;
     memset(m, 0, sizeof *m);
     m->listen_fd = m->epoll_fd = -1;
+    m->view = *view;
+    m->view.metrics = m;
     if (!spec || !spec[0])
         return 0;
     char host[64] = "127.0.0.1";
@@ -889,13 +874,13 @@ metrics_init(server_t *s)
        that stops reading the answer is cut before its deadline. */
     unsigned idle_s = (unsigned)((cfg->metrics_timeout_ms + 999) / 1000) + 1;
     m->mhd = MHD_start_daemon(
-        MHD_USE_EPOLL | MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ERROR_LOG, 0, NULL, NULL, s_access, s,
-        MHD_OPTION_EXTERNAL_LOGGER, s_mhd_log, s,     /* first, to catch every message */
+        MHD_USE_EPOLL | MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ERROR_LOG, 0, NULL, NULL, s_access, m,
+        MHD_OPTION_EXTERNAL_LOGGER, s_mhd_log, m,     /* first, to catch every message */
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)m->max_conns,
         MHD_OPTION_CONNECTION_TIMEOUT, idle_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY,
-        MHD_OPTION_NOTIFY_CONNECTION, s_notify_connection, s,
-        MHD_OPTION_NOTIFY_COMPLETED, s_notify_completed, s,
+        MHD_OPTION_NOTIFY_CONNECTION, s_notify_connection, m,
+        MHD_OPTION_NOTIFY_COMPLETED, s_notify_completed, m,
         MHD_OPTION_END);
     const union MHD_DaemonInfo *di = m->mhd ? MHD_get_daemon_info(m->mhd, MHD_DAEMON_INFO_EPOLL_FD) : NULL;
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = TAG_MHD};
@@ -970,9 +955,8 @@ metrics_timeout_ms(metrics_t *m, int64_t now)
 }
 
 void
-metrics_handle(server_t *s, const void *items_v, int count)
+metrics_handle(metrics_t *m, const void *items_v, int count)
 {
-    metrics_t *m = &s->metrics;
     const zmq_pollitem_t *items = items_v;
     if (!m->mhd)
         return;

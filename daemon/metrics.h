@@ -28,6 +28,7 @@
 #ifndef XPLD_METRICS_H
 #define XPLD_METRICS_H
 
+#include "config.h"
 #include "global.h"
 #include "models.h"
 #include "stats.h"
@@ -37,7 +38,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct server_t;
 struct MHD_Daemon;
 struct MHD_Response;
 
@@ -46,6 +46,19 @@ struct MHD_Response;
 
 /* HTTP status codes counted by xplaind_metrics_requests_total. */
 #define METRICS_CODES 6
+
+typedef struct metrics_t metrics_t;
+
+/* What an exposition is rendered from: the owners' state, read only,
+   through pointers, so every rendering sees it as it is then. */
+typedef struct {
+    stats_view_t counters;      /* the daemon-wide counters (stats.h); the cache
+                                   owner's bytes are the cache_bytes gauge */
+    const models_t *models;
+    const global_t *global;
+    const metrics_t *metrics;   /* the endpoint's own counters */
+    uint32_t top_features;      /* metrics.top_features */
+} metrics_view_t;
 
 /* One HTTP connection (a slot of metrics_t.conns): first the guard's
    (until its request head is in), then libmicrohttpd's. */
@@ -60,7 +73,7 @@ typedef struct {
     int64_t deadline;       /* monotonic ns */
 } metrics_conn_t;
 
-typedef struct {
+struct metrics_t {
     struct MHD_Daemon *mhd;     /* NULL: metrics off */
     int epoll_fd;               /* polled by the main loop: the listening socket, the
                                    guard's connections, libmicrohttpd's epoll */
@@ -84,11 +97,15 @@ typedef struct {
     uint64_t limit_reached;     /* times every slot was taken */
     uint64_t timed_out;
     uint64_t closed_early;      /* client went away before its answer was complete */
-} metrics_t;
 
-/* Listen on s->cfg.metrics ("ADDR:PORT" or "PORT"; empty: off) with the
-   limits of s->cfg. Returns 0, or -1 with the reason logged. */
-int metrics_init(struct server_t *s);
+    metrics_view_t view;        /* what a scrape renders (metrics_init) */
+};
+
+/* Listen on cfg->metrics ("ADDR:PORT" or "PORT"; empty: off) with the
+   limits of cfg, and answer scrapes with renderings of *view (copied;
+   what it points to must outlive m; its .metrics is set to m). Returns 0,
+   or -1 with the reason logged. */
+int metrics_init(metrics_t *m, const config_t *cfg, const metrics_view_t *view);
 void metrics_destroy(metrics_t *m);
 
 /* Fill ZeroMQ poll items (at most METRICS_POLL_ITEMS); returns how many
@@ -101,17 +118,7 @@ long metrics_timeout_ms(metrics_t *m, int64_t now);
 
 /* After a poll: let libmicrohttpd read, answer and close, and cut the
    connections past their deadline. Call every loop turn. */
-void metrics_handle(struct server_t *s, const void *items, int count);
-
-/* What an exposition is rendered from: the owners' state, read only. */
-typedef struct {
-    stats_view_t counters;      /* the daemon-wide counters (stats.h) */
-    const models_t *models;
-    const global_t *global;
-    const metrics_t *metrics;   /* the endpoint's own counters */
-    uint64_t cache_bytes;
-    uint32_t top_features;      /* metrics.top_features */
-} metrics_view_t;
+void metrics_handle(metrics_t *m, const void *items, int count);
 
 /* Render the exposition text into a malloc'ed buffer (caller frees);
    NULL when out of memory. */

@@ -179,13 +179,15 @@ server_init(server_t *s)
             log_err("state: cannot create %s: %s", c->state_dir, strerror(errno));
             return -1;
         }
-        state_load(s, c->state_dir);
+        state_load(&s->models, &s->global, c->state_dir);
     }
     server_wire(s);
     if (c->reference_file[0] &&
         global_load_references(&s->global, &s->models, c->reference_file) < 0)
         return -1;
-    if (metrics_init(s))
+    metrics_view_t mv = {.counters = {&s->stats, &s->cache, &s->auth}, .models = &s->models,
+                         .global = &s->global, .top_features = (uint32_t)c->metrics_top_features};
+    if (metrics_init(&s->metrics, c, &mv))
         return -1;
 
     if (!(s->zctx = zmq_ctx_new())) {
@@ -590,7 +592,7 @@ server_run(server_t *s)
         if (items[1].revents & ZMQ_POLLIN)
             s_query_burst(s);
         if (nmetrics)
-            metrics_handle(s, items + first_metrics, nmetrics);
+            metrics_handle(&s->metrics, items + first_metrics, nmetrics);
         if (s->agg)
             aggregate_handle(s->agg, items, first_agg);
         now = now_mono_ns();
@@ -606,7 +608,8 @@ server_run(server_t *s)
             next_glob = now + (int64_t)s->cfg.glob_interval_ms * 1000000;
         }
         if (s->cfg.state_dir[0] && now >= next_snap) {
-            if (s->global.gen != snap_gen && state_save(s, s->cfg.state_dir) == 0)
+            if (s->global.gen != snap_gen &&
+                state_save(&s->models, &s->global, &s->stats, s->cfg.state_dir) == 0)
                 snap_gen = s->global.gen;
             next_snap = now + (int64_t)s->cfg.snapshot_interval_s * 1000000000;
         }
@@ -628,7 +631,7 @@ server_run(server_t *s)
     publish_changed(&s->publisher, &s->global, &s->models);
     int status = 0;
     if (s->cfg.state_dir[0]) {
-        if (state_save(s, s->cfg.state_dir) == 0) {
+        if (state_save(&s->models, &s->global, &s->stats, s->cfg.state_dir) == 0) {
             log_notice("state: snapshot written to %s", s->cfg.state_dir);
         } else {
             /* The stop is not clean: what was explained since the last good

@@ -6,7 +6,6 @@
 #include "log.h"
 #include "mpr.h"
 #include "publish.h"
-#include "server.h"
 #include "snap.h"
 
 #include <dirent.h>
@@ -92,7 +91,7 @@ s_counters_load(snap_rd_t *d, model_t *md, unsigned ver)
 }
 
 static void
-s_schema_save(server_t *s, msgpack_packer *pk, model_t *md, const schema_t *sc)
+s_schema_save(global_t *g, msgpack_packer *pk, model_t *md, const schema_t *sc)
 {
     msgpack_pack_map(pk, 7);
     snap_put_str(pk, "epoch");
@@ -110,7 +109,7 @@ s_schema_save(server_t *s, msgpack_packer *pk, model_t *md, const schema_t *sc)
     for (uint32_t t = 0; t < sc->shape.n; t++)
         enc_str(pk, sc->tokens[t]);
     snap_put_str(pk, "state");
-    gepoch_t *e = global_epoch(&s->global, md, sc->epoch, false);
+    gepoch_t *e = global_epoch(g, md, sc->epoch, false);
     if (e)
         gepoch_save(pk, e);
     else
@@ -118,9 +117,9 @@ s_schema_save(server_t *s, msgpack_packer *pk, model_t *md, const schema_t *sc)
 }
 
 static void
-s_model_save(server_t *s, msgpack_packer *pk, model_t *md)
+s_model_save(global_t *g, msgpack_packer *pk, model_t *md)
 {
-    gmodel_t *gm = global_model(&s->global, md);
+    gmodel_t *gm = global_model(g, md);
     gmodel_t none = {0};
     msgpack_pack_map(pk, 8);
     snap_put_str(pk, "name");
@@ -134,7 +133,7 @@ s_model_save(server_t *s, msgpack_packer *pk, model_t *md)
     snap_put_str(pk, "counters");
     s_counters_save(pk, md);
     snap_put_str(pk, "global");
-    gmodel_save(pk, &s->global, gm ? gm : &none);
+    gmodel_save(pk, g, gm ? gm : &none);
     snap_put_str(pk, "epoch");
     msgpack_pack_uint32(pk, md->cur->epoch);
     /* epochs, oldest first */
@@ -147,7 +146,7 @@ s_model_save(server_t *s, msgpack_packer *pk, model_t *md)
     for (uint32_t ep = cur > MODEL_EPOCHS_KEPT ? cur - MODEL_EPOCHS_KEPT + 1 : 1; ep <= cur; ep++) {
         const schema_t *sc = model_schema(md, ep);
         if (sc)
-            s_schema_save(s, pk, md, sc);
+            s_schema_save(g, pk, md, sc);
     }
 }
 
@@ -182,7 +181,7 @@ s_create_tmp(int dfd, char *name, size_t len)
 }
 
 int
-state_save(server_t *s, const char *dir)
+state_save(models_t *models, global_t *global, stats_t *stats, const char *dir)
 {
     msgpack_sbuffer sb;
     msgpack_packer pk;
@@ -194,11 +193,11 @@ state_save(server_t *s, const char *dir)
     enc_str(&pk, "written_ns");
     msgpack_pack_int64(&pk, now_wall_ns());
     enc_str(&pk, "half_life");
-    msgpack_pack_double(&pk, s->global.p.half_life);
+    msgpack_pack_double(&pk, global->p.half_life);
     enc_str(&pk, "models");
-    msgpack_pack_array(&pk, s->models.count);
-    for (uint32_t k = 0; k < s->models.count; k++)
-        s_model_save(s, &pk, s->models.items[k]);
+    msgpack_pack_array(&pk, models->count);
+    for (uint32_t k = 0; k < models->count; k++)
+        s_model_save(global, &pk, models->items[k]);
 
     uint8_t head[HEADER];
     memcpy(head, MAGIC, 8);
@@ -257,12 +256,12 @@ state_save(server_t *s, const char *dir)
         close(dfd);
     msgpack_sbuffer_destroy(&sb);
     if (err) {
-        s->stats.snapshot_errors++;
+        stats->snapshot_errors++;
         log_limited(LOGK_SNAPSHOT, LOG_ERR_, "state: cannot %s snapshot %s/%s: %s (the previous "
                     "snapshot is kept)", step, dir, tmp, strerror(err));
         return -1;
     }
-    s->stats.snapshots++;
+    stats->snapshots++;
     return 0;
 }
 
@@ -271,7 +270,7 @@ state_save(server_t *s, const char *dir)
 
 /* One epoch: its schema goes to models.c, its state to global.c. */
 static int
-s_schema_load(server_t *s, snap_rd_t *d, model_t *md, uint64_t cur, unsigned ver)
+s_schema_load(global_t *g, snap_rd_t *d, model_t *md, uint64_t cur, unsigned ver)
 {
     uint64_t epoch = 0, L = 0, H = 0, n = 0;
     int64_t cls = 0;
@@ -345,10 +344,10 @@ s_schema_load(server_t *s, snap_rd_t *d, model_t *md, uint64_t cur, unsigned ver
         return snap_fail(d, "epoch schema");
     d->r = state_at;
     if (!snap_get_nil(d)) {
-        gepoch_t *e = global_epoch(&s->global, md, (uint32_t)epoch, true);
+        gepoch_t *e = global_epoch(g, md, (uint32_t)epoch, true);
         if (!e)
             return snap_fail(d, "epoch state (out of memory)");
-        if (gepoch_load(d, &s->global, e, ver))
+        if (gepoch_load(d, g, e, ver))
             return -1;
     }
     d->r = after;
@@ -356,13 +355,13 @@ s_schema_load(server_t *s, snap_rd_t *d, model_t *md, uint64_t cur, unsigned ver
 }
 
 static int
-s_epochs_load(server_t *s, snap_rd_t *d, model_t *md, uint64_t cur, unsigned ver)
+s_epochs_load(global_t *g, snap_rd_t *d, model_t *md, uint64_t cur, unsigned ver)
 {
     uint32_t ne;
     if (snap_get_array(d, &ne, "epochs"))
         return -1;
     for (uint32_t k = 0; k < ne; k++)
-        if (s_schema_load(s, d, md, cur, ver))
+        if (s_schema_load(g, d, md, cur, ver))
             return -1;
     if (!md->cur || md->cur->epoch != cur)   /* every model has a current schema */
         return snap_fail(d, "current epoch");
@@ -371,21 +370,21 @@ s_epochs_load(server_t *s, snap_rd_t *d, model_t *md, uint64_t cur, unsigned ver
 
 /* The name, and a fresh model and global model under it. */
 static model_t *
-s_model_new(server_t *s, snap_rd_t *d, gmodel_t **gm)
+s_model_new(models_t *models, global_t *g, snap_rd_t *d, gmodel_t **gm)
 {
     wire_sv_t name;
     if (snap_get_str(d, &name.ptr, &name.len, "model name"))
         return NULL;
-    if (!wire_model_name_ok(name.ptr, name.len) || models_find(&s->models, name.ptr, name.len)) {
+    if (!wire_model_name_ok(name.ptr, name.len) || models_find(models, name.ptr, name.len)) {
         snap_fail(d, "model name");
         return NULL;
     }
-    model_t *md = models_add(&s->models, name.ptr, name.len);
+    model_t *md = models_add(models, name.ptr, name.len);
     if (!md) {
         snap_fail(d, "model (table full: raise ingest.max_models)");
         return NULL;
     }
-    if (!(*gm = global_model(&s->global, md))) {
+    if (!(*gm = global_model(g, md))) {
         snap_fail(d, "model (out of memory)");
         return NULL;
     }
@@ -393,27 +392,27 @@ s_model_new(server_t *s, snap_rd_t *d, gmodel_t **gm)
 }
 
 static int
-s_model_load_v1(server_t *s, snap_rd_t *d)
+s_model_load_v1(models_t *models, global_t *g, snap_rd_t *d)
 {
     gmodel_t *gm;
     model_t *md;
     uint64_t cur;
-    if (snap_get_array_n(d, 19, "model") || !(md = s_model_new(s, d, &gm)) ||
+    if (snap_get_array_n(d, 19, "model") || !(md = s_model_new(models, g, d, &gm)) ||
         snap_get_bool(d, &md->seq_known, "seq_known") ||
         snap_get_u64(d, &md->last_seq, "last_seq") || snap_get_i64(d, &md->last_ts, "last_ts") ||
-        s_counters_load(d, md, SNAP_V1) || gmodel_load(d, &s->global, gm, SNAP_V1) ||
+        s_counters_load(d, md, SNAP_V1) || gmodel_load(d, g, gm, SNAP_V1) ||
         snap_get_u64(d, &cur, "current epoch"))
         return -1;
-    return s_epochs_load(s, d, md, cur, SNAP_V1);
+    return s_epochs_load(g, d, md, cur, SNAP_V1);
 }
 
 /* Keyed: the name first (everything else hangs off the model), the rest
    in any order once it exists. */
 static int
-s_model_load(server_t *s, snap_rd_t *d, unsigned ver)
+s_model_load(models_t *models, global_t *g, snap_rd_t *d, unsigned ver)
 {
     if (ver == SNAP_V1)
-        return s_model_load_v1(s, d);
+        return s_model_load_v1(models, g, d);
     enum { F_NAME, F_SEQ_KNOWN, F_LAST_SEQ, F_LAST_TS, F_COUNTERS, F_GLOBAL, F_EPOCH, F_EPOCHS, NF };
     static const char *const names[NF] = {"name", "seq_known", "last_seq", "last_ts",
                                           "counters", "global", "epoch", "epochs"};
@@ -443,7 +442,7 @@ s_model_load(server_t *s, snap_rd_t *d, unsigned ver)
     model_t *md;
     uint64_t cur;
     d->r = at[F_NAME];
-    if (!(md = s_model_new(s, d, &gm)))
+    if (!(md = s_model_new(models, g, d, &gm)))
         return -1;
     d->r = at[F_SEQ_KNOWN];
     if (snap_get_bool(d, &md->seq_known, "seq_known"))
@@ -458,13 +457,13 @@ s_model_load(server_t *s, snap_rd_t *d, unsigned ver)
     if (s_counters_load(d, md, ver))
         return -1;
     d->r = at[F_GLOBAL];
-    if (gmodel_load(d, &s->global, gm, ver))
+    if (gmodel_load(d, g, gm, ver))
         return -1;
     d->r = at[F_EPOCH];
     if (snap_get_u64(d, &cur, "current epoch"))
         return -1;
     d->r = at[F_EPOCHS];
-    if (s_epochs_load(s, d, md, cur, ver))
+    if (s_epochs_load(g, d, md, cur, ver))
         return -1;
     d->r = after;
     return 0;
@@ -472,7 +471,7 @@ s_model_load(server_t *s, snap_rd_t *d, unsigned ver)
 
 /* {v, written_ns, half_life, models}; v is the header's format. */
 static int
-s_decode(server_t *s, const uint8_t *p, size_t n, unsigned ver, const char **why)
+s_decode(models_t *models, global_t *g, const uint8_t *p, size_t n, unsigned ver, const char **why)
 {
     snap_rd_t d;
     snap_rd_init(&d, p, n);
@@ -513,14 +512,14 @@ s_decode(server_t *s, const uint8_t *p, size_t n, unsigned ver, const char **why
         *why = "bytes after the payload";
         return -1;
     }
-    if (half_life != s->global.p.half_life)
+    if (half_life != g->p.half_life)
         log_notice("state: snapshot used half-life %g, now %g: decayed means continue with the new one",
-                   half_life, s->global.p.half_life);
+                   half_life, g->p.half_life);
     d.r = models_at;
     if (snap_get_array(&d, &nm, "models"))
         goto fail;
     for (uint32_t k = 0; k < nm; k++)
-        if (s_model_load(s, &d, ver))
+        if (s_model_load(models, g, &d, ver))
             goto fail;
     return 0;
 fail:
@@ -530,14 +529,14 @@ fail:
 
 /* Forget everything a failed restore may have put in place. */
 static void
-s_reset(server_t *s)
+s_reset(models_t *models, global_t *g)
 {
-    global_params_t p = s->global.p;
-    global_destroy(&s->global);
-    uint32_t max = s->models.max;
-    models_destroy(&s->models);
-    models_init(&s->models, max);
-    global_init(&s->global, max, &p);
+    global_params_t p = g->p;
+    global_destroy(g);
+    uint32_t max = models->max;
+    models_destroy(models);
+    models_init(models, max);
+    global_init(g, max, &p);
 }
 
 /* Remove the temporary files a crash in the middle of a save left behind
@@ -590,7 +589,7 @@ s_quarantine(int dfd, char *aside, size_t len)
 }
 
 int
-state_load(server_t *s, const char *dir)
+state_load(models_t *models, global_t *global, const char *dir)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, STATE_FILE);
@@ -650,18 +649,18 @@ state_load(server_t *s, const char *dir)
         fclose(f);
     else if (fd >= 0)
         close(fd);
-    if (!why && s_decode(s, payload, len, ver, &why) == 0) {
+    if (!why && s_decode(models, global, payload, len, ver, &why) == 0) {
         free(payload);
         close(dfd);
         uint64_t explained = 0;
-        for (uint32_t k = 0; k < s->models.count; k++)
-            explained += s->models.items[k]->explained;
+        for (uint32_t k = 0; k < models->count; k++)
+            explained += models->items[k]->explained;
         log_notice("state: restored %" PRIu32 " model(s), %" PRIu64 " explained trades, from %s",
-                   s->models.count, explained, path);
+                   models->count, explained, path);
         return 1;
     }
     free(payload);
-    s_reset(s);
+    s_reset(models, global);
     char aside[128];
     if (s_quarantine(dfd, aside, sizeof aside) == 0)
         log_err("state: snapshot %s is unusable (%s); moved it to %s/%s and starting fresh", path,

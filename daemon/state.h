@@ -27,9 +27,11 @@
 #ifndef XPLD_STATE_H
 #define XPLD_STATE_H
 
-#include <stdint.h>
+#include "global.h"
+#include "models.h"
+#include "stats.h"
 
-struct server_t;
+#include <stdint.h>
 
 #define STATE_FILE "state.msgpack"
 /* Temporary files of a save: STATE_TMP_PREFIX<pid>.<counter>.<random>;
@@ -38,14 +40,15 @@ struct server_t;
 #define STATE_TMP_OLD STATE_FILE ".tmp"
 #define STATE_TMP_PREFIX STATE_FILE ".tmp."
 
-/* Restore from <dir>/state.msgpack into an empty server (models and
-   global state initialised, nothing ingested yet). Returns 1 when state
-   was restored, 0 when there was no snapshot, -1 when the snapshot was
-   unusable (reported, moved aside, server state reset to empty). */
-int state_load(struct server_t *s, const char *dir);
+/* Restore from <dir>/state.msgpack into an empty model table and global
+   state (initialised, nothing ingested yet). Returns 1 when state was
+   restored, 0 when there was no snapshot, -1 when the snapshot was
+   unusable (reported, moved aside, both reset to empty). */
+int state_load(models_t *models, global_t *global, const char *dir);
 
-/* Write a snapshot now. Returns 0, or -1 (reported; the previous
-   snapshot stays). */
-int state_save(struct server_t *s, const char *dir);
+/* Write a snapshot of the models and their global state now, counted in
+   stats (snapshots, snapshot_errors). Returns 0, or -1 (reported; the
+   previous snapshot stays). */
+int state_save(models_t *models, global_t *global, stats_t *stats, const char *dir);
 
 #endif

@@ -4,18 +4,28 @@
     the lines the Prometheus text format (0.0.4) wants for them: names,
     labels (escaped), values, one HELP and TYPE per family. The counter
     tables are checked for duplicates, and every row is looked for where
-    the table says it goes: the stats reply, the metrics, the snapshot. */
+    the table says it goes: the stats reply, the metrics, the snapshot.
+    The endpoint is tested on that same view, still without a server: a
+    loopback socket, and this thread running the poll the main loop
+    would. */
 #include "auth.h"
 #include "cache.h"
 #include "log.h"
 #include "metrics.h"
 #include "stats.h"
 
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <msgpack.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <zmq.h>
 
 /* ---- fixture: one model "m1" with a current epoch --------------------------- */
 
@@ -72,9 +82,10 @@ fx_init(fx_t *f)
                                     .spearman = {.defined = true, .value = 0.75},
                                     .js = {.defined = true, .alert = true, .value = 0.25}};
 
+    f->cache.bytes = 4096;     /* the cache_bytes gauge */
     f->view = (metrics_view_t){.counters = {&f->stats, &f->cache, &f->auth},
                                .models = &f->models, .global = &f->global, .metrics = &f->http,
-                               .cache_bytes = 4096, .top_features = 0};
+                               .top_features = 0};
 }
 
 static void
@@ -278,6 +289,131 @@ Test(metrics, http_counters)
     assert_line(text, "xplaind_metrics_connections_max 64");
     assert_line(text, "xplaind_metrics_connections_refused_total{reason=\"per_ip\"} 3");
     free(text);
+    fx_fini(&f);
+}
+
+/* ---- the endpoint, without a server ---------------------------------------------- */
+
+/* A free loopback TCP port: the kernel's pick for port 0, closed again. */
+static int
+free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof sa;
+    cr_assert(fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+              getsockname(fd, (struct sockaddr *)&sa, &len) == 0, "no free port: %s", strerror(errno));
+    close(fd);
+    return ntohs(sa.sin_port);
+}
+
+/* Send `request` to the endpoint on `port` and run the endpoint's side
+   the way the main loop does (its poll items, metrics_timeout_ms,
+   metrics_handle) until the answer is complete: the endpoint closes the
+   connection after it. Returns the whole answer (the caller frees). */
+static char *
+exchange(metrics_t *m, int port, const char *request)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert(fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0,
+              "cannot connect to the endpoint on port %d: %s", port, strerror(errno));
+    size_t n = strlen(request);
+    cr_assert_eq(send(fd, request, n, MSG_NOSIGNAL), (ssize_t)n);
+    cr_assert_eq(fcntl(fd, F_SETFL, O_NONBLOCK), 0);
+    size_t cap = 1 << 20, len = 0;
+    char *buf = malloc(cap);
+    cr_assert_not_null(buf);
+    int64_t deadline = now_mono_ns() + 10 * (int64_t)1000000000;
+    for (;;) {
+        cr_assert_lt(now_mono_ns(), deadline, "no complete answer to \"%.20s...\" within 10 s "
+                     "(%zu bytes so far)", request, len);
+        zmq_pollitem_t items[METRICS_POLL_ITEMS + 1];
+        int ni = metrics_poll_items(m, items);
+        items[ni] = (zmq_pollitem_t){NULL, fd, ZMQ_POLLIN, 0};
+        long ms = metrics_timeout_ms(m, now_mono_ns());
+        cr_assert_geq(zmq_poll(items, ni + 1, ms < 0 || ms > 100 ? 100 : ms), 0);
+        metrics_handle(m, items, ni);
+        ssize_t r = recv(fd, buf + len, cap - 1 - len, 0);
+        if (r == 0)
+            break;
+        cr_assert(r > 0 || errno == EAGAIN || errno == EWOULDBLOCK, "recv: %s", strerror(errno));
+        if (r > 0)
+            len += (size_t)r;
+        cr_assert_lt(len, cap - 1, "answer larger than %zu bytes", cap);
+    }
+    close(fd);
+    buf[len] = '\0';
+    return buf;
+}
+
+/* The status code of an HTTP answer, and where its body starts. */
+static int
+status_of(const char *answer, const char **body)
+{
+    int code = 0;
+    cr_assert_eq(sscanf(answer, "HTTP/1.%*d %d", &code), 1, "not an HTTP answer: %.80s", answer);
+    const char *end = strstr(answer, "\r\n\r\n");
+    cr_assert_not_null(end, "no end of the header: %.200s", answer);
+    *body = end + 4;
+    return code;
+}
+
+Test(metrics, endpoint_serves_its_view_without_a_server)
+{
+    fx_t f;
+    fx_init(&f);
+    int port = free_port();
+    char spec[32];
+    snprintf(spec, sizeof spec, "127.0.0.1:%d", port);
+    config_t cfg = {.metrics = spec, .metrics_max_conns = 8, .metrics_max_per_ip = 8,
+                    .metrics_timeout_ms = 2000};
+    f.view.metrics = NULL;  /* metrics_init points the view it keeps at the endpoint itself */
+    cr_assert_eq(metrics_init(&f.http, &cfg, &f.view), 0);
+    cr_assert_eq(f.http.view.metrics, &f.http, "the kept view does not count this endpoint");
+
+    const char *body;
+    char *ans = exchange(&f.http, port, "GET /metrics HTTP/1.0\r\n\r\n");
+    cr_assert_eq(status_of(ans, &body), 200, "%.200s", ans);
+    assert_line(body, "xplaind_cache_bytes 4096");
+    assert_line(body, "xplaind_model_epoch{model=\"m1\"} 1");
+    assert_line(body, "xplaind_model_drift_alerts_total{model=\"m1\"} 3");
+    free(ans);
+
+    /* The owners' state as it is at the scrape, not at metrics_init. */
+    f.cache.bytes = 8192;
+    f.http.tokens = 10;     /* a fresh rendering, not the last one shared */
+    ans = exchange(&f.http, port, "GET /metrics HTTP/1.0\r\n\r\n");
+    cr_assert_eq(status_of(ans, &body), 200, "%.200s", ans);
+    assert_line(body, "xplaind_cache_bytes 8192");
+    assert_line(body, "xplaind_metrics_requests_total{code=\"200\"} 1");
+    free(ans);
+
+    ans = exchange(&f.http, port, "GET /elsewhere HTTP/1.0\r\n\r\n");
+    cr_assert_eq(status_of(ans, &body), 404, "%.200s", ans);
+    free(ans);
+
+    cr_assert_eq(f.http.requests[0], 2, "200s counted");
+    cr_assert_eq(f.http.requests[2], 1, "404s counted");
+    cr_assert_eq(f.http.renders, 2);
+    metrics_destroy(&f.http);
+    fx_fini(&f);
+}
+
+Test(metrics, endpoint_off_polls_nothing)
+{
+    fx_t f;
+    fx_init(&f);
+    char off[] = "";
+    config_t cfg = {.metrics = off, .metrics_max_conns = 8, .metrics_max_per_ip = 8,
+                    .metrics_timeout_ms = 2000};
+    cr_assert_eq(metrics_init(&f.http, &cfg, &f.view), 0);
+    zmq_pollitem_t items[METRICS_POLL_ITEMS];
+    cr_assert_eq(metrics_poll_items(&f.http, items), 0);
+    cr_assert_eq(metrics_timeout_ms(&f.http, now_mono_ns()), -1);
+    metrics_handle(&f.http, items, 0);
+    metrics_destroy(&f.http);
     fx_fini(&f);
 }
 

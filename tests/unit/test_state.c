@@ -1,23 +1,23 @@
 /*  Tests of daemon/state: the snapshot container (header, checksum,
     atomic write, quarantine) around the records the owners write. No
-    sockets: a server_t with only its model table and global state set
-    up, as the daemon has it before it ingests anything.
+    sockets, no server: a model table, a global state and the stats,
+    as the daemon has them before it ingests anything.
 
     - random states of every owner type (models, counters, seqs, alerts,
       epochs with methods, classes, drift, references, heads) survive a
       save and a load bit for bit;
     - a truncated, corrupted, wrong-version or malformed file is moved
       aside under its own name, with the reason in the log, and the
-      server is left empty;
+      model table and global state are left empty;
     - the format-1 snapshot the first daemon wrote
       (tests/unit/data/snapshot-v1, made by make.py there) loads, and what
       it restores is what that daemon answered about it then.  */
 #define _GNU_SOURCE
 #include "global.h"
 #include "models.h"
-#include "server.h"
 #include "snap.h"
 #include "state.h"
+#include "stats.h"
 #include "support.h"
 
 #include <criterion/criterion.h>
@@ -34,7 +34,7 @@
 
 #define FIXTURE XPL_SOURCE_DIR "/tests/unit/data/snapshot-v1"
 
-/* ---- a server without sockets ------------------------------------------ */
+/* ---- what a snapshot is taken of ---------------------------------------- */
 
 static global_params_t
 params(double half_life, uint32_t window, uint32_t max_targets, uint32_t alerts_kept)
@@ -45,10 +45,17 @@ params(double half_life, uint32_t window, uint32_t max_targets, uint32_t alerts_
     return p;
 }
 
-static server_t *
-srv_new(const global_params_t *p)
+/* The owners state_save and state_load take, as server.c holds them. */
+typedef struct {
+    models_t models;
+    global_t global;
+    stats_t stats;
+} owners_t;
+
+static owners_t *
+owners_new(const global_params_t *p)
 {
-    server_t *s = calloc(1, sizeof *s);
+    owners_t *s = calloc(1, sizeof *s);
     cr_assert_not_null(s);
     cr_assert_eq(models_init(&s->models, 16), 0);
     cr_assert_eq(global_init(&s->global, 16, p), 0);
@@ -58,19 +65,19 @@ srv_new(const global_params_t *p)
 /* The global state of a model and of one of its epochs (the one place
    this test spells global.c's accessors). */
 static gmodel_t *
-gm_of(server_t *s, model_t *md)
+gm_of(owners_t *s, model_t *md)
 {
     return global_model(&s->global, md);
 }
 
 static gepoch_t *
-ep_of(server_t *s, model_t *md, uint32_t epoch, bool create)
+ep_of(owners_t *s, model_t *md, uint32_t epoch, bool create)
 {
     return global_epoch(&s->global, md, epoch, create);
 }
 
 static void
-srv_free(server_t *s)
+owners_free(owners_t *s)
 {
     global_destroy(&s->global);
     models_destroy(&s->models);
@@ -128,7 +135,7 @@ spit(const char *path, const void *p, size_t len)
 
 /* state_load with stderr captured into *log (the caller frees it). */
 static int
-load_logged(server_t *s, const char *dir, char **log)
+load_logged(owners_t *s, const char *dir, char **log)
 {
     char path[] = "/tmp/xpl-test-state-log-XXXXXX";
     int fd = mkstemp(path);
@@ -136,7 +143,7 @@ load_logged(server_t *s, const char *dir, char **log)
     fflush(stderr);
     int saved = dup(2);
     dup2(fd, 2);
-    int rc = state_load(s, dir);
+    int rc = state_load(&s->models, &s->global, dir);
     fflush(stderr);
     dup2(saved, 2);
     close(saved);
@@ -168,7 +175,7 @@ rstat(rng_t *r)
 /* An epoch as global_add leaves it after a random stream, and then some:
    references of every kind, a last window, classes. */
 static void
-random_epoch(server_t *s, gepoch_t *e, rng_t *r)
+random_epoch(owners_t *s, gepoch_t *e, rng_t *r)
 {
     const global_params_t *p = &s->global.p;
     float x[64], y[64];
@@ -223,7 +230,7 @@ random_epoch(server_t *s, gepoch_t *e, rng_t *r)
 }
 
 static model_t *
-random_model(server_t *s, const char *name, uint32_t nepochs, rng_t *r)
+random_model(owners_t *s, const char *name, uint32_t nepochs, rng_t *r)
 {
     model_t *md = models_add(&s->models, name, strlen(name));
     cr_assert_not_null(md);
@@ -311,7 +318,7 @@ Test(state, random_states_round_trip_bit_for_bit)
 {
     for (uint64_t seed = 1; seed <= 12; seed++) {
         global_params_t p = params(1 + (double)seed, 3 + (uint32_t)seed % 4, 3, 4);
-        server_t *a = srv_new(&p), *b = srv_new(&p);
+        owners_t *a = owners_new(&p), *b = owners_new(&p);
         rng_t r;
         rng_seed(&r, seed);
         char *d1 = tmpdir(), *d2 = tmpdir();
@@ -321,10 +328,10 @@ Test(state, random_states_round_trip_bit_for_bit)
             snprintf(name, sizeof name, "m%u", k);
             random_model(a, name, 1 + (uint32_t)((seed + k) % 10), &r);
         }
-        cr_assert_eq(state_save(a, d1), 0);
+        cr_assert_eq(state_save(&a->models, &a->global, &a->stats, d1), 0);
         cr_assert_eq(a->stats.snapshots, 1);
-        cr_assert_eq(state_load(b, d1), 1);
-        cr_assert_eq(state_save(b, d2), 0);
+        cr_assert_eq(state_load(&b->models, &b->global, d1), 1);
+        cr_assert_eq(state_save(&b->models, &b->global, &b->stats, d2), 0);
         size_t n1, n2;
         uint8_t *p1 = payload_of(d1, &n1), *p2 = payload_of(d2, &n2);
         cr_assert_eq(n1, n2, "seed %" PRIu64, seed);
@@ -365,20 +372,20 @@ Test(state, random_states_round_trip_bit_for_bit)
         free(p2);
         rmdir_all(d1);
         rmdir_all(d2);
-        srv_free(a);
-        srv_free(b);
+        owners_free(a);
+        owners_free(b);
     }
 }
 
 Test(state, no_snapshot_starts_fresh)
 {
     global_params_t p = params(10, 5, 2, 3);
-    server_t *s = srv_new(&p);
+    owners_t *s = owners_new(&p);
     char *dir = tmpdir();
-    cr_assert_eq(state_load(s, dir), 0);
+    cr_assert_eq(state_load(&s->models, &s->global, dir), 0);
     cr_assert_eq(s->models.count, 0);
     rmdir_all(dir);
-    srv_free(s);
+    owners_free(s);
 }
 
 /* ---- unusable files are quarantined -------------------------------------- */
@@ -435,17 +442,17 @@ Test(state, unusable_files_are_moved_aside_with_the_reason)
 {
     global_params_t p = params(10, 5, 2, 3);
     /* A good snapshot to damage. */
-    server_t *g = srv_new(&p);
+    owners_t *g = owners_new(&p);
     rng_t r;
     rng_seed(&r, 77);
     random_model(g, "good", 3, &r);
     char *gdir = tmpdir();
-    cr_assert_eq(state_save(g, gdir), 0);
+    cr_assert_eq(state_save(&g->models, &g->global, &g->stats, gdir), 0);
     char gpath[512];
     snprintf(gpath, sizeof gpath, "%s/%s", gdir, STATE_FILE);
     size_t glen;
     uint8_t *good = slurp(gpath, &glen);
-    srv_free(g);
+    owners_free(g);
     rmdir_all(gdir);
 
     uint8_t *flipped = malloc(glen);
@@ -486,10 +493,10 @@ Test(state, unusable_files_are_moved_aside_with_the_reason)
         char *dir = tmpdir(), path[512];
         snprintf(path, sizeof path, "%s/%s", dir, STATE_FILE);
         spit(path, cases[k].data, cases[k].len);
-        server_t *s = srv_new(&p);
+        owners_t *s = owners_new(&p);
         char *log;
         cr_assert_eq(load_logged(s, dir, &log), -1, "%s", cases[k].name);
-        cr_assert_eq(s->models.count, 0, "%s: the server is left empty", cases[k].name);
+        cr_assert_eq(s->models.count, 0, "%s: the model table is left empty", cases[k].name);
         cr_assert_not_null(strstr(log, cases[k].why), "%s: log does not name '%s':\n%s",
                            cases[k].name, cases[k].why, log);
         cr_assert_not_null(strstr(log, "moved it to"), "%s", cases[k].name);
@@ -511,10 +518,10 @@ Test(state, unusable_files_are_moved_aside_with_the_reason)
             }
         closedir(d);
         cr_assert_eq(aside, 1, "%s", cases[k].name);
-        /* The server still works: a fresh model can be added. */
+        /* The table still works: a fresh model can be added. */
         cr_assert_not_null(models_add(&s->models, "x", 1));
         free(log);
-        srv_free(s);
+        owners_free(s);
         rmdir_all(dir);
     }
     free(good);
@@ -608,7 +615,7 @@ check_stat(const msgpack_object *o, const drift_stat_t *st, const char *what)
 }
 
 static void
-check_global(server_t *s, model_t *md, gepoch_t *e, const msgpack_object *g)
+check_global(owners_t *s, model_t *md, gepoch_t *e, const msgpack_object *g)
 {
     gmodel_t *gm = gm_of(s, md);
     cr_assert_eq(u64(must(g, "seq")), gm->glob_seq - 1);
@@ -643,7 +650,7 @@ check_global(server_t *s, model_t *md, gepoch_t *e, const msgpack_object *g)
 }
 
 static void
-check_drift(server_t *s, model_t *md, gepoch_t *e, const msgpack_object *dr)
+check_drift(owners_t *s, model_t *md, gepoch_t *e, const msgpack_object *dr)
 {
     gmodel_t *gm = gm_of(s, md);
     const msgpack_object *ms = must(dr, "methods");
@@ -689,7 +696,7 @@ check_drift(server_t *s, model_t *md, gepoch_t *e, const msgpack_object *dr)
 }
 
 static void
-check_heads(server_t *s, model_t *md, gepoch_t *e, const msgpack_object *h)
+check_heads(owners_t *s, model_t *md, gepoch_t *e, const msgpack_object *h)
 {
     cr_assert_eq(u64(must(h, "seq")), gm_of(s, md)->heads_seq - 1);
     cr_assert_eq(u64(must(h, "importance_count")), e->heads.importance.count);
@@ -706,7 +713,7 @@ check_heads(server_t *s, model_t *md, gepoch_t *e, const msgpack_object *h)
 
 /* Everything the replies recorded when the snapshot was written. */
 static void
-check_fixture(server_t *s, const msgpack_object *rep)
+check_fixture(owners_t *s, const msgpack_object *rep)
 {
     const msgpack_object *models = must(must(rep, "models"), "models");
     cr_assert_eq(models->via.array.size, s->models.count);
@@ -755,7 +762,7 @@ check_fixture(server_t *s, const msgpack_object *rep)
     cr_assert_eq(checked, 9, "only %u replies checked", checked);
 }
 
-static server_t *
+static owners_t *
 load_fixture(msgpack_unpacked *rep, uint8_t **rep_bytes, char **dir)
 {
     size_t n;
@@ -767,7 +774,7 @@ load_fixture(msgpack_unpacked *rep, uint8_t **rep_bytes, char **dir)
     global_params_t p = params(must(pp, "half_life")->via.f64, (uint32_t)u64(must(pp, "window")),
                                (uint32_t)u64(must(pp, "max_targets")),
                                (uint32_t)u64(must(pp, "alerts_kept")));
-    server_t *s = srv_new(&p);
+    owners_t *s = owners_new(&p);
     /* A copy: a load may move a bad file aside, never the fixture. */
     *dir = tmpdir();
     size_t len;
@@ -789,9 +796,9 @@ Test(state, format_1_fixture_restores_what_the_daemon_reported)
     msgpack_unpacked rep;
     uint8_t *bytes;
     char *dir;
-    server_t *s = load_fixture(&rep, &bytes, &dir);
+    owners_t *s = load_fixture(&rep, &bytes, &dir);
     check_fixture(s, &rep.data);
-    srv_free(s);
+    owners_free(s);
     rmdir_all(dir);
     msgpack_unpacked_destroy(&rep);
     free(bytes);
@@ -802,20 +809,20 @@ Test(state, format_1_fixture_saved_as_format_2_loads_the_same)
     msgpack_unpacked rep;
     uint8_t *bytes;
     char *dir;
-    server_t *s = load_fixture(&rep, &bytes, &dir);
+    owners_t *s = load_fixture(&rep, &bytes, &dir);
     char *d2 = tmpdir();
-    cr_assert_eq(state_save(s, d2), 0);
+    cr_assert_eq(state_save(&s->models, &s->global, &s->stats, d2), 0);
     char path[512];
     snprintf(path, sizeof path, "%s/%s", d2, STATE_FILE);
     size_t n;
     uint8_t *f = slurp(path, &n);
     cr_assert_eq(f[8], SNAP_V2, "new snapshots are format 2");
     free(f);
-    server_t *b = srv_new(&s->global.p);
-    cr_assert_eq(state_load(b, d2), 1);
+    owners_t *b = owners_new(&s->global.p);
+    cr_assert_eq(state_load(&b->models, &b->global, d2), 1);
     check_fixture(b, &rep.data);
-    srv_free(b);
-    srv_free(s);
+    owners_free(b);
+    owners_free(s);
     rmdir_all(d2);
     rmdir_all(dir);
     msgpack_unpacked_destroy(&rep);
