@@ -30,7 +30,7 @@ fi
 
 echo "== build ($BUILD, Release)"
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DXPL_BENCH=ON >/dev/null
-cmake --build "$BUILD" -j"$(nproc)" --target xplaind bench_xplain bench_math bench_flow xplmalloccount test_xmath >/dev/null
+cmake --build "$BUILD" -j"$(nproc)" --target xplaind bench_xplain bench_math bench_flow bench_drift xplmalloccount test_xmath >/dev/null
 B="$BUILD/bench"
 # Raw outputs and per-repetition logs stay in the build tree for a look.
 TMP="$SRC/$BUILD/bench-logs"
@@ -72,6 +72,11 @@ echo "== math library alone"
 # Attention flow's cost growth with n and L; the side-by-side
 # networkx comparison is bench/flow_compare.sh (FLOW.md).
 "$B/bench_flow" grid --seconds 0.5 >"$TMP/flow.md" 2>"$TMP/flow.log"
+
+echo "== drift verdicts on streams with a known change"
+DQ=""
+[ "$QUICK" = 1 ] && DQ="--quick"
+"$B/bench_drift" --markdown $DQ >"$TMP/drift.md" 2>"$TMP/drift.log"
 
 if [ "$LONG" -gt 0 ]; then
     echo "== long run: $LONG trades of tab16 into xplaind (RSS flatness)"
@@ -176,6 +181,14 @@ LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "networkx comparison, measured side by side, are in [FLOW.md](FLOW.md)."
     echo
     sed 's/^## /### /' "$TMP/flow.md"
+    echo
+    echo "## 5c. Drift detectors: false alarms and detection delay"
+    echo
+    echo "\`bench_drift\` (core/detect.h, MATH.md \"Drift verdicts\"): every mode judges the same closed"
+    echo "windows. False alarms: alerting windows closed after the calibration and before the change, per"
+    echo "million of those trades; delay: trades from the change to the close of the first alerting window."
+    echo
+    cat "$TMP/drift.md"
     echo
     echo "## 6. Where the time goes"
     echo

@@ -485,9 +485,9 @@ xpl_client_global(xpl_client_t *self, const char *model, const char *method,
     return g;
 }
 
-xpl_drift_state_t *
-xpl_client_drift(xpl_client_t *self, const char *model, const char *method,
-                 const uint64_t *epoch)
+static xpl_drift_state_t *
+s_drift(xpl_client_t *self, const char *model, const char *method, const uint64_t *epoch,
+        const char *segment)
 {
     assert(self);
     if (!model)
@@ -496,10 +496,14 @@ xpl_client_drift(xpl_client_t *self, const char *model, const char *method,
     msgpack_packer pk;
     zmq_msg_t body;
     xdoc_t doc;
-    s_begin(&sb, &pk, "drift", 1 + !!method + !!epoch);
+    s_begin(&sb, &pk, "drift", 1 + !!method + !!epoch + !!segment);
     xpk_key(&pk, "model");
     xpk_str(&pk, model);
     s_opt_args(&pk, method, NULL, epoch);
+    if (segment) {
+        xpk_key(&pk, "segment");
+        xpk_str(&pk, segment);
+    }
     if (s_call(self, "drift", &sb, &body, &doc)) {
         msgpack_sbuffer_destroy(&sb);
         return NULL;
@@ -507,6 +511,20 @@ xpl_client_drift(xpl_client_t *self, const char *model, const char *method,
     xpl_drift_state_t *d = xpl_decode_drift_state(doc.nodes, "reply to 'drift'");
     s_done(&body, &doc, &sb);
     return d;
+}
+
+xpl_drift_state_t *
+xpl_client_drift(xpl_client_t *self, const char *model, const char *method,
+                 const uint64_t *epoch)
+{
+    return s_drift(self, model, method, epoch, NULL);
+}
+
+xpl_drift_state_t *
+xpl_client_drift_segment(xpl_client_t *self, const char *model, const char *method,
+                         const char *segment)
+{
+    return s_drift(self, model, method, NULL, segment);
 }
 
 int

@@ -208,6 +208,69 @@ xdc_window(xdc_t *c, const xnode_t *m, xpl_window_t *w)
                : 0;
 }
 
+/* A map of the three statistics to a number or nil, into out[3]. */
+static int
+s_per_stat(xdc_t *c, const xnode_t *m, const char *key, double *out)
+{
+    static const char *names[3] = {"spearman", "ndcg", "js"};
+    const xnode_t *n = xn_get(m, key);
+    for (int i = 0; i < 3; i++)
+        out[i] = NAN;
+    if (!n || xn_is(n, MPR_NIL))
+        return 0;
+    if (!xn_is(n, MPR_MAP))
+        return xdc_bad(c, key, "a map of statistic to number");
+    for (int i = 0; i < 3; i++)
+        if (xn_get(n, names[i]) && xdc_stat(c, n, names[i], &out[i]))
+            return -1;
+    return 0;
+}
+
+int
+xdc_verdict(xdc_t *c, const xnode_t *m, xpl_verdict_t *v)
+{
+    memset(v, 0, sizeof *v);
+    for (int i = 0; i < 3; i++)
+        v->z[i] = v->cusum[i] = NAN;
+    const xnode_t *vd = xn_get(m, "verdict");
+    if (vd && !xn_is(vd, MPR_NIL)) {
+        if (!xn_is(vd, MPR_MAP))
+            return xdc_bad(c, "verdict", "a map");
+        if (xdc_str(c, vd, "mode", &v->mode) || xdc_bool(c, vd, "calibrating", &v->calibrating)
+            || s_per_stat(c, vd, "z", v->z) || s_per_stat(c, vd, "cusum", v->cusum))
+            return -1;
+    }
+    const xnode_t *mv = xn_get(m, "moved");
+    if (!mv || xn_is(mv, MPR_NIL))
+        return 0;
+    if (!xn_is(mv, MPR_ARRAY))
+        return xdc_bad(c, "moved", "an array");
+    uint32_t n = xn_count(mv);
+    xpl_moved_t *out = xobj_alloc(c->obj, (size_t)(n ? n : 1) * sizeof *out);
+    if (!out)
+        return -1;
+    const xnode_t *e = xn_first(mv);
+    for (uint32_t i = 0; i < n; i++, e = xn_next(e)) {
+        int64_t up;
+        if (!xn_is(e, MPR_MAP))
+            return xdc_bad(c, "moved", "an array of maps");
+        const xnode_t *f = xn_get(e, "feature");
+        out[i].feature = NULL;
+        if (f && !xn_is(f, MPR_NIL) && xdc_str(c, e, "feature", &out[i].feature))
+            return -1;
+        if (xdc_u32(c, e, "index", &out[i].index) || xdc_stat(c, e, "ref", &out[i].ref)
+            || xdc_stat(c, e, "cur", &out[i].cur) || xdc_stat(c, e, "delta", &out[i].delta)
+            || xdc_u32(c, e, "ref_rank", &out[i].ref_rank) || xdc_u32(c, e, "rank", &out[i].rank))
+            return -1;
+        if (xn_int(xn_get(e, "rank_up"), &up) || up < INT32_MIN || up > INT32_MAX)
+            return xdc_bad(c, "rank_up", "an integer");
+        out[i].rank_up = (int32_t)up;
+    }
+    v->moved = out;
+    v->nmoved = n;
+    return 0;
+}
+
 int
 xpl_reply_check(const xdoc_t *d, const char *op)
 {

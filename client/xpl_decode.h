@@ -52,5 +52,8 @@ int xdc_model_list(xdc_t *c, const xnode_t *root, const xpl_model_info_t **out, 
 
 /* The window fields shared by drift/ messages and the drift query. */
 int xdc_window(xdc_t *c, const xnode_t *m, xpl_window_t *w);
+/* The optional "verdict" and "moved" of a closed window's map into *v
+   (left zero, mode NULL, when the daemon sent neither). */
+int xdc_verdict(xdc_t *c, const xnode_t *m, xpl_verdict_t *v);
 
 #endif

@@ -13,7 +13,9 @@ xpl_decode_drift(const xnode_t *root, const char *what)
         xobj_unref(&d);
     } else if (xdc_str(&c, root, "model", &d->model) || xdc_u64(&c, root, "seq", &d->seq)
                || xdc_u64(&c, root, "epoch", &d->epoch) || xdc_str(&c, root, "method", &d->method)
-               || xdc_u64(&c, root, "trades", &d->trades) || xdc_window(&c, root, &d->window))
+               || xdc_u64(&c, root, "trades", &d->trades) || xdc_window(&c, root, &d->window)
+               || xdc_verdict(&c, root, &d->verdict)
+               || (xn_get(root, "segment") && xdc_str(&c, root, "segment", &d->segment)))
         xobj_unref(&d);
     return d;
 }

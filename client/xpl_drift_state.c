@@ -28,8 +28,10 @@ xpl_decode_drift_state(const xnode_t *root, const char *what)
     }
     uint32_t nm = xn_count(m);
     xpl_drift_method_t *ms = xobj_alloc(d, (size_t)(nm ? nm : 1) * sizeof *ms);
-    if (!ms)
+    xpl_verdict_t *vs = xobj_alloc(d, (size_t)(nm ? nm : 1) * sizeof *vs);
+    if (!ms || !vs)
         goto fail;
+    memset(vs, 0, (size_t)(nm ? nm : 1) * sizeof *vs);
     const xnode_t *k = xn_first(m);
     for (uint32_t i = 0; i < nm; i++) {
         const xnode_t *v = xn_next(k);
@@ -43,14 +45,26 @@ xpl_decode_drift_state(const xnode_t *root, const char *what)
             || xdc_u64(&c, v, "filled", &ms[i].filled) || xdc_u64(&c, v, "windows", &ms[i].windows))
             goto fail;
         if (last && !xn_is(last, MPR_NIL)) {
-            if (xdc_window(&c, last, &ms[i].last))
+            if (xdc_window(&c, last, &ms[i].last) || xdc_verdict(&c, last, &vs[i]))
                 goto fail;
             ms[i].has_last = true;
         }
         k = xn_next(v);
     }
     d->methods = ms;
+    d->verdicts = vs;
     d->nmethods = nm;
+    /* Drift modes and segments: absent from an older daemon. */
+    const xnode_t *mo = xn_get(root, "mode");
+    if (xn_is(mo, MPR_MAP) && xdc_str(&c, mo, "mode", &d->mode))
+        goto fail;
+    const xnode_t *sg = xn_get(root, "segment");
+    if (sg && !xn_is(sg, MPR_NIL) && xdc_str(&c, root, "segment", &d->segment))
+        goto fail;
+    if (xn_get(root, "segments")
+        && (xdc_strs(&c, root, "segments", &d->segments, &d->nsegments)
+            || xdc_u64(&c, root, "segments_overflow", &d->segments_overflow)))
+        goto fail;
     const xnode_t *al = xn_get(root, "alerts");
     if (!xn_is(al, MPR_ARRAY)) {
         xdc_bad(&c, "alerts", "an array");

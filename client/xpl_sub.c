@@ -17,6 +17,7 @@ typedef struct {
 typedef struct {
     unsigned kind;
     char model[65];
+    uint64_t segment;           /* FNV-1a of a segment's label, 0: none */
     uint64_t last;
 } s_topic_t;
 
@@ -212,11 +213,11 @@ s_malformed(xpl_sub_t *self, const char *reason)
 /* Count a gap in the topic's seq. A seq at or below the last one means
    the daemon restarted: nothing is counted as lost. */
 static void
-s_track_seq(xpl_sub_t *self, unsigned kind, const char *model, uint64_t seq)
+s_track_seq(xpl_sub_t *self, unsigned kind, const char *model, uint64_t segment, uint64_t seq)
 {
     for (size_t i = 0; i < self->ntopics; i++) {
         s_topic_t *t = &self->topics[i];
-        if (t->kind == kind && strcmp(t->model, model) == 0) {
+        if (t->kind == kind && t->segment == segment && strcmp(t->model, model) == 0) {
             if (seq > t->last + 1)
                 self->lost += seq - t->last - 1;
             t->last = seq;
@@ -229,6 +230,7 @@ s_track_seq(xpl_sub_t *self, unsigned kind, const char *model, uint64_t seq)
     self->topics = grown;
     s_topic_t *t = &self->topics[self->ntopics++];
     t->kind = kind;
+    t->segment = segment;
     snprintf(t->model, sizeof t->model, "%s", model);
     t->last = seq;
 }
@@ -301,6 +303,19 @@ s_decode(xpl_sub_t *self, const zmq_msg_t *topic, const zmq_msg_t *body)
     if (k == S_NKINDS)
         return NULL;        /* a topic this library does not know */
     size_t plen = strlen(s_kinds[k].prefix);
+    /* drift/<model>/<segment>: a segment's window; the model is what
+       comes before the '/' (model names have none). */
+    uint64_t segment = 0;
+    if (s_kinds[k].kind == XPL_KIND_DRIFT) {
+        const char *slash = memchr(t + plen, '/', tlen - plen);
+        if (slash) {
+            /* Each segment's topic numbers its messages on its own. */
+            segment = 0xcbf29ce484222325ull;
+            for (const char *p = slash; p < t + tlen; p++)
+                segment = (segment ^ (unsigned char)*p) * 0x100000001b3ull;
+            tlen = (size_t)(slash - t);
+        }
+    }
     char model[65];
     if (tlen - plen >= sizeof model) {
         s_malformed(self, "topic with a model name over 64 bytes");
@@ -376,7 +391,7 @@ s_decode(xpl_sub_t *self, const zmq_msg_t *topic, const zmq_msg_t *body)
     if (ev->explanation)
         s_attach_schema(self, ev->explanation);
     xdoc_free(&doc);
-    s_track_seq(self, ev->kind, model, ev->seq);
+    s_track_seq(self, ev->kind, model, segment, ev->seq);
     return ev;
 fail:
     xdoc_free(&doc);

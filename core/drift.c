@@ -84,22 +84,11 @@ s_compare(drift_t *d, drift_report_t *out)
     out->alert = out->spearman.alert || out->ndcg.alert || out->js.alert;
 }
 
-int
-drift_push(drift_t *d, const float *x, drift_report_t *out)
+/* The window in d->last has closed: compare it, or capture it as the
+   baseline. */
+static int
+s_close(drift_t *d, drift_report_t *out)
 {
-    for (uint32_t j = 0; j < d->nfeat; j++)
-        if (!isfinite(x[j]))
-            return -1;
-    for (uint32_t j = 0; j < d->nfeat; j++)
-        d->sum[j] += x[j];
-    if (++d->filled < d->window)
-        return 0;
-
-    for (uint32_t j = 0; j < d->nfeat; j++) {
-        d->last[j] = d->sum[j] / d->window;
-        d->sum[j] = 0;
-    }
-    d->filled = 0;
     d->has_last = true;
     memset(out, 0, sizeof *out);
     out->window = d->closed++;
@@ -117,26 +106,33 @@ drift_push(drift_t *d, const float *x, drift_report_t *out)
 }
 
 int
-drift_push_mean(drift_t *d, const double *mean, drift_report_t *out)
+drift_push(drift_t *d, const float *x, drift_report_t *out)
+{
+    for (uint32_t j = 0; j < d->nfeat; j++)
+        if (!isfinite(x[j]))
+            return -1;
+    for (uint32_t j = 0; j < d->nfeat; j++)
+        d->sum[j] += x[j];
+    if (++d->filled < d->window)
+        return 0;
+
+    for (uint32_t j = 0; j < d->nfeat; j++) {
+        d->last[j] = d->sum[j] / d->window;
+        d->sum[j] = 0;
+    }
+    d->filled = 0;
+    return s_close(d, out);
+}
+
+int
+drift_close_mean(drift_t *d, const double *mean, drift_report_t *out)
 {
     for (uint32_t j = 0; j < d->nfeat; j++)
         if (!isfinite(mean[j]))
             return -1;
-    memcpy(d->last, mean, d->nfeat * sizeof *d->last);
-    d->has_last = true;
-    memset(out, 0, sizeof *out);
-    out->window = d->closed++;
-    out->mean = d->last;
-    if (d->ref_kind == DRIFT_REF_NONE) {
-        memcpy(d->ref, d->last, d->nfeat * sizeof *d->ref);
-        d->ref_kind = DRIFT_REF_BASELINE;
-        out->ref = DRIFT_REF_BASELINE;
-        return 1;
-    }
-    out->ref = d->ref_kind;
-    out->compared = true;
-    s_compare(d, out);
-    return 1;
+    /* memmove: handing back d->last itself must not be undefined. */
+    memmove(d->last, mean, d->nfeat * sizeof *d->last);
+    return s_close(d, out);
 }
 
 int

@@ -102,13 +102,13 @@ void drift_destroy(drift_t *d);
    open, -1 when x holds a NaN or Inf (nothing changes). */
 int drift_push(drift_t *d, const float *x, drift_report_t *out);
 
-/* Close a window that was kept elsewhere (an event-time window, evwin.h,
-   possibly merged from several daemons): `mean` (nfeat values) becomes
-   the last window and is captured as the baseline or compared with the
-   reference exactly as a count window closing in drift_push would be;
-   the open count window is not touched. Returns 1 (*out describes it),
-   or -1 when mean holds a NaN or Inf (nothing changes). */
-int drift_push_mean(drift_t *d, const double *mean, drift_report_t *out);
+/* Close a window formed elsewhere (by event time: core/evwin.h) whose
+   per-feature mean is `mean` (nfeat values): compared with the reference,
+   or captured as the baseline, exactly as a window drift_push closes.
+   The count window of drift_push is not touched. Returns 1 (*out
+   describes it, out->mean is d->last), or -1 when mean holds a NaN or Inf
+   (nothing changes). */
+int drift_close_mean(drift_t *d, const double *mean, drift_report_t *out);
 
 /* Compare from now on with a copy of `ref` (nfeat values; may be d->last),
    labelled `kind`, DRIFT_REF_PINNED or DRIFT_REF_EXTERNAL. The open

@@ -2,6 +2,7 @@
 #include "wire.h"
 
 #include "half.h"
+#include "segment.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -54,6 +55,7 @@ wire_limits_default(wire_limits_t *lim)
        trades of L = 8, H = 8, n = 32. See the README's memory section. */
     lim->max_elems = 4u << 20;
     lim->max_str = 256;
+    lim->max_targets = 16;
 }
 
 /* Room left for keys the contract lets a publisher add (ignored). */
@@ -68,12 +70,13 @@ wire_max_body(const wire_limits_t *lim)
         tensor = UINT32_MAX;
     uint64_t id = lim->max_str + 5 > 9 ? lim->max_str + 5 : 9;
     uint64_t b = 5                                  /* the map header */
-                 + 15 * 8                           /* the known keys, "tokens" longest */
+                 + 17 * 8                           /* the known keys, "targets" longest */
                  + 1 + (5 + WIRE_MODEL_MAX)         /* v, model */
                  + 6 * 9 + 5                        /* seq ts L H n cls, dtype */
-                 + 2 * (5 + tensor)                 /* attn, grad */
+                 + 3 * (5 + tensor)                 /* attn, grad, rel */
                  + 5 + (uint64_t)lim->max_batch * id /* ids */
                  + 2 * (5 + (uint64_t)lim->max_batch * 9) /* target, y */
+                 + 5 + (uint64_t)(lim->max_targets ? lim->max_targets : 16) * 9 /* targets */
                  + 5 + (uint64_t)lim->max_tokens * (lim->max_str + 5) /* tokens */
                  + WIRE_UNKNOWN_SLACK;
     return b;
@@ -274,6 +277,7 @@ wire_decoder_destroy(wire_decoder_t *d)
     free(d->target);
     free(d->y);
     free(d->tokens);
+    free(d->targets);
     memset(d, 0, sizeof *d);
 }
 
@@ -359,10 +363,11 @@ s_msgpack_fail(wire_decoder_t *d, mpr_err_t e, const char *where)
 /* The keys the decoder knows, as bits for the seen/duplicate check. */
 enum {
     K_V, K_MODEL, K_SEQ, K_TS, K_IDS, K_L, K_H, K_N, K_DTYPE, K_ATTN, K_GRAD,
-    K_TARGET, K_Y, K_CLS, K_TOKENS, K_COUNT
+    K_TARGET, K_Y, K_CLS, K_TOKENS, K_TAGS, K_REL, K_TARGETS, K_COUNT
 };
 static const char *s_keys[K_COUNT] = {"v", "model", "seq", "ts", "ids", "L", "H", "n",
-                                      "dtype", "attn", "grad", "target", "y", "cls", "tokens"};
+                                      "dtype", "attn", "grad", "target", "y", "cls", "tokens",
+                                      "tags", "rel", "targets"};
 static const unsigned s_required = 1u << K_V | 1u << K_MODEL | 1u << K_SEQ | 1u << K_TS |
                                    1u << K_IDS | 1u << K_L | 1u << K_H | 1u << K_N |
                                    1u << K_DTYPE | 1u << K_ATTN;
@@ -524,9 +529,9 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
     unsigned seen = 0;
     uint64_t L = 0, H = 0, n = 0, seq = 0;
     int64_t cls = -1;
-    uint32_t nids = 0, ntarget = 0, ny = 0, ntokens = 0;
-    wire_sv_t attn = {0}, grad = {0};
-    bool grad_nil = false;
+    uint32_t nids = 0, ntarget = 0, ny = 0, ntokens = 0, ntargets = 0;
+    wire_sv_t attn = {0}, grad = {0}, tags = {0}, rel = {0};
+    bool grad_nil = false, rel_nil = false;
     for (uint32_t k = 0; k < pairs; k++) {
         mpr_obj_t key;
         if ((e = mpr_next(&r, &key)))
@@ -544,6 +549,17 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
         if (seen & (1u << ki))
             return s_fail(d, XR_DUPLICATE_KEY, "key '%s' appears twice", kn);
         seen |= 1u << ki;
+        if (ki == K_TAGS) {
+            /* Kept as raw bytes, checked below once the batch size is
+               known: a map, or an array of maps (or nil) one per trade. */
+            const uint8_t *start = r.p;
+            if ((e = mpr_skip(&r, 2)) == MPR_EDEPTH)
+                return s_fail(d, XR_WRONG_TYPE, "tags: nested deeper than an array of maps");
+            if (e)
+                return s_msgpack_fail(d, e, kn);
+            tags = (wire_sv_t){start, (uint32_t)(r.p - start)};
+            continue;
+        }
         if ((e = mpr_next(&r, &o)))
             return s_msgpack_fail(d, e, kn);
 
@@ -604,6 +620,15 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
             if (o.type != MPR_BIN)
                 return s_wrong_type(d, kn, "bin", &o);
             *(ki == K_ATTN ? &attn : &grad) = (wire_sv_t){o.v.raw.ptr, o.v.raw.len};
+            break;
+        case K_REL:
+            if (o.type == MPR_NIL) {
+                rel_nil = true;
+                break;
+            }
+            if (o.type != MPR_BIN)
+                return s_wrong_type(d, kn, "bin", &o);
+            rel = (wire_sv_t){o.v.raw.ptr, o.v.raw.len};
             break;
         case K_IDS:
             if (o.type != MPR_ARRAY)
@@ -668,6 +693,35 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
             *(ki == K_TARGET ? &ntarget : &ny) = cnt;
             break;
         }
+        case K_TARGETS: {
+            if (o.type != MPR_ARRAY)
+                return s_wrong_type(d, kn, "array", &o);
+            uint32_t lim = d->lim.max_targets ? d->lim.max_targets : 16;
+            if (o.v.count == 0 || o.v.count > lim)
+                return s_fail(d, XR_LENGTH, "targets has %" PRIu32 " entries (1 to %" PRIu32
+                              " allowed)", o.v.count, lim);
+            ntargets = o.v.count;
+            if (ntargets > d->cap_targets) {
+                int64_t *t = realloc(d->targets, ntargets * sizeof *t);
+                if (!t)
+                    return s_fail(d, XR_INTERNAL, "out of memory for %" PRIu32 " targets", ntargets);
+                d->targets = t;
+                d->cap_targets = ntargets;
+            }
+            for (uint32_t t = 0; t < ntargets; t++) {
+                mpr_obj_t it;
+                if ((e = mpr_next(&r, &it)))
+                    return s_msgpack_fail(d, e, kn);
+                if (it.type == MPR_UINT && it.v.u <= INT64_MAX)
+                    d->targets[t] = (int64_t)it.v.u;
+                else if (it.type == MPR_INT)
+                    d->targets[t] = it.v.i;
+                else
+                    return s_fail(d, XR_WRONG_TYPE, "targets[%" PRIu32 "]: expected int, got %s",
+                                  t, mpr_type_name(it.type));
+            }
+            break;
+        }
         case K_TOKENS:
             if (o.type != MPR_ARRAY)
                 return s_wrong_type(d, kn, "array", &o);
@@ -710,13 +764,21 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
     if (out->has_cls && (cls < -1 || cls >= (int64_t)n || (cls >= 0 && n < 2)))
         return s_fail(d, XR_SHAPE, "cls=%" PRId64 " is not -1 or a token index below n=%" PRIu64,
                       cls, n);
-    uint64_t elems, trade_elems;
+    uint64_t elems, trade_elems, gelems = 0;
     if (!s_mul_le(L * H, n * n, d->lim.max_elems, &trade_elems) ||
         !s_mul_le(trade_elems, nids, d->lim.max_elems, &elems))
         return s_fail(d, XR_TOO_LARGE,
                       "B*L*H*n*n for B=%" PRIu32 " L=%" PRIu64 " H=%" PRIu64 " n=%" PRIu64
                       " exceeds the limit of %" PRIu64 " values",
                       nids, L, H, n, d->lim.max_elems);
+    /* With T targets grad and rel hold T blocks per trade; each tensor
+       stays within max_elems, so the largest body is unchanged. */
+    const uint32_t T = ntargets ? ntargets : 1;
+    if (!s_mul_le(elems, T, d->lim.max_elems, &gelems))
+        return s_fail(d, XR_TOO_LARGE,
+                      "B*T*L*H*n*n for B=%" PRIu32 " T=%" PRIu32 " L=%" PRIu64 " H=%" PRIu64
+                      " n=%" PRIu64 " exceeds the limit of %" PRIu64 " values",
+                      nids, T, L, H, n, d->lim.max_elems);
     size_t es = xm_dtype_size(out->dtype);
     bool has_grad = (seen & (1u << K_GRAD)) && !grad_nil;
     /* A bin holds at most 2^32 - 1 bytes: larger products can never match
@@ -728,10 +790,24 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
         return s_fail(d, XR_SIZE,
                       "attn has %" PRIu32 " bytes, B*L*H*n*n*%zu = %" PRIu64 " expected", attn.len,
                       es, elems * es);
-    if (has_grad && grad.len != elems * es)
+    if (ntargets && !has_grad)
+        return s_fail(d, XR_MISSING_KEY, "targets is given without grad (one gradient per target)");
+    if (ntargets && (seen & (1u << K_TARGET)))
+        return s_fail(d, XR_DUPLICATE_KEY, "target and targets are both given (the class of each "
+                      "result would be said twice)");
+    if (has_grad && grad.len != gelems * es)
         return s_fail(d, XR_SIZE,
-                      "grad has %" PRIu32 " bytes, B*L*H*n*n*%zu = %" PRIu64 " expected", grad.len,
-                      es, elems * es);
+                      "grad has %" PRIu32 " bytes, B*T*L*H*n*n*%zu = %" PRIu64 " expected",
+                      grad.len, es, gelems * es);
+    /* The relevance is read beside the gradient (lrp_rollout); alone it
+       would mean nothing. */
+    bool has_rel = (seen & (1u << K_REL)) && !rel_nil;
+    if (has_rel && !has_grad)
+        return s_fail(d, XR_MISSING_KEY, "rel is given without grad (lrp_rollout needs both)");
+    if (has_rel && rel.len != gelems * es)
+        return s_fail(d, XR_SIZE,
+                      "rel has %" PRIu32 " bytes, B*T*L*H*n*n*%zu = %" PRIu64 " expected", rel.len,
+                      es, gelems * es);
     if ((seen & (1u << K_TARGET)) && ntarget != nids)
         return s_fail(d, XR_LENGTH, "target has %" PRIu32 " entries for %" PRIu32 " ids", ntarget, nids);
     if ((seen & (1u << K_Y)) && ny != nids)
@@ -739,10 +815,30 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
     if ((seen & (1u << K_TOKENS)) && ntokens != n)
         return s_fail(d, XR_LENGTH, "tokens has %" PRIu32 " entries for n=%" PRIu64, ntokens, n);
 
+    if (tags.len && !(tags.len == 1 && tags.ptr[0] == 0xc0)) {
+        seg_err_t se = seg_tags_validate(tags.ptr, tags.len, nids);
+        if (se == SEG_MSGPACK)
+            return s_fail(d, XR_MSGPACK, "tags: truncated or trailing bytes");
+        if (se == SEG_NOT_MAP)
+            return s_fail(d, XR_WRONG_TYPE, "tags: expected a map of str to str, or an array "
+                                            "of such maps (or nil) one per trade");
+        if (se == SEG_COUNT)
+            return s_fail(d, XR_LENGTH, "tags: the per-trade array's length is not the %" PRIu32
+                                        " trades", nids);
+        if (se)
+            return s_fail(d, XR_BAD_STRING, "tags: %s (keys 1-%d bytes of [A-Za-z0-9_.-], values "
+                                            "1-%d printable ASCII bytes but , = \" \\, at most %d tags)",
+                          seg_err_name(se), SEG_KEY_MAX, SEG_VALUE_MAX, SEG_TAGS_MAX);
+        out->tags = tags.ptr;
+        out->tags_len = tags.len;
+    }
     out->B = nids;
     out->shape = (xm_shape_t){(uint32_t)L, (uint32_t)H, (uint32_t)n, (int32_t)cls};
     out->attn = attn.ptr;
     out->grad = has_grad ? grad.ptr : NULL;
+    out->rel = has_rel ? rel.ptr : NULL;
+    out->targets = ntargets ? d->targets : NULL;
+    out->ntargets = ntargets;
     out->trade_bytes = (size_t)trade_elems * es;
     out->ids = d->ids;
     out->target = (seen & (1u << K_TARGET)) ? d->target : NULL;

@@ -70,6 +70,7 @@ typedef struct {
     uint32_t max_tokens;    /* n */
     uint64_t max_elems;     /* B*L*H*n*n */
     uint32_t max_str;       /* bytes of an id or token string */
+    uint32_t max_targets;   /* T, entries of "targets" (0: the default, 16) */
 } wire_limits_t;
 
 /* A decoded ingest message: a view into the message bytes and into the
@@ -85,11 +86,20 @@ typedef struct {
     xm_dtype_t dtype;
     const uint8_t *attn;    /* B*L*H*n*n values */
     const uint8_t *grad;    /* same, or NULL */
+    const uint8_t *rel;     /* same as grad (only with grad), or NULL */
+    /* Several targets per trade: grad (and rel) hold T blocks per trade,
+       [b][t][l][h][i][j], target t's class targets[t]; ntargets 0 when
+       the message has no "targets" (one gradient per trade). */
+    const int64_t *targets;
+    uint32_t ntargets;
     size_t trade_bytes;     /* bytes of one trade's tensor: L*H*n*n*elem */
     const wire_id_t *ids;   /* B */
     const int64_t *target;  /* B, or NULL */
     const double *y;        /* B, or NULL */
     const wire_sv_t *tokens;/* n, or NULL */
+    const uint8_t *tags;    /* the checked msgpack `tags` value (segment.h's
+                               seg_iter reads it), or NULL: none or nil */
+    size_t tags_len;
 } wire_ingest_t;
 
 typedef struct {
@@ -100,13 +110,15 @@ typedef struct {
     uint32_t cap_batch;
     wire_sv_t *tokens;
     uint32_t cap_tokens;
+    int64_t *targets;
+    uint32_t cap_targets;
     char detail[192];       /* why the last decode failed */
 } wire_decoder_t;
 
 /* Safe defaults for the limits. */
 void wire_limits_default(wire_limits_t *lim);
 
-/* Bytes of the largest body frame the limits admit: attn and grad of
+/* Bytes of the largest body frame the limits admit: attn, grad and rel of
    max_elems f32 values each, plus every other field at its largest
    (ids, target, y, tokens, the scalar keys) and their msgpack headers.
    Any larger frame cannot be a valid message: the daemon derives ZeroMQ's

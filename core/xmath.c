@@ -947,7 +947,7 @@ xm_explain_ex(xm_work_t *w, const xm_opts_t *o, const xm_shape_t *s, xm_dtype_t 
             return XM_ENOMEM;
         w->cap_full = nn;
     }
-    if (T > 1 || (want & ~XM_ALL_METHODS) || kd > 0) {
+    if (T > 1 || (want & ~XM_CLASSIC_METHODS) || kd > 0) {
         const size_t lt = tlayers * (T ? T : 1), heads = (size_t)L * H * (T ? T : 1);
         const size_t attr = ((size_t)XM_NMETHODS_CORE + 3u * (T ? T - 1 : 0)) * n;
         if ((T > 1 && (want & XM_BIT(XM_GRAD_ROLLOUT)) &&

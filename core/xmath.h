@@ -19,8 +19,8 @@
                     the layered graph of Â_l (mean fusion); see flow.h
 
     The variants of MATH.md ("Variants asked for by users of the published
-    tools"), core-only for now: the daemon does not serve them yet, and
-    xm_method_parse / xm_methods_parse do not accept their names.
+    tools"), served like the six above (they are off unless asked for, so
+    the default configuration takes exactly the old path):
 
       colsum               sum_i F_h(A_0)[i][j] for every token j != cls
       grad_rollout_signed  grad_rollout with Ā_l = mean_h (G_l * A_l)
@@ -56,9 +56,9 @@ typedef enum { XM_F32 = 0, XM_F16 = 1, XM_BF16 = 2 } xm_dtype_t;
 
 typedef enum { XM_FUSE_MEAN = 0, XM_FUSE_MAX = 1, XM_FUSE_MIN = 2 } xm_fusion_t;
 
-/* The six methods the daemon serves come first, and XM_NMETHODS counts
-   only them (the daemon sizes its per-method state by it). The core-only
-   variants follow; XM_NMETHODS_CORE counts all. */
+/* The six classic methods come first, then the variants; the daemon
+   serves all of them and sizes its per-method state by XM_NMETHODS.
+   XM_NMETHODS_CORE is the same count, kept for the core's callers. */
 typedef enum {
     XM_ROLLOUT = 0,
     XM_GRAD_ROLLOUT = 1,
@@ -66,16 +66,19 @@ typedef enum {
     XM_ATTN_MEAN = 3,
     XM_DIAG = 4,
     XM_FLOW = 5,
-    XM_NMETHODS = 6,                /* served methods: 0 .. 5 */
-    XM_COLSUM = 6,                  /* core-only */
-    XM_GRAD_ROLLOUT_SIGNED = 7,     /* core-only */
-    XM_LRP_ROLLOUT = 8,             /* core-only; needs the relevance tensor */
+    XM_COLSUM = 6,
+    XM_GRAD_ROLLOUT_SIGNED = 7,
+    XM_LRP_ROLLOUT = 8,             /* needs the relevance tensor */
+    XM_NMETHODS = 9,
     XM_NMETHODS_CORE = 9
 } xm_method_t;
 
 #define XM_BIT(m) (1u << (m))
 /* The served methods (what the daemon may be asked for). */
 #define XM_ALL_METHODS ((1u << XM_NMETHODS) - 1)
+/* The six classic methods: options at zero and only these asked for take
+   the single fused pass, no extra buffer. */
+#define XM_CLASSIC_METHODS ((1u << 6) - 1)
 /* Every method the core computes, variants included. */
 #define XM_ALL_METHODS_CORE ((1u << XM_NMETHODS_CORE) - 1)
 /* Methods that need the gradient tensor (one result per target). */
@@ -164,22 +167,21 @@ xm_dtype_size(xm_dtype_t d)
     return d == XM_F32 ? 4 : 2;
 }
 
-/* Canonical method name ("rollout", ..., "lrp_rollout": core-only ones
-   included), or NULL when out of range. */
+/* Canonical method name ("rollout", ..., "lrp_rollout"), or NULL when
+   out of range. */
 const char *xm_method_name(xm_method_t m);
 
-/* True for the methods the daemon serves (the first XM_NMETHODS). */
+/* True for the methods the daemon serves (all XM_NMETHODS). */
 bool xm_method_served(xm_method_t m);
 
-/* Served method index for a name of `len` bytes, or -1 when unknown or
-   core-only (the daemon's names: exactly the six served methods). */
+/* Served method index for a name of `len` bytes, or -1 when unknown. */
 int xm_method_parse(const char *name, size_t len);
 
-/* Any method index, core-only variants included, or -1 when unknown. */
+/* Same as xm_method_parse (kept for the core's callers). */
 int xm_method_parse_core(const char *name, size_t len);
 
 /* Parse a comma-separated list of served methods into a bit set; returns
-   -1 and points *bad at the first name that is unknown or core-only. */
+   -1 and points *bad at the first name that is unknown. */
 int xm_methods_parse(const char *list, unsigned *out, const char **bad);
 
 /* Resolve a start layer against L: 0 <= *out < L, or -1 when s is out of

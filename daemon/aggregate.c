@@ -372,7 +372,7 @@ s_rebuild(aggregate_t *a, model_t *md)
         evwin_view_t v;
         for (int64_t k = am->next_k[m]; evwin_next(w, k, &v) == 1 && v.k < bound; k = v.k + 1) {
             if (closed.n == GLOBAL_CLOSED_MAX) {
-                publish_drift(&a->s->publisher, g, md, &closed);
+                publish_drift(&a->s->publisher, md, &closed);
                 closed.n = 0;
             }
             global_close_window(g, md, e, m, &v, &closed);
@@ -381,7 +381,7 @@ s_rebuild(aggregate_t *a, model_t *md)
             am->next_k[m] = bound;
     }
     if (closed.n)
-        publish_drift(&a->s->publisher, g, md, &closed);
+        publish_drift(&a->s->publisher, md, &closed);
     gmodel_t *gm = global_model(g, md);
     if (gm)
         gm->dirty = true;

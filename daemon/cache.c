@@ -233,6 +233,7 @@ cache_put(cache_t *c, const cache_put_t *p)
     }
     e->grad = NULL;
     e->resnorm = p->resnorm;
+    e->start = p->start;
     if (p->grad) {
         s_copy_cold(d, p->grad, layers);
         e->grad = (const float *)d;

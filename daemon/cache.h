@@ -39,6 +39,7 @@ typedef struct {
     const float *flow;          /* [L][n][n] Â with mean fusion */
     const float *grad;          /* [L][n][n] Ā, or NULL */
     bool resnorm;               /* grad_rollout was residual-normalised */
+    uint32_t start;             /* resolved start layer: the matrices use layers start..L-1 */
     uint8_t *data;
     size_t cap;
 } cache_entry_t;
@@ -64,6 +65,7 @@ typedef struct {
     const xm_result_t *res;
     const float *roll, *flow, *grad;
     bool resnorm;
+    uint32_t start;             /* resolved start layer (0: every layer) */
 } cache_put_t;
 
 int cache_init(cache_t *c, uint32_t entries, size_t budget_bytes);

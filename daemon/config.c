@@ -1,9 +1,11 @@
 /*  config: the option table, INI file, flags, help. See config.h.  */
 #include "config.h"
 
+#include "detect.h"
 #include "evwin.h"
 #include "global.h"
 #include "log.h"
+#include "segment.h"
 #include "shard.h"
 #include "xmath.h"
 
@@ -16,7 +18,7 @@
 #include <string.h>
 #include <strings.h>
 
-typedef enum { T_STR, T_LIST, T_UINT, T_SIZE, T_BOOL, T_DOUBLE } opt_type_t;
+typedef enum { T_STR, T_LIST, T_UINT, T_SIZE, T_BOOL, T_DOUBLE, T_INT } opt_type_t;
 
 typedef struct {
     const char *section;
@@ -28,7 +30,7 @@ typedef struct {
     uint64_t min, max;      /* for T_UINT / T_SIZE */
     bool reloadable;
     const char *help;
-    double dmin, dmax;      /* for T_DOUBLE */
+    double dmin, dmax;      /* for T_DOUBLE and T_INT */
 } opt_t;
 
 #define O(f) offsetof(config_t, f)
@@ -47,7 +49,7 @@ static const opt_t s_opts[] = {
     {"ingest", "max_msg_size", "max-msg-size", T_SIZE, O(max_msg_size), "0", 0, 1ull << 32, false,
      "Largest ingest frame accepted by ZeroMQ (ZMQ_MAXMSGSIZE); a larger frame drops the "
      "connection before it is read. 0: derived from the tensor limits (the largest valid body, "
-     "about 8 * max-elems bytes plus its other fields)."},
+     "about 12 * max-elems bytes: attn, grad and rel plus its other fields)."},
     {"ingest", "max_batch", "max-batch", T_UINT, O(max_batch), "4096", 1, 1u << 20, true,
      "Largest batch B (trades per message) accepted."},
     {"ingest", "max_layers", "max-layers", T_UINT, O(max_layers), "64", 1, 4096, true,
@@ -61,6 +63,10 @@ static const opt_t s_opts[] = {
      "L=8, H=8, n=256 (or 64 trades of n=32)."},
     {"ingest", "max_str", "max-str", T_UINT, O(max_str), "256", 1, 65536, true,
      "Longest trade id or token name accepted, in bytes."},
+    {"ingest", "max_trade_targets", "max-trade-targets", T_UINT, O(max_targets_per_trade), "16",
+     1, 4096, true,
+     "Most targets one message may explain each trade for ('targets': one gradient per "
+     "target); more are rejected as 'length'."},
     {"ingest", "attention_check", "attention-check", T_STR, O(attention_check), "reject", 0, 0,
      true,
      "What to do with a trade whose attention rows are not probability distributions: reject "
@@ -92,12 +98,23 @@ static const opt_t s_opts[] = {
      "being parsed and counted in query_too_large; past 16M ZeroMQ drops the connection."},
     {"explain", "methods", "methods", T_STR, O(methods), "rollout,grad_rollout,first_layer,attn_mean",
      0, 0, true,
-     "Methods to compute: rollout, grad_rollout, first_layer, attn_mean, diag, flow "
-     "(grad_rollout only runs when a gradient is sent)."},
+     "Methods to compute: rollout, grad_rollout, first_layer, attn_mean, diag, flow, colsum, "
+     "grad_rollout_signed, lrp_rollout (the gradient methods only run when a gradient is sent, "
+     "lrp_rollout only when a relevance tensor rel is sent too). A [model.NAME] section may "
+     "set methods, fusion, grad_resnorm, discard, discard_flow and start_layer for one model."},
     {"explain", "fusion", "fusion", T_STR, O(fusion), "mean", 0, 0, true,
-     "Head fusion for rollout and first_layer: mean, max or min."},
+     "Head fusion for rollout, first_layer and colsum: mean, max or min."},
     {"explain", "grad_resnorm", "grad-resnorm", T_BOOL, O(grad_resnorm), "false", 0, 0, true,
-     "Apply the residual normalisation rownorm(R - I) + I to grad_rollout."},
+     "Apply the residual normalisation rownorm(R - I) + I to the gradient methods."},
+    {"explain", "discard", "discard", T_DOUBLE, O(discard), "0", 0, 0, true,
+     "Discard ratio of rollout: in every layer each row loses its int(ratio * m) smallest "
+     "entries among the m non-CLS columns after head fusion (0: none).", 0.0, 1.0},
+    {"explain", "discard_flow", "discard-flow", T_BOOL, O(discard_flow), "false", 0, 0, true,
+     "Apply the discard ratio to flow's capacities too."},
+    {"explain", "start_layer", "start-layer", T_INT, O(start_layer), "0", 0, 0, true,
+     "First layer rollout and the gradient methods use (negative: counted from the end, -1 is "
+     "the last layer); a model with L <= start_layer or L < -start_layer is rejected as 'shape'.",
+     -4096.0, 4095.0},
     {"explain", "flow_every", "flow-every", T_UINT, O(flow_every), "1", 0, 1u << 30, true,
      "When flow is enabled, compute it for every k-th trade of a model (0: only on request)."},
     {"cache", "entries", "cache-entries", T_UINT, O(cache_entries), "4096", 0, 1u << 24, false,
@@ -118,6 +135,13 @@ static const opt_t s_opts[] = {
      "across shards (MATH.md, \"Merging across daemons\").", 0.0, 1e9},
     {"global", "max_targets", "max-targets", T_UINT, O(max_targets), "16", 0, 4096, false,
      "Target classes kept separately per model and epoch (more are counted as untracked)."},
+    {"global", "segment_by", "segment-by", T_STR, O(segment_by), "", 0, 0, false,
+     "Tag keys to segment by, comma-separated (at most 4, e.g. desk,venue): a trade's segment is "
+     "its values for those keys, and global means and drift are kept per segment as well as "
+     "overall. Empty: no segments."},
+    {"global", "max_segments", "max-segments", T_UINT, O(max_segments), "16", 1, 4096, false,
+     "Segments tracked per model and schema epoch, first come first served; trades of further "
+     "segments count overall and in the drift query's segments_overflow."},
     {"drift", "window", "drift-window", T_UINT, O(drift_window), "500", 1, 1u << 30, false,
      "Trades per tumbling drift window."},
     {"drift", "rho_min", "drift-rho-min", T_DOUBLE, O(drift_rho_min), "0.8", 0, 0, true,
@@ -129,6 +153,29 @@ static const opt_t s_opts[] = {
     {"drift", "js_max", "drift-js-max", T_DOUBLE, O(drift_js_max), "0.1", 0, 0, true,
      "Alert when the Jensen-Shannon divergence (base 2) of a window from its reference exceeds this.",
      0.0, 1.0},
+    {"drift", "mode", "drift-mode", T_STR, O(drift_mode), "fixed", 0, 0, true,
+     "How a window becomes an alert: fixed (the thresholds above), calibrated (a departure "
+     "beyond drift.multiple times the spread the first drift.calib_windows windows after a "
+     "reference showed) or cusum (a CUSUM per statistic on that standardised departure, "
+     "drift.cusum_k and drift.cusum_h). See MATH.md, \"Drift verdicts\"."},
+    {"drift", "calib_windows", "drift-calib-windows", T_UINT, O(drift_calib_windows), "50", 2,
+     1000000, true,
+     "Windows after a reference is set that measure each statistic's spread (calibrated and "
+     "cusum modes; no alert meanwhile)."},
+    {"drift", "multiple", "drift-multiple", T_DOUBLE, O(drift_multiple), "5", 0, 0, true,
+     "Calibrated mode: alert when a statistic departs more than this many of its calibrated "
+     "standard deviations.", 0.001, 1000.0},
+    {"drift", "cusum_k", "drift-cusum-k", T_DOUBLE, O(drift_cusum_k), "0.5", 0, 0, true,
+     "CUSUM allowance k, in standard deviations per window.", 0.0, 100.0},
+    {"drift", "cusum_h", "drift-cusum-h", T_DOUBLE, O(drift_cusum_h), "8", 0, 0, true,
+     "CUSUM threshold h, in standard deviations (8 with k 0.5: about 19000 windows between "
+     "false alarms per statistic for normal noise; the drift query reports it).", 0.001, 1000.0},
+    {"drift", "sd_floor", "drift-sd-floor", T_DOUBLE, O(drift_sd_floor), "0.1", 0, 0, true,
+     "Smallest standard deviation used, as a fraction of the fixed margin (1 - rho_min, "
+     "1 - ndcg_min, js_max).", 0.0, 10.0},
+    {"drift", "moved_k", "drift-moved-k", T_UINT, O(drift_moved_k), "5", 0, 16, true,
+     "Features listed per closed window as those that moved most against the reference "
+     "(largest change of mean attribution; 0: none)."},
     {"drift", "alerts_kept", "alerts-kept", T_UINT, O(alerts_kept), "100", 0, 1000000, false,
      "Alerts kept per model for the drift query."},
     {"drift", "reference_file", "reference-file", T_STR, O(reference_file), "", 0, 0, true,
@@ -320,6 +367,18 @@ s_set(config_t *cfg, const opt_t *o, const char *value, bool replace_list, char 
         *(double *)f = x;
         return 0;
     }
+    case T_INT: {
+        char *end;
+        errno = 0;
+        long long x = strtoll(value, &end, 10);
+        if (errno || end == value || *end || x < (long long)o->dmin || x > (long long)o->dmax) {
+            snprintf(err, elen, "'%s' is not an integer from %.0f to %.0f", value, o->dmin,
+                     o->dmax);
+            return -1;
+        }
+        *(int64_t *)f = x;
+        return 0;
+    }
     case T_BOOL:
         if (s_parse_bool(value, f)) {
             snprintf(err, elen, "'%s' is not a boolean (true/false, yes/no, on/off, 1/0)", value);
@@ -379,11 +438,158 @@ s_ini_reader(char *buf, int num, void *stream)
     return buf;
 }
 
+/* A model name as the contract defines it: 1-64 bytes of [A-Za-z0-9_.-]. */
+static bool
+s_model_name_ok(const char *m)
+{
+    size_t len = strlen(m);
+    bool ok = len >= 1 && len <= 64;
+    for (size_t i = 0; ok && i < len; i++)
+        ok = (m[i] >= 'a' && m[i] <= 'z') || (m[i] >= 'A' && m[i] <= 'Z') ||
+             (m[i] >= '0' && m[i] <= '9') || m[i] == '_' || m[i] == '.' || m[i] == '-';
+    return ok;
+}
+
+static cfg_model_t *
+s_model_entry(config_t *cfg, const char *model, char *err, size_t elen)
+{
+    for (int k = 0; k < cfg->nmodel_opts; k++)
+        if (strcmp(cfg->model_opts[k].name, model) == 0)
+            return &cfg->model_opts[k];
+    if (!s_model_name_ok(model)) {
+        snprintf(err, elen, "'%s' is not a model name (1-64 bytes of [A-Za-z0-9_.-])", model);
+        return NULL;
+    }
+    if (cfg->nmodel_opts == CFG_MODELS_MAX) {
+        snprintf(err, elen, "more than %d [model.NAME] sections", CFG_MODELS_MAX);
+        return NULL;
+    }
+    cfg_model_t *m = realloc(cfg->model_opts, (size_t)(cfg->nmodel_opts + 1) * sizeof *m);
+    if (!m) {
+        snprintf(err, elen, "out of memory");
+        return NULL;
+    }
+    cfg->model_opts = m;
+    m = &cfg->model_opts[cfg->nmodel_opts++];
+    memset(m, 0, sizeof *m);
+    snprintf(m->name, sizeof m->name, "%s", model);
+    return m;
+}
+
+/* One key of a [model.NAME] section: the [explain] option of the same
+   name, parsed with the same rules, for that model only. */
+static int
+s_model_key(config_t *cfg, const char *model, const char *key, const char *value, char *err,
+            size_t elen)
+{
+    cfg_model_t *m = s_model_entry(cfg, model, err, elen);
+    if (!m)
+        return -1;
+    const char *bad = NULL;
+    if (strcmp(key, "methods") == 0) {
+        if (xm_methods_parse(value, &m->methods, &bad) || m->methods == 0) {
+            snprintf(err, elen, "'%s' is not a list of methods (unknown or none)", value);
+            return -1;
+        }
+        m->set |= CFG_MO_METHODS;
+        return 0;
+    }
+    if (strcmp(key, "fusion") == 0) {
+        if ((m->fusion = xm_fusion_parse(value)) < 0) {
+            snprintf(err, elen, "'%s' is not mean, max or min", value);
+            return -1;
+        }
+        m->set |= CFG_MO_FUSION;
+        return 0;
+    }
+    bool *flag = strcmp(key, "grad_resnorm") == 0   ? &m->grad_resnorm
+                 : strcmp(key, "discard_flow") == 0 ? &m->discard_flow : NULL;
+    if (flag) {
+        if (s_parse_bool(value, flag)) {
+            snprintf(err, elen, "'%s' is not a boolean (true/false, yes/no, on/off, 1/0)", value);
+            return -1;
+        }
+        m->set |= flag == &m->grad_resnorm ? CFG_MO_RESNORM : CFG_MO_DISCARD_FLOW;
+        return 0;
+    }
+    if (strcmp(key, "discard") == 0 || strcmp(key, "start_layer") == 0) {
+        config_t tmp;
+        memset(&tmp, 0, sizeof tmp);
+        if (s_set(&tmp, s_find_key("explain", key), value, true, err, elen))
+            return -1;
+        if (key[0] == 'd') {
+            m->discard = tmp.discard;
+            m->set |= CFG_MO_DISCARD;
+        } else {
+            m->start_layer = tmp.start_layer;
+            m->set |= CFG_MO_START;
+        }
+        return 0;
+    }
+    snprintf(err, elen, "unknown option (a model section takes methods, fusion, grad_resnorm, "
+                        "discard, discard_flow, start_layer)");
+    return -1;
+}
+
+bool
+config_model_opts(const config_t *cfg, const char *model, xm_opts_t *o)
+{
+    for (int k = 0; k < cfg->nmodel_opts; k++) {
+        const cfg_model_t *m = &cfg->model_opts[k];
+        if (strcmp(m->name, model) != 0)
+            continue;
+        if (m->set & CFG_MO_METHODS) o->methods = m->methods;
+        if (m->set & CFG_MO_FUSION) o->fusion = (xm_fusion_t)m->fusion;
+        if (m->set & CFG_MO_RESNORM) o->grad_resnorm = m->grad_resnorm;
+        if (m->set & CFG_MO_DISCARD) o->discard = m->discard;
+        if (m->set & CFG_MO_DISCARD_FLOW) o->discard_flow = m->discard_flow;
+        if (m->set & CFG_MO_START) o->start_layer = (int32_t)m->start_layer;
+        return true;
+    }
+    return false;
+}
+
+/* The [model.NAME] sections as --print-config shows them. */
+static void
+s_print_models(const config_t *cfg, FILE *out)
+{
+    static const char *fusions[] = {"mean", "max", "min"};
+    for (int k = 0; k < cfg->nmodel_opts; k++) {
+        const cfg_model_t *m = &cfg->model_opts[k];
+        fprintf(out, "\n[model.%s]\n", m->name);
+        if (m->set & CFG_MO_METHODS) {
+            fprintf(out, "methods = ");
+            for (int b = 0, first = 1; b < XM_NMETHODS; b++)
+                if (m->methods & XM_BIT(b)) {
+                    fprintf(out, "%s%s", first ? "" : ",", xm_method_name((xm_method_t)b));
+                    first = 0;
+                }
+            fprintf(out, "\n");
+        }
+        if (m->set & CFG_MO_FUSION) fprintf(out, "fusion = %s\n", fusions[m->fusion]);
+        if (m->set & CFG_MO_RESNORM)
+            fprintf(out, "grad_resnorm = %s\n", m->grad_resnorm ? "true" : "false");
+        if (m->set & CFG_MO_DISCARD) fprintf(out, "discard = %g\n", m->discard);
+        if (m->set & CFG_MO_DISCARD_FLOW)
+            fprintf(out, "discard_flow = %s\n", m->discard_flow ? "true" : "false");
+        if (m->set & CFG_MO_START) fprintf(out, "start_layer = %" PRId64 "\n", m->start_layer);
+    }
+}
+
 static int
 s_ini_handler(void *user, const char *section, const char *name, const char *value)
 {
     s_ini_ctx_t *c = user;
     int lineno = c->lineno;
+    if (strncmp(section, "model.", 6) == 0) {
+        char err[256];
+        if (s_model_key(c->cfg, section + 6, name, value, err, sizeof err)) {
+            fprintf(stderr, "xplaind: %s:%d: bad value for [%s] %s: %s\n", c->file, lineno, section,
+                    name, err);
+            c->errors++;
+        }
+        return 1;
+    }
     const opt_t *o = s_find_key(section, name);
     if (!o) {
         fprintf(stderr, "xplaind: %s:%d: unknown option '%s' in section [%s]\n", c->file, lineno,
@@ -408,6 +614,7 @@ s_placeholder(const opt_t *o)
     switch (o->type) {
     case T_BOOL: return "[=BOOL]";
     case T_UINT: return " N";
+    case T_INT: return " N";
     case T_SIZE: return " SIZE";
     case T_DOUBLE: return " X";
     case T_LIST: return strstr(o->flag, "ingest-") ? " EP" : " LIST";
@@ -471,6 +678,8 @@ s_usage(FILE *out)
             fprintf(out, "      Allowed: %s to %s (suffixes K, M, G).\n", lo, hi);
         } else if (o->type == T_DOUBLE) {
             fprintf(out, "      Allowed: %g to %g.\n", o->dmin, o->dmax);
+        } else if (o->type == T_INT) {
+            fprintf(out, "      Allowed: %.0f to %.0f.\n", o->dmin, o->dmax);
         }
         fprintf(out, "      (%s.%s, default '%s'%s)\n", o->section, o->key, o->def,
                 o->reloadable ? ", SIGHUP reloads" : "");
@@ -497,6 +706,8 @@ s_derive(config_t *cfg, const char **bad)
     cfg->fusion_id = xm_fusion_parse(cfg->fusion);
     cfg->attention_check_id = s_attention_parse(cfg->attention_check);
     cfg->log_level_id = log_level_parse(cfg->log_level);
+    cfg->drift_mode_id = detect_mode_parse(cfg->drift_mode, strlen(cfg->drift_mode));
+    segkeys_parse(&cfg->segkeys, cfg->segment_by);     /* n = 0 when bad: s_finish says why */
     return rc;
 }
 
@@ -508,7 +719,8 @@ s_finish(config_t *cfg)
     const char *bad = NULL;
     if (s_derive(cfg, &bad)) {
         fprintf(stderr, "xplaind: bad value for explain.methods: unknown method near '%s' "
-                        "(known: rollout, grad_rollout, first_layer, attn_mean, diag, flow)\n", bad);
+                        "(known: rollout, grad_rollout, first_layer, attn_mean, diag, flow, "
+                        "colsum, grad_rollout_signed, lrp_rollout)\n", bad);
         errors++;
     } else if (cfg->method_set == 0) {
         fprintf(stderr, "xplaind: bad value for explain.methods: no method enabled\n");
@@ -523,6 +735,18 @@ s_finish(config_t *cfg)
                 cfg->attention_check);
         errors++;
     }
+    seg_err_t se = segkeys_parse(&cfg->segkeys, cfg->segment_by);
+    if (se) {
+        fprintf(stderr, "xplaind: bad value for global.segment_by: '%s' (%s: at most %d tag keys "
+                        "of 1-%d bytes of [A-Za-z0-9_.-], comma-separated, none twice)\n",
+                cfg->segment_by, seg_err_name(se), SEG_KEYS_MAX, SEG_KEY_MAX);
+        errors++;
+    }
+    if (cfg->drift_mode_id < 0) {
+        fprintf(stderr, "xplaind: bad value for drift.mode: '%s' (fixed, calibrated or cusum)\n",
+                cfg->drift_mode);
+        errors++;
+    }
     if (cfg->log_level_id < 0) {
         fprintf(stderr, "xplaind: bad value for log.level: '%s' (err, warning, notice, info, debug)\n",
                 cfg->log_level);
@@ -530,12 +754,7 @@ s_finish(config_t *cfg)
     }
     for (int k = 0; k < cfg->allow_models.count; k++) {
         const char *m = cfg->allow_models.items[k];
-        size_t len = strlen(m);
-        bool ok = len >= 1 && len <= 64;
-        for (size_t i = 0; ok && i < len; i++)
-            ok = (m[i] >= 'a' && m[i] <= 'z') || (m[i] >= 'A' && m[i] <= 'Z') ||
-                 (m[i] >= '0' && m[i] <= '9') || m[i] == '_' || m[i] == '.' || m[i] == '-';
-        if (!ok) {
+        if (!s_model_name_ok(m)) {
             fprintf(stderr, "xplaind: bad value for ingest.allow_models: '%s' is not a model name\n", m);
             errors++;
         }
@@ -572,6 +791,20 @@ s_finish(config_t *cfg)
     if (cfg->aggregate.count && cfg->shard[0]) {
         fprintf(stderr, "xplaind: a daemon is a shard (ingest.shard) or an aggregator "
                         "(aggregate.shards), not both\n");
+        errors++;
+    }
+    /* Segments are count-based: their drift windows count trades and
+       their decayed means decay by trades, and an aggregator merges no
+       segments. Refused rather than silently mixing the two kinds. */
+    if (cfg->segkeys.n && (cfg->drift_window_ns > 0 || cfg->decay_ns > 0)) {
+        fprintf(stderr, "xplaind: global.segment_by cannot be combined with event-time modes "
+                        "(drift.window_s, global.decay_s): segments keep count windows and a "
+                        "decay by trades only; drop one or the other\n");
+        errors++;
+    }
+    if (cfg->segkeys.n && cfg->aggregate.count) {
+        fprintf(stderr, "xplaind: global.segment_by cannot be combined with aggregate.shards: "
+                        "an aggregator merges the shards' model-wide state, not segments\n");
         errors++;
     }
     if (!cfg->demo && cfg->ingest_connect.count == 0 && cfg->ingest_bind.count == 0 &&
@@ -731,6 +964,8 @@ s_equal(const config_t *a, const config_t *b, const opt_t *o)
         return *(const bool *)x == *(const bool *)y;
     case T_DOUBLE:
         return *(const double *)x == *(const double *)y;
+    case T_INT:
+        return *(const int64_t *)x == *(const int64_t *)y;
     }
     return true;
 }
@@ -744,7 +979,8 @@ s_swap(config_t *a, config_t *b, const opt_t *o)
     size_t size = o->type == T_LIST ? sizeof(cfg_list_t)
                   : o->type == T_STR ? sizeof(char *)
                   : o->type == T_BOOL ? sizeof(bool)
-                  : o->type == T_DOUBLE ? sizeof(double) : sizeof(uint64_t);
+                  : o->type == T_DOUBLE ? sizeof(double)
+                  : o->type == T_INT ? sizeof(int64_t) : sizeof(uint64_t);
     memcpy(tmp, s_field(a, o), size);
     memcpy(s_field(a, o), s_field(b, o), size);
     memcpy(s_field(b, o), tmp, size);
@@ -756,6 +992,13 @@ config_take_reloadable(config_t *dst, config_t *src)
     for (size_t k = 0; k < NOPTS; k++)
         if (s_opts[k].reloadable)
             s_swap(dst, src, &s_opts[k]);
+    /* The [model.NAME] sections are reloadable as a whole. */
+    cfg_model_t *mo = dst->model_opts;
+    int nmo = dst->nmodel_opts;
+    dst->model_opts = src->model_opts;
+    dst->nmodel_opts = src->nmodel_opts;
+    src->model_opts = mo;
+    src->nmodel_opts = nmo;
     const char *bad;
     s_derive(dst, &bad);
     s_derive(src, &bad);
@@ -786,6 +1029,12 @@ config_diff(const config_t *a, const config_t *b, char *reloadable, size_t rlen,
             s_append(restart, slen, name);
         diffs++;
     }
+    if (a->nmodel_opts != b->nmodel_opts ||
+        (a->nmodel_opts &&
+         memcmp(a->model_opts, b->model_opts, (size_t)a->nmodel_opts * sizeof *a->model_opts))) {
+        s_append(reloadable, rlen, "model.*");
+        diffs++;
+    }
     return diffs;
 }
 
@@ -814,6 +1063,9 @@ config_free(config_t *cfg)
     }
     free(cfg->config_file);
     cfg->config_file = NULL;
+    free(cfg->model_opts);
+    cfg->model_opts = NULL;
+    cfg->nmodel_opts = 0;
 }
 
 /* The annotated configuration (INI) with current values. */
@@ -847,7 +1099,9 @@ s_print(const config_t *cfg, FILE *out)
         }
         case T_BOOL: fprintf(out, "%s", *(const bool *)f ? "true" : "false"); break;
         case T_DOUBLE: fprintf(out, "%g", *(const double *)f); break;
+        case T_INT: fprintf(out, "%" PRId64, *(const int64_t *)f); break;
         }
         fprintf(out, "\n");
     }
+    s_print_models(cfg, out);
 }

@@ -8,11 +8,36 @@
 #ifndef XPLD_CONFIG_H
 #define XPLD_CONFIG_H
 
+#include "segment.h"
+#include "xmath.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #define CFG_LIST_MAX 16
+#define CFG_MODELS_MAX 256     /* [model.NAME] sections */
+
+/* A [model.NAME] section: the [explain] options one model overrides.
+   `set` has a CFG_MO_* bit for each key the section gives. */
+enum {
+    CFG_MO_METHODS = 1u << 0,
+    CFG_MO_FUSION = 1u << 1,
+    CFG_MO_RESNORM = 1u << 2,
+    CFG_MO_DISCARD = 1u << 3,
+    CFG_MO_DISCARD_FLOW = 1u << 4,
+    CFG_MO_START = 1u << 5
+};
+typedef struct {
+    char name[65];
+    unsigned set;
+    unsigned methods;
+    int fusion;
+    bool grad_resnorm;
+    double discard;
+    bool discard_flow;
+    int64_t start_layer;
+} cfg_model_t;
 
 typedef struct {
     int count;
@@ -26,6 +51,7 @@ typedef struct {
     uint64_t ingest_rcvhwm;
     uint64_t max_msg_size;
     uint64_t max_batch, max_layers, max_heads, max_tokens, max_elems, max_str;
+    uint64_t max_targets_per_trade;
     cfg_list_t allow_models;
     uint64_t max_models;
     char *attention_check;      /* reject, warn, off */
@@ -43,6 +69,12 @@ typedef struct {
     char *fusion;
     bool grad_resnorm;
     uint64_t flow_every;
+    double discard;
+    bool discard_flow;
+    int64_t start_layer;
+    /* [model.NAME] sections, in file order (SIGHUP reloads them all). */
+    cfg_model_t *model_opts;
+    int nmodel_opts;
     /* [cache] */
     uint64_t cache_entries;
     uint64_t cache_mb;
@@ -54,10 +86,15 @@ typedef struct {
     uint64_t glob_interval_ms;
     uint64_t max_targets;
     double decay_s;             /* half-life by event time, 0: by trades */
+    char *segment_by;
+    uint64_t max_segments;
     /* [drift] */
     uint64_t drift_window;
     double drift_rho_min, drift_ndcg_min, drift_js_max;
     uint64_t drift_ndcg_k;
+    char *drift_mode;
+    uint64_t drift_calib_windows, drift_moved_k;
+    double drift_multiple, drift_cusum_k, drift_cusum_h, drift_sd_floor;
     uint64_t alerts_kept;
     char *reference_file;
     double drift_window_s;      /* windows by event time, 0: by trades */
@@ -92,6 +129,8 @@ typedef struct {
     int attention_check_id;     /* cfg_attention_t */
     uint32_t shard_k, shard_n;  /* from shard; 0/0 when unsharded */
     int64_t decay_ns, drift_window_ns, drift_lateness_ns;
+    int drift_mode_id;          /* detect_mode_t */
+    segkeys_t segkeys;          /* parsed segment_by */
 
     /* Where the values came from (for messages). */
     char *config_file;
@@ -133,6 +172,10 @@ void config_take_reloadable(config_t *dst, config_t *src);
 /* The option table, read only: option `k`'s section, key and whether
    SIGHUP reloads it; false past the last option. */
 bool config_option(size_t k, const char **section, const char **key, bool *reloadable);
+
+/* Apply the [model.NAME] section of `model` (a NUL-terminated name), if
+   any, over the options in *opts; returns true when there was one. */
+bool config_model_opts(const config_t *cfg, const char *model, xm_opts_t *opts);
 
 /* Release every string the config owns. */
 void config_free(config_t *cfg);

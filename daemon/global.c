@@ -38,10 +38,19 @@ global_init(global_t *g, uint32_t max_models, const global_params_t *p)
 {
     memset(g, 0, sizeof *g);
     g->p = *p;
+    /* Params without drift-mode options (all zero: a caller that predates
+       them) mean the defaults: fixed thresholds. */
+    if (detect_opts_check(&g->p.detect, NULL))
+        detect_opts_default(&g->p.detect);
+    if (g->p.moved_k > GLOBAL_MOVED_MAX)
+        g->p.moved_k = GLOBAL_MOVED_MAX;
+    g->cusum_arl = detect_cusum_arl(g->p.detect.cusum_k, g->p.detect.cusum_h, 0, 0);
     g->cap = max_models;
     g->models = calloc(max_models, sizeof *g->models);
     return g->models ? 0 : -1;
 }
+
+static void s_seg_free(gseg_t *sg);
 
 static void
 s_epoch_free(gepoch_t *e)
@@ -61,6 +70,11 @@ s_epoch_free(gepoch_t *e)
     }
     free(e->classes);
     agg_heads_destroy(&e->heads);
+    detect_work_destroy(&e->dwork);
+    for (uint32_t i = 0; e->seg && i < e->segs.n; i++)
+        s_seg_free(e->seg[i]);
+    free(e->seg);
+    segtab_destroy(&e->segs);
     free(e);
 }
 
@@ -82,14 +96,25 @@ global_destroy(global_t *g)
 }
 
 void
-global_set_thresholds(global_t *g, const drift_opts_t *o)
+global_set_drift(global_t *g, const drift_opts_t *o, const detect_opts_t *d, uint32_t moved_k)
 {
     g->p.drift = *o;
+    g->p.detect = *d;
+    g->p.moved_k = moved_k < GLOBAL_MOVED_MAX ? moved_k : GLOBAL_MOVED_MAX;
+    g->cusum_arl = detect_cusum_arl(d->cusum_k, d->cusum_h, 0, 0);
     for (uint32_t k = 0; k < g->cap; k++) {
         gmodel_t *gm = g->models[k];
         for (int e = 0; gm && e < MODEL_EPOCHS_KEPT; e++)
-            for (int m = 0; gm->epochs[e] && m < XM_NMETHODS; m++)
-                gm->epochs[e]->drift[m].opts = *o;
+            for (int m = 0; gm->epochs[e] && m < XM_NMETHODS; m++) {
+                gepoch_t *ep = gm->epochs[e];
+                ep->drift[m].opts = *o;
+                detect_set_opts(&ep->detect[m], d, o);
+                for (uint32_t i = 0; ep->seg && i < ep->segs.n; i++)
+                    if (ep->seg[i]) {
+                        ep->seg[i]->drift[m].opts = *o;
+                        detect_set_opts(&ep->seg[i]->detect[m], d, o);
+                    }
+            }
     }
 }
 
@@ -159,7 +184,8 @@ s_epoch_method(global_t *g, gepoch_t *e, int m)
     if (e->methods & XM_BIT(m))
         return 0;
     if (agg_init(&e->all[m], e->nf, s_half_life(g)) ||
-        drift_init(&e->drift[m], e->nf, g->p.window, &g->p.drift))
+        drift_init(&e->drift[m], e->nf, g->p.window, &g->p.drift) ||
+        detect_init(&e->detect[m], &g->p.detect, &g->p.drift))
         return -1;
     if (g->p.window_ns > 0 &&
         evwin_init(&e->evw[m], e->nf, g->p.window_ns, g->p.late_ns, GLOBAL_EVWIN_KEEP))
@@ -192,7 +218,10 @@ global_epoch(global_t *g, const model_t *md, uint32_t epoch, bool create)
     if (!create || !sc)
         return NULL;
     gepoch_t *e = calloc(1, sizeof *e);
-    if (!e || agg_heads_init(&e->heads, sc->shape.L, sc->shape.H)) {
+    if (!e || agg_heads_init(&e->heads, sc->shape.L, sc->shape.H) ||
+        detect_work_init(&e->dwork, sc->nf)) {
+        if (e)
+            agg_heads_destroy(&e->heads);
         free(e);
         return NULL;
     }
@@ -237,36 +266,56 @@ global_class(global_t *g, gepoch_t *e, int64_t target)
     return s_class(g, e, target);
 }
 
-/* A window closed: keep it as the method's last, keep an alert for the
-   drift query and log it, and hand it to the caller in `closed`. */
+/* A window closed (overall: seg -1, or in segment seg), by count or by
+   event time alike: judge it in the configured mode, list what moved,
+   keep it as the method's last, keep an alert for the drift query and
+   log it, and hand it to the caller in `closed` (past GLOBAL_CLOSED_MAX
+   windows in one call it is kept and judged but not handed over). */
 static void
-s_record_window(global_t *g, const model_t *md, gmodel_t *gm, gepoch_t *e, int m,
-                const drift_report_t *r, uint64_t window, uint64_t trades, global_closed_t *closed)
+s_record_window(global_t *g, const model_t *md, gmodel_t *gm, gepoch_t *e, int m, int seg,
+                drift_t *dr, detect_t *dt, glast_t *l, const drift_report_t *r, uint64_t trades,
+                global_closed_t *closed)
 {
+    /* Every topic counts its own seq: a segment's windows have theirs. */
+    uint64_t *seqp = seg >= 0 ? &e->seg[seg]->drift_seq : &gm->drift_seq;
     int64_t ts = now_wall_ns();
-    e->last[m] = (glast_t){.valid = true, .window = window, .ref = r->ref,
-                           .compared = r->compared, .spearman = r->spearman, .ndcg = r->ndcg,
-                           .js = r->js, .alert = r->alert, .ts = ts, .trades = trades};
+    *l = (glast_t){.valid = true, .window = r->window, .ref = r->ref, .compared = r->compared,
+                   .spearman = r->spearman, .ndcg = r->ndcg, .js = r->js, .ts = ts,
+                   .trades = trades};
+    detect_feed(dt, r, &l->verdict);
+    l->alert = l->verdict.alert;
+    if (r->compared)
+        l->nmoved = detect_what_moved(&e->dwork, r->mean, dr->ref, e->nf, g->p.moved_k,
+                                      DETECT_BY_VALUE, l->moved);
+    const char *label = seg >= 0 ? segtab_label(&e->segs, (uint32_t)seg) : "";
+    uint64_t seq = (*seqp)++;
     if (closed->n < GLOBAL_CLOSED_MAX)
-        closed->w[closed->n++] = (gclosed_t){.method = m, .seq = gm->drift_seq++,
-                                             .last = e->last[m]};
-    if (!r->alert)
+        closed->w[closed->n++] = (gclosed_t){.method = m, .seg = seg,
+                                             .segment = seg >= 0 ? label : NULL,
+                                             .seq = seq, .last = *l};
+    if (!l->alert)
         return;
     if (gm->alerts) {
-        gm->alerts[gm->alerts_next] = (galert_t){.ts = ts, .epoch = e->epoch, .method = (uint8_t)m,
-                                                 .window = r->window, .ref = r->ref,
-                                                 .spearman = r->spearman, .ndcg = r->ndcg,
-                                                 .js = r->js};
+        galert_t *a = &gm->alerts[gm->alerts_next];
+        *a = (galert_t){.ts = ts, .epoch = e->epoch, .method = (uint8_t)m, .window = r->window,
+                        .ref = r->ref, .spearman = r->spearman, .ndcg = r->ndcg, .js = r->js,
+                        .verdict = l->verdict, .nmoved = l->nmoved};
+        snprintf(a->segment, sizeof a->segment, "%s", label);
+        memcpy(a->moved, l->moved, l->nmoved * sizeof *l->moved);
         gm->alerts_next = (gm->alerts_next + 1) % g->p.alerts_kept;
         if (gm->alerts_count < g->p.alerts_kept)
             gm->alerts_count++;
     }
     gm->alerts_total++;
+    const schema_t *sc = model_schema(md, e->epoch);
+    const char *top = l->nmoved && sc ? sc->features[l->moved[0].feature] : "-";
     log_limited(LOGK_DRIFT_ALERT, LOG_WARN_,
-                "drift: model '%s' epoch %" PRIu32 " %s window %" PRIu64 " vs %s: rho %.3f, "
-                "nDCG %.3f, JS %.3f: ALERT", md->name, e->epoch, xm_method_name((xm_method_t)m),
-                window, drift_ref_name(r->ref), r->spearman.defined ? r->spearman.value : NAN,
-                r->ndcg.defined ? r->ndcg.value : NAN, r->js.defined ? r->js.value : NAN);
+                "drift: model '%s'%s%s epoch %" PRIu32 " %s window %" PRIu64 " vs %s (%s): "
+                "rho %.3f, nDCG %.3f, JS %.3f: ALERT; moved most: %s", md->name,
+                seg >= 0 ? " segment " : "", label, e->epoch, xm_method_name((xm_method_t)m),
+                r->window, drift_ref_name(r->ref), detect_mode_name(l->verdict.mode),
+                r->spearman.defined ? r->spearman.value : NAN,
+                r->ndcg.defined ? r->ndcg.value : NAN, r->js.defined ? r->js.value : NAN, top);
 }
 
 static void s_apply_pending(global_t *g, const model_t *md, gepoch_t *e);
@@ -293,20 +342,95 @@ global_close_window(global_t *g, const model_t *md, gepoch_t *e, int m, const ev
 {
     gmodel_t *gm = global_model(g, md);
     drift_report_t r;
-    if (!gm || drift_push_mean(&e->drift[m], v->mean, &r) != 1)
+    if (!gm || drift_close_mean(&e->drift[m], v->mean, &r) != 1)
         return;
     /* The window's own index (its start over its length): the same in
-       every daemon whatever it saw first. */
-    s_record_window(g, md, gm, e, m, &r, (uint64_t)v->k, v->count, closed);
+       every daemon whatever it saw first, so it names the window rather
+       than the drift's count of closed windows. */
+    r.window = (uint64_t)v->k;
+    s_record_window(g, md, gm, e, m, -1, &e->drift[m], &e->detect[m], &e->last[m], &r, v->count,
+                    closed);
     gm->dirty = true;
     g->gen++;
 }
+
+static void
+s_seg_free(gseg_t *sg)
+{
+    if (!sg)
+        return;
+    for (int m = 0; m < XM_NMETHODS; m++) {
+        agg_destroy(&sg->all[m]);
+        drift_destroy(&sg->drift[m]);
+    }
+    free(sg);
+}
+
+/* The segment of a trade labelled `label`, created on its first trade
+   while there is room; NULL when untracked (counted in overflow). */
+static gseg_t *
+s_segment(global_t *g, gepoch_t *e, const char *label, size_t len)
+{
+    if (!g->p.max_segments || !len)
+        return NULL;
+    if (!e->seg) {
+        if (segtab_init(&e->segs, g->p.max_segments) ||
+            !(e->seg = calloc(g->p.max_segments, sizeof *e->seg))) {
+            segtab_destroy(&e->segs);
+            return NULL;
+        }
+    }
+    int i = segtab_get(&e->segs, label, len);
+    if (i < 0)
+        return NULL;
+    if (!e->seg[i] && !(e->seg[i] = calloc(1, sizeof *e->seg[i])))
+        return NULL;
+    return e->seg[i];
+}
+
+/* Method state of a segment, created with the method's first trade. */
+static int
+s_seg_method(global_t *g, gepoch_t *e, gseg_t *sg, int m)
+{
+    if (sg->methods & XM_BIT(m))
+        return 0;
+    if (agg_init(&sg->all[m], e->nf, s_half_life(g)) ||
+        drift_init(&sg->drift[m], e->nf, g->p.window, &g->p.drift) ||
+        detect_init(&sg->detect[m], &g->p.detect, &g->p.drift))
+        return -1;
+    sg->methods |= XM_BIT(m);
+    return 0;
+}
+
+static void s_add(global_t *g, const model_t *md, const int64_t *target, const xm_result_t *res,
+                  const char *label, size_t len, global_closed_t *closed, bool whole_trade);
 
 void
 global_add(global_t *g, const model_t *md, const int64_t *target, const xm_result_t *res,
            global_closed_t *closed)
 {
-    const int64_t ts = md->last_ts;
+    global_add_seg(g, md, target, res, NULL, 0, closed);
+}
+
+void
+global_add_seg(global_t *g, const model_t *md, const int64_t *target, const xm_result_t *res,
+               const char *label, size_t len, global_closed_t *closed)
+{
+    s_add(g, md, target, res, label, len, closed, true);
+}
+
+void
+global_add_target(global_t *g, const model_t *md, const int64_t *target, const xm_result_t *res,
+                  const char *label, size_t len, global_closed_t *closed)
+{
+    s_add(g, md, target, res, label, len, closed, false);
+}
+
+static void
+s_add(global_t *g, const model_t *md, const int64_t *target, const xm_result_t *res,
+      const char *label, size_t len, global_closed_t *closed, bool whole_trade)
+{
+    const int64_t ts = md->last_ts;     /* the event time of the trade's message */
     closed->n = 0;
     closed->epoch = md->cur->epoch;
     gmodel_t *gm = global_model(g, md);
@@ -323,10 +447,20 @@ global_add(global_t *g, const model_t *md, const int64_t *target, const xm_resul
     gclass_t *c = NULL;
     if (target && !(c = s_class(g, e, *target)))
         e->untracked++;
+    /* A further target adds to the segment its trade is already in; only
+       a whole trade may create one or count as overflow. */
+    gseg_t *sg = NULL;
+    if (whole_trade) {
+        sg = s_segment(g, e, label, len);
+    } else if (e->seg && len) {
+        int k = segtab_find(&e->segs, label, len);
+        sg = k >= 0 ? e->seg[k] : NULL;
+    }
+    int si = sg ? segtab_find(&e->segs, label, len) : -1;
     for (int m = 0; m < XM_NMETHODS; m++) {
         if (!(res->computed & XM_BIT(m)))
             continue;
-        if (s_epoch_method(g, e, m)) {
+        if (s_epoch_method(g, e, m) || (sg && s_seg_method(g, e, sg, m))) {
             log_limited(LOGK_GLOBAL_OOM, LOG_ERR_, "global: out of memory for model '%s'", md->name);
             return;
         }
@@ -338,19 +472,43 @@ global_add(global_t *g, const model_t *md, const int64_t *target, const xm_resul
             if (c)
                 evdecay_add(&c->evd[m], ts, res->attr[m]);
         }
+        drift_report_t r;
         if (g->p.window_ns > 0) {
+            /* Event-time windows close through s_on_close into the same
+               verdict path as count windows. */
             s_close_ctx_t cc = {g, md, e, m, closed};
             evwin_add(&e->evw[m], ts, res->attr[m], s_on_close, &cc);
-            continue;
+        } else if (drift_push(&e->drift[m], res->attr[m], &r) == 1) {
+            s_record_window(g, md, gm, e, m, -1, &e->drift[m], &e->detect[m], &e->last[m], &r,
+                            g->p.window, closed);
         }
-        drift_report_t r;
-        if (drift_push(&e->drift[m], res->attr[m], &r) == 1)
-            s_record_window(g, md, gm, e, m, &r, r.window, g->p.window, closed);
+        if (!sg)
+            continue;
+        agg_update(&sg->all[m], res->attr[m]);
+        /* A segment's drift windows are count windows only: config
+           refuses segment_by with event-time windows, and this guard
+           keeps a segment from mixing the two kinds if it ever is not. */
+        if (g->p.window_ns == 0 && drift_push(&sg->drift[m], res->attr[m], &r) == 1)
+            s_record_window(g, md, gm, e, m, si, &sg->drift[m], &sg->detect[m], &sg->last[m], &r,
+                            g->p.window, closed);
     }
-    agg_heads_update(&e->heads, res->head_importance, res->head_confidence);
-    e->count++;
+    if (whole_trade) {
+        if (sg)
+            sg->count++;
+        agg_heads_update(&e->heads, res->head_importance, res->head_confidence);
+        e->count++;
+    }
     gm->dirty = true;
     g->gen++;
+}
+
+const gseg_t *
+global_segment(const gepoch_t *e, const char *label, size_t len)
+{
+    if (!e->seg)
+        return NULL;
+    int i = segtab_find(&e->segs, label, len);
+    return i >= 0 ? e->seg[i] : NULL;
 }
 
 /* ---- topic seqs -------------------------------------------------------- */
@@ -403,8 +561,10 @@ global_baseline(global_t *g, gepoch_t *e, unsigned mask, bool pin)
             if (e->all[k].count == 0 ||
                 drift_set_reference(&e->drift[k], DRIFT_REF_PINNED, e->all[k].mean))
                 mask &= ~XM_BIT(k);
+            else
+                detect_restart(&e->detect[k]);      /* a new reference, a new calibration */
         } else {
-            drift_reset_reference(&e->drift[k]);
+            drift_reset_reference(&e->drift[k]);    /* the baseline window restarts it */
         }
     }
     g->gen++;
@@ -421,6 +581,7 @@ s_set_extref(global_t *g, gepoch_t *e, int m, const double *values)
     memcpy(e->extref[m], values, e->nf * sizeof(double));
     if (drift_set_reference(&e->drift[m], DRIFT_REF_EXTERNAL, values))
         return -1;
+    detect_restart(&e->detect[m]);
     return 0;
 }
 
@@ -580,7 +741,7 @@ s_last_save(msgpack_packer *pk, const glast_t *l)
         msgpack_pack_nil(pk);
         return;
     }
-    msgpack_pack_map(pk, 8);
+    msgpack_pack_map(pk, 9);
     snap_put_str(pk, "window");
     msgpack_pack_uint64(pk, l->window);
     snap_put_str(pk, "reference");
@@ -597,10 +758,26 @@ s_last_save(msgpack_packer *pk, const glast_t *l)
     s_put_bool(pk, l->alert);
     snap_put_str(pk, "ts");
     msgpack_pack_int64(pk, l->ts);
+    snap_put_str(pk, "verdict");
+    detect_verdict_save(pk, &l->verdict, l->moved, l->nmoved);
 }
 
+/* The verdict a window of a snapshot from before drift modes had: the
+   fixed thresholds', from its statistics' own flags; no evidence, nothing
+   listed as moved. */
+static void
+s_fixed_verdict(detect_verdict_t *v, const drift_stat_t *rho, const drift_stat_t *ndcg,
+                const drift_stat_t *js)
+{
+    *v = (detect_verdict_t){.mode = DETECT_FIXED,
+                            .alert_stat = {rho->alert, ndcg->alert, js->alert}};
+    v->alert = rho->alert || ndcg->alert || js->alert;
+}
+
+/* A window's verdict is optional: a snapshot from before drift modes
+   has none (mode fixed, no evidence, nothing listed as moved). */
 static int
-s_last_load(snap_rd_t *d, glast_t *l, unsigned ver)
+s_last_load(snap_rd_t *d, glast_t *l, unsigned ver, uint32_t nf)
 {
     if (snap_get_nil(d))
         return 0;
@@ -612,11 +789,12 @@ s_last_load(snap_rd_t *d, glast_t *l, unsigned ver)
             drift_stat_load(d, &l->js, ver) || snap_get_bool(d, &l->alert, w) ||
             snap_get_i64(d, &l->ts, w))
             return snap_fail(d, w);
+        s_fixed_verdict(&l->verdict, &l->spearman, &l->ndcg, &l->js);
         l->valid = true;
         return 0;
     }
     enum { WINDOW = 1, REF = 2, COMPARED = 4, SPEARMAN = 8, NDCG = 16, JS = 32, ALERT = 64,
-           TS = 128 };
+           TS = 128, VERDICT = 256 };
     uint32_t n;
     unsigned seen = 0;
     if (snap_get_map(d, &n, w))
@@ -642,6 +820,9 @@ s_last_load(snap_rd_t *d, glast_t *l, unsigned ver)
             rc = snap_field(d, &seen, ALERT, w) || snap_get_bool(d, &l->alert, w);
         else if (mpr_str_eq(&key, "ts"))
             rc = snap_field(d, &seen, TS, w) || snap_get_i64(d, &l->ts, w);
+        else if (mpr_str_eq(&key, "verdict"))
+            rc = snap_field(d, &seen, VERDICT, w) ||
+                 detect_verdict_load(d, &l->verdict, l->moved, GLOBAL_MOVED_MAX, &l->nmoved, nf);
         else
             rc = snap_skip(d, w);
         if (rc)
@@ -649,6 +830,8 @@ s_last_load(snap_rd_t *d, glast_t *l, unsigned ver)
     }
     if (snap_fields_all(d, seen, 255u, "last window (a field is missing)"))
         return -1;
+    if (!(seen & VERDICT))
+        s_fixed_verdict(&l->verdict, &l->spearman, &l->ndcg, &l->js);
     l->valid = true;
     return 0;
 }
@@ -705,11 +888,14 @@ s_evtime_load(snap_rd_t *d, evwin_t *w, evdecay_t *dec)
     return snap_skip(d, "event-time state");
 }
 
-/* One method of an epoch: {all, drift, extref, last}. */
+/* One method of an epoch: {all, drift, extref, last, detect, evw, evd}
+   (detect: absent from a snapshot made before drift modes, the
+   calibration then starts afresh; evw/evd: only when that event-time
+   mode was on). */
 static int
 s_method_load(snap_rd_t *d, gepoch_t *e, int m)
 {
-    enum { ALL = 1, DRIFT = 2, EXTREF = 4, LAST = 8 };
+    enum { ALL = 1, DRIFT = 2, EXTREF = 4, LAST = 8, DETECT = 16 };
     uint32_t n;
     unsigned seen = 0;
     if (snap_get_map(d, &n, "method"))
@@ -729,7 +915,10 @@ s_method_load(snap_rd_t *d, gepoch_t *e, int m)
             rc = snap_field(d, &seen, EXTREF, "external reference") || s_extref_load(d, e, m);
         else if (mpr_str_eq(&key, "last"))
             rc = snap_field(d, &seen, LAST, "last window") ||
-                 s_last_load(d, &e->last[m], SNAP_V2);
+                 s_last_load(d, &e->last[m], SNAP_V2, e->nf);
+        else if (mpr_str_eq(&key, "detect"))
+            rc = snap_field(d, &seen, DETECT, "drift verdict state") ||
+                 detect_load(d, &e->detect[m]);
         else if (mpr_str_eq(&key, "evw"))
             rc = s_evtime_load(d, &e->evw[m], NULL);
         else if (mpr_str_eq(&key, "evd"))
@@ -824,10 +1013,180 @@ s_class_load(snap_rd_t *d, global_t *g, gepoch_t *e)
     return 0;
 }
 
+/* Segments of an epoch: {overflow, items: [{label, count, drift_seq,
+   methods: {name: {all, drift, detect, last}}}]}. */
+static void
+s_segs_save(msgpack_packer *pk, const gepoch_t *e)
+{
+    msgpack_pack_map(pk, 2);
+    snap_put_str(pk, "overflow");
+    msgpack_pack_uint64(pk, e->segs.overflow);
+    snap_put_str(pk, "items");
+    uint32_t n = 0;
+    for (uint32_t i = 0; e->seg && i < e->segs.n; i++)
+        n += e->seg[i] != NULL;
+    msgpack_pack_array(pk, n);
+    for (uint32_t i = 0; e->seg && i < e->segs.n; i++) {
+        const gseg_t *sg = e->seg[i];
+        if (!sg)
+            continue;
+        msgpack_pack_map(pk, 4);
+        snap_put_str(pk, "label");
+        snap_put_str(pk, segtab_label(&e->segs, i));
+        snap_put_str(pk, "count");
+        msgpack_pack_uint64(pk, sg->count);
+        snap_put_str(pk, "drift_seq");
+        msgpack_pack_uint64(pk, sg->drift_seq);
+        snap_put_str(pk, "methods");
+        msgpack_pack_map(pk, (size_t)__builtin_popcount(sg->methods));
+        for (int m = 0; m < XM_NMETHODS; m++) {
+            if (!(sg->methods & XM_BIT(m)))
+                continue;
+            snap_put_str(pk, xm_method_name((xm_method_t)m));
+            msgpack_pack_map(pk, 4);
+            snap_put_str(pk, "all");
+            agg_save(pk, &sg->all[m]);
+            snap_put_str(pk, "drift");
+            drift_save(pk, &sg->drift[m]);
+            snap_put_str(pk, "detect");
+            detect_save(pk, &sg->detect[m]);
+            snap_put_str(pk, "last");
+            s_last_save(pk, &sg->last[m]);
+        }
+    }
+}
+
+/* One segment's method: {all, drift, detect, last}. */
+static int
+s_seg_method_load(snap_rd_t *d, const gepoch_t *e, gseg_t *sg, int m)
+{
+    enum { ALL = 1, DRIFT = 2, DETECT = 4, LAST = 8 };
+    const char *w = "segment method";
+    uint32_t n;
+    unsigned seen = 0;
+    if (snap_get_map(d, &n, w))
+        return -1;
+    for (uint32_t k = 0; k < n; k++) {
+        mpr_obj_t key;
+        int rc;
+        if (snap_get_key(d, &key, w))
+            return -1;
+        if (mpr_str_eq(&key, "all"))
+            rc = snap_field(d, &seen, ALL, w) || agg_load(d, &sg->all[m], SNAP_V2);
+        else if (mpr_str_eq(&key, "drift"))
+            rc = snap_field(d, &seen, DRIFT, w) || drift_load(d, &sg->drift[m], SNAP_V2);
+        else if (mpr_str_eq(&key, "detect"))
+            rc = snap_field(d, &seen, DETECT, w) || detect_load(d, &sg->detect[m]);
+        else if (mpr_str_eq(&key, "last"))
+            rc = snap_field(d, &seen, LAST, w) || s_last_load(d, &sg->last[m], SNAP_V2, e->nf);
+        else
+            rc = snap_skip(d, w);
+        if (rc)
+            return -1;
+    }
+    return snap_fields_all(d, seen, 15u, "segment method (a field is missing)");
+}
+
+/* One segment: created as a trade of it would create it (a segment the
+   bound no longer admits is an error: max_segments shrank). */
+static int
+s_seg_load(snap_rd_t *d, global_t *g, gepoch_t *e)
+{
+    enum { LABEL = 1, COUNT = 2, SEQ = 4, METHODS = 8 };
+    const char *w = "segment";
+    uint32_t n;
+    unsigned seen = 0;
+    gseg_t *sg = NULL;
+    uint64_t count = 0, seq = 0;
+    mpr_t methods_at = {0};
+    if (snap_get_map(d, &n, w))
+        return -1;
+    for (uint32_t k = 0; k < n; k++) {
+        mpr_obj_t key;
+        int rc;
+        if (snap_get_key(d, &key, w))
+            return -1;
+        if (mpr_str_eq(&key, "label")) {
+            const uint8_t *p;
+            uint32_t len;
+            rc = snap_field(d, &seen, LABEL, w) || snap_get_str(d, &p, &len, "segment label");
+            if (!rc && !(sg = s_segment(g, e, (const char *)p, len)))
+                rc = snap_fail(d, "segment (not admitted: max_segments, or out of memory)");
+        } else if (mpr_str_eq(&key, "count")) {
+            rc = snap_field(d, &seen, COUNT, w) || snap_get_u64(d, &count, w);
+        } else if (mpr_str_eq(&key, "drift_seq")) {
+            rc = snap_field(d, &seen, SEQ, w) || snap_get_u64(d, &seq, w);
+        } else if (mpr_str_eq(&key, "methods")) {
+            methods_at = d->r;      /* read once the label made the segment */
+            rc = snap_field(d, &seen, METHODS, w) || snap_skip(d, w);
+        } else {
+            rc = snap_skip(d, w);
+        }
+        if (rc)
+            return -1;
+    }
+    if (snap_fields_all(d, seen, 15u, "segment (a field is missing)"))
+        return -1;
+    mpr_t after = d->r;
+    d->r = methods_at;
+    uint32_t nm;
+    if (snap_get_map(d, &nm, "segment methods"))
+        return -1;
+    for (uint32_t j = 0; j < nm; j++) {
+        int m;
+        if (s_get_method(d, &m, "segment method name"))
+            return -1;
+        if (sg->methods & XM_BIT(m))
+            return snap_fail(d, "segment method (given twice)");
+        if (s_seg_method(g, e, sg, m))
+            return snap_fail(d, "segment method state (out of memory)");
+        if (s_seg_method_load(d, e, sg, m))
+            return -1;
+    }
+    d->r = after;
+    sg->count = count;
+    sg->drift_seq = seq;
+    return 0;
+}
+
+static int
+s_segs_load(snap_rd_t *d, global_t *g, gepoch_t *e)
+{
+    enum { OVERFLOW = 1, ITEMS = 2 };
+    const char *w = "segments";
+    uint32_t n;
+    unsigned seen = 0;
+    uint64_t overflow = 0;
+    if (snap_get_map(d, &n, w))
+        return -1;
+    for (uint32_t k = 0; k < n; k++) {
+        mpr_obj_t key;
+        int rc;
+        if (snap_get_key(d, &key, w))
+            return -1;
+        if (mpr_str_eq(&key, "overflow")) {
+            rc = snap_field(d, &seen, OVERFLOW, w) || snap_get_u64(d, &overflow, w);
+        } else if (mpr_str_eq(&key, "items")) {
+            uint32_t ni;
+            rc = snap_field(d, &seen, ITEMS, w) || snap_get_array(d, &ni, w);
+            for (uint32_t i = 0; !rc && i < ni; i++)
+                rc = s_seg_load(d, g, e);
+        } else {
+            rc = snap_skip(d, w);
+        }
+        if (rc)
+            return -1;
+    }
+    if (snap_fields_all(d, seen, 3u, "segments (a field is missing)"))
+        return -1;
+    e->segs.overflow = overflow;
+    return 0;
+}
+
 void
 gepoch_save(msgpack_packer *pk, const gepoch_t *e)
 {
-    msgpack_pack_map(pk, 5);
+    msgpack_pack_map(pk, 6);
     snap_put_str(pk, "count");
     msgpack_pack_uint64(pk, e->count);
     snap_put_str(pk, "untracked");
@@ -839,7 +1198,7 @@ gepoch_save(msgpack_packer *pk, const gepoch_t *e)
             continue;
         snap_put_str(pk, xm_method_name((xm_method_t)m));
         bool evw = e->evw[m].key != NULL, evd = e->evd[m].sum != NULL;
-        msgpack_pack_map(pk, 4 + (evw ? 1 : 0) + (evd ? 1 : 0));
+        msgpack_pack_map(pk, 5 + (evw ? 1 : 0) + (evd ? 1 : 0));
         /* Event-time state, when that mode is on (keys older readers skip). */
         if (evw) {
             snap_put_str(pk, "evw");
@@ -860,6 +1219,8 @@ gepoch_save(msgpack_packer *pk, const gepoch_t *e)
             msgpack_pack_nil(pk);
         snap_put_str(pk, "last");
         s_last_save(pk, &e->last[m]);
+        snap_put_str(pk, "detect");
+        detect_save(pk, &e->detect[m]);
     }
     snap_put_str(pk, "classes");
     msgpack_pack_array(pk, e->nclasses);
@@ -892,6 +1253,8 @@ gepoch_save(msgpack_packer *pk, const gepoch_t *e)
     }
     snap_put_str(pk, "heads");
     agg_heads_save(pk, &e->heads);
+    snap_put_str(pk, "segments");
+    s_segs_save(pk, e);
 }
 
 /* The first format: [count, untracked, [[name, agg, drift, extref, last]],
@@ -912,7 +1275,7 @@ s_epoch_load_v1(snap_rd_t *d, global_t *g, gepoch_t *e)
             return snap_fail(d, "method");
         order[k] = m;
         if (agg_load(d, &e->all[m], SNAP_V1) || drift_load(d, &e->drift[m], SNAP_V1) ||
-            s_extref_load(d, e, m) || s_last_load(d, &e->last[m], SNAP_V1))
+            s_extref_load(d, e, m) || s_last_load(d, &e->last[m], SNAP_V1, e->nf))
             return -1;
     }
     if (snap_get_array(d, &nc, "target classes"))
@@ -936,7 +1299,7 @@ gepoch_load(snap_rd_t *d, global_t *g, gepoch_t *e, unsigned ver)
 {
     if (ver == SNAP_V1)
         return s_epoch_load_v1(d, g, e);
-    enum { COUNT = 1, UNTRACKED = 2, METHODS = 4, CLASSES = 8, HEADS = 16 };
+    enum { COUNT = 1, UNTRACKED = 2, METHODS = 4, CLASSES = 8, HEADS = 16, SEGMENTS = 32 };
     uint32_t n;
     unsigned seen = 0;
     mpr_t classes_at = {0};
@@ -968,6 +1331,8 @@ gepoch_load(snap_rd_t *d, global_t *g, gepoch_t *e, unsigned ver)
         } else if (mpr_str_eq(&key, "heads")) {
             rc = snap_field(d, &seen, HEADS, "head statistics") ||
                  agg_heads_load(d, &e->heads, ver);
+        } else if (mpr_str_eq(&key, "segments")) {
+            rc = snap_field(d, &seen, SEGMENTS, "segments") || s_segs_load(d, g, e);
         } else {
             rc = snap_skip(d, "epoch state field");
         }
@@ -993,7 +1358,13 @@ gepoch_load(snap_rd_t *d, global_t *g, gepoch_t *e, unsigned ver)
 static void
 s_alert_save(msgpack_packer *pk, const galert_t *a)
 {
-    msgpack_pack_map(pk, 8);
+    msgpack_pack_map(pk, 9 + (a->segment[0] ? 1 : 0));
+    if (a->segment[0]) {
+        snap_put_str(pk, "segment");
+        snap_put_str(pk, a->segment);
+    }
+    snap_put_str(pk, "verdict");
+    detect_verdict_save(pk, &a->verdict, a->moved, a->nmoved);
     snap_put_str(pk, "ts");
     msgpack_pack_int64(pk, a->ts);
     snap_put_str(pk, "epoch");
@@ -1026,9 +1397,11 @@ s_alert_load(snap_rd_t *d, galert_t *a, unsigned ver)
             drift_stat_load(d, &a->js, ver) || method >= XM_NMETHODS)
             return snap_fail(d, w);
         a->method = (uint8_t)method;
+        s_fixed_verdict(&a->verdict, &a->spearman, &a->ndcg, &a->js);
         return 0;
     }
-    enum { TS = 1, EPOCH = 2, METHOD = 4, WINDOW = 8, REF = 16, SPEARMAN = 32, NDCG = 64, JS = 128 };
+    enum { TS = 1, EPOCH = 2, METHOD = 4, WINDOW = 8, REF = 16, SPEARMAN = 32, NDCG = 64, JS = 128,
+           SEGMENT = 256, VERDICT = 512 };
     uint32_t n;
     unsigned seen = 0;
     if (snap_get_map(d, &n, w))
@@ -1054,12 +1427,29 @@ s_alert_load(snap_rd_t *d, galert_t *a, unsigned ver)
             rc = snap_field(d, &seen, NDCG, w) || drift_stat_load(d, &a->ndcg, ver);
         else if (mpr_str_eq(&key, "js"))
             rc = snap_field(d, &seen, JS, w) || drift_stat_load(d, &a->js, ver);
+        else if (mpr_str_eq(&key, "segment")) {
+            const uint8_t *p;
+            uint32_t len;
+            rc = snap_field(d, &seen, SEGMENT, w) || snap_get_str(d, &p, &len, w);
+            if (!rc && (len == 0 || len > SEG_LABEL_MAX))
+                rc = snap_fail(d, "alert segment label");
+            if (!rc) {
+                memcpy(a->segment, p, len);
+                a->segment[len] = '\0';
+            }
+        } else if (mpr_str_eq(&key, "verdict"))
+            /* Feature indices are checked against the epoch when shown. */
+            rc = snap_field(d, &seen, VERDICT, w) ||
+                 detect_verdict_load(d, &a->verdict, a->moved, GLOBAL_MOVED_MAX, &a->nmoved,
+                                     UINT32_MAX);
         else
             rc = snap_skip(d, w);
         if (rc)
             return -1;
     }
     a->method = (uint8_t)m;
+    if (!(seen & VERDICT))
+        s_fixed_verdict(&a->verdict, &a->spearman, &a->ndcg, &a->js);
     return snap_fields_all(d, seen, 255u, "alert (a field is missing)");
 }
 

@@ -24,16 +24,23 @@
 #define XPLD_GLOBAL_H
 
 #include "agg.h"
+#include "detect.h"
 #include "drift.h"
 #include "evwin.h"
 #include "models.h"
+#include "segment.h"
 #include "xmath.h"
 
 #include <msgpack.h>
 #include <stdbool.h>
 #include <stdint.h>
 
-/* Last closed window of one method. */
+/* Features named in a window's what-moved list, at most. */
+#define GLOBAL_MOVED_MAX 16
+
+/* Last closed window of one method. `alert` is the verdict of the
+   configured drift mode (detect.h); the statistics' own fixed-threshold
+   flags are not kept. */
 typedef struct {
     bool valid;
     uint64_t window;
@@ -43,6 +50,9 @@ typedef struct {
     bool alert;
     int64_t ts;
     uint64_t trades;                /* trades in the window */
+    detect_verdict_t verdict;
+    uint32_t nmoved;                /* entries in moved (0 for a baseline) */
+    detect_moved_t moved[GLOBAL_MOVED_MAX];
 } glast_t;
 
 /* Closed event-time windows kept for a merging aggregator (evwin keep). */
@@ -57,6 +67,18 @@ typedef struct {
     evdecay_t evd[XM_NMETHODS];     /* time-decayed means (decay_ns > 0) */
 } gclass_t;
 
+/* One segment's state in an epoch (MATH.md, "Segments"): its global
+   means and drift, from its own trades only. */
+typedef struct {
+    uint64_t count;                 /* trades */
+    uint64_t drift_seq;             /* next seq on drift/<model>/<segment> */
+    unsigned methods;
+    agg_t all[XM_NMETHODS];
+    drift_t drift[XM_NMETHODS];
+    detect_t detect[XM_NMETHODS];
+    glast_t last[XM_NMETHODS];
+} gseg_t;
+
 /* State of one schema epoch of one model. */
 typedef struct {
     uint32_t epoch, nf, L, H;
@@ -68,6 +90,8 @@ typedef struct {
     uint64_t untracked;             /* trades whose target class is past max_targets */
     agg_heads_t heads;
     drift_t drift[XM_NMETHODS];
+    detect_t detect[XM_NMETHODS];   /* verdicts on drift[m]'s windows */
+    detect_work_t dwork;            /* what-moved scratch, nf features */
     glast_t last[XM_NMETHODS];
     double *extref[XM_NMETHODS];    /* external reference, NULL when none */
     /* Event-time modes (global_params_t window_ns, decay_ns): windows by
@@ -75,6 +99,8 @@ typedef struct {
        time-decayed means. Both merge exactly across shards. */
     evwin_t evw[XM_NMETHODS];       /* window_ns > 0 */
     evdecay_t evd[XM_NMETHODS];     /* decay_ns > 0 */
+    segtab_t segs;                  /* segments tracked (empty when off) */
+    gseg_t **seg;                   /* [segs.max], NULL until the first trade */
 } gepoch_t;
 
 /* One alert, kept for the `drift` query. */
@@ -82,9 +108,13 @@ typedef struct {
     int64_t ts;
     uint32_t epoch;
     uint8_t method;
+    char segment[SEG_LABEL_MAX + 1];  /* "" for the model overall */
     uint64_t window;
     drift_ref_t ref;
     drift_stat_t spearman, ndcg, js;
+    detect_verdict_t verdict;       /* mode and evidence (zero when restored) */
+    uint32_t nmoved;
+    detect_moved_t moved[GLOBAL_MOVED_MAX];
 } galert_t;
 
 typedef struct {
@@ -104,6 +134,9 @@ typedef struct {
     int64_t late_ns;                /* their allowed lateness */
     int64_t decay_ns;               /* > 0: decayed means by event time (evdecay) */
     drift_opts_t drift;
+    detect_opts_t detect;
+    uint32_t moved_k;               /* what-moved list length, <= GLOBAL_MOVED_MAX */
+    uint32_t max_segments;          /* segments tracked per model and epoch; 0: off */
     uint32_t max_targets;
     uint32_t alerts_kept;
 } global_params_t;
@@ -115,6 +148,8 @@ typedef struct {
     gmodel_t **models;              /* by model index */
     uint32_t cap;
     uint64_t gen;                   /* bumped on every change, for snapshots */
+    double cusum_arl;               /* in-control run length of one statistic's
+                                       CUSUM, in windows (MATH.md) */
     struct gpending_t *pending;     /* reference-file entries (global_load_references) */
     /* An aggregator's shards (aggregate.h), reported in glob/: how many,
        and which (by position in aggregate.shards) are stale. */
@@ -125,25 +160,31 @@ typedef struct {
 /* One window closed by global_add: its drift/ seq and what it found. */
 typedef struct {
     int method;
+    int seg;                        /* segment index in the epoch, -1: overall */
+    const char *segment;            /* its label (owned by the epoch), NULL: overall */
     uint64_t seq;
     glast_t last;
 } gclosed_t;
 
-/* What one global_add closed: at most one window per method with count
-   windows; with event-time windows a trade far ahead can close several
-   (past GLOBAL_CLOSED_MAX they are kept and counted as alerts, not
-   published). */
+/* What one global_add closed: with count windows at most one window
+   per method overall and one per method in the trade's segment; with
+   event-time windows a trade far ahead can close several (past
+   GLOBAL_CLOSED_MAX they are kept and judged, not handed over). */
 typedef struct {
     uint32_t epoch;
     int n;
     gclosed_t w[GLOBAL_CLOSED_MAX];
 } global_closed_t;
+_Static_assert(GLOBAL_CLOSED_MAX >= 2 * XM_NMETHODS, "a count-window add closes 2 per method");
 
 int global_init(global_t *g, uint32_t max_models, const global_params_t *p);
 void global_destroy(global_t *g);
 
-/* Thresholds can change at run time (SIGHUP); windows and half-life not. */
-void global_set_thresholds(global_t *g, const drift_opts_t *o);
+/* Thresholds, the drift mode and its parameters, and the what-moved
+   length can change at run time (SIGHUP); windows and half-life not. A
+   changed mode or calibration length restarts every calibration. */
+void global_set_drift(global_t *g, const drift_opts_t *o, const detect_opts_t *d,
+                      uint32_t moved_k);
 
 /* Account one explained trade of model md (current epoch): aggregates,
    heads, drift. Its event time, for the event-time modes, is
@@ -164,6 +205,23 @@ void global_close_window(global_t *g, const model_t *md, gepoch_t *e, int m, con
    NULL when out of memory or past max_targets. */
 gepoch_t *global_epoch_method(global_t *g, gepoch_t *e, int m);
 gclass_t *global_class(global_t *g, gepoch_t *e, int64_t target);
+/* global_add for a trade of segment `label` (len bytes; len 0: none):
+   the trade counts overall and, when the segment is tracked or there is
+   room for it (max_segments), in the segment too; otherwise it is
+   counted in the epoch's segs.overflow. */
+void global_add_seg(global_t *g, const model_t *md, const int64_t *target, const xm_result_t *res,
+                    const char *label, size_t len, global_closed_t *closed);
+
+/* Segment `label` of epoch e, or NULL when not tracked. */
+const gseg_t *global_segment(const gepoch_t *e, const char *label, size_t len);
+
+/* A further target of the trade just added: its methods go into the
+   aggregates of class `target`, the model's and the trade's segment's,
+   and into drift, but the trade is not counted again and the heads are
+   left alone. */
+void global_add_target(global_t *g, const model_t *md, const int64_t *target,
+                       const xm_result_t *res, const char *label, size_t len,
+                       global_closed_t *closed);
 
 /* The current epoch of md when its state changed since it was last
    taken, else NULL; takes the change (for publish_changed). */

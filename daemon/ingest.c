@@ -71,12 +71,69 @@ s_attention_ok(ingest_t *s, model_t *md, const wire_ingest_t *in, uint32_t b, co
     return false;
 }
 
+/* The explain options of a model: the global ones, or its own when the
+   configuration has a [model.NAME] section for it (looked up only when
+   there are such sections, so the default path costs nothing). */
+static void
+s_model_opts(const ingest_t *s, const model_t *md, xm_opts_t *out)
+{
+    *out = *s->opts;
+    if (s->cfg->nmodel_opts)
+        config_model_opts(s->cfg, md->name, out);
+}
+
+/* A trade explained for T targets: one xpl/ message per target, named by
+   its class, with every method (the gradient methods of that target);
+   target 0's result is the trade's, each further one adds only its
+   gradient methods to its class (global_add_target). */
+static void
+s_publish_targets(ingest_t *s, model_t *md, const wire_ingest_t *in, uint32_t b,
+                  const xm_result_t *res, const char *label, size_t llen)
+{
+    const uint32_t nf = xm_nfeat(&md->cur->shape);
+    const size_t lh = (size_t)md->cur->shape.L * md->cur->shape.H;
+    for (uint32_t t = 0; t < in->ntargets; t++) {
+        xm_result_t rt = *res;
+        for (int m = 0; m < XM_NMETHODS; m++)
+            if ((XM_GRAD_METHODS & XM_BIT(m)) && rt.attr[m])
+                rt.attr[m] += (size_t)t * nf;
+        if (rt.head_importance)
+            rt.head_importance += t * lh;
+        publish_xpl_target(s->pub, md, in, b, &in->targets[t], &rt);
+        global_closed_t closed;
+        if (t == 0) {
+            global_add_seg(s->global, md, &in->targets[t], &rt, label, llen, &closed);
+        } else {
+            rt.computed &= XM_GRAD_METHODS;
+            global_add_target(s->global, md, &in->targets[t], &rt, label, llen, &closed);
+        }
+        if (closed.n)
+            publish_drift(s->pub, md, &closed);
+    }
+}
+
 static void
 s_explain_trades(ingest_t *s, model_t *md, const wire_ingest_t *in, int64_t t_recv)
 {
     const xm_shape_t *shape = &md->cur->shape;
+    const segkeys_t *keys = &s->cfg->segkeys;
+    seg_iter_t tags;
+    if (in->tags)
+        seg_iter_init(&tags, in->tags, in->tags_len, in->B);
+    xm_opts_t mopts;
+    s_model_opts(s, md, &mopts);
     for (uint32_t b = 0; b < in->B; b++) {
-        xm_opts_t opts = *s->opts;
+        /* The trade's segment, read before anything can skip the trade so
+           that the per-trade tags stay in step. */
+        char label[SEG_LABEL_MAX + 1];
+        size_t llen = 0;
+        if (in->tags) {
+            seg_tag_t tv[SEG_TAGS_MAX];
+            uint32_t nt;
+            if (seg_iter_next(&tags, tv, &nt) == SEG_OK)
+                llen = segkeys_label(keys, tv, nt, label);
+        }
+        xm_opts_t opts = mopts;
         if (opts.methods & XM_BIT(XM_FLOW)) {
             uint64_t every = s->cfg->flow_every;
             if (every == 0 || md->flow_counter % every != 0)
@@ -84,32 +141,49 @@ s_explain_trades(ingest_t *s, model_t *md, const wire_ingest_t *in, int64_t t_re
             md->flow_counter++;
         }
         const uint8_t *a = in->attn + (size_t)b * in->trade_bytes;
-        const uint8_t *g = in->grad ? in->grad + (size_t)b * in->trade_bytes : NULL;
+        /* T gradient (and relevance) blocks per trade with "targets". */
+        const uint32_t T = in->ntargets ? in->ntargets : 1;
+        const size_t gbytes = (size_t)T * in->trade_bytes;
+        const uint8_t *g = in->grad ? in->grad + (size_t)b * gbytes : NULL;
+        const uint8_t *rl = in->rel ? in->rel + (size_t)b * gbytes : NULL;
         if (!s_attention_ok(s, md, in, b, a))
             continue;
         xm_result_t res;
-        xm_err_t rc = xm_explain(s->work, &opts, shape, in->dtype, a, g, &res);
+        xm_input_t xin = {.attn = a, .grad = g, .rel = rl, .ntargets = T};
+        xm_err_t rc = xm_explain_ex(s->work, &opts, shape, in->dtype, &xin, &res);
         if (rc != XM_OK) {
-            char why[96];
+            char why[128];
             snprintf(why, sizeof why, "trade %" PRIu32 " of %" PRIu32 ": %s", b, in->B,
-                     rc == XM_ENONFINITE ? "NaN or Inf in attn or grad"
+                     rc == XM_ENONFINITE ? (rl ? "NaN or Inf in attn, grad or rel"
+                                               : "NaN or Inf in attn or grad")
                      : rc == XM_ENOMEM   ? "out of memory"
-                                         : "shape refused by the math library");
-            ingest_reject(s->stats, md, rc == XM_ENONFINITE ? XR_NONFINITE : XR_INTERNAL, md->name,
-                          md->name_len, why);
+                                         : "explain.start_layer is outside -L..L-1 for this model");
+            /* XM_EARG here is the configured start layer outside -L..L-1
+               for this model's L: a shape the options cannot explain. */
+            xr_reason_t r = rc == XM_ENONFINITE ? XR_NONFINITE
+                            : rc == XM_EARG     ? XR_SHAPE
+                                                : XR_INTERNAL;
+            ingest_reject(s->stats, md, r, md->name, md->name_len, why);
             continue;
         }
         const float *roll = xm_work_rollout_layers(s->work);
+        uint32_t start = 0;     /* resolved: xm_explain_ex accepted it */
+        xm_start_layer(opts.start_layer, shape->L, &start);
         cache_put(s->cache, &(cache_put_t){
             .model = md->index, .epoch = md->cur->epoch, .id = &in->ids[b], .ts = in->ts,
             .target = in->target ? &in->target[b] : NULL, .y = in->y ? &in->y[b] : NULL,
             .shape = shape, .res = &res, .roll = roll, .flow = xm_work_flow_layers(s->work),
-            .grad = xm_work_grad_layers(s->work), .resnorm = opts.grad_resnorm});
-        publish_xpl(s->pub, md, in, b, &res);
+            .grad = xm_work_grad_layers(s->work), .resnorm = opts.grad_resnorm, .start = start});
         global_closed_t closed;
-        global_add(s->global, md, in->target ? &in->target[b] : NULL, &res, &closed);
-        if (closed.n)
-            publish_drift(s->pub, s->global, md, &closed);
+        if (!in->ntargets) {
+            publish_xpl(s->pub, md, in, b, &res);
+            global_add_seg(s->global, md, in->target ? &in->target[b] : NULL, &res, label, llen,
+                           &closed);
+            if (closed.n)
+                publish_drift(s->pub, md, &closed);
+        } else {
+            s_publish_targets(s, md, in, b, &res, label, llen);
+        }
         md->explained++;
         s->stats->explained++;
         stats_latency(s->stats, (uint64_t)(now_mono_ns() - t_recv));

@@ -589,6 +589,118 @@ s_attributions(sb_t *b, const metrics_view_t *v, bool decayed)
     }
 }
 
+/* The drift mode's evidence on the last closed window, per statistic:
+   the standardised departure z and (cusum mode) the CUSUM S; absent
+   while calibrating, for a baseline window, or when undefined. */
+static void
+s_verdicts(sb_t *b, const metrics_view_t *v, bool cusum)
+{
+    static const char *names[DETECT_NSTAT] = {"spearman", "ndcg", "js"};
+    if (cusum)
+        s_family(b, "drift_cusum", "gauge",
+                 "CUSUM of a drift statistic's standardised departure after the last closed "
+                 "window (drift.mode cusum); alerts above drift.cusum_h.");
+    else
+        s_family(b, "drift_z", "gauge",
+                 "Standardised departure of a drift statistic in the last closed window, in "
+                 "calibrated standard deviations (drift.mode calibrated or cusum).");
+    for (uint32_t k = 0; k < v->models->count; k++) {
+        const model_t *md = v->models->items[k];
+        const gepoch_t *e = global_current(v->global, md);
+        for (int m = 0; e && m < XM_NMETHODS; m++) {
+            const glast_t *l = &e->last[m];
+            if (!(e->methods & XM_BIT(m)) || !l->valid)
+                continue;
+            for (int i = 0; i < DETECT_NSTAT; i++)
+                if (l->verdict.scored[i] && (!cusum || l->verdict.mode == DETECT_CUSUM))
+                    s_put(b, "xplaind_drift_%s{model=\"%s\",method=\"%s\",statistic=\"%s\"} %.17g\n",
+                          cusum ? "cusum" : "z", md->name, xm_method_name((xm_method_t)m),
+                          names[i], cusum ? l->verdict.cusum[i] : l->verdict.z[i]);
+        }
+    }
+}
+
+/* xplaind_drift_moved: the what-moved list of the last closed window,
+   the value change of each listed feature, labelled with its place. */
+static void
+s_moved(sb_t *b, const metrics_view_t *v)
+{
+    s_family(b, "drift_moved", "gauge",
+             "Change of mean attribution (window minus reference) of the drift.moved_k features "
+             "that moved most in the last closed window; rank 1 moved most.");
+    for (uint32_t k = 0; k < v->models->count; k++) {
+        const model_t *md = v->models->items[k];
+        const gepoch_t *e = global_current(v->global, md);
+        const schema_t *sc = e ? model_schema(md, e->epoch) : NULL;
+        if (!e || !sc || sc->nf != e->nf)
+            continue;
+        for (int m = 0; m < XM_NMETHODS; m++) {
+            const glast_t *l = &e->last[m];
+            if (!(e->methods & XM_BIT(m)) || !l->valid)
+                continue;
+            for (uint32_t r = 0; r < l->nmoved; r++) {
+                uint32_t j = l->moved[r].feature;
+                s_put(b, "xplaind_drift_moved{model=\"%s\",method=\"%s\",rank=\"%" PRIu32
+                         "\",feature=\"", md->name, xm_method_name((xm_method_t)m), r + 1);
+                s_label(b, sc->features[j]);
+                bool dup = false;
+                for (uint32_t p = 0; p < j && !dup; p++)
+                    dup = strcmp(sc->features[p], sc->features[j]) == 0;
+                if (dup)
+                    s_put(b, "#%" PRIu32, j);
+                s_put(b, "\"} %.17g\n", l->moved[r].delta);
+            }
+        }
+    }
+}
+
+/* Segments: how many are tracked, the trades of those that are not, and
+   each tracked segment's last verdict per method. */
+static void
+s_segments(sb_t *b, const metrics_view_t *v)
+{
+    s_family(b, "segments", "gauge",
+             "Segments tracked for a model's current epoch (global.segment_by, at most "
+             "global.max_segments).");
+    for (uint32_t k = 0; k < v->models->count; k++) {
+        const gepoch_t *e = global_current(v->global, v->models->items[k]);
+        if (e)
+            s_put(b, "xplaind_segments{model=\"%s\"} %" PRIu32 "\n", v->models->items[k]->name,
+                  e->segs.n);
+    }
+    s_family(b, "segment_overflow_trades_total", "counter",
+             "Trades of segments beyond global.max_segments (counted overall only), current epoch.");
+    for (uint32_t k = 0; k < v->models->count; k++) {
+        const gepoch_t *e = global_current(v->global, v->models->items[k]);
+        if (e)
+            s_put(b, "xplaind_segment_overflow_trades_total{model=\"%s\"} %" PRIu64 "\n",
+                  v->models->items[k]->name, e->segs.overflow);
+    }
+    s_family(b, "segment_drift_alert", "gauge",
+             "1 when a segment's last closed drift window alerted (drift.mode's verdict).");
+    for (uint32_t k = 0; k < v->models->count; k++) {
+        const model_t *md = v->models->items[k];
+        const gepoch_t *e = global_current(v->global, md);
+        for (uint32_t i = 0; e && e->seg && i < e->segs.n; i++) {
+            const gseg_t *sg = e->seg[i];
+            for (int m = 0; sg && m < XM_NMETHODS; m++)
+                if ((sg->methods & XM_BIT(m)) && sg->last[m].valid) {
+                    s_put(b, "xplaind_segment_drift_alert{model=\"%s\",method=\"%s\",segment=\"",
+                          md->name, xm_method_name((xm_method_t)m));
+                    s_label(b, segtab_label(&e->segs, i));
+                    s_put(b, "\"} %d\n", sg->last[m].alert);
+                }
+        }
+    }
+}
+
+static bool
+s_get_calibrating(const gepoch_t *e, int m, double *v)
+{
+    *v = e->detect[m].opts.mode != DETECT_FIXED && !e->detect[m].ready;
+    return true;
+}
+
 static void
 s_render_drift(sb_t *b, const metrics_view_t *v)
 {
@@ -615,6 +727,18 @@ s_render_drift(sb_t *b, const metrics_view_t *v)
     s_drift_family(b, v, "drift_alert", "gauge",
                    "1 when the last closed window alerted (a statistic across its threshold), else 0.",
                    s_get_alert);
+    s_family(b, "drift_mode", "gauge",
+             "Drift verdict mode in force (drift.mode): 1 for the mode, 0 for the others.");
+    for (int md = 0; md < 3; md++)
+        s_put(b, "xplaind_drift_mode{mode=\"%s\"} %d\n", detect_mode_name((detect_mode_t)md),
+              (int)v->global->p.detect.mode == md);
+    s_drift_family(b, v, "drift_calibrating", "gauge",
+                   "1 while the calibrated or cusum mode is still measuring the windows after a "
+                   "reference (no alert meanwhile).", s_get_calibrating);
+    s_verdicts(b, v, false);
+    s_verdicts(b, v, true);
+    s_moved(b, v);
+    s_segments(b, v);
     s_drift_family(b, v, "drift_windows_total", "counter",
                    "Drift windows closed in the current schema epoch.", s_get_windows);
     s_drift_family(b, v, "drift_window_filled_trades", "gauge",

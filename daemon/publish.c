@@ -94,8 +94,77 @@ publish_enc_stats(msgpack_packer *pk, const drift_stat_t *spearman, const drift_
     s_enc_stat(pk, js);
 }
 
+static const char *s_stat_names[DETECT_NSTAT] = {"spearman", "ndcg", "js"};
+
+static void
+s_enc_per_stat(msgpack_packer *pk, const bool *has, const double *v)
+{
+    msgpack_pack_map(pk, DETECT_NSTAT);
+    for (int i = 0; i < DETECT_NSTAT; i++) {
+        enc_str(pk, s_stat_names[i]);
+        if (has[i])
+            msgpack_pack_double(pk, v[i]);
+        else
+            msgpack_pack_nil(pk);
+    }
+}
+
 void
-publish_enc_window(msgpack_packer *pk, const glast_t *l, const uint32_t *trades)
+publish_enc_verdict(msgpack_packer *pk, const detect_verdict_t *v)
+{
+    msgpack_pack_map(pk, 5);
+    enc_str(pk, "mode");
+    enc_str(pk, detect_mode_name(v->mode));
+    enc_str(pk, "calibrating");
+    enc_bool(pk, v->calibrating);
+    enc_str(pk, "z");
+    s_enc_per_stat(pk, v->scored, v->z);
+    enc_str(pk, "cusum");
+    bool cus[DETECT_NSTAT];
+    for (int i = 0; i < DETECT_NSTAT; i++)
+        cus[i] = v->mode == DETECT_CUSUM && v->scored[i];
+    s_enc_per_stat(pk, cus, v->cusum);
+    enc_str(pk, "alerts");
+    int n = 0;
+    for (int i = 0; i < DETECT_NSTAT; i++)
+        n += v->alert_stat[i];
+    msgpack_pack_array(pk, (uint32_t)n);
+    for (int i = 0; i < DETECT_NSTAT; i++)
+        if (v->alert_stat[i])
+            enc_str(pk, s_stat_names[i]);
+}
+
+void
+publish_enc_moved(msgpack_packer *pk, const detect_moved_t *m, uint32_t n, const schema_t *sc)
+{
+    msgpack_pack_array(pk, n);
+    for (uint32_t k = 0; k < n; k++) {
+        msgpack_pack_map(pk, 8);
+        enc_str(pk, "feature");
+        if (sc && m[k].feature < sc->nf)
+            enc_str(pk, sc->features[m[k].feature]);
+        else
+            msgpack_pack_nil(pk);
+        enc_str(pk, "index");
+        msgpack_pack_uint32(pk, m[k].feature);
+        enc_str(pk, "ref");
+        msgpack_pack_double(pk, m[k].ref);
+        enc_str(pk, "cur");
+        msgpack_pack_double(pk, m[k].cur);
+        enc_str(pk, "delta");
+        msgpack_pack_double(pk, m[k].delta);
+        enc_str(pk, "ref_rank");
+        msgpack_pack_uint32(pk, m[k].ref_rank);
+        enc_str(pk, "rank");
+        msgpack_pack_uint32(pk, m[k].cur_rank);
+        enc_str(pk, "rank_up");
+        msgpack_pack_int32(pk, m[k].rank_up);
+    }
+}
+
+void
+publish_enc_window(msgpack_packer *pk, const glast_t *l, const uint32_t *trades,
+                   const schema_t *sc)
 {
     enc_str(pk, "window");
     msgpack_pack_uint64(pk, l->window);
@@ -110,6 +179,10 @@ publish_enc_window(msgpack_packer *pk, const glast_t *l, const uint32_t *trades)
     publish_enc_stats(pk, &l->spearman, &l->ndcg, &l->js);
     enc_str(pk, "alert");
     enc_bool(pk, l->alert);
+    enc_str(pk, "verdict");
+    publish_enc_verdict(pk, &l->verdict);
+    enc_str(pk, "moved");
+    publish_enc_moved(pk, l->moved, l->nmoved, sc);
 }
 
 void
@@ -169,7 +242,7 @@ s_enc_methods(msgpack_packer *pk, const gepoch_t *e, const agg_t *aggs, const ev
             continue;
         enc_str(pk, xm_method_name((xm_method_t)m));
         bool ref = with_refs && e->extref[m];
-        s_enc_agg(pk, &aggs[m], &evd[m], scratch, ref ? 2 : 0);
+        s_enc_agg(pk, &aggs[m], evd ? &evd[m] : NULL, scratch, ref ? 2 : 0);
         if (ref) {
             enc_str(pk, "reference");
             s_enc_doubles(pk, e->extref[m], e->nf);
@@ -235,6 +308,37 @@ publish_enc_glob(msgpack_packer *pk, const global_t *g, const model_t *md, const
     return 0;
 }
 
+int
+publish_enc_glob_seg(msgpack_packer *pk, const global_t *g, const model_t *md, const gepoch_t *e,
+                     const gseg_t *sg, const char *label, unsigned mask)
+{
+    const schema_t *sc = model_schema(md, e->epoch);
+    double *scratch = malloc((e->nf ? e->nf : 1) * sizeof *scratch);
+    if (!scratch)
+        return -1;
+    enc_str(pk, "model");
+    enc_strn(pk, md->name, md->name_len);
+    enc_str(pk, "segment");
+    enc_str(pk, label);
+    enc_str(pk, "ts");
+    msgpack_pack_int64(pk, now_wall_ns());
+    enc_str(pk, "epoch");
+    msgpack_pack_uint32(pk, e->epoch);
+    enc_str(pk, "features");
+    if (sc)
+        enc_features(pk, sc);
+    else
+        msgpack_pack_nil(pk);
+    enc_str(pk, "count");
+    msgpack_pack_uint64(pk, sg->count);
+    enc_str(pk, "half_life");
+    msgpack_pack_double(pk, g->p.half_life);
+    enc_str(pk, "methods");
+    s_enc_methods(pk, e, sg->all, NULL, mask & sg->methods, false, scratch);
+    free(scratch);
+    return 0;
+}
+
 #define HEADS_FIELDS 10
 static void
 s_enc_heads(msgpack_packer *pk, const model_t *md, const gepoch_t *e, uint64_t seq)
@@ -288,9 +392,16 @@ publish_send(publisher_t *p, const void *topic, size_t tlen, const void *body, s
 void
 publish_xpl(publisher_t *p, model_t *md, const wire_ingest_t *in, uint32_t b, const xm_result_t *res)
 {
+    publish_xpl_target(p, md, in, b, in->target ? &in->target[b] : NULL, res);
+}
+
+void
+publish_xpl_target(publisher_t *p, model_t *md, const wire_ingest_t *in, uint32_t b,
+                   const int64_t *target, const xm_result_t *res)
+{
     msgpack_packer *pk = &p->pk;
     p->buf.size = 0;
-    msgpack_pack_map(pk, 7 + (in->target != NULL) + (in->y != NULL));
+    msgpack_pack_map(pk, 7 + (target != NULL) + (in->y != NULL));
     enc_str(pk, "v");
     msgpack_pack_uint8(pk, 1);
     enc_str(pk, "model");
@@ -303,9 +414,9 @@ publish_xpl(publisher_t *p, model_t *md, const wire_ingest_t *in, uint32_t b, co
     msgpack_pack_int64(pk, in->ts);
     enc_str(pk, "epoch");
     msgpack_pack_uint32(pk, md->cur->epoch);
-    if (in->target) {
+    if (target) {
         enc_str(pk, "target");
-        msgpack_pack_int64(pk, in->target[b]);
+        msgpack_pack_int64(pk, *target);
     }
     if (in->y) {
         enc_str(pk, "y");
@@ -317,20 +428,26 @@ publish_xpl(publisher_t *p, model_t *md, const wire_ingest_t *in, uint32_t b, co
 }
 
 void
-publish_drift(publisher_t *p, const global_t *g, const model_t *md, const global_closed_t *closed)
+publish_drift(publisher_t *p, const model_t *md, const global_closed_t *closed)
 {
-    (void)g;
-    char topic[WIRE_MODEL_MAX + 8];
-    int tlen = 0;
+    /* A segment's windows go out on drift/<model>/<segment>: a subscriber
+       to drift/<model> receives them too (ZeroMQ matches prefixes) and
+       tells them apart by the body's "segment". */
+    char topic[WIRE_MODEL_MAX + SEG_LABEL_MAX + 16];
+    const schema_t *sc = model_schema(md, closed->epoch);
     for (int k = 0; k < closed->n; k++) {
         const gclosed_t *w = &closed->w[k];
         msgpack_packer *pk = &p->pk;
         p->buf.size = 0;
-        msgpack_pack_map(pk, 7 + PUBLISH_WINDOW_FIELDS);
+        msgpack_pack_map(pk, 7 + PUBLISH_WINDOW_FIELDS + (w->segment ? 1 : 0));
         enc_str(pk, "v");
         msgpack_pack_uint8(pk, 1);
         enc_str(pk, "model");
         enc_strn(pk, md->name, md->name_len);
+        if (w->segment) {
+            enc_str(pk, "segment");
+            enc_str(pk, w->segment);
+        }
         enc_str(pk, "seq");
         msgpack_pack_uint64(pk, w->seq);
         enc_str(pk, "ts");
@@ -339,10 +456,10 @@ publish_drift(publisher_t *p, const global_t *g, const model_t *md, const global
         msgpack_pack_uint32(pk, closed->epoch);
         enc_str(pk, "method");
         enc_str(pk, xm_method_name((xm_method_t)w->method));
-        uint32_t trades = (uint32_t)w->last.trades;
-        publish_enc_window(pk, &w->last, &trades);
-        if (!tlen)
-            tlen = snprintf(topic, sizeof topic, "drift/%s", md->name);
+        uint32_t trades = w->last.trades > UINT32_MAX ? UINT32_MAX : (uint32_t)w->last.trades;
+        publish_enc_window(pk, &w->last, &trades, sc);
+        int tlen = w->segment ? snprintf(topic, sizeof topic, "drift/%s/%s", md->name, w->segment)
+                              : snprintf(topic, sizeof topic, "drift/%s", md->name);
         publish_send(p, topic, (size_t)tlen, p->buf.data, p->buf.size);
     }
 }

@@ -48,9 +48,13 @@ void publish_send(publisher_t *p, const void *topic, size_t tlen, const void *bo
 void publish_xpl(publisher_t *p, model_t *md, const wire_ingest_t *in, uint32_t b,
                  const xm_result_t *res);
 
+/* The same for one target of a trade explained for several: `target`
+   is the class the message names (NULL: none). */
+void publish_xpl_target(publisher_t *p, model_t *md, const wire_ingest_t *in, uint32_t b,
+                        const int64_t *target, const xm_result_t *res);
+
 /* drift/<model>: the windows a global_add closed. */
-void publish_drift(publisher_t *p, const global_t *g, const model_t *md,
-                   const global_closed_t *closed);
+void publish_drift(publisher_t *p, const model_t *md, const global_closed_t *closed);
 
 /* glob/<model> and heads/<model> of every model whose global state
    changed since it was last sent. */
@@ -83,12 +87,32 @@ void enc_features(msgpack_packer *pk, const schema_t *sc);
 int publish_enc_glob(msgpack_packer *pk, const global_t *g, const model_t *md, const gepoch_t *e,
                      unsigned mask, const int64_t *only_target, uint64_t seq, int64_t ts);
 
+/* The global reply for one segment (PUBLISH_GLOB_SEG_FIELDS pairs):
+   model, segment, ts, epoch, features, count, half_life and methods (the
+   segment's means, as in glob/; no targets: segments keep no per-class
+   means). Returns -1 when out of memory. */
+#define PUBLISH_GLOB_SEG_FIELDS 8
+int publish_enc_glob_seg(msgpack_packer *pk, const global_t *g, const model_t *md,
+                         const gepoch_t *e, const gseg_t *sg, const char *label, unsigned mask);
+
 /* The fields of a closed window shared by drift/ and the drift reply
    (PUBLISH_WINDOW_FIELDS pairs): window, reference, compared, spearman,
-   ndcg, js, alert; drift/ adds "trades" (window size) after "window"
-   when `trades` is given. */
-#define PUBLISH_WINDOW_FIELDS 7
-void publish_enc_window(msgpack_packer *pk, const glast_t *l, const uint32_t *trades);
+   ndcg, js, alert, verdict, moved; drift/ adds "trades" (window size)
+   after "window" when `trades` is given. `sc` names the moved features
+   (NULL: indices only). */
+#define PUBLISH_WINDOW_FIELDS 9
+void publish_enc_window(msgpack_packer *pk, const glast_t *l, const uint32_t *trades,
+                        const schema_t *sc);
+
+/* "verdict": the drift mode's judgement of a window, a map of mode,
+   calibrating, z, cusum (per statistic, nil where not scored) and alerts
+   (the statistics that alerted). */
+void publish_enc_verdict(msgpack_packer *pk, const detect_verdict_t *v);
+
+/* "moved": an array of n maps: feature (name, or nil without a schema),
+   index, ref, cur, delta, ref_rank, rank, rank_up. */
+void publish_enc_moved(msgpack_packer *pk, const detect_moved_t *m, uint32_t n,
+                       const schema_t *sc);
 
 /* The three rank statistics of a window, as map entries. */
 void publish_enc_stats(msgpack_packer *pk, const drift_stat_t *spearman, const drift_stat_t *ndcg,

@@ -101,12 +101,13 @@ s_build(qworker_t *w, qjob_t *j)
     enc_str(&pk, "matrices");
     msgpack_pack_map(&pk, 1 + (j->grad != NULL));
     enc_str(&pk, "rollout");
-    xm_rollout_matrix(sh->L, n, j->roll, w->mat, w->tmp);
+    const size_t skip = (size_t)j->start * nn;
+    xm_rollout_matrix(sh->L - j->start, n, j->roll + skip, w->mat, w->tmp);
     msgpack_pack_bin(&pk, nn * sizeof(float));
     msgpack_pack_bin_body(&pk, w->mat, nn * sizeof(float));
     if (j->grad) {
         enc_str(&pk, "grad_rollout");
-        xm_grad_rollout_matrix(sh->L, n, j->grad, j->resnorm, w->mat, w->tmp);
+        xm_grad_rollout_matrix(sh->L - j->start, n, j->grad + skip, j->resnorm, w->mat, w->tmp);
         msgpack_pack_bin(&pk, nn * sizeof(float));
         msgpack_pack_bin_body(&pk, w->mat, nn * sizeof(float));
     }

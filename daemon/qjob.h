@@ -50,6 +50,7 @@ typedef struct {
     float *attr[XM_NMETHODS];   /* nf values each, owned */
     float *roll, *flow, *grad;  /* [L][n][n], owned (flow may be NULL) */
     bool resnorm;
+    uint32_t start;             /* resolved start layer of the matrices */
 
     int failed;                 /* set by the worker: out of memory */
 } qjob_t;

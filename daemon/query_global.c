@@ -73,6 +73,22 @@ query_op_global(query_t *s, qreq_t *q, msgpack_packer *pk)
                              xm_method_name((xm_method_t)m), md->name);
         mask = XM_BIT(m);
     }
+    const mpr_obj_t *so = qreq_arg(q, "segment", NULL);
+    if (so && so->type == MPR_STR) {
+        const gseg_t *sg = global_segment(e, (const char *)so->v.raw.ptr, so->v.raw.len);
+        if (!sg)
+            return qreq_fail(q, "not_found", "model '%s' epoch %" PRIu32 " tracks no segment '%.*s'",
+                             md->name, e->epoch, so->v.raw.len > 64 ? 64 : (int)so->v.raw.len,
+                             (const char *)so->v.raw.ptr);
+        char label[SEG_LABEL_MAX + 1];
+        snprintf(label, sizeof label, "%.*s", (int)so->v.raw.len, (const char *)so->v.raw.ptr);
+        qreply_ok(pk, PUBLISH_GLOB_SEG_FIELDS);
+        if (publish_enc_glob_seg(pk, s->global, md, e, sg, label, mask))
+            return qreq_fail(q, "internal", "out of memory");
+        return 0;
+    }
+    if (so && so->type != MPR_NIL)
+        return qreq_fail(q, "bad_request", "argument 'segment' must be a str");
     const mpr_obj_t *to = qreq_arg(q, "target", NULL);
     int64_t target;
     if (to) {
@@ -199,12 +215,21 @@ query_op_reference(query_t *s, qreq_t *q, msgpack_packer *pk)
 }
 
 static void
-s_enc_last(msgpack_packer *pk, const glast_t *l)
+s_enc_last(msgpack_packer *pk, const glast_t *l, const schema_t *sc)
 {
     msgpack_pack_map(pk, PUBLISH_WINDOW_FIELDS + 1);
-    publish_enc_window(pk, l, NULL);
+    publish_enc_window(pk, l, NULL, sc);
     enc_str(pk, "ts");
     msgpack_pack_int64(pk, l->ts);
+}
+
+/* An alert is listed for method m (-2: any) and segment seg (NULL: any). */
+static bool
+s_alert_shown(const galert_t *a, int m, const char *seg, size_t seglen)
+{
+    if (m >= 0 && a->method != m)
+        return false;
+    return !seg || (strlen(a->segment) == seglen && !memcmp(a->segment, seg, seglen));
 }
 
 int
@@ -218,15 +243,63 @@ query_op_drift(query_t *s, qreq_t *q, msgpack_packer *pk)
     int m = s_method_arg(q, false);
     if (m == -1)
         return -1;
-    unsigned mask = m >= 0 ? XM_BIT(m) & e->methods : e->methods;
+    /* A segment's own windows, or the model's overall ones. */
+    const mpr_obj_t *so = qreq_arg(q, "segment", NULL);
+    if (so && so->type != MPR_STR && so->type != MPR_NIL)
+        return qreq_fail(q, "bad_request", "argument 'segment' must be a str");
+    const gseg_t *sg = NULL;
+    const char *seg = NULL;
+    size_t seglen = 0;
+    if (so && so->type == MPR_STR) {
+        seg = (const char *)so->v.raw.ptr;
+        seglen = so->v.raw.len;
+        if (!(sg = global_segment(e, seg, seglen)))
+            return qreq_fail(q, "not_found", "model '%s' epoch %" PRIu32 " tracks no segment '%.*s'",
+                             md->name, e->epoch, seglen > 64 ? 64 : (int)seglen, seg);
+    }
+    unsigned have = sg ? sg->methods : e->methods;
+    const drift_t *drs = sg ? sg->drift : e->drift;
+    const detect_t *dts = sg ? sg->detect : e->detect;
+    const glast_t *lasts = sg ? sg->last : e->last;
+    unsigned mask = m >= 0 ? XM_BIT(m) & have : have;
     const global_params_t *p = &s->global->p;
-    qreply_ok(pk, 7);
+    const schema_t *sc = model_schema(md, e->epoch);
+    qreply_ok(pk, 11);
     enc_str(pk, "model");
     enc_strn(pk, md->name, md->name_len);
     enc_str(pk, "epoch");
     msgpack_pack_uint32(pk, e->epoch);
+    enc_str(pk, "segment");
+    if (sg)
+        enc_strn(pk, seg, seglen);
+    else
+        msgpack_pack_nil(pk);
+    enc_str(pk, "segments");
+    msgpack_pack_array(pk, e->segs.n);
+    for (uint32_t i = 0; i < e->segs.n; i++)
+        enc_str(pk, segtab_label(&e->segs, i));
+    enc_str(pk, "segments_overflow");
+    msgpack_pack_uint64(pk, e->segs.overflow);
     enc_str(pk, "window");
     msgpack_pack_uint32(pk, p->window);
+    enc_str(pk, "mode");
+    msgpack_pack_map(pk, 8);
+    enc_str(pk, "mode");
+    enc_str(pk, detect_mode_name(p->detect.mode));
+    enc_str(pk, "calib_windows");
+    msgpack_pack_uint32(pk, p->detect.calib_windows);
+    enc_str(pk, "multiple");
+    msgpack_pack_double(pk, p->detect.multiple);
+    enc_str(pk, "cusum_k");
+    msgpack_pack_double(pk, p->detect.cusum_k);
+    enc_str(pk, "cusum_h");
+    msgpack_pack_double(pk, p->detect.cusum_h);
+    enc_str(pk, "sd_floor");
+    msgpack_pack_double(pk, p->detect.sd_floor);
+    enc_str(pk, "cusum_arl");
+    msgpack_pack_double(pk, s->global->cusum_arl);
+    enc_str(pk, "moved_k");
+    msgpack_pack_uint32(pk, p->moved_k);
     enc_str(pk, "thresholds");
     msgpack_pack_map(pk, 4);
     enc_str(pk, "rho_min");
@@ -242,14 +315,31 @@ query_op_drift(query_t *s, qreq_t *q, msgpack_packer *pk)
     for (int k = 0; k < XM_NMETHODS; k++) {
         if (!(mask & XM_BIT(k)))
             continue;
-        const drift_t *d = &e->drift[k];
+        const drift_t *d = &drs[k];
+        const detect_t *dt = &dts[k];
         enc_str(pk, xm_method_name((xm_method_t)k));
         /* Event-time windows: the trades refused as late. */
-        bool evt = e->evw[k].count != NULL;
-        msgpack_pack_map(pk, 4 + (evt ? 1 : 0));
+        bool evt = !seg && e->evw[k].count != NULL;
+        msgpack_pack_map(pk, 6 + (evt ? 1 : 0));
         if (evt) {
             enc_str(pk, "late");
             msgpack_pack_uint64(pk, e->evw[k].late);
+        }
+        enc_str(pk, "calibrated");
+        msgpack_pack_uint32(pk, dt->ready ? dt->opts.calib_windows : dt->calib_seen);
+        enc_str(pk, "scale");
+        msgpack_pack_map(pk, DETECT_NSTAT);
+        static const char *names[DETECT_NSTAT] = {"spearman", "ndcg", "js"};
+        for (int i = 0; i < DETECT_NSTAT; i++) {
+            double mu, sigma;
+            enc_str(pk, names[i]);
+            if (detect_scale(dt, i, &mu, &sigma)) {
+                msgpack_pack_array(pk, 2);
+                msgpack_pack_double(pk, mu);
+                msgpack_pack_double(pk, sigma);
+            } else {
+                msgpack_pack_nil(pk);
+            }
         }
         enc_str(pk, "reference");
         enc_str(pk, drift_ref_name(d->ref_kind));
@@ -258,8 +348,8 @@ query_op_drift(query_t *s, qreq_t *q, msgpack_packer *pk)
         enc_str(pk, "windows");
         msgpack_pack_uint64(pk, d->closed);
         enc_str(pk, "last");
-        if (e->last[k].valid)
-            s_enc_last(pk, &e->last[k]);
+        if (lasts[k].valid)
+            s_enc_last(pk, &lasts[k], sc);
         else
             msgpack_pack_nil(pk);
     }
@@ -268,16 +358,18 @@ query_op_drift(query_t *s, qreq_t *q, msgpack_packer *pk)
     enc_str(pk, "alerts");
     uint32_t n = gm->alerts_count, kept = s->global->p.alerts_kept;
     uint32_t shown = 0;
-    for (uint32_t k = 0; k < n; k++) {
-        const galert_t *a = &gm->alerts[(gm->alerts_next + kept - n + k) % kept];
-        shown += m < 0 || a->method == m;
-    }
+    for (uint32_t k = 0; k < n; k++)
+        shown += s_alert_shown(&gm->alerts[(gm->alerts_next + kept - n + k) % kept], m, seg, seglen);
     msgpack_pack_array(pk, shown);
     for (uint32_t k = 0; k < n; k++) {
         const galert_t *a = &gm->alerts[(gm->alerts_next + kept - n + k) % kept];
-        if (m >= 0 && a->method != m)
+        if (!s_alert_shown(a, m, seg, seglen))
             continue;
-        msgpack_pack_map(pk, 8);
+        msgpack_pack_map(pk, 10 + (a->segment[0] ? 1 : 0));
+        if (a->segment[0]) {
+            enc_str(pk, "segment");
+            enc_str(pk, a->segment);
+        }
         enc_str(pk, "ts");
         msgpack_pack_int64(pk, a->ts);
         enc_str(pk, "epoch");
@@ -289,6 +381,10 @@ query_op_drift(query_t *s, qreq_t *q, msgpack_packer *pk)
         enc_str(pk, "reference");
         enc_str(pk, drift_ref_name(a->ref));
         publish_enc_stats(pk, &a->spearman, &a->ndcg, &a->js);
+        enc_str(pk, "verdict");
+        publish_enc_verdict(pk, &a->verdict);
+        enc_str(pk, "moved");
+        publish_enc_moved(pk, a->moved, a->nmoved, a->epoch == e->epoch ? sc : NULL);
     }
     return 0;
 }

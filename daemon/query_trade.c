@@ -55,6 +55,7 @@ s_job(query_t *s, const cache_entry_t *e, uint32_t nf, bool want_flow)
     j->methods = e->methods;
     j->want_flow = want_flow;
     j->resnorm = e->resnorm;
+    j->start = e->start;
     bool ok = (j->roll = s_dup_floats(e->roll, layers)) != NULL;
     if (ok && want_flow)
         ok = (j->flow = s_dup_floats(e->flow, layers)) != NULL;
@@ -186,12 +187,14 @@ query_op_trade(query_t *s, qreq_t *q, msgpack_packer *pk)
     enc_str(pk, "matrices");
     msgpack_pack_map(pk, 1 + (e->grad != NULL));
     enc_str(pk, "rollout");
-    xm_rollout_matrix(sh->L, n, e->roll, s->mat, s->tmp);
+    /* The start layer the vectors were computed with (0: every layer). */
+    const size_t skip = (size_t)e->start * nn;
+    xm_rollout_matrix(sh->L - e->start, n, e->roll + skip, s->mat, s->tmp);
     msgpack_pack_bin(pk, nn * sizeof(float));
     msgpack_pack_bin_body(pk, s->mat, nn * sizeof(float));
     if (e->grad) {
         enc_str(pk, "grad_rollout");
-        xm_grad_rollout_matrix(sh->L, n, e->grad, e->resnorm, s->mat, s->tmp);
+        xm_grad_rollout_matrix(sh->L - e->start, n, e->grad + skip, e->resnorm, s->mat, s->tmp);
         msgpack_pack_bin(pk, nn * sizeof(float));
         msgpack_pack_bin_body(pk, s->mat, nn * sizeof(float));
     }

@@ -38,6 +38,7 @@ s_limits(const config_t *c, wire_limits_t *lim)
     lim->max_tokens = (uint32_t)c->max_tokens;
     lim->max_elems = c->max_elems;
     lim->max_str = (uint32_t)c->max_str;
+    lim->max_targets = (uint32_t)c->max_targets_per_trade;
 }
 
 static void
@@ -49,15 +50,32 @@ s_drift_opts(const config_t *c, drift_opts_t *o)
     o->js_max = c->drift_js_max;
 }
 
+static void
+s_detect_opts(const config_t *c, detect_opts_t *o)
+{
+    detect_opts_default(o);
+    o->mode = (detect_mode_t)c->drift_mode_id;
+    o->calib_windows = (uint32_t)c->drift_calib_windows;
+    o->multiple = c->drift_multiple;
+    o->cusum_k = c->drift_cusum_k;
+    o->cusum_h = c->drift_cusum_h;
+    o->sd_floor = c->drift_sd_floor;
+}
+
 void
 server_apply_options(server_t *s)
 {
     drift_opts_t d;
+    detect_opts_t dt;
     s_drift_opts(&s->cfg, &d);
-    global_set_thresholds(&s->global, &d);
+    s_detect_opts(&s->cfg, &dt);
+    global_set_drift(&s->global, &d, &dt, (uint32_t)s->cfg.drift_moved_k);
     s->opts.methods = s->cfg.method_set;
     s->opts.fusion = (xm_fusion_t)s->cfg.fusion_id;
     s->opts.grad_resnorm = s->cfg.grad_resnorm;
+    s->opts.discard = s->cfg.discard;
+    s->opts.discard_flow = s->cfg.discard_flow;
+    s->opts.start_layer = (int32_t)s->cfg.start_layer;
     s_limits(&s->cfg, &s->dec.lim);
     log_set_level((log_level_t)s->cfg.log_level_id);
     log_set_rate((uint32_t)s->cfg.log_rate);
@@ -161,11 +179,14 @@ server_init(server_t *s)
                           .window_ns = c->drift_window_ns, .late_ns = c->drift_lateness_ns,
                           .decay_ns = c->decay_ns,
                           .max_targets = (uint32_t)c->max_targets,
+                          .max_segments = c->segkeys.n ? (uint32_t)c->max_segments : 0,
                           .alerts_kept = (uint32_t)c->alerts_kept};
     s_drift_opts(c, &gp.drift);
     if (c->aggregate.count)
         gp.half_life = 0;   /* an aggregator's decayed means are by event time or none:
                                a decay by trades does not merge */
+    s_detect_opts(c, &gp.detect);
+    gp.moved_k = (uint32_t)c->drift_moved_k;
     if (!(s->work = xm_work_new()) || query_init(&s->query) ||
         models_init(&s->models, (uint32_t)c->max_models) ||
         global_init(&s->global, (uint32_t)c->max_models, &gp) ||

@@ -7,7 +7,8 @@ torch.nn.MultiheadAttention) is trained on scikit-learn's bundled
 breast-cancer data (569 rows, 30 numeric features; no download). Its test
 rows are then streamed, in batches, as live trades: for each batch the
 PyTorch helper captures every layer's per-head attention and its gradient
-for the predicted class, and the Publisher sends them to xplaind. The
+for the predicted class, and the Publisher sends them to xplaind (with
+gradient x attention as the relevance tensor `rel` of lrp_rollout). The
 example subscribes to the explanations and ends with two checks:
 
 1. every per-trade vector the daemon published equals the float64
@@ -17,7 +18,9 @@ example subscribes to the explanations and ends with two checks:
 2. per method, Spearman's rho between the daemon's global attribution
    (the `global` query; while the daemon has none, the mean of the
    per-trade vectors received) and permutation importance computed on the
-   same model and rows: the agreement table.
+   same model and rows: the agreement table, one row per method the
+   daemon serves (the variants colsum, grad_rollout_signed and
+   lrp_rollout included).
 
 Run (from the source tree, after building the daemon), with the package
 installed (client/python/README.md):
@@ -64,7 +67,8 @@ def load_ref(path):
     spec.loader.exec_module(ref)
 
 MODEL = "ftt_breast_cancer"
-METHOD_ORDER = ["rollout", "grad_rollout", "first_layer", "attn_mean", "diag", "flow"]
+METHOD_ORDER = ["rollout", "grad_rollout", "first_layer", "attn_mean", "diag", "flow", "colsum",
+                "grad_rollout_signed", "lrp_rollout"]
 
 
 # --- the model ------------------------------------------------------------
@@ -208,10 +212,15 @@ def verify(sent, got, cls, rel, flow_max):
     (trades, values, max relative error, failures)."""
     out = {}
     flows = 0
-    for tid, (A, G) in sent.items():
+    for tid, (A, G, R) in sent.items():
         with_flow = "flow" in got[tid].attr and flows < flow_max
         flows += with_flow
         want = ref.methods(A, G, cls, with_flow=with_flow)
+        v = ref.variants(A, G[None], cls, R[None])
+        want.update(colsum=v["colsum"], grad_rollout_signed=v["grad_rollout_signed"][0],
+                    lrp_rollout=v["lrp_rollout"][0])
+        # A signed sum is compared to its magnitude scale (ref.py says why).
+        scale = {"grad_rollout_signed": ref.magnitude_scale(A, G, cls, clamp=False)}
         for m, v in got[tid].attr.items():
             if m not in want:
                 continue
@@ -224,8 +233,9 @@ def verify(sent, got, cls, rel, flow_max):
                 continue
             err = np.abs(d - w)
             o["values"] += d.size
-            o["max_rel"] = max(o["max_rel"], float(np.max(err / np.maximum(np.abs(w), 1e-30))))
-            o["failures"] += int(np.sum(err > rel * np.abs(w) + 1e-12))
+            mag = np.abs(w) + scale.get(m, 0.0)
+            o["max_rel"] = max(o["max_rel"], float(np.max(err / np.maximum(mag, 1e-30))))
+            o["failures"] += int(np.sum(err > rel * mag + 1e-12))
     return out
 
 
@@ -257,7 +267,8 @@ def main(argv=None):
                     help="use a running daemon that connects its ingest here (--ingest-connect EP)")
     ap.add_argument("--publish", metavar="EP", help="the running daemon's --publish endpoint")
     ap.add_argument("--query", metavar="EP", help="the running daemon's --query endpoint")
-    ap.add_argument("--methods", default="rollout,grad_rollout,first_layer,attn_mean,diag,flow",
+    ap.add_argument("--methods", default="rollout,grad_rollout,first_layer,attn_mean,diag,flow,"
+                    "colsum,grad_rollout_signed,lrp_rollout",
                     help="--methods of the daemon this example starts (default: %(default)s)")
     ap.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
     ap.add_argument("--rows", type=int, default=0, help="stream only the first N test rows (0: all)")
@@ -324,11 +335,16 @@ def main(argv=None):
             r = rows[k:k + a.batch]
             c = cap.run(torch.from_numpy(X[r]), target="pred")
             ids = [int(i) for i in r]
-            pub.send(c.attn, grad=c.grad, ids=ids, target=c.target, y=c.prob[:, 1])
+            # The relevance of every attention probability for lrp_rollout:
+            # gradient x input (LRP-0's relevance where the model is
+            # locally linear); an AttnLRP implementation would send its own.
+            rel = np.asarray(c.attn, np.float32) * np.asarray(c.grad, np.float32)
+            pub.send(c.attn, grad=c.grad, ids=ids, target=c.target, y=c.prob[:, 1], rel=rel)
             for b, i in enumerate(ids):
                 # What the daemon decodes: the tensors after the wire dtype.
                 sent[i] = (xplain.round_to(c.attn[b], a.dtype).astype(np.float64),
-                           xplain.round_to(c.grad[b], a.dtype).astype(np.float64))
+                           xplain.round_to(c.grad[b], a.dtype).astype(np.float64),
+                           xplain.round_to(rel[b], a.dtype).astype(np.float64))
         t_stream = time.monotonic() - t0
         got, fetched = collect(sub, q, set(sent), a.timeout)
         print("streamed %d trades in %d messages (%s) in %.2f s; %d explanations received, "
@@ -341,9 +357,9 @@ def main(argv=None):
         print("\nper-trade check against tests/ref.py (float64, same tensors), "
               "|daemon - ref| <= %g |ref|%s:" % (a.rel, "; flow on %d trades" % a.flow_check
                                                  if "flow" in check else ""))
-        print("  %-13s %7s %8s %12s %9s" % ("method", "trades", "values", "max rel err", "failures"))
+        print("  %-19s %7s %8s %12s %9s" % ("method", "trades", "values", "max rel err", "failures"))
         for m, o in check.items():
-            print("  %-13s %7d %8d %12.2e %9d" % (m, o["trades"], o["values"], o["max_rel"], o["failures"]))
+            print("  %-19s %7d %8d %12.2e %9d" % (m, o["trades"], o["values"], o["max_rel"], o["failures"]))
         n_flow = sum("flow" in x.attr for x in got.values())
         ok = bool(check) and all(
             o["failures"] == 0 and o["trades"] == (min(n_flow, a.flow_check) if m == "flow" else len(sent))
@@ -375,10 +391,10 @@ def main(argv=None):
             })
         print("\nagreement with permutation importance (log-loss increase, %d repeats, "
               "same model and %d rows):" % (a.repeats, len(rows)))
-        print("  %-13s %-9s %7s %13s %11s   %s" % ("method", "source", "trades", "spearman rho",
+        print("  %-19s %-9s %7s %13s %11s   %s" % ("method", "source", "trades", "spearman rho",
                                                   "daemon rho", "top 3 features"))
         for t in table:
-            print("  %-13s %-9s %7d %13s %11s   %s" % (t["method"], t["source"], t["trades"],
+            print("  %-19s %-9s %7d %13s %11s   %s" % (t["method"], t["source"], t["trades"],
                                                       fmt(t["spearman"], 13).strip(),
                                                       fmt(t["daemon_spearman"], 11).strip(),
                                                       ", ".join(t["top5"][:3])))

@@ -120,6 +120,32 @@ def variants(A, G, cls, rel=None, fusion="mean", rho=0.0, start=0, resnorm=False
     return out
 
 
+def magnitude_scale(X, G, cls, resnorm=False, start=0, clamp=True):
+    """The magnitude scale of a gradient-family readout (X = A, or the
+    relevance for lrp_rollout), what its float32 error is relative to: the
+    same readout with every product counted by its absolute value, and,
+    with the residual normalisation, the bound that its division by a row
+    sum near 0 implies (as tests/unit/test_variants.c's signed_scale).
+    grad_rollout_signed is compared to 1e-5 of |want| + this scale: a sum
+    of products of both signs can cancel to far below its terms."""
+    X, G = np.asarray(X, np.float64), np.asarray(G, np.float64)
+    Xa, Ga = np.abs(X), np.abs(G)
+    if not resnorm:
+        return readout(grad_rollout_matrix(Xa, Ga, False, start), cls)
+    n = X.shape[-1]
+    I = np.eye(n)
+    R = grad_rollout_matrix(X, G, False, start, clamp=clamp) - I
+    Ra = grad_rollout_matrix(Xa, Ga, False, start) - I
+    rows = [cls] if cls >= 0 else range(n)
+    acc = np.zeros(n)
+    for i in rows:
+        S, Sa = R[i].sum(), Ra[i].sum()
+        if S != 0:
+            acc += 4 * (Ra[i] + np.abs(R[i] / S) * Sa) / abs(S)
+    acc /= len(rows)
+    return acc if cls < 0 else np.delete(acc, cls)
+
+
 def flow_from_capacities(C, cls):
     """Attention flow by networkx max-flow over capacities C [L][n][n],
     exactly the authors' construction: one maximum_flow_value per (source,

@@ -10,8 +10,8 @@
 #include <unistd.h>
 
 static const char s_help[] =
-    "usage: xplainctl top [--model M] [--method M] [-k K] [--interval MS]\n"
-    "                     [--once | --count N] [--ascii]\n"
+    "usage: xplainctl top [--model M] [--method M] [--segment S] [-k K]\n"
+    "                     [--interval MS] [--once | --count N] [--ascii]\n"
     "\n"
     "A refreshing view of a model's explanations: the latest trade's strongest\n"
     "features, then the features of one method ranked by their mean over all\n"
@@ -19,12 +19,16 @@ static const char s_help[] =
     "next to the exponentially decayed mean (recent trades; arrows show how a\n"
     "feature's rank differs there), then the drift status of every method\n"
     "against its reference (Spearman rho, nDCG@k, Jensen-Shannon) and the\n"
-    "latest drift alerts. Runs until interrupted.\n"
+    "latest drift alerts, with the features that moved most in the method's\n"
+    "last window. Runs until interrupted.\n"
     "\n"
     "  --model M       the model (default: the first the daemon lists, waited\n"
     "                  for when there is none yet)\n"
     "  --method M      the method whose ranking is shown (default rollout, or\n"
     "                  the model's first method)\n"
+    "  --segment S     the drift status of one segment (a label such as\n"
+    "                  desk=rates, as listed under drift; daemon run with\n"
+    "                  --segment-by) instead of the model overall\n"
     "  -k, --top K     features shown (default 10)\n"
     "  --interval MS   refresh period (default 1000)\n"
     "  --once          print one frame and exit (same as --count 1)\n"
@@ -44,7 +48,7 @@ s_now_ms(void)
 }
 
 typedef struct {
-    const char *model, *method;
+    const char *model, *method, *segment;
     unsigned k;
     long interval_ms, count;
     bool ascii, tty;
@@ -128,14 +132,46 @@ s_ranking(const s_opts_t *o, const xpl_global_t *g, const xpl_method_state_t *m)
     free(order);
 }
 
+/* What moved in the shown method's last window: name, change, ranks. */
+static void
+s_moved(const s_opts_t *o, const xpl_drift_state_t *d)
+{
+    const char *want = o->method ? o->method : "rollout";
+    for (uint32_t i = 0; d->verdicts && i < d->nmethods; i++) {
+        const xpl_verdict_t *v = &d->verdicts[i];
+        if (strcmp(d->methods[i].method, want) != 0 || v->nmoved == 0)
+            continue;
+        printf("moved (%s)", want);
+        for (uint32_t k = 0; k < v->nmoved && k < 4; k++) {
+            const xpl_moved_t *mv = &v->moved[k];
+            char name[24];
+            if (mv->feature)
+                snprintf(name, sizeof name, "%.14s", mv->feature);
+            else
+                snprintf(name, sizeof name, "#%u", mv->index);
+            printf("  %s %+.3g", name, mv->delta);
+            if (mv->rank_up)
+                printf(" %s%d", mv->rank_up > 0 ? (o->ascii ? "+" : "▲") : (o->ascii ? "-" : "▼"),
+                       mv->rank_up > 0 ? mv->rank_up : -mv->rank_up);
+        }
+        printf("\n");
+    }
+}
+
 static void
 s_drift(const s_opts_t *o, const xpl_drift_state_t *d)
 {
     const char *red = o->tty ? "\033[1;31m" : "", *green = o->tty ? "\033[32m" : "",
                *bold = o->tty ? "\033[1m" : "", *off = o->tty ? "\033[0m" : "";
-    printf("%sdrift%s  windows of %llu trades; alert when rho < %.2f, nDCG@%u < %.2f, JS > %.2f\n",
-           bold, off, (unsigned long long)d->window, d->rho_min, d->ndcg_k, d->ndcg_min,
-           d->js_max);
+    printf("%sdrift%s", bold, off);
+    if (d->segment)
+        printf(" %s", d->segment);
+    if (d->mode && strcmp(d->mode, "fixed") != 0)
+        printf("  windows of %llu trades; mode %s (departures beyond the calibrated spread)\n",
+               (unsigned long long)d->window, d->mode);
+    else
+        printf("  windows of %llu trades; alert when rho < %.2f, nDCG@%u < %.2f, JS > %.2f\n",
+               (unsigned long long)d->window, d->rho_min, d->ndcg_k, d->ndcg_min, d->js_max);
     printf(" %-14s %-9s %6s %6s %6s %7s  %s\n", "method", "reference", "window", "rho", "nDCG",
            "JS", "status");
     for (uint32_t i = 0; i < d->nmethods; i++) {
@@ -153,6 +189,8 @@ s_drift(const s_opts_t *o, const xpl_drift_state_t *d)
                      (unsigned long long)d->window);
         else if (!m->last.compared)
             snprintf(status, sizeof status, "became the baseline");
+        else if (d->verdicts && d->verdicts[i].calibrating)
+            snprintf(status, sizeof status, "calibrating");
         else if (m->last.alert) {
             snprintf(status, sizeof status, "ALERT");
             color = red;
@@ -164,6 +202,17 @@ s_drift(const s_opts_t *o, const xpl_drift_state_t *d)
         ctl_print_cell(stdout, m->method, 14);
         printf(" %-9s %6s %6s %6s %7s  %s%s%s\n", m->reference, win, rho, ndcg, js, color, status,
                *color ? off : "");
+    }
+    s_moved(o, d);
+    if (d->nsegments && !d->segment) {
+        printf("segments ");
+        for (uint32_t k = 0; k < d->nsegments && k < 6; k++)
+            printf(" %.24s", d->segments[k]);
+        if (d->nsegments > 6)
+            printf(" (+%u)", d->nsegments - 6);
+        if (d->segments_overflow)
+            printf("  %llu trades untracked", (unsigned long long)d->segments_overflow);
+        printf("\n");
     }
     printf("%salerts%s  %llu in all", bold, off, (unsigned long long)d->alerts_total);
     if (d->nalerts == 0) {
@@ -278,7 +327,8 @@ s_frame(const s_opts_t *o, xpl_view_t *view, xpl_client_t *c, xpl_sub_t *sub,
         printf("\n");
     }
     printf("\n");
-    xpl_drift_state_t *d = xpl_client_drift(c, o->model, NULL, NULL);
+    xpl_drift_state_t *d = o->segment ? xpl_client_drift_segment(c, o->model, NULL, o->segment)
+                                      : xpl_client_drift(c, o->model, NULL, NULL);
     if (d)
         s_drift(o, d);
     else
@@ -303,6 +353,8 @@ cmd_top(int argc, char **argv)
             o.model = ctl_value(&a, arg, "--model");
         else if (ctl_is(arg, "--method"))
             o.method = ctl_value(&a, arg, "--method");
+        else if (ctl_is(arg, "--segment"))
+            o.segment = ctl_value(&a, arg, "--segment");
         else if (ctl_is(arg, "-k") || ctl_is(arg, "--top")) {
             const char *name = arg[1] == 'k' ? "-k" : "--top";
             long k = ctl_long(&a, name, ctl_value(&a, arg, name));

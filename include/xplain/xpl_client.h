@@ -118,6 +118,12 @@ XPL_EXPORT xpl_global_t *xpl_client_global(xpl_client_t *self, const char *model
 XPL_EXPORT xpl_drift_state_t *xpl_client_drift(xpl_client_t *self, const char *model,
                                                const char *method, const uint64_t *epoch);
 
+/* `drift` of one segment of a model (a label such as "desk=rates", from
+   the segments of an unsegmented reply); `segment` NULL is
+   xpl_client_drift. Caller owns the result. */
+XPL_EXPORT xpl_drift_state_t *xpl_client_drift_segment(xpl_client_t *self, const char *model,
+                                                       const char *method, const char *segment);
+
 /* What the `baseline` query does. */
 typedef enum {
     XPL_BASELINE_PIN = 0,       /* the current global mean becomes the drift reference */

@@ -243,6 +243,29 @@ typedef struct {
     int64_t ts;                 /* when it closed, ns since the epoch */
 } xpl_window_t;
 
+/* A feature that moved in a closed window: one entry of its what-moved
+   list (proto/global.md), largest change first. */
+typedef struct {
+    const char *feature;        /* its name, or NULL when the daemon sent none */
+    uint32_t index;             /* position, token order without CLS */
+    double ref, cur;            /* reference value and the window's mean */
+    double delta;               /* cur - ref */
+    uint32_t ref_rank, rank;    /* 1 = largest value */
+    int32_t rank_up;            /* ref_rank - rank: > 0 climbed */
+} xpl_moved_t;
+
+/* How the daemon's drift mode judged a closed window, and what moved.
+   From a daemon that predates drift modes: mode NULL, nmoved 0. */
+typedef struct {
+    const char *mode;           /* "fixed", "calibrated", "cusum", or NULL */
+    bool calibrating;           /* still measuring the reference regime */
+    double z[3];                /* standardised departure of spearman, ndcg, js;
+                                   NAN where not scored */
+    double cusum[3];            /* the CUSUMs after this window; NAN outside mode cusum */
+    uint32_t nmoved;
+    const xpl_moved_t *moved;
+} xpl_verdict_t;
+
 /* A drift/ message: one method's window just closed. */
 typedef struct {
     const char *model;
@@ -251,6 +274,8 @@ typedef struct {
     const char *method;
     uint64_t trades;            /* trades per window */
     xpl_window_t window;
+    const char *segment;        /* the segment's label, NULL: the model overall */
+    xpl_verdict_t verdict;
 } xpl_drift_t;
 
 /* Free a drift message and set *self_p to NULL; NULL-safe. */
@@ -304,6 +329,13 @@ typedef struct {
     uint64_t alerts_total;
     uint32_t nalerts;
     const xpl_alert_t *alerts;  /* the last ones kept, oldest first */
+    const char *mode;           /* the drift mode in force, NULL from an older daemon */
+    const char *segment;        /* the segment asked about, NULL: the model overall */
+    uint32_t nsegments;
+    const char *const *segments;    /* labels of the segments tracked */
+    uint64_t segments_overflow;     /* trades of segments not tracked */
+    const xpl_verdict_t *verdicts;  /* [nmethods]: each method's last window's
+                                       verdict (zero before the first) */
 } xpl_drift_state_t;
 
 /* A method's drift status, or NULL. */

@@ -42,7 +42,8 @@ sys.path.insert(0, os.path.join(SOURCE, "tests"))
 
 import pyvenv   # noqa: E402  (installs client/python into a venv)
 EXAMPLE = os.path.abspath(os.path.join(SOURCE, "examples", "ft_transformer.py"))
-METHODS = ["rollout", "grad_rollout", "first_layer", "attn_mean", "diag", "flow"]
+METHODS = ["rollout", "grad_rollout", "first_layer", "attn_mean", "diag", "flow", "colsum",
+           "grad_rollout_signed", "lrp_rollout"]
 FLOW_CHECKED = 3   # the example's --flow-check default: networkx takes seconds per trade
 NF = 30        # breast-cancer features (tokens without CLS)
 # The watchdog of conftest.py: just under ctest's timeout of these cases (a

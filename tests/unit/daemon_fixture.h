@@ -179,7 +179,13 @@ fx_up(fx_world_t *w, const char *const *opts)
                           .alerts_kept = (uint32_t)c->alerts_kept,
                           .drift = {.rho_min = c->drift_rho_min, .ndcg_min = c->drift_ndcg_min,
                                     .ndcg_k = (uint32_t)c->drift_ndcg_k,
-                                    .js_max = c->drift_js_max}};
+                                    .js_max = c->drift_js_max},
+                          .detect = {.mode = (detect_mode_t)c->drift_mode_id,
+                                     .calib_windows = (uint32_t)c->drift_calib_windows,
+                                     .multiple = c->drift_multiple, .cusum_k = c->drift_cusum_k,
+                                     .cusum_h = c->drift_cusum_h, .sd_floor = c->drift_sd_floor},
+                          .moved_k = (uint32_t)c->drift_moved_k,
+                          .max_segments = c->segkeys.n ? (uint32_t)c->max_segments : 0};
     cr_assert(w->work = xm_work_new());
     cr_assert_eq(models_init(&w->models, (uint32_t)c->max_models), 0);
     cr_assert_eq(global_init(&w->global, (uint32_t)c->max_models, &gp), 0);

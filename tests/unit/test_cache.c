@@ -179,7 +179,7 @@ Test(cache, put_get_every_field)
     cache_t c;
     cr_assert_eq(cache_init(&c, 16, 1 << 20), 0);
     trade_t a, b;
-    mk_trade(&a, 0, true, 12345, 3, 5, XM_ALL_METHODS, true, true, 1001);
+    mk_trade(&a, 0, true, 12345, 3, 5, XM_CLASSIC_METHODS, true, true, 1001);
     mk_trade(&b, 0, false, 77, 2, 4, XM_BIT(XM_ROLLOUT) | XM_BIT(XM_DIAG), false, false, 1002);
     b.put.target = NULL;
     b.put.y = NULL;
@@ -316,7 +316,7 @@ Test(cache, eviction_by_bytes_never_over_budget)
        exceed the budget, the latest trade is always there, the oldest go
        first (a cached trade is never older than an evicted one). */
     trade_t probe;
-    mk_trade(&probe, 0, false, 0, 4, 8, XM_ALL_METHODS, true, true, 0);
+    mk_trade(&probe, 0, false, 0, 4, 8, XM_CLASSIC_METHODS, true, true, 0);
     cache_t c;
     size_t one = layer_floats(&probe.shape) * sizeof(float) * 3 + 6 * 16 * 2;
     free_trade(&probe);
@@ -326,7 +326,7 @@ Test(cache, eviction_by_bytes_never_over_budget)
     trade_t *t = calloc(300, sizeof *t);
     for (int k = 0; k < 300; k++) {
         uint32_t L = 1 + (uint32_t)(rng_next(&r) % 4), n = 2 + (uint32_t)(rng_next(&r) % 7);
-        mk_trade(&t[k], 0, true, (uint64_t)k, L, n, XM_ALL_METHODS, rng_next(&r) % 2,
+        mk_trade(&t[k], 0, true, (uint64_t)k, L, n, XM_CLASSIC_METHODS, rng_next(&r) % 2,
                  rng_next(&r) % 2, 10 + k);
         cr_assert_eq(cache_put(&c, &t[k].put), 0, "trade %d does not fit", k);
         check_invariants(&c);
@@ -357,7 +357,7 @@ Test(cache, too_big_is_counted_and_changes_nothing)
     cache_init(&c, 16, 4096);
     trade_t small, big;
     mk_trade(&small, 0, true, 1, 1, 4, XM_BIT(XM_ROLLOUT), false, false, 1);
-    mk_trade(&big, 0, true, 2, 8, 16, XM_ALL_METHODS, true, true, 2);   /* 8 KiB per layer set */
+    mk_trade(&big, 0, true, 2, 8, 16, XM_CLASSIC_METHODS, true, true, 2);   /* 8 KiB per layer set */
     cr_assert_eq(cache_put(&c, &small.put), 0);
     size_t bytes = c.bytes;
     cr_assert_eq(cache_put(&c, &big.put), -1);
@@ -405,7 +405,7 @@ steady_stream(uint32_t entries, size_t budget, int warm, int more)
     trade_t t;
     int64_t ts = 0;
     for (int k = 0; k < warm; k++, ts++) {
-        mk_trade(&t, 0, false, (uint64_t)ts, 4, 12, XM_ALL_METHODS & ~XM_BIT(XM_FLOW), true, true, ts);
+        mk_trade(&t, 0, false, (uint64_t)ts, 4, 12, XM_CLASSIC_METHODS & ~XM_BIT(XM_FLOW), true, true, ts);
         cr_assert_eq(cache_put(&c, &t.put), 0);
         free_trade(&t);
     }
@@ -413,7 +413,7 @@ steady_stream(uint32_t entries, size_t budget, int warm, int more)
     size_t *cap = calloc(entries, sizeof *cap), *capnow = calloc(entries, sizeof *capnow);
     snap(&c, data, cap);
     for (int k = 0; k < more; k++, ts++) {
-        mk_trade(&t, 0, false, (uint64_t)ts, 4, 12, XM_ALL_METHODS & ~XM_BIT(XM_FLOW), true, true, ts);
+        mk_trade(&t, 0, false, (uint64_t)ts, 4, 12, XM_CLASSIC_METHODS & ~XM_BIT(XM_FLOW), true, true, ts);
         cr_assert_eq(cache_put(&c, &t.put), 0);
         expect_entry(cache_get(&c, 0, &t.id), &t);
         free_trade(&t);
@@ -445,7 +445,7 @@ Test(cache, steady_stream_reuses_buffers_when_bounded_by_bytes)
        for any real shape, so this is the case the daemon runs in: room
        for 5 trades of this shape, 64 slots, the ring gone round twice. */
     trade_t t;
-    mk_trade(&t, 0, false, 0, 4, 12, XM_ALL_METHODS & ~XM_BIT(XM_FLOW), true, true, 0);
+    mk_trade(&t, 0, false, 0, 4, 12, XM_CLASSIC_METHODS & ~XM_BIT(XM_FLOW), true, true, 0);
     size_t one = layer_floats(&t.shape) * sizeof(float) * 3 + 5 * 48;
     free_trade(&t);
     steady_stream(64, one * 5 + one / 2, 128, 100);

@@ -419,3 +419,97 @@ Test(config, reload_keeps_precedence)
     cr_assert_null(a.publish);
     ini_rm(&f);
 }
+
+/* ---- explain options and [model.NAME] sections ---------------------------- */
+
+Test(config, discard_and_start_layer)
+{
+    config_t c;
+    cr_assert_eq(LOAD(&c, "--demo"), CFG_RUN);
+    cr_assert_eq(c.discard, 0.0);
+    cr_assert_eq(c.start_layer, 0);
+    cr_assert(!c.discard_flow);
+    config_free(&c);
+    cr_assert_eq(LOAD(&c, "--demo", "--discard", "0.25", "--start-layer", "-3", "--discard-flow"),
+                 CFG_RUN);
+    cr_assert_eq(c.discard, 0.25);
+    cr_assert_eq(c.start_layer, -3);
+    cr_assert(c.discard_flow);
+    config_free(&c);
+    USAGE("discard above 1", "--demo", "--discard", "1.5");
+    USAGE("discard NaN", "--demo", "--discard", "nan");
+    USAGE("start layer not an integer", "--demo", "--start-layer", "1.5");
+    USAGE("start layer out of range", "--demo", "--start-layer", "-5000");
+    USAGE("start layer empty", "--demo", "--start-layer", "");
+}
+
+Test(config, model_sections_override_explain_for_one_model)
+{
+    ini_t f;
+    const char *p = ini(&f, "[explain]\nmethods = rollout,diag\ndiscard = 0.1\n\n"
+                            "[model.fx-1]\nmethods = colsum,lrp_rollout\nfusion = max\n"
+                            "discard = 0.9\nstart_layer = -2\ngrad_resnorm = yes\n"
+                            "discard_flow = on\n\n"
+                            "[model.other]\nstart_layer = 1\n");
+    config_t c;
+    cr_assert_eq(LOAD(&c, "--demo", "--config", (char *)p), CFG_RUN);
+    cr_assert_eq(c.nmodel_opts, 2);
+    xm_opts_t base = {.methods = c.method_set, .fusion = XM_FUSE_MEAN, .discard = c.discard};
+    xm_opts_t o = base;
+    cr_assert(config_model_opts(&c, "fx-1", &o));
+    cr_assert_eq(o.methods, XM_BIT(XM_COLSUM) | XM_BIT(XM_LRP_ROLLOUT));
+    cr_assert_eq(o.fusion, XM_FUSE_MAX);
+    cr_assert_eq(o.discard, 0.9);
+    cr_assert_eq(o.start_layer, -2);
+    cr_assert(o.grad_resnorm && o.discard_flow);
+    o = base;
+    cr_assert(config_model_opts(&c, "other", &o));
+    cr_assert_eq(o.start_layer, 1);
+    cr_assert_eq(o.methods, base.methods, "a key the section does not give keeps [explain]'s");
+    cr_assert_eq(o.discard, 0.1);
+    o = base;
+    cr_assert(!config_model_opts(&c, "fx", &o));
+    cr_assert(memcmp(&o, &base, sizeof o) == 0);
+    config_free(&c);
+    cr_assert_null(c.model_opts);
+    ini_rm(&f);
+}
+
+Test(config, bad_model_sections)
+{
+    expect_file_usage("model name with a space", "[model.a b]\ndiscard = 0.5\n");
+    expect_file_usage("model name empty", "[model.]\ndiscard = 0.5\n");
+    expect_file_usage("unknown key in a model section", "[model.m]\nmax_batch = 8\n");
+    expect_file_usage("unknown method", "[model.m]\nmethods = rollout,lrp\n");
+    expect_file_usage("no method", "[model.m]\nmethods = ,\n");
+    expect_file_usage("bad fusion", "[model.m]\nfusion = median\n");
+    expect_file_usage("discard out of range", "[model.m]\ndiscard = -0.1\n");
+    expect_file_usage("start layer not an integer", "[model.m]\nstart_layer = last\n");
+    expect_file_usage("bad bool", "[model.m]\ngrad_resnorm = perhaps\n");
+}
+
+Test(config, model_sections_reload_as_a_whole)
+{
+    ini_t f, g;
+    const char *p = ini(&f, "[model.m]\ndiscard = 0.5\n");
+    const char *q = ini(&g, "[model.m]\ndiscard = 0.5\nstart_layer = -1\n");
+    config_t a, b;
+    cr_assert_eq(LOAD(&a, "--demo", "--config", (char *)p), CFG_RUN);
+    cr_assert_eq(LOAD(&b, "--demo", "--config", (char *)p), CFG_RUN);
+    char rel[512], rst[512];
+    cr_assert_eq(diff(&a, &b, rel, rst), 0);
+    config_free(&b);
+    cr_assert_eq(LOAD(&b, "--demo", "--config", (char *)q), CFG_RUN);
+    cr_assert_eq(diff(&a, &b, rel, rst), 1);
+    cr_assert(strstr(rel, "model.*"), "%s", rel);
+    cr_assert_str_eq(rst, "");
+    config_take_reloadable(&a, &b);
+    xm_opts_t o = {0};
+    cr_assert(config_model_opts(&a, "m", &o));
+    cr_assert_eq(o.start_layer, -1);
+    cr_assert(config_model_opts(&b, "m", &o));  /* the old sections, for the caller to free */
+    config_free(&a);
+    config_free(&b);
+    ini_rm(&f);
+    ini_rm(&g);
+}

@@ -239,3 +239,42 @@ Test(drift, reference_names)
     cr_assert_str_eq(drift_ref_name(DRIFT_REF_EXTERNAL), "external");
     cr_assert_null(drift_ref_name((drift_ref_t)7));
 }
+
+Test(drift, a_window_closed_from_outside_is_judged_like_a_counted_one)
+{
+    /* Two detectors see the same windows: one counts trades, the other is
+       handed each window's mean (as windows by event time are). */
+    drift_t a, b;
+    cr_assert_eq(drift_init(&a, NF, W, NULL), 0);
+    cr_assert_eq(drift_init(&b, NF, 1000000, NULL), 0);
+    rng_t r;
+    rng_seed(&r, 9);
+    int t = 0;
+    for (int win = 0; win < 6; win++) {
+        drift_report_t ra, rb;
+        push_window(&a, &r, &t, 3 * W, &ra);
+        double mean[NF];
+        memcpy(mean, ra.mean, sizeof mean);
+        cr_assert_eq(drift_close_mean(&b, mean, &rb), 1);
+        cr_assert_eq(rb.window, ra.window);
+        cr_assert_eq(rb.ref, ra.ref);
+        cr_assert_eq(rb.compared, ra.compared, "window %d", win);
+        cr_assert_eq(rb.alert, ra.alert, "window %d", win);
+        cr_assert(rb.spearman.value == ra.spearman.value && rb.ndcg.value == ra.ndcg.value &&
+                  rb.js.value == ra.js.value);
+        cr_assert_eq(rb.mean, b.last);
+        cr_assert_eq(b.filled, 0u, "the count window is not touched");
+    }
+    drift_report_t rb;
+    double bad[NF] = {0};
+    bad[3] = NAN;
+    uint64_t closed = b.closed;
+    cr_assert_eq(drift_close_mean(&b, bad, &rb), -1);
+    cr_assert_eq(b.closed, closed);
+    cr_assert(!isnan(b.last[3]));
+    /* d->last itself may be handed back. */
+    cr_assert_eq(drift_close_mean(&b, b.last, &rb), 1);
+    cr_assert(rb.compared && rb.alert && rb.spearman.value < -0.95, "the flipped window again");
+    drift_destroy(&a);
+    drift_destroy(&b);
+}

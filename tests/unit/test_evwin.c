@@ -360,7 +360,7 @@ Test(evwin, refusals)
 }
 
 /* Windows of 1 s holding 10 trades each give the same drift reports
-   through drift_push_mean as count windows of 10 through drift_push. */
+   through drift_close_mean as count windows of 10 through drift_push. */
 typedef struct {
     drift_t *d;
     int n;
@@ -372,7 +372,7 @@ static void
 s_drift(void *arg, const evwin_view_t *v)
 {
     dcollect_t *c = arg;
-    cr_assert_eq(drift_push_mean(c->d, v->mean, &c->r[c->n]), 1);
+    cr_assert_eq(drift_close_mean(c->d, v->mean, &c->r[c->n]), 1);
     memcpy(c->mean[c->n], c->r[c->n].mean, sizeof c->mean[0]);
     c->n++;
 }
@@ -420,7 +420,7 @@ Test(evwin, drives_drift_as_count_windows_do)
     cr_assert_geq(alerts, 10, "the second half alerts");
     double bad[NF] = {NAN};
     drift_report_t rep;
-    cr_assert_eq(drift_push_mean(&byt, bad, &rep), -1);
+    cr_assert_eq(drift_close_mean(&byt, bad, &rep), -1);
     cr_assert_eq(byt.closed, 20);
     evwin_destroy(&w);
     drift_destroy(&byc);

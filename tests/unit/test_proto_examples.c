@@ -150,6 +150,7 @@ check_decoded(const ex_t *e, const wire_ingest_t *in)
         cr_assert_eq(in->y[k], jv_num(jv_at(y, k)), "%s: y[%u]", e->name, k);
     check_tensor(e, "attn", in->attn, in);
     check_tensor(e, "grad", in->grad, in);
+    check_tensor(e, "rel", in->rel, in);
 }
 
 static xr_reason_t

@@ -81,12 +81,12 @@ Test(publish, drift_body_is_the_closed_window)
     cr_assert_eq(c.n, 0);
     global_add(&w.global, md, NULL, mk(&t, V2), &c);
     cr_assert_eq(c.n, 1);
-    publish_drift(&w.pub, &w.global, md, &c);
+    publish_drift(&w.pub, md, &c);
     cr_assert_eq(w.cap.n, 1);
     cr_assert_str_eq(w.cap.msg[0].topic, "drift/m1");
     fx_doc_t d;
     const msgpack_object *b = fx_decode(&d, w.cap.msg[0].body, w.cap.msg[0].len);
-    cr_assert_eq(b->via.map.size, 14);
+    cr_assert_eq(b->via.map.size, 16);
     cr_assert_eq(fx_u64(b, "seq"), c.w[0].seq);
     cr_assert_eq(fx_get(b, "ts")->via.i64, c.w[0].last.ts);
     cr_assert_eq(fx_u64(b, "epoch"), 1);
@@ -97,6 +97,27 @@ Test(publish, drift_body_is_the_closed_window)
     cr_assert_eq(fx_get(b, "compared")->via.boolean, false);
     cr_assert_eq(fx_get(b, "spearman")->type, MSGPACK_OBJECT_NIL, "nothing compared: nil");
     cr_assert_eq(fx_get(b, "alert")->via.boolean, false);
+    const msgpack_object *v = fx_get(b, "verdict");
+    cr_assert(v && v->type == MSGPACK_OBJECT_MAP);
+    cr_assert(fx_str_is(fx_get(v, "mode"), "fixed"));
+    cr_assert_eq(fx_get(b, "moved")->via.array.size, 0, "a baseline moved nothing");
+    fx_doc_free(&d);
+    /* The next window (V2 twice) is compared with the baseline, the mean
+       of V1 and V2: f0 moved most (-0.125), then f2 and f3 (+0.0625
+       each; f2 first, the lower index), then f1 (0). */
+    global_add(&w.global, md, NULL, mk(&t, V2), &c);
+    global_add(&w.global, md, NULL, mk(&t, V2), &c);
+    cr_assert_eq(c.n, 1);
+    publish_drift(&w.pub, md, &c);
+    b = fx_decode(&d, w.cap.msg[1].body, w.cap.msg[1].len);
+    const msgpack_object *mv = fx_get(b, "moved");
+    cr_assert(mv && mv->type == MSGPACK_OBJECT_ARRAY && mv->via.array.size == NF);
+    const msgpack_object *m0 = &mv->via.array.ptr[0];
+    cr_assert_eq(fx_u64(m0, "index"), 0);
+    cr_assert(fx_str_is(fx_get(m0, "feature"), md->cur->features[0]));
+    cr_assert_eq(fx_f64(fx_get(m0, "delta")), 0.25 - 0.375);
+    cr_assert_eq(fx_u64(&mv->via.array.ptr[1], "index"), 2);
+    cr_assert_eq(fx_u64(&mv->via.array.ptr[2], "index"), 3);
     fx_doc_free(&d);
     fx_down(&w);
 }

@@ -15,10 +15,14 @@ static const char *const CHANGED[] = {
     "--max-elems", "1M", "--max-str", "100", "--attention-check", "warn", "--attention-tol", "0.05",
     "--schema-rate", "3", "--allow-models", "m1,m2", "--query-max-size", "128K",
     "--methods", "rollout,diag", "--fusion", "max", "--grad-resnorm=true", "--flow-every", "5",
+    "--discard", "0.5", "--discard-flow=true", "--start-layer", "-2", "--max-trade-targets", "4",
     "--log-level", "debug", "--log-rate", "7", "--glob-interval-ms", "500",
     "--drift-rho-min", "0.5", "--drift-ndcg-min", "0.5", "--drift-ndcg-k", "5",
     "--drift-js-max", "0.2", "--reference-file", "/nonexistent/ref.txt",
     "--snapshot-interval", "20", "--clients-dir", "/nonexistent/clients",
+    "--drift-mode", "cusum", "--drift-calib-windows", "7", "--drift-multiple", "4",
+    "--drift-cusum-k", "0.25", "--drift-cusum-h", "6", "--drift-sd-floor", "0.2",
+    "--drift-moved-k", "3",
     /* and one that needs a restart */
     "--cache-entries", "17"};
 #define NCHANGED (sizeof CHANGED / sizeof *CHANGED)
@@ -52,6 +56,7 @@ assert_derived_equal(const config_t *a, const config_t *b)
     cr_assert_eq(a->log_level_id, b->log_level_id, "log_level_id did not follow log.level");
     cr_assert_eq(a->attention_check_id, b->attention_check_id,
                  "attention_check_id did not follow ingest.attention_check");
+    cr_assert_eq(a->drift_mode_id, b->drift_mode_id, "drift_mode_id did not follow drift.mode");
 }
 
 Test(reload, the_test_changes_every_reloadable_option)

@@ -40,8 +40,12 @@ static global_params_t
 params(double half_life, uint32_t window, uint32_t max_targets, uint32_t alerts_kept)
 {
     global_params_t p = {.half_life = half_life, .window = window, .max_targets = max_targets,
-                         .alerts_kept = alerts_kept};
+                         .alerts_kept = alerts_kept, .moved_k = 3};
     drift_opts_default(&p.drift);
+    /* CUSUM with a short calibration: the detectors hold state to keep. */
+    detect_opts_default(&p.detect);
+    p.detect.mode = DETECT_CUSUM;
+    p.detect.calib_windows = 2;
     return p;
 }
 
@@ -191,13 +195,16 @@ random_epoch(owners_t *s, gepoch_t *e, rng_t *r)
             continue;
         cr_assert_eq(agg_init(&e->all[m], e->nf, p->half_life), 0);
         cr_assert_eq(drift_init(&e->drift[m], e->nf, p->window, &p->drift), 0);
+        cr_assert_eq(detect_init(&e->detect[m], &p->detect, &p->drift), 0);
         e->methods |= XM_BIT(m);
         unsigned n = (unsigned)(rng_next(r) % 40);
         drift_report_t rep;
+        detect_verdict_t v;
         for (unsigned t = 0; t < n; t++) {
             fill(r, x, e->nf);
             agg_update(&e->all[m], x);
-            drift_push(&e->drift[m], x, &rep);
+            if (drift_push(&e->drift[m], x, &rep) == 1)
+                detect_feed(&e->detect[m], &rep, &v);
         }
         int kind = (int)(rng_next(r) % 4);
         if (kind == 1) {
@@ -208,12 +215,24 @@ random_epoch(owners_t *s, gepoch_t *e, rng_t *r)
         } else if (kind == 2 && e->all[m].count) {
             drift_set_reference(&e->drift[m], DRIFT_REF_PINNED, e->all[m].mean);
         }
-        if (rng_uniform(r) < 0.7)
+        if (rng_uniform(r) < 0.7) {
             e->last[m] = (glast_t){.valid = true, .window = rng_next(r) % 9,
                                    .ref = (drift_ref_t)(rng_next(r) % 4),
                                    .compared = rng_uniform(r) < 0.5, .spearman = rstat(r),
                                    .ndcg = rstat(r), .js = rstat(r), .alert = true,
                                    .ts = (int64_t)(rng_next(r) >> 2)};
+            /* A verdict with evidence and a what-moved list. */
+            glast_t *l = &e->last[m];
+            l->verdict = (detect_verdict_t){.mode = DETECT_CUSUM, .scored = {true, false, true},
+                                            .z = {rng_normal(r), 0, rng_normal(r)},
+                                            .cusum = {rng_uniform(r), 0, rng_uniform(r)},
+                                            .alert_stat = {true, false, false}, .alert = true};
+            double cur[64], ref[64];
+            for (uint32_t j = 0; j < e->nf; j++)
+                cur[j] = rng_normal(r), ref[j] = rng_normal(r);
+            l->nmoved = detect_what_moved(&e->dwork, cur, ref, e->nf, p->moved_k, DETECT_BY_VALUE,
+                                          l->moved);
+        }
         for (uint32_t c = 0; c < e->nclasses; c++) {
             cr_assert_eq(agg_init(&e->classes[c].agg[m], e->nf, p->half_life), 0);
             for (unsigned t = 0; t < c + 1; t++) {

@@ -1497,7 +1497,7 @@ Test(wire, attention_rows_tolerance_is_the_boundary)
 
 Test(wire, max_body_bounds_the_largest_valid_message)
 {
-    /* A message at every limit (B ids of max_str bytes, attn and grad of
+    /* A message at every limit (B ids of max_str bytes, attn, grad and rel of
        max_elems f32, target, y, tokens) encodes to no more than
        wire_max_body, and the default is close to it (within 10%). */
     wire_limits_t lim;
@@ -1516,7 +1516,7 @@ Test(wire, max_body_bounds_the_largest_valid_message)
     size_t tbytes = (size_t)B * L * H * n * n * 4;
     uint8_t *t = calloc(tbytes, 1);
     cr_assert_not_null(t);
-    msgpack_pack_map(&pk, 15);
+    msgpack_pack_map(&pk, 16);
 #define KEY(k) msgpack_pack_str_with_body(&pk, k, strlen(k))
     KEY("v"); msgpack_pack_uint64(&pk, 1);
     KEY("model"); msgpack_pack_str_with_body(&pk, str, 64);
@@ -1530,6 +1530,7 @@ Test(wire, max_body_bounds_the_largest_valid_message)
     KEY("dtype"); msgpack_pack_str_with_body(&pk, "bf16", 4);
     KEY("attn"); msgpack_pack_bin_with_body(&pk, t, tbytes);
     KEY("grad"); msgpack_pack_bin_with_body(&pk, t, tbytes);
+    KEY("rel"); msgpack_pack_bin_with_body(&pk, t, tbytes);
     KEY("target"); msgpack_pack_array(&pk, B);
     for (uint32_t b = 0; b < B; b++) msgpack_pack_int64(&pk, INT64_MIN);
     KEY("y"); msgpack_pack_array(&pk, B);
@@ -1546,6 +1547,6 @@ Test(wire, max_body_bounds_the_largest_valid_message)
 
     wire_limits_default(&lim);
     max = wire_max_body(&lim);
-    cr_assert_geq(max, 2 * lim.max_elems * 4);
-    cr_assert_leq(max, 2 * lim.max_elems * 4 + (4u << 20), "default bound %" PRIu64, max);
+    cr_assert_geq(max, 3 * lim.max_elems * 4);
+    cr_assert_leq(max, 3 * lim.max_elems * 4 + (4u << 20), "default bound %" PRIu64, max);
 }

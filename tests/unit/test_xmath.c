@@ -68,7 +68,7 @@ check_cfg(const cfg_t *c, xm_fusion_t fusion, bool resnorm)
     xm_shape_t s = {(uint32_t)c->L, (uint32_t)c->H, (uint32_t)c->n, c->cls};
     int nf = (int)xm_nfeat(&s);
     xm_work_t *w = xm_work_new();
-    xm_opts_t o = {.methods = XM_ALL_METHODS & ~XM_BIT(XM_FLOW), .fusion = fusion,
+    xm_opts_t o = {.methods = XM_CLASSIC_METHODS & ~XM_BIT(XM_FLOW), .fusion = fusion,
                    .grad_resnorm = resnorm};
     xm_result_t res;
     cr_assert_eq(xm_explain(w, &o, &s, (xm_dtype_t)c->dtype, t.abytes, t.gbytes, &res), XM_OK);
@@ -195,7 +195,7 @@ Test(xmath, nonfinite_inputs_are_refused)
 {
     cfg_t c = {2, 2, 6, 5, 0, 1.0, 7};
     xm_shape_t s = {2, 2, 6, 5};
-    xm_opts_t o = {.methods = XM_ALL_METHODS & ~XM_BIT(XM_FLOW)};
+    xm_opts_t o = {.methods = XM_CLASSIC_METHODS & ~XM_BIT(XM_FLOW)};
     xm_result_t res;
     const float bads[] = {NAN, INFINITY, -INFINITY};
     for (int dt = 0; dt < 3; dt++)
@@ -223,7 +223,7 @@ Test(xmath, without_gradient_grad_methods_are_skipped)
     trade_t t;
     make_trade(&c, &t);
     xm_shape_t s = {2, 3, 5, -1};
-    xm_opts_t o = {.methods = XM_ALL_METHODS & ~XM_BIT(XM_FLOW)};
+    xm_opts_t o = {.methods = XM_CLASSIC_METHODS & ~XM_BIT(XM_FLOW)};
     xm_result_t res;
     xm_work_t *w = xm_work_new();
     cr_assert_eq(xm_explain(w, &o, &s, XM_F32, t.abytes, NULL, &res), XM_OK);

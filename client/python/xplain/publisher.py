@@ -164,7 +164,8 @@ class Publisher:
     def send(self, attn: Any, grad: Any = None, ids: Optional[Iterable[Union[int, str]]] = None,
              target: Any = None, y: Any = None, ts: Optional[int] = None,
              tokens: Optional[Sequence[str]] = None, cls: Optional[int] = None,
-             extra: Optional[Dict[str, Any]] = None) -> int:
+             extra: Optional[Dict[str, Any]] = None, rel: Any = None,
+             targets: Optional[Sequence[int]] = None) -> int:
         """Send one message with the B trades of `attn` and return its seq
         (sharded: one message per shard with trades, in shard order; the
         seq of the last one is returned, `seqs` holds each shard's next).
@@ -178,6 +179,11 @@ class Publisher:
         ts      event time, ns since the epoch (default: now)
         tokens, cls  change the schema (starts a new epoch in the daemon)
         extra   further keys for the body (ignored by contract-v1 daemons)
+        rel     same shape as grad, the relevance of every attention
+                probability (the daemon's lrp_rollout); only with grad
+        targets T classes explained at once: grad (and rel) are then
+                [B, T, L, H, n, n], gradient t that of class targets[t]
+                (not with target); one xpl/ message per trade and target
         """
         a = codec.to_numpy(attn)
         if a.ndim == 4:
@@ -186,12 +192,27 @@ class Publisher:
             raise ValueError("attn must be [B,L,H,n,n] or [L,H,n,n], got shape %s" % (a.shape,))
         B, L, H, n, _ = a.shape
         g = None
+        gshape = a.shape
+        if targets is not None:
+            targets = [int(t) for t in _as_seq(targets)]
+            if grad is None or target is not None or not targets:
+                raise ValueError("targets needs grad, no target, and at least one class")
+            gshape = (B, len(targets)) + a.shape[1:]
         if grad is not None:
             g = codec.to_numpy(grad)
-            if g.ndim == 4:
+            if g.ndim == 4 and targets is None:
                 g = g[None]
-            if g.shape != a.shape:
-                raise ValueError("grad shape %s differs from attn shape %s" % (g.shape, a.shape))
+            if g.shape != gshape:
+                raise ValueError("grad shape %s, expected %s" % (g.shape, gshape))
+        r = None
+        if rel is not None:
+            if g is None:
+                raise ValueError("rel needs grad (lrp_rollout reads both)")
+            r = codec.to_numpy(rel)
+            if r.ndim == 4 and targets is None:
+                r = r[None]
+            if r.shape != gshape:
+                raise ValueError("rel shape %s, expected %s" % (r.shape, gshape))
         if tokens is not None:
             self.tokens = list(tokens)
         if cls is not None:
@@ -216,7 +237,7 @@ class Publisher:
         ts = int(time.time_ns() if ts is None else ts)
         self._poll_subscriptions()
         if self.shards == 1:
-            return self._send_message(0, a, g, ids, t, yv, ts, extra)
+            return self._send_message(0, a, g, r, ids, t, yv, ts, extra, targets)
         by_shard: Dict[int, list] = {}
         for i, tid in enumerate(ids):
             by_shard.setdefault(shard_of(tid, self.shards), []).append(i)
@@ -224,14 +245,16 @@ class Publisher:
         for k in sorted(by_shard):
             idx = by_shard[k]
             if len(idx) == B:
-                seq = self._send_message(k, a, g, ids, t, yv, ts, extra)
+                seq = self._send_message(k, a, g, r, ids, t, yv, ts, extra, targets)
                 continue
-            seq = self._send_message(k, a[idx], None if g is None else g[idx], [ids[i] for i in idx],
+            seq = self._send_message(k, a[idx], None if g is None else g[idx],
+                                     None if r is None else r[idx], [ids[i] for i in idx],
                                      None if t is None else [t[i] for i in idx],
-                                     None if yv is None else [yv[i] for i in idx], ts, extra)
+                                     None if yv is None else [yv[i] for i in idx], ts,
+                                     _split_extra(extra, idx, B), targets)
         return seq
 
-    def _send_message(self, k, a, g, ids, t, yv, ts, extra):
+    def _send_message(self, k, a, g, r, ids, t, yv, ts, extra, targets):
         """One message of shard k (0 unsharded) with the trades given."""
         _, L, H, n, _ = a.shape
         sharded = self.shards > 1
@@ -242,6 +265,10 @@ class Publisher:
         }
         if g is not None:
             body["grad"] = codec.encode(g, self.dtype)
+        if r is not None:
+            body["rel"] = codec.encode(r, self.dtype)
+        if targets is not None:
+            body["targets"] = targets
         if t is not None:
             body["target"] = t
         if yv is not None:
@@ -274,6 +301,19 @@ class Publisher:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _split_extra(extra, idx, B):
+    """extra for the trades idx of a batch of B: per-trade tags (a list of
+    B maps, proto/ingest.md) keep those trades' maps; one map for the whole
+    message, and every other key, go to each part as they are."""
+    if not extra:
+        return extra
+    tags = extra.get("tags")
+    if isinstance(tags, (list, tuple)) and len(tags) == B:
+        extra = dict(extra)
+        extra["tags"] = [tags[i] for i in idx]
+    return extra
 
 
 def _as_list(x):

@@ -152,21 +152,24 @@ class Client:
         return r
 
     def global_state(self, model: str, method: Optional[str] = None, target: Optional[int] = None,
-                     epoch: Optional[int] = None, timeout: Optional[float] = None) -> Dict[str, Any]:
+                     epoch: Optional[int] = None, timeout: Optional[float] = None,
+                     segment: Optional[str] = None) -> Dict[str, Any]:
         """The `global` op (global.md): the whole glob/ state of the current
         epoch (or `epoch`), restricted to `method` / target class `target`
-        when given, with the `seq` it is current at. Vectors (mean, std,
-        decayed, reference) are numpy float64 arrays."""
+        when given, with the `seq` it is current at; with `segment` (a
+        label such as "desk=rates"), that segment's means. Vectors (mean,
+        std, decayed, reference) are numpy float64 arrays."""
         r = self.request("global", model=model, method=method, target=target, epoch=epoch,
-                         timeout=timeout)
+                         segment=segment, timeout=timeout)
         return arrays(r)
 
     def drift(self, model: str, method: Optional[str] = None, epoch: Optional[int] = None,
-              timeout: Optional[float] = None) -> Dict[str, Any]:
-        """The `drift` op (global.md): windows, thresholds, last window per
-        method and the recent alerts."""
+              timeout: Optional[float] = None, segment: Optional[str] = None) -> Dict[str, Any]:
+        """The `drift` op (global.md): windows, mode and thresholds, last
+        window per method (with its verdict and what moved) and the recent
+        alerts; of the model overall, or of `segment` when given."""
         return arrays(self.request("drift", model=model, method=method, epoch=epoch,
-                                   timeout=timeout))
+                                   segment=segment, timeout=timeout))
 
     def baseline(self, model: str, action: str, timeout: Optional[float] = None, **args: Any) -> Dict[str, Any]:
         """Pin ("pin") or forget ("reset") the drift baseline."""

@@ -82,6 +82,14 @@ def ingest_bodies():
         if k == 0:
             body.update({"cls": -1, "tokens": TOKENS_M2})
         out["drift-" + pattern] = ("attn/m2", body)
+    # Model m3 (CLS first) for the variants: grad and rel, the relevance
+    # here gradient x attention, rounded once to float32 like the rest.
+    a, g = m1_tensors(7, 1)
+    out["m3-rel"] = ("attn/m3", {
+        "v": 1, "model": "m3", "seq": 0, "ts": T0 + 20000000, "ids": ["v-1"], "L": 2, "H": 2,
+        "n": 5, "dtype": "f32", "attn": tensor_bytes(a, "f32"), "grad": tensor_bytes(g, "f32"),
+        "rel": tensor_bytes(np.asarray(a, "<f4") * np.asarray(g, "<f4"), "f32"), "target": [1],
+        "cls": 0, "tokens": ["CLS"] + TOKENS_M1[:4]})
     return out
 
 
@@ -99,4 +107,7 @@ INGEST_DESCRIPTIONS = {
                "and alerts.",
     "drift-flat": "4 trades of m2 with uniform attention: window 2 has a constant mean, so "
                   "Spearman's rho is undefined (nil).",
+    "m3-rel": "Model m3 (L=2, H=2, n=5, CLS first) with grad and rel, the relevance of every "
+              "attention probability (here gradient x attention), for lrp_rollout; fed to a "
+              "daemon of its own that serves the variants (replay.py: VARIANTS_ARGS).",
 }

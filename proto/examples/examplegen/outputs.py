@@ -30,6 +30,14 @@ PUBLISHED = {
     "heads/m1": ("heads/m1", 0, "m1's head statistics (gradients sent: importance is set)."),
     "heads/m2": ("heads/m2", 0, "m2's head statistics: no gradient ever, importance_count 0."),
 }
+# Published by the variants daemon (replay.py: VARIANTS_ARGS).
+VARIANTS_PUBLISHED = {
+    "xpl/m3-variants": ("xpl/m3", 0, "Trade v-1 of ingest/m3-rel from a daemon serving all nine "
+                        "methods but flow, with --discard 0.5 --start-layer -1: colsum, "
+                        "grad_rollout_signed (may be negative) and lrp_rollout (rel was sent) "
+                        "beside the classic ones. A subscriber that does not know a method name "
+                        "skips it."),
+}
 # Drift messages are picked by method and window (their seq depends on the
 # order the methods close in).
 DRIFT = {

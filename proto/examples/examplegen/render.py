@@ -59,7 +59,7 @@ def render(node, key=None, ctx=None):
     if t == "bin":
         out = {"$bin": base64.b64encode(node.v).decode()}
         dtype = ctx.get("dtype")
-        if key in ("attn", "grad") and dtype in ("f32", "f16", "bf16") and \
+        if key in ("attn", "grad", "rel") and dtype in ("f32", "f16", "bf16") and \
                 len(node.v) % (4 if dtype == "f32" else 2) == 0:
             out["$" + dtype] = [F32(x) for x in decode_tensor(node.v, dtype)]
             shape = ctx.get("shape")

@@ -9,7 +9,7 @@ import time
 import msgpack
 
 from .example import Example, pack
-from .outputs import DRIFT, PUBLISHED, normalise
+from .outputs import DRIFT, PUBLISHED, VARIANTS_PUBLISHED, normalise
 from .queries import REQUESTS
 
 EXAMPLES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,6 +34,12 @@ SCENARIO = ([("ingest", "ingest/" + n) for n in ("f32-first", "f16-batch3", "bf1
 SCENARIO_NO_SCHEMA = [("send", "reject/no_schema"), ("ingest", "ingest/drift-a"),
                       ("query", "request/models-no-schema")]
 SCENARIOS = (SCENARIO, SCENARIO_NO_SCHEMA)
+# A third daemon serves the variants, so that the first one's outputs stay
+# what they were before the variants existed.
+VARIANTS_ARGS = ["--methods", "rollout,grad_rollout,first_layer,attn_mean,diag,colsum,"
+                 "grad_rollout_signed,lrp_rollout", "--discard", "0.5", "--start-layer", "-1",
+                 "--log-level", "notice"]
+SCENARIO_VARIANTS = [("ingest", "ingest/m3-rel")]
 
 
 def find_xplaind():
@@ -157,11 +163,11 @@ class Replay:
         return log
 
 
-def run_scenario(xplaind, frames, scenario=SCENARIO):
+def run_scenario(xplaind, frames, scenario=SCENARIO, args=DAEMON_ARGS):
     """Replay a scenario into a fresh daemon; `frames` maps an input
     example's name to its frames. Returns (replies {request name: body},
     published [(topic, body)] in arrival order)."""
-    r = Replay(xplaind, DAEMON_ARGS)
+    r = Replay(xplaind, args)
     replies = {}
     try:
         for what, name in scenario:
@@ -203,20 +209,37 @@ def select_outputs(replies, published):
     return out
 
 
+def variants_outputs(xplaind, frames):
+    """The output examples of the variants daemon: {name: (kind, topic,
+    body bytes as captured, description)}."""
+    _, published = run_scenario(xplaind, frames, SCENARIO_VARIANTS, VARIANTS_ARGS)
+    out = {}
+    for name, (topic, seq, desc) in VARIANTS_PUBLISHED.items():
+        hit = [b for t, b in published if t.decode() == topic and msgpack.unpackb(b).get("seq") == seq]
+        if len(hit) != 1:
+            raise RuntimeError("%s: %d messages on %s with seq %d" % (name, len(hit), topic, seq))
+        out[name] = (name.split("/")[0], topic, hit[0], desc)
+    return out
+
+
 def capture(xplaind, inputs):
     """The output examples, from a fresh replay of `inputs` (Examples)."""
     frames = {n: e.frames for n, e in inputs.items()}
     replies, published = run_scenario(xplaind, frames)
     replies.update(run_scenario(xplaind, frames, SCENARIO_NO_SCHEMA)[0])
     out = {}
-    for name, (kind, topic, raw, desc) in select_outputs(replies, published).items():
+    selected = select_outputs(replies, published)
+    variants = variants_outputs(xplaind, frames)
+    selected.update(variants)
+    for name, (kind, topic, raw, desc) in selected.items():
         body, done = normalise(name, kind, raw)
         meta = {}
         if kind == "reply":
             base = name.split("/", 1)[1]
             meta["op"] = next(r[1] for r in REQUESTS if r[0] == base)
             meta["request"] = "request/" + base
-        meta["source"] = "captured from xplaind " + " ".join(DAEMON_ARGS)
+        meta["source"] = "captured from xplaind " + " ".join(VARIANTS_ARGS if name in variants
+                                                             else DAEMON_ARGS)
         if done:
             meta["normalised"] = done
         frames = [body] if topic is None else [topic.encode(), body]
