@@ -138,7 +138,8 @@ static const opt_t s_opts[] = {
     {"global", "segment_by", "segment-by", T_STR, O(segment_by), "", 0, 0, false,
      "Tag keys to segment by, comma-separated (at most 4, e.g. desk,venue): a trade's segment is "
      "its values for those keys, and global means and drift are kept per segment as well as "
-     "overall. Empty: no segments."},
+     "overall. Empty: no segments. Count-based: not with drift.window_s, global.decay_s or "
+     "aggregate.shards."},
     {"global", "max_segments", "max-segments", T_UINT, O(max_segments), "16", 1, 4096, false,
      "Segments tracked per model and schema epoch, first come first served; trades of further "
      "segments count overall and in the drift query's segments_overflow."},

@@ -2,7 +2,7 @@
 per shard (no daemon): the hash gives proto/README.md's test vectors (the
 same ones tests/test_shard.c checks for the C side), every trade of a
 batch arrives once on the shard its id hashes to, with its own slice of
-the tensors, target and y; each shard's seq runs 0, 1, 2, ...; its first
+the tensors, target, y, rel, targets and tags; each shard's seq runs 0, 1, 2, ...; its first
 message carries the schema, and again after its daemon re-subscribes.
 
 Run by Debian's /usr/bin/python3 (python3-zmq, -msgpack, -numpy, -pytest).
@@ -126,6 +126,50 @@ def test_publisher_splits_batches_by_trade_id():
         _, b1 = recv(subs[1])
         _, b2 = recv(subs[2])
         assert "tokens" in b1 and "tokens" not in b2
+    finally:
+        for s in subs:
+            s.close(0)
+        pub.close(0)
+        ctx.term()
+
+
+def test_split_carries_rel_targets_and_tags():
+    """A batch split over shards keeps each trade's rel, the message's
+    targets, and each trade's tags (a per-trade list is sliced, one map
+    for the whole message goes to every part)."""
+    ctx = zmq.Context()
+    pub = Publisher("m1", bind="tcp://127.0.0.1:*", tokens=TOKENS, cls=2, shards=3, context=ctx)
+    subs = []
+    try:
+        for k in range(3):
+            s = ctx.socket(zmq.SUB)
+            s.setsockopt(zmq.SUBSCRIBE, shard_prefix(k, 3))
+            s.connect(pub.endpoint)
+            subs.append(s)
+        assert pub.wait_subscriber(5.0), "not every shard subscribed within 5 s"
+        ids = list(range(2000, 2012))
+        B, T = len(ids), 2
+        a = np.stack([attn_of(i) for i in range(B)])
+        g = np.stack([np.stack([a[i] * (t + 1) for t in range(T)]) for i in range(B)])
+        r = -g
+        tags = [{"desk": "d%d" % (i % 4)} if i % 5 else None for i in range(B)]
+        pub.send(a, grad=g, rel=r, targets=[0, 2], ids=ids, ts=9, extra={"tags": tags})
+        pub.send(a, ids=ids, ts=10, extra={"tags": {"venue": "x"}})
+        for k in range(3):
+            share = [i for i, tid in enumerate(ids) if shard_of(tid, 3) == k]
+            assert share, "shard %d has no trade of the test" % k
+            _, body = recv(subs[k])
+            assert body["ids"] == [ids[i] for i in share]
+            n = len(share)
+            assert body["targets"] == [0, 2]
+            bg = np.frombuffer(body["grad"], dtype="<f4").reshape(n, T, L, H, N, N)
+            br = np.frombuffer(body["rel"], dtype="<f4").reshape(n, T, L, H, N, N)
+            assert np.array_equal(bg, g[share]) and np.array_equal(br, r[share])
+            assert body["tags"] == [tags[i] for i in share], "shard %d: tags of its trades" % k
+            _, body = recv(subs[k])
+            assert body["ids"] == [ids[i] for i in share]
+            assert body["tags"] == {"venue": "x"}
+            assert "rel" not in body and "targets" not in body
     finally:
         for s in subs:
             s.close(0)
