@@ -138,8 +138,8 @@ static const opt_t s_opts[] = {
     {"global", "segment_by", "segment-by", T_STR, O(segment_by), "", 0, 0, false,
      "Tag keys to segment by, comma-separated (at most 4, e.g. desk,venue): a trade's segment is "
      "its values for those keys, and global means and drift are kept per segment as well as "
-     "overall. Empty: no segments. Count-based: not with drift.window_s, global.decay_s or "
-     "aggregate.shards."},
+     "overall, in the same drift and decay modes. Empty: no segments. Not in an aggregator "
+     "(aggregate.shards): it merges no segments."},
     {"global", "max_segments", "max-segments", T_UINT, O(max_segments), "16", 1, 4096, false,
      "Segments tracked per model and schema epoch, first come first served; trades of further "
      "segments count overall and in the drift query's segments_overflow."},
@@ -794,15 +794,7 @@ s_finish(config_t *cfg)
                         "(aggregate.shards), not both\n");
         errors++;
     }
-    /* Segments are count-based: their drift windows count trades and
-       their decayed means decay by trades, and an aggregator merges no
-       segments. Refused rather than silently mixing the two kinds. */
-    if (cfg->segkeys.n && (cfg->drift_window_ns > 0 || cfg->decay_ns > 0)) {
-        fprintf(stderr, "xplaind: global.segment_by cannot be combined with event-time modes "
-                        "(drift.window_s, global.decay_s): segments keep count windows and a "
-                        "decay by trades only; drop one or the other\n");
-        errors++;
-    }
+    /* An aggregator merges the shards' model-wide state only. */
     if (cfg->segkeys.n && cfg->aggregate.count) {
         fprintf(stderr, "xplaind: global.segment_by cannot be combined with aggregate.shards: "
                         "an aggregator merges the shards' model-wide state, not segments\n");

@@ -326,32 +326,44 @@ typedef struct {
     const model_t *md;
     gepoch_t *e;
     int m;
+    int seg;                        /* -1: the model overall */
     global_closed_t *closed;
 } s_close_ctx_t;
+
+/* Judge the closed event-time window v of method m, overall (seg -1) or
+   of segment seg, as a count window closing is judged. */
+static void
+s_close_window(global_t *g, const model_t *md, gepoch_t *e, int m, int seg,
+               const evwin_view_t *v, global_closed_t *closed)
+{
+    gmodel_t *gm = global_model(g, md);
+    gseg_t *sg = seg >= 0 ? e->seg[seg] : NULL;
+    drift_t *dr = sg ? &sg->drift[m] : &e->drift[m];
+    drift_report_t r;
+    if (!gm || drift_close_mean(dr, v->mean, &r) != 1)
+        return;
+    /* The window's own index (its start over its length): the same in
+       every daemon whatever it saw first, so it names the window rather
+       than the drift's count of closed windows. */
+    r.window = (uint64_t)v->k;
+    s_record_window(g, md, gm, e, m, seg, dr, sg ? &sg->detect[m] : &e->detect[m],
+                    sg ? &sg->last[m] : &e->last[m], &r, v->count, closed);
+    gm->dirty = true;
+    g->gen++;
+}
 
 static void
 s_on_close(void *arg, const evwin_view_t *v)
 {
     s_close_ctx_t *c = arg;
-    global_close_window(c->g, c->md, c->e, c->m, v, c->closed);
+    s_close_window(c->g, c->md, c->e, c->m, c->seg, v, c->closed);
 }
 
 void
 global_close_window(global_t *g, const model_t *md, gepoch_t *e, int m, const evwin_view_t *v,
                     global_closed_t *closed)
 {
-    gmodel_t *gm = global_model(g, md);
-    drift_report_t r;
-    if (!gm || drift_close_mean(&e->drift[m], v->mean, &r) != 1)
-        return;
-    /* The window's own index (its start over its length): the same in
-       every daemon whatever it saw first, so it names the window rather
-       than the drift's count of closed windows. */
-    r.window = (uint64_t)v->k;
-    s_record_window(g, md, gm, e, m, -1, &e->drift[m], &e->detect[m], &e->last[m], &r, v->count,
-                    closed);
-    gm->dirty = true;
-    g->gen++;
+    s_close_window(g, md, e, m, -1, v, closed);
 }
 
 static void
@@ -362,6 +374,8 @@ s_seg_free(gseg_t *sg)
     for (int m = 0; m < XM_NMETHODS; m++) {
         agg_destroy(&sg->all[m]);
         drift_destroy(&sg->drift[m]);
+        evwin_destroy(&sg->evw[m]);
+        evdecay_destroy(&sg->evd[m]);
     }
     free(sg);
 }
@@ -397,6 +411,11 @@ s_seg_method(global_t *g, gepoch_t *e, gseg_t *sg, int m)
     if (agg_init(&sg->all[m], e->nf, s_half_life(g)) ||
         drift_init(&sg->drift[m], e->nf, g->p.window, &g->p.drift) ||
         detect_init(&sg->detect[m], &g->p.detect, &g->p.drift))
+        return -1;
+    if (g->p.window_ns > 0 &&
+        evwin_init(&sg->evw[m], e->nf, g->p.window_ns, g->p.late_ns, GLOBAL_EVWIN_KEEP))
+        return -1;
+    if (g->p.decay_ns > 0 && evdecay_init(&sg->evd[m], e->nf, g->p.decay_ns))
         return -1;
     sg->methods |= XM_BIT(m);
     return 0;
@@ -476,7 +495,7 @@ s_add(global_t *g, const model_t *md, const int64_t *target, const xm_result_t *
         if (g->p.window_ns > 0) {
             /* Event-time windows close through s_on_close into the same
                verdict path as count windows. */
-            s_close_ctx_t cc = {g, md, e, m, closed};
+            s_close_ctx_t cc = {g, md, e, m, -1, closed};
             evwin_add(&e->evw[m], ts, res->attr[m], s_on_close, &cc);
         } else if (drift_push(&e->drift[m], res->attr[m], &r) == 1) {
             s_record_window(g, md, gm, e, m, -1, &e->drift[m], &e->detect[m], &e->last[m], &r,
@@ -484,13 +503,17 @@ s_add(global_t *g, const model_t *md, const int64_t *target, const xm_result_t *
         }
         if (!sg)
             continue;
+        /* A segment keeps the model's modes over its own trades. */
         agg_update(&sg->all[m], res->attr[m]);
-        /* A segment's drift windows are count windows only: config
-           refuses segment_by with event-time windows, and this guard
-           keeps a segment from mixing the two kinds if it ever is not. */
-        if (g->p.window_ns == 0 && drift_push(&sg->drift[m], res->attr[m], &r) == 1)
+        if (g->p.decay_ns > 0)
+            evdecay_add(&sg->evd[m], ts, res->attr[m]);
+        if (g->p.window_ns > 0) {
+            s_close_ctx_t cc = {g, md, e, m, si, closed};
+            evwin_add(&sg->evw[m], ts, res->attr[m], s_on_close, &cc);
+        } else if (drift_push(&sg->drift[m], res->attr[m], &r) == 1) {
             s_record_window(g, md, gm, e, m, si, &sg->drift[m], &sg->detect[m], &sg->last[m], &r,
                             g->p.window, closed);
+        }
     }
     if (whole_trade) {
         if (sg)
@@ -1043,7 +1066,17 @@ s_segs_save(msgpack_packer *pk, const gepoch_t *e)
             if (!(sg->methods & XM_BIT(m)))
                 continue;
             snap_put_str(pk, xm_method_name((xm_method_t)m));
-            msgpack_pack_map(pk, 4);
+            bool evw = sg->evw[m].key != NULL, evd = sg->evd[m].sum != NULL;
+            msgpack_pack_map(pk, 4 + (evw ? 1 : 0) + (evd ? 1 : 0));
+            /* Event-time state, as the epoch's methods keep it. */
+            if (evw) {
+                snap_put_str(pk, "evw");
+                evwin_save(pk, &sg->evw[m]);
+            }
+            if (evd) {
+                snap_put_str(pk, "evd");
+                evdecay_save(pk, &sg->evd[m]);
+            }
             snap_put_str(pk, "all");
             agg_save(pk, &sg->all[m]);
             snap_put_str(pk, "drift");
@@ -1079,6 +1112,10 @@ s_seg_method_load(snap_rd_t *d, const gepoch_t *e, gseg_t *sg, int m)
             rc = snap_field(d, &seen, DETECT, w) || detect_load(d, &sg->detect[m]);
         else if (mpr_str_eq(&key, "last"))
             rc = snap_field(d, &seen, LAST, w) || s_last_load(d, &sg->last[m], SNAP_V2, e->nf);
+        else if (mpr_str_eq(&key, "evw"))
+            rc = s_evtime_load(d, &sg->evw[m], NULL);
+        else if (mpr_str_eq(&key, "evd"))
+            rc = s_evtime_load(d, NULL, &sg->evd[m]);
         else
             rc = snap_skip(d, w);
         if (rc)

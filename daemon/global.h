@@ -77,6 +77,9 @@ typedef struct {
     drift_t drift[XM_NMETHODS];
     detect_t detect[XM_NMETHODS];
     glast_t last[XM_NMETHODS];
+    /* The event-time modes, as the epoch's (a segment's own trades). */
+    evwin_t evw[XM_NMETHODS];       /* window_ns > 0 */
+    evdecay_t evd[XM_NMETHODS];     /* decay_ns > 0 */
 } gseg_t;
 
 /* State of one schema epoch of one model. */

@@ -313,7 +313,7 @@ publish_enc_glob_seg(msgpack_packer *pk, const global_t *g, const model_t *md, c
                      const gseg_t *sg, const char *label, unsigned mask)
 {
     const schema_t *sc = model_schema(md, e->epoch);
-    double *scratch = malloc((e->nf ? e->nf : 1) * sizeof *scratch);
+    double *scratch = malloc(2 * (e->nf ? e->nf : 1) * sizeof *scratch);
     if (!scratch)
         return -1;
     enc_str(pk, "model");
@@ -334,7 +334,7 @@ publish_enc_glob_seg(msgpack_packer *pk, const global_t *g, const model_t *md, c
     enc_str(pk, "half_life");
     msgpack_pack_double(pk, g->p.half_life);
     enc_str(pk, "methods");
-    s_enc_methods(pk, e, sg->all, NULL, mask & sg->methods, false, scratch);
+    s_enc_methods(pk, e, sg->all, sg->evd, mask & sg->methods, false, scratch);
     free(scratch);
     return 0;
 }

@@ -319,11 +319,12 @@ query_op_drift(query_t *s, qreq_t *q, msgpack_packer *pk)
         const detect_t *dt = &dts[k];
         enc_str(pk, xm_method_name((xm_method_t)k));
         /* Event-time windows: the trades refused as late. */
-        bool evt = !seg && e->evw[k].count != NULL;
+        const evwin_t *ew = sg ? &sg->evw[k] : &e->evw[k];
+        bool evt = ew->count != NULL;
         msgpack_pack_map(pk, 6 + (evt ? 1 : 0));
         if (evt) {
             enc_str(pk, "late");
-            msgpack_pack_uint64(pk, e->evw[k].late);
+            msgpack_pack_uint64(pk, ew->late);
         }
         enc_str(pk, "calibrated");
         msgpack_pack_uint32(pk, dt->ready ? dt->opts.calib_windows : dt->calib_seen);

@@ -514,24 +514,22 @@ Test(config, model_sections_reload_as_a_whole)
     ini_rm(&g);
 }
 
-/* Segments keep count windows and a decay by trades: with an event-time
-   mode, or in an aggregator (which merges no segments), they are refused
-   at startup rather than mixed; each side alone is accepted. */
-Test(config, segments_are_count_based)
+/* Segments keep the model's modes, count or event time; an aggregator
+   merges no segments, so it refuses segment_by at startup. */
+Test(config, segments_take_every_mode_but_not_in_an_aggregator)
 {
-    USAGE("segments and event-time windows", "--demo", "--segment-by", "desk",
-          "--drift-window-s", "60");
-    USAGE("segments and a decay by ts", "--demo", "--segment-by", "desk",
-          "--decay-half-life-s", "30");
     USAGE("segments in an aggregator", "--segment-by", "desk", "--aggregate", "tcp://127.0.0.1:1",
           "--aggregate-query", "tcp://127.0.0.1:2");
     config_t c;
     cr_assert_eq(LOAD(&c, "--demo", "--segment-by", "desk,venue", "--drift-window", "50"), CFG_RUN);
     cr_assert_eq(c.segkeys.n, 2);
     config_free(&c);
-    cr_assert_eq(LOAD(&c, "--demo", "--drift-window-s", "60", "--decay-half-life-s", "30"),
+    cr_assert_eq(LOAD(&c, "--demo", "--segment-by", "desk", "--drift-window-s", "60",
+                      "--decay-half-life-s", "30"),
                  CFG_RUN);
+    cr_assert_eq(c.segkeys.n, 1);
     cr_assert_eq(c.drift_window_ns, 60000000000);
+    cr_assert_eq(c.decay_ns, 30000000000);
     config_free(&c);
     cr_assert_eq(LOAD(&c, "--aggregate", "tcp://127.0.0.1:1", "--aggregate-query",
                       "tcp://127.0.0.1:2"),

@@ -331,3 +331,73 @@ Test(global, event_time_windows_take_the_count_windows_verdict_path)
         cr_assert_gt(b[EV_SHIFT].nmoved, 0, "the shifted window lists what moved");
     }
 }
+
+/* A segment keeps the model's event-time windows over its own trades:
+   fed every trade of the stream, it closes the same windows with the
+   same verdicts as the model overall, on drift/ seqs of its own, and
+   its time-decayed mean is the model's. */
+Test(global, segments_take_event_time_windows_and_the_decay_by_ts)
+{
+    static const char *const opts[] = {"--drift-window", "4", "--drift-window-s", "1",
+                                       "--drift-lateness-s", "0", "--drift-mode", "cusum",
+                                       "--drift-calib-windows", "4", "--decay-half-life-s", "2",
+                                       "--segment-by", "desk", NULL};
+    static fx_world_t w;
+    fx_up(&w, opts);
+    model_t *md = fx_model(&w, "m1", 1, 1, 1, NF, -1);
+    trade_t t;
+    float v[NF];
+    glast_t all[EV_WINDOWS], seg[EV_WINDOWS];
+    uint64_t seqs[EV_WINDOWS];
+    int nall = 0, nseg = 0;
+    for (int win = 0; win <= EV_WINDOWS; win++)
+        for (int j = 0; j < (win < EV_WINDOWS ? 4 : 1); j++) {
+            ev_vec(win, j, v);
+            md->last_ts = (int64_t)(100 + win) * 1000000000 + j;
+            global_closed_t c;
+            global_add_seg(&w.global, md, NULL, mk(&t, v), "desk=a", 6, &c);
+            for (int k = 0; k < c.n; k++) {
+                if (c.w[k].seg < 0) {
+                    cr_assert_lt(nall, EV_WINDOWS);
+                    all[nall++] = c.w[k].last;
+                    continue;
+                }
+                cr_assert_str_eq(c.w[k].segment, "desk=a");
+                cr_assert_lt(nseg, EV_WINDOWS);
+                seqs[nseg] = c.w[k].seq;
+                seg[nseg++] = c.w[k].last;
+            }
+        }
+    cr_assert_eq(nall, EV_WINDOWS);
+    cr_assert_eq(nseg, EV_WINDOWS, "the segment's event-time windows closed");
+    bool alerted = false;
+    for (int k = 0; k < EV_WINDOWS; k++) {
+        cr_assert_eq(seqs[k], (uint64_t)k, "the segment's own drift/ seq");
+        cr_assert_eq(seg[k].window, (uint64_t)(100 + k));
+        cr_assert_eq(seg[k].window, all[k].window);
+        cr_assert_eq(seg[k].trades, 4);
+        cr_assert_eq(seg[k].alert, all[k].alert, "window %d", k);
+        cr_assert_eq(seg[k].verdict.mode, DETECT_CUSUM);
+        for (int i = 0; i < DETECT_NSTAT; i++)
+            cr_assert(seg[k].verdict.cusum[i] == all[k].verdict.cusum[i]);
+        cr_assert_eq(seg[k].nmoved, all[k].nmoved);
+        alerted = alerted || seg[k].alert;
+    }
+    cr_assert(alerted, "the segment alerts on the reversed ranking");
+    const gepoch_t *e = global_current(&w.global, md);
+    const gseg_t *sg = global_segment(e, "desk=a", 6);
+    cr_assert_not_null(sg);
+    cr_assert_eq(sg->evw[XM_ROLLOUT].late, 0);
+    double dm[NF], ds[NF];
+    evdecay_mean(&e->evd[XM_ROLLOUT], dm);
+    evdecay_mean(&sg->evd[XM_ROLLOUT], ds);
+    cr_assert(memcmp(dm, ds, sizeof dm) == 0, "the segment's decay by ts is the model's");
+    /* A trade of a closed window is late in the segment as overall. */
+    ev_vec(0, 0, v);
+    md->last_ts = 100 * (int64_t)1000000000;
+    global_closed_t c;
+    global_add_seg(&w.global, md, NULL, mk(&t, v), "desk=a", 6, &c);
+    cr_assert_eq(sg->evw[XM_ROLLOUT].late, 1);
+    cr_assert_eq(e->evw[XM_ROLLOUT].late, 1);
+    fx_down(&w);
+}

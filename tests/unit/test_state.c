@@ -866,22 +866,25 @@ evt_add(owners_t *s, model_t *md, int w, int j, glast_t *out, int *n)
     res.attr[XM_ROLLOUT] = v;
     md->last_ts = (int64_t)(50 + w) * 1000000000 + j;
     global_closed_t c;
-    global_add(&s->global, md, NULL, &res, &c);
+    global_add_seg(&s->global, md, NULL, &res, "desk=a", 6, &c);
+    cr_assert_eq(c.n % 2, 0, "the segment closes what the model closes");
     for (int k = 0; k < c.n; k++)
         out[(*n)++] = c.w[k].last;
 }
 
 /* A daemon with event-time windows, a decay by ts and CUSUM verdicts
-   saves both sides' state in one method record (evw, evd, detect) and
-   a restarted one carries on exactly: the late count, the open windows,
-   and the calibration and CUSUM sums give the windows closed after the
-   restart the verdicts an uninterrupted daemon gives them. */
+   saves both sides' state in one method record (evw, evd, detect), the
+   model's and its segment's, and a restarted one carries on exactly:
+   the late count, the open windows, and the calibration and CUSUM sums
+   give the windows closed after the restart the verdicts an
+   uninterrupted daemon gives them. */
 Test(state, event_time_windows_and_drift_modes_restart_exactly)
 {
     global_params_t p = params(0, 4, 3, 4);
     p.window_ns = 1000000000;
     p.late_ns = 500000000;
     p.decay_ns = 3000000000;
+    p.max_segments = 4;
     owners_t *a = owners_new(&p), *b = owners_new(&p);
     char *dir = tmpdir();
     xm_shape_t shape = {1, 1, EVT_NF, -1};
@@ -892,13 +895,13 @@ Test(state, event_time_windows_and_drift_modes_restart_exactly)
     model_t *ma = models_add(&a->models, "m", 1);
     cr_assert_not_null(ma);
     cr_assert_eq(model_restore_schema(ma, 1, &shape, tok, true), 0);
-    glast_t wa[32], wb[32];
+    glast_t wa[64], wb[64];
     int na = 0, nb = 0;
     for (int w = 0; w < 5; w++)
         for (int j = 0; j < 3; j++)
             evt_add(a, ma, w, j, wa, &na);
     evt_add(a, ma, 2, 9, wa, &na);     /* window 2 has closed: late */
-    cr_assert_eq(na, 3, "windows 50-52 closed before the restart (lateness 0.5 s)");
+    cr_assert_eq(na, 6, "windows 50-52 closed before the restart (lateness 0.5 s), twice");
     cr_assert_eq(state_save(&a->models, &a->global, &a->stats, dir), 0);
     cr_assert_eq(state_load(&b->models, &b->global, dir), 1);
     model_t *mb = b->models.items[0];
@@ -914,6 +917,14 @@ Test(state, event_time_windows_and_drift_modes_restart_exactly)
     evdecay_mean(&eb->evd[XM_ROLLOUT], db);
     cr_assert(memcmp(da, db, sizeof da) == 0, "the decay by ts restored bit for bit");
     cr_assert_eq(eb->last[XM_ROLLOUT].verdict.mode, DETECT_CUSUM);
+    const gseg_t *sa = global_segment(ea, "desk=a", 6), *sb = global_segment(eb, "desk=a", 6);
+    cr_assert_not_null(sb);
+    cr_assert_not_null(sb->evw[XM_ROLLOUT].count, "the segment's event-time windows restored");
+    cr_assert_eq(sb->evw[XM_ROLLOUT].late, 1);
+    cr_assert_eq(sb->evw[XM_ROLLOUT].next_close, sa->evw[XM_ROLLOUT].next_close);
+    cr_assert_eq(sb->detect[XM_ROLLOUT].calib_seen, sa->detect[XM_ROLLOUT].calib_seen);
+    evdecay_mean(&sb->evd[XM_ROLLOUT], db);
+    cr_assert(memcmp(da, db, sizeof da) == 0, "the segment's decay by ts restored");
     /* Both carry on with the same trades. */
     na = 0;
     for (int w = 5; w < 12; w++)
@@ -921,11 +932,11 @@ Test(state, event_time_windows_and_drift_modes_restart_exactly)
             evt_add(a, ma, w, j, wa, &na);
             evt_add(b, mb, w, j, wb, &nb);
         }
-    cr_assert_eq(na, 7);
+    cr_assert_eq(na, 14);
     cr_assert_eq(nb, na);
     bool alerted = false;
     for (int k = 0; k < na; k++) {
-        cr_assert_eq(wa[k].window, (uint64_t)(53 + k));
+        cr_assert_eq(wa[k].window, (uint64_t)(53 + k / 2));
         cr_assert_eq(wb[k].window, wa[k].window);
         cr_assert_eq(wb[k].trades, wa[k].trades);
         cr_assert_eq(wb[k].alert, wa[k].alert, "window %" PRIu64, wa[k].window);
