@@ -2,6 +2,7 @@
 #include "xpl_private.h"
 #include "fuse.h"
 #include "half.h"
+#include "shard.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -11,14 +12,20 @@
 #include <time.h>
 #include <zmq.h>
 
+/* One stream of a model: all of it, or with shards the share of one
+   shard, with its own seq so that a shard daemon sees no gap. */
+typedef struct {
+    uint64_t seq;               /* next seq */
+    bool schema_pending;        /* send cls/tokens with the next message */
+    uint32_t since_schema;      /* messages since cls/tokens were sent */
+} s_stream_t;
+
 typedef struct {
     char model[65];
     uint32_t L, H, n;
     int32_t cls;
     char **tokens;              /* n, owned */
-    uint64_t seq;               /* next seq */
-    bool schema_pending;        /* send cls/tokens with the next message */
-    uint32_t since_schema;      /* messages since cls/tokens were sent */
+    s_stream_t *streams;        /* [nshards], owned */
 } s_model_t;
 
 struct xpl_pub_t {
@@ -27,7 +34,11 @@ struct xpl_pub_t {
     char endpoint[256];
     int wire_dtype;
     uint32_t schema_every;
-    int subscribers;            /* subscriptions to attn/ minus unsubscriptions */
+    uint32_t nshards;           /* >= 1; 1: plain attn/<model> topics */
+    int *shard_subs;            /* [nshards] subscriptions covering the shard's
+                                   topics (attn/ without shards) minus
+                                   unsubscriptions */
+    bool subs_read;             /* subscriptions were counted: nshards is fixed */
     s_model_t *models;
     size_t nmodels;
     void *scratch;              /* conversion buffers, grown on demand */
@@ -59,6 +70,12 @@ s_new(const char *endpoint, bool bind, const xpl_curve_t *curve)
         return xpl_fail_null(XPL_ENOMEM, "out of memory");
     self->wire_dtype = XPL_WIRE_AS_GIVEN;
     self->batch = 1;
+    self->nshards = 1;
+    self->shard_subs = calloc(1, sizeof *self->shard_subs);
+    if (!self->shard_subs) {
+        free(self);
+        return xpl_fail_null(XPL_ENOMEM, "out of memory");
+    }
     pthread_mutex_init(&self->lock, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -67,6 +84,9 @@ s_new(const char *endpoint, bool bind, const xpl_curve_t *curve)
     pthread_condattr_destroy(&ca);
     void *ctx = xpl_ctx_acquire();
     if (!ctx) {
+        pthread_cond_destroy(&self->wake);
+        pthread_mutex_destroy(&self->lock);
+        free(self->shard_subs);
         free(self);
         return NULL;
     }
@@ -98,6 +118,7 @@ fail:
     xpl_ctx_release();
     pthread_cond_destroy(&self->wake);
     pthread_mutex_destroy(&self->lock);
+    free(self->shard_subs);
     free(self);
     return NULL;
 }
@@ -161,9 +182,12 @@ xpl_pub_destroy(xpl_pub_t **self_p)
     xpl_hs_close(&self->hs, self->sock);
     zmq_close(self->sock);
     xpl_ctx_release();
-    for (size_t i = 0; i < self->nmodels; i++)
+    for (size_t i = 0; i < self->nmodels; i++) {
         s_free_tokens(&self->models[i]);
+        free(self->models[i].streams);
+    }
     free(self->models);
+    free(self->shard_subs);
     free(self->scratch);
     free(self->f32);
     free(self);
@@ -222,16 +246,19 @@ s_set_schema_locked(xpl_pub_t *self, const char *model, uint32_t L, uint32_t H, 
         }
     if (!m) {
         s_model_t *grown = realloc(self->models, (self->nmodels + 1) * sizeof *grown);
-        if (!grown) {
+        s_stream_t *streams = grown ? calloc(self->nshards, sizeof *streams) : NULL;
+        if (grown)
+            self->models = grown;
+        if (!streams) {
             for (uint32_t i = 0; i < n; i++)
                 free(copy[i]);
             free(copy);
             return xpl_fail(XPL_ENOMEM, "out of memory");
         }
-        self->models = grown;
         m = &self->models[self->nmodels++];
         memset(m, 0, sizeof *m);
         snprintf(m->model, sizeof m->model, "%s", model);
+        m->streams = streams;
     } else
         s_free_tokens(m);
     m->L = L;
@@ -239,7 +266,8 @@ s_set_schema_locked(xpl_pub_t *self, const char *model, uint32_t L, uint32_t H, 
     m->n = n;
     m->cls = cls;
     m->tokens = copy;
-    m->schema_pending = true;
+    for (uint32_t k = 0; k < self->nshards; k++)
+        m->streams[k].schema_pending = true;
     return 0;
 }
 
@@ -305,27 +333,56 @@ xpl_pub_set_linger(xpl_pub_t *self, int linger_ms)
     zmq_setsockopt(self->sock, ZMQ_LINGER, &linger_ms, sizeof linger_ms);
 }
 
+/* Does a subscription to `prefix` receive some of shard k's topics (all
+   of attn/ without shards)? */
+static bool
+s_covers(const xpl_pub_t *self, const uint8_t *prefix, size_t len, uint32_t k)
+{
+    char space[SHARD_PREFIX_MAX + 8];
+    size_t n = self->nshards > 1 ? shard_prefix(space, sizeof space, k, self->nshards)
+                                 : (size_t)snprintf(space, sizeof space, "attn/");
+    size_t common = len < n ? len : n;
+    return memcmp(prefix, space, common) == 0;
+}
+
 /* Read pending (un)subscription messages. A new subscription means a
-   daemon (re)joined, and must be told every model's schema again. */
+   daemon (re)joined, and must be told every model's schema again (with
+   shards: the schema of the shards it subscribed to). */
 static void
 s_read_subscriptions(xpl_pub_t *self, int timeout_ms)
 {
+    self->subs_read = true;
     zmq_pollitem_t it = {self->sock, 0, ZMQ_POLLIN, 0};
     while (zmq_poll(&it, 1, timeout_ms) > 0) {
         zmq_msg_t m;
         zmq_msg_init(&m);
         if (zmq_msg_recv(&m, self->sock, ZMQ_DONTWAIT) >= 0 && zmq_msg_size(&m) >= 1) {
-            uint8_t op = ((const uint8_t *)zmq_msg_data(&m))[0];
-            if (op == 1) {
-                self->subscribers++;
-                for (size_t i = 0; i < self->nmodels; i++)
-                    self->models[i].schema_pending = true;
-            } else if (op == 0 && self->subscribers > 0)
-                self->subscribers--;
+            const uint8_t *ev = zmq_msg_data(&m);
+            size_t len = zmq_msg_size(&m) - 1;
+            for (uint32_t k = 0; k < self->nshards; k++) {
+                if (!s_covers(self, ev + 1, len, k))
+                    continue;
+                if (ev[0] == 1) {
+                    self->shard_subs[k]++;
+                    for (size_t i = 0; i < self->nmodels; i++)
+                        self->models[i].streams[k].schema_pending = true;
+                } else if (ev[0] == 0 && self->shard_subs[k] > 0)
+                    self->shard_subs[k]--;
+            }
         }
         zmq_msg_close(&m);
         timeout_ms = 0;
     }
+}
+
+/* Every shard has a subscriber (without shards: someone subscribed). */
+static bool
+s_all_subscribed(const xpl_pub_t *self)
+{
+    for (uint32_t k = 0; k < self->nshards; k++)
+        if (self->shard_subs[k] <= 0)
+            return false;
+    return true;
 }
 
 int
@@ -338,7 +395,7 @@ xpl_pub_wait_subscriber(xpl_pub_t *self, int timeout_ms)
            send in between. */
         pthread_mutex_lock(&self->lock);
         s_read_subscriptions(self, 0);
-        if (self->subscribers > 0) {
+        if (s_all_subscribed(self)) {
             pthread_mutex_unlock(&self->lock);
             return 0;
         }
@@ -478,15 +535,16 @@ typedef struct {
 } s_msg_t;
 
 /* Encode one message with its tensors in dtype `wire` and send it
-   zero-copy. */
+   zero-copy on the topic of `shard` (0 without shards). */
 static int
-s_encode_send(xpl_pub_t *self, s_model_t *m, const s_msg_t *g, int wire)
+s_encode_send(xpl_pub_t *self, s_model_t *m, const s_msg_t *g, int wire, uint32_t shard)
 {
     s_read_subscriptions(self, 0);
+    s_stream_t *st = &m->streams[shard];
     size_t count = (size_t)g->B * m->L * (g->fused ? 1 : m->H) * m->n * m->n;
     size_t hcount = (size_t)g->B * m->L * m->H;
-    bool schema = m->schema_pending
-                  || (self->schema_every && m->since_schema + 1 >= self->schema_every);
+    bool schema = st->schema_pending
+                  || (self->schema_every && st->since_schema + 1 >= self->schema_every);
     uint32_t ntens = 0;
     for (int k = 0; k < T_N; k++)
         ntens += g->t[k] != NULL;
@@ -514,7 +572,7 @@ s_encode_send(xpl_pub_t *self, s_model_t *m, const s_msg_t *g, int wire)
     xpk_key(&pk, "model");
     xpk_str(&pk, m->model);
     xpk_key(&pk, "seq");
-    msgpack_pack_uint64(&pk, m->seq);
+    msgpack_pack_uint64(&pk, st->seq);
     xpk_key(&pk, "ts");
     msgpack_pack_int64(&pk, g->ts ? g->ts : s_now_ns());
     xpk_key(&pk, "ids");
@@ -563,8 +621,9 @@ s_encode_send(xpl_pub_t *self, s_model_t *m, const s_msg_t *g, int wire)
         goto fail;
     }
 
-    char topic[5 + 64];
-    size_t tlen = (size_t)snprintf(topic, sizeof topic, "attn/%s", m->model);
+    char topic[SHARD_PREFIX_MAX + 5 + 64 + 1];
+    size_t tlen = self->nshards > 1 ? shard_prefix(topic, sizeof topic, shard, self->nshards) : 0;
+    tlen += (size_t)snprintf(topic + tlen, sizeof topic - tlen, "attn/%s", m->model);
     zmq_msg_t body;
     if (zmq_msg_init_data(&body, sb->data, sb->size, s_free_sbuffer, NULL)) {
         xpl_fail_zmq("send");
@@ -578,16 +637,91 @@ s_encode_send(xpl_pub_t *self, s_model_t *m, const s_msg_t *g, int wire)
         zmq_msg_close(&body);
         return xpl_fail_zmq("send");
     }
-    m->seq++;
+    st->seq++;
     if (schema) {
-        m->schema_pending = false;
-        m->since_schema = 0;
+        st->schema_pending = false;
+        st->since_schema = 0;
     } else
-        m->since_schema++;
+        st->since_schema++;
     return 0;
 fail:
     msgpack_sbuffer_destroy(sb);
     return -1;
+}
+
+/* ---- shards ------------------------------------------------------------- */
+
+/* Send a message on the shards that own its trades: as is when they all
+   belong to one (always without shards), else one message per shard that
+   has trades, in shard order, each with its trades in message order
+   (copied out). When a shard's send fails the shards before it were
+   sent. */
+static int
+s_route(xpl_pub_t *self, s_model_t *m, const s_msg_t *g, int wire)
+{
+    if (self->nshards == 1)
+        return s_encode_send(self, m, g, wire, 0);
+    uint32_t *shard = malloc(g->B * sizeof *shard);
+    if (!shard)
+        return xpl_fail(XPL_ENOMEM, "out of memory");
+    bool one = true;
+    for (uint32_t i = 0; i < g->B; i++) {
+        shard[i] = xpl_shard_of(&g->ids[i], self->nshards);
+        one = one && shard[i] == shard[0];
+    }
+    if (one) {
+        /* The common case of one trade per message needs no copy. */
+        int rc = s_encode_send(self, m, g, wire, shard[0]);
+        free(shard);
+        return rc;
+    }
+    size_t per[T_N];
+    for (int k = 0; k < T_N; k++)
+        per[k] = k >= T_IMP ? (size_t)m->L * m->H * sizeof(float)
+                            : (size_t)m->L * (g->fused ? 1 : m->H) * m->n * m->n
+                                  * s_dtype_size(g->in);
+    xpl_id_t *ids = malloc(g->B * sizeof *ids);
+    int64_t *target = g->target ? malloc(g->B * sizeof *target) : NULL;
+    double *y = g->y ? malloc(g->B * sizeof *y) : NULL;
+    char *t[T_N] = {0};
+    bool ok = ids && (!g->target || target) && (!g->y || y);
+    for (int k = 0; k < T_N; k++)
+        if (g->t[k])
+            ok = ok && (t[k] = malloc(g->B * per[k])) != NULL;
+    int rc = ok ? 0 : xpl_fail(XPL_ENOMEM, "out of memory splitting a batch of %u trades", g->B);
+    for (uint32_t k = 0; k < self->nshards && rc == 0; k++) {
+        uint32_t c = 0;
+        for (uint32_t i = 0; i < g->B; i++) {
+            if (shard[i] != k)
+                continue;
+            ids[c] = g->ids[i];
+            for (int j = 0; j < T_N; j++)
+                if (t[j])
+                    memcpy(t[j] + c * per[j], (const char *)g->t[j] + i * per[j], per[j]);
+            if (target)
+                target[c] = g->target[i];
+            if (y)
+                y[c] = g->y[i];
+            c++;
+        }
+        if (c == 0)
+            continue;
+        s_msg_t part = *g;
+        part.B = c;
+        part.ids = ids;
+        part.target = target;
+        part.y = y;
+        for (int j = 0; j < T_N; j++)
+            part.t[j] = t[j];
+        rc = s_encode_send(self, m, &part, wire, k);
+    }
+    free(shard);
+    free(ids);
+    free(target);
+    free(y);
+    for (int k = 0; k < T_N; k++)
+        free(t[k]);
+    return rc;
 }
 
 /* ---- pending trades (micro-batching) ------------------------------------ */
@@ -752,7 +886,7 @@ s_flush_locked(xpl_pub_t *self)
         for (int k = 0; k < T_N; k++)
             g.t[k] = (p->has & (1u << k)) ? p->t[k] : NULL;
         /* Held in the wire dtype already: no second conversion. */
-        rc = s_encode_send(self, m, &g, p->wire);
+        rc = s_route(self, m, &g, p->wire);
     } else {
         xpl_fail(XPL_EINVAL, "pending trades of model '%s' lost its schema", p->model);
     }
@@ -799,7 +933,7 @@ s_submit(xpl_pub_t *self, s_model_t *m, const s_msg_t *g)
         if (s_flush_locked(self))
             return -1;
     if ((!p || p->B == 0) && g->B >= self->batch)
-        return s_encode_send(self, m, g, wire);
+        return s_route(self, m, g, wire);
     if (s_pend_add(self, m, g))
         return -1;
     if (self->pend->B >= self->batch)
@@ -967,7 +1101,70 @@ xpl_pub_next_seq(const xpl_pub_t *self, const char *model)
     xpl_pub_t *w = (xpl_pub_t *)self;
     pthread_mutex_lock(&w->lock);
     const s_model_t *m = model ? s_find(self, model) : NULL;
-    uint64_t seq = m ? m->seq : 0;
+    uint64_t sum = 0;
+    for (uint32_t k = 0; m && k < self->nshards; k++)
+        sum += m->streams[k].seq;
     pthread_mutex_unlock(&w->lock);
-    return seq;
+    return sum;
+}
+
+static int
+s_set_shards_locked(xpl_pub_t *self, uint32_t nshards)
+{
+    if (nshards == 0 || nshards > SHARD_MAX)
+        return xpl_fail(XPL_EINVAL, "shard count %u out of range 1..%u", nshards, SHARD_MAX);
+    if (self->subs_read)
+        return xpl_fail(XPL_EINVAL, "set the shard count before waiting for subscribers or sending");
+    if (nshards == self->nshards)
+        return 0;
+    int *subs = calloc(nshards, sizeof *subs);
+    s_stream_t **streams = calloc(self->nmodels + 1, sizeof *streams);
+    bool ok = subs && streams;
+    for (size_t i = 0; ok && i < self->nmodels; i++)
+        ok = (streams[i] = calloc(nshards, sizeof **streams)) != NULL;
+    if (!ok) {
+        for (size_t i = 0; streams && i < self->nmodels; i++)
+            free(streams[i]);
+        free(streams);
+        free(subs);
+        return xpl_fail(XPL_ENOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < self->nmodels; i++) {
+        free(self->models[i].streams);
+        self->models[i].streams = streams[i];
+        for (uint32_t k = 0; k < nshards; k++)
+            streams[i][k].schema_pending = true;
+    }
+    free(streams);
+    free(self->shard_subs);
+    self->shard_subs = subs;
+    self->nshards = nshards;
+    return 0;
+}
+
+int
+xpl_pub_set_shards(xpl_pub_t *self, uint32_t nshards)
+{
+    assert(self);
+    pthread_mutex_lock(&self->lock);
+    int rc = s_set_shards_locked(self, nshards);
+    pthread_mutex_unlock(&self->lock);
+    return rc;
+}
+
+uint32_t
+xpl_pub_shards(const xpl_pub_t *self)
+{
+    assert(self);
+    return self->nshards;
+}
+
+uint32_t
+xpl_shard_of(const xpl_id_t *id, uint32_t nshards)
+{
+    if (!id || nshards <= 1)
+        return 0;
+    uint64_t h = id->is_str ? shard_hash(id->s ? id->s : "", id->s ? strlen(id->s) : 0)
+                            : shard_hash_uint(id->u);
+    return shard_of(h, nshards);
 }

@@ -38,6 +38,18 @@ agg_destroy(agg_t *a)
     memset(a, 0, sizeof *a);
 }
 
+void
+agg_reset(agg_t *a)
+{
+    a->count = 0;
+    if (a->nfeat == 0)
+        return;
+    memset(a->mean, 0, a->nfeat * sizeof *a->mean);
+    memset(a->m2, 0, a->nfeat * sizeof *a->m2);
+    if (a->decayed)
+        memset(a->decayed, 0, a->nfeat * sizeof *a->decayed);
+}
+
 static bool
 s_finitef(const float *x, uint32_t n)
 {

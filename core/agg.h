@@ -58,6 +58,10 @@ int agg_init(agg_t *a, uint32_t nfeat, double half_life);
    call twice. */
 void agg_destroy(agg_t *a);
 
+/* Forget every vector seen, keeping size and half-life: the shard
+   aggregator rebuilds its merged aggregates from its shards' states. */
+void agg_reset(agg_t *a);
+
 /* Add one vector of nfeat floats. Returns 0, or -1 when it holds a NaN
    or Inf (then nothing changes: one bad trade must not poison the
    aggregate for good). */
@@ -65,9 +69,8 @@ int agg_update(agg_t *a, const float *x);
 
 /* Merge src into dst (Chan's parallel rule). Returns 0, or -1 when the
    feature counts or half-lives differ (dst unchanged). Decayed means:
-   see above. Only the tests call the merges for now; they stay because
-   the shard aggregator (one daemon combining the global state of several
-   shards) is built on them. */
+   see above. The shard aggregator (daemon/aggregate.c) combines its
+   shards' states with it. */
 int agg_merge(agg_t *dst, const agg_t *src);
 
 /* Sample standard deviation per feature into out[nfeat]:

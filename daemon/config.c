@@ -2,13 +2,17 @@
 #include "config.h"
 
 #include "detect.h"
+#include "evwin.h"
+#include "global.h"
 #include "log.h"
 #include "segment.h"
+#include "shard.h"
 #include "xmath.h"
 
 #include <errno.h>
 #include <ini.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,6 +79,11 @@ static const opt_t s_opts[] = {
      "as many; further schema changes are rejected as 'schema_rate' (0: no limit)."},
     {"ingest", "allow_models", "allow-models", T_LIST, O(allow_models), "", 0, 0, true,
      "Only accept these model names (empty: any valid name)."},
+    {"ingest", "shard", "shard", T_STR, O(shard), "", 0, 0, false,
+     "Serve share K of N (K/N, 0 <= K < N) of sharded publishers: subscribe to their topic "
+     "prefix shard/K/N/ only (proto/README.md, \"Sharding\"), and publish this daemon's whole "
+     "state on state/<model> for an aggregator (0/1: the whole stream on attn/). Empty: "
+     "unsharded, no state/."},
     {"ingest", "max_models", "max-models", T_UINT, O(max_models), "256", 1, 65536, false,
      "Most models tracked at once; messages for further models are rejected."},
     {"publish", "endpoint", "publish", T_STR, O(publish), "tcp://127.0.0.1:5557", 0, 0, false,
@@ -124,12 +133,17 @@ static const opt_t s_opts[] = {
      "Half-life of the decayed global mean, in trades."},
     {"global", "publish_interval_ms", "glob-interval-ms", T_UINT, O(glob_interval_ms), "1000", 10,
      3600000, true, "How often glob/ and heads/ are published for models that changed, in ms."},
+    {"global", "decay_s", "decay-half-life-s", T_DOUBLE, O(decay_s), "0", 0, 0, false,
+     "Half-life of the decayed global mean in seconds of the trades' own ts instead of trades "
+     "(0: by trades, global.half_life). Independent of arrival order, so it merges exactly "
+     "across shards (MATH.md, \"Merging across daemons\").", 0.0, 1e9},
     {"global", "max_targets", "max-targets", T_UINT, O(max_targets), "16", 0, 4096, false,
      "Target classes kept separately per model and epoch (more are counted as untracked)."},
     {"global", "segment_by", "segment-by", T_STR, O(segment_by), "", 0, 0, false,
      "Tag keys to segment by, comma-separated (at most 4, e.g. desk,venue): a trade's segment is "
      "its values for those keys, and global means and drift are kept per segment as well as "
-     "overall. Empty: no segments."},
+     "overall, in the same drift and decay modes. Empty: no segments. Not in an aggregator "
+     "(aggregate.shards): it merges no segments."},
     {"global", "max_segments", "max-segments", T_UINT, O(max_segments), "16", 1, 4096, false,
      "Segments tracked per model and schema epoch, first come first served; trades of further "
      "segments count overall and in the drift query's segments_overflow."},
@@ -172,6 +186,13 @@ static const opt_t s_opts[] = {
     {"drift", "reference_file", "reference-file", T_STR, O(reference_file), "", 0, 0, true,
      "External reference attributions ('<model> <method> <v1> ... <v_nf>' per line), e.g. "
      "permutation importance; read at start and on SIGHUP."},
+    {"drift", "window_s", "drift-window-s", T_DOUBLE, O(drift_window_s), "0", 0, 0, false,
+     "Drift windows by event time: [k*W, (k+1)*W) seconds of the trades' ts, closed when the "
+     "newest ts minus drift.lateness_s passes their end; later trades are counted as late, not "
+     "added. Merges exactly across shards. 0: windows of drift.window trades.", 0.0, 1e9},
+    {"drift", "lateness_s", "drift-lateness-s", T_DOUBLE, O(drift_lateness_s), "1", 0, 0, false,
+     "Allowed lateness of event-time windows, in seconds: how far a trade's ts may lag the newest "
+     "before it counts as late.", 0.0, 1e6},
     {"state", "dir", "state-dir", T_STR, O(state_dir), "", 0, 0, false,
      "Directory for durable state (global aggregates, drift references, alerts); empty: none."},
     {"state", "interval_s", "snapshot-interval", T_UINT, O(snapshot_interval_s), "10", 1, 86400, true,
@@ -201,6 +222,17 @@ static const opt_t s_opts[] = {
      "The daemon's CURVE certificate with its secret key (xplainctl keygen writes one)."},
     {"security", "clients_dir", "clients-dir", T_STR, O(clients_dir), "", 0, 0, true,
      "Directory of admitted client public certificates (*.key); re-read on SIGHUP."},
+    {"aggregate", "shards", "aggregate", T_LIST, O(aggregate), "", 0, 0, false,
+     "Run as the aggregator of these shard daemons (their publish endpoints, up to 16): merge "
+     "their whole states exactly and serve glob/, drift/, heads/ and the queries as one daemon "
+     "would, forwarding their xpl/. No ingest."},
+    {"aggregate", "queries", "aggregate-query", T_LIST, O(aggregate_query), "", 0, 0, false,
+     "The shards' query endpoints, in the order of aggregate.shards: trade queries go to the "
+     "shard that owns the id."},
+    {"aggregate", "stale_ms", "aggregate-stale-ms", T_UINT, O(aggregate_stale_ms), "5000", 100,
+     3600000, false,
+     "A shard whose state has not arrived for this long is reported stale (stats, glob/, "
+     "metrics, log); its last state still counts."},
     {"demo", "enabled", "demo", T_BOOL, O(demo), "false", 0, 0, false,
      "Run a built-in synthetic model stream into the daemon (its importance changes every "
      "demo.drift_every trades)."},
@@ -732,7 +764,48 @@ s_finish(config_t *cfg)
             errors++;
         }
     }
-    if (!cfg->demo && cfg->ingest_connect.count == 0 && cfg->ingest_bind.count == 0) {
+    if (cfg->shard[0] && shard_parse(cfg->shard, &cfg->shard_k, &cfg->shard_n)) {
+        fprintf(stderr, "xplaind: bad value for ingest.shard: '%s' (K/N with 0 <= K < N <= %u)\n",
+                cfg->shard, SHARD_MAX);
+        errors++;
+    }
+    cfg->decay_ns = (int64_t)llround(cfg->decay_s * 1e9);
+    cfg->drift_window_ns = (int64_t)llround(cfg->drift_window_s * 1e9);
+    cfg->drift_lateness_ns = (int64_t)llround(cfg->drift_lateness_s * 1e9);
+    if ((cfg->decay_s > 0 && cfg->decay_ns < 1) || (cfg->drift_window_s > 0 && cfg->drift_window_ns < 1)) {
+        fprintf(stderr, "xplaind: global.decay_s and drift.window_s must be 0 or at least 1 ns\n");
+        errors++;
+    }
+    if (cfg->drift_window_ns > 0 &&
+        GLOBAL_EVWIN_KEEP + cfg->drift_lateness_ns / cfg->drift_window_ns + 2 > EVWIN_MAX_SLOTS) {
+        fprintf(stderr, "xplaind: drift.lateness_s is too many windows of drift.window_s (at most "
+                        "%u)\n", EVWIN_MAX_SLOTS - GLOBAL_EVWIN_KEEP - 2);
+        errors++;
+    }
+    if (cfg->aggregate.count != cfg->aggregate_query.count) {
+        fprintf(stderr, "xplaind: aggregate.queries must name one query endpoint per endpoint of "
+                        "aggregate.shards (%d, not %d)\n", cfg->aggregate.count,
+                cfg->aggregate_query.count);
+        errors++;
+    }
+    if (cfg->aggregate.count && cfg->curve) {
+        fprintf(stderr, "xplaind: an aggregator does not speak CURVE to its shards yet: run it "
+                        "and its shards without security.curve (on a private network)\n");
+        errors++;
+    }
+    if (cfg->aggregate.count && cfg->shard[0]) {
+        fprintf(stderr, "xplaind: a daemon is a shard (ingest.shard) or an aggregator "
+                        "(aggregate.shards), not both\n");
+        errors++;
+    }
+    /* An aggregator merges the shards' model-wide state only. */
+    if (cfg->segkeys.n && cfg->aggregate.count) {
+        fprintf(stderr, "xplaind: global.segment_by cannot be combined with aggregate.shards: "
+                        "an aggregator merges the shards' model-wide state, not segments\n");
+        errors++;
+    }
+    if (!cfg->demo && cfg->ingest_connect.count == 0 && cfg->ingest_bind.count == 0 &&
+        cfg->aggregate.count == 0) {
         fprintf(stderr, "xplaind: nothing to ingest from: give --ingest-connect EP or "
                         "--ingest-bind EP (or --demo)\n");
         errors++;

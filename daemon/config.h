@@ -57,6 +57,7 @@ typedef struct {
     char *attention_check;      /* reject, warn, off */
     double attention_tol;
     uint64_t schema_rate;       /* new epochs per model per minute, 0: no limit */
+    char *shard;                /* "K/N" or empty */
     /* [publish] */
     char *publish;
     uint64_t publish_sndhwm;
@@ -84,6 +85,7 @@ typedef struct {
     uint64_t half_life;
     uint64_t glob_interval_ms;
     uint64_t max_targets;
+    double decay_s;             /* half-life by event time, 0: by trades */
     char *segment_by;
     uint64_t max_segments;
     /* [drift] */
@@ -95,6 +97,8 @@ typedef struct {
     double drift_multiple, drift_cusum_k, drift_cusum_h, drift_sd_floor;
     uint64_t alerts_kept;
     char *reference_file;
+    double drift_window_s;      /* windows by event time, 0: by trades */
+    double drift_lateness_s;
     /* [state] */
     char *state_dir;
     uint64_t snapshot_interval_s;
@@ -108,6 +112,10 @@ typedef struct {
     bool curve;
     char *secret_key_file;
     char *clients_dir;
+    /* [aggregate] */
+    cfg_list_t aggregate;       /* shards' publish endpoints: aggregator mode */
+    cfg_list_t aggregate_query; /* their query endpoints, in the same order */
+    uint64_t aggregate_stale_ms;
     /* [demo] */
     bool demo;
     uint64_t demo_rate;
@@ -119,6 +127,8 @@ typedef struct {
     int fusion_id;
     int log_level_id;
     int attention_check_id;     /* cfg_attention_t */
+    uint32_t shard_k, shard_n;  /* from shard; 0/0 when unsharded */
+    int64_t decay_ns, drift_window_ns, drift_lateness_ns;
     int drift_mode_id;          /* detect_mode_t */
     segkeys_t segkeys;          /* parsed segment_by */
 

@@ -60,9 +60,13 @@ s_epoch_free(gepoch_t *e)
     for (int m = 0; m < XM_NMETHODS; m++) {
         agg_destroy(&e->all[m]);
         drift_destroy(&e->drift[m]);
+        evwin_destroy(&e->evw[m]);
+        evdecay_destroy(&e->evd[m]);
         free(e->extref[m]);
-        for (uint32_t c = 0; c < e->nclasses; c++)
+        for (uint32_t c = 0; c < e->nclasses; c++) {
             agg_destroy(&e->classes[c].agg[m]);
+            evdecay_destroy(&e->classes[c].evd[m]);
+        }
     }
     free(e->classes);
     agg_heads_destroy(&e->heads);
@@ -156,21 +160,49 @@ global_current(const global_t *g, const model_t *md)
     return s_epoch_find(gm, md->cur->epoch);
 }
 
+/* The trade-count half-life of the aggregates: none when the decayed
+   mean is by event time. */
+static double
+s_half_life(const global_t *g)
+{
+    return g->p.decay_ns > 0 ? 0 : g->p.half_life;
+}
+
+/* A class's aggregate of method m. */
+static int
+s_class_method(const global_t *g, gepoch_t *e, gclass_t *c, int m)
+{
+    if (agg_init(&c->agg[m], e->nf, s_half_life(g)))
+        return -1;
+    return g->p.decay_ns > 0 ? evdecay_init(&c->evd[m], e->nf, g->p.decay_ns) : 0;
+}
+
 /* Method state is created the first time the method shows up. */
 static int
 s_epoch_method(global_t *g, gepoch_t *e, int m)
 {
     if (e->methods & XM_BIT(m))
         return 0;
-    if (agg_init(&e->all[m], e->nf, g->p.half_life) ||
+    if (agg_init(&e->all[m], e->nf, s_half_life(g)) ||
         drift_init(&e->drift[m], e->nf, g->p.window, &g->p.drift) ||
         detect_init(&e->detect[m], &g->p.detect, &g->p.drift))
         return -1;
+    if (g->p.window_ns > 0 &&
+        evwin_init(&e->evw[m], e->nf, g->p.window_ns, g->p.late_ns, GLOBAL_EVWIN_KEEP))
+        return -1;
+    if (g->p.decay_ns > 0 && evdecay_init(&e->evd[m], e->nf, g->p.decay_ns))
+        return -1;
     for (uint32_t c = 0; c < e->nclasses; c++)
-        if (agg_init(&e->classes[c].agg[m], e->nf, g->p.half_life))
+        if (s_class_method(g, e, &e->classes[c], m))
             return -1;
     e->methods |= XM_BIT(m);
     return 0;
+}
+
+gepoch_t *
+global_epoch_method(global_t *g, gepoch_t *e, int m)
+{
+    return s_epoch_method(g, e, m) ? NULL : e;
 }
 
 gepoch_t *
@@ -222,16 +254,23 @@ s_class(global_t *g, gepoch_t *e, int64_t target)
     memset(c, 0, sizeof *c);
     c->target = target;
     for (int m = 0; m < XM_NMETHODS; m++)
-        if ((e->methods & XM_BIT(m)) && agg_init(&c->agg[m], e->nf, g->p.half_life))
+        if ((e->methods & XM_BIT(m)) && s_class_method(g, e, c, m))
             return NULL;
     e->nclasses++;
     return c;
 }
 
-/* A window closed (overall: seg -1, or in segment seg): judge it in the
-   configured mode, list what moved, keep it as the method's last, keep
-   an alert for the drift query and log it, and hand it to the caller in
-   `closed`. */
+gclass_t *
+global_class(global_t *g, gepoch_t *e, int64_t target)
+{
+    return s_class(g, e, target);
+}
+
+/* A window closed (overall: seg -1, or in segment seg), by count or by
+   event time alike: judge it in the configured mode, list what moved,
+   keep it as the method's last, keep an alert for the drift query and
+   log it, and hand it to the caller in `closed` (past GLOBAL_CLOSED_MAX
+   windows in one call it is kept and judged but not handed over). */
 static void
 s_record_window(global_t *g, const model_t *md, gmodel_t *gm, gepoch_t *e, int m, int seg,
                 drift_t *dr, detect_t *dt, glast_t *l, const drift_report_t *r, uint64_t trades,
@@ -249,9 +288,11 @@ s_record_window(global_t *g, const model_t *md, gmodel_t *gm, gepoch_t *e, int m
         l->nmoved = detect_what_moved(&e->dwork, r->mean, dr->ref, e->nf, g->p.moved_k,
                                       DETECT_BY_VALUE, l->moved);
     const char *label = seg >= 0 ? segtab_label(&e->segs, (uint32_t)seg) : "";
-    closed->w[closed->n++] = (gclosed_t){.method = m, .seg = seg,
-                                         .segment = seg >= 0 ? label : NULL,
-                                         .seq = (*seqp)++, .last = *l};
+    uint64_t seq = (*seqp)++;
+    if (closed->n < GLOBAL_CLOSED_MAX)
+        closed->w[closed->n++] = (gclosed_t){.method = m, .seg = seg,
+                                             .segment = seg >= 0 ? label : NULL,
+                                             .seq = seq, .last = *l};
     if (!l->alert)
         return;
     if (gm->alerts) {
@@ -279,6 +320,52 @@ s_record_window(global_t *g, const model_t *md, gmodel_t *gm, gepoch_t *e, int m
 
 static void s_apply_pending(global_t *g, const model_t *md, gepoch_t *e);
 
+/* An event-time window closing, through evwin's callback. */
+typedef struct {
+    global_t *g;
+    const model_t *md;
+    gepoch_t *e;
+    int m;
+    int seg;                        /* -1: the model overall */
+    global_closed_t *closed;
+} s_close_ctx_t;
+
+/* Judge the closed event-time window v of method m, overall (seg -1) or
+   of segment seg, as a count window closing is judged. */
+static void
+s_close_window(global_t *g, const model_t *md, gepoch_t *e, int m, int seg,
+               const evwin_view_t *v, global_closed_t *closed)
+{
+    gmodel_t *gm = global_model(g, md);
+    gseg_t *sg = seg >= 0 ? e->seg[seg] : NULL;
+    drift_t *dr = sg ? &sg->drift[m] : &e->drift[m];
+    drift_report_t r;
+    if (!gm || drift_close_mean(dr, v->mean, &r) != 1)
+        return;
+    /* The window's own index (its start over its length): the same in
+       every daemon whatever it saw first, so it names the window rather
+       than the drift's count of closed windows. */
+    r.window = (uint64_t)v->k;
+    s_record_window(g, md, gm, e, m, seg, dr, sg ? &sg->detect[m] : &e->detect[m],
+                    sg ? &sg->last[m] : &e->last[m], &r, v->count, closed);
+    gm->dirty = true;
+    g->gen++;
+}
+
+static void
+s_on_close(void *arg, const evwin_view_t *v)
+{
+    s_close_ctx_t *c = arg;
+    s_close_window(c->g, c->md, c->e, c->m, c->seg, v, c->closed);
+}
+
+void
+global_close_window(global_t *g, const model_t *md, gepoch_t *e, int m, const evwin_view_t *v,
+                    global_closed_t *closed)
+{
+    s_close_window(g, md, e, m, -1, v, closed);
+}
+
 static void
 s_seg_free(gseg_t *sg)
 {
@@ -287,6 +374,8 @@ s_seg_free(gseg_t *sg)
     for (int m = 0; m < XM_NMETHODS; m++) {
         agg_destroy(&sg->all[m]);
         drift_destroy(&sg->drift[m]);
+        evwin_destroy(&sg->evw[m]);
+        evdecay_destroy(&sg->evd[m]);
     }
     free(sg);
 }
@@ -319,9 +408,14 @@ s_seg_method(global_t *g, gepoch_t *e, gseg_t *sg, int m)
 {
     if (sg->methods & XM_BIT(m))
         return 0;
-    if (agg_init(&sg->all[m], e->nf, g->p.half_life) ||
+    if (agg_init(&sg->all[m], e->nf, s_half_life(g)) ||
         drift_init(&sg->drift[m], e->nf, g->p.window, &g->p.drift) ||
         detect_init(&sg->detect[m], &g->p.detect, &g->p.drift))
+        return -1;
+    if (g->p.window_ns > 0 &&
+        evwin_init(&sg->evw[m], e->nf, g->p.window_ns, g->p.late_ns, GLOBAL_EVWIN_KEEP))
+        return -1;
+    if (g->p.decay_ns > 0 && evdecay_init(&sg->evd[m], e->nf, g->p.decay_ns))
         return -1;
     sg->methods |= XM_BIT(m);
     return 0;
@@ -355,6 +449,7 @@ static void
 s_add(global_t *g, const model_t *md, const int64_t *target, const xm_result_t *res,
       const char *label, size_t len, global_closed_t *closed, bool whole_trade)
 {
+    const int64_t ts = md->last_ts;     /* the event time of the trade's message */
     closed->n = 0;
     closed->epoch = md->cur->epoch;
     gmodel_t *gm = global_model(g, md);
@@ -391,16 +486,34 @@ s_add(global_t *g, const model_t *md, const int64_t *target, const xm_result_t *
         agg_update(&e->all[m], res->attr[m]);
         if (c)
             agg_update(&c->agg[m], res->attr[m]);
+        if (g->p.decay_ns > 0) {
+            evdecay_add(&e->evd[m], ts, res->attr[m]);
+            if (c)
+                evdecay_add(&c->evd[m], ts, res->attr[m]);
+        }
         drift_report_t r;
-        if (drift_push(&e->drift[m], res->attr[m], &r) == 1)
+        if (g->p.window_ns > 0) {
+            /* Event-time windows close through s_on_close into the same
+               verdict path as count windows. */
+            s_close_ctx_t cc = {g, md, e, m, -1, closed};
+            evwin_add(&e->evw[m], ts, res->attr[m], s_on_close, &cc);
+        } else if (drift_push(&e->drift[m], res->attr[m], &r) == 1) {
             s_record_window(g, md, gm, e, m, -1, &e->drift[m], &e->detect[m], &e->last[m], &r,
                             g->p.window, closed);
+        }
         if (!sg)
             continue;
+        /* A segment keeps the model's modes over its own trades. */
         agg_update(&sg->all[m], res->attr[m]);
-        if (drift_push(&sg->drift[m], res->attr[m], &r) == 1)
+        if (g->p.decay_ns > 0)
+            evdecay_add(&sg->evd[m], ts, res->attr[m]);
+        if (g->p.window_ns > 0) {
+            s_close_ctx_t cc = {g, md, e, m, si, closed};
+            evwin_add(&sg->evw[m], ts, res->attr[m], s_on_close, &cc);
+        } else if (drift_push(&sg->drift[m], res->attr[m], &r) == 1) {
             s_record_window(g, md, gm, e, m, si, &sg->drift[m], &sg->detect[m], &sg->last[m], &r,
                             g->p.window, closed);
+        }
     }
     if (whole_trade) {
         if (sg)
@@ -776,9 +889,33 @@ s_method_new(snap_rd_t *d, global_t *g, gepoch_t *e, int m)
     return 0;
 }
 
-/* One method of an epoch: {all, drift, extref, last, detect} (detect:
-   absent from a snapshot made before drift modes; the calibration then
-   starts afresh). */
+/* Event-time windows or decayed sums of a snapshot into w or d when that
+   mode is on now and was made with today's length, lateness and
+   half-life; else skipped (logged): the state then starts empty, the
+   rest of the snapshot still loads. */
+static int
+s_evtime_load(snap_rd_t *d, evwin_t *w, evdecay_t *dec)
+{
+    if ((w && !w->key) || (dec && !dec->sum))
+        return snap_skip(d, "event-time state");
+    snap_rd_t probe = *d;
+    if (w ? evwin_load(&probe, w) == 0 : evdecay_load(&probe, dec) == 0) {
+        *d = probe;
+        return 0;
+    }
+    log_warn("state: %s in the snapshot not restored (%s): starting it empty",
+             w ? "event-time windows" : "time-decayed means", probe.why ? probe.why : "unreadable");
+    if (w)
+        evwin_reset(w);
+    else
+        evdecay_reset(dec);
+    return snap_skip(d, "event-time state");
+}
+
+/* One method of an epoch: {all, drift, extref, last, detect, evw, evd}
+   (detect: absent from a snapshot made before drift modes, the
+   calibration then starts afresh; evw/evd: only when that event-time
+   mode was on). */
 static int
 s_method_load(snap_rd_t *d, gepoch_t *e, int m)
 {
@@ -806,6 +943,10 @@ s_method_load(snap_rd_t *d, gepoch_t *e, int m)
         else if (mpr_str_eq(&key, "detect"))
             rc = snap_field(d, &seen, DETECT, "drift verdict state") ||
                  detect_load(d, &e->detect[m]);
+        else if (mpr_str_eq(&key, "evw"))
+            rc = s_evtime_load(d, &e->evw[m], NULL);
+        else if (mpr_str_eq(&key, "evd"))
+            rc = s_evtime_load(d, NULL, &e->evd[m]);
         else
             rc = snap_skip(d, "method field");
         if (rc)
@@ -831,11 +972,11 @@ s_class_new(snap_rd_t *d, global_t *g, gepoch_t *e, int64_t target)
 static int
 s_class_load(snap_rd_t *d, global_t *g, gepoch_t *e)
 {
-    enum { TARGET = 1, METHODS = 2 };
+    enum { TARGET = 1, METHODS = 2, DECAY = 4 };
     uint32_t n;
     unsigned seen = 0;
     int64_t target = 0;
-    mpr_t methods_at = {0};
+    mpr_t methods_at = {0}, decay_at = {0};
     if (snap_get_map(d, &n, "target class"))
         return -1;
     for (uint32_t k = 0; k < n; k++) {
@@ -849,6 +990,10 @@ s_class_load(snap_rd_t *d, global_t *g, gepoch_t *e)
             methods_at = d->r;   /* read once the class exists */
             rc = snap_field(d, &seen, METHODS, "target class aggregates") ||
                  snap_skip(d, "target class aggregates");
+        } else if (mpr_str_eq(&key, "decay")) {
+            decay_at = d->r;
+            rc = snap_field(d, &seen, DECAY, "target class decay") ||
+                 snap_skip(d, "target class decay");
         } else {
             rc = snap_skip(d, "target class field");
         }
@@ -876,6 +1021,18 @@ s_class_load(snap_rd_t *d, global_t *g, gepoch_t *e)
     }
     if (got != e->methods)
         return snap_fail(d, "target class aggregates (a method is missing)");
+    if (seen & DECAY) {
+        d->r = decay_at;
+        if (snap_get_map(d, &nm, "target class decay"))
+            return -1;
+        for (uint32_t k = 0; k < nm; k++) {
+            int m;
+            if (s_get_method(d, &m, "target class method") || !(e->methods & XM_BIT(m)))
+                return snap_fail(d, "target class decay method");
+            if (s_evtime_load(d, NULL, &c->evd[m]))
+                return -1;
+        }
+    }
     d->r = after;
     return 0;
 }
@@ -910,7 +1067,17 @@ s_segs_save(msgpack_packer *pk, const gepoch_t *e)
             if (!(sg->methods & XM_BIT(m)))
                 continue;
             snap_put_str(pk, xm_method_name((xm_method_t)m));
-            msgpack_pack_map(pk, 4);
+            bool evw = sg->evw[m].key != NULL, evd = sg->evd[m].sum != NULL;
+            msgpack_pack_map(pk, 4 + (evw ? 1 : 0) + (evd ? 1 : 0));
+            /* Event-time state, as the epoch's methods keep it. */
+            if (evw) {
+                snap_put_str(pk, "evw");
+                evwin_save(pk, &sg->evw[m]);
+            }
+            if (evd) {
+                snap_put_str(pk, "evd");
+                evdecay_save(pk, &sg->evd[m]);
+            }
             snap_put_str(pk, "all");
             agg_save(pk, &sg->all[m]);
             snap_put_str(pk, "drift");
@@ -946,6 +1113,10 @@ s_seg_method_load(snap_rd_t *d, const gepoch_t *e, gseg_t *sg, int m)
             rc = snap_field(d, &seen, DETECT, w) || detect_load(d, &sg->detect[m]);
         else if (mpr_str_eq(&key, "last"))
             rc = snap_field(d, &seen, LAST, w) || s_last_load(d, &sg->last[m], SNAP_V2, e->nf);
+        else if (mpr_str_eq(&key, "evw"))
+            rc = s_evtime_load(d, &sg->evw[m], NULL);
+        else if (mpr_str_eq(&key, "evd"))
+            rc = s_evtime_load(d, NULL, &sg->evd[m]);
         else
             rc = snap_skip(d, w);
         if (rc)
@@ -1064,7 +1235,17 @@ gepoch_save(msgpack_packer *pk, const gepoch_t *e)
         if (!(e->methods & XM_BIT(m)))
             continue;
         snap_put_str(pk, xm_method_name((xm_method_t)m));
-        msgpack_pack_map(pk, 5);
+        bool evw = e->evw[m].key != NULL, evd = e->evd[m].sum != NULL;
+        msgpack_pack_map(pk, 5 + (evw ? 1 : 0) + (evd ? 1 : 0));
+        /* Event-time state, when that mode is on (keys older readers skip). */
+        if (evw) {
+            snap_put_str(pk, "evw");
+            evwin_save(pk, &e->evw[m]);
+        }
+        if (evd) {
+            snap_put_str(pk, "evd");
+            evdecay_save(pk, &e->evd[m]);
+        }
         snap_put_str(pk, "all");
         agg_save(pk, &e->all[m]);
         snap_put_str(pk, "drift");
@@ -1082,7 +1263,11 @@ gepoch_save(msgpack_packer *pk, const gepoch_t *e)
     snap_put_str(pk, "classes");
     msgpack_pack_array(pk, e->nclasses);
     for (uint32_t c = 0; c < e->nclasses; c++) {
-        msgpack_pack_map(pk, 2);
+        /* "decay": the class's time-decayed sums, when that mode is on. */
+        bool evd = false;
+        for (int m = 0; m < XM_NMETHODS; m++)
+            evd = evd || ((e->methods & XM_BIT(m)) && e->classes[c].evd[m].sum);
+        msgpack_pack_map(pk, evd ? 3 : 2);
         snap_put_str(pk, "target");
         msgpack_pack_int64(pk, e->classes[c].target);
         snap_put_str(pk, "methods");
@@ -1092,6 +1277,16 @@ gepoch_save(msgpack_packer *pk, const gepoch_t *e)
                 continue;
             snap_put_str(pk, xm_method_name((xm_method_t)m));
             agg_save(pk, &e->classes[c].agg[m]);
+        }
+        if (evd) {
+            snap_put_str(pk, "decay");
+            msgpack_pack_map(pk, (size_t)__builtin_popcount(e->methods));
+            for (int m = 0; m < XM_NMETHODS; m++) {
+                if (!(e->methods & XM_BIT(m)))
+                    continue;
+                snap_put_str(pk, xm_method_name((xm_method_t)m));
+                evdecay_save(pk, &e->classes[c].evd[m]);
+            }
         }
     }
     snap_put_str(pk, "heads");

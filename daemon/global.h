@@ -26,6 +26,7 @@
 #include "agg.h"
 #include "detect.h"
 #include "drift.h"
+#include "evwin.h"
 #include "models.h"
 #include "segment.h"
 #include "xmath.h"
@@ -54,9 +55,16 @@ typedef struct {
     detect_moved_t moved[GLOBAL_MOVED_MAX];
 } glast_t;
 
+/* Closed event-time windows kept for a merging aggregator (evwin keep). */
+#define GLOBAL_EVWIN_KEEP 32
+
+/* Most windows one global_add (or one aggregator merge) reports. */
+#define GLOBAL_CLOSED_MAX 64
+
 typedef struct {
     int64_t target;
     agg_t agg[XM_NMETHODS];
+    evdecay_t evd[XM_NMETHODS];     /* time-decayed means (decay_ns > 0) */
 } gclass_t;
 
 /* One segment's state in an epoch (MATH.md, "Segments"): its global
@@ -69,6 +77,9 @@ typedef struct {
     drift_t drift[XM_NMETHODS];
     detect_t detect[XM_NMETHODS];
     glast_t last[XM_NMETHODS];
+    /* The event-time modes, as the epoch's (a segment's own trades). */
+    evwin_t evw[XM_NMETHODS];       /* window_ns > 0 */
+    evdecay_t evd[XM_NMETHODS];     /* decay_ns > 0 */
 } gseg_t;
 
 /* State of one schema epoch of one model. */
@@ -86,6 +97,11 @@ typedef struct {
     detect_work_t dwork;            /* what-moved scratch, nf features */
     glast_t last[XM_NMETHODS];
     double *extref[XM_NMETHODS];    /* external reference, NULL when none */
+    /* Event-time modes (global_params_t window_ns, decay_ns): windows by
+       the trades' ts, which drift[] judges as they close, and
+       time-decayed means. Both merge exactly across shards. */
+    evwin_t evw[XM_NMETHODS];       /* window_ns > 0 */
+    evdecay_t evd[XM_NMETHODS];     /* decay_ns > 0 */
     segtab_t segs;                  /* segments tracked (empty when off) */
     gseg_t **seg;                   /* [segs.max], NULL until the first trade */
 } gepoch_t;
@@ -117,6 +133,9 @@ typedef struct {
 typedef struct {
     double half_life;
     uint32_t window;
+    int64_t window_ns;              /* > 0: drift windows by event time (evwin) */
+    int64_t late_ns;                /* their allowed lateness */
+    int64_t decay_ns;               /* > 0: decayed means by event time (evdecay) */
     drift_opts_t drift;
     detect_opts_t detect;
     uint32_t moved_k;               /* what-moved list length, <= GLOBAL_MOVED_MAX */
@@ -135,6 +154,10 @@ typedef struct {
     double cusum_arl;               /* in-control run length of one statistic's
                                        CUSUM, in windows (MATH.md) */
     struct gpending_t *pending;     /* reference-file entries (global_load_references) */
+    /* An aggregator's shards (aggregate.h), reported in glob/: how many,
+       and which (by position in aggregate.shards) are stale. */
+    uint32_t nshards;
+    uint32_t stale_mask;
 } global_t;
 
 /* One window closed by global_add: its drift/ seq and what it found. */
@@ -146,13 +169,16 @@ typedef struct {
     glast_t last;
 } gclosed_t;
 
-/* What one global_add closed (at most one window per method overall and
-   one per method in the trade's segment). */
+/* What one global_add closed: with count windows at most one window
+   per method overall and one per method in the trade's segment; with
+   event-time windows a trade far ahead can close several (past
+   GLOBAL_CLOSED_MAX they are kept and judged, not handed over). */
 typedef struct {
     uint32_t epoch;
     int n;
-    gclosed_t w[2 * XM_NMETHODS];
+    gclosed_t w[GLOBAL_CLOSED_MAX];
 } global_closed_t;
+_Static_assert(GLOBAL_CLOSED_MAX >= 2 * XM_NMETHODS, "a count-window add closes 2 per method");
 
 int global_init(global_t *g, uint32_t max_models, const global_params_t *p);
 void global_destroy(global_t *g);
@@ -164,12 +190,24 @@ void global_set_drift(global_t *g, const drift_opts_t *o, const detect_opts_t *d
                       uint32_t moved_k);
 
 /* Account one explained trade of model md (current epoch): aggregates,
-   heads, drift. The windows it closed (with their alerts, which are also
+   heads, drift. Its event time, for the event-time modes, is
+   md->last_ts (the ts of the message it came in, set by ingest). The windows it closed (with their alerts, which are also
    kept for the drift query and logged) are written to `closed` for the
    caller to publish; closed->n is 0 when none. */
 void global_add(global_t *g, const model_t *md, const int64_t *target, const xm_result_t *res,
                 global_closed_t *closed);
 
+/* Judge a closed event-time window of method m of epoch e (its mean and
+   trade count) against the drift reference and record it as global_add
+   does: the aggregator's path for merged windows. */
+void global_close_window(global_t *g, const model_t *md, gepoch_t *e, int m, const evwin_view_t *v,
+                         global_closed_t *closed);
+
+/* The state of method m in epoch e, or of class `target` (created up to
+   max_targets): for the aggregator, which fills them from its shards.
+   NULL when out of memory or past max_targets. */
+gepoch_t *global_epoch_method(global_t *g, gepoch_t *e, int m);
+gclass_t *global_class(global_t *g, gepoch_t *e, int64_t target);
 /* global_add for a trade of segment `label` (len bytes; len 0: none):
    the trade counts overall and, when the segment is tracked or there is
    room for it (max_segments), in the segment too; otherwise it is

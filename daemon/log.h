@@ -51,7 +51,8 @@ void log_msg(log_level_t level, const char *fmt, ...) __attribute__((format(prin
     X(HTTP_REFUSED, "metrics.refused")       /* a connection over max_per_ip */             \
     X(HTTP_TIMEOUT, "metrics.timeout")       /* a connection past its deadline */           \
     X(HTTP_LIMIT, "metrics.limit")           /* every connection slot taken */              \
-    X(HTTP_MHD, "metrics.libmicrohttpd")     /* libmicrohttpd's own messages */
+    X(HTTP_MHD, "metrics.libmicrohttpd")     /* libmicrohttpd's own messages */ \
+    X(AGGREGATE, "aggregate.state")          /* a shard's state the aggregator cannot use */
 
 #define LOGK_ENUM_(id, name) LOGK_##id,
 typedef enum {

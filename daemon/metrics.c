@@ -794,6 +794,12 @@ metrics_render_view(const metrics_view_t *v, size_t *len)
     s_gauge(&b, "uptime_seconds", "Seconds since the daemon started.",
             (double)(now_mono_ns() - st->start_ns) / 1e9);
     s_gauge(&b, "models", "Models tracked.", v->models->count);
+    if (v->global->nshards) {
+        s_gauge(&b, "aggregate_shards", "Shards this aggregator merges (aggregate.shards).",
+                v->global->nshards);
+        s_gauge(&b, "aggregate_shards_stale", "Shards that sent no state for aggregate.stale_ms "
+                "(their last state still counts).", __builtin_popcount(v->global->stale_mask));
+    }
     s_counters(&b, &v->counters);
     const cache_t *cache = v->counters.cache;
     s_gauge(&b, "cache_bytes", "Bytes held by the recent-trade cache.",

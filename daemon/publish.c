@@ -208,9 +208,11 @@ s_enc_doubles(msgpack_packer *pk, const double *x, uint32_t n)
 }
 
 /* count, mean, std, decayed of an aggregate, in a map with `extra` more
-   pairs the caller writes after. */
+   pairs the caller writes after. The decayed mean is by event time when
+   evd is given (scratch then holds 2 nfeat values), else by trades (the
+   mean when that is off too, as in an aggregator). */
 static void
-s_enc_agg(msgpack_packer *pk, const agg_t *a, double *scratch, size_t extra)
+s_enc_agg(msgpack_packer *pk, const agg_t *a, const evdecay_t *evd, double *scratch, size_t extra)
 {
     msgpack_pack_map(pk, 4 + extra);
     enc_str(pk, "count");
@@ -221,14 +223,18 @@ s_enc_agg(msgpack_packer *pk, const agg_t *a, double *scratch, size_t extra)
     agg_std(a, scratch);
     s_enc_doubles(pk, scratch, a->nfeat);
     enc_str(pk, "decayed");
-    s_enc_doubles(pk, a->decayed ? a->decayed : a->mean, a->nfeat);
+    if (evd && evd->sum) {
+        evdecay_mean(evd, scratch + a->nfeat);
+        s_enc_doubles(pk, scratch + a->nfeat, a->nfeat);
+    } else
+        s_enc_doubles(pk, a->decayed ? a->decayed : a->mean, a->nfeat);
 }
 
 /* "methods": map method -> {count, mean, std, decayed[, reference,
    reference_spearman]} for the methods in `mask`. */
 static void
-s_enc_methods(msgpack_packer *pk, const gepoch_t *e, const agg_t *aggs, unsigned mask,
-              bool with_refs, double *scratch)
+s_enc_methods(msgpack_packer *pk, const gepoch_t *e, const agg_t *aggs, const evdecay_t *evd,
+              unsigned mask, bool with_refs, double *scratch)
 {
     msgpack_pack_map(pk, (size_t)__builtin_popcount(mask));
     for (int m = 0; m < XM_NMETHODS; m++) {
@@ -236,7 +242,7 @@ s_enc_methods(msgpack_packer *pk, const gepoch_t *e, const agg_t *aggs, unsigned
             continue;
         enc_str(pk, xm_method_name((xm_method_t)m));
         bool ref = with_refs && e->extref[m];
-        s_enc_agg(pk, &aggs[m], scratch, ref ? 2 : 0);
+        s_enc_agg(pk, &aggs[m], evd ? &evd[m] : NULL, scratch, ref ? 2 : 0);
         if (ref) {
             enc_str(pk, "reference");
             s_enc_doubles(pk, e->extref[m], e->nf);
@@ -251,7 +257,7 @@ publish_enc_glob(msgpack_packer *pk, const global_t *g, const model_t *md, const
                  unsigned mask, const int64_t *only_target, uint64_t seq, int64_t ts)
 {
     const schema_t *sc = model_schema(md, e->epoch);
-    double *scratch = malloc((e->nf ? e->nf : 1) * sizeof *scratch);
+    double *scratch = malloc(2 * (e->nf ? e->nf : 1) * sizeof *scratch);
     if (!scratch)
         return -1;
     enc_str(pk, "model");
@@ -272,7 +278,7 @@ publish_enc_glob(msgpack_packer *pk, const global_t *g, const model_t *md, const
     enc_str(pk, "half_life");
     msgpack_pack_double(pk, g->p.half_life);
     enc_str(pk, "methods");
-    s_enc_methods(pk, e, e->all, mask, true, scratch);
+    s_enc_methods(pk, e, e->all, e->evd, mask, true, scratch);
     enc_str(pk, "targets");
     uint32_t nt = 0;
     for (uint32_t c = 0; c < e->nclasses; c++)
@@ -285,10 +291,19 @@ publish_enc_glob(msgpack_packer *pk, const global_t *g, const model_t *md, const
         enc_str(pk, "target");
         msgpack_pack_int64(pk, e->classes[c].target);
         enc_str(pk, "methods");
-        s_enc_methods(pk, e, e->classes[c].agg, mask, false, scratch);
+        s_enc_methods(pk, e, e->classes[c].agg, e->classes[c].evd, mask, false, scratch);
     }
     enc_str(pk, "untracked_targets");
     msgpack_pack_uint64(pk, e->untracked);
+    if (g->nshards) {
+        enc_str(pk, "shards");
+        msgpack_pack_uint32(pk, g->nshards);
+        enc_str(pk, "stale_shards");
+        msgpack_pack_array(pk, (size_t)__builtin_popcount(g->stale_mask));
+        for (uint32_t k = 0; k < g->nshards; k++)
+            if (g->stale_mask & (1u << k))
+                msgpack_pack_uint32(pk, k);
+    }
     free(scratch);
     return 0;
 }
@@ -298,7 +313,7 @@ publish_enc_glob_seg(msgpack_packer *pk, const global_t *g, const model_t *md, c
                      const gseg_t *sg, const char *label, unsigned mask)
 {
     const schema_t *sc = model_schema(md, e->epoch);
-    double *scratch = malloc((e->nf ? e->nf : 1) * sizeof *scratch);
+    double *scratch = malloc(2 * (e->nf ? e->nf : 1) * sizeof *scratch);
     if (!scratch)
         return -1;
     enc_str(pk, "model");
@@ -319,7 +334,7 @@ publish_enc_glob_seg(msgpack_packer *pk, const global_t *g, const model_t *md, c
     enc_str(pk, "half_life");
     msgpack_pack_double(pk, g->p.half_life);
     enc_str(pk, "methods");
-    s_enc_methods(pk, e, sg->all, mask & sg->methods, false, scratch);
+    s_enc_methods(pk, e, sg->all, sg->evd, mask & sg->methods, false, scratch);
     free(scratch);
     return 0;
 }
@@ -461,7 +476,7 @@ publish_changed(publisher_t *p, global_t *g, const models_t *models)
         char topic[WIRE_MODEL_MAX + 8];
 
         p->buf.size = 0;
-        msgpack_pack_map(pk, PUBLISH_GLOB_FIELDS + 1);
+        msgpack_pack_map(pk, PUBLISH_GLOB_FIELDS_OF(g) + 1);
         enc_str(pk, "v");
         msgpack_pack_uint8(pk, 1);
         int64_t ts = now_wall_ns();

@@ -82,6 +82,8 @@ void enc_features(msgpack_packer *pk, const schema_t *sc);
    pairs): `mask` methods, all targets or one (`only_target`). Returns -1
    when out of memory. */
 #define PUBLISH_GLOB_FIELDS 10
+/* ...and two more in an aggregator: "shards" and "stale_shards". */
+#define PUBLISH_GLOB_FIELDS_OF(g) (PUBLISH_GLOB_FIELDS + ((g)->nshards ? 2 : 0))
 int publish_enc_glob(msgpack_packer *pk, const global_t *g, const model_t *md, const gepoch_t *e,
                      unsigned mask, const int64_t *only_target, uint64_t seq, int64_t ts);
 

@@ -1,4 +1,5 @@
 /*  query: ROUTER ops. See query.h and proto/queries.md.  */
+#include "aggregate.h"
 #include "query.h"
 
 #include "log.h"
@@ -200,7 +201,7 @@ op_stats(query_t *s, qreq_t *q, msgpack_packer *pk)
 {
     (void)q;
     const stats_t *st = s->stats;
-    qreply_ok(pk, 7);
+    qreply_ok(pk, 7 + (s->agg ? 1 : 0));
     enc_str(pk, "version");
     enc_str(pk, XPL_VERSION);
     enc_str(pk, "uptime_s");
@@ -223,6 +224,10 @@ op_stats(query_t *s, qreq_t *q, msgpack_packer *pk)
 
     enc_str(pk, "models");
     s_models_array(s, pk);
+    if (s->agg) {
+        enc_str(pk, "shards");
+        aggregate_enc_shards(s->agg, pk);
+    }
     return 0;
 }
 

@@ -62,6 +62,7 @@ typedef struct query_t {
     const xm_opts_t *opts;      /* explain options (is flow on?) */
     publisher_t *pub;           /* for the `global` op (see above) */
     struct qworker_t *worker;   /* large trade replies (qjob.h); may be NULL */
+    const struct aggregate_t *agg;  /* an aggregator's shards, for stats; NULL */
 
     msgpack_sbuffer buf;        /* the reply, reused */
     msgpack_packer pk;

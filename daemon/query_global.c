@@ -109,7 +109,7 @@ query_op_global(query_t *s, qreq_t *q, msgpack_packer *pk)
         publish_changed(s->pub, s->global, s->models);
         seq = gm->glob_seq - 1;
     }
-    qreply_ok(pk, PUBLISH_GLOB_FIELDS);
+    qreply_ok(pk, PUBLISH_GLOB_FIELDS_OF(s->global));
     /* ts: when the state of seq was published (now, for an old epoch). */
     bool current = e->epoch == md->cur->epoch;
     if (publish_enc_glob(pk, s->global, md, e, mask, to ? &target : NULL, seq,
@@ -318,7 +318,14 @@ query_op_drift(query_t *s, qreq_t *q, msgpack_packer *pk)
         const drift_t *d = &drs[k];
         const detect_t *dt = &dts[k];
         enc_str(pk, xm_method_name((xm_method_t)k));
-        msgpack_pack_map(pk, 6);
+        /* Event-time windows: the trades refused as late. */
+        const evwin_t *ew = sg ? &sg->evw[k] : &e->evw[k];
+        bool evt = ew->count != NULL;
+        msgpack_pack_map(pk, 6 + (evt ? 1 : 0));
+        if (evt) {
+            enc_str(pk, "late");
+            msgpack_pack_uint64(pk, ew->late);
+        }
         enc_str(pk, "calibrated");
         msgpack_pack_uint32(pk, dt->ready ? dt->opts.calib_windows : dt->calib_seen);
         enc_str(pk, "scale");

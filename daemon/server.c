@@ -1,6 +1,7 @@
 /*  server: sockets, the poll loop, signals and SIGHUP reload. See
     server.h.  */
 #define _GNU_SOURCE
+#include "aggregate.h"
 #include "server.h"
 
 #include "demo.h"
@@ -154,6 +155,7 @@ server_wire(server_t *s)
     s->query.opts = &s->opts;
     s->query.pub = &s->publisher;
     s->query.worker = s->qworker;
+    s->query.agg = s->agg;
 }
 
 int
@@ -176,10 +178,15 @@ server_init(server_t *s)
         return -1;
     xm_blas_single_thread();
     global_params_t gp = {.half_life = (double)c->half_life, .window = (uint32_t)c->drift_window,
+                          .window_ns = c->drift_window_ns, .late_ns = c->drift_lateness_ns,
+                          .decay_ns = c->decay_ns,
                           .max_targets = (uint32_t)c->max_targets,
                           .max_segments = c->segkeys.n ? (uint32_t)c->max_segments : 0,
                           .alerts_kept = (uint32_t)c->alerts_kept};
     s_drift_opts(c, &gp.drift);
+    if (c->aggregate.count)
+        gp.half_life = 0;   /* an aggregator's decayed means are by event time or none:
+                               a decay by trades does not merge */
     s_detect_opts(c, &gp.detect);
     gp.moved_k = (uint32_t)c->drift_moved_k;
     if (!(s->work = xm_work_new()) || query_init(&s->query) ||
@@ -220,7 +227,9 @@ server_init(server_t *s)
     if (auth_init(&s->auth, s->zctx, c))
         return -1;
     s->sub = zmq_socket(s->zctx, ZMQ_SUB);
-    s->pub = zmq_socket(s->zctx, ZMQ_PUB);
+    /* An aggregator's PUB is an XPUB: it also forwards the shards' xpl/
+       and sees the subscriptions to forward for them (aggregate.c). */
+    s->pub = zmq_socket(s->zctx, c->aggregate.count ? ZMQ_XPUB : ZMQ_PUB);
     s->router = zmq_socket(s->zctx, ZMQ_ROUTER);
     server_wire(s);
     if (!s->sub || !s->pub || !s->router) {
@@ -251,9 +260,23 @@ server_init(server_t *s)
         log_err("cannot configure sockets: %s", zmq_strerror(errno));
         return -1;
     }
+    /* A shard subscribes to its own share only: ZeroMQ filters at the
+       publishers, and the prefix is stripped before ingest sees the topic
+       (s_ingest_burst). Shard 0/1 is the whole stream on the plain topic,
+       as publishers send it for one shard. An aggregator ingests nothing. */
+    char sub_prefix[SHARD_PREFIX_MAX + 1] = "attn/";
+    size_t sub_len = 5;
+    if (c->shard_n > 1) {
+        s->shard_prefix_len = shard_prefix(s->shard_prefix, sizeof s->shard_prefix, c->shard_k,
+                                           c->shard_n);
+        memcpy(sub_prefix, s->shard_prefix, s->shard_prefix_len + 1);
+        sub_len = s->shard_prefix_len;
+        log_notice("ingest: shard %u of %u: subscribed to %s only", c->shard_k, c->shard_n,
+                   s->shard_prefix);
+    }
     if (s_setopt_int(s->sub, ZMQ_RCVHWM, (int)c->ingest_rcvhwm, "ingest.rcvhwm") ||
         zmq_setsockopt(s->sub, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
-        zmq_setsockopt(s->sub, ZMQ_SUBSCRIBE, "attn/", 5) ||
+        (!c->aggregate.count && zmq_setsockopt(s->sub, ZMQ_SUBSCRIBE, sub_prefix, sub_len)) ||
         s_setopt_int(s->sub, ZMQ_LINGER, 0, "ingest linger") ||
         s_setopt_int(s->pub, ZMQ_SNDHWM, (int)c->publish_sndhwm, "publish.sndhwm") ||
         s_setopt_int(s->pub, ZMQ_LINGER, 100, "publish linger") ||
@@ -275,6 +298,11 @@ server_init(server_t *s)
     for (int k = 0; k < c->ingest_connect.count; k++)
         if (s_endpoint(s->sub, c->ingest_connect.items[k], false, "ingest"))
             return -1;
+    if (c->aggregate.count) {
+        if (!(s->agg = aggregate_new(s)))
+            return -1;
+        server_wire(s);
+    }
     if (c->demo) {
         if (!(s->demo = demo_start(s->zctx, c->demo_rate, (uint32_t)c->demo_batch,
                                    c->demo_drift_every)))
@@ -405,6 +433,9 @@ s_ingest_burst(server_t *s)
         ingest_frame_t frames[3];
         for (int i = 0; i < n && i < 3; i++)
             frames[i] = (ingest_frame_t){zmq_msg_data(&parts[i]), zmq_msg_size(&parts[i])};
+        size_t pl = s->shard_prefix_len;
+        if (pl && n >= 1 && frames[0].size > pl && memcmp(frames[0].data, s->shard_prefix, pl) == 0)
+            frames[0] = (ingest_frame_t){(const char *)frames[0].data + pl, frames[0].size - pl};
         ingest_handle(&s->ingest, frames, n, base);
         s_close_parts(parts, n, 3);
     }
@@ -460,6 +491,10 @@ s_query_burst(server_t *s)
                      blen, (unsigned long long)s->cfg.query_max_size);
             s->stats.query_too_large++;
             query_reply_error(&s->query, "bad_request", why);
+        } else if (s->agg && aggregate_take_query(s->agg, parts, env, zmq_msg_data(&parts[env]),
+                                                  blen)) {
+            s_close_parts(parts, n, QUERY_MAX_FRAMES);
+            continue;     /* the owning shard answers (aggregate.c) */
         } else {
             query_handle(&s->query, zmq_msg_data(&parts[env]), blen);
         }
@@ -520,7 +555,7 @@ server_run(server_t *s)
     while (!s->stop) {
         /* Fixed slots first, then the optional ZAP handler, handshake
            monitors and metrics. */
-        zmq_pollitem_t items[5 + 1 + AUTH_MONITORS + METRICS_POLL_ITEMS] = {
+        zmq_pollitem_t items[5 + 1 + AUTH_MONITORS + METRICS_POLL_ITEMS + AGG_POLL_ITEMS] = {
             {s->sub, 0, ZMQ_POLLIN, 0},
             /* No new query while a worker job holds one: replies go out
                in request order. */
@@ -539,6 +574,9 @@ server_run(server_t *s)
         int first_metrics = nitems;
         int nmetrics = metrics_poll_items(&s->metrics, items + first_metrics);
         nitems += nmetrics;
+        int first_agg = nitems;
+        if (s->agg)
+            aggregate_poll_items(s->agg, items, &nitems);
         now = now_mono_ns();
         /* Empty now: whatever the poll wakes up for arrives after this. */
         bool ingest_was_empty = !s_readable(s->sub);
@@ -578,9 +616,18 @@ server_run(server_t *s)
             s_query_burst(s);
         if (nmetrics)
             metrics_handle(&s->metrics, items + first_metrics, nmetrics);
+        if (s->agg)
+            aggregate_handle(s->agg, items, first_agg);
         now = now_mono_ns();
         if (now >= next_glob) {
+            if (s->agg)
+                aggregate_rebuild(s->agg);
             publish_changed(&s->publisher, &s->global, &s->models);
+            /* A shard's whole state, for its aggregator, every interval:
+               also the heartbeat that tells the aggregator it is alive. */
+            if (s->cfg.shard_n)
+                astate_publish(&s->publisher, &s->global, &s->models, s->cfg.shard_k,
+                               s->cfg.shard_n);
             next_glob = now + (int64_t)s->cfg.glob_interval_ms * 1000000;
         }
         if (s->cfg.state_dir[0] && now >= next_snap) {
@@ -662,6 +709,7 @@ server_destroy(server_t *s)
     }
     demo_stop(&s->demo);
     qworker_destroy(&s->qworker);
+    aggregate_destroy(&s->agg);
     if (s->sub) zmq_close(s->sub);
     if (s->pub) zmq_close(s->pub);
     if (s->router) zmq_close(s->router);

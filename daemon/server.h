@@ -44,6 +44,7 @@
 #include "metrics.h"
 #include "publish.h"
 #include "query.h"
+#include "shard.h"
 
 #include <msgpack.h>
 #include <stdbool.h>
@@ -86,6 +87,13 @@ typedef struct server_t {
     int64_t ingest_empty_ns;
     int64_t ingest_base_ns;
     uint64_t ingest_bytes_untrimmed;    /* ingest bytes read since the heap was last trimmed */
+
+    /* Sharding: "shard/K/N/" when this daemon serves share K of N (its
+       topic prefix, stripped before ingest), and the aggregator when it
+       runs as one (aggregate.h). */
+    char shard_prefix[SHARD_PREFIX_MAX + 1];
+    size_t shard_prefix_len;
+    struct aggregate_t *agg;
 } server_t;
 
 /* Set up sockets and state from s->cfg (already loaded). Returns 0, or -1

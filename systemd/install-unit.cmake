@@ -38,6 +38,22 @@ file(MAKE_DIRECTORY "${XPL_WORK_DIR}/install")
 file(WRITE "${XPL_WORK_DIR}/install/xplaind.service" "${_unit}")
 file(INSTALL DESTINATION "${_unitdir}" TYPE FILE FILES "${XPL_WORK_DIR}/install/xplaind.service")
 
+# The template unit, one configuration per instance (/etc/xplaind/%i.conf):
+# the same two rewrites.
+get_filename_component(_unit_src_dir "${XPL_UNIT_SOURCE}" DIRECTORY)
+file(READ "${_unit_src_dir}/xplaind@.service" _unit)
+foreach(_literal "/usr/sbin/xplaind " "/etc/xplaind/%i.conf")
+  string(FIND "${_unit}" "${_literal}" _at)
+  if(_at EQUAL -1)
+    message(FATAL_ERROR "${_unit_src_dir}/xplaind@.service no longer contains '${_literal}': "
+                        "update systemd/install-unit.cmake")
+  endif()
+endforeach()
+string(REPLACE "/usr/sbin/xplaind " "${_sbindir}/xplaind " _unit "${_unit}")
+string(REPLACE "/etc/xplaind/%i.conf" "${_sysconfdir}/xplaind/%i.conf" _unit "${_unit}")
+file(WRITE "${XPL_WORK_DIR}/install/xplaind@.service" "${_unit}")
+file(INSTALL DESTINATION "${_unitdir}" TYPE FILE FILES "${XPL_WORK_DIR}/install/xplaind@.service")
+
 # The example configuration. An existing, different file is the operator's:
 # it stays, and the new example goes beside it as xplaind.conf.dist.
 set(_conf "$ENV{DESTDIR}${_sysconfdir}/xplaind/xplaind.conf")

@@ -1,5 +1,6 @@
-/*  xpl_pub: publish contract-v1 ingest messages (topic attn/<model>)
-    from a C/C++ inference server.
+/*  xpl_pub: publish contract-v1 ingest messages (topic attn/<model>, or
+    shard/<K>/<N>/attn/<model> when sharded) from a C/C++ inference
+    server.
 
     The publisher keeps, per model, the schema (L, H, n, cls, token names)
     and the message counter `seq`; each xpl_pub_send() encodes one batch of
@@ -131,7 +132,8 @@ XPL_EXPORT int xpl_pub_set_sndhwm(xpl_pub_t *self, int messages);
 XPL_EXPORT void xpl_pub_set_linger(xpl_pub_t *self, int linger_ms);
 
 /* Wait until at least one subscriber (a daemon) is subscribed to the
-   publisher's messages, for up to timeout_ms (-1: forever). Returns 0 at
+   publisher's messages (with shards: to each shard's), for up to
+   timeout_ms (-1: forever). Returns 0 at
    once when one is; a subscriber that went away (daemon stopped) no
    longer counts. XPL_ETIMEOUT when none came, XPL_EINTR on a signal. */
 XPL_EXPORT int xpl_pub_wait_subscriber(xpl_pub_t *self, int timeout_ms);
@@ -161,8 +163,35 @@ XPL_EXPORT int xpl_pub_flush(xpl_pub_t *self);
 /* Trades pending (batching). */
 XPL_EXPORT uint32_t xpl_pub_pending(const xpl_pub_t *self);
 
-/* The seq the next message of `model` will carry (0 before the first). */
+/* The seq the next message of `model` will carry (0 before the first).
+   With shards: the messages of `model` sent so far over all shards. */
 XPL_EXPORT uint64_t xpl_pub_next_seq(const xpl_pub_t *self, const char *model);
+
+/* Shard the stream over `nshards` daemons (1..4096; 1, the default, is
+   no sharding): each trade goes to shard xpl_shard_of(id, nshards), on
+   the topic shard/<K>/<N>/attn/<model> that the daemon started with
+   --shard K/N subscribes to, so ZeroMQ filters at this publisher and a
+   shard never receives another's trades (proto/README.md, "Sharding").
+   A batch whose trades belong to several shards is split: one message
+   per shard, in shard order, its trades in batch order (copied once);
+   a batch on one shard is sent as is. The same holds for fused batches
+   and for what micro-batching holds: trades are queued whatever their
+   shard and each message that goes out is split the same way. Each shard
+   has its own `seq` and gets `cls`/`tokens` when its daemon
+   (re)subscribes, and xpl_pub_wait_subscriber waits until every shard
+   has a subscriber.
+   When a split batch fails halfway, the shards before the failing one
+   were sent. Call before the first xpl_pub_wait_subscriber or
+   xpl_pub_send (XPL_EINVAL after). */
+XPL_EXPORT int xpl_pub_set_shards(xpl_pub_t *self, uint32_t nshards);
+
+/* The shard count (1 when not sharded). */
+XPL_EXPORT uint32_t xpl_pub_shards(const xpl_pub_t *self);
+
+/* The shard (0..nshards-1) that owns a trade id: FNV-1a 64 of the id's
+   UTF-8 bytes (str) or decimal digits (uint), then MurmurHash3's
+   finaliser, mod nshards. 0 when nshards <= 1. */
+XPL_EXPORT uint32_t xpl_shard_of(const xpl_id_t *id, uint32_t nshards);
 
 #ifdef __cplusplus
 }

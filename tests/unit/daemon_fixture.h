@@ -173,6 +173,8 @@ fx_up(fx_world_t *w, const char *const *opts)
     w->opts.fusion = (xm_fusion_t)c->fusion_id;
     w->opts.grad_resnorm = c->grad_resnorm;
     global_params_t gp = {.half_life = (double)c->half_life, .window = (uint32_t)c->drift_window,
+                          .window_ns = c->drift_window_ns, .late_ns = c->drift_lateness_ns,
+                          .decay_ns = c->decay_ns,
                           .max_targets = (uint32_t)c->max_targets,
                           .alerts_kept = (uint32_t)c->alerts_kept,
                           .drift = {.rho_min = c->drift_rho_min, .ndcg_min = c->drift_ndcg_min,

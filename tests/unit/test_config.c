@@ -513,3 +513,26 @@ Test(config, model_sections_reload_as_a_whole)
     ini_rm(&f);
     ini_rm(&g);
 }
+
+/* Segments keep the model's modes, count or event time; an aggregator
+   merges no segments, so it refuses segment_by at startup. */
+Test(config, segments_take_every_mode_but_not_in_an_aggregator)
+{
+    USAGE("segments in an aggregator", "--segment-by", "desk", "--aggregate", "tcp://127.0.0.1:1",
+          "--aggregate-query", "tcp://127.0.0.1:2");
+    config_t c;
+    cr_assert_eq(LOAD(&c, "--demo", "--segment-by", "desk,venue", "--drift-window", "50"), CFG_RUN);
+    cr_assert_eq(c.segkeys.n, 2);
+    config_free(&c);
+    cr_assert_eq(LOAD(&c, "--demo", "--segment-by", "desk", "--drift-window-s", "60",
+                      "--decay-half-life-s", "30"),
+                 CFG_RUN);
+    cr_assert_eq(c.segkeys.n, 1);
+    cr_assert_eq(c.drift_window_ns, 60000000000);
+    cr_assert_eq(c.decay_ns, 30000000000);
+    config_free(&c);
+    cr_assert_eq(LOAD(&c, "--aggregate", "tcp://127.0.0.1:1", "--aggregate-query",
+                      "tcp://127.0.0.1:2"),
+                 CFG_RUN);
+    config_free(&c);
+}

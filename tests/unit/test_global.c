@@ -238,3 +238,166 @@ Test(global, baseline_pin_and_reset)
     cr_assert_eq(e->drift[XM_ROLLOUT].ref_kind, DRIFT_REF_NONE);
     fx_down(&w);
 }
+
+/* The windows of one stream: 4 trades per window, window w's vector
+   moving a little from window to window (so calibration sees spread),
+   and from window 8 on the reversed ranking. */
+#define EV_WINDOWS 12
+#define EV_SHIFT 8
+static void
+ev_vec(int w, int j, float *v)
+{
+    const float *base = w < EV_SHIFT ? UP : DOWN;
+    for (int f = 0; f < NF; f++)
+        v[f] = base[f] + 0.01f * (float)((w * 7 + j * 3 + f * 5) % 5);
+}
+
+/* Every closed window of a daemon fed the stream: by count (window_s 0)
+   or by event time (trades of window w at ts (100 + w) s + j ns). */
+static int
+ev_run(const char *const *opts, bool by_time, glast_t *out, uint64_t *seqs)
+{
+    static fx_world_t w;
+    fx_up(&w, opts);
+    model_t *md = fx_model(&w, "m1", 1, 1, 1, NF, -1);
+    trade_t t;
+    float v[NF];
+    int n = 0;
+    /* One trade of window EV_WINDOWS closes the last full one by time. */
+    for (int win = 0; win <= EV_WINDOWS; win++)
+        for (int j = 0; j < (win < EV_WINDOWS ? 4 : 1); j++) {
+            if (win == EV_WINDOWS && !by_time)
+                break;
+            ev_vec(win, j, v);
+            md->last_ts = (int64_t)(100 + win) * 1000000000 + j;
+            global_closed_t c;
+            global_add(&w.global, md, NULL, mk(&t, v), &c);
+            for (int k = 0; k < c.n; k++) {
+                cr_assert_eq(c.w[k].method, XM_ROLLOUT);
+                cr_assert_lt(n, EV_WINDOWS);
+                seqs[n] = c.w[k].seq;
+                out[n++] = c.w[k].last;
+            }
+        }
+    const gmodel_t *gm = global_model_const(&w.global, md);
+    uint64_t alerts = gm->alerts_total;
+    fx_down(&w);
+    return n + (int)(alerts << 8);
+}
+
+/* A window closed by event time is judged exactly as the same window
+   closed by count: the drift mode's verdict (calibrated and CUSUM keep
+   state from window to window), what moved, the alert and the drift/
+   seq; only the window's name differs (its start over its length). */
+Test(global, event_time_windows_take_the_count_windows_verdict_path)
+{
+    static const char *const modes[] = {"calibrated", "cusum"};
+    for (int md = 0; md < 2; md++) {
+        const char *const by_count[] = {"--drift-window", "4", "--drift-mode", modes[md],
+                                        "--drift-calib-windows", "4", NULL};
+        const char *const by_time[] = {"--drift-window", "4", "--drift-window-s", "1",
+                                       "--drift-lateness-s", "0", "--drift-mode", modes[md],
+                                       "--drift-calib-windows", "4", NULL};
+        glast_t a[EV_WINDOWS], b[EV_WINDOWS];
+        uint64_t sa[EV_WINDOWS], sb[EV_WINDOWS];
+        int ra = ev_run(by_count, false, a, sa), rb = ev_run(by_time, true, b, sb);
+        cr_assert_eq(ra & 0xff, EV_WINDOWS, "%s: count windows closed", modes[md]);
+        cr_assert_eq(rb & 0xff, EV_WINDOWS, "%s: event-time windows closed", modes[md]);
+        cr_assert_gt(ra >> 8, 0, "%s: the reversed ranking alerts", modes[md]);
+        cr_assert_eq(ra >> 8, rb >> 8, "%s: as many alerts either way", modes[md]);
+        for (int k = 0; k < EV_WINDOWS; k++) {
+            cr_assert_eq(sa[k], (uint64_t)k);
+            cr_assert_eq(sb[k], (uint64_t)k, "drift/ seq of event-time window %d", k);
+            cr_assert_eq(a[k].window, (uint64_t)k);
+            cr_assert_eq(b[k].window, (uint64_t)(100 + k), "named by its start over its length");
+            cr_assert_eq(b[k].trades, 4);
+            cr_assert_eq(a[k].compared, b[k].compared);
+            cr_assert_eq(a[k].alert, b[k].alert, "%s window %d", modes[md], k);
+            cr_assert_eq(b[k].verdict.mode, (detect_mode_t)(md + 1), "the configured mode");
+            cr_assert_eq(a[k].verdict.calibrating, b[k].verdict.calibrating);
+            for (int i = 0; i < DETECT_NSTAT; i++) {
+                cr_assert_eq(a[k].verdict.scored[i], b[k].verdict.scored[i]);
+                cr_assert(fabs(a[k].verdict.z[i] - b[k].verdict.z[i]) <=
+                              1e-9 * (1 + fabs(a[k].verdict.z[i])),
+                          "%s window %d z[%d]: %g by count, %g by time", modes[md], k, i,
+                          a[k].verdict.z[i], b[k].verdict.z[i]);
+                cr_assert(fabs(a[k].verdict.cusum[i] - b[k].verdict.cusum[i]) <=
+                          1e-9 * (1 + fabs(a[k].verdict.cusum[i])));
+            }
+            cr_assert_eq(a[k].nmoved, b[k].nmoved, "%s window %d: what moved", modes[md], k);
+            for (uint32_t i = 0; i < a[k].nmoved; i++)
+                cr_assert_eq(a[k].moved[i].feature, b[k].moved[i].feature);
+        }
+        cr_assert_gt(b[EV_SHIFT].nmoved, 0, "the shifted window lists what moved");
+    }
+}
+
+/* A segment keeps the model's event-time windows over its own trades:
+   fed every trade of the stream, it closes the same windows with the
+   same verdicts as the model overall, on drift/ seqs of its own, and
+   its time-decayed mean is the model's. */
+Test(global, segments_take_event_time_windows_and_the_decay_by_ts)
+{
+    static const char *const opts[] = {"--drift-window", "4", "--drift-window-s", "1",
+                                       "--drift-lateness-s", "0", "--drift-mode", "cusum",
+                                       "--drift-calib-windows", "4", "--decay-half-life-s", "2",
+                                       "--segment-by", "desk", NULL};
+    static fx_world_t w;
+    fx_up(&w, opts);
+    model_t *md = fx_model(&w, "m1", 1, 1, 1, NF, -1);
+    trade_t t;
+    float v[NF];
+    glast_t all[EV_WINDOWS], seg[EV_WINDOWS];
+    uint64_t seqs[EV_WINDOWS];
+    int nall = 0, nseg = 0;
+    for (int win = 0; win <= EV_WINDOWS; win++)
+        for (int j = 0; j < (win < EV_WINDOWS ? 4 : 1); j++) {
+            ev_vec(win, j, v);
+            md->last_ts = (int64_t)(100 + win) * 1000000000 + j;
+            global_closed_t c;
+            global_add_seg(&w.global, md, NULL, mk(&t, v), "desk=a", 6, &c);
+            for (int k = 0; k < c.n; k++) {
+                if (c.w[k].seg < 0) {
+                    cr_assert_lt(nall, EV_WINDOWS);
+                    all[nall++] = c.w[k].last;
+                    continue;
+                }
+                cr_assert_str_eq(c.w[k].segment, "desk=a");
+                cr_assert_lt(nseg, EV_WINDOWS);
+                seqs[nseg] = c.w[k].seq;
+                seg[nseg++] = c.w[k].last;
+            }
+        }
+    cr_assert_eq(nall, EV_WINDOWS);
+    cr_assert_eq(nseg, EV_WINDOWS, "the segment's event-time windows closed");
+    bool alerted = false;
+    for (int k = 0; k < EV_WINDOWS; k++) {
+        cr_assert_eq(seqs[k], (uint64_t)k, "the segment's own drift/ seq");
+        cr_assert_eq(seg[k].window, (uint64_t)(100 + k));
+        cr_assert_eq(seg[k].window, all[k].window);
+        cr_assert_eq(seg[k].trades, 4);
+        cr_assert_eq(seg[k].alert, all[k].alert, "window %d", k);
+        cr_assert_eq(seg[k].verdict.mode, DETECT_CUSUM);
+        for (int i = 0; i < DETECT_NSTAT; i++)
+            cr_assert(seg[k].verdict.cusum[i] == all[k].verdict.cusum[i]);
+        cr_assert_eq(seg[k].nmoved, all[k].nmoved);
+        alerted = alerted || seg[k].alert;
+    }
+    cr_assert(alerted, "the segment alerts on the reversed ranking");
+    const gepoch_t *e = global_current(&w.global, md);
+    const gseg_t *sg = global_segment(e, "desk=a", 6);
+    cr_assert_not_null(sg);
+    cr_assert_eq(sg->evw[XM_ROLLOUT].late, 0);
+    double dm[NF], ds[NF];
+    evdecay_mean(&e->evd[XM_ROLLOUT], dm);
+    evdecay_mean(&sg->evd[XM_ROLLOUT], ds);
+    cr_assert(memcmp(dm, ds, sizeof dm) == 0, "the segment's decay by ts is the model's");
+    /* A trade of a closed window is late in the segment as overall. */
+    ev_vec(0, 0, v);
+    md->last_ts = 100 * (int64_t)1000000000;
+    global_closed_t c;
+    global_add_seg(&w.global, md, NULL, mk(&t, v), "desk=a", 6, &c);
+    cr_assert_eq(sg->evw[XM_ROLLOUT].late, 1);
+    cr_assert_eq(e->evw[XM_ROLLOUT].late, 1);
+    fx_down(&w);
+}

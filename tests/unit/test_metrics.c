@@ -725,3 +725,21 @@ Test(log_keys, every_key_is_named_once)
     }
     cr_assert_null(log_key_name(LOG_KEYS));
 }
+
+/* An aggregator's shards: how many, and how many are stale; nothing of
+   the kind in a daemon that aggregates nothing. */
+Test(metrics, aggregator_shard_gauges)
+{
+    static fx_t f;
+    fx_init(&f);
+    char *text = render(&f);
+    cr_assert_null(strstr(text, "xplaind_aggregate_"), "a daemon without shards:\n%s", text);
+    free(text);
+    f.global.nshards = 3;
+    f.global.stale_mask = 1u << 1;
+    text = render(&f);
+    assert_line(text, "xplaind_aggregate_shards 3");
+    assert_line(text, "xplaind_aggregate_shards_stale 1");
+    free(text);
+    fx_fini(&f);
+}

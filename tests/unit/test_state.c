@@ -847,3 +847,109 @@ Test(state, format_1_fixture_saved_as_format_2_loads_the_same)
     msgpack_unpacked_destroy(&rep);
     free(bytes);
 }
+
+/* ---- event-time state beside the drift modes ---------------------------- */
+
+#define EVT_NF 4
+
+/* One rollout vector for trade j of window w (the ranking reverses from
+   window 6 on) added at ts (50 + w) s + j ns; windows it closed are
+   appended to out. */
+static void
+evt_add(owners_t *s, model_t *md, int w, int j, glast_t *out, int *n)
+{
+    static const float up[EVT_NF] = {0.4f, 0.3f, 0.2f, 0.1f};
+    float v[EVT_NF], conf = 0.5f;
+    for (int f = 0; f < EVT_NF; f++)
+        v[f] = (w < 6 ? up[f] : up[EVT_NF - 1 - f]) + 0.01f * (float)((w * 7 + j * 3 + f) % 5);
+    xm_result_t res = {.computed = XM_BIT(XM_ROLLOUT), .head_confidence = &conf};
+    res.attr[XM_ROLLOUT] = v;
+    md->last_ts = (int64_t)(50 + w) * 1000000000 + j;
+    global_closed_t c;
+    global_add_seg(&s->global, md, NULL, &res, "desk=a", 6, &c);
+    cr_assert_eq(c.n % 2, 0, "the segment closes what the model closes");
+    for (int k = 0; k < c.n; k++)
+        out[(*n)++] = c.w[k].last;
+}
+
+/* A daemon with event-time windows, a decay by ts and CUSUM verdicts
+   saves both sides' state in one method record (evw, evd, detect), the
+   model's and its segment's, and a restarted one carries on exactly:
+   the late count, the open windows, and the calibration and CUSUM sums
+   give the windows closed after the restart the verdicts an
+   uninterrupted daemon gives them. */
+Test(state, event_time_windows_and_drift_modes_restart_exactly)
+{
+    global_params_t p = params(0, 4, 3, 4);
+    p.window_ns = 1000000000;
+    p.late_ns = 500000000;
+    p.decay_ns = 3000000000;
+    p.max_segments = 4;
+    owners_t *a = owners_new(&p), *b = owners_new(&p);
+    char *dir = tmpdir();
+    xm_shape_t shape = {1, 1, EVT_NF, -1};
+    static const char *names[EVT_NF] = {"t0", "t1", "t2", "t3"};
+    wire_sv_t tok[EVT_NF];
+    for (int t = 0; t < EVT_NF; t++)
+        tok[t] = (wire_sv_t){(const uint8_t *)names[t], 2};
+    model_t *ma = models_add(&a->models, "m", 1);
+    cr_assert_not_null(ma);
+    cr_assert_eq(model_restore_schema(ma, 1, &shape, tok, true), 0);
+    glast_t wa[64], wb[64];
+    int na = 0, nb = 0;
+    for (int w = 0; w < 5; w++)
+        for (int j = 0; j < 3; j++)
+            evt_add(a, ma, w, j, wa, &na);
+    evt_add(a, ma, 2, 9, wa, &na);     /* window 2 has closed: late */
+    cr_assert_eq(na, 6, "windows 50-52 closed before the restart (lateness 0.5 s), twice");
+    cr_assert_eq(state_save(&a->models, &a->global, &a->stats, dir), 0);
+    cr_assert_eq(state_load(&b->models, &b->global, dir), 1);
+    model_t *mb = b->models.items[0];
+    const gepoch_t *ea = global_current(&a->global, ma), *eb = global_current(&b->global, mb);
+    cr_assert_not_null(eb);
+    cr_assert_not_null(eb->evw[XM_ROLLOUT].count, "event-time windows restored");
+    cr_assert_eq(eb->evw[XM_ROLLOUT].late, 1);
+    cr_assert_eq(eb->evw[XM_ROLLOUT].next_close, ea->evw[XM_ROLLOUT].next_close);
+    cr_assert_eq(eb->detect[XM_ROLLOUT].calib_seen, ea->detect[XM_ROLLOUT].calib_seen);
+    cr_assert_eq(eb->detect[XM_ROLLOUT].ready, ea->detect[XM_ROLLOUT].ready);
+    double da[EVT_NF], db[EVT_NF];
+    evdecay_mean(&ea->evd[XM_ROLLOUT], da);
+    evdecay_mean(&eb->evd[XM_ROLLOUT], db);
+    cr_assert(memcmp(da, db, sizeof da) == 0, "the decay by ts restored bit for bit");
+    cr_assert_eq(eb->last[XM_ROLLOUT].verdict.mode, DETECT_CUSUM);
+    const gseg_t *sa = global_segment(ea, "desk=a", 6), *sb = global_segment(eb, "desk=a", 6);
+    cr_assert_not_null(sb);
+    cr_assert_not_null(sb->evw[XM_ROLLOUT].count, "the segment's event-time windows restored");
+    cr_assert_eq(sb->evw[XM_ROLLOUT].late, 1);
+    cr_assert_eq(sb->evw[XM_ROLLOUT].next_close, sa->evw[XM_ROLLOUT].next_close);
+    cr_assert_eq(sb->detect[XM_ROLLOUT].calib_seen, sa->detect[XM_ROLLOUT].calib_seen);
+    evdecay_mean(&sb->evd[XM_ROLLOUT], db);
+    cr_assert(memcmp(da, db, sizeof da) == 0, "the segment's decay by ts restored");
+    /* Both carry on with the same trades. */
+    na = 0;
+    for (int w = 5; w < 12; w++)
+        for (int j = 0; j < 3; j++) {
+            evt_add(a, ma, w, j, wa, &na);
+            evt_add(b, mb, w, j, wb, &nb);
+        }
+    cr_assert_eq(na, 14);
+    cr_assert_eq(nb, na);
+    bool alerted = false;
+    for (int k = 0; k < na; k++) {
+        cr_assert_eq(wa[k].window, (uint64_t)(53 + k / 2));
+        cr_assert_eq(wb[k].window, wa[k].window);
+        cr_assert_eq(wb[k].trades, wa[k].trades);
+        cr_assert_eq(wb[k].alert, wa[k].alert, "window %" PRIu64, wa[k].window);
+        cr_assert_eq(wb[k].verdict.calibrating, wa[k].verdict.calibrating);
+        for (int i = 0; i < DETECT_NSTAT; i++)
+            cr_assert(wb[k].verdict.cusum[i] == wa[k].verdict.cusum[i],
+                      "window %" PRIu64 " CUSUM %d: %g restarted, %g not", wa[k].window, i,
+                      wb[k].verdict.cusum[i], wa[k].verdict.cusum[i]);
+        cr_assert_eq(wb[k].nmoved, wa[k].nmoved);
+        alerted = alerted || wa[k].alert;
+    }
+    cr_assert(alerted, "the reversed ranking alerts after the restart");
+    rmdir_all(dir);
+    owners_free(a);
+    owners_free(b);
+}

@@ -8,7 +8,8 @@ PyTorch helper is used.
     from xplain.live import explain_forward                # needs torch
 
 Publisher    live model -> daemon: attention/gradient tensors (attn/<model>),
-             per head or fused (fused=True), micro-batched (batch=, delay=)
+             per head or fused (fused=True), micro-batched (batch=, delay=),
+             optionally split over shard daemons by trade id (shards=N)
 fuse         the fused form: per layer the head means the daemon needs
 Subscriber   daemon -> you: per-trade explanations (xpl/), glob/drift/heads
 GlobalView   one model's global state, kept current by the Clone pattern
@@ -27,6 +28,7 @@ daemon's public certificate, or key): see xplain.curve.
 from .codec import DTYPES, decode, encode, round_to, f32_to_bf16_bits, bf16_bits_to_f32
 from .publisher import Publisher
 from .fuse import Fused, fuse
+from .shard import shard_of
 from .query import Client, QueryError, QueryTimeout, XplainError
 from .subscriber import Explanation, Subscriber, Update
 from .clone import GlobalView
@@ -41,7 +43,7 @@ __version__ = "0.1.0"
 __all__ = ["Publisher", "Fused", "fuse", "Subscriber", "Client", "GlobalView", "Explanation", "Update",
            "QueryError", "QueryTimeout", "XplainError", "AttentionCapture", "capture", "Captured",
            "explain_forward", "LiveExplainer", "sdpa_reference",
-           "Daemon", "find_xplaind", "free_tcp_endpoint",
+           "Daemon", "find_xplaind", "free_tcp_endpoint", "shard_of",
            "CertificateError", "Curve", "load_certificate",
            "DTYPES", "encode", "decode", "round_to", "f32_to_bf16_bits", "bf16_bits_to_f32"]
 

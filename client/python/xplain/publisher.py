@@ -23,6 +23,14 @@ has waited `delay` seconds (a timer thread sends it then), and go out as
 one message of up to B trades; `flush()` sends what is pending, and
 `close()` does too.
 
+With shards=N the stream is split over N daemons by trade id (xplain.shard,
+proto/README.md "Sharding"): trade `id` goes to shard shard_of(id, N) on
+the topic shard/<K>/<N>/attn/<model>, which only the daemon run with
+--shard K/N subscribes to, so ZeroMQ filters at this publisher. Both
+forms and micro-batching split alike: what would be one message goes out
+as one message per shard that has trades in it, each with its trades'
+slice of every per-trade field.
+
 Bodies are packed with one copy of each tensor (straight from the array
 into the frame). pyzmq's zero-copy send (`zero_copy=True`, copy=False)
 saves one more copy of large frames but is off by default: libzmq may
@@ -42,6 +50,7 @@ import zmq
 
 from . import codec, curve
 from .fuse import Fused, fuse, fuse_targets
+from .shard import MAX_SHARDS, shard_of, shard_prefix
 
 MODEL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -77,6 +86,14 @@ class Publisher:
               seconds (default 0.005; 0: only batch and flush() send)
     zero_copy hand frames to ZeroMQ without a copy (see above: only when
               the zmq context is terminated before the process exits)
+    shards    split the stream over this many shard daemons (default 1:
+              no sharding). A batch whose trades belong to several shards
+              is sent as one message per shard, in shard order, each with
+              its trades in batch order; each shard has its own seq
+              (`seqs`) and gets the schema again when its daemon
+              (re)subscribes; wait_subscriber waits for every shard.
+              With batch > 1 the pending trades are split when they are
+              sent: one message per shard per flush.
     """
 
     def __init__(self, model: str, bind: Union[None, str, Sequence[str]] = None,
@@ -85,7 +102,8 @@ class Publisher:
                  context: Optional[zmq.Context] = None, sndhwm: int = 1000, linger_ms: int = 2000,
                  curve_secret: Optional[Union[str, bytes]] = None, server_public: Optional[Union[str, bytes]] = None,
                  fused: bool = False, batch: int = 1, delay: float = 0.005,
-                 zero_copy: bool = False, fused_signed: bool = False) -> None:
+                 zero_copy: bool = False, fused_signed: bool = False,
+                 shards: int = 1) -> None:
         if not isinstance(model, str) or not MODEL_RE.match(model):
             raise ValueError("model name must be 1-64 bytes of [A-Za-z0-9_.-], not %r" % (model,))
         if dtype not in codec.DTYPES:
@@ -96,6 +114,8 @@ class Publisher:
             raise ValueError("batch must be at least 1, not %r" % (batch,))
         if not delay >= 0:
             raise ValueError("delay must be >= 0 seconds, not %r" % (delay,))
+        if isinstance(shards, bool) or int(shards) != shards or not 1 <= shards <= MAX_SHARDS:
+            raise ValueError("shards must be an integer in 1..%d, not %r" % (MAX_SHARDS, shards))
         self.fused = bool(fused)
         self.fused_signed = bool(fused_signed)
         self.zero_copy = bool(zero_copy)
@@ -110,6 +130,12 @@ class Publisher:
         self._closed = False
         self.model = model
         self.topic = ("attn/" + model).encode()
+        self.shards = int(shards)
+        self._topics = [self.topic] if self.shards == 1 else \
+            [shard_prefix(k, self.shards) + self.topic for k in range(self.shards)]
+        self.seqs = [int(seq)] * self.shards      # per shard, when sharded
+        self._sent_schemas = [None] * self.shards  # per shard, when sharded
+        self.shard_subscriptions = [0] * self.shards
         self.dtype = dtype
         self.seq = int(seq)
         self.tokens = list(tokens) if tokens is not None else None
@@ -147,8 +173,17 @@ class Publisher:
                 ev = self._sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return new
-            if ev[:1] == b"\x01" and self.topic.startswith(ev[1:]):
-                new += 1
+            if ev[:1] != b"\x01":
+                continue
+            if self.shards == 1:
+                if self.topic.startswith(ev[1:]):
+                    new += 1
+                continue
+            for k, topic in enumerate(self._topics):
+                if topic.startswith(ev[1:]):
+                    new += 1
+                    self.shard_subscriptions[k] += 1
+                    self._sent_schemas[k] = None
 
     def _poll_subscriptions(self):
         new = self._drain_subscriptions()
@@ -157,21 +192,31 @@ class Publisher:
             self._sent_schema = None     # a (re)joined daemon needs the schema
         return new
 
+    def _all_shards_subscribed(self):
+        return all(c > 0 for c in self.shard_subscriptions)
+
     def wait_subscriber(self, timeout: float = 5.0) -> bool:
         """Block until a subscriber covering `attn/<model>` has subscribed
         (returns True), or `timeout` seconds passed (returns False).
-        Returns at once if one has subscribed since the last call."""
+        Returns at once if one has subscribed since the last call.
+        Sharded: until every shard has had a subscriber (at once if so)."""
         deadline = time.monotonic() + timeout
         while True:
             # In slices, under the lock: the batch timer may send meanwhile.
             with self._lock:
-                if self._poll_subscriptions():
+                if self._subscribed():
                     return True
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                if self._sock.poll(int(min(left, 0.05) * 1000) + 1, zmq.POLLIN) and self._poll_subscriptions():
+                if self._sock.poll(int(min(left, 0.05) * 1000) + 1, zmq.POLLIN) and self._subscribed():
                     return True
+
+    def _subscribed(self) -> bool:
+        """wait_subscriber's condition, after taking in new subscriptions:
+        a new one (unsharded), or one ever for every shard (sharded)."""
+        new = self._poll_subscriptions()
+        return self._all_shards_subscribed() if self.shards > 1 else bool(new)
 
     def send(self, attn: Any, grad: Any = None, ids: Optional[Iterable[Union[int, str]]] = None,
              target: Any = None, y: Any = None, ts: Optional[int] = None,
@@ -179,7 +224,10 @@ class Publisher:
              extra: Optional[Dict[str, Any]] = None, rel: Any = None,
              targets: Optional[Sequence[int]] = None) -> int:
         """Send (or, with batch > 1, queue) the B trades of `attn`; returns
-        the seq of the message that carries them.
+        the seq of the message that carries them (sharded: one message per
+        shard with trades, in shard order; the seq of the last one that
+        carries a trade of this send is returned, `seqs` holds each
+        shard's next).
 
         attn    [B, L, H, n, n] or, for a single trade, [L, H, n, n]; numpy
                 array or torch tensor, post-softmax attention; or a Fused
@@ -278,6 +326,8 @@ class Publisher:
                         target=None if target is None else [int(v) for v in _broadcast(target, B, "target")],
                         y=None if y is None else [float(v) for v in _broadcast(y, B, "y")],
                         extra=extra, targets=targets)
+            if self.shards > 1:
+                part["shards"] = [shard_of(i, self.shards) for i in ids]
             f = part.get("f")
             key = (part["fused"], L, H, n, self.cls, tuple(self.tokens),
                    (f.fgrad is not None, f.fgrad_signed is not None) if f is not None
@@ -290,7 +340,9 @@ class Publisher:
                 self._pending_key = key
                 self._pending_since = time.monotonic()
             self._pending.append(part)
-            seq = self.seq
+            # The next flush sends one message per shard with trades, at
+            # that shard's next seq: the last of this send's is returned.
+            seq = self.seqs[max(part["shards"])] if self.shards > 1 else self.seq
             if extra or sum(p["B"] for p in self._pending) >= self.batch:
                 self._flush_locked()
             elif self.delay > 0:
@@ -299,8 +351,8 @@ class Publisher:
             return seq
 
     def flush(self) -> Optional[int]:
-        """Send the pending trades now; returns the seq sent, or None when
-        nothing was pending."""
+        """Send the pending trades now; returns the seq sent (sharded: that
+        of the last shard's message), or None when nothing was pending."""
         with self._lock:
             return self._flush_locked()
 
@@ -331,26 +383,64 @@ class Publisher:
                 r = parts[0]["r"] if len(parts) == 1 else np.concatenate([p["r"] for p in parts])
             B, L, H, n, _ = a.shape
             tensors = [("attn", a, self.dtype), ("grad", g, self.dtype), ("rel", r, self.dtype)]
-        head = {"v": 1, "model": self.model, "seq": self.seq, "ts": first["ts"], "ids": ids,
-                "L": int(L), "H": int(H), "n": int(n), "dtype": self.dtype}
-        tail: Dict[str, Any] = {}
-        if first["targets"] is not None:
-            tail["targets"] = list(first["targets"])
-        if first["target"] is not None:
-            tail["target"] = [t for p in parts for t in p["target"]]
-        if first["y"] is not None:
-            tail["y"] = [v for p in parts for v in p["y"]]
+        tensors = [t for t in tensors if t[1] is not None]
+        target = None if first["target"] is None else [t for p in parts for t in p["target"]]
+        y = None if first["y"] is None else [v for p in parts for v in p["y"]]
+        dims = (int(L), int(H), int(n))
         self._poll_subscriptions()
-        schema = (int(L), int(H), int(n), self.cls, tuple(self.tokens))
-        if schema != self._sent_schema:
+        if self.shards == 1:
+            return self._send_message(0, dims, first["ts"], ids, tensors, target, y,
+                                      first["targets"], first["extra"])
+        # Every per-trade field has the trade on axis 0 (lists: index);
+        # targets is the message's, and extra only ever has one part.
+        where = [k for p in parts for k in p["shards"]]
+        ts = [p["ts"] for p in parts for _ in p["ids"]]
+        by_shard: Dict[int, List[int]] = {}
+        for i, k in enumerate(where):
+            by_shard.setdefault(k, []).append(i)
+        seq = None
+        for k in sorted(by_shard):
+            idx = by_shard[k]
+            if len(idx) == len(ids):
+                seq = self._send_message(k, dims, ts[0], ids, tensors, target, y,
+                                         first["targets"], first["extra"])
+                continue
+            seq = self._send_message(k, dims, ts[idx[0]], [ids[i] for i in idx],
+                                     [(name, x[idx], dt) for name, x, dt in tensors],
+                                     None if target is None else [target[i] for i in idx],
+                                     None if y is None else [y[i] for i in idx],
+                                     first["targets"], _split_extra(first["extra"], idx, len(ids)))
+        return seq
+
+    def _send_message(self, k, dims, ts, ids, tensors, target, y, targets, extra) -> int:
+        """One message of shard k (0 unsharded) with the trades given;
+        tensors are (key, array, dtype), every array present."""
+        L, H, n = dims
+        sharded = self.shards > 1
+        head = {"v": 1, "model": self.model, "seq": self.seqs[k] if sharded else self.seq,
+                "ts": ts, "ids": ids, "L": L, "H": H, "n": n, "dtype": self.dtype}
+        tail: Dict[str, Any] = {}
+        if targets is not None:
+            tail["targets"] = list(targets)
+        if target is not None:
+            tail["target"] = target
+        if y is not None:
+            tail["y"] = y
+        schema = (L, H, n, self.cls, tuple(self.tokens))
+        if schema != (self._sent_schemas[k] if sharded else self._sent_schema):
             tail["cls"] = self.cls
             tail["tokens"] = list(self.tokens)
-        if first["extra"]:
-            for k, v in first["extra"].items():
-                if k not in head and k not in tail and all(k != t[0] or t[1] is None for t in tensors):
-                    tail[k] = v
-        body = _pack_body(head, [t for t in tensors if t[1] is not None], tail)
-        self._sock.send_multipart([self.topic, body], copy=not self.zero_copy)
+        if extra:
+            for key, v in extra.items():
+                if key not in head and key not in tail and all(key != t[0] for t in tensors):
+                    tail[key] = v
+        body = _pack_body(head, tensors, tail)
+        self._sock.send_multipart([self._topics[k], body], copy=not self.zero_copy)
+        if sharded:
+            self._sent_schemas[k] = schema
+            seq = self.seqs[k]
+            self.seqs[k] += 1
+            return seq
         self._sent_schema = schema
         seq = self.seq
         self.seq += 1
@@ -450,6 +540,19 @@ def _pack_body(head: Dict[str, Any], tensors, tail: Dict[str, Any]) -> bytes:
 
 _KEYS = {k: msgpack.packb(k) for k in ("attn", "grad", "rel", "fattn", "fgrad", "fgrad_signed",
                                        "head_importance", "head_confidence")}
+
+
+def _split_extra(extra, idx, B):
+    """extra for the trades idx of a batch of B: per-trade tags (a list of
+    B maps, proto/ingest.md) keep those trades' maps; one map for the whole
+    message, and every other key, go to each part as they are."""
+    if not extra:
+        return extra
+    tags = extra.get("tags")
+    if isinstance(tags, (list, tuple)) and len(tags) == B:
+        extra = dict(extra)
+        extra["tags"] = [tags[i] for i in idx]
+    return extra
 
 
 def _as_list(x):
