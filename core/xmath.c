@@ -276,6 +276,7 @@ s_vmin(v8f a, v8f b)
 
 /* Row statistics that come out of the fused pass. */
 typedef double v4d __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
 
 typedef struct {
     float rowmax;   /* max_j a_j */
@@ -516,7 +517,28 @@ s_grow_row(const int first, const int last, const int clamp, const int sign, uin
         }
     }
     if (sign) {
-        for (j = 0; j < n; j++) {
+        /* four doubles at a time: the products are exact, the head sum
+           and the mean in double */
+        const v4d vH = (v4d){0} + dH;
+        for (j = 0; j + 4 <= n; j += 4) {
+            v4f a4, g4;
+            memcpy(&a4, x + 4 * j, sizeof a4);
+            memcpy(&g4, y + 4 * j, sizeof g4);
+            v4d p = __builtin_convertvector(a4, v4d) * __builtin_convertvector(g4, v4d);
+            v4d q = p;
+            if (!first) {
+                v4d o;
+                memcpy(&o, gsd + j, sizeof o);
+                q = o + p;
+            }
+            if (last) {
+                q /= vH;
+                v4f f = __builtin_convertvector(q, v4f);
+                memcpy(gs + j, &f, sizeof f);
+            }
+            memcpy(gsd + j, &q, sizeof q);
+        }
+        for (; j < n; j++) {
             float a, g;
             memcpy(&a, x + 4 * j, 4);
             memcpy(&g, y + 4 * j, 4);
