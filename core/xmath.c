@@ -480,8 +480,9 @@ s_layer_pass(xm_work_t *w, xm_fusion_t fusion, xm_dtype_t dt, uint32_t l, const 
 #pragma GCC optimize("fp-contract=off")
 
 static inline __attribute__((always_inline)) void
-s_grow_row(const int first, const int last, const int clamp, const int sign, uint32_t n,
-           float invH, double dH, float *restrict gc, float *restrict gs,
+s_grow_row(const int first, const int last, const int clamp, const int sign, const int fl,
+           uint32_t n,
+           float invH, double invHd, float *restrict gc, float *restrict gs,
            double *restrict gsd, const uint8_t *x, const uint8_t *y, v8f *vdot, float *dot,
            v8f *bad)
 {
@@ -489,7 +490,9 @@ s_grow_row(const int first, const int last, const int clamp, const int sign, uin
     const v8f vinv = zero + invH;
     v8f vd = *vdot, b = *bad;
     size_t j = 0;
-    for (; j + 8 <= n; j += 8) {
+    /* the float loop: the clamped sums and the dot product (fl), or
+       nothing when only the signed sums are asked for */
+    for (; fl && j + 8 <= n; j += 8) {
         v8f a = s_ld(x + 4 * j), g = s_ld(y + 4 * j);
         b += a * zero;
         b += g * zero;
@@ -502,7 +505,7 @@ s_grow_row(const int first, const int last, const int clamp, const int sign, uin
         }
     }
     float d = *dot;
-    for (; j < n; j++) {
+    for (; fl && j < n; j++) {
         float a, g;
         memcpy(&a, x + 4 * j, 4);
         memcpy(&g, y + 4 * j, 4);
@@ -519,11 +522,18 @@ s_grow_row(const int first, const int last, const int clamp, const int sign, uin
     if (sign) {
         /* four doubles at a time: the products are exact, the head sum
            and the mean in double */
-        const v4d vH = (v4d){0} + dH;
+        const v4d vinvd = (v4d){0} + invHd;
+        const v4f z4 = {0};
+        v4f b4 = z4;
+        float bf = 0.0f;
         for (j = 0; j + 4 <= n; j += 4) {
             v4f a4, g4;
             memcpy(&a4, x + 4 * j, sizeof a4);
             memcpy(&g4, y + 4 * j, sizeof g4);
+            if (!fl) {
+                b4 += a4 * z4;
+                b4 += g4 * z4;
+            }
             v4d p = __builtin_convertvector(a4, v4d) * __builtin_convertvector(g4, v4d);
             v4d q = p;
             if (!first) {
@@ -532,7 +542,7 @@ s_grow_row(const int first, const int last, const int clamp, const int sign, uin
                 q = o + p;
             }
             if (last) {
-                q /= vH;
+                q *= vinvd;
                 v4f f = __builtin_convertvector(q, v4f);
                 memcpy(gs + j, &f, sizeof f);
             }
@@ -542,14 +552,20 @@ s_grow_row(const int first, const int last, const int clamp, const int sign, uin
             float a, g;
             memcpy(&a, x + 4 * j, 4);
             memcpy(&g, y + 4 * j, 4);
+            if (!fl) {
+                bf += a * 0.0f;
+                bf += g * 0.0f;
+            }
             double p = (double)a * (double)g;
             double q = first ? p : gsd[j] + p;
             if (last) {
-                q /= dH;
+                q *= invHd;
                 gs[j] = (float)q;
             }
             gsd[j] = q;
         }
+        if (!fl)
+            b[0] += ((b4[0] + b4[1]) + (b4[2] + b4[3])) + bf;
     }
     *vdot = vd;
     *dot = d;
@@ -557,7 +573,7 @@ s_grow_row(const int first, const int last, const int clamp, const int sign, uin
 }
 
 static inline __attribute__((always_inline)) void
-s_gpass_body(const int clamp, const int sign, xm_work_t *w, xm_dtype_t dt, uint32_t l,
+s_gpass_body(const int clamp, const int sign, const int fl, xm_work_t *w, xm_dtype_t dt, uint32_t l,
              const uint8_t *X, const uint8_t *G, float *gc, float *gs, double *gsd, double *imp,
              v8f *bad)
 {
@@ -565,7 +581,7 @@ s_gpass_body(const int clamp, const int sign, xm_work_t *w, xm_dtype_t dt, uint3
     const uint32_t n = s->n, H = s->H;
     const size_t nn = (size_t)n * n, es = xm_dtype_size(dt);
     const float invH = 1.0f / (float)H;
-    const double dH = (double)H;
+    const double invHd = 1.0 / (double)H;
     const uint32_t flush = n >= 512 ? 1 : 512 / n;
     v8f b = *bad;
     for (uint32_t h = 0; h < H; h++) {
@@ -593,13 +609,13 @@ s_gpass_body(const int clamp, const int sign, xm_work_t *w, xm_dtype_t dt, uint3
             float *gcr = gc ? gc + (size_t)i * n : NULL, *gsr = gs ? gs + (size_t)i * n : NULL;
             double *gdr = gsd ? gsd + (size_t)i * n : NULL;
             if (hf && hl)
-                s_grow_row(1, 1, clamp, sign, n, invH, dH, gcr, gsr, gdr, x, y, &vd, &sd, &b);
+                s_grow_row(1, 1, clamp, sign, fl, n, invH, invHd, gcr, gsr, gdr, x, y, &vd, &sd, &b);
             else if (hf)
-                s_grow_row(1, 0, clamp, sign, n, invH, dH, gcr, gsr, gdr, x, y, &vd, &sd, &b);
+                s_grow_row(1, 0, clamp, sign, fl, n, invH, invHd, gcr, gsr, gdr, x, y, &vd, &sd, &b);
             else if (hl)
-                s_grow_row(0, 1, clamp, sign, n, invH, dH, gcr, gsr, gdr, x, y, &vd, &sd, &b);
+                s_grow_row(0, 1, clamp, sign, fl, n, invH, invHd, gcr, gsr, gdr, x, y, &vd, &sd, &b);
             else
-                s_grow_row(0, 0, clamp, sign, n, invH, dH, gcr, gsr, gdr, x, y, &vd, &sd, &b);
+                s_grow_row(0, 0, clamp, sign, fl, n, invH, invHd, gcr, gsr, gdr, x, y, &vd, &sd, &b);
             if (i + 1 == n || (i + 1) % flush == 0) {
                 dot += (((double)vd[0] + vd[4]) + ((double)vd[1] + vd[5])) +
                        (((double)vd[2] + vd[6]) + ((double)vd[3] + vd[7])) + sd;
@@ -617,11 +633,18 @@ XM_CLONES static void
 s_gpass(xm_work_t *w, xm_dtype_t dt, uint32_t l, const uint8_t *X, const uint8_t *G, float *gc,
         float *gs, double *gsd, double *imp, v8f *bad)
 {
+    /* fl = 0: only the signed sums, which read and check X and G in
+       their own double loop */
     switch ((gc != NULL) * 2 + (gs != NULL)) {
-    case 0: s_gpass_body(0, 0, w, dt, l, X, G, gc, gs, gsd, imp, bad); break;
-    case 1: s_gpass_body(0, 1, w, dt, l, X, G, gc, gs, gsd, imp, bad); break;
-    case 2: s_gpass_body(1, 0, w, dt, l, X, G, gc, gs, gsd, imp, bad); break;
-    default: s_gpass_body(1, 1, w, dt, l, X, G, gc, gs, gsd, imp, bad); break;
+    case 0: s_gpass_body(0, 0, 1, w, dt, l, X, G, gc, gs, gsd, imp, bad); break;
+    case 1:
+        if (imp)
+            s_gpass_body(0, 1, 1, w, dt, l, X, G, gc, gs, gsd, imp, bad);
+        else
+            s_gpass_body(0, 1, 0, w, dt, l, X, G, gc, gs, gsd, imp, bad);
+        break;
+    case 2: s_gpass_body(1, 0, 1, w, dt, l, X, G, gc, gs, gsd, imp, bad); break;
+    default: s_gpass_body(1, 1, 1, w, dt, l, X, G, gc, gs, gsd, imp, bad); break;
     }
 }
 
