@@ -126,8 +126,7 @@ def run_cases(d, pub, sub, rng, cases):
 
 def check_matrices(d, c):
     """The trade query's full matrices of a case's last trade, with its
-    discard ratio and start layer (the residual normalisation's R - I
-    cancels in float32: grad_rollout's matrix is checked without it)."""
+    discard ratio, start layer and residual normalisation."""
     tid, A, G = c["last"]
     o = c["o"]
     rep = d.query("trade", model=c["model"], id=tid)
@@ -136,9 +135,9 @@ def check_matrices(d, c):
     R = np.frombuffer(rep["matrices"]["rollout"], dtype="<f4").reshape(n, n)
     assert_close(R, ref.rollout_matrix(A, o["fusion"], o["discard"], o["start_layer"], c["cls"]),
                  what=f"{c['model']} rollout matrix {o}")
-    if G is not None and not o["grad_resnorm"]:
+    if G is not None:
         Rg = np.frombuffer(rep["matrices"]["grad_rollout"], dtype="<f4").reshape(n, n)
-        assert_close(Rg, ref.grad_rollout_matrix(A, G, False, o["start_layer"]),
+        assert_close(Rg, ref.grad_rollout_matrix(A, G, o["grad_resnorm"], o["start_layer"]),
                      what=f"{c['model']} grad_rollout matrix {o}")
 
 

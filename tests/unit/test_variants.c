@@ -284,18 +284,18 @@ check_cfg(const cfg_t *c, const xm_opts_t *o, bool flow)
                       tg, k, gi, imp[k]);
         }
 
-        /* the full matrices of the clamped methods from their layers
-           (without the residual normalisation, whose float32 R - I
-           cancels: the readouts above check it) */
+        /* the full matrices of the clamped methods from their layers,
+           with the residual normalisation when asked for */
         static const struct { int m; bool rel; } gm[] = {{XM_GRAD_ROLLOUT, false}, {XM_LRP_ROLLOUT, true}};
         for (int q = 0; q < 2; q++) {
             const float *gl = xm_work_layers(w, (xm_method_t)gm[q].m, (uint32_t)tg);
             cr_assert_not_null(gl);
-            xm_grad_rollout_matrix((uint32_t)L - s0, (uint32_t)n, gl + s0 * nn, false, M, Tm);
-            ref_grad_rollout_matrix_v(L, H, n, gm[q].rel ? Rt : t.A, Gt, true, false,
+            xm_grad_rollout_matrix((uint32_t)L - s0, (uint32_t)n, gl + s0 * nn, o->grad_resnorm, M,
+                                   Tm);
+            ref_grad_rollout_matrix_v(L, H, n, gm[q].rel ? Rt : t.A, Gt, true, o->grad_resnorm,
                                       o->start_layer, R);
             for (size_t e = 0; e < nn; e++)
-                cr_assert(close_enough(M[e], R[e], REL, 1e-12), "%s matrix t=%d [%zu] %g vs %g " CFG_FMT,
+                cr_assert(close_enough(M[e], R[e], REL, FLOOR), "%s matrix t=%d [%zu] %g vs %g " CFG_FMT,
                           xm_method_name((xm_method_t)gm[q].m), tg, e, M[e], R[e], CFG_ARGS(c));
         }
     }
