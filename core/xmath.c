@@ -1418,10 +1418,24 @@ void
 xm_grad_rollout_matrix(uint32_t L, uint32_t n, const float *layers, bool resnorm, float *out,
                        float *tmp)
 {
-    /* D = R - I directly: D <- D + Ā_l (I + D), from D = 0. R's diagonal
-       is 1 plus what the residual normalisation keeps; taking R - I in
-       float32 would leave that part a few digits only. */
     size_t nn = (size_t)n * n;
+    if (!resnorm) {
+        float *R = out, *T = tmp;
+        s_identity(R, n);
+        for (uint32_t l = 0; l < L; l++) {
+            memcpy(T, R, nn * sizeof *T);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)n, (int)n, 1.0f,
+                        layers + l * nn, (int)n, R, (int)n, 1.0f, T, (int)n);
+            float *x = R; R = T; T = x;
+        }
+        if (R != out)
+            memcpy(out, R, nn * sizeof *R);
+        return;
+    }
+    /* The residual normalisation needs R - I: built directly as D,
+       D <- D + Ā_l (I + D) from D = 0. R's diagonal is 1 plus what the
+       normalisation keeps, which R - I taken in float32 would leave a
+       few digits only. */
     float *D = out, *T = tmp;
     memset(D, 0, nn * sizeof *D);
     for (uint32_t l = 0; l < L; l++) {
@@ -1437,14 +1451,12 @@ xm_grad_rollout_matrix(uint32_t L, uint32_t n, const float *layers, bool resnorm
         memcpy(out, D, nn * sizeof *D);
     for (uint32_t i = 0; i < n; i++) {
         float *row = out + (size_t)i * n;
-        if (resnorm) {
-            double sum = 0.0;
-            for (uint32_t j = 0; j < n; j++)
-                sum += row[j];
-            float inv = sum != 0.0 ? (float)(1.0 / sum) : 0.0f;
-            for (uint32_t j = 0; j < n; j++)
-                row[j] *= inv;
-        }
+        double sum = 0.0;
+        for (uint32_t j = 0; j < n; j++)
+            sum += row[j];
+        float inv = sum != 0.0 ? (float)(1.0 / sum) : 0.0f;
+        for (uint32_t j = 0; j < n; j++)
+            row[j] *= inv;
         row[i] += 1.0f;
     }
 }
