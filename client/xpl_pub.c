@@ -39,6 +39,8 @@ struct xpl_pub_t {
                                    topics (attn/ without shards) minus
                                    unsubscriptions */
     bool subs_read;             /* subscriptions were counted: nshards is fixed */
+    uint64_t subs_seen;         /* subscriptions covering some shard's topics
+                                   ever read, never decremented nor reset */
     s_model_t *models;
     size_t nmodels;
     void *scratch;              /* conversion buffers, grown on demand */
@@ -359,9 +361,11 @@ s_read_subscriptions(xpl_pub_t *self, int timeout_ms)
         if (zmq_msg_recv(&m, self->sock, ZMQ_DONTWAIT) >= 0 && zmq_msg_size(&m) >= 1) {
             const uint8_t *ev = zmq_msg_data(&m);
             size_t len = zmq_msg_size(&m) - 1;
+            bool ours = false;
             for (uint32_t k = 0; k < self->nshards; k++) {
                 if (!s_covers(self, ev + 1, len, k))
                     continue;
+                ours = true;
                 if (ev[0] == 1) {
                     self->shard_subs[k]++;
                     for (size_t i = 0; i < self->nmodels; i++)
@@ -369,6 +373,8 @@ s_read_subscriptions(xpl_pub_t *self, int timeout_ms)
                 } else if (ev[0] == 0 && self->shard_subs[k] > 0)
                     self->shard_subs[k]--;
             }
+            if (ours && ev[0] == 1)
+                self->subs_seen++;
         }
         zmq_msg_close(&m);
         timeout_ms = 0;
@@ -377,33 +383,44 @@ s_read_subscriptions(xpl_pub_t *self, int timeout_ms)
 
 /* Every shard has a subscriber (without shards: someone subscribed). */
 static bool
-s_all_subscribed(const xpl_pub_t *self)
+s_all_subscribed(const xpl_pub_t *self, uint64_t unused)
 {
+    (void)unused;
     for (uint32_t k = 0; k < self->nshards; k++)
         if (self->shard_subs[k] <= 0)
             return false;
     return true;
 }
 
-int
-xpl_pub_wait_subscriber(xpl_pub_t *self, int timeout_ms)
+static bool
+s_seen_more_than(const xpl_pub_t *self, uint64_t n)
 {
-    assert(self);
+    return self->subs_seen > n;
+}
+
+/* Wait until done(self, arg) holds after reading the subscriptions, in
+   slices of at most 50 ms under the lock: the batch timer may send (and
+   read subscriptions) in between, which is why conditions are on counts
+   that only the subscriptions themselves change. */
+static int
+s_wait(xpl_pub_t *self, bool (*done)(const xpl_pub_t *, uint64_t), uint64_t arg, int timeout_ms,
+       const char *what)
+{
     int64_t deadline = xpl_now_ms() + timeout_ms;
     for (;;) {
-        /* In slices of at most 50 ms under the lock: the batch timer may
-           send in between. */
         pthread_mutex_lock(&self->lock);
         s_read_subscriptions(self, 0);
-        if (s_all_subscribed(self)) {
+        if (done(self, arg)) {
             pthread_mutex_unlock(&self->lock);
             return 0;
         }
         int left = timeout_ms < 0 ? -1 : (int)(deadline - xpl_now_ms());
         if (timeout_ms >= 0 && left <= 0) {
+            uint64_t seen = self->subs_seen;
             pthread_mutex_unlock(&self->lock);
-            return xpl_fail(XPL_ETIMEOUT, "no subscriber on %s within %d ms%s", self->endpoint,
-                            timeout_ms, xpl_hs_hint(&self->hs));
+            return xpl_fail(XPL_ETIMEOUT, "%s on %s within %d ms (%llu subscriptions seen)%s", what,
+                            self->endpoint, timeout_ms, (unsigned long long)seen,
+                            xpl_hs_hint(&self->hs));
         }
         zmq_pollitem_t it = {self->sock, 0, ZMQ_POLLIN, 0};
         int rc = zmq_poll(&it, 1, left < 0 || left > 50 ? 50 : left);
@@ -411,6 +428,34 @@ xpl_pub_wait_subscriber(xpl_pub_t *self, int timeout_ms)
         if (rc < 0)
             return xpl_fail_zmq("wait for a subscriber");
     }
+}
+
+int
+xpl_pub_wait_subscriber(xpl_pub_t *self, int timeout_ms)
+{
+    assert(self);
+    return s_wait(self, s_all_subscribed, 0, timeout_ms, "no subscriber");
+}
+
+uint64_t
+xpl_pub_subscriptions(xpl_pub_t *self)
+{
+    assert(self);
+    pthread_mutex_lock(&self->lock);
+    s_read_subscriptions(self, 0);
+    uint64_t n = self->subs_seen;
+    pthread_mutex_unlock(&self->lock);
+    return n;
+}
+
+int
+xpl_pub_wait_subscriptions(xpl_pub_t *self, uint64_t more_than, int timeout_ms)
+{
+    assert(self);
+    char what[64];
+    snprintf(what, sizeof what, "no subscription after the first %llu",
+             (unsigned long long)more_than);
+    return s_wait(self, s_seen_more_than, more_than, timeout_ms, what);
 }
 
 static const char *

@@ -135,8 +135,34 @@ XPL_EXPORT void xpl_pub_set_linger(xpl_pub_t *self, int linger_ms);
    publisher's messages (with shards: to each shard's), for up to
    timeout_ms (-1: forever). Returns 0 at
    once when one is; a subscriber that went away (daemon stopped) no
-   longer counts. XPL_ETIMEOUT when none came, XPL_EINTR on a signal. */
+   longer counts. XPL_ETIMEOUT when none came, XPL_EINTR on a signal.
+   A daemon's unsubscription reaches the publisher asynchronously, after
+   it stopped: right after a restart this may still count the stopped
+   daemon and return before the new one subscribed (what is sent then is
+   lost). To wait for a new subscriber, use xpl_pub_wait_subscriptions. */
 XPL_EXPORT int xpl_pub_wait_subscriber(xpl_pub_t *self, int timeout_ms);
+
+/* Subscriptions seen so far: every subscription to the publisher's
+   messages (with shards: to some shard's; one that covers several shards
+   counts once) that reached it since it was created, duplicates and
+   re-subscriptions included. Monotonic: unsubscriptions, sends and the
+   batch timer never lower it. Takes in the subscriptions pending on the
+   socket first (so call xpl_pub_set_shards before). A daemon subscribes
+   once when it starts (with --shard K/N: to its shard's topics). */
+XPL_EXPORT uint64_t xpl_pub_subscriptions(xpl_pub_t *self);
+
+/* Wait until xpl_pub_subscriptions exceeds more_than, for up to
+   timeout_ms (-1: forever); 0 at once if it does. To wait for a daemon
+   that (re)starts, read the count before starting it:
+
+       uint64_t before = xpl_pub_subscriptions(pub);
+       ... start the daemon ...
+       xpl_pub_wait_subscriptions(pub, before, 5000);
+
+   With shards, for k shard daemons that restart, wait for more than
+   before + k - 1. XPL_ETIMEOUT when not enough came, XPL_EINTR on a
+   signal. */
+XPL_EXPORT int xpl_pub_wait_subscriptions(xpl_pub_t *self, uint64_t more_than, int timeout_ms);
 
 /* Send the fused form (true) or every head (false, the default): the
    full tensors given to xpl_pub_send are fused on the way (head means
