@@ -426,8 +426,9 @@ typedef struct {
 
 static daemon_t g_d;
 
+/* xplaind with its ingest bound at d->in, or connected to `connect`. */
 static void
-daemon_start(daemon_t *d, const char *const *extra)
+daemon_start_in(daemon_t *d, const char *connect, const char *const *extra)
 {
     snprintf(d->dir, sizeof d->dir, "/tmp/xplpf-XXXXXX");
     cr_assert_not_null(mkdtemp(d->dir));
@@ -436,7 +437,7 @@ daemon_start(daemon_t *d, const char *const *extra)
     snprintf(d->query, sizeof d->query, "ipc://%s/q", d->dir);
     snprintf(d->log, sizeof d->log, "%s/stderr.log", d->dir);
     const char *argv[32] = {XPLAIND_PATH, "--publish", d->pub, "--query", d->query,
-                            "--ingest-bind", d->in};
+                            connect ? "--ingest-connect" : "--ingest-bind", connect ? connect : d->in};
     int argc = 7;
     for (int i = 0; extra && extra[i] && argc < 31; i++)
         argv[argc++] = extra[i];
@@ -466,28 +467,41 @@ daemon_start(daemon_t *d, const char *const *extra)
 }
 
 static void
-teardown(void)
+daemon_start(daemon_t *d, const char *const *extra)
 {
-    if (g_d.pid > 0) {
-        kill(g_d.pid, SIGTERM);
+    daemon_start_in(d, NULL, extra);
+}
+
+static void
+daemon_stop(daemon_t *d)
+{
+    if (d->pid > 0) {
+        kill(d->pid, SIGTERM);
         int status = 0;
         int64_t deadline = s_mono_ms() + 20000;
-        while (waitpid(g_d.pid, &status, WNOHANG) == 0 && s_mono_ms() < deadline) {
+        while (waitpid(d->pid, &status, WNOHANG) == 0 && s_mono_ms() < deadline) {
             struct timespec ts = {0, 10000000};
             nanosleep(&ts, NULL);
         }
-        if (waitpid(g_d.pid, &status, WNOHANG) == 0) {
-            kill(g_d.pid, SIGKILL);
-            waitpid(g_d.pid, &status, 0);
+        if (waitpid(d->pid, &status, WNOHANG) == 0) {
+            kill(d->pid, SIGKILL);
+            waitpid(d->pid, &status, 0);
         }
-        g_d.pid = 0;
+        d->pid = 0;
     }
-    if (g_d.dir[0]) {
+    if (d->dir[0]) {
         char cmd[128];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_d.dir);
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", d->dir);
         if (system(cmd) != 0)
-            fprintf(stderr, "cannot remove %s\n", g_d.dir);
+            fprintf(stderr, "cannot remove %s\n", d->dir);
+        d->dir[0] = 0;
     }
+}
+
+static void
+teardown(void)
+{
+    daemon_stop(&g_d);
 }
 
 static void
@@ -625,7 +639,7 @@ Test(client_pubfields, lrp_rollout_and_targets_against_the_daemon, .init = setup
     xpl_pub_destroy(&p);
 }
 
-/* The filled count of `method`'s open window of one segment (or of the
+/* The filled count of rollout's open window of one segment (or of the
    model overall, segment NULL). */
 static uint64_t
 s_filled(xpl_client_t *c, const char *segment)
@@ -705,5 +719,104 @@ Test(client_pubfields, tags_reach_segments, .init = setup_segments, .fini = tear
     cr_assert_eq(s_filled(c, "desk=fx"), 5);
     cr_assert_eq(s_filled(c, NULL), TRADES + 2);
     xpl_client_destroy(&c);
+    xpl_pub_destroy(&p);
+}
+
+/* ---- shards ------------------------------------------------------------- */
+
+static daemon_t g_shard[2];
+
+static void
+teardown_shards(void)
+{
+    for (int k = 0; k < 2; k++)
+        daemon_stop(&g_shard[k]);
+}
+
+/* Rollout's open-window count of a segment in one shard daemon, 0 when
+   that daemon has no such segment (none of its trades had that desk). */
+static uint64_t
+s_shard_filled(xpl_client_t *c, const char *segment)
+{
+    xpl_drift_state_t *d = xpl_client_drift(c, "m1", "rollout", NULL);
+    if (!d)
+        return 0;           /* no trade of m1 yet */
+    bool known = segment == NULL;
+    for (uint32_t i = 0; !known && i < d->nsegments; i++)
+        known = strcmp(d->segments[i], segment) == 0;
+    xpl_drift_state_destroy(&d);
+    return known ? s_filled(c, segment) : 0;
+}
+
+/* Two shard daemons (--shard K/2) fed by one sharded, micro-batching
+   publisher: trades with targets, rel and their own tags reach the shard
+   that owns them with all of it (every message explained, none
+   rejected), and each desk's trades add up, over the shards, in that
+   desk's segment. */
+Test(client_pubfields, tags_targets_and_rel_over_shard_daemons, .fini = teardown_shards,
+     .timeout = 120)
+{
+    enum { TRADES = 16, T = 2 };
+    static float A[TRADES * FULL], G[TRADES * T * FULL], R[TRADES * T * FULL];
+    s_make(TRADES, T, 51, A, G, R);
+    memset(g_shard, 0, sizeof g_shard);
+    xpl_pub_t *p = xpl_pub_new_bind("tcp://127.0.0.1:*");
+    cr_assert_not_null(p, "%s", xpl_strerror());
+    cr_assert_eq(xpl_pub_set_shards(p, 2), 0, "%s", xpl_strerror());
+    cr_assert_eq(xpl_pub_set_batch(p, 3, 0), 0);
+    cr_assert_eq(xpl_pub_set_schema(p, "m1", L_, H_, N_, CLS_, TOKENS), 0);
+    for (int k = 0; k < 2; k++) {
+        char shard[8];
+        snprintf(shard, sizeof shard, "%d/2", k);
+        const char *extra[] = {"--shard", shard, "--segment-by", "desk", "--methods",
+                               "rollout,grad_rollout,lrp_rollout", NULL};
+        daemon_start_in(&g_shard[k], xpl_pub_endpoint(p), extra);
+    }
+    cr_assert_eq(xpl_pub_wait_subscriber(p, 10000), 0, "%s", xpl_strerror());
+    char names[TRADES][16];
+    xpl_id_t ids[TRADES];
+    xpl_tag_t rates[1] = {{"desk", "rates"}}, fx[1] = {{"desk", "fx"}};
+    uint32_t want_rates = 0, want_fx = 0, on[2] = {0, 0};
+    int64_t targets[T] = {1, 0};
+    for (uint32_t t = 0; t < TRADES; t++) {
+        snprintf(names[t], sizeof names[t], "sh-%u", t);
+        ids[t] = xpl_id_str(names[t]);
+        bool r = t % 3 != 0;
+        want_rates += r;
+        want_fx += !r;
+        on[xpl_shard_of(&ids[t], 2)]++;
+        xpl_tags_t tags = {1, r ? rates : fx};
+        xpl_batch_t b = {.model = "m1", .B = 1, .ids = &ids[t], .dtype = XPL_F32,
+                         .attn = A + t * FULL, .grad = G + t * T * FULL, .rel = R + t * T * FULL,
+                         .T = T, .targets = targets, .trade_tags = &tags};
+        cr_assert_eq(xpl_pub_send(p, &b), 0, "%s", xpl_strerror());
+    }
+    cr_assert_eq(xpl_pub_flush(p), 0, "%s", xpl_strerror());
+    cr_assert(on[0] > 0 && on[1] > 0, "the ids do not spread over both shards");
+
+    xpl_client_t *c[2] = {xpl_client_new(g_shard[0].query), xpl_client_new(g_shard[1].query)};
+    int64_t deadline = s_mono_ms() + 20000;
+    for (int k = 0; k < 2; k++)
+        while (s_shard_filled(c[k], NULL) < on[k]) {
+            cr_assert_lt(s_mono_ms(), deadline, "shard %d: %llu of its %u trades in 20 s (see %s)",
+                         k, (unsigned long long)s_shard_filled(c[k], NULL), on[k],
+                         g_shard[k].log);
+            struct timespec ts = {0, 10000000};
+            nanosleep(&ts, NULL);
+        }
+    uint64_t got_rates = 0, got_fx = 0;
+    for (int k = 0; k < 2; k++) {
+        xpl_stats_t *st = xpl_client_stats(c[k]);
+        cr_assert_not_null(st, "%s", xpl_strerror());
+        cr_assert_eq(st->rejected, 0, "shard %d rejected a message (see %s)", k, g_shard[k].log);
+        xpl_stats_destroy(&st);
+        cr_assert_eq(s_shard_filled(c[k], NULL), on[k], "shard %d: only its own trades", k);
+        got_rates += s_shard_filled(c[k], "desk=rates");
+        got_fx += s_shard_filled(c[k], "desk=fx");
+    }
+    cr_assert_eq(got_rates, want_rates);
+    cr_assert_eq(got_fx, want_fx);
+    for (int k = 0; k < 2; k++)
+        xpl_client_destroy(&c[k]);
     xpl_pub_destroy(&p);
 }
