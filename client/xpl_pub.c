@@ -822,6 +822,7 @@ struct s_pend {
     int64_t since_us;           /* monotonic time the first trade came */
     size_t per[T_N];            /* bytes of one trade's tensor k */
     uint8_t *t[T_N];
+    size_t tcap[T_N];           /* bytes t[k] has room for */
     xpl_id_t *ids;              /* strings owned */
     int64_t *target;
     double *y;
@@ -977,13 +978,20 @@ s_pend_add(xpl_pub_t *self, s_model_t *m, const s_msg_t *g)
         uint32_t cap = p->cap ? p->cap : 8;
         while (cap < need)
             cap *= 2;
-        for (int k = 0; k < T_N; k++)
-            if ((p->has & (1u << k)) && s_grow(&p->t[k], cap * p->per[k]))
-                return -1;
         if (s_grow(&p->ids, cap * sizeof *p->ids) || s_grow(&p->target, cap * sizeof *p->target)
             || s_grow(&p->y, cap * sizeof *p->y) || s_grow(&p->tags, cap * sizeof *p->tags))
             return -1;
         p->cap = cap;
+    }
+    /* Each tensor by its own room: the trades pending before may have
+       had other tensors, or another number of targets. */
+    for (int k = 0; k < T_N; k++) {
+        size_t bytes = (size_t)p->cap * p->per[k];
+        if ((p->has & (1u << k)) && p->tcap[k] < bytes) {
+            if (s_grow(&p->t[k], bytes))
+                return -1;
+            p->tcap[k] = bytes;
+        }
     }
     for (int k = 0; k < T_N; k++) {
         if (!g->t[k])

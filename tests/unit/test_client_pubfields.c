@@ -416,6 +416,51 @@ Test(client_pubfields, batching_and_sharding_keep_them)
     fx_close(&f);
 }
 
+/* What is held for micro-batching takes the room each new set of fields
+   needs: a trade with only attn, then one with grad, rel and 3 targets
+   (3 times the gradient bytes), then one of a larger model: each goes
+   out whole, in its own message (run under ASan: no overflow). */
+Test(client_pubfields, held_trades_change_fields_and_sizes)
+{
+    enum { T = 3, BL = 3, BH = 2, BN = 9 };
+    static float A[FULL], G[T * FULL], R[T * FULL];
+    s_make(1, T, 24, A, G, R);
+    static float bigA[BL * BH * BN * BN], bigG[BL * BH * BN * BN];
+    for (size_t k = 0; k < sizeof bigA / sizeof *bigA; k++) {
+        bigA[k] = 1.0f / BN;
+        bigG[k] = (float)(k % 7) - 3.0f;
+    }
+    const char *bt[BN] = {"a", "b", "c", "d", "e", "f", "g", "h", "CLS"};
+    fx_t f;
+    fx_open(&f, 1);
+    cr_assert_eq(xpl_pub_set_schema(f.pub, "big", BL, BH, BN, BN - 1, bt), 0);
+    cr_assert_eq(xpl_pub_set_batch(f.pub, 4, 0), 0);
+    xpl_id_t id = xpl_id_str("h-0");
+    int64_t targets[T] = {0, 2, 1};
+    xpl_batch_t b = {.model = "m1", .B = 1, .ids = &id, .dtype = XPL_F32, .attn = A};
+    cr_assert_eq(xpl_pub_send(f.pub, &b), 0, "%s", xpl_strerror());
+    b = (xpl_batch_t){.model = "m1", .B = 1, .ids = &id, .dtype = XPL_F32, .attn = A, .grad = G,
+                      .rel = R, .T = T, .targets = targets};
+    cr_assert_eq(xpl_pub_send(f.pub, &b), 0, "%s", xpl_strerror());
+    cr_assert_eq(xpl_pub_pending(f.pub), 1, "other fields sent the first trade on its own");
+    b = (xpl_batch_t){.model = "big", .B = 1, .ids = &id, .dtype = XPL_F32, .attn = bigA,
+                      .grad = bigG};
+    cr_assert_eq(xpl_pub_send(f.pub, &b), 0, "%s", xpl_strerror());
+    cr_assert_eq(xpl_pub_flush(f.pub), 0, "%s", xpl_strerror());
+    wire_ingest_t in;
+    cr_assert(fx_recv(&f, 10000, &in), "first message");
+    cr_assert(in.B == 1 && !in.grad && !in.rel && in.ntargets == 0);
+    cr_assert(fx_recv(&f, 10000, &in), "second message");
+    cr_assert_eq(in.ntargets, T);
+    cr_assert_eq(memcmp(in.grad, G, sizeof G), 0);
+    cr_assert_eq(memcmp(in.rel, R, sizeof R), 0);
+    cr_assert(fx_recv(&f, 10000, &in), "third message");
+    cr_assert_eq(in.shape.n, BN);
+    cr_assert_eq(memcmp(in.attn, bigA, sizeof bigA), 0);
+    cr_assert_eq(memcmp(in.grad, bigG, sizeof bigG), 0);
+    fx_close(&f);
+}
+
 /* ---- against the daemon ------------------------------------------------- */
 
 typedef struct {
