@@ -7,6 +7,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -1290,6 +1291,31 @@ xpl_pub_send_fused(xpl_pub_t *self, const xpl_fused_batch_t *b)
     int rc = s_submit(self, m, &g);
     pthread_mutex_unlock(&self->lock);
     return rc;
+}
+
+/* The entry points of programs compiled before the batch structs grew:
+   their structs end at `ts`, so only that much is read. */
+#undef xpl_pub_send
+#undef xpl_pub_send_fused
+XPL_EXPORT int xpl_pub_send(xpl_pub_t *self, const xpl_batch_t *batch);
+XPL_EXPORT int xpl_pub_send_fused(xpl_pub_t *self, const xpl_fused_batch_t *batch);
+
+int
+xpl_pub_send(xpl_pub_t *self, const xpl_batch_t *b)
+{
+    xpl_batch_t v2 = {0};
+    if (b)
+        memcpy(&v2, b, offsetof(xpl_batch_t, ts) + sizeof b->ts);
+    return xpl_pub_send_v2(self, b ? &v2 : NULL);
+}
+
+int
+xpl_pub_send_fused(xpl_pub_t *self, const xpl_fused_batch_t *b)
+{
+    xpl_fused_batch_t v2 = {0};
+    if (b)
+        memcpy(&v2, b, offsetof(xpl_fused_batch_t, ts) + sizeof b->ts);
+    return xpl_pub_send_fused_v2(self, b ? &v2 : NULL);
 }
 
 int

@@ -205,6 +205,14 @@ XPL_EXPORT int xpl_pub_set_fused(xpl_pub_t *self, bool fused);
    Pending trades are sent first. */
 XPL_EXPORT int xpl_pub_set_batch(xpl_pub_t *self, uint32_t batch, int64_t delay_us);
 
+/* The batch structs grew fields at their end (rel, targets, tags). A
+   program compiled with this header calls the _v2 entry points, which
+   read them; one compiled before calls xpl_pub_send and
+   xpl_pub_send_fused, which read only the fields its smaller struct
+   has, so it runs unchanged with this library. */
+#define xpl_pub_send xpl_pub_send_v2
+#define xpl_pub_send_fused xpl_pub_send_fused_v2
+
 /* Encode and send (or, batching, queue: everything is copied) one batch.
    Returns 0, or -1 (nothing sent or queued). */
 XPL_EXPORT int xpl_pub_send(xpl_pub_t *self, const xpl_batch_t *batch);

@@ -865,3 +865,48 @@ Test(client_pubfields, tags_targets_and_rel_over_shard_daemons, .fini = teardown
         xpl_client_destroy(&c[k]);
     xpl_pub_destroy(&p);
 }
+
+/* ---- programs compiled before the batch structs grew ------------------- */
+
+/* xpl_batch_t as it was: what an old program passes to xpl_pub_send. */
+typedef struct {
+    const char *model;
+    uint32_t B;
+    const xpl_id_t *ids;
+    xpl_dtype_t dtype;
+    const void *attn, *grad;
+    const int64_t *target;
+    const double *y;
+    int64_t ts;
+} old_batch_t;
+
+#undef xpl_pub_send
+int xpl_pub_send(xpl_pub_t *self, const old_batch_t *batch);
+
+/* The old entry point reads nothing past the old struct's end (here
+   bytes of 0xff, which as new fields would be a rel, targets and tags
+   at wild addresses). */
+Test(client_pubfields, old_programs_call_the_old_entry_point)
+{
+    static float A[FULL], G[FULL];
+    s_make(1, 1, 25, A, G, NULL);
+    struct {
+        old_batch_t b;
+        unsigned char after[128];
+    } w;
+    memset(&w, 0xff, sizeof w);
+    xpl_id_t id = xpl_id_str("old");
+    int64_t target = 1;
+    w.b = (old_batch_t){.model = "m1", .B = 1, .ids = &id, .dtype = XPL_F32, .attn = A, .grad = G,
+                        .target = &target, .ts = 5};
+    memset(w.after, 0xff, sizeof w.after);
+    fx_t f;
+    fx_open(&f, 1);
+    cr_assert_eq(xpl_pub_send(f.pub, &w.b), 0, "%s", xpl_strerror());
+    wire_ingest_t in;
+    cr_assert(fx_recv(&f, 10000, &in), "nothing sent");
+    cr_assert(in.B == 1 && in.target && in.target[0] == 1 && in.ts == 5);
+    cr_assert(in.grad && !in.rel && in.ntargets == 0 && !in.tags);
+    cr_assert_eq(memcmp(in.grad, G, sizeof G), 0);
+    fx_close(&f);
+}
