@@ -24,6 +24,12 @@
     the full tensors given to xpl_pub_send; xpl_pub_send_fused sends
     fused arrays computed elsewhere (on the model's GPU).
 
+    The optional keys of proto/ingest.md go in the batch structs: `rel`,
+    the relevance tensor lrp_rollout reads (full form only); `targets`,
+    several classes explained per trade at once (grad and rel then hold a
+    block per target); and `tags`, for the daemon's segments (one set for
+    the message, or one per trade).
+
     Micro-batching, for servers that score trade by trade: with
     xpl_pub_set_batch, trades are held until `batch` are pending or the
     oldest waited `delay_us` (a timer thread then sends them), and go out

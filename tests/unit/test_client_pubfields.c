@@ -380,11 +380,11 @@ Test(client_pubfields, batching_and_sharding_keep_them)
 
     bool seen[TRADES] = {false};
     uint32_t got = 0;
-    int64_t deadline = s_mono_ms() + 10000;
+    int64_t deadline = s_mono_ms() + 20000;
     wire_ingest_t in;
     while (got < TRADES) {
         cr_assert(fx_recv(&f, (int)(deadline - s_mono_ms()), &in),
-                  "%u of %u trades arrived within 10 s", got, TRADES);
+                  "%u of %u trades arrived within 20 s", got, TRADES);
         cr_assert_eq(in.ntargets, T);
         cr_assert_not_null(in.rel);
         for (uint32_t i = 0; i < in.B; i++) {
@@ -413,6 +413,33 @@ Test(client_pubfields, batching_and_sharding_keep_them)
         }
     }
     cr_assert_not(fx_recv(&f, 100, &in), "an extra message");
+
+    /* Not batching: a batch over several shards is split, and its one
+       set of tags goes whole (as a map) with every part. */
+    cr_assert_eq(xpl_pub_set_batch(f.pub, 1, 0), 0);
+    xpl_tag_t two[2] = {{"desk", "split"}, {"venue", "XLON"}};
+    tags = (xpl_tags_t){2, two};
+    b = (xpl_batch_t){.model = "m1", .B = TRADES, .ids = ids, .dtype = XPL_F32, .attn = A,
+                      .grad = G, .T = T, .targets = first, .tags = &tags};
+    cr_assert_eq(xpl_pub_send(f.pub, &b), 0, "%s", xpl_strerror());
+    got = 0;
+    int parts = 0;
+    while (got < TRADES) {
+        cr_assert(fx_recv(&f, (int)(deadline - s_mono_ms()), &in),
+                  "%u of %u split trades arrived", got, TRADES);
+        parts++;
+        got += in.B;
+        for (uint32_t i = 0; i < in.B; i++) {
+            char txt[64];
+            bool per_trade = true;
+            s_tags_text(&in, i, txt, sizeof txt, &per_trade);
+            cr_assert_not(per_trade, "one set of tags stays one map");
+            cr_assert_str_eq(txt, "desk=split;venue=XLON");
+        }
+        cr_assert_null(in.rel);
+        cr_assert_eq(in.ntargets, T);
+    }
+    cr_assert_gt(parts, 1, "the batch was split over the shards");
     fx_close(&f);
 }
 
