@@ -1011,7 +1011,8 @@ s_pend_add(xpl_pub_t *self, s_model_t *m, const s_msg_t *g)
             return -1;
         }
         if (id.is_str && !(id.s = strdup(id.s))) {
-            free((void *)tg->tags);
+            if (p->has & S_HAS_TAGS)
+                free((void *)tg->tags);
             p->B += i;
             return xpl_fail(XPL_ENOMEM, "out of memory");
         }
