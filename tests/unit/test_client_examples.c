@@ -1022,7 +1022,7 @@ Test(client_examples, publisher_sends_the_ingest_examples, .init = setup, .fini 
    with grad [b][t][l][h][i][j]) is the example, schema included. */
 Test(client_examples, publisher_sends_rel_and_targets, .init = setup, .fini = teardown)
 {
-    static const char *names[] = {"ingest/m4-rel", "ingest/m5-targets"};
+    static const char *names[] = {"ingest/m4-rel", "ingest/m5-targets", "ingest/m5-targets-fused"};
     char ep[128];
     snprintf(ep, sizeof ep, "ipc://%s/in2", g_dir);
     xpl_pub_t *p = xpl_pub_new_bind(ep);
@@ -1038,12 +1038,17 @@ Test(client_examples, publisher_sends_rel_and_targets, .init = setup, .fini = te
         const char *model = jv_str(jv_get(b, "model"));
         const jv_t *tok = jv_get(b, "tokens");
         const char *tokens[16];
-        for (size_t t = 0; t < tok->n; t++)
+        for (size_t t = 0; tok && t < tok->n; t++)
             tokens[t] = tok->items[t]->s;
-        cr_assert_eq(xpl_pub_set_schema(p, model, (uint32_t)jv_int(jv_get(b, "L")),
-                                        (uint32_t)jv_int(jv_get(b, "H")),
-                                        (uint32_t)jv_int(jv_get(b, "n")),
-                                        (int32_t)jv_int(jv_get(b, "cls")), tokens), 0);
+        /* The fused example follows the full one of its model (seq 1,
+           no schema): the schema is set from the full one. */
+        if (tok)
+            cr_assert_eq(xpl_pub_set_schema(p, model, (uint32_t)jv_int(jv_get(b, "L")),
+                                            (uint32_t)jv_int(jv_get(b, "H")),
+                                            (uint32_t)jv_int(jv_get(b, "n")),
+                                            (int32_t)jv_int(jv_get(b, "cls")), tokens), 0);
+        cr_assert_eq(xpl_pub_next_seq(p, model), (uint64_t)jv_int(jv_get(b, "seq")), "%s: seq",
+                     e->name);
         const jv_t *ids = jv_get(b, "ids"), *tj = jv_get(b, "target"), *yj = jv_get(b, "y"),
                    *tsj = jv_get(b, "targets");
         xpl_id_t id[8];
@@ -1060,16 +1065,29 @@ Test(client_examples, publisher_sends_rel_and_targets, .init = setup, .fini = te
         for (size_t t = 0; tsj && t < tsj->n; t++)
             targets[t] = jv_int(tsj->items[t]);
         cr_assert_str_eq(jv_str(jv_get(b, "dtype")), "f32");
-        size_t alen, glen = 0, rlen = 0;
-        uint8_t *attn = jv_bin(jv_get(b, "attn"), &alen);
-        uint8_t *grad = jv_get(b, "grad") ? jv_bin(jv_get(b, "grad"), &glen) : NULL;
-        uint8_t *rel = jv_get(b, "rel") ? jv_bin(jv_get(b, "rel"), &rlen) : NULL;
+        size_t len;
+#define BIN(key) (jv_get(b, key) ? jv_bin(jv_get(b, key), &len) : NULL)
+        uint8_t *attn = BIN("attn"), *grad = BIN("grad"), *rel = BIN("rel"), *fattn = BIN("fattn"),
+                *fgrad = BIN("fgrad"), *imp = BIN("head_importance"), *conf = BIN("head_confidence");
+#undef BIN
         cr_assert(rel || tsj, "%s has neither rel nor targets", e->name);
-        xpl_batch_t batch = {.model = model, .B = (uint32_t)ids->n, .ids = id, .dtype = XPL_F32,
-                             .attn = attn, .grad = grad, .target = tj ? target : NULL,
-                             .y = yj ? y : NULL, .ts = jv_int(jv_get(b, "ts")), .rel = rel,
-                             .T = tsj ? (uint32_t)tsj->n : 0, .targets = tsj ? targets : NULL};
-        cr_assert_eq(xpl_pub_send(p, &batch), 0, "%s: %s", e->name, xpl_strerror());
+        if (fattn) {
+            xpl_fused_batch_t fb = {.model = model, .B = (uint32_t)ids->n, .ids = id,
+                                    .dtype = XPL_F32, .fattn = fattn, .fgrad = fgrad,
+                                    .head_importance = (const float *)imp,
+                                    .head_confidence = (const float *)conf,
+                                    .target = tj ? target : NULL, .y = yj ? y : NULL,
+                                    .ts = jv_int(jv_get(b, "ts")),
+                                    .T = tsj ? (uint32_t)tsj->n : 0, .targets = tsj ? targets : NULL};
+            cr_assert_eq(xpl_pub_send_fused(p, &fb), 0, "%s: %s", e->name, xpl_strerror());
+        } else {
+            xpl_batch_t batch = {.model = model, .B = (uint32_t)ids->n, .ids = id,
+                                 .dtype = XPL_F32, .attn = attn, .grad = grad,
+                                 .target = tj ? target : NULL, .y = yj ? y : NULL,
+                                 .ts = jv_int(jv_get(b, "ts")), .rel = rel,
+                                 .T = tsj ? (uint32_t)tsj->n : 0, .targets = tsj ? targets : NULL};
+            cr_assert_eq(xpl_pub_send(p, &batch), 0, "%s: %s", e->name, xpl_strerror());
+        }
         zmq_msg_t topic, body;
         zmq_msg_init(&topic);
         zmq_msg_init(&body);
@@ -1087,6 +1105,10 @@ Test(client_examples, publisher_sends_rel_and_targets, .init = setup, .fini = te
         free(attn);
         free(grad);
         free(rel);
+        free(fattn);
+        free(fgrad);
+        free(imp);
+        free(conf);
         ex_free(e);
     }
     zmq_close(sub);

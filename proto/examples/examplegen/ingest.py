@@ -103,6 +103,17 @@ def ingest_bodies():
         "H": 2, "n": 5, "dtype": "f32", "attn": tensor_bytes(a, "f32"),
         "grad": tensor_bytes(g, "f32"), "targets": [2, 0], "y": [0.5, 0.25], "cls": 4,
         "tokens": TOKENS_M1})
+    # The same trades in the fused form: fgrad [B][T][L][n][n] and
+    # head_importance [B][T][L][H], block t fused from gradient t.
+    parts = [fused.fuse(a, g[:, t]) for t in range(2)]
+    M, conf = parts[0][0], parts[0][3]
+    P = np.stack([q[1] for q in parts], axis=1)
+    imp = np.stack([q[2] for q in parts], axis=1)
+    out["m5-targets-fused"] = ("attn/m5", {
+        "v": 1, "model": "m5", "seq": 1, "ts": T0 + 31000000, "ids": ["k-1", "k-2"], "L": 2,
+        "H": 2, "n": 5, "dtype": "f32", "fattn": tensor_bytes(M, "f32"),
+        "fgrad": tensor_bytes(P, "f32"), "head_importance": imp.astype("<f4").tobytes(),
+        "head_confidence": conf.astype("<f4").tobytes(), "targets": [2, 0], "y": [0.5, 0.25]})
     return out
 
 
@@ -128,4 +139,7 @@ INGEST_DESCRIPTIONS = {
                   "classes 2 and 0 at once, grad [B][T][L][H][n][n] (gradient t that of class "
                   "targets[t]), y, no target; fed to a daemon of its own (replay.py: "
                   "TARGETS_ARGS).",
+    "m5-targets-fused": "The trades of ingest/m5-targets again, in the fused form: fattn and "
+                        "head_confidence once per trade, fgrad [B][T][L][n][n] and "
+                        "head_importance [B][T][L][H] with a block per target.",
 }

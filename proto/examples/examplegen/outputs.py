@@ -51,6 +51,10 @@ TARGETS_PUBLISHED = {
                          "rollout and attn_mean, grad_rollout from gradient 1."),
     "xpl/m5-targets-2": ("xpl/m5", 2, "Trade k-2 of ingest/m5-targets for class 2."),
     "xpl/m5-targets-3": ("xpl/m5", 3, "Trade k-2 of ingest/m5-targets for class 0."),
+    "xpl/m5-targets-fused-0": ("xpl/m5", 4, "Trade k-1 of ingest/m5-targets-fused for class 2: "
+                               "the numbers of xpl/m5-targets-0, from the fused form."),
+    "xpl/m5-targets-fused-1": ("xpl/m5", 5, "Trade k-1 of ingest/m5-targets-fused for class 0: "
+                               "the numbers of xpl/m5-targets-1."),
 }
 # Drift messages are picked by method and window (their seq depends on the
 # order the methods close in).

@@ -44,7 +44,7 @@ SCENARIO_VARIANTS = [("ingest", "ingest/m4-rel")]
 # A fourth daemon for several targets per trade, with the default
 # methods but diag and flow.
 TARGETS_ARGS = ["--methods", "rollout,grad_rollout,first_layer,attn_mean", "--log-level", "notice"]
-SCENARIO_TARGETS = [("ingest", "ingest/m5-targets")]
+SCENARIO_TARGETS = [("ingest", "ingest/m5-targets"), ("ingest", "ingest/m5-targets-fused")]
 
 
 def find_xplaind():
