@@ -88,7 +88,7 @@ typedef struct {
     const char *model;          /* 1-64 bytes of [A-Za-z0-9_.-]; schema set */
     uint32_t B;                 /* trades in this message, >= 1 */
     const xpl_id_t *ids;        /* B trade ids */
-    xpl_dtype_t dtype;          /* element type of attn and grad */
+    xpl_dtype_t dtype;          /* element type of attn, grad and rel */
     const void *attn;           /* B*L*H*n*n values, order [b][l][h][i][j],
                                    little-endian (host order on x86/ARM) */
     const void *grad;           /* d y_t / d attn, same shape and dtype, or NULL */
