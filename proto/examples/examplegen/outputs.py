@@ -36,11 +36,25 @@ PUBLISHED = {
 }
 # Published by the variants daemon (replay.py: VARIANTS_ARGS).
 VARIANTS_PUBLISHED = {
-    "xpl/m3-variants": ("xpl/m3", 0, "Trade v-1 of ingest/m3-rel from a daemon serving all nine "
+    "xpl/m4-variants": ("xpl/m4", 0, "Trade v-1 of ingest/m4-rel from a daemon serving all nine "
                         "methods but flow, with --discard 0.5 --start-layer -1: colsum, "
                         "grad_rollout_signed (may be negative) and lrp_rollout (rel was sent) "
                         "beside the classic ones. A subscriber that does not know a method name "
                         "skips it."),
+}
+# Published by the targets daemon (replay.py: TARGETS_ARGS): one xpl/
+# message per trade and target, trade by trade, in target order.
+TARGETS_PUBLISHED = {
+    "xpl/m5-targets-0": ("xpl/m5", 0, "Trade k-1 of ingest/m5-targets for its first target, "
+                         "class 2: target 2, grad_rollout from gradient 0."),
+    "xpl/m5-targets-1": ("xpl/m5", 1, "Trade k-1 of ingest/m5-targets for class 0: the same "
+                         "rollout and attn_mean, grad_rollout from gradient 1."),
+    "xpl/m5-targets-2": ("xpl/m5", 2, "Trade k-2 of ingest/m5-targets for class 2."),
+    "xpl/m5-targets-3": ("xpl/m5", 3, "Trade k-2 of ingest/m5-targets for class 0."),
+    "xpl/m5-targets-fused-0": ("xpl/m5", 4, "Trade k-1 of ingest/m5-targets-fused for class 2: "
+                               "the numbers of xpl/m5-targets-0, from the fused form."),
+    "xpl/m5-targets-fused-1": ("xpl/m5", 5, "Trade k-1 of ingest/m5-targets-fused for class 0: "
+                               "the numbers of xpl/m5-targets-1."),
 }
 # Drift messages are picked by method and window (their seq depends on the
 # order the methods close in).
