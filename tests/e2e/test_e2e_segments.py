@@ -220,3 +220,59 @@ def test_snapshot_keeps_segment_globs(daemon, tmp_dir):
                what="glob/st/desk=B after the restart")
     assert all(m["seq"] > before["desk=B"]["seq"] for _, m in got), (
         [m["seq"] for _, m in got], before["desk=B"]["seq"])
+
+
+def test_xplainctl_tail_and_top_segment(daemon):
+    """xplainctl tail --drift --segment shows one segment's closed windows
+    with the verdict and what moved (libxplain's decode of drift/ on a
+    live daemon); top lists a segment's alerts with what moved."""
+    import subprocess
+    import time
+    d = daemon("--drift-window", str(W), "--segment-by", "desk", "--methods", "rollout")
+    s = Sender(d, "tl")
+    rng = np.random.default_rng(21)
+    stream(s, rng, 0, W // PER_BATCH, 0)    # desk B's baseline window (B shifted from the start)
+    ctl = [os.path.join(os.environ.get("XPL_BUILD_DIR", "build"), "client", "xplainctl"),
+           "--query", d.query_ep, "--sub", d.publish]
+    env = dict(os.environ, TERM="dumb")
+    env.pop("LANG", None)
+    env.pop("LC_ALL", None)
+    tail = subprocess.Popen(ctl + ["tail", "--drift", "--segment", "desk=B", "--model", "tl",
+                                   "--count", "1", "--json", "--wait", "120000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        # Desk B's baseline had f0 and f4 swapped; its next windows have
+        # not: each of them alerts. They keep closing until the tail has
+        # printed one (it may have subscribed after the first ones).
+        k = W // PER_BATCH
+        deadline = time.monotonic() + 90
+        while tail.poll() is None:
+            assert time.monotonic() < deadline, "xplainctl tail to print a window of desk=B"
+            stream(s, rng, k, k + 1, k + 1)
+            k += 1
+        out, err = tail.communicate(timeout=30)
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+            tail.communicate()
+    assert tail.returncode == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 1, out
+    import json
+    w = json.loads(lines[0])
+    assert w["model"] == "tl" and w["segment"] == "desk=B" and w["method"] == "rollout", w
+    assert w["verdict"]["mode"] == "fixed" and w["compared"] and w["reference"] == "baseline", w
+    assert w["alert"] and w["verdict"]["alerts"], w
+    assert len(w["moved"]) == 5 and {m["feature"] for m in w["moved"][:2]} == {"f0", "f4"}, w
+    assert all(m["rank_up"] == m["ref_rank"] - m["rank"] for m in w["moved"]), w["moved"]
+    by_name = {m["feature"]: m for m in w["moved"]}
+    # f0 is back on top, f4 fell from it: their changes and ranks say so.
+    assert by_name["f0"]["delta"] > 0 and by_name["f0"]["rank_up"] > 0, by_name["f0"]
+    assert by_name["f4"]["delta"] < 0 and by_name["f4"]["rank_up"] < 0, by_name["f4"]
+    dq = d.query("drift", model="tl", segment="desk=B", method="rollout")
+    assert dq["alerts"], "desk B alerted"
+    p = subprocess.run(ctl + ["top", "--model", "tl", "--once", "--ascii"], capture_output=True,
+                       text=True, timeout=60, env=env)
+    assert p.returncode == 0, p.stderr
+    alert_lines = [line for line in p.stdout.splitlines() if "desk=B" in line and " moved " in line]
+    assert alert_lines and "f0" in alert_lines[0] and "f4" in alert_lines[0], p.stdout
