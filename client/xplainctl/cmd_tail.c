@@ -9,8 +9,8 @@
 #define S_MAX_FILTER 16
 
 static const char s_help[] =
-    "usage: xplainctl tail [--model M]... [--method M]... [-k K] [--count N] [--json]\n"
-    "       xplainctl tail --drift [--segment S] [--model M]... [--method M]... [-k K]\n"
+    "usage: xplainctl tail [--drift [--segment S]] [--model M]... [--method M]... [-k K]\n"
+    "                      [--count N] [--json]\n"
     "\n"
     "Print per-trade explanations as the daemon publishes them: for each\n"
     "method, the K features with the largest attribution and a bar scaled to\n"
