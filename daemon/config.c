@@ -142,8 +142,8 @@ static const opt_t s_opts[] = {
     {"global", "segment_by", "segment-by", T_STR, O(segment_by), "", 0, 0, false,
      "Tag keys to segment by, comma-separated (at most 4, e.g. desk,venue): a trade's segment is "
      "its values for those keys, and global means and drift are kept per segment as well as "
-     "overall, in the same drift and decay modes. Empty: no segments. Not in an aggregator "
-     "(aggregate.shards): it merges no segments."},
+     "overall, in the same drift and decay modes. Empty: no segments. An aggregator "
+     "(aggregate.shards) given it merges its shards' segments (give it theirs)."},
     {"global", "max_segments", "max-segments", T_UINT, O(max_segments), "16", 1, 4096, false,
      "Segments tracked per model and schema epoch, first come first served; trades of further "
      "segments count overall and in the drift query's segments_overflow."},
@@ -796,12 +796,6 @@ s_finish(config_t *cfg)
     if (cfg->aggregate.count && cfg->shard[0]) {
         fprintf(stderr, "xplaind: a daemon is a shard (ingest.shard) or an aggregator "
                         "(aggregate.shards), not both\n");
-        errors++;
-    }
-    /* An aggregator merges the shards' model-wide state only. */
-    if (cfg->segkeys.n && cfg->aggregate.count) {
-        fprintf(stderr, "xplaind: global.segment_by cannot be combined with aggregate.shards: "
-                        "an aggregator merges the shards' model-wide state, not segments\n");
         errors++;
     }
     if (!cfg->demo && cfg->ingest_connect.count == 0 && cfg->ingest_bind.count == 0 &&

@@ -93,6 +93,8 @@ feed(double *mean)
         mean[j] = sum[j] / NT;
 }
 
+static const stats_t no_stats;
+
 Test(aggregate, three_shard_states_merge_into_the_single_state_in_any_order)
 {
     fx_up(&single, OPTS);
@@ -102,7 +104,8 @@ Test(aggregate, three_shard_states_merge_into_the_single_state_in_any_order)
     double ref[NF];
     feed(ref);
     for (int k = 0; k < 3; k++) {
-        astate_publish(&shard[k].pub, &shard[k].global, &shard[k].models, (uint32_t)k, 3);
+        astate_publish(&shard[k].pub, &shard[k].global, &shard[k].models, &no_stats, (uint32_t)k, 3,
+                       NULL);
         cr_assert_eq(shard[k].cap.n, 1);
         cr_assert_str_eq(shard[k].cap.msg[0].topic, "state/m1");
     }
@@ -122,7 +125,7 @@ Test(aggregate, three_shard_states_merge_into_the_single_state_in_any_order)
         cr_assert_eq(model_restore_schema(am, (uint32_t)(o + 1), &shape, tok, true), 0);
         gepoch_t *e = global_epoch(&agg.global, am, (uint32_t)(o + 1), true);
         cr_assert(e);
-        astate_merged_t out = {0};
+        astate_merged_t out = {.fresh = true};
         for (int m = 0; m < XM_NMETHODS; m++)
             out.next_close[m] = INT64_MAX;
         for (int i = 0; i < 3; i++) {
@@ -210,7 +213,7 @@ Test(aggregate, refuses_other_windows_and_cut_states)
         md->last_ts = T0 + i * SEC / 10;
         global_add(&shard[0].global, md, NULL, mk(&t, &r, true), &c);
     }
-    astate_publish(&shard[0].pub, &shard[0].global, &shard[0].models, 0, 1);
+    astate_publish(&shard[0].pub, &shard[0].global, &shard[0].models, &no_stats, 0, 1, NULL);
     const fx_msg_t *msg = &shard[0].cap.msg[0];
     model_t *am = fx_model(&agg, "m1", 1, 1, 2, NF + 1, NF);
     gepoch_t *e = global_epoch(&agg.global, am, 1, true);
