@@ -1,6 +1,7 @@
 /*  aggregate: the aggregator of shard daemons. See aggregate.h.  */
 #include "aggregate.h"
 
+#include "keys.h"
 #include "log.h"
 #include "server.h"
 #include "shard.h"
@@ -80,8 +81,27 @@ struct aggregate_t {
     uint32_t *seg_had;
 };
 
+/* With CURVE on, the connections that follow are a CURVE client's: the
+   aggregator's own key pair (security.secret_key_file), to a shard whose
+   public key is `server` (Z85). */
 static int
-s_sock(aggregate_t *a, void **sock, int type, const char *ep, const char *what)
+s_curve(aggregate_t *a, void *sock, const char *server, const char *what)
+{
+    const auth_t *au = &a->s->auth;
+    if (!au->enabled)
+        return 0;
+    if (zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, server, KEY_Z85_LEN) ||
+        zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, au->public_key, KEY_Z85_LEN) ||
+        zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, au->secret_key, KEY_Z85_LEN)) {
+        log_err("aggregate: cannot make the %s socket a CURVE client: %s", what,
+                zmq_strerror(zmq_errno()));
+        return -1;
+    }
+    return 0;
+}
+
+static int
+s_sock(aggregate_t *a, void **sock, int type, const char *ep, const char *server, const char *what)
 {
     int zero = 0;
     *sock = zmq_socket(a->s->zctx, type);
@@ -89,6 +109,8 @@ s_sock(aggregate_t *a, void **sock, int type, const char *ep, const char *what)
         log_err("aggregate: cannot create the %s socket: %s", what, zmq_strerror(zmq_errno()));
         return -1;
     }
+    if (ep && s_curve(a, *sock, server, what))
+        return -1;
     if (ep && zmq_connect(*sock, ep)) {
         log_err("aggregate: cannot connect %s to '%s': %s", what, ep, zmq_strerror(zmq_errno()));
         return -1;
@@ -120,18 +142,26 @@ aggregate_new(server_t *s)
         aggregate_destroy(&a);
         return NULL;
     }
-    if (s_sock(a, &a->xsub, ZMQ_XSUB, NULL, "xpl forwarding"))
+    if (s_sock(a, &a->xsub, ZMQ_XSUB, NULL, NULL, "xpl forwarding"))
         goto fail;
     for (int i = 0; i < c->aggregate.count; i++) {
         ashard_t *sh = &a->shards[a->nshards++];
         sh->endpoint = c->aggregate.items[i];
         sh->query_ep = c->aggregate_query.items[i];
         sh->k = -1;
-        if (s_sock(a, &sh->sub, ZMQ_SUB, sh->endpoint, "shard state") ||
+        char server[KEY_Z85_LEN + 1] = "", err[512];
+        if (s->auth.enabled) {
+            const char *cert = c->aggregate_keys.items[c->aggregate_keys.count == 1 ? 0 : i];
+            if (keys_load(cert, server, NULL, err, sizeof err)) {
+                log_err("aggregate: the shard certificate of %s: %s", sh->endpoint, err);
+                goto fail;
+            }
+        }
+        if (s_sock(a, &sh->sub, ZMQ_SUB, sh->endpoint, server, "shard state") ||
             zmq_setsockopt(sh->sub, ZMQ_SUBSCRIBE, "state/", 6) ||
-            s_sock(a, &sh->dealer, ZMQ_DEALER, sh->query_ep, "shard query"))
+            s_sock(a, &sh->dealer, ZMQ_DEALER, sh->query_ep, server, "shard query"))
             goto fail;
-        if (zmq_connect(a->xsub, sh->endpoint)) {
+        if (s_curve(a, a->xsub, server, "xpl forwarding") || zmq_connect(a->xsub, sh->endpoint)) {
             log_err("aggregate: cannot connect to '%s': %s", sh->endpoint, zmq_strerror(zmq_errno()));
             goto fail;
         }
