@@ -9,7 +9,7 @@ import time
 import msgpack
 
 from .example import Example, pack
-from .outputs import DRIFT, PUBLISHED, VARIANTS_PUBLISHED, normalise
+from .outputs import DRIFT, PUBLISHED, SHARD_PUBLISHED, VARIANTS_PUBLISHED, normalise
 from .queries import REQUESTS
 
 EXAMPLES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,6 +41,12 @@ VARIANTS_ARGS = ["--methods", "rollout,grad_rollout,first_layer,attn_mean,diag,c
                  "grad_rollout_signed,lrp_rollout", "--discard", "0.5", "--start-layer", "-1",
                  "--log-level", "notice"]
 SCENARIO_VARIANTS = [("ingest", "ingest/m3-rel")]
+
+
+# A shard (of one): its state/ for an aggregator, in the event-time modes.
+SHARD_ARGS = ["--shard", "0/1", "--methods", "rollout,attn_mean", "--drift-window-s", "1",
+              "--decay-half-life-s", "60", "--glob-interval-ms", "100", "--log-level", "notice"]
+SCENARIO_SHARD = [("ingest", "ingest/drift-a")]
 
 
 def find_xplaind():
@@ -223,6 +229,33 @@ def variants_outputs(xplaind, frames):
     return out
 
 
+def shard_outputs(xplaind, frames, timeout=10.0):
+    """The state/ examples of the shard daemon: {name: (kind, topic, body
+    bytes as captured, description)}. The state goes out every interval;
+    the first one with the trades of the scenario is kept."""
+    r = Replay(xplaind, SHARD_ARGS)
+    out = {}
+    try:
+        for what, name in SCENARIO_SHARD:
+            fr = frames[name]
+            r.send(fr)
+            r.wait_for(("xpl/" + msgpack.unpackb(fr[1])["model"]).encode(),
+                       len(msgpack.unpackb(fr[1])["ids"]))
+        deadline = time.monotonic() + timeout
+        while len(out) < len(SHARD_PUBLISHED):
+            if time.monotonic() > deadline:
+                raise RuntimeError("no state/ with the trades of the scenario:\n" + r.stderr())
+            r.collect(0.05)
+            for name, (topic, count, desc) in SHARD_PUBLISHED.items():
+                hit = [b for t, b in r.received if t.decode() == topic and
+                       msgpack.unpackb(b).get("count") == count]
+                if hit and name not in out:
+                    out[name] = ("state", topic, hit[0], desc)
+    finally:
+        r.stop()
+    return out
+
+
 def capture(xplaind, inputs):
     """The output examples, from a fresh replay of `inputs` (Examples)."""
     frames = {n: e.frames for n, e in inputs.items()}
@@ -232,6 +265,8 @@ def capture(xplaind, inputs):
     selected = select_outputs(replies, published)
     variants = variants_outputs(xplaind, frames)
     selected.update(variants)
+    shard = shard_outputs(xplaind, frames)
+    selected.update(shard)
     for name, (kind, topic, raw, desc) in selected.items():
         body, done = normalise(name, kind, raw)
         meta = {}
@@ -239,8 +274,8 @@ def capture(xplaind, inputs):
             base = name.split("/", 1)[1]
             meta["op"] = next(r[1] for r in REQUESTS if r[0] == base)
             meta["request"] = "request/" + base
-        meta["source"] = "captured from xplaind " + " ".join(VARIANTS_ARGS if name in variants
-                                                             else DAEMON_ARGS)
+        meta["source"] = "captured from xplaind " + " ".join(
+            VARIANTS_ARGS if name in variants else SHARD_ARGS if name in shard else DAEMON_ARGS)
         if done:
             meta["normalised"] = done
         frames = [body] if topic is None else [topic.encode(), body]
