@@ -259,3 +259,57 @@ def test_two_aggregators_under_a_top_aggregator_equal_one_daemon():
             if d.proc.poll() is None:
                 d.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_segments_past_max_segments_are_counted_in_overflow():
+    """Three desks, --max-segments 2 everywhere, two shards and an
+    aggregator. Which segments a daemon tracks depends on arrival order
+    (first come, first served); here desks a and b come first on every
+    shard, so every daemon tracks those two: the aggregator's segments
+    hold exactly their desks' trades, and desk c's are all in
+    segments_overflow (the shards' overflow, summed)."""
+    tmp = tempfile.mkdtemp(prefix="xplaggo-")
+    daemons = []
+    args = [a for a in COMMON] + ["--max-segments", "2"]
+    try:
+        ns = 2
+        ep = {k: {w: f"ipc://{tmp}/s{k}-{w}" for w in ("in", "pub", "q")} for k in range(ns)}
+        for k in range(ns):
+            daemons.append(FixedDaemon(ep[k], "--shard", f"{k}/{ns}", *args))
+        agg = Daemon("--aggregate", ",".join(ep[k]["pub"] for k in range(ns)),
+                     "--aggregate-query", ",".join(ep[k]["q"] for k in range(ns)), *args,
+                     ingest_bind=False)
+        daemons.append(agg)
+        toks = ["f%d" % j for j in range(N_TOK)]
+        toks[CLS] = "CLS"
+        pub = Publisher("m1", connect=[ep[k]["in"] for k in range(ns)], tokens=toks, cls=CLS, shards=ns)
+        assert pub.wait_subscriber(20), "publisher not joined"
+        rng = np.random.default_rng(5)
+        per_desk = {d: 0 for d in DESKS}
+        n = 0
+        for i in range(90):
+            d = DESKS[i % 2] if i < 30 else DESKS[i % 3]
+            A = attention(rng, np.ones(N_TOK))[None]
+            pub.send(A, ids=[f"o-{i}"], ts=T0 + i * STEP, extra={"tags": {"desk": d}})
+            per_desk[d] += 1
+            n += 1
+
+        def settled():
+            r = agg.query("drift", model="m1")
+            g = agg.query("global", model="m1")
+            if not (r["ok"] and g["ok"] and g["count"] == n):
+                return None
+            segs = {s: agg.query("global", model="m1", segment=s)["count"] for s in r["segments"]}
+            return (r, segs) if sum(segs.values()) + r["segments_overflow"] == n else None
+        r, segs = wait_until(settled, 30, "the aggregator to account every trade in a segment or "
+                                          "in overflow")
+        assert sorted(r["segments"]) == ["desk=a", "desk=b"], r["segments"]
+        for s, c in segs.items():
+            assert c == per_desk[s.split("=")[1]], (s, c, per_desk)
+        assert r["segments_overflow"] == per_desk["c"] > 0
+        pub.close()
+    finally:
+        for d in reversed(daemons):
+            if d.proc.poll() is None:
+                d.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
