@@ -73,6 +73,7 @@ struct aggregate_t {
     uint32_t npending;
     uint64_t next_id;
     int first_item;
+    uint32_t state_subs;        /* subscriptions on our XPUB that take state/ */
     /* counters (stats reply) */
     uint64_t merges, merge_errors, state_rejected, stale_events, trades_forwarded;
     /* Per-segment scratch of a rebuild (astate_merged_t), max_segments long. */
@@ -797,6 +798,16 @@ s_forward_up(aggregate_t *a)
                 zmq_send(a->xsub, up, sizeof up, ZMQ_DONTWAIT);
             else if (pl > 4 && memcmp(d + 1, "xpl/", 4) == 0)
                 zmq_send(a->xsub, d, len, ZMQ_DONTWAIT);
+            /* Someone (an aggregator above) wants state/: "", "s", ...,
+               "state/", "state/m1" (XPUB reports each topic's first
+               subscription and its last unsubscription). */
+            if ((pl <= 6 && memcmp(d + 1, "state/", pl) == 0) ||
+                (pl > 6 && memcmp(d + 1, "state/", 6) == 0)) {
+                if (d[0] == 1)
+                    a->state_subs++;
+                else if (a->state_subs)
+                    a->state_subs--;
+            }
         }
         zmq_msg_close(&m);
     }
@@ -921,8 +932,10 @@ aggregate_rebuild(aggregate_t *a)
         }
     }
     /* The merged state, as a shard sends its own: for an aggregator of
-       aggregators, and the heartbeat that says this one is alive. */
-    astate_publish(&a->s->publisher, &a->s->global, &a->s->models, st, 0, 0, a);
+       aggregators, and the heartbeat that says this one is alive; not
+       even encoded while nobody subscribes to it. */
+    if (a->state_subs)
+        astate_publish(&a->s->publisher, &a->s->global, &a->s->models, st, 0, 0, a);
 }
 
 uint32_t
