@@ -527,6 +527,24 @@ s_add(global_t *g, const model_t *md, const int64_t *target, const xm_result_t *
     g->gen++;
 }
 
+gseg_t *
+global_segment_method(global_t *g, gepoch_t *e, const char *label, size_t len, int m, int *index)
+{
+    gseg_t *sg = s_segment(g, e, label, len);
+    if (!sg || s_seg_method(g, e, sg, m))
+        return NULL;
+    *index = segtab_find(&e->segs, label, len);
+    return sg;
+}
+
+void
+global_close_window_seg(global_t *g, const model_t *md, gepoch_t *e, int m, int seg,
+                        const evwin_view_t *v, global_closed_t *closed)
+{
+    if (seg >= 0 && (uint32_t)seg < e->segs.n && e->seg[seg])
+        s_close_window(g, md, e, m, seg, v, closed);
+}
+
 const gseg_t *
 global_segment(const gepoch_t *e, const char *label, size_t len)
 {

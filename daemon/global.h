@@ -220,6 +220,16 @@ gclass_t *global_class(global_t *g, gepoch_t *e, int64_t target);
 void global_add_seg(global_t *g, const model_t *md, const int64_t *target, const xm_result_t *res,
                     const char *label, size_t len, global_closed_t *closed);
 
+/* For the aggregator, which fills segments from its shards: segment
+   `label` of epoch e with the state of method m, created while there is
+   room (NULL when not admitted, with segs.overflow + 1, or out of
+   memory); its index into *index. And the judging of a closed merged
+   event-time window of segment `seg`, as global_close_window overall. */
+gseg_t *global_segment_method(global_t *g, gepoch_t *e, const char *label, size_t len, int m,
+                              int *index);
+void global_close_window_seg(global_t *g, const model_t *md, gepoch_t *e, int m, int seg,
+                             const evwin_view_t *v, global_closed_t *closed);
+
 /* Segment `label` of epoch e, or NULL when not tracked. */
 const gseg_t *global_segment(const gepoch_t *e, const char *label, size_t len);
 

@@ -1070,3 +1070,102 @@ Test(client_examples, publisher_sends_the_ingest_examples, .init = setup, .fini 
     zmq_ctx_term(ctx);
     xpl_pub_destroy(&p);
 }
+
+/* The examples with a relevance tensor and with several targets per
+   trade: what xpl_pub sends for their data (rel beside grad; targets
+   with grad [b][t][l][h][i][j]) is the example, schema included. */
+Test(client_examples, publisher_sends_rel_and_targets, .init = setup, .fini = teardown)
+{
+    static const char *names[] = {"ingest/m4-rel", "ingest/m5-targets", "ingest/m5-targets-fused"};
+    char ep[128];
+    snprintf(ep, sizeof ep, "ipc://%s/in2", g_dir);
+    xpl_pub_t *p = xpl_pub_new_bind(ep);
+    cr_assert_not_null(p, "%s", xpl_strerror());
+    void *ctx = zmq_ctx_new();
+    void *sub = zmq_socket(ctx, ZMQ_SUB);
+    zmq_setsockopt(sub, ZMQ_SUBSCRIBE, "attn/", 5);
+    cr_assert_eq(zmq_connect(sub, ep), 0);
+    cr_assert_eq(xpl_pub_wait_subscriber(p, 5000), 0, "%s", xpl_strerror());
+    for (size_t k = 0; k < sizeof names / sizeof *names; k++) {
+        ex_t *e = load(names[k]);
+        const jv_t *b = e->body;
+        const char *model = jv_str(jv_get(b, "model"));
+        const jv_t *tok = jv_get(b, "tokens");
+        const char *tokens[16];
+        for (size_t t = 0; tok && t < tok->n; t++)
+            tokens[t] = tok->items[t]->s;
+        /* The fused example follows the full one of its model (seq 1,
+           no schema): the schema is set from the full one. */
+        if (tok)
+            cr_assert_eq(xpl_pub_set_schema(p, model, (uint32_t)jv_int(jv_get(b, "L")),
+                                            (uint32_t)jv_int(jv_get(b, "H")),
+                                            (uint32_t)jv_int(jv_get(b, "n")),
+                                            (int32_t)jv_int(jv_get(b, "cls")), tokens), 0);
+        cr_assert_eq(xpl_pub_next_seq(p, model), (uint64_t)jv_int(jv_get(b, "seq")), "%s: seq",
+                     e->name);
+        const jv_t *ids = jv_get(b, "ids"), *tj = jv_get(b, "target"), *yj = jv_get(b, "y"),
+                   *tsj = jv_get(b, "targets");
+        xpl_id_t id[8];
+        int64_t target[8], targets[8];
+        double y[8];
+        for (size_t i = 0; i < ids->n; i++) {
+            const jv_t *v = ids->items[i];
+            id[i] = v->t == JV_STR ? xpl_id_str(v->s) : xpl_id_uint((uint64_t)v->i);
+            if (tj)
+                target[i] = jv_int(tj->items[i]);
+            if (yj)
+                y[i] = jv_num(yj->items[i]);
+        }
+        for (size_t t = 0; tsj && t < tsj->n; t++)
+            targets[t] = jv_int(tsj->items[t]);
+        cr_assert_str_eq(jv_str(jv_get(b, "dtype")), "f32");
+        size_t len;
+#define BIN(key) (jv_get(b, key) ? jv_bin(jv_get(b, key), &len) : NULL)
+        uint8_t *attn = BIN("attn"), *grad = BIN("grad"), *rel = BIN("rel"), *fattn = BIN("fattn"),
+                *fgrad = BIN("fgrad"), *imp = BIN("head_importance"), *conf = BIN("head_confidence");
+#undef BIN
+        cr_assert(rel || tsj, "%s has neither rel nor targets", e->name);
+        if (fattn) {
+            xpl_fused_batch_t fb = {.model = model, .B = (uint32_t)ids->n, .ids = id,
+                                    .dtype = XPL_F32, .fattn = fattn, .fgrad = fgrad,
+                                    .head_importance = (const float *)imp,
+                                    .head_confidence = (const float *)conf,
+                                    .target = tj ? target : NULL, .y = yj ? y : NULL,
+                                    .ts = jv_int(jv_get(b, "ts")),
+                                    .T = tsj ? (uint32_t)tsj->n : 0, .targets = tsj ? targets : NULL};
+            cr_assert_eq(xpl_pub_send_fused(p, &fb), 0, "%s: %s", e->name, xpl_strerror());
+        } else {
+            xpl_batch_t batch = {.model = model, .B = (uint32_t)ids->n, .ids = id,
+                                 .dtype = XPL_F32, .attn = attn, .grad = grad,
+                                 .target = tj ? target : NULL, .y = yj ? y : NULL,
+                                 .ts = jv_int(jv_get(b, "ts")), .rel = rel,
+                                 .T = tsj ? (uint32_t)tsj->n : 0, .targets = tsj ? targets : NULL};
+            cr_assert_eq(xpl_pub_send(p, &batch), 0, "%s: %s", e->name, xpl_strerror());
+        }
+        zmq_msg_t topic, body;
+        zmq_msg_init(&topic);
+        zmq_msg_init(&body);
+        zmq_pollitem_t it = {sub, 0, ZMQ_POLLIN, 0};
+        cr_assert_eq(zmq_poll(&it, 1, 5000), 1, "%s: nothing sent", e->name);
+        zmq_msg_recv(&topic, sub, 0);
+        zmq_msg_recv(&body, sub, 0);
+        cr_assert(zmq_msg_size(&topic) == e->len[0] &&
+                  memcmp(zmq_msg_data(&topic), e->frame[0], e->len[0]) == 0, "%s: topic", e->name);
+        static const char *none[] = {NULL};
+        assert_mp_eq(zmq_msg_data(&body), zmq_msg_size(&body), b, none, e->name);
+        assert_same_message(zmq_msg_data(&body), zmq_msg_size(&body), e, none);
+        zmq_msg_close(&topic);
+        zmq_msg_close(&body);
+        free(attn);
+        free(grad);
+        free(rel);
+        free(fattn);
+        free(fgrad);
+        free(imp);
+        free(conf);
+        ex_free(e);
+    }
+    zmq_close(sub);
+    zmq_ctx_term(ctx);
+    xpl_pub_destroy(&p);
+}
