@@ -9,7 +9,8 @@ import time
 import msgpack
 
 from .example import Example, pack
-from .outputs import DRIFT, PUBLISHED, TARGETS_PUBLISHED, VARIANTS_PUBLISHED, normalise
+from .outputs import (DRIFT, PUBLISHED, SHARD_PUBLISHED, TARGETS_PUBLISHED, VARIANTS_PUBLISHED,
+                      normalise)
 from .queries import REQUESTS
 
 EXAMPLES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,6 +46,12 @@ SCENARIO_VARIANTS = [("ingest", "ingest/m4-rel")]
 # methods but diag and flow.
 TARGETS_ARGS = ["--methods", "rollout,grad_rollout,first_layer,attn_mean", "--log-level", "notice"]
 SCENARIO_TARGETS = [("ingest", "ingest/m5-targets"), ("ingest", "ingest/m5-targets-fused")]
+
+
+# A shard (of one): its state/ for an aggregator, in the event-time modes.
+SHARD_ARGS = ["--shard", "0/1", "--methods", "rollout,attn_mean", "--drift-window-s", "1",
+              "--decay-half-life-s", "60", "--glob-interval-ms", "100", "--log-level", "notice"]
+SCENARIO_SHARD = [("ingest", "ingest/drift-a")]
 
 
 def find_xplaind():
@@ -226,6 +233,8 @@ def args_of(name):
     for _, args, published in OWN_DAEMONS:
         if name in published:
             return args
+    if name in SHARD_PUBLISHED:
+        return SHARD_ARGS
     return DAEMON_ARGS
 
 
@@ -244,6 +253,33 @@ def variants_outputs(xplaind, frames):
     return out
 
 
+def shard_outputs(xplaind, frames, timeout=10.0):
+    """The state/ examples of the shard daemon: {name: (kind, topic, body
+    bytes as captured, description)}. The state goes out every interval;
+    the first one with the trades of the scenario is kept."""
+    r = Replay(xplaind, SHARD_ARGS)
+    out = {}
+    try:
+        for what, name in SCENARIO_SHARD:
+            fr = frames[name]
+            r.send(fr)
+            r.wait_for(("xpl/" + msgpack.unpackb(fr[1])["model"]).encode(),
+                       len(msgpack.unpackb(fr[1])["ids"]))
+        deadline = time.monotonic() + timeout
+        while len(out) < len(SHARD_PUBLISHED):
+            if time.monotonic() > deadline:
+                raise RuntimeError("no state/ with the trades of the scenario:\n" + r.stderr())
+            r.collect(0.05)
+            for name, (topic, count, desc) in SHARD_PUBLISHED.items():
+                hit = [b for t, b in r.received if t.decode() == topic and
+                       msgpack.unpackb(b).get("count") == count]
+                if hit and name not in out:
+                    out[name] = ("state", topic, hit[0], desc)
+    finally:
+        r.stop()
+    return out
+
+
 def capture(xplaind, inputs):
     """The output examples, from a fresh replay of `inputs` (Examples)."""
     frames = {n: e.frames for n, e in inputs.items()}
@@ -253,6 +289,8 @@ def capture(xplaind, inputs):
     selected = select_outputs(replies, published)
     variants = variants_outputs(xplaind, frames)
     selected.update(variants)
+    shard = shard_outputs(xplaind, frames)
+    selected.update(shard)
     for name, (kind, topic, raw, desc) in selected.items():
         body, done = normalise(name, kind, raw)
         meta = {}
