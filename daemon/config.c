@@ -90,7 +90,9 @@ static const opt_t s_opts[] = {
      "Bind the PUB socket for xpl/, glob/, drift/ and heads/ here."},
     {"publish", "sndhwm", "publish-sndhwm", T_UINT, O(publish_sndhwm), "10000", 0, 100000000, false,
      "Send high-water mark per subscriber, in messages: what a slow subscriber may hold in the "
-     "daemon's memory; past it that subscriber loses messages (it sees seq gaps), others do not."},
+     "daemon's memory; past it that subscriber loses messages (it sees seq gaps), others do not. "
+     "ZeroMQ accounts for reads in steps of half the mark, so keep a subscriber's backlog under "
+     "half of it."},
     {"query", "endpoint", "query", T_STR, O(query), "tcp://127.0.0.1:5558", 0, 0, false,
      "Bind the ROUTER socket for queries here."},
     {"query", "max_size", "query-max-size", T_SIZE, O(query_max_size), "64K", 1024, 16ull << 20, true,
@@ -142,8 +144,8 @@ static const opt_t s_opts[] = {
     {"global", "segment_by", "segment-by", T_STR, O(segment_by), "", 0, 0, false,
      "Tag keys to segment by, comma-separated (at most 4, e.g. desk,venue): a trade's segment is "
      "its values for those keys, and global means and drift are kept per segment as well as "
-     "overall, in the same drift and decay modes. Empty: no segments. Not in an aggregator "
-     "(aggregate.shards): it merges no segments."},
+     "overall, in the same drift and decay modes. Empty: no segments. An aggregator "
+     "(aggregate.shards) given it merges its shards' segments (give it theirs)."},
     {"global", "max_segments", "max-segments", T_UINT, O(max_segments), "16", 1, 4096, false,
      "Segments tracked per model and schema epoch, first come first served; trades of further "
      "segments count overall and in the drift query's segments_overflow."},
@@ -229,6 +231,11 @@ static const opt_t s_opts[] = {
     {"aggregate", "queries", "aggregate-query", T_LIST, O(aggregate_query), "", 0, 0, false,
      "The shards' query endpoints, in the order of aggregate.shards: trade queries go to the "
      "shard that owns the id."},
+    {"aggregate", "shard_keys", "aggregate-shard-key", T_LIST, O(aggregate_keys), "", 0, 0, false,
+     "With security.curve: the shards' public CURVE certificates (xplainctl keygen writes them), "
+     "one for every shard or one per shard in the order of aggregate.shards. The aggregator "
+     "connects to them as a CURVE client with its own security.secret_key_file, which their "
+     "security.clients_dir must admit."},
     {"aggregate", "stale_ms", "aggregate-stale-ms", T_UINT, O(aggregate_stale_ms), "5000", 100,
      3600000, false,
      "A shard whose state has not arrived for this long is reported stale (stats, glob/, "
@@ -788,20 +795,21 @@ s_finish(config_t *cfg)
                 cfg->aggregate_query.count);
         errors++;
     }
-    if (cfg->aggregate.count && cfg->curve) {
-        fprintf(stderr, "xplaind: an aggregator does not speak CURVE to its shards yet: run it "
-                        "and its shards without security.curve (on a private network)\n");
+    if (cfg->aggregate.count && cfg->curve && cfg->aggregate_keys.count != 1 &&
+        cfg->aggregate_keys.count != cfg->aggregate.count) {
+        fprintf(stderr, "xplaind: with security.curve an aggregator needs the shards' public "
+                        "certificates: aggregate.shard_keys, one for all or one per shard (%d "
+                        "shards, %d certificates)\n", cfg->aggregate.count,
+                cfg->aggregate_keys.count);
+        errors++;
+    }
+    if (cfg->aggregate_keys.count && !(cfg->aggregate.count && cfg->curve)) {
+        fprintf(stderr, "xplaind: aggregate.shard_keys needs aggregate.shards and security.curve\n");
         errors++;
     }
     if (cfg->aggregate.count && cfg->shard[0]) {
         fprintf(stderr, "xplaind: a daemon is a shard (ingest.shard) or an aggregator "
                         "(aggregate.shards), not both\n");
-        errors++;
-    }
-    /* An aggregator merges the shards' model-wide state only. */
-    if (cfg->segkeys.n && cfg->aggregate.count) {
-        fprintf(stderr, "xplaind: global.segment_by cannot be combined with aggregate.shards: "
-                        "an aggregator merges the shards' model-wide state, not segments\n");
         errors++;
     }
     if (!cfg->demo && cfg->ingest_connect.count == 0 && cfg->ingest_bind.count == 0 &&
