@@ -13,7 +13,8 @@
   same trades, fused and micro-batched through a sharded publisher and
   in the full form through a plain one, are explained once each, by the
   daemon that owns them, as the single daemon explains them (1e-6
-  relative, f32), one xpl/ message per trade and target.
+  relative, f32; 1e-5 for grad_rollout_signed, see below), one xpl/
+  message per trade and target.
 
 Run by Debian's /usr/bin/python3 (python3-zmq, -msgpack, -numpy, -pytest).
 """
@@ -315,7 +316,13 @@ def test_shard_daemons_explain_fused_batches_like_one_daemon():
             assert set(want) == set(METHODS.split(",")), want.keys()
             assert set(have) == set(want), (key, have.keys())
             for meth in want:
-                assert_close(have[meth], want[meth], 1e-6, what="trade %r %s" % (key, meth))
+                # The full form sums G*A over heads in double; the fused
+                # form's fgrad_signed arrives as float32 head means, whose
+                # rounding the readout can amplify where values cancel
+                # (core/MATH.md, "Precision"): 1e-5 there, as against the
+                # float64 reference.
+                tol = 1e-5 if meth == "grad_rollout_signed" else 1e-6
+                assert_close(have[meth], want[meth], tol, what="trade %r %s" % (key, meth))
         for k, d in enumerate(shard_d):
             st = d.stats()
             assert st["counters"]["rejected"] == 0, (k, st["rejected"])
