@@ -67,6 +67,9 @@ static const opt_t s_opts[] = {
      1, 4096, true,
      "Most targets one message may explain each trade for ('targets': one gradient per "
      "target); more are rejected as 'length'."},
+    {"ingest", "max_groups", "max-groups", T_UINT, O(max_groups), "0", 0, 1u << 20, true,
+     "Most feature groups one schema may have ('groups'), 0: ingest.max_tokens; more are "
+     "rejected as 'length', as are groups naming more than ingest.max_tokens tokens in all."},
     {"ingest", "attention_check", "attention-check", T_STR, O(attention_check), "reject", 0, 0,
      true,
      "What to do with a trade whose attention rows are not probability distributions: reject "

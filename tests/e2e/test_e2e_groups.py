@@ -1,0 +1,322 @@
+"""End to end: feature groups (MATH.md, "Feature groups") through a real
+xplaind, fed by a plain pyzmq + msgpack publisher (no project code).
+
+A schema's "groups" maps several tokens to one feature; every method's
+per-trade vector is summed per feature after the readout. The published
+xpl/ vectors, the trade query, the schema reply and the global means are
+checked against the float64 reference (tests/ref.py) on random shapes,
+every CLS position (none, first, last, inside), every dtype, with and
+without several targets, the groups sent as a map and as [name, tokens]
+pairs. Then: the groups are part of the schema (a change starts an epoch,
+a message without "groups" keeps them), a snapshot keeps them, and each
+hostile form is rejected under its own reason, counted and logged.
+"""
+import os
+import time
+
+import msgpack
+import numpy as np
+
+from xpltest import assert_close, encode, join, random_attention, ref, wait_until
+
+ALL = ["rollout", "grad_rollout", "first_layer", "attn_mean", "diag", "colsum",
+       "grad_rollout_signed", "lrp_rollout"]
+DTYPES = ["f32", "f16", "bf16"]
+
+
+def features_of(tokens, cls, groups):
+    """Feature names and the feature of each readout position, written
+    from MATH.md: a group is one feature standing where its lowest token
+    stands, under the group's name; other tokens (CLS excepted) are their
+    own features."""
+    group_of = {t: g for g, (_, toks) in enumerate(groups) for t in toks}
+    names, feat_of, gfeat = [], [], {}
+    for j, t in enumerate(tokens):
+        if j == cls:
+            continue
+        g = group_of.get(t)
+        if g is None:
+            names.append(t)
+            feat_of.append(len(names) - 1)
+        else:
+            if g not in gfeat:
+                gfeat[g] = len(names)
+                names.append(groups[g][0])
+            feat_of.append(gfeat[g])
+    return names, feat_of
+
+
+def random_groups(rng, tokens, cls):
+    """A random partition of some non-CLS tokens into groups (in random
+    order, tokens shuffled), the rest left alone."""
+    cand = [t for j, t in enumerate(tokens) if j != cls]
+    rng.shuffle(cand)
+    groups, k = [], 0
+    while k < len(cand) - 1 and len(groups) < 4:
+        size = int(rng.integers(1, min(4, len(cand) - k) + 1))
+        groups.append((f"grp{len(groups)}_{size}", [str(t) for t in cand[k:k + size]]))
+        k += size + int(rng.integers(0, 2))
+    return groups
+
+
+def wire_groups(groups, as_map):
+    return {name: toks for name, toks in groups} if as_map else [[n, t] for n, t in groups]
+
+
+def per_token(A, G, R, cls):
+    """Every method for one trade (target t of G and R), per readout
+    position, with each value's tolerance: 1e-5 relative, and for the
+    signed method relative to its magnitude scale (as the core's test)."""
+    v = ref.variants(A, None if G is None else G[None], cls, None if R is None else R[None])
+    plain = ref.methods(A, None, cls)
+    want = {"rollout": v["rollout"], "colsum": v["colsum"], "first_layer": plain["first_layer"],
+            "attn_mean": plain["attn_mean"], "diag": plain["diag"]}
+    for m in ("grad_rollout", "grad_rollout_signed", "lrp_rollout"):
+        if m in v:
+            want[m] = v[m][0]
+    tol = {}
+    for m, w in want.items():
+        tol[m] = 1e-5 * np.abs(w) + 1e-12
+        if m == "grad_rollout_signed":
+            tol[m] += 1e-5 * ref.magnitude_scale(A, G, cls, False, 0, False)
+    return want, tol
+
+
+def check_features(attr, want, tol, feat_of, nf, what):
+    """Per feature: the sum of the reference's values of its tokens, within
+    the sum of their tolerances (plus the float32 rounding of the sum)."""
+    assert sorted(attr) == sorted(want), (what, sorted(attr), sorted(want))
+    for m, w in want.items():
+        got = np.asarray(attr[m], np.float64)
+        W = ref.groups(w, feat_of, nf)
+        T = ref.groups(tol[m], feat_of, nf) + 1e-6 * np.abs(W) + 1e-12
+        assert got.shape == W.shape, (what, m, got.shape, W.shape)
+        k = int(np.argmax(np.abs(got - W) - T))
+        assert (np.abs(got - W) <= T).all(), \
+            f"{what} {m}: feature {k} got {got[k]!r} want {W[k]!r} (tol {T[k]:.3g})"
+
+
+def recv(sub, count):
+    out = []
+    for _ in range(count):
+        if not sub.poll(10000):
+            raise AssertionError(f"timed out waiting for {count} xpl/ messages ({len(out)} came)")
+        topic, body = sub.recv_multipart()
+        out.append((topic.decode(), msgpack.unpackb(body)))
+    return out
+
+
+def random_cases(rng, count):
+    cases = []
+    for k in range(count):
+        L, H, n = int(rng.integers(1, 5)), int(rng.integers(1, 4)), int(rng.integers(3, 20))
+        cls = [-1, 0, n - 1, n // 2][k % 4]
+        tokens = [f"c{j}x{int(rng.integers(0, 99))}" for j in range(n)]
+        cases.append({"model": f"g{k}", "L": L, "H": H, "n": n, "cls": cls, "tokens": tokens,
+                      "dtype": DTYPES[(k // 4) % 3], "B": 1 + k % 3, "T": [0, 0, 2][k % 3],
+                      "groups": random_groups(rng, tokens, cls), "as_map": k % 2 == 0})
+    return cases
+
+
+def send_case(pub, c, rng, seq=0, with_groups=True):
+    B, L, H, n, T = c["B"], c["L"], c["H"], c["n"], c["T"]
+    A = random_attention(rng, (B, L, H, n, n), temp=1 + 3 * (seq % 2))
+    gshape = (B, T, L, H, n, n) if T else (B, L, H, n, n)
+    G = rng.standard_normal(gshape)
+    R = rng.standard_normal(gshape) * (A[:, None] if T else A)
+    ids = [f"{c['model']}-{seq}-{b}" for b in range(B)]
+    body = {"v": 1, "model": c["model"], "seq": seq, "ts": time.time_ns(), "ids": ids,
+            "L": L, "H": H, "n": n, "dtype": c["dtype"], "cls": c["cls"], "tokens": c["tokens"]}
+    if with_groups:
+        body["groups"] = wire_groups(c["groups"], c["as_map"])
+    if T:
+        body["targets"] = [5, 9][:T]
+    body["attn"], Ax = encode(A, c["dtype"])
+    body["grad"], Gx = encode(G, c["dtype"])
+    body["rel"], Rx = encode(R, c["dtype"])
+    pub.send_multipart([f"attn/{c['model']}".encode(), msgpack.packb(body)])
+    return ids, Ax.reshape(A.shape), Gx.reshape(G.shape), Rx.reshape(R.shape)
+
+
+def run_case(pub, sub, c, rng, seq=0, with_groups=True):
+    """Send one message of a case and check its xpl/ messages; returns
+    the per-feature vectors of each trade's first target."""
+    ids, Ax, Gx, Rx = send_case(pub, c, rng, seq, with_groups)
+    names, feat_of = features_of(c["tokens"], c["cls"], c["groups"])
+    nf, T = len(names), max(1, c["T"])
+    trades = []
+    msgs = recv(sub, c["B"] * T)
+    for b in range(c["B"]):
+        for t in range(T):
+            topic, msg = msgs[b * T + t]
+            assert topic == f"xpl/{c['model']}" and msg["id"] == ids[b], (topic, msg["id"])
+            G = Gx[b, t] if c["T"] else Gx[b]
+            R = Rx[b, t] if c["T"] else Rx[b]
+            want, tol = per_token(Ax[b], G, R, c["cls"])
+            what = (f"{c['model']} L={c['L']} H={c['H']} n={c['n']} cls={c['cls']} {c['dtype']} "
+                    f"T={c['T']} trade {b} target {t} groups {c['groups']}")
+            check_features(msg["attr"], want, tol, feat_of, nf, what)
+            if t == 0:
+                trades.append({m: ref.groups(w, feat_of, nf) for m, w in want.items()})
+    return ids, trades
+
+
+def test_groups_match_the_reference(daemon):
+    rng = np.random.default_rng(int(os.environ.get("XPL_TEST_SEED", "1414")))
+    d = daemon("--methods", ",".join(ALL))
+    pub = d.publisher()
+    sub = d.subscriber(b"xpl/g")
+    join(d, pub, sub)
+    cases = random_cases(rng, 36)
+    checked = 0
+    for c in cases:
+        ids, trades = run_case(pub, sub, c, rng)
+        checked += c["B"] * max(1, c["T"])
+        names, feat_of = features_of(c["tokens"], c["cls"], c["groups"])
+        # the schema reply names the features and each group's tokens
+        s = d.query("schema", model=c["model"])
+        assert s["ok"] and s["features"] == names, (s, names)
+        gmembers = {name: sorted(toks, key=c["tokens"].index) for name, toks in c["groups"]}
+        if c["groups"]:
+            assert s["groups"] == {g: gmembers[g] for g in names if g in gmembers}, s["groups"]
+        else:
+            assert "groups" not in s, s
+        # the trade query: per feature as well
+        rep = d.query("trade", model=c["model"], id=ids[-1])
+        assert rep["ok"] and rep["features"] == names, rep
+        for m, w in trades[-1].items():
+            assert_close(rep["attr"][m], w, 2e-5, what=f"{c['model']} trade query {m}")
+        # the global means are over features
+        g = d.query("global", model=c["model"])
+        assert g["ok"] and g["count"] == c["B"], g
+        for m in ("rollout", "colsum", "attn_mean"):
+            want = np.mean([t[m] for t in trades], axis=0)
+            assert_close(g["methods"][m]["mean"], want, 2e-5, what=f"{c['model']} global {m}")
+    st = d.stats()
+    assert st["counters"]["rejected"] == 0, st["rejected"]
+    assert checked >= 60, checked
+    print(f"checked {checked} explanations of {len(cases)} random grouped schemas")
+    d.stop()
+
+
+def test_groups_are_part_of_the_schema(daemon):
+    """A message without "groups" keeps them while its tokens are the
+    same; other groups, or none ("groups": {}), start an epoch; new tokens
+    without "groups" have none."""
+    rng = np.random.default_rng(77)
+    d = daemon("--methods", ",".join(ALL))
+    pub = d.publisher()
+    sub = d.subscriber(b"xpl/ep")
+    join(d, pub, sub)
+    n = 6
+    c = {"model": "ep", "L": 2, "H": 2, "n": n, "cls": 0, "tokens": list("abcdef"), "dtype": "f32",
+         "B": 1, "T": 0, "groups": [("de", ["e", "d"])], "as_map": True}
+
+    def epoch():
+        return d.query("schema", model="ep")["epoch"]
+
+    run_case(pub, sub, c, rng, seq=0)
+    assert epoch() == 1
+    run_case(pub, sub, c, rng, seq=1, with_groups=False)        # kept
+    assert epoch() == 1
+    assert d.query("schema", model="ep")["features"] == ["b", "c", "de", "f"]
+    c["groups"] = [("bf", ["b", "f"])]
+    run_case(pub, sub, c, rng, seq=2)
+    assert epoch() == 2
+    assert d.query("schema", model="ep")["features"] == ["bf", "c", "d", "e"]
+    c["groups"] = []
+    run_case(pub, sub, c, rng, seq=3)                           # "groups": {} clears them
+    assert epoch() == 3 and "groups" not in d.query("schema", model="ep")
+    c["groups"] = [("ab", ["b", "c"])]
+    run_case(pub, sub, c, rng, seq=4)
+    c["tokens"], c["groups"] = list("uvwxyz"), []
+    run_case(pub, sub, c, rng, seq=5, with_groups=False)        # new tokens: no groups
+    s = d.query("schema", model="ep")
+    assert s["epoch"] == 5 and s["features"] == list("vwxyz") and "groups" not in s, s
+    d.stop()
+
+
+def test_groups_survive_a_snapshot(daemon, tmp_dir):
+    rng = np.random.default_rng(3)
+    state = os.path.join(tmp_dir, "state")
+    os.mkdir(state)
+    d = daemon("--methods", ",".join(ALL), "--state-dir", state)
+    pub = d.publisher()
+    sub = d.subscriber(b"xpl/snap")
+    join(d, pub, sub)
+    c = {"model": "snap", "L": 2, "H": 2, "n": 8, "cls": 3, "tokens": [f"k{j}" for j in range(8)],
+         "dtype": "f16", "B": 3, "T": 0, "groups": [("a", ["k7", "k0"]), ("b", ["k2", "k4", "k5"])],
+         "as_map": False}
+    _, trades = run_case(pub, sub, c, rng)
+    names = ["a", "k1", "b", "k6"]
+    before = d.query("global", model="snap")
+    d.stop()
+    d2 = daemon("--methods", ",".join(ALL), "--state-dir", state)
+    s = d2.query("schema", model="snap")
+    assert s["ok"] and s["features"] == names, s
+    assert s["groups"] == {"a": ["k0", "k7"], "b": ["k2", "k4", "k5"]}, s["groups"]
+    after = d2.query("global", model="snap")
+    assert after["count"] == 3
+    for m in ("rollout", "grad_rollout", "colsum"):
+        assert after["methods"][m]["mean"] == before["methods"][m]["mean"], m
+        assert_close(after["methods"][m]["mean"], np.mean([t[m] for t in trades], axis=0), 2e-5,
+                     what=f"restored global {m}")
+    # the restored schema goes on: a message without groups keeps them
+    pub2 = d2.publisher()
+    sub2 = d2.subscriber(b"xpl/snap")
+    join(d2, pub2, sub2)
+    run_case(pub2, sub2, c, rng, seq=1, with_groups=False)
+    assert d2.query("schema", model="snap")["epoch"] == s["epoch"]
+    assert d2.query("global", model="snap")["count"] == 3 + c["B"]
+    d2.stop()
+
+
+def test_hostile_groups_are_rejected_by_name(daemon):
+    d = daemon("--max-groups", "3", "--methods", ",".join(ALL))
+    pub = d.publisher()
+    join(d, pub)
+    rng = np.random.default_rng(11)
+    A = random_attention(rng, (1, 2, 2, 5, 5))
+    base = {"v": 1, "model": "hg", "ts": 1, "ids": [1], "L": 2, "H": 2, "n": 5, "dtype": "f32",
+            "cls": 0, "tokens": list("abcde"), "attn": encode(A, "f32")[0]}
+    bad = [
+        ("group_unknown_token", {"groups": {"g": ["b", "zz"]}}),
+        ("group_token_twice", {"groups": {"g": ["b", "c"], "h": ["c", "d"]}}),
+        ("group_token_twice", {"groups": [["g", ["b", "b"]]]}),
+        ("group_cls_token", {"groups": {"g": ["a", "b"]}}),
+        ("group_empty", {"groups": {"g": []}}),
+        ("group_duplicate_feature_name", {"groups": {"d": ["b", "c"]}}),
+        ("group_duplicate_feature_name", {"groups": [["g", ["b"]], ["g", ["c"]]]}),
+        ("group_duplicate_token_name", {"tokens": list("abcbe"), "groups": {"g": ["c", "e"]}}),
+        ("wrong_type", {"groups": "b,c"}),
+        ("wrong_type", {"groups": {"g": "bc"}}),
+        ("wrong_type", {"groups": {"g": ["b", 3]}}),
+        ("wrong_type", {"groups": [["g", ["b"], "extra"]]}),
+        ("wrong_type", {"groups": [{"g": ["b"]}]}),
+        ("length", {"groups": {"g": ["b"], "h": ["c"], "i": ["d"], "j": ["e"]}}),    # > max_groups
+        ("length", {"groups": {"g": ["b", "c", "d", "e", "b", "c"]}}),              # > max_tokens
+        ("bad_string", {"groups": {"g\x00": ["b"]}}),
+        ("missing_key", {"tokens": None, "groups": {"g": ["b", "c"]}}),
+        ("missing_key", {"cls": None, "groups": {"g": ["b", "c"]}}),
+    ]
+    for seq, (reason, extra) in enumerate(bad):
+        before = d.stats()
+        body = dict(base, seq=seq, **extra)
+        for k in [k for k, v in extra.items() if v is None]:
+            del body[k]
+        pub.send_multipart([b"attn/hg", msgpack.packb(body)])
+        after = wait_until(lambda: (lambda s: s if s["counters"]["rejected"] >
+                                    before["counters"]["rejected"] else None)(d.stats()),
+                           what=f"the '{reason}' rejection of {extra} to be counted")
+        for r, c in after["rejected"].items():
+            assert c == before["rejected"].get(r, 0) + (1 if r == reason else 0), (reason, r, c)
+    # the daemon goes on: a valid grouped message is explained
+    sub = d.subscriber(b"xpl/hg")
+    join(d, pub, sub)
+    pub.send_multipart([b"attn/hg", msgpack.packb(dict(base, seq=100, groups={"bc": ["c", "b"]}))])
+    (_, msg), = recv(sub, 1)
+    assert len(msg["attr"]["rollout"]) == 3
+    log = d.stop()
+    for what in ("group_unknown_token", "token 'zz'", "group_cls_token", "group_empty",
+                 "groups has 4 entries (limit 3)", "groups is given without tokens"):
+        assert what in log, (what, log[-3000:])
