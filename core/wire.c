@@ -102,7 +102,7 @@ wire_max_body(const wire_limits_t *lim)
                     each group adds a name and two headers */
                  + 5 + (uint64_t)lim->max_tokens * (lim->max_str + 5)
                  + (uint64_t)(lim->max_groups ? lim->max_groups : lim->max_tokens) *
-                       (lim->max_str + 5 + 2 * 5)
+                       (lim->max_str + 5 + 5)
                  + WIRE_UNKNOWN_SLACK;
     return b;
 }

@@ -93,6 +93,13 @@ def ingest_bodies():
         "n": 5, "dtype": "f32", "attn": tensor_bytes(a, "f32"), "grad": tensor_bytes(g, "f32"),
         "rel": tensor_bytes(np.asarray(a, "<f4") * np.asarray(g, "<f4"), "f32"), "target": [1],
         "cls": 0, "tokens": ["CLS"] + TOKENS_M1[:4]})
+    # Model m4 (CLS last) with feature groups: price and spread are one
+    # feature, "quote", standing where price stands.
+    a, g = m1_tensors(9, 1)
+    out["m4-groups"] = ("attn/m4", {
+        "v": 1, "model": "m4", "seq": 0, "ts": T0 + 30000000, "ids": ["g-1"], "L": 2, "H": 2,
+        "n": 5, "dtype": "f32", "attn": tensor_bytes(a, "f32"), "grad": tensor_bytes(g, "f32"),
+        "target": [1], "cls": 4, "tokens": TOKENS_M1, "groups": {"quote": ["spread", "price"]}})
     return out
 
 
@@ -114,4 +121,8 @@ INGEST_DESCRIPTIONS = {
     "m3-rel": "Model m3 (L=2, H=2, n=5, CLS first) with grad and rel, the relevance of every "
               "attention probability (here gradient x attention), for lrp_rollout; fed to a "
               "daemon of its own that serves the variants (replay.py: VARIANTS_ARGS).",
+    "m4-groups": "Model m4 (L=2, H=2, n=5, CLS last) with feature groups: \"groups\" maps the "
+                 "feature quote to the tokens spread and price, so the model has the features "
+                 "quote, size, side (quote where price, its lowest token, stands); fed to the "
+                 "variants daemon (replay.py: VARIANTS_ARGS).",
 }

@@ -41,6 +41,9 @@ VARIANTS_PUBLISHED = {
                         "grad_rollout_signed (may be negative) and lrp_rollout (rel was sent) "
                         "beside the classic ones. A subscriber that does not know a method name "
                         "skips it."),
+    "xpl/m4-groups": ("xpl/m4", 0, "Trade g-1 of ingest/m4-groups: every vector has one value per "
+                      "feature (quote, size, side), quote the sum of spread's and price's values. "
+                      "Nothing in the message is new: an old subscriber reads it as before."),
 }
 # Drift messages are picked by method and window (their seq depends on the
 # order the methods close in).
