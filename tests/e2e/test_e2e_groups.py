@@ -320,3 +320,49 @@ def test_hostile_groups_are_rejected_by_name(daemon):
     for what in ("group_unknown_token", "token 'zz'", "group_cls_token", "group_empty",
                  "groups has 4 entries (limit 3)", "groups is given without tokens"):
         assert what in log, (what, log[-3000:])
+
+
+def test_python_publisher_and_subscriber_groups(daemon):
+    """The Python client: Publisher(groups=) sends them with the schema
+    (and {} to remove them), the Subscriber names every vector per
+    feature and knows each group's tokens."""
+    import sys
+    sys.path.insert(0, os.path.join(os.environ["XPL_SOURCE_DIR"], "client", "python"))
+    import xplain
+
+    d = daemon("--methods", "rollout,grad_rollout")
+    sub = xplain.Subscriber(d.publish, models=["pyg"], query=d.query_ep)
+    join(d, d.publisher())
+    pub = xplain.Publisher("pyg", connect=d.ingest, tokens=["CLS", "bid", "ask", "size", "side"],
+                           cls=0, groups={"quote": ["ask", "bid"]})
+    try:
+        assert pub.wait_subscriber(10.0), "the daemon never subscribed to the publisher"
+        rng = np.random.default_rng(8)
+        A = random_attention(rng, (2, 2, 5, 5)).astype(np.float32)
+        G = rng.standard_normal((2, 2, 5, 5)).astype(np.float32)
+        x = None
+        deadline = time.monotonic() + 10
+        while x is None and time.monotonic() < deadline:
+            pub.send(A, grad=G, target=1)
+            x = sub.recv(timeout=0.5)
+        assert x is not None, "no explanation reached the Python subscriber"
+        assert x.features == ["quote", "size", "side"], x.features
+        assert x.groups == {"quote": ["bid", "ask"]}, x.groups
+        assert x.tokens_of("quote") == ["bid", "ask"] and x.tokens_of("side") == ["side"]
+        w = ref.methods(A.astype(np.float64), G.astype(np.float64), 0)
+        assert_close(x.attr["rollout"], ref.groups(w["rollout"], [0, 0, 1, 2], 3), 2e-5,
+                     what="python subscriber rollout")
+        assert dict(x.top("rollout", 3))["quote"] == x.attr["rollout"][0]
+        # groups removed: sent as {} with the schema, a new epoch without them
+        pub.groups = {}
+        x2 = None
+        deadline = time.monotonic() + 10
+        while (x2 is None or x2.epoch == x.epoch) and time.monotonic() < deadline:
+            pub.send(A, grad=G, target=1)
+            x2 = sub.recv(timeout=0.5)
+        assert x2 is not None and x2.epoch == x.epoch + 1, (x2 and x2.epoch, x.epoch)
+        assert x2.features == ["bid", "ask", "size", "side"] and x2.groups == {}, x2.features
+    finally:
+        pub.close(0)
+        sub.close()
+    d.stop()
