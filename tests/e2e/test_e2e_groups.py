@@ -366,3 +366,45 @@ def test_python_publisher_and_subscriber_groups(daemon):
         pub.close(0)
         sub.close()
     d.stop()
+
+
+def spearman(a, b):
+    ra = np.argsort(np.argsort(a, kind="stable"), kind="stable").astype(float)
+    rb = np.argsort(np.argsort(b, kind="stable"), kind="stable").astype(float)
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def test_reference_over_more_features_compares_on_the_attributed(daemon):
+    """A TabTransformer-like model: its numerical columns are no tokens.
+    A reference over every column, given by name in any order, is
+    compared on the features that have an attribution; one lacking such
+    a feature, or naming one twice, is refused."""
+    rng = np.random.default_rng(21)
+    d = daemon("--methods", ",".join(ALL))
+    pub = d.publisher()
+    sub = d.subscriber(b"xpl/tab")
+    join(d, pub, sub)
+    c = {"model": "tab", "L": 2, "H": 2, "n": 7, "cls": 0, "dtype": "f32", "B": 3, "T": 0,
+         "tokens": ["CLS", "city=a", "city=b", "job=x", "job=y", "job=z", "color"],
+         "groups": [("city", ["city=a", "city=b"]), ("job", ["job=x", "job=y", "job=z"])],
+         "as_map": True}
+    _, trades = run_case(pub, sub, c, rng)
+    names = ["city", "job", "color"]
+    assert d.query("schema", model="tab")["features"] == names
+    mean = np.mean([t["rollout"] for t in trades], axis=0)
+    ref_all = {"age": 0.9, "job": 0.5, "income": 0.7, "color": 0.1, "city": 0.3}
+    order = ["age", "job", "income", "color", "city"]
+    rep = d.query("reference", model="tab", method="rollout", values=[ref_all[k] for k in order],
+                  features=order)
+    assert rep["ok"], rep
+    want = spearman([ref_all[k] for k in names], mean)
+    assert abs(rep["spearman"] - want) < 1e-9, (rep["spearman"], want)
+    g = d.query("global", model="tab", method="rollout")
+    assert g["methods"]["rollout"]["reference"] == [ref_all[k] for k in names], g["methods"]["rollout"]
+    for vals, feats, why in (([0.1, 0.2, 0.3], ["age", "city", "job"], "lacks color"),
+                             ([0.1, 0.2, 0.3, 0.4], ["city", "job", "color", "job"], "job twice")):
+        rep = d.query("reference", model="tab", method="rollout", values=vals, features=feats)
+        assert not rep["ok"] and rep["code"] == "bad_argument", (why, rep)
+    rep = d.query("reference", model="tab", method="rollout", values=[1.0, 2.0], features=["a"])
+    assert not rep["ok"] and rep["code"] == "bad_request", rep
+    d.stop()
