@@ -87,6 +87,8 @@ typedef struct {
     xm_shape_t shape;
     uint32_t ntokens;
     wire_sv_t tokens[AGG_MAX_TOKENS];
+    const uint8_t *groups;      /* the schema's feature groups (raw msgpack), or NULL */
+    size_t groups_len;
 } astate_head_t;
 
 int astate_peek(const void *body, size_t len, astate_head_t *h);

@@ -81,7 +81,7 @@ astate_publish(publisher_t *p, const global_t *g, const models_t *models, uint32
         if (!e || !sc)
             continue;
         p->buf.size = 0;
-        msgpack_pack_map(pk, 18);
+        msgpack_pack_map(pk, 18 + sc->grouped);
         enc_str(pk, "v");
         msgpack_pack_uint8(pk, 1);
         enc_str(pk, "model");
@@ -106,6 +106,10 @@ astate_publish(publisher_t *p, const global_t *g, const models_t *models, uint32
         msgpack_pack_array(pk, sc->shape.n);
         for (uint32_t t = 0; t < sc->shape.n; t++)
             enc_str(pk, sc->tokens[t]);
+        if (sc->grouped) {      /* the features the records are over */
+            enc_str(pk, "groups");
+            enc_groups(pk, sc);
+        }
         enc_str(pk, "counters");
         s_counters(pk, md);
         enc_str(pk, "last_ts");
@@ -198,6 +202,10 @@ astate_peek(const void *body, size_t len, astate_head_t *h)
             }
             h->ntokens = nt;
             seen |= TOKENS;
+        } else if (mpr_str_eq(&key, "groups")) {
+            h->groups = d.r.p;
+            rc = snap_skip(&d, "groups");
+            h->groups_len = rc ? 0 : (size_t)(d.r.p - h->groups);
         } else
             rc = snap_skip(&d, "state field");
         if (rc)

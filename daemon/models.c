@@ -367,3 +367,35 @@ model_restore_schema_groups(model_t *md, uint32_t epoch, const xm_shape_t *shape
         md->cur = s;
     return 0;
 }
+
+/* An epoch's groups, {name: [token, ...]}, as definitions whose names
+   point into the snapshot (freed by the caller: *defs and *toks). */
+int
+model_groups_read(snap_rd_t *d, uint32_t n, xm_group_def_t **defs, xm_str_t **toks, uint32_t *count)
+{
+    uint32_t ng, used = 0;
+    if (snap_get_map(d, &ng, "groups"))
+        return -1;
+    if (ng > n)
+        return snap_fail(d, "groups (more groups than tokens)");
+    *defs = calloc(ng ? ng : 1, sizeof **defs);
+    *toks = calloc(n, sizeof **toks);
+    if (!*defs || !*toks)
+        return snap_fail(d, "groups (out of memory)");
+    for (uint32_t g = 0; g < ng; g++) {
+        const uint8_t *p;
+        uint32_t len, nt;
+        if (snap_get_str(d, &p, &len, "group name") || snap_get_array(d, &nt, "group tokens"))
+            return -1;
+        if (nt > n - used)
+            return snap_fail(d, "groups (more tokens than the schema has)");
+        (*defs)[g] = (xm_group_def_t){{(const char *)p, len}, *toks + used, nt};
+        for (uint32_t q = 0; q < nt; q++, used++) {
+            if (snap_get_str(d, &p, &len, "group token"))
+                return -1;
+            (*toks)[used] = (xm_str_t){(const char *)p, len};
+        }
+    }
+    *count = ng;
+    return 0;
+}

@@ -9,6 +9,7 @@
 #ifndef XPLD_MODELS_H
 #define XPLD_MODELS_H
 
+#include "snap.h"
 #include "wire.h"
 #include "xmath.h"
 
@@ -121,6 +122,13 @@ int model_restore_schema(model_t *md, uint32_t epoch, const xm_shape_t *shape,
 int model_restore_schema_groups(model_t *md, uint32_t epoch, const xm_shape_t *shape,
                                 const wire_sv_t *tokens, const xm_group_def_t *groups,
                                 uint32_t ngroups, bool current);
+
+/* Read a schema's groups as saved and sent ({name: [token, ...]}, as
+   enc_groups writes them) for a schema of n tokens: definitions whose
+   names point into the reader's bytes; the caller frees *defs and *toks
+   (also on failure). */
+int model_groups_read(snap_rd_t *d, uint32_t n, xm_group_def_t **defs, xm_str_t **toks,
+                      uint32_t *count);
 
 /* Schema of a given epoch if still kept, else NULL. */
 const schema_t *model_schema(const model_t *md, uint32_t epoch);

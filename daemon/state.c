@@ -273,38 +273,6 @@ state_save(models_t *models, global_t *global, stats_t *stats, const char *dir)
 /* ---- decoding -----------------------------------------------------------
    Strict: the first surprise stops the restore, named (snap.h). */
 
-/* An epoch's groups, {name: [token, ...]}, as definitions whose names
-   point into the snapshot (freed by the caller: *defs and *toks). */
-static int
-s_groups_load(snap_rd_t *d, uint32_t n, xm_group_def_t **defs, xm_str_t **toks, uint32_t *count)
-{
-    uint32_t ng, used = 0;
-    if (snap_get_map(d, &ng, "groups"))
-        return -1;
-    if (ng > n)
-        return snap_fail(d, "groups (more groups than tokens)");
-    *defs = calloc(ng ? ng : 1, sizeof **defs);
-    *toks = calloc(n, sizeof **toks);
-    if (!*defs || !*toks)
-        return snap_fail(d, "groups (out of memory)");
-    for (uint32_t g = 0; g < ng; g++) {
-        const uint8_t *p;
-        uint32_t len, nt;
-        if (snap_get_str(d, &p, &len, "group name") || snap_get_array(d, &nt, "group tokens"))
-            return -1;
-        if (nt > n - used)
-            return snap_fail(d, "groups (more tokens than the schema has)");
-        (*defs)[g] = (xm_group_def_t){{(const char *)p, len}, *toks + used, nt};
-        for (uint32_t q = 0; q < nt; q++, used++) {
-            if (snap_get_str(d, &p, &len, "group token"))
-                return -1;
-            (*toks)[used] = (xm_str_t){(const char *)p, len};
-        }
-    }
-    *count = ng;
-    return 0;
-}
-
 /* One epoch: its schema goes to models.c, its state to global.c. */
 static int
 s_schema_load(global_t *g, snap_rd_t *d, model_t *md, uint64_t cur, unsigned ver)
@@ -384,7 +352,7 @@ s_schema_load(global_t *g, snap_rd_t *d, model_t *md, uint64_t cur, unsigned ver
     uint32_t ngroups = 0;
     if (has_groups) {
         d->r = groups_at;
-        if (s_groups_load(d, (uint32_t)n, &defs, &gtoks, &ngroups)) {
+        if (model_groups_read(d, (uint32_t)n, &defs, &gtoks, &ngroups)) {
             free(tokens);
             free(defs);
             free(gtoks);

@@ -408,3 +408,54 @@ def test_reference_over_more_features_compares_on_the_attributed(daemon):
     rep = d.query("reference", model="tab", method="rollout", values=[1.0, 2.0], features=["a"])
     assert not rep["ok"] and rep["code"] == "bad_request", rep
     d.stop()
+
+
+def test_shards_with_groups_merge_in_the_aggregator(daemon):
+    """The groups travel with the shards' state: an aggregator over two
+    shards of a grouped model reports the features, the groups and the
+    global means one daemon fed the whole stream reports."""
+    import sys
+    sys.path.insert(0, os.path.join(os.environ["XPL_SOURCE_DIR"], "client", "python"))
+    import xplain
+
+    common = ["--methods", "rollout,grad_rollout,attn_mean", "--glob-interval-ms", "100"]
+    shards = [daemon("--shard", f"{k}/2", *common) for k in range(2)]
+    single = daemon(*common)
+    agg = daemon("--aggregate", ",".join(s.publish for s in shards),
+                 "--aggregate-query", ",".join(s.query_ep for s in shards), *common,
+                 ingest_bind=False)
+    toks = ["bid", "ask", "CLS", "size", "side", "venue"]
+    groups = {"quote": ["ask", "bid"], "where": ["venue", "side"]}
+    sp = xplain.Publisher("gs", connect=[s.ingest for s in shards], tokens=toks, cls=2,
+                          groups=groups, shards=2)
+    p1 = xplain.Publisher("gs", connect=single.ingest, tokens=toks, cls=2, groups=groups)
+    try:
+        assert sp.wait_subscriber(20) and p1.wait_subscriber(20), "publishers not joined"
+        rng = np.random.default_rng(4)
+        total = 0
+        for i in range(30):
+            A = random_attention(rng, (2, 2, 2, 6, 6)).astype(np.float32)
+            G = rng.standard_normal(A.shape).astype(np.float32)
+            ids = [f"t{i}-{b}" for b in range(2)]
+            for p in (sp, p1):
+                p.send(A, grad=G, ids=ids, target=[i % 2, 1])
+            total += 2
+
+        def count(d):
+            r = d.query("global", model="gs")
+            return r["count"] if r["ok"] else -1
+        wait_until(lambda: count(single) == total, 30, "the single daemon to count every trade")
+        wait_until(lambda: count(agg) == total, 30, "the aggregator to count every trade")
+        a, s = agg.query("global", model="gs"), single.query("global", model="gs")
+        assert a["features"] == s["features"] == ["quote", "size", "where"], (a["features"], s["features"])
+        for m in s["methods"]:
+            assert_close(a["methods"][m]["mean"], s["methods"][m]["mean"], 1e-12, what=f"agg {m}")
+        sa = agg.query("schema", model="gs")
+        assert sa["features"] == ["quote", "size", "where"]
+        assert sa["groups"] == {"quote": ["bid", "ask"], "where": ["side", "venue"]}, sa
+        assert agg.query("stats")["counters"].get("state_rejected", 0) == 0
+    finally:
+        sp.close(0)
+        p1.close(0)
+    for d in [agg, single] + shards:
+        d.stop()
