@@ -459,3 +459,31 @@ def test_shards_with_groups_merge_in_the_aggregator(daemon):
         p1.close(0)
     for d in [agg, single] + shards:
         d.stop()
+
+
+def test_xplainctl_names_features(daemon, tmp_dir):
+    """xplainctl tail names the features of a grouped model; heatmap labels
+    each grouped token with its feature and puts the feature's bar on its
+    lowest token's row."""
+    import subprocess
+    ctl = os.path.join(os.environ["XPL_BUILD_DIR"], "client", "xplainctl")
+    rng = np.random.default_rng(5)
+    d = daemon("--methods", ",".join(ALL))
+    pub = d.publisher()
+    sub = d.subscriber(b"xpl/ctl")
+    join(d, pub, sub)
+    c = {"model": "ctl", "L": 2, "H": 1, "n": 5, "cls": 0, "dtype": "f32", "B": 1, "T": 0,
+         "tokens": ["CLS", "bid", "size", "ask", "side"], "groups": [("quote", ["bid", "ask"])],
+         "as_map": True}
+    ids, trades = run_case(pub, sub, c, rng)
+    svg = os.path.join(tmp_dir, "h.svg")
+    p = subprocess.run([ctl, "--query", d.query_ep, "--sub", d.publish, "heatmap", "--model", "ctl",
+                        "--id", ids[0], "-o", svg], capture_output=True, text=True, timeout=30,
+                       env=dict(os.environ, LC_ALL="C"))
+    assert p.returncode == 0, p.stderr
+    text = open(svg).read()
+    assert "bid [quote]" in text and "ask [quote]" in text and ">size<" in text, text[:2000]
+    p = subprocess.run([ctl, "--query", d.query_ep, "--sub", d.publish, "query", "schema",
+                        "model=ctl"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0 and "quote" in p.stdout, (p.stdout, p.stderr)
+    d.stop()
