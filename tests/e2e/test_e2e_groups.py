@@ -159,6 +159,7 @@ def run_case(pub, sub, c, rng, seq=0, with_groups=True):
             if t == 0:
                 trades.append({m: ref.groups(w, feat_of, nf) for m, w in want.items()})
                 trades[-1]["tol"] = {m: ref.groups(tol[m], feat_of, nf) for m in want}
+                trades[-1]["A"] = Ax[b]
     return ids, trades
 
 
@@ -481,6 +482,11 @@ def test_xplainctl_names_features(daemon, tmp_dir):
          "tokens": ["CLS", "bid", "size", "ask", "side"], "groups": [("quote", ["bid", "ask"])],
          "as_map": True}
     ids, trades = run_case(pub, sub, c, rng)
+    # flow on demand (the trade query) is summed per feature as well
+    rep = d.query("trade", model="ctl", id=ids[0], flow=True)
+    assert rep["ok"] and rep["features"] == ["quote", "size", "side"], rep
+    flow = ref.methods(trades[0]["A"], None, 0, with_flow=True)["flow"]
+    assert_close(rep["attr"]["flow"], ref.groups(flow, [0, 1, 0, 2], 3), 1e-5, what="grouped flow")
     svg = os.path.join(tmp_dir, "h.svg")
     p = subprocess.run([ctl, "--query", d.query_ep, "--sub", d.publish, "heatmap", "--model", "ctl",
                         "--id", ids[0], "-o", svg], capture_output=True, text=True, timeout=30,
