@@ -498,3 +498,36 @@ def test_xplainctl_names_features(daemon, tmp_dir):
                         "model=ctl"], capture_output=True, text=True, timeout=30)
     assert p.returncode == 0 and "quote" in p.stdout, (p.stdout, p.stderr)
     d.stop()
+
+
+def test_fused_form_with_groups(daemon):
+    """A fused message (head means instead of every head) of a grouped
+    model: the same per-feature sums as the reference."""
+    import sys
+    sys.path.insert(0, os.path.join(os.environ["XPL_SOURCE_DIR"], "client", "python"))
+    import xplain
+
+    d = daemon("--methods", "rollout,grad_rollout,attn_mean,colsum")
+    sub = d.subscriber(b"xpl/fg")
+    join(d, d.publisher(), sub)
+    toks = ["a", "b", "c", "d", "e", "f"]
+    pub = xplain.Publisher("fg", connect=d.ingest, tokens=toks, cls=-1, fused=True,
+                           groups=[("ae", ["e", "a"]), ("cd", ["c", "d"])])
+    try:
+        assert pub.wait_subscriber(10.0), "the daemon never subscribed to the publisher"
+        rng = np.random.default_rng(12)
+        A = random_attention(rng, (3, 2, 6, 6)).astype(np.float32)
+        G = rng.standard_normal(A.shape).astype(np.float32)
+        pub.send(A, grad=G, target=0)
+        (_, msg), = recv(sub, 1)
+        feat_of = [0, 1, 2, 2, 0, 3]
+        v = ref.variants(A.astype(np.float64), G[None].astype(np.float64), -1)
+        plain = ref.methods(A.astype(np.float64), None, -1)
+        want = {"rollout": v["rollout"], "grad_rollout": v["grad_rollout"][0],
+                "attn_mean": plain["attn_mean"], "colsum": v["colsum"]}
+        for m, w in want.items():
+            assert_close(msg["attr"][m], ref.groups(w, feat_of, 4), 2e-5, what=f"fused grouped {m}")
+        assert d.query("schema", model="fg")["features"] == ["ae", "b", "cd", "f"]
+    finally:
+        pub.close(0)
+    d.stop()
