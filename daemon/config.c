@@ -93,7 +93,9 @@ static const opt_t s_opts[] = {
      "Bind the PUB socket for xpl/, glob/, drift/ and heads/ here."},
     {"publish", "sndhwm", "publish-sndhwm", T_UINT, O(publish_sndhwm), "10000", 0, 100000000, false,
      "Send high-water mark per subscriber, in messages: what a slow subscriber may hold in the "
-     "daemon's memory; past it that subscriber loses messages (it sees seq gaps), others do not."},
+     "daemon's memory; past it that subscriber loses messages (it sees seq gaps), others do not. "
+     "ZeroMQ accounts for reads in steps of half the mark, so keep a subscriber's backlog under "
+     "half of it."},
     {"query", "endpoint", "query", T_STR, O(query), "tcp://127.0.0.1:5558", 0, 0, false,
      "Bind the ROUTER socket for queries here."},
     {"query", "max_size", "query-max-size", T_SIZE, O(query_max_size), "64K", 1024, 16ull << 20, true,

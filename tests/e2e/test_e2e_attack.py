@@ -137,18 +137,19 @@ def test_valid_burst_within_bound():
             time.sleep(0.01)
         peak = max(peak, status_kb(d.proc.pid, "VmHWM") / 1024 if
                    status_kb(d.proc.pid, "VmHWM") / 1024 > hwm_before else peak)
-        time.sleep(0.5)
-        after = status_kb(d.proc.pid, "VmRSS") / 1024
         info = model_info(d, "big")
         assert info["lost"] == 0 and info["rejected"] == 0, info
         bound = base + (hwm + 1) * limit / 2**20 + 16
         print(f"  burst of 30 x {len(msgs[0][1]) / 2**20:.1f} MiB, rcvhwm {hwm}: RSS {base:.0f} "
-              f"MiB before, peak {peak:.0f} MiB (bound {bound:.0f}), {after:.0f} MiB after")
+              f"MiB before, peak {peak:.0f} MiB (bound {bound:.0f})")
         if sanitized_build():
             return                              # ASan's quarantine holds freed memory
         assert peak <= bound, f"peak {peak:.0f} MiB above the documented bound {bound:.0f} MiB"
-        assert after <= base + 2 * limit / 2**20 + 8, (
-            f"{after:.0f} MiB resident after the burst, {base:.0f} MiB before")
+        # The heap is trimmed once the drained socket is seen empty: wait
+        # for it (on a loaded machine that turn of the loop may come late).
+        trimmed = base + 2 * limit / 2**20 + 8
+        wait_until(lambda: status_kb(d.proc.pid, "VmRSS") / 1024 <= trimmed, timeout=20,
+                   what=f"RSS back under {trimmed:.0f} MiB after the burst ({base:.0f} MiB before)")
     finally:
         d.stop()
 

@@ -20,7 +20,7 @@ import time
 import msgpack
 import numpy as np
 
-from xpltest import BUILD, SOURCE, assert_close, random_attention, wait_until
+from xpltest import BUILD, SOURCE, assert_close, join, random_attention, wait_until
 
 sys.path.insert(0, os.path.join(SOURCE, "client", "python"))
 import xplain                       # noqa: E402
@@ -76,7 +76,7 @@ def test_fused_equals_full(daemon):
         fused = xplain.Publisher("efused", connect=d.ingest, tokens=TOKENS, cls=n - 1, fused=True)
         for p in (full, fused):
             assert p.wait_subscriber(10), "the daemon never subscribed"
-        time.sleep(0.2)     # the test's SUB reaches the daemon (checked below by the counts)
+        join(d, d.publisher(), sub)     # the test's SUB reaches the daemon before any trade
         A, G = trades(1, 24)
         targets = np.arange(24) % 2
         ids = list(range(24))

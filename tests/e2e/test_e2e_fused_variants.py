@@ -23,7 +23,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from xpltest import SOURCE, assert_close, random_attention, wait_until
+from xpltest import SOURCE, assert_close, join, random_attention, wait_until
 
 sys.path.insert(0, os.path.join(SOURCE, "client", "python"))
 import xplain                       # noqa: E402
@@ -78,7 +78,7 @@ def test_fused_targets_equal_full_with_model_options(daemon, tmp_dir):
                                  fused_signed=True)
         for p in (full, fused):
             assert p.wait_subscriber(10), "the daemon never subscribed"
-        time.sleep(0.2)     # the test's SUB reaches the daemon (checked below by the counts)
+        join(d, d.publisher(), sub)     # the test's SUB reaches the daemon before any trade
         T = len(CLASSES)
         A, G = trades(5, 7, T)
         ids = list(range(7))
