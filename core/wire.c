@@ -64,6 +64,7 @@ wire_limits_default(wire_limits_t *lim)
     lim->max_elems = 4u << 20;
     lim->max_str = 256;
     lim->max_targets = 16;
+    lim->max_groups = 0;        /* max_tokens */
     lim->fused = true;
 }
 
