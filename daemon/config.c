@@ -189,8 +189,9 @@ static const opt_t s_opts[] = {
     {"drift", "alerts_kept", "alerts-kept", T_UINT, O(alerts_kept), "100", 0, 1000000, false,
      "Alerts kept per model for the drift query."},
     {"drift", "reference_file", "reference-file", T_STR, O(reference_file), "", 0, 0, true,
-     "External reference attributions ('<model> <method> <v1> ... <v_nf>' per line), e.g. "
-     "permutation importance; read at start and on SIGHUP."},
+     "External reference attributions ('<model> <method> <v1> ... <v_nf>' per line, or "
+     "'<model> <method> <feature>=<v> ...' by name: features without attribution are dropped), "
+     "e.g. permutation importance; read at start and on SIGHUP."},
     {"drift", "window_s", "drift-window-s", T_DOUBLE, O(drift_window_s), "0", 0, 0, false,
      "Drift windows by event time: [k*W, (k+1)*W) seconds of the trades' ts, closed when the "
      "newest ts minus drift.lateness_s passes their end; later trades are counted as late, not "

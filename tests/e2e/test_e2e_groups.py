@@ -531,3 +531,27 @@ def test_fused_form_with_groups(daemon):
     finally:
         pub.close(0)
     d.stop()
+
+
+def test_reference_file_by_name(daemon, tmp_dir):
+    """The reference file's name=value form: a reference over more
+    features than the model attributes is applied on those it does."""
+    rng = np.random.default_rng(2)
+    path = os.path.join(tmp_dir, "refs.txt")
+    with open(path, "w") as f:
+        f.write("rf rollout age=0.9 job=0.5 income=0.7 color=0.1 city=0.3\n"
+                "rf attn_mean job=0.5 color=0.1\n")         # lacks city: not applied
+    d = daemon("--methods", ",".join(ALL), "--reference-file", path)
+    pub = d.publisher()
+    sub = d.subscriber(b"xpl/rf")
+    join(d, pub, sub)
+    c = {"model": "rf", "L": 1, "H": 2, "n": 6, "cls": 0, "dtype": "f32", "B": 2, "T": 0,
+         "tokens": ["CLS", "city=a", "job=x", "city=b", "job=y", "color"],
+         "groups": [("city", ["city=a", "city=b"]), ("job", ["job=x", "job=y"])], "as_map": False}
+    run_case(pub, sub, c, rng)
+    g = d.query("global", model="rf")
+    assert g["features"] == ["city", "job", "color"], g["features"]
+    assert g["methods"]["rollout"]["reference"] == [0.3, 0.5, 0.1], g["methods"]["rollout"]
+    assert "reference" not in g["methods"]["attn_mean"], g["methods"]["attn_mean"]
+    log = d.stop()
+    assert "names 2 of epoch 1's 3 features; not applied" in log, log[-2000:]
