@@ -461,9 +461,9 @@ s_opt_args(msgpack_packer *pk, const char *method, const int64_t *target, const 
     }
 }
 
-xpl_global_t *
-xpl_client_global(xpl_client_t *self, const char *model, const char *method,
-                  const int64_t *target, const uint64_t *epoch)
+static xpl_global_t *
+s_global(xpl_client_t *self, const char *model, const char *method, const int64_t *target,
+         const uint64_t *epoch, const char *segment)
 {
     assert(self);
     if (!model)
@@ -472,10 +472,14 @@ xpl_client_global(xpl_client_t *self, const char *model, const char *method,
     msgpack_packer pk;
     zmq_msg_t body;
     xdoc_t doc;
-    s_begin(&sb, &pk, "global", 1 + !!method + !!target + !!epoch);
+    s_begin(&sb, &pk, "global", 1 + !!method + !!target + !!epoch + !!segment);
     xpk_key(&pk, "model");
     xpk_str(&pk, model);
     s_opt_args(&pk, method, target, epoch);
+    if (segment) {
+        xpk_key(&pk, "segment");
+        xpk_str(&pk, segment);
+    }
     if (s_call(self, "global", &sb, &body, &doc)) {
         msgpack_sbuffer_destroy(&sb);
         return NULL;
@@ -483,6 +487,20 @@ xpl_client_global(xpl_client_t *self, const char *model, const char *method,
     xpl_global_t *g = xpl_decode_global(doc.nodes, "reply to 'global'");
     s_done(&body, &doc, &sb);
     return g;
+}
+
+xpl_global_t *
+xpl_client_global(xpl_client_t *self, const char *model, const char *method,
+                  const int64_t *target, const uint64_t *epoch)
+{
+    return s_global(self, model, method, target, epoch, NULL);
+}
+
+xpl_global_t *
+xpl_client_global_segment(xpl_client_t *self, const char *model, const char *method,
+                          const char *segment)
+{
+    return s_global(self, model, method, NULL, NULL, segment);
 }
 
 static xpl_drift_state_t *

@@ -226,6 +226,30 @@ s_per_stat(xdc_t *c, const xnode_t *m, const char *key, double *out)
     return 0;
 }
 
+/* The verdict's "alerts": an array of statistic names, into flags
+   (absent: none; a name this library does not know is skipped, so that a
+   newer daemon's statistic does not fail the message). */
+static int
+s_alerted(xdc_t *c, const xnode_t *vd, bool out[3])
+{
+    static const char *names[3] = {"spearman", "ndcg", "js"};
+    const xnode_t *a = xn_get(vd, "alerts");
+    if (!a || xn_is(a, MPR_NIL))
+        return 0;
+    if (!xn_is(a, MPR_ARRAY))
+        return xdc_bad(c, "alerts", "an array of statistic names");
+    const xnode_t *e = xn_first(a);
+    for (uint32_t i = 0, n = xn_count(a); i < n; i++, e = xn_next(e)) {
+        if (!xn_is(e, MPR_STR))
+            return xdc_bad(c, "alerts", "an array of statistic names");
+        for (int k = 0; k < 3; k++)
+            if (e->o.v.raw.len == strlen(names[k])
+                && memcmp(e->o.v.raw.ptr, names[k], e->o.v.raw.len) == 0)
+                out[k] = true;
+    }
+    return 0;
+}
+
 int
 xdc_verdict(xdc_t *c, const xnode_t *m, xpl_verdict_t *v)
 {
@@ -237,7 +261,8 @@ xdc_verdict(xdc_t *c, const xnode_t *m, xpl_verdict_t *v)
         if (!xn_is(vd, MPR_MAP))
             return xdc_bad(c, "verdict", "a map");
         if (xdc_str(c, vd, "mode", &v->mode) || xdc_bool(c, vd, "calibrating", &v->calibrating)
-            || s_per_stat(c, vd, "z", v->z) || s_per_stat(c, vd, "cusum", v->cusum))
+            || s_per_stat(c, vd, "z", v->z) || s_per_stat(c, vd, "cusum", v->cusum)
+            || s_alerted(c, vd, v->alerted))
             return -1;
     }
     const xnode_t *mv = xn_get(m, "moved");

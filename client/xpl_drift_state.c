@@ -85,7 +85,11 @@ xpl_decode_drift_state(const xnode_t *root, const char *what)
             || xdc_u64(&c, e, "window", &as[i].window)
             || xdc_str(&c, e, "reference", &as[i].reference)
             || xdc_stat(&c, e, "spearman", &as[i].spearman) || xdc_stat(&c, e, "ndcg", &as[i].ndcg)
-            || xdc_stat(&c, e, "js", &as[i].js))
+            || xdc_stat(&c, e, "js", &as[i].js) || xdc_verdict(&c, e, &as[i].verdict))
+            goto fail;
+        const xnode_t *sa = xn_get(e, "segment");
+        as[i].segment = NULL;
+        if (sa && !xn_is(sa, MPR_NIL) && xdc_str(&c, e, "segment", &as[i].segment))
             goto fail;
     }
     d->alerts = as;

@@ -59,6 +59,9 @@ xpl_decode_global(const xnode_t *root, const char *what)
         || xdc_opt_num(&c, root, "half_life", &g->half_life)
         || xdc_opt_u64(&c, root, "untracked_targets", &g->untracked_targets))
         goto fail;
+    const xnode_t *sg = xn_get(root, "segment");
+    if (sg && !xn_is(sg, MPR_NIL) && xdc_str(&c, root, "segment", &g->segment))
+        goto fail;
     const xnode_t *f = xn_get(root, "features");
     if (f && !xn_is(f, MPR_NIL)) {
         if (xdc_strs(&c, root, "features", &g->features, &nfeat))

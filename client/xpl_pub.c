@@ -7,6 +7,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -39,6 +40,8 @@ struct xpl_pub_t {
                                    topics (attn/ without shards) minus
                                    unsubscriptions */
     bool subs_read;             /* subscriptions were counted: nshards is fixed */
+    uint64_t subs_seen;         /* subscriptions covering some shard's topics
+                                   ever read, never decremented nor reset */
     s_model_t *models;
     size_t nmodels;
     void *scratch;              /* conversion buffers, grown on demand */
@@ -359,9 +362,11 @@ s_read_subscriptions(xpl_pub_t *self, int timeout_ms)
         if (zmq_msg_recv(&m, self->sock, ZMQ_DONTWAIT) >= 0 && zmq_msg_size(&m) >= 1) {
             const uint8_t *ev = zmq_msg_data(&m);
             size_t len = zmq_msg_size(&m) - 1;
+            bool ours = false;
             for (uint32_t k = 0; k < self->nshards; k++) {
                 if (!s_covers(self, ev + 1, len, k))
                     continue;
+                ours = true;
                 if (ev[0] == 1) {
                     self->shard_subs[k]++;
                     for (size_t i = 0; i < self->nmodels; i++)
@@ -369,6 +374,8 @@ s_read_subscriptions(xpl_pub_t *self, int timeout_ms)
                 } else if (ev[0] == 0 && self->shard_subs[k] > 0)
                     self->shard_subs[k]--;
             }
+            if (ours && ev[0] == 1)
+                self->subs_seen++;
         }
         zmq_msg_close(&m);
         timeout_ms = 0;
@@ -377,33 +384,44 @@ s_read_subscriptions(xpl_pub_t *self, int timeout_ms)
 
 /* Every shard has a subscriber (without shards: someone subscribed). */
 static bool
-s_all_subscribed(const xpl_pub_t *self)
+s_all_subscribed(const xpl_pub_t *self, uint64_t unused)
 {
+    (void)unused;
     for (uint32_t k = 0; k < self->nshards; k++)
         if (self->shard_subs[k] <= 0)
             return false;
     return true;
 }
 
-int
-xpl_pub_wait_subscriber(xpl_pub_t *self, int timeout_ms)
+static bool
+s_seen_more_than(const xpl_pub_t *self, uint64_t n)
 {
-    assert(self);
+    return self->subs_seen > n;
+}
+
+/* Wait until done(self, arg) holds after reading the subscriptions, in
+   slices of at most 50 ms under the lock: the batch timer may send (and
+   read subscriptions) in between, which is why conditions are on counts
+   that only the subscriptions themselves change. */
+static int
+s_wait(xpl_pub_t *self, bool (*done)(const xpl_pub_t *, uint64_t), uint64_t arg, int timeout_ms,
+       const char *what)
+{
     int64_t deadline = xpl_now_ms() + timeout_ms;
     for (;;) {
-        /* In slices of at most 50 ms under the lock: the batch timer may
-           send in between. */
         pthread_mutex_lock(&self->lock);
         s_read_subscriptions(self, 0);
-        if (s_all_subscribed(self)) {
+        if (done(self, arg)) {
             pthread_mutex_unlock(&self->lock);
             return 0;
         }
         int left = timeout_ms < 0 ? -1 : (int)(deadline - xpl_now_ms());
         if (timeout_ms >= 0 && left <= 0) {
+            uint64_t seen = self->subs_seen;
             pthread_mutex_unlock(&self->lock);
-            return xpl_fail(XPL_ETIMEOUT, "no subscriber on %s within %d ms%s", self->endpoint,
-                            timeout_ms, xpl_hs_hint(&self->hs));
+            return xpl_fail(XPL_ETIMEOUT, "%s on %s within %d ms (%llu subscriptions seen)%s", what,
+                            self->endpoint, timeout_ms, (unsigned long long)seen,
+                            xpl_hs_hint(&self->hs));
         }
         zmq_pollitem_t it = {self->sock, 0, ZMQ_POLLIN, 0};
         int rc = zmq_poll(&it, 1, left < 0 || left > 50 ? 50 : left);
@@ -411,6 +429,34 @@ xpl_pub_wait_subscriber(xpl_pub_t *self, int timeout_ms)
         if (rc < 0)
             return xpl_fail_zmq("wait for a subscriber");
     }
+}
+
+int
+xpl_pub_wait_subscriber(xpl_pub_t *self, int timeout_ms)
+{
+    assert(self);
+    return s_wait(self, s_all_subscribed, 0, timeout_ms, "no subscriber");
+}
+
+uint64_t
+xpl_pub_subscriptions(xpl_pub_t *self)
+{
+    assert(self);
+    pthread_mutex_lock(&self->lock);
+    s_read_subscriptions(self, 0);
+    uint64_t n = self->subs_seen;
+    pthread_mutex_unlock(&self->lock);
+    return n;
+}
+
+int
+xpl_pub_wait_subscriptions(xpl_pub_t *self, uint64_t more_than, int timeout_ms)
+{
+    assert(self);
+    char what[64];
+    snprintf(what, sizeof what, "no subscription after the first %llu",
+             (unsigned long long)more_than);
+    return s_wait(self, s_seen_more_than, more_than, timeout_ms, what);
 }
 
 static const char *
@@ -515,13 +561,14 @@ s_free_sbuffer(void *data, void *hint)
     free(data);
 }
 
-/* The tensors of one message: the full form's attn and grad, or the
-   fused form's fattn, fgrad, fgrad_signed (all of `in` dtype, converted
-   to the wire dtype on the way) and the head statistics (f32). */
-enum { T_A, T_G, T_S, T_IMP, T_CONF, T_N };
-static const char *s_full_keys[2] = {"attn", "grad"};
+/* The tensors of one message: the full form's attn, grad and rel, or
+   the fused form's fattn, fgrad, fgrad_signed (all of `in` dtype,
+   converted to the wire dtype on the way) and the head statistics
+   (f32). */
+enum { T_A, T_G, T_S, T_IMP, T_CONF, T_R, T_N };
+static const char *s_full_keys[T_N] = {"attn", "grad", NULL, NULL, NULL, "rel"};
 static const char *s_fused_keys[T_N] = {"fattn", "fgrad", "fgrad_signed", "head_importance",
-                                        "head_confidence"};
+                                        "head_confidence", NULL};
 
 typedef struct {
     uint32_t B;
@@ -530,9 +577,64 @@ typedef struct {
     const int64_t *target;
     const double *y;
     bool fused;
-    int in;                     /* dtype of t[T_A..T_S] */
+    int in;                     /* dtype of the tensors but the head statistics */
     const void *t[T_N];
+    uint32_t T;                 /* targets per trade, 0: no `targets` */
+    const int64_t *targets;     /* [T] */
+    const xpl_tags_t *tags;     /* every trade's, or NULL */
+    const xpl_tags_t *trade_tags;   /* [B], or NULL */
 } s_msg_t;
+
+/* The head statistics are float32 whatever the dtype. */
+static bool
+s_head(int k)
+{
+    return k == T_IMP || k == T_CONF;
+}
+
+/* Values of tensor k for one trade: the gradient-like ones carry a
+   block per target (proto/ingest.md, "Several targets per trade"). */
+static size_t
+s_count(const s_model_t *m, bool fused, uint32_t T, int k)
+{
+    size_t per_target = T ? T : 1;
+    if (k == T_CONF)
+        return (size_t)m->L * m->H;
+    if (k == T_IMP)
+        return per_target * m->L * m->H;
+    size_t one = (size_t)m->L * (fused ? 1 : m->H) * m->n * m->n;
+    return k == T_A ? one : per_target * one;
+}
+
+/* Bytes of tensor k for one trade in dtype `dtype`. */
+static size_t
+s_bytes(const s_model_t *m, bool fused, uint32_t T, int k, int dtype)
+{
+    return s_count(m, fused, T, k) * (s_head(k) ? sizeof(float) : s_dtype_size(dtype));
+}
+
+static void
+s_pack_tags(msgpack_packer *pk, const xpl_tags_t *t)
+{
+    if (!t || t->count == 0) {
+        msgpack_pack_nil(pk);
+        return;
+    }
+    msgpack_pack_map(pk, t->count);
+    for (uint32_t i = 0; i < t->count; i++) {
+        xpk_str(pk, t->tags[i].key);
+        xpk_str(pk, t->tags[i].value);
+    }
+}
+
+static size_t
+s_tags_size(const xpl_tags_t *t)
+{
+    size_t n = 1;
+    for (uint32_t i = 0; t && i < t->count; i++)
+        n += strlen(t->tags[i].key) + strlen(t->tags[i].value) + 4;
+    return n;
+}
 
 /* Encode one message with its tensors in dtype `wire` and send it
    zero-copy on the topic of `shard` (0 without shards). */
@@ -541,22 +643,26 @@ s_encode_send(xpl_pub_t *self, s_model_t *m, const s_msg_t *g, int wire, uint32_
 {
     s_read_subscriptions(self, 0);
     s_stream_t *st = &m->streams[shard];
-    size_t count = (size_t)g->B * m->L * (g->fused ? 1 : m->H) * m->n * m->n;
-    size_t hcount = (size_t)g->B * m->L * m->H;
     bool schema = st->schema_pending
                   || (self->schema_every && st->since_schema + 1 >= self->schema_every);
+    bool tags = g->tags || g->trade_tags;
     uint32_t ntens = 0;
     for (int k = 0; k < T_N; k++)
         ntens += g->t[k] != NULL;
-    uint32_t nkeys = 9 + ntens + (g->target ? 1 : 0) + (g->y ? 1 : 0) + (schema ? 2 : 0);
+    uint32_t nkeys = 9 + ntens + (g->target ? 1 : 0) + (g->y ? 1 : 0) + (schema ? 2 : 0)
+                     + (g->targets ? 1 : 0) + (tags ? 1 : 0);
 
     /* Reserve the whole message up front: one allocation, handed to
        ZeroMQ as is (zero-copy send). */
     s_out_t out = {.oom = false};
     msgpack_sbuffer_init(&out.sb);
-    size_t est = 512 + ntens * count * s_dtype_size(wire) + 2 * hcount * 4 + (size_t)g->B * 48;
+    size_t est = 512 + (size_t)g->B * 48 + (size_t)g->T * 9 + s_tags_size(g->tags);
+    for (int k = 0; k < T_N; k++)
+        if (g->t[k])
+            est += g->B * s_bytes(m, g->fused, g->T, k, wire);
     for (uint32_t i = 0; i < g->B; i++)
-        est += g->ids[i].is_str ? strlen(g->ids[i].s) : 0;
+        est += (g->ids[i].is_str ? strlen(g->ids[i].s) : 0)
+               + (g->trade_tags ? s_tags_size(&g->trade_tags[i]) : 0);
     if (schema)
         for (uint32_t i = 0; i < m->n; i++)
             est += strlen(m->tokens[i]) + 5;
@@ -591,10 +697,26 @@ s_encode_send(xpl_pub_t *self, s_model_t *m, const s_msg_t *g, int wire, uint32_
         if (!g->t[k])
             continue;
         xpk_key(&pk, g->fused ? s_fused_keys[k] : s_full_keys[k]);
-        bool head = k >= T_IMP;
-        if (s_pack_tensor(self, &pk, g->t[k], head ? hcount : count, head ? XPL_F32 : g->in,
-                          head ? XPL_F32 : wire))
+        bool head = s_head(k);
+        if (s_pack_tensor(self, &pk, g->t[k], g->B * s_count(m, g->fused, g->T, k),
+                          head ? XPL_F32 : g->in, head ? XPL_F32 : wire))
             goto fail;
+    }
+    if (g->targets) {
+        xpk_key(&pk, "targets");
+        msgpack_pack_array(&pk, g->T);
+        for (uint32_t t = 0; t < g->T; t++)
+            msgpack_pack_int64(&pk, g->targets[t]);
+    }
+    if (tags) {
+        xpk_key(&pk, "tags");
+        if (g->tags)
+            s_pack_tags(&pk, g->tags);
+        else {
+            msgpack_pack_array(&pk, g->B);
+            for (uint32_t i = 0; i < g->B; i++)
+                s_pack_tags(&pk, &g->trade_tags[i]);
+        }
     }
     if (g->target) {
         xpk_key(&pk, "target");
@@ -677,14 +799,13 @@ s_route(xpl_pub_t *self, s_model_t *m, const s_msg_t *g, int wire)
     }
     size_t per[T_N];
     for (int k = 0; k < T_N; k++)
-        per[k] = k >= T_IMP ? (size_t)m->L * m->H * sizeof(float)
-                            : (size_t)m->L * (g->fused ? 1 : m->H) * m->n * m->n
-                                  * s_dtype_size(g->in);
+        per[k] = s_bytes(m, g->fused, g->T, k, g->in);
     xpl_id_t *ids = malloc(g->B * sizeof *ids);
     int64_t *target = g->target ? malloc(g->B * sizeof *target) : NULL;
     double *y = g->y ? malloc(g->B * sizeof *y) : NULL;
+    xpl_tags_t *ttags = g->trade_tags ? malloc(g->B * sizeof *ttags) : NULL;
     char *t[T_N] = {0};
-    bool ok = ids && (!g->target || target) && (!g->y || y);
+    bool ok = ids && (!g->target || target) && (!g->y || y) && (!g->trade_tags || ttags);
     for (int k = 0; k < T_N; k++)
         if (g->t[k])
             ok = ok && (t[k] = malloc(g->B * per[k])) != NULL;
@@ -702,6 +823,8 @@ s_route(xpl_pub_t *self, s_model_t *m, const s_msg_t *g, int wire)
                 target[c] = g->target[i];
             if (y)
                 y[c] = g->y[i];
+            if (ttags)
+                ttags[c] = g->trade_tags[i];
             c++;
         }
         if (c == 0)
@@ -711,6 +834,7 @@ s_route(xpl_pub_t *self, s_model_t *m, const s_msg_t *g, int wire)
         part.ids = ids;
         part.target = target;
         part.y = y;
+        part.trade_tags = ttags;
         for (int j = 0; j < T_N; j++)
             part.t[j] = t[j];
         rc = s_encode_send(self, m, &part, wire, k);
@@ -719,6 +843,7 @@ s_route(xpl_pub_t *self, s_model_t *m, const s_msg_t *g, int wire)
     free(ids);
     free(target);
     free(y);
+    free(ttags);
     for (int k = 0; k < T_N; k++)
         free(t[k]);
     return rc;
@@ -726,27 +851,41 @@ s_route(xpl_pub_t *self, s_model_t *m, const s_msg_t *g, int wire)
 
 /* ---- pending trades (micro-batching) ------------------------------------ */
 
+/* Fields of a message beyond the tensors (bits 0..T_N-1), for
+   s_has_bits: trades are merged only with trades of the same fields. */
+#define S_HAS_TARGET (1u << 8)
+#define S_HAS_Y (1u << 9)
+#define S_HAS_TARGETS (1u << 10)
+#define S_HAS_TAGS (1u << 11)
+
 struct s_pend {
     char model[65];
     uint32_t B, cap;            /* trades pending, and room for */
     bool fused;
     int wire;                   /* dtype the tensors are held in */
-    unsigned has;               /* bits of T_*, and of target (1 << 8), y (1 << 9) */
+    unsigned has;               /* s_has_bits of the pending trades */
     int64_t ts;                 /* the first trade's */
     int64_t since_us;           /* monotonic time the first trade came */
     size_t per[T_N];            /* bytes of one trade's tensor k */
     uint8_t *t[T_N];
+    size_t tcap[T_N];           /* bytes t[k] has room for */
     xpl_id_t *ids;              /* strings owned */
     int64_t *target;
     double *y;
+    xpl_tags_t *tags;           /* trade by trade, each one block owned */
+    uint32_t T, cap_T;          /* the pending trades' targets */
+    int64_t *targets;
 };
 
 static void
 s_pend_clear(struct s_pend *p)
 {
-    for (uint32_t i = 0; i < p->B; i++)
+    for (uint32_t i = 0; i < p->B; i++) {
         if (p->ids[i].is_str)
             free((char *)p->ids[i].s);
+        if (p->has & S_HAS_TAGS)
+            free((void *)p->tags[i].tags);
+    }
     p->B = 0;
 }
 
@@ -761,6 +900,8 @@ s_pend_free(struct s_pend *p)
     free(p->ids);
     free(p->target);
     free(p->y);
+    free(p->tags);
+    free(p->targets);
     free(p);
 }
 
@@ -806,10 +947,49 @@ s_convert(xpl_pub_t *self, void *dst, const void *src, size_t count, int in, int
 static unsigned
 s_has_bits(const s_msg_t *g)
 {
-    unsigned has = (g->target ? 1u << 8 : 0) | (g->y ? 1u << 9 : 0);
+    unsigned has = (g->target ? S_HAS_TARGET : 0) | (g->y ? S_HAS_Y : 0)
+                   | (g->targets ? S_HAS_TARGETS : 0)
+                   | (g->tags || g->trade_tags ? S_HAS_TAGS : 0);
     for (int k = 0; k < T_N; k++)
         has |= g->t[k] ? 1u << k : 0;
     return has;
+}
+
+/* Trades of a message may join the pending ones: same model, form,
+   wire dtype, fields, and targets. */
+static bool
+s_pend_joins(const struct s_pend *p, const s_model_t *m, const s_msg_t *g, int wire)
+{
+    return strcmp(p->model, m->model) == 0 && p->fused == g->fused && p->wire == wire
+           && p->has == s_has_bits(g) && p->T == g->T
+           && (!g->T || memcmp(p->targets, g->targets, g->T * sizeof *g->targets) == 0);
+}
+
+/* A deep copy of a trade's tags in one block (dst->tags owns it). */
+static int
+s_tags_dup(xpl_tags_t *dst, const xpl_tags_t *src)
+{
+    dst->count = 0;
+    dst->tags = NULL;
+    if (!src || src->count == 0)
+        return 0;
+    size_t bytes = src->count * sizeof(xpl_tag_t);
+    for (uint32_t i = 0; i < src->count; i++)
+        bytes += strlen(src->tags[i].key) + strlen(src->tags[i].value) + 2;
+    xpl_tag_t *t = malloc(bytes);
+    if (!t)
+        return xpl_fail(XPL_ENOMEM, "out of memory");
+    char *str = (char *)(t + src->count);
+    for (uint32_t i = 0; i < src->count; i++) {
+        size_t kl = strlen(src->tags[i].key) + 1, vl = strlen(src->tags[i].value) + 1;
+        t[i].key = memcpy(str, src->tags[i].key, kl);
+        str += kl;
+        t[i].value = memcpy(str, src->tags[i].value, vl);
+        str += vl;
+    }
+    dst->count = src->count;
+    dst->tags = t;
+    return 0;
 }
 
 /* Append a message's trades to the pending ones (which are of the same
@@ -828,36 +1008,56 @@ s_pend_add(xpl_pub_t *self, s_model_t *m, const s_msg_t *g)
         p->has = s_has_bits(g);
         p->ts = g->ts ? g->ts : s_now_ns();
         p->since_us = s_mono_us();
-        size_t nn = (size_t)m->n * m->n, lh = (size_t)m->L * m->H;
+        if (g->T > p->cap_T) {
+            if (s_grow(&p->targets, g->T * sizeof *p->targets))
+                return -1;
+            p->cap_T = g->T;
+        }
+        p->T = g->T;
+        if (g->T)
+            memcpy(p->targets, g->targets, g->T * sizeof *p->targets);
         for (int k = 0; k < T_N; k++)
-            p->per[k] = k >= T_IMP ? lh * 4
-                                   : (size_t)m->L * (g->fused ? 1 : m->H) * nn * s_dtype_size(wire);
+            p->per[k] = s_bytes(m, g->fused, g->T, k, wire);
     }
     uint32_t need = p->B + g->B;
     if (need > p->cap) {
         uint32_t cap = p->cap ? p->cap : 8;
         while (cap < need)
             cap *= 2;
-        for (int k = 0; k < T_N; k++)
-            if ((p->has & (1u << k)) && s_grow(&p->t[k], cap * p->per[k]))
-                return -1;
         if (s_grow(&p->ids, cap * sizeof *p->ids) || s_grow(&p->target, cap * sizeof *p->target)
-            || s_grow(&p->y, cap * sizeof *p->y))
+            || s_grow(&p->y, cap * sizeof *p->y) || s_grow(&p->tags, cap * sizeof *p->tags))
             return -1;
         p->cap = cap;
+    }
+    /* Each tensor by its own room: the trades pending before may have
+       had other tensors, or another number of targets. */
+    for (int k = 0; k < T_N; k++) {
+        size_t bytes = (size_t)p->cap * p->per[k];
+        if ((p->has & (1u << k)) && p->tcap[k] < bytes) {
+            if (s_grow(&p->t[k], bytes))
+                return -1;
+            p->tcap[k] = bytes;
+        }
     }
     for (int k = 0; k < T_N; k++) {
         if (!g->t[k])
             continue;
-        bool head = k >= T_IMP;
-        size_t cnt = p->per[k] / (head ? 4 : s_dtype_size(wire)) * g->B;
+        bool head = s_head(k);
+        size_t cnt = s_count(m, g->fused, g->T, k) * g->B;
         if (s_convert(self, p->t[k] + (size_t)p->B * p->per[k], g->t[k], cnt,
                       head ? XPL_F32 : g->in, head ? XPL_F32 : wire))
             return -1;
     }
     for (uint32_t i = 0; i < g->B; i++) {
         xpl_id_t id = g->ids[i];
+        xpl_tags_t *tg = &p->tags[p->B + i];
+        if ((p->has & S_HAS_TAGS) && s_tags_dup(tg, g->tags ? g->tags : &g->trade_tags[i])) {
+            p->B += i;
+            return -1;
+        }
         if (id.is_str && !(id.s = strdup(id.s))) {
+            if (p->has & S_HAS_TAGS)
+                free((void *)tg->tags);
             p->B += i;
             return xpl_fail(XPL_ENOMEM, "out of memory");
         }
@@ -881,8 +1081,10 @@ s_flush_locked(xpl_pub_t *self)
     int rc = -1;
     if (m) {
         s_msg_t g = {.B = p->B, .ids = p->ids, .ts = p->ts,
-                     .target = (p->has & (1u << 8)) ? p->target : NULL,
-                     .y = (p->has & (1u << 9)) ? p->y : NULL, .fused = p->fused, .in = p->wire};
+                     .target = (p->has & S_HAS_TARGET) ? p->target : NULL,
+                     .y = (p->has & S_HAS_Y) ? p->y : NULL, .fused = p->fused, .in = p->wire,
+                     .T = p->T, .targets = (p->has & S_HAS_TARGETS) ? p->targets : NULL,
+                     .trade_tags = (p->has & S_HAS_TAGS) ? p->tags : NULL};
         for (int k = 0; k < T_N; k++)
             g.t[k] = (p->has & (1u << k)) ? p->t[k] : NULL;
         /* Held in the wire dtype already: no second conversion. */
@@ -927,9 +1129,7 @@ s_submit(xpl_pub_t *self, s_model_t *m, const s_msg_t *g)
 {
     struct s_pend *p = self->pend;
     int wire = self->wire_dtype == XPL_WIRE_AS_GIVEN ? g->in : self->wire_dtype;
-    if (p && p->B > 0
-        && (strcmp(p->model, m->model) || p->fused != g->fused || p->wire != wire
-            || p->has != s_has_bits(g)))
+    if (p && p->B > 0 && !s_pend_joins(p, m, g, wire))
         if (s_flush_locked(self))
             return -1;
     if ((!p || p->B == 0) && g->B >= self->batch)
@@ -955,36 +1155,110 @@ s_check_ids(const xpl_id_t *ids, uint32_t B)
     return 0;
 }
 
-/* Fuse B trades of full tensors into self->fz (f32): M, P, S blocks of
-   B*L*n*n, then imp and conf of B*L*H. */
+/* A tag key: 1..32 bytes of [A-Za-z0-9_.-]; a value: 1..64 bytes of
+   printable ASCII but , = " and backslash (proto/ingest.md, "Tags"). */
+static bool
+s_tag_ok(const char *s, bool key)
+{
+    if (!s)
+        return false;
+    size_t len = strlen(s);
+    if (len == 0 || len > (key ? 32u : 64u))
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        bool ok = key ? (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
+                            || c == '_' || c == '.' || c == '-'
+                      : c >= 0x20 && c < 0x7f && c != ',' && c != '=' && c != '"' && c != '\\';
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+static int
+s_check_tags(const char *model, const xpl_tags_t *t, long trade)
+{
+    char where[32] = "";
+    if (trade >= 0)
+        snprintf(where, sizeof where, " of trade %ld", trade);
+    if (t->count > 16 || (t->count && !t->tags))
+        return xpl_fail(XPL_EINVAL, "send: tags%s of '%s': %u tags (at most 16, not NULL)", where,
+                        model, t->count);
+    for (uint32_t i = 0; i < t->count; i++) {
+        if (!s_tag_ok(t->tags[i].key, true) || !s_tag_ok(t->tags[i].value, false))
+            return xpl_fail(XPL_EINVAL, "send: tag %u%s of '%s': key 1-32 bytes of "
+                            "[A-Za-z0-9_.-], value 1-64 printable bytes but , = \" and \\",
+                            i, where, model);
+        for (uint32_t j = 0; j < i; j++)
+            if (strcmp(t->tags[i].key, t->tags[j].key) == 0)
+                return xpl_fail(XPL_EINVAL, "send: tag '%s'%s of '%s' twice", t->tags[i].key,
+                                where, model);
+    }
+    return 0;
+}
+
+/* targets and tags of a message: targets with a gradient (`grad`, the
+   fused form's fgrad), not beside target, 1..XPL_PUB_MAX_TARGETS of
+   them; tags either for all or trade by trade, each set by the rules. */
+static int
+s_check_fields(const char *model, uint32_t B, bool grad, const int64_t *target, uint32_t T,
+               const int64_t *targets, const xpl_tags_t *tags, const xpl_tags_t *trade_tags)
+{
+    if (!targets != !T)
+        return xpl_fail(XPL_EINVAL, "send: batch of '%s': T (%u) and targets go together", model,
+                        T);
+    if (T && (!grad || target))
+        return xpl_fail(XPL_EINVAL, "send: batch of '%s': targets needs a gradient and no target",
+                        model);
+    if (T > XPL_PUB_MAX_TARGETS)
+        return xpl_fail(XPL_EINVAL, "send: batch of '%s': %u targets (at most %u)", model, T,
+                        XPL_PUB_MAX_TARGETS);
+    if (tags && trade_tags)
+        return xpl_fail(XPL_EINVAL, "send: batch of '%s': tags or trade_tags, not both", model);
+    if (tags && s_check_tags(model, tags, -1))
+        return -1;
+    for (uint32_t i = 0; trade_tags && i < B; i++)
+        if (s_check_tags(model, &trade_tags[i], (long)i))
+            return -1;
+    return 0;
+}
+
+/* Fuse B trades of full tensors into self->fz (f32): M of B*L*n*n, P
+   of B*T*L*n*n (T = 1 without targets), conf of B*L*H, imp of B*T*L*H;
+   with targets, block t of P and imp from gradient t (fattn and conf
+   are the same for every target). */
 static int
 s_fuse(xpl_pub_t *self, s_model_t *m, const xpl_batch_t *b, s_msg_t *g)
 {
     const size_t nn = (size_t)m->n * m->n, full = (size_t)m->L * m->H * nn;
     const size_t lnn = (size_t)m->L * nn, lh = (size_t)m->L * m->H, B = b->B;
+    const size_t T = b->T ? b->T : 1;
     void *fz = self->fz;
-    if (s_reserve(&fz, &self->fz_cap, (3 * B * lnn + 2 * B * lh) * sizeof(float)))
+    if (s_reserve(&fz, &self->fz_cap, (B * lnn * (1 + T) + B * lh * (1 + T)) * sizeof(float)))
         return -1;
     self->fz = fz;
     const float *A = b->attn, *G = b->grad;
     if (b->dtype != XPL_F32) {
         /* Widen to f32 once (the daemon fuses the values it decodes). */
         void *fin = self->fin;
-        if (s_reserve(&fin, &self->fin_cap, (b->grad ? 2 : 1) * B * full * sizeof(float)))
+        if (s_reserve(&fin, &self->fin_cap, (1 + (b->grad ? T : 0)) * B * full * sizeof(float)))
             return -1;
         self->fin = fin;
         void (*dec)(float *, const void *, size_t) =
             b->dtype == XPL_F16 ? half_f16_decode : half_bf16_decode;
         dec(self->fin, b->attn, B * full);
         if (b->grad)
-            dec(self->fin + B * full, b->grad, B * full);
+            dec(self->fin + B * full, b->grad, B * T * full);
         A = self->fin;
         G = b->grad ? self->fin + B * full : NULL;
     }
-    float *M = self->fz, *P = M + B * lnn, *imp = M + 3 * B * lnn, *conf = imp + B * lh;
-    for (size_t t = 0; t < B; t++)
-        fuse_trade(m->L, m->H, m->n, A + t * full, G ? G + t * full : NULL, M + t * lnn,
-                   P + t * lnn, NULL, imp + t * lh, conf + t * lh);
+    float *M = self->fz, *P = M + B * lnn, *conf = P + B * T * lnn, *imp = conf + B * lh;
+    for (size_t i = 0; i < B; i++)
+        for (size_t t = 0; t < T; t++)
+            fuse_trade(m->L, m->H, m->n, A + i * full, G ? G + (i * T + t) * full : NULL,
+                       M + i * lnn, P + (i * T + t) * lnn, NULL, imp + (i * T + t) * lh,
+                       conf + i * lh);
     g->fused = true;
     g->in = XPL_F32;
     g->t[T_A] = M;
@@ -992,6 +1266,7 @@ s_fuse(xpl_pub_t *self, s_model_t *m, const xpl_batch_t *b, s_msg_t *g)
     g->t[T_S] = NULL;
     g->t[T_IMP] = G ? imp : NULL;
     g->t[T_CONF] = conf;
+    g->t[T_R] = NULL;
     return 0;
 }
 
@@ -1008,11 +1283,23 @@ xpl_pub_send(xpl_pub_t *self, const xpl_batch_t *b)
         return xpl_fail(XPL_EINVAL, "send: batch of '%s' needs B >= 1, ids and attn", b->model);
     if (b->dtype != XPL_F32 && b->dtype != XPL_F16 && b->dtype != XPL_BF16)
         return xpl_fail(XPL_EINVAL, "send: unknown dtype %d", (int)b->dtype);
-    if (s_check_ids(b->ids, b->B))
+    if (s_check_ids(b->ids, b->B)
+        || s_check_fields(b->model, b->B, b->grad != NULL, b->target, b->T, b->targets, b->tags,
+                          b->trade_tags))
         return -1;
+    if (b->rel && !b->grad)
+        return xpl_fail(XPL_EINVAL, "send: batch of '%s': rel needs grad (lrp_rollout reads both)",
+                        b->model);
     s_msg_t g = {.B = b->B, .ids = b->ids, .ts = b->ts, .target = b->target, .y = b->y,
-                 .fused = false, .in = (int)b->dtype, .t = {b->attn, b->grad}};
+                 .fused = false, .in = (int)b->dtype, .t = {b->attn, b->grad},
+                 .T = b->T, .targets = b->targets, .tags = b->tags, .trade_tags = b->trade_tags};
+    g.t[T_R] = b->rel;
     pthread_mutex_lock(&self->lock);
+    if (self->fused && b->rel) {
+        pthread_mutex_unlock(&self->lock);
+        return xpl_fail(XPL_EINVAL, "send: batch of '%s': rel has no fused form (lrp_rollout "
+                        "needs every head): send it with xpl_pub_set_fused off", b->model);
+    }
     int rc = self->fused ? s_fuse(self, m, b, &g) : 0;
     if (rc == 0)
         rc = s_submit(self, m, &g);
@@ -1037,16 +1324,44 @@ xpl_pub_send_fused(xpl_pub_t *self, const xpl_fused_batch_t *b)
                         "together, fgrad_signed needs fgrad", b->model);
     if (b->dtype != XPL_F32 && b->dtype != XPL_F16 && b->dtype != XPL_BF16)
         return xpl_fail(XPL_EINVAL, "send: unknown dtype %d", (int)b->dtype);
-    if (s_check_ids(b->ids, b->B))
+    if (s_check_ids(b->ids, b->B)
+        || s_check_fields(b->model, b->B, b->fgrad != NULL, b->target, b->T, b->targets, b->tags,
+                          b->trade_tags))
         return -1;
     s_msg_t g = {.B = b->B, .ids = b->ids, .ts = b->ts, .target = b->target, .y = b->y,
                  .fused = true, .in = (int)b->dtype,
                  .t = {b->fattn, b->fgrad, b->fgrad_signed, b->head_importance,
-                       b->head_confidence}};
+                       b->head_confidence},
+                 .T = b->T, .targets = b->targets, .tags = b->tags, .trade_tags = b->trade_tags};
     pthread_mutex_lock(&self->lock);
     int rc = s_submit(self, m, &g);
     pthread_mutex_unlock(&self->lock);
     return rc;
+}
+
+/* The entry points of programs compiled before the batch structs grew:
+   their structs end at `ts`, so only that much is read. */
+#undef xpl_pub_send
+#undef xpl_pub_send_fused
+XPL_EXPORT int xpl_pub_send(xpl_pub_t *self, const xpl_batch_t *batch);
+XPL_EXPORT int xpl_pub_send_fused(xpl_pub_t *self, const xpl_fused_batch_t *batch);
+
+int
+xpl_pub_send(xpl_pub_t *self, const xpl_batch_t *b)
+{
+    xpl_batch_t v2 = {0};
+    if (b)
+        memcpy(&v2, b, offsetof(xpl_batch_t, ts) + sizeof b->ts);
+    return xpl_pub_send_v2(self, b ? &v2 : NULL);
+}
+
+int
+xpl_pub_send_fused(xpl_pub_t *self, const xpl_fused_batch_t *b)
+{
+    xpl_fused_batch_t v2 = {0};
+    if (b)
+        memcpy(&v2, b, offsetof(xpl_fused_batch_t, ts) + sizeof b->ts);
+    return xpl_pub_send_fused_v2(self, b ? &v2 : NULL);
 }
 
 int

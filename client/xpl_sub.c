@@ -303,10 +303,11 @@ s_decode(xpl_sub_t *self, const zmq_msg_t *topic, const zmq_msg_t *body)
     if (k == S_NKINDS)
         return NULL;        /* a topic this library does not know */
     size_t plen = strlen(s_kinds[k].prefix);
-    /* drift/<model>/<segment>: a segment's window; the model is what
-       comes before the '/' (model names have none). */
+    /* drift/<model>/<segment>, glob/<model>/<segment>: a segment's
+       window or state; the model is what comes before the '/' (model
+       names have none). */
     uint64_t segment = 0;
-    if (s_kinds[k].kind == XPL_KIND_DRIFT) {
+    if (s_kinds[k].kind == XPL_KIND_DRIFT || s_kinds[k].kind == XPL_KIND_GLOB) {
         const char *slash = memchr(t + plen, '/', tlen - plen);
         if (slash) {
             /* Each segment's topic numbers its messages on its own. */

@@ -34,6 +34,7 @@ struct xpl_view_t {
     int refused;                /* ZAP status of a refused handshake, 0: none */
     char *sub_ep, *query_ep;
     char model[65];
+    char *segment;              /* NULL: the model overall */
     int timeout_ms;
 };
 
@@ -114,7 +115,7 @@ s_wait_handshake(xpl_view_t *self, void *monitor)
 static int
 s_snapshot(xpl_view_t *self, xpl_client_t *client)
 {
-    xpl_global_t *g = xpl_client_global(client, self->model, NULL, NULL, NULL);
+    xpl_global_t *g = xpl_client_global_segment(client, self->model, NULL, self->segment);
     if (!g && xpl_errno() != XPL_ENOT_FOUND && xpl_errno() != XPL_EUNKNOWN_MODEL)
         return -1;
     pthread_mutex_lock(&self->lock);
@@ -148,6 +149,12 @@ s_apply(xpl_view_t *self, xpl_global_t *g)
     s_count(self, restarted ? &self->stats.restarts : &self->stats.dropped, 1);
     xpl_global_destroy(&g);
     return restarted;
+}
+
+static bool
+s_same_segment(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
 }
 
 static void *
@@ -209,6 +216,12 @@ s_run(void *arg)
         xpl_global_t *g = ev->global;
         ev->global = NULL;
         xpl_event_destroy(&ev);
+        /* The subscription glob/<model> also receives every
+           glob/<model>/<segment>: apply only the state followed. */
+        if (g && !s_same_segment(g->segment, self->segment)) {
+            xpl_global_destroy(&g);
+            continue;
+        }
         if (g && s_apply(self, g))
             need_snapshot = true;
     }
@@ -229,6 +242,7 @@ s_free(xpl_view_t *self)
     pthread_cond_destroy(&self->cond);
     free(self->sub_ep);
     free(self->query_ep);
+    free(self->segment);
     xpl_curve_destroy(&self->curve);
     free(self);
 }
@@ -243,6 +257,13 @@ xpl_view_new(const char *sub_endpoint, const char *query_endpoint, const char *m
 xpl_view_t *
 xpl_view_new_curve(const char *sub_endpoint, const char *query_endpoint, const char *model,
                    int timeout_ms, const xpl_curve_t *curve)
+{
+    return xpl_view_new_segment(sub_endpoint, query_endpoint, model, NULL, timeout_ms, curve);
+}
+
+xpl_view_t *
+xpl_view_new_segment(const char *sub_endpoint, const char *query_endpoint, const char *model,
+                     const char *segment, int timeout_ms, const xpl_curve_t *curve)
 {
     if (!sub_endpoint || !query_endpoint)
         return xpl_fail_null(XPL_EINVAL, "view: publish and query endpoints are needed");
@@ -264,7 +285,10 @@ xpl_view_new_curve(const char *sub_endpoint, const char *query_endpoint, const c
     self->query_ep = strdup(query_endpoint);
     snprintf(self->model, sizeof self->model, "%s", model);
     self->timeout_ms = timeout_ms;
-    if (!self->sub_ep || !self->query_ep || (curve && !(self->curve = xpl_curve_dup(curve)))) {
+    if (segment && segment[0])
+        self->segment = strdup(segment);
+    if (!self->sub_ep || !self->query_ep || (curve && !(self->curve = xpl_curve_dup(curve)))
+        || (segment && segment[0] && !self->segment)) {
         s_free(self);
         return xpl_fail_null(XPL_ENOMEM, "out of memory");
     }

@@ -1,6 +1,7 @@
 /*  aggregate: the aggregator of shard daemons. See aggregate.h.  */
 #include "aggregate.h"
 
+#include "keys.h"
 #include "log.h"
 #include "server.h"
 #include "shard.h"
@@ -28,6 +29,9 @@ typedef struct {
     void *dealer;               /* its query ROUTER, for trade queries */
     int32_t k;                  /* shard index it reported, -1 before */
     uint32_t n;                 /* shard count it reported */
+    uint64_t owns;              /* shards it covers (itself; an aggregator's) */
+    bool has_rejected;          /* its daemon-wide rejections, last reported */
+    uint64_t rejected_total, rejected[XR_NREASONS];
     bool seen, stale;
     int64_t last_ns;            /* monotonic time of its last state */
     uint64_t states;            /* state messages received */
@@ -50,6 +54,11 @@ typedef struct {
     uint32_t epoch;                 /* epoch next_k belongs to */
     bool next_set[XM_NMETHODS];
     int64_t next_k[XM_NMETHODS];    /* next merged window to judge */
+    unsigned has_bound;             /* methods with windows merged: */
+    int64_t bound[XM_NMETHODS];     /* the lowest window not all shards closed */
+    /* The same per segment (by index in the epoch), when kept. */
+    unsigned *seg_next_set, *seg_has_bound;     /* [max_segments] method bits */
+    int64_t *seg_next_k, *seg_bound;            /* [max_segments][XM_NMETHODS] */
 } amodel_t;
 
 struct aggregate_t {
@@ -64,12 +73,36 @@ struct aggregate_t {
     uint32_t npending;
     uint64_t next_id;
     int first_item;
+    uint32_t state_subs;        /* subscriptions on our XPUB that take state/ */
     /* counters (stats reply) */
     uint64_t merges, merge_errors, state_rejected, stale_events, trades_forwarded;
+    /* Per-segment scratch of a rebuild (astate_merged_t), max_segments long. */
+    int64_t *seg_close;
+    unsigned *seg_windows;
+    uint32_t *seg_had;
 };
 
+/* With CURVE on, the connections that follow are a CURVE client's: the
+   aggregator's own key pair (security.secret_key_file), to a shard whose
+   public key is `server` (Z85). */
 static int
-s_sock(aggregate_t *a, void **sock, int type, const char *ep, const char *what)
+s_curve(aggregate_t *a, void *sock, const char *server, const char *what)
+{
+    const auth_t *au = &a->s->auth;
+    if (!au->enabled)
+        return 0;
+    if (zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, server, KEY_Z85_LEN) ||
+        zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, au->public_key, KEY_Z85_LEN) ||
+        zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, au->secret_key, KEY_Z85_LEN)) {
+        log_err("aggregate: cannot make the %s socket a CURVE client: %s", what,
+                zmq_strerror(zmq_errno()));
+        return -1;
+    }
+    return 0;
+}
+
+static int
+s_sock(aggregate_t *a, void **sock, int type, const char *ep, const char *server, const char *what)
 {
     int zero = 0;
     *sock = zmq_socket(a->s->zctx, type);
@@ -77,6 +110,8 @@ s_sock(aggregate_t *a, void **sock, int type, const char *ep, const char *what)
         log_err("aggregate: cannot create the %s socket: %s", what, zmq_strerror(zmq_errno()));
         return -1;
     }
+    if (ep && s_curve(a, *sock, server, what))
+        return -1;
     if (ep && zmq_connect(*sock, ep)) {
         log_err("aggregate: cannot connect %s to '%s': %s", what, ep, zmq_strerror(zmq_errno()));
         return -1;
@@ -100,18 +135,34 @@ aggregate_new(server_t *s)
         return NULL;
     }
     a->s = s;
-    if (s_sock(a, &a->xsub, ZMQ_XSUB, NULL, "xpl forwarding"))
+    uint32_t ms = s->global.p.max_segments;
+    if (ms && (!(a->seg_close = calloc((size_t)ms * XM_NMETHODS, sizeof *a->seg_close)) ||
+               !(a->seg_windows = calloc(ms, sizeof *a->seg_windows)) ||
+               !(a->seg_had = calloc(ms, sizeof *a->seg_had)))) {
+        log_err("aggregate: out of memory");
+        aggregate_destroy(&a);
+        return NULL;
+    }
+    if (s_sock(a, &a->xsub, ZMQ_XSUB, NULL, NULL, "xpl forwarding"))
         goto fail;
     for (int i = 0; i < c->aggregate.count; i++) {
         ashard_t *sh = &a->shards[a->nshards++];
         sh->endpoint = c->aggregate.items[i];
         sh->query_ep = c->aggregate_query.items[i];
         sh->k = -1;
-        if (s_sock(a, &sh->sub, ZMQ_SUB, sh->endpoint, "shard state") ||
+        char server[KEY_Z85_LEN + 1] = "", err[512];
+        if (s->auth.enabled) {
+            const char *cert = c->aggregate_keys.items[c->aggregate_keys.count == 1 ? 0 : i];
+            if (keys_load(cert, server, NULL, err, sizeof err)) {
+                log_err("aggregate: the shard certificate of %s: %s", sh->endpoint, err);
+                goto fail;
+            }
+        }
+        if (s_sock(a, &sh->sub, ZMQ_SUB, sh->endpoint, server, "shard state") ||
             zmq_setsockopt(sh->sub, ZMQ_SUBSCRIBE, "state/", 6) ||
-            s_sock(a, &sh->dealer, ZMQ_DEALER, sh->query_ep, "shard query"))
+            s_sock(a, &sh->dealer, ZMQ_DEALER, sh->query_ep, server, "shard query"))
             goto fail;
-        if (zmq_connect(a->xsub, sh->endpoint)) {
+        if (s_curve(a, a->xsub, server, "xpl forwarding") || zmq_connect(a->xsub, sh->endpoint)) {
             log_err("aggregate: cannot connect to '%s': %s", sh->endpoint, zmq_strerror(zmq_errno()));
             goto fail;
         }
@@ -155,7 +206,16 @@ aggregate_destroy(aggregate_t **ap)
     astate_scratch_destroy(&a->scratch);
     agg_heads_destroy(&a->scratch.heads);
     free(a->head);
+    for (uint32_t m = 0; a->models && m < a->s->cfg.max_models; m++) {
+        free(a->models[m].seg_next_set);
+        free(a->models[m].seg_has_bound);
+        free(a->models[m].seg_next_k);
+        free(a->models[m].seg_bound);
+    }
     free(a->models);
+    free(a->seg_close);
+    free(a->seg_windows);
+    free(a->seg_had);
     free(a);
     *ap = NULL;
 }
@@ -257,6 +317,12 @@ s_on_state(aggregate_t *a, int i, const void *body, size_t len)
                  sh->endpoint, h->shard, h->shards, sh->k, sh->n);
     sh->k = (int32_t)h->shard;
     sh->n = h->shards;
+    sh->owns = h->owns;
+    if (h->has_rejected) {
+        sh->has_rejected = true;
+        sh->rejected_total = h->rejected_total;
+        memcpy(sh->rejected, h->rejected, sizeof sh->rejected);
+    }
     int64_t now = now_mono_ns();
     if (sh->stale) {
         log_notice("aggregate: shard %d/%u (%s) is back; its state replaces its last one", sh->k,
@@ -316,6 +382,73 @@ s_reset_epoch(gepoch_t *e)
     agg_reset(&e->heads.confidence);
     e->count = 0;
     e->untracked = 0;
+    e->segs.overflow = 0;
+    for (uint32_t i = 0; e->seg && i < e->segs.n; i++) {
+        gseg_t *sg = e->seg[i];
+        for (int m = 0; sg && m < XM_NMETHODS; m++) {
+            if (!(sg->methods & XM_BIT(m)))
+                continue;
+            agg_reset(&sg->all[m]);
+            if (sg->evd[m].sum)
+                evdecay_reset(&sg->evd[m]);
+            if (sg->evw[m].count)
+                evwin_reset(&sg->evw[m]);
+        }
+        if (sg)
+            sg->count = 0;
+    }
+}
+
+/* The per-segment bookkeeping of a model, made with its first segment. */
+static int
+s_model_segs(aggregate_t *a, amodel_t *am)
+{
+    uint32_t ms = a->s->global.p.max_segments;
+    if (am->seg_next_k || !ms)
+        return 0;
+    am->seg_next_set = calloc(ms, sizeof *am->seg_next_set);
+    am->seg_has_bound = calloc(ms, sizeof *am->seg_has_bound);
+    am->seg_next_k = calloc((size_t)ms * XM_NMETHODS, sizeof *am->seg_next_k);
+    am->seg_bound = calloc((size_t)ms * XM_NMETHODS, sizeof *am->seg_bound);
+    if (!am->seg_next_set || !am->seg_has_bound || !am->seg_next_k || !am->seg_bound) {
+        free(am->seg_next_set);
+        free(am->seg_has_bound);
+        free(am->seg_next_k);
+        free(am->seg_bound);
+        am->seg_next_set = am->seg_has_bound = NULL;
+        am->seg_next_k = am->seg_bound = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/* Judge the merged windows of method m below `bound` (overall: seg -1, or
+   of segment seg) from *next_k on, as one daemon closes them. */
+static void
+s_close_below(aggregate_t *a, model_t *md, gepoch_t *e, int m, int seg, evwin_t *w,
+              const glast_t *l, bool *next_set, int64_t *next_k, int64_t bound,
+              global_closed_t *closed)
+{
+    global_t *g = &a->s->global;
+    if (!*next_set) {
+        /* After the last window judged before a restart (state.dir),
+           else from the first window the shards still hold. */
+        *next_k = l->valid ? (int64_t)l->window + 1 : INT64_MIN;
+        *next_set = true;
+    }
+    evwin_view_t v;
+    for (int64_t k = *next_k; evwin_next(w, k, &v) == 1 && v.k < bound; k = v.k + 1) {
+        if (closed->n == GLOBAL_CLOSED_MAX) {
+            publish_drift(&a->s->publisher, md, closed);
+            closed->n = 0;
+        }
+        if (seg < 0)
+            global_close_window(g, md, e, m, &v, closed);
+        else
+            global_close_window_seg(g, md, e, m, seg, &v, closed);
+    }
+    if (bound > *next_k)
+        *next_k = bound;
 }
 
 static void
@@ -327,12 +460,32 @@ s_rebuild(aggregate_t *a, model_t *md)
     gepoch_t *e = epoch ? global_epoch(g, md, epoch, true) : NULL;
     if (!e)
         return;
+    uint32_t ms = g->p.max_segments;
+    if (ms && s_model_segs(a, am)) {
+        log_limited(LOGK_AGGREGATE, LOG_ERR_, "aggregate: out of memory for the segments of "
+                    "model '%s'", md->name);
+        return;
+    }
     astate_merged_t out;
+    int64_t own[AGG_MAX_SHARDS][XM_NMETHODS];
+    uint32_t merged = 0;        /* fresh shards whose state was merged */
+    bool absent = false;        /* a fresh shard has no state of this epoch yet */
     for (int tries = 0; tries < 2 * AGG_MAX_SHARDS; tries++) {
         s_reset_epoch(e);
         memset(&out, 0, sizeof out);
         for (int m = 0; m < XM_NMETHODS; m++)
             out.next_close[m] = INT64_MAX;
+        if (ms) {
+            for (size_t i = 0; i < (size_t)ms * XM_NMETHODS; i++)
+                a->seg_close[i] = INT64_MAX;
+            memset(a->seg_windows, 0, ms * sizeof *a->seg_windows);
+            memset(a->seg_had, 0, ms * sizeof *a->seg_had);
+            out.seg_close = a->seg_close;
+            out.seg_windows = a->seg_windows;
+            out.seg_had = a->seg_had;
+        }
+        merged = 0;
+        absent = false;
         int bad = -1;
         for (int i = 0; i < a->nshards && bad < 0; i++) {
             ashard_t *sh = &a->shards[i];
@@ -344,12 +497,14 @@ s_rebuild(aggregate_t *a, model_t *md)
                 /* A live shard without this model's state yet may still
                    hold trades of any open window: close nothing. */
                 if (sh->seen && !sh->stale)
-                    for (int m = 0; m < XM_NMETHODS; m++)
-                        out.next_close[m] = INT64_MIN;
+                    absent = true;
                 continue;
             }
-            int64_t keep[XM_NMETHODS];
-            memcpy(keep, out.next_close, sizeof keep);
+            /* A stale shard's windows count, but do not hold back closing. */
+            out.shard = i;
+            out.fresh = !sh->stale;
+            for (int m = 0; m < XM_NMETHODS; m++)
+                out.own_close[m] = INT64_MAX;
             const char *why;
             if (astate_merge(st->body, st->len, g, e, &a->scratch, &out, &why)) {
                 log_limited(LOGK_AGGREGATE, LOG_WARN_, "aggregate: the state of model '%s' from "
@@ -358,14 +513,18 @@ s_rebuild(aggregate_t *a, model_t *md)
                 free(st->body);
                 st->body = NULL;
                 bad = i;
+                continue;
             }
-            /* A stale shard's windows count, but do not hold back closing. */
-            if (sh->stale)
-                memcpy(out.next_close, keep, sizeof keep);
+            memcpy(own[i], out.own_close, sizeof own[i]);
+            if (out.fresh)
+                merged |= 1u << i;
         }
         if (bad < 0)
             break;
     }
+    if (absent)
+        for (int m = 0; m < XM_NMETHODS; m++)
+            out.next_close[m] = INT64_MIN;
     a->merges++;
     md->received = out.received;
     md->trades = out.trades;
@@ -378,32 +537,51 @@ s_rebuild(aggregate_t *a, model_t *md)
     /* Drift on the merged windows every fresh shard has closed. */
     if (am->epoch != epoch) {
         memset(am->next_set, 0, sizeof am->next_set);
+        if (am->seg_next_set)
+            memset(am->seg_next_set, 0, ms * sizeof *am->seg_next_set);
         am->epoch = epoch;
     }
     global_closed_t closed = {.epoch = epoch, .n = 0};
+    am->has_bound = 0;
     for (int m = 0; m < XM_NMETHODS; m++) {
-        if (!(out.has_windows & XM_BIT(m)) || out.next_close[m] == INT64_MAX ||
-            out.next_close[m] == INT64_MIN)
+        if (!(out.has_windows & XM_BIT(m)) || out.next_close[m] == INT64_MAX)
             continue;
-        evwin_t *w = &e->evw[m];
-        if (!am->next_set[m]) {
-            /* After the last window judged before a restart (state.dir),
-               else from the first window the shards still hold. */
-            const glast_t *l = &e->last[m];
-            am->next_k[m] = l->valid ? (int64_t)l->window + 1 : INT64_MIN;
-            am->next_set[m] = true;
+        am->has_bound |= XM_BIT(m);
+        am->bound[m] = out.next_close[m];
+        if (out.next_close[m] == INT64_MIN)
+            continue;
+        s_close_below(a, md, e, m, -1, &e->evw[m], &e->last[m], &am->next_set[m], &am->next_k[m],
+                      out.next_close[m], &closed);
+    }
+    /* Segments: a fresh shard that sent no such segment holds none of its
+       trades below its own closed windows (a trade of it there would be
+       late), so its model-wide bound applies. */
+    for (uint32_t si = 0; ms && e->seg && si < e->segs.n; si++) {
+        gseg_t *sg = e->seg[si];
+        am->seg_has_bound[si] = 0;
+        if (!sg)
+            continue;
+        for (int m = 0; m < XM_NMETHODS; m++) {
+            if (!(a->seg_windows[si] & XM_BIT(m)))
+                continue;
+            int64_t *b = &a->seg_close[(size_t)si * XM_NMETHODS + m];
+            for (int i = 0; i < a->nshards; i++)
+                if ((merged >> i & 1) && !(a->seg_had[si] >> i & 1) && own[i][m] < *b)
+                    *b = own[i][m];
+            if (absent)
+                *b = INT64_MIN;
+            if (*b == INT64_MAX)
+                continue;
+            am->seg_has_bound[si] |= XM_BIT(m);
+            am->seg_bound[(size_t)si * XM_NMETHODS + m] = *b;
+            if (*b == INT64_MIN)
+                continue;
+            bool set = am->seg_next_set[si] >> m & 1;
+            s_close_below(a, md, e, m, (int)si, &sg->evw[m], &sg->last[m], &set,
+                          &am->seg_next_k[(size_t)si * XM_NMETHODS + m], *b, &closed);
+            if (set)
+                am->seg_next_set[si] |= XM_BIT(m);
         }
-        int64_t bound = out.next_close[m];
-        evwin_view_t v;
-        for (int64_t k = am->next_k[m]; evwin_next(w, k, &v) == 1 && v.k < bound; k = v.k + 1) {
-            if (closed.n == GLOBAL_CLOSED_MAX) {
-                publish_drift(&a->s->publisher, md, &closed);
-                closed.n = 0;
-            }
-            global_close_window(g, md, e, m, &v, &closed);
-        }
-        if (bound > am->next_k[m])
-            am->next_k[m] = bound;
     }
     if (closed.n)
         publish_drift(&a->s->publisher, md, &closed);
@@ -411,6 +589,32 @@ s_rebuild(aggregate_t *a, model_t *md)
     if (gm)
         gm->dirty = true;
     g->gen++;
+}
+
+uint64_t
+aggregate_owns(const aggregate_t *a, uint32_t *n)
+{
+    uint64_t owns = 0;
+    for (int i = 0; i < a->nshards; i++)
+        if (a->shards[i].seen) {
+            owns |= a->shards[i].owns;
+            *n = a->shards[i].n;
+        }
+    return owns;
+}
+
+bool
+aggregate_bound(const aggregate_t *a, uint32_t mi, int seg, int m, int64_t *bound)
+{
+    const amodel_t *am = &a->models[mi];
+    if (seg < 0) {
+        *bound = am->bound[m];
+        return am->has_bound >> m & 1;
+    }
+    if (!am->seg_has_bound || !(am->seg_has_bound[seg] >> m & 1))
+        return false;
+    *bound = am->seg_bound[(size_t)seg * XM_NMETHODS + m];
+    return true;
 }
 
 /* ---- trade queries ------------------------------------------------------- */
@@ -494,9 +698,12 @@ aggregate_take_query(aggregate_t *a, zmq_msg_t *env, int nenv, const void *body,
         return false;   /* no shard known yet: unknown_model, as a daemon with nothing */
     uint32_t k = shard_of(h, n);
     int owner = -1;
-    for (int i = 0; i < a->nshards && owner < 0; i++)
-        if (a->shards[i].seen && a->shards[i].k == (int32_t)k)
+    /* The shard itself, or the aggregator that covers it. */
+    for (int i = 0; i < a->nshards && owner < 0; i++) {
+        const ashard_t *sh = &a->shards[i];
+        if (sh->seen && (k < AGG_MAX_OWNS ? (sh->owns >> k & 1) != 0 : sh->k == (int32_t)k))
             owner = i;
+    }
     apending_t *p = calloc(1, sizeof *p);
     if (!p)
         return false;
@@ -616,6 +823,16 @@ s_forward_up(aggregate_t *a)
                 zmq_send(a->xsub, up, sizeof up, ZMQ_DONTWAIT);
             else if (pl > 4 && memcmp(d + 1, "xpl/", 4) == 0)
                 zmq_send(a->xsub, d, len, ZMQ_DONTWAIT);
+            /* Someone (an aggregator above) wants state/: "", "s", ...,
+               "state/", "state/m1" (XPUB reports each topic's first
+               subscription and its last unsubscription). */
+            if ((pl <= 6 && memcmp(d + 1, "state/", pl) == 0) ||
+                (pl > 6 && memcmp(d + 1, "state/", 6) == 0)) {
+                if (d[0] == 1)
+                    a->state_subs++;
+                else if (a->state_subs)
+                    a->state_subs--;
+            }
         }
         zmq_msg_close(&m);
     }
@@ -715,23 +932,35 @@ aggregate_rebuild(aggregate_t *a)
             s_rebuild(a, a->s->models.items[m]);
             any = true;
         }
-    if (!any)
-        return;
-    /* The ingest counters of the stats reply and the metrics: the shards'
-       sums, as one daemon fed the whole stream would count them (per
-       reason rejections stay with the shards). */
     stats_t *st = &a->s->stats;
-    st->received = st->received_trades = st->explained = st->lost = st->restarts = 0;
-    st->rejected_total = 0;
-    for (uint32_t m = 0; m < a->s->models.count; m++) {
-        const model_t *md = a->s->models.items[m];
-        st->received += md->received;
-        st->received_trades += md->trades;
-        st->explained += md->explained;
-        st->rejected_total += md->rejected;
-        st->lost += md->lost;
-        st->restarts += md->restarts;
+    if (any) {
+        /* The ingest counters of the stats reply and the metrics: the
+           shards' sums, as one daemon fed the whole stream would count
+           them. Rejections are daemon-wide (a message refused before its
+           model is known counts too): each shard's last report, by reason. */
+        st->received = st->received_trades = st->explained = st->lost = st->restarts = 0;
+        st->rejected_total = 0;
+        memset(st->rejected, 0, sizeof st->rejected);
+        for (uint32_t m = 0; m < a->s->models.count; m++) {
+            const model_t *md = a->s->models.items[m];
+            st->received += md->received;
+            st->received_trades += md->trades;
+            st->explained += md->explained;
+            st->lost += md->lost;
+            st->restarts += md->restarts;
+        }
+        for (int i = 0; i < a->nshards; i++) {
+            const ashard_t *sh = &a->shards[i];
+            st->rejected_total += sh->rejected_total;
+            for (int r = 0; r < XR_NREASONS; r++)
+                st->rejected[r] += sh->rejected[r];
+        }
     }
+    /* The merged state, as a shard sends its own: for an aggregator of
+       aggregators, and the heartbeat that says this one is alive; not
+       even encoded while nobody subscribes to it. */
+    if (a->state_subs)
+        astate_publish(&a->s->publisher, &a->s->global, &a->s->models, st, 0, 0, a);
 }
 
 uint32_t

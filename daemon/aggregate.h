@@ -74,9 +74,23 @@ uint32_t aggregate_stale_count(const aggregate_t *a);
 
 /* ---- the shard state (aggregate_state.c) ---------------------------------- */
 
-/* Shard side: state/<model> of every model with state. */
-void astate_publish(publisher_t *p, const global_t *g, const models_t *models, uint32_t k,
-                    uint32_t n);
+/* state/<model> of every model with state: a shard's (a NULL), or an
+   aggregator's merged state, so that another aggregator can merge
+   aggregators (a tree): then the message says which shards it covers
+   ("owns") and, per method and segment, the lowest window its shards
+   have not all closed ("bound"). `st` gives the daemon-wide rejections. */
+void astate_publish(publisher_t *p, const global_t *g, const models_t *models, const stats_t *st,
+                    uint32_t k, uint32_t n, const aggregate_t *a);
+
+/* For astate_publish: the shards an aggregator covers (bit k: shard k;
+   0 before any reported) and their count; the bound of method m of model
+   index mi, overall (seg -1) or of segment seg: false when there is none
+   to say (no windows merged). */
+uint64_t aggregate_owns(const aggregate_t *a, uint32_t *n);
+bool aggregate_bound(const aggregate_t *a, uint32_t mi, int seg, int m, int64_t *bound);
+
+/* Shards a state message may name in "owns". */
+#define AGG_MAX_OWNS 64
 
 /* The head of a state message: who sent it and the schema. Views into
    the body. */
@@ -89,6 +103,10 @@ typedef struct {
     wire_sv_t tokens[AGG_MAX_TOKENS];
     const uint8_t *groups;      /* the schema's feature groups (raw msgpack), or NULL */
     size_t groups_len;
+    uint64_t owns;                      /* shards covered: bit k (0: shard >= 64) */
+    bool has_rejected;                  /* the sender's daemon-wide rejections: */
+    uint64_t rejected_total;
+    uint64_t rejected[XR_NREASONS];
 } astate_head_t;
 
 int astate_peek(const void *body, size_t len, astate_head_t *h);
@@ -111,7 +129,18 @@ typedef struct {
     uint64_t received, trades, explained, rejected, lost, restarts;
     int64_t last_ts;
     unsigned has_windows;               /* methods with event-time windows */
-    int64_t next_close[XM_NMETHODS];    /* lowest next_close over the shards merged */
+    int64_t next_close[XM_NMETHODS];    /* lowest next_close over the fresh shards merged */
+    /* Set by the caller for each shard: its position, and whether its
+       windows hold back closing (false: stale). */
+    int shard;
+    bool fresh;
+    int64_t own_close[XM_NMETHODS];     /* that shard's own next_close (INT64_MAX: none) */
+    /* Segments, by the epoch's segment index (NULL when none are kept):
+       as next_close and has_windows, per segment and method, and which
+       shards (bit: position) sent the segment. */
+    int64_t *seg_close;                 /* [max_segments][XM_NMETHODS] */
+    unsigned *seg_windows;              /* [max_segments] */
+    uint32_t *seg_had;                  /* [max_segments] */
 } astate_merged_t;
 
 /* Merge one shard's state message into epoch e (its aggregates add to

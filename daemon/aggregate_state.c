@@ -41,22 +41,37 @@ s_counters(msgpack_packer *pk, const model_t *md)
     msgpack_pack_uint64(pk, md->restarts);
 }
 
+/* A method's event-time windows (with an aggregator's bound) and decay. */
 static void
-s_method(msgpack_packer *pk, const global_t *g, const gepoch_t *e, int m)
+s_event(msgpack_packer *pk, const global_t *g, const evwin_t *w, const evdecay_t *d, bool has_bound,
+        int64_t bound)
 {
-    msgpack_pack_map(pk, 4);
-    enc_str(pk, "all");
-    agg_save(pk, &e->all[m]);
     enc_str(pk, "evw");
     if (g->p.window_ns > 0)
-        evwin_save(pk, &e->evw[m]);
+        evwin_save(pk, w);
     else
         msgpack_pack_nil(pk);
     enc_str(pk, "evd");
     if (g->p.decay_ns > 0)
-        evdecay_save(pk, &e->evd[m]);
+        evdecay_save(pk, d);
     else
         msgpack_pack_nil(pk);
+    if (has_bound) {
+        enc_str(pk, "bound");
+        msgpack_pack_int64(pk, bound);
+    }
+}
+
+static void
+s_method(msgpack_packer *pk, const global_t *g, const gepoch_t *e, int m, const aggregate_t *a,
+         uint32_t mi)
+{
+    int64_t bound = 0;
+    bool hb = a && g->p.window_ns > 0 && aggregate_bound(a, mi, -1, m, &bound);
+    msgpack_pack_map(pk, 4 + hb);
+    enc_str(pk, "all");
+    agg_save(pk, &e->all[m]);
+    s_event(pk, g, &e->evw[m], &e->evd[m], hb, bound);
     enc_str(pk, "classes");
     msgpack_pack_array(pk, e->nclasses);
     for (uint32_t c = 0; c < e->nclasses; c++) {
@@ -70,18 +85,79 @@ s_method(msgpack_packer *pk, const global_t *g, const gepoch_t *e, int m)
     }
 }
 
+/* The segments: {overflow, list: [[label, count, {method: {all, evw, evd
+   [, bound]}}], ...]}. */
+static void
+s_segments(msgpack_packer *pk, const global_t *g, const gepoch_t *e, const aggregate_t *a,
+           uint32_t mi)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; e->seg && i < e->segs.n; i++)
+        n += e->seg[i] != NULL;
+    msgpack_pack_map(pk, 2);
+    enc_str(pk, "overflow");
+    msgpack_pack_uint64(pk, e->segs.overflow);
+    enc_str(pk, "list");
+    msgpack_pack_array(pk, n);
+    for (uint32_t i = 0; e->seg && i < e->segs.n; i++) {
+        const gseg_t *sg = e->seg[i];
+        if (!sg)
+            continue;
+        msgpack_pack_array(pk, 3);
+        enc_str(pk, segtab_label(&e->segs, i));
+        msgpack_pack_uint64(pk, sg->count);
+        msgpack_pack_map(pk, (size_t)__builtin_popcount(sg->methods));
+        for (int m = 0; m < XM_NMETHODS; m++) {
+            if (!(sg->methods & XM_BIT(m)))
+                continue;
+            int64_t bound = 0;
+            bool hb = a && g->p.window_ns > 0 && aggregate_bound(a, mi, (int)i, m, &bound);
+            enc_str(pk, xm_method_name((xm_method_t)m));
+            msgpack_pack_map(pk, 3 + hb);
+            enc_str(pk, "all");
+            agg_save(pk, &sg->all[m]);
+            s_event(pk, g, &sg->evw[m], &sg->evd[m], hb, bound);
+        }
+    }
+}
+
+/* The daemon-wide rejections, by reason: {total, <reason>: n, ...}. */
+static void
+s_rejected(msgpack_packer *pk, const stats_t *st)
+{
+    uint32_t n = 0;
+    for (int r = 1; r < XR_NREASONS; r++)
+        n += st->rejected[r] != 0;
+    msgpack_pack_map(pk, 1 + n);
+    enc_str(pk, "total");
+    msgpack_pack_uint64(pk, st->rejected_total);
+    for (int r = 1; r < XR_NREASONS; r++)
+        if (st->rejected[r]) {
+            enc_str(pk, xr_reason_name((xr_reason_t)r));
+            msgpack_pack_uint64(pk, st->rejected[r]);
+        }
+}
+
 void
-astate_publish(publisher_t *p, const global_t *g, const models_t *models, uint32_t k, uint32_t n)
+astate_publish(publisher_t *p, const global_t *g, const models_t *models, const stats_t *st,
+               uint32_t k, uint32_t n, const aggregate_t *a)
 {
     msgpack_packer *pk = &p->pk;
+    uint64_t owns = 0;
+    if (a) {
+        if (!(owns = aggregate_owns(a, &n)))
+            return;     /* no shard reported yet: nothing to say */
+        k = (uint32_t)__builtin_ctzll(owns);
+    }
     for (uint32_t i = 0; i < models->count; i++) {
         const model_t *md = models->items[i];
         const gepoch_t *e = global_current(g, md);
         const schema_t *sc = md->cur;
         if (!e || !sc)
             continue;
+        bool segs = g->p.max_segments > 0;
         p->buf.size = 0;
-        msgpack_pack_map(pk, 18 + sc->grouped);
+        msgpack_pack_map(pk, 19 + (a != NULL) + segs + sc->grouped);
         enc_str(pk, "v");
         msgpack_pack_uint8(pk, 1);
         enc_str(pk, "model");
@@ -90,6 +166,13 @@ astate_publish(publisher_t *p, const global_t *g, const models_t *models, uint32
         msgpack_pack_uint32(pk, k);
         enc_str(pk, "shards");
         msgpack_pack_uint32(pk, n);
+        if (a) {
+            enc_str(pk, "owns");
+            msgpack_pack_array(pk, (size_t)__builtin_popcountll(owns));
+            for (uint32_t b = 0; b < AGG_MAX_OWNS; b++)
+                if (owns >> b & 1)
+                    msgpack_pack_uint32(pk, b);
+        }
         enc_str(pk, "ts");
         msgpack_pack_int64(pk, now_wall_ns());
         enc_str(pk, "epoch");
@@ -112,6 +195,8 @@ astate_publish(publisher_t *p, const global_t *g, const models_t *models, uint32
         }
         enc_str(pk, "counters");
         s_counters(pk, md);
+        enc_str(pk, "rejected");
+        s_rejected(pk, st);
         enc_str(pk, "last_ts");
         msgpack_pack_int64(pk, md->last_ts);
         enc_str(pk, "count");
@@ -125,10 +210,14 @@ astate_publish(publisher_t *p, const global_t *g, const models_t *models, uint32
         for (int m = 0; m < XM_NMETHODS; m++)
             if (e->methods & XM_BIT(m)) {
                 enc_str(pk, xm_method_name((xm_method_t)m));
-                s_method(pk, g, e, m);
+                s_method(pk, g, e, m, a, md->index);
             }
         enc_str(pk, "heads");
         agg_heads_save(pk, &e->heads);
+        if (segs) {
+            enc_str(pk, "segments");
+            s_segments(pk, g, e, a, md->index);
+        }
         char topic[WIRE_MODEL_MAX + 8];
         int tlen = snprintf(topic, sizeof topic, "state/%s", md->name);
         publish_send(p, topic, (size_t)tlen, p->buf.data, p->buf.size);
@@ -148,6 +237,7 @@ astate_peek(const void *body, size_t len, astate_head_t *h)
     if (snap_get_map(&d, &n, "state"))
         return -1;
     unsigned seen = 0;
+    uint64_t owns = 0;
     enum { V = 1, MODEL = 2, SHARD = 4, SHARDS = 8, EPOCH = 16, L = 32, H = 64, N = 128, CLS = 256,
            TOKENS = 512, NF = 1024 };
     for (uint32_t i = 0; i < n; i++) {
@@ -206,15 +296,48 @@ astate_peek(const void *body, size_t len, astate_head_t *h)
             h->groups = d.r.p;
             rc = snap_skip(&d, "groups");
             h->groups_len = rc ? 0 : (size_t)(d.r.p - h->groups);
+        } else if (mpr_str_eq(&key, "owns")) {
+            uint32_t no;
+            rc = snap_get_array(&d, &no, "owns");
+            if (!rc && (no == 0 || no > AGG_MAX_OWNS))
+                rc = snap_fail(&d, "owns");
+            for (uint32_t o = 0; !rc && o < no; o++) {
+                uint32_t b;
+                rc = snap_get_u32(&d, &b, "owned shard") ||
+                     (b >= AGG_MAX_OWNS ? snap_fail(&d, "owned shard") : 0);
+                if (!rc)
+                    owns |= 1ull << b;
+            }
+        } else if (mpr_str_eq(&key, "rejected")) {
+            uint32_t nr;
+            rc = snap_get_map(&d, &nr, "rejected");
+            for (uint32_t r = 0; !rc && r < nr; r++) {
+                mpr_obj_t rk;
+                uint64_t v;
+                rc = snap_get_key(&d, &rk, "rejection reason") || snap_get_u64(&d, &v, "rejections");
+                if (rc)
+                    break;
+                if (mpr_str_eq(&rk, "total"))
+                    h->rejected_total = v;
+                for (int x = 1; x < XR_NREASONS; x++)
+                    if (mpr_str_eq(&rk, xr_reason_name((xr_reason_t)x)))
+                        h->rejected[x] = v;
+            }
+            h->has_rejected = !rc;
         } else
             rc = snap_skip(&d, "state field");
         if (rc)
             return -1;
     }
+    /* A shard covers itself; an aggregator says which shards it covers. */
+    if (!owns && h->shard < AGG_MAX_OWNS)
+        owns = 1ull << h->shard;
+    h->owns = owns;
     if (snap_fields_all(&d, seen, V | MODEL | SHARD | SHARDS | EPOCH | L | H | N | CLS | TOKENS | NF,
                         "state header") ||
         h->ntokens != h->shape.n || h->shards == 0 || h->shard >= h->shards ||
-        h->shape.L == 0 || h->shape.H == 0 || h->epoch == 0)
+        h->shape.L == 0 || h->shape.H == 0 || h->epoch == 0 ||
+        (h->shards < AGG_MAX_OWNS && h->owns >> h->shards))
         return -1;
     return 0;
 }
@@ -240,6 +363,170 @@ s_merge_decay(snap_rd_t *d, evdecay_t *dst, evdecay_t *tmp)
     if (evdecay_load(d, tmp))
         return -1;
     return evdecay_merge(dst, tmp) ? snap_fail(d, "decayed sums of another size") : 0;
+}
+
+/* One method's map {all, evw, evd[, bound][, classes]} merged into all,
+   evw, evd (classes into e's, when given); *close: the lowest window the
+   sender has not closed (its bound when it says one, else its windows'
+   next_close), *windows: whether it holds windows. */
+static int
+s_merge_method(snap_rd_t *d, global_t *g, gepoch_t *e, int m, agg_t *all, evwin_t *evw,
+               evdecay_t *evd, astate_scratch_t *sc, int64_t *close, bool *windows)
+{
+    uint32_t nf;
+    bool has_bound = false;
+    int64_t bound = 0;
+    *close = INT64_MAX;
+    *windows = false;
+    if (snap_get_map(d, &nf, "method state"))
+        return -1;
+    for (uint32_t f = 0; f < nf; f++) {
+        mpr_obj_t fk;
+        if (snap_get_key(d, &fk, "method field"))
+            return -1;
+        int rc;
+        if (mpr_str_eq(&fk, "all"))
+            rc = s_merge_agg(d, all, &sc->agg);
+        else if (mpr_str_eq(&fk, "evd"))
+            rc = s_merge_decay(d, evd, &sc->evd);
+        else if (mpr_str_eq(&fk, "bound"))
+            rc = snap_get_i64(d, &bound, "bound"), has_bound = true;
+        else if (mpr_str_eq(&fk, "evw")) {
+            if (snap_get_nil(d))
+                rc = g->p.window_ns > 0 ? snap_fail(d, "no event-time windows (the shard's "
+                                                       "drift.window_s differs)")
+                                        : 0;
+            else if (g->p.window_ns <= 0)
+                rc = snap_skip(d, "event-time windows");
+            else {
+                rc = evwin_load(d, &sc->evw);
+                if (!rc)
+                    rc = evwin_merge(evw, &sc->evw) ? snap_fail(d, "windows of another size") : 0;
+                if (!rc && sc->evw.started)
+                    *close = sc->evw.next_close;
+                *windows = !rc;
+            }
+        } else if (e && mpr_str_eq(&fk, "classes")) {
+            uint32_t ncl;
+            rc = snap_get_array(d, &ncl, "classes");
+            for (uint32_t c = 0; !rc && c < ncl; c++) {
+                int64_t target;
+                if (snap_get_array_n(d, 3, "class") || snap_get_i64(d, &target, "class target")) {
+                    rc = -1;
+                    break;
+                }
+                gclass_t *cl = global_class(g, e, target);
+                if (!cl) {
+                    /* Past max_targets here: the shard's classes beyond it
+                       count as untracked. */
+                    rc = snap_skip(d, "class aggregate") || snap_skip(d, "class decay");
+                    continue;
+                }
+                rc = s_merge_agg(d, &cl->agg[m], &sc->agg) || s_merge_decay(d, &cl->evd[m], &sc->evd);
+            }
+        } else
+            rc = snap_skip(d, "method field");
+        if (rc)
+            return -1;
+    }
+    /* An aggregator's windows close where all of its shards' have. */
+    if (has_bound && *windows)
+        *close = bound;
+    return 0;
+}
+
+/* The segments of a state: each merged into the epoch's segment of its
+   label (created while max_segments admits it; the trades of one that is
+   not count in the epoch's overflow, as a daemon counts them). */
+static int
+s_merge_segments(snap_rd_t *d, global_t *g, gepoch_t *e, astate_scratch_t *sc,
+                 astate_merged_t *out, const char **why)
+{
+    uint32_t n;
+    if (snap_get_map(d, &n, "segments"))
+        goto fail;
+    for (uint32_t i = 0; i < n; i++) {
+        mpr_obj_t key;
+        if (snap_get_key(d, &key, "segments field"))
+            goto fail;
+        if (mpr_str_eq(&key, "overflow")) {
+            uint64_t v;
+            if (snap_get_u64(d, &v, "segments overflow"))
+                goto fail;
+            if (g->p.max_segments)
+                e->segs.overflow += v;
+            continue;
+        }
+        if (!mpr_str_eq(&key, "list") || !g->p.max_segments) {
+            /* An aggregator without global.segment_by keeps none. */
+            if (snap_skip(d, "segments field"))
+                goto fail;
+            continue;
+        }
+        uint32_t ns;
+        if (snap_get_array(d, &ns, "segment list"))
+            goto fail;
+        for (uint32_t s = 0; s < ns; s++) {
+            const uint8_t *lp;
+            uint32_t ll, nm;
+            uint64_t count;
+            if (snap_get_array_n(d, 3, "segment") || snap_get_str(d, &lp, &ll, "segment label") ||
+                snap_get_u64(d, &count, "segment count") || snap_get_map(d, &nm, "segment methods"))
+                goto fail;
+            if (ll == 0 || ll > SEG_LABEL_MAX) {
+                snap_fail(d, "segment label");
+                goto fail;
+            }
+            gseg_t *sg = NULL;
+            int si = -1;
+            bool counted = false;
+            for (uint32_t j = 0; j < nm; j++) {
+                mpr_obj_t mk;
+                if (snap_get_key(d, &mk, "segment method"))
+                    goto fail;
+                int m = xm_method_parse((const char *)mk.v.raw.ptr, mk.v.raw.len);
+                if (m < 0) {
+                    if (snap_skip(d, "unknown method"))
+                        goto fail;
+                    continue;
+                }
+                uint64_t ov = e->segs.overflow;
+                if (!(sg = global_segment_method(g, e, (const char *)lp, ll, m, &si))) {
+                    /* Not admitted (max_segments): its trades count in
+                       overflow, once. */
+                    e->segs.overflow = ov + (counted ? 0 : count);
+                    counted = true;
+                    if (snap_skip(d, "segment method"))
+                        goto fail;
+                    continue;
+                }
+                if (astate_scratch_size(sc, e->nf, g)) {
+                    *why = "out of memory";
+                    return -1;
+                }
+                int64_t close;
+                bool windows;
+                if (s_merge_method(d, g, NULL, m, &sg->all[m], &sg->evw[m], &sg->evd[m], sc, &close,
+                                   &windows))
+                    goto fail;
+                if (windows && out->seg_close) {
+                    out->seg_windows[si] |= XM_BIT(m);
+                    int64_t *c = &out->seg_close[(size_t)si * XM_NMETHODS + m];
+                    if (out->fresh && close < *c)
+                        *c = close;
+                }
+            }
+            if (sg) {
+                sg->count += count;
+                if (out->seg_had)
+                    out->seg_had[si] |= 1u << out->shard;
+            }
+        }
+    }
+    return 0;
+fail:
+    *why = d->why ? d->why : "malformed";
+    return -1;
 }
 
 int
@@ -329,61 +616,22 @@ astate_merge(const void *body, size_t len, global_t *g, gepoch_t *e, astate_scra
                     *why = "out of memory";
                     return -1;
                 }
-                uint32_t nf;
-                if (snap_get_map(&d, &nf, "method state"))
+                int64_t close;
+                bool windows;
+                if (s_merge_method(&d, g, e, m, &e->all[m], &e->evw[m], &e->evd[m], sc, &close,
+                                   &windows))
                     goto fail;
-                for (uint32_t f = 0; f < nf; f++) {
-                    mpr_obj_t fk;
-                    if (snap_get_key(&d, &fk, "method field"))
-                        goto fail;
-                    int rc;
-                    if (mpr_str_eq(&fk, "all"))
-                        rc = s_merge_agg(&d, &e->all[m], &sc->agg);
-                    else if (mpr_str_eq(&fk, "evd"))
-                        rc = s_merge_decay(&d, &e->evd[m], &sc->evd);
-                    else if (mpr_str_eq(&fk, "evw")) {
-                        if (snap_get_nil(&d))
-                            rc = g->p.window_ns > 0
-                                     ? snap_fail(&d, "no event-time windows (the shard's "
-                                                     "drift.window_s differs)")
-                                     : 0;
-                        else if (g->p.window_ns <= 0)
-                            rc = snap_skip(&d, "event-time windows");
-                        else {
-                            rc = evwin_load(&d, &sc->evw);
-                            if (!rc) {
-                                rc = evwin_merge(&e->evw[m], &sc->evw) ? snap_fail(&d, "windows of another size") : 0;
-                                /* The merged windows close where every fresh shard has. */
-                                if (!rc && sc->evw.started && sc->evw.next_close < out->next_close[m])
-                                    out->next_close[m] = sc->evw.next_close;
-                                out->has_windows |= XM_BIT(m);
-                            }
-                        }
-                    } else if (mpr_str_eq(&fk, "classes")) {
-                        uint32_t ncl;
-                        rc = snap_get_array(&d, &ncl, "classes");
-                        for (uint32_t c = 0; !rc && c < ncl; c++) {
-                            int64_t target;
-                            if (snap_get_array_n(&d, 3, "class") || snap_get_i64(&d, &target, "class target")) {
-                                rc = -1;
-                                break;
-                            }
-                            gclass_t *cl = global_class(g, e, target);
-                            if (!cl) {
-                                /* Past max_targets here: the shard's classes
-                                   beyond it count as untracked. */
-                                rc = snap_skip(&d, "class aggregate") || snap_skip(&d, "class decay");
-                                continue;
-                            }
-                            rc = s_merge_agg(&d, &cl->agg[m], &sc->agg) ||
-                                 s_merge_decay(&d, &cl->evd[m], &sc->evd);
-                        }
-                    } else
-                        rc = snap_skip(&d, "method field");
-                    if (rc)
-                        goto fail;
+                if (windows) {
+                    out->has_windows |= XM_BIT(m);
+                    out->own_close[m] = close;
+                    /* The merged windows close where every fresh shard has. */
+                    if (out->fresh && close < out->next_close[m])
+                        out->next_close[m] = close;
                 }
             }
+        } else if (mpr_str_eq(&key, "segments")) {
+            if (s_merge_segments(&d, g, e, sc, out, why))
+                return -1;
         } else if (snap_skip(&d, "state field"))
             goto fail;
     }

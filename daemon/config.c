@@ -147,8 +147,8 @@ static const opt_t s_opts[] = {
     {"global", "segment_by", "segment-by", T_STR, O(segment_by), "", 0, 0, false,
      "Tag keys to segment by, comma-separated (at most 4, e.g. desk,venue): a trade's segment is "
      "its values for those keys, and global means and drift are kept per segment as well as "
-     "overall, in the same drift and decay modes. Empty: no segments. Not in an aggregator "
-     "(aggregate.shards): it merges no segments."},
+     "overall, in the same drift and decay modes. Empty: no segments. An aggregator "
+     "(aggregate.shards) given it merges its shards' segments (give it theirs)."},
     {"global", "max_segments", "max-segments", T_UINT, O(max_segments), "16", 1, 4096, false,
      "Segments tracked per model and schema epoch, first come first served; trades of further "
      "segments count overall and in the drift query's segments_overflow."},
@@ -235,6 +235,11 @@ static const opt_t s_opts[] = {
     {"aggregate", "queries", "aggregate-query", T_LIST, O(aggregate_query), "", 0, 0, false,
      "The shards' query endpoints, in the order of aggregate.shards: trade queries go to the "
      "shard that owns the id."},
+    {"aggregate", "shard_keys", "aggregate-shard-key", T_LIST, O(aggregate_keys), "", 0, 0, false,
+     "With security.curve: the shards' public CURVE certificates (xplainctl keygen writes them), "
+     "one for every shard or one per shard in the order of aggregate.shards. The aggregator "
+     "connects to them as a CURVE client with its own security.secret_key_file, which their "
+     "security.clients_dir must admit."},
     {"aggregate", "stale_ms", "aggregate-stale-ms", T_UINT, O(aggregate_stale_ms), "5000", 100,
      3600000, false,
      "A shard whose state has not arrived for this long is reported stale (stats, glob/, "
@@ -794,20 +799,21 @@ s_finish(config_t *cfg)
                 cfg->aggregate_query.count);
         errors++;
     }
-    if (cfg->aggregate.count && cfg->curve) {
-        fprintf(stderr, "xplaind: an aggregator does not speak CURVE to its shards yet: run it "
-                        "and its shards without security.curve (on a private network)\n");
+    if (cfg->aggregate.count && cfg->curve && cfg->aggregate_keys.count != 1 &&
+        cfg->aggregate_keys.count != cfg->aggregate.count) {
+        fprintf(stderr, "xplaind: with security.curve an aggregator needs the shards' public "
+                        "certificates: aggregate.shard_keys, one for all or one per shard (%d "
+                        "shards, %d certificates)\n", cfg->aggregate.count,
+                cfg->aggregate_keys.count);
+        errors++;
+    }
+    if (cfg->aggregate_keys.count && !(cfg->aggregate.count && cfg->curve)) {
+        fprintf(stderr, "xplaind: aggregate.shard_keys needs aggregate.shards and security.curve\n");
         errors++;
     }
     if (cfg->aggregate.count && cfg->shard[0]) {
         fprintf(stderr, "xplaind: a daemon is a shard (ingest.shard) or an aggregator "
                         "(aggregate.shards), not both\n");
-        errors++;
-    }
-    /* An aggregator merges the shards' model-wide state only. */
-    if (cfg->segkeys.n && cfg->aggregate.count) {
-        fprintf(stderr, "xplaind: global.segment_by cannot be combined with aggregate.shards: "
-                        "an aggregator merges the shards' model-wide state, not segments\n");
         errors++;
     }
     if (!cfg->demo && cfg->ingest_connect.count == 0 && cfg->ingest_bind.count == 0 &&

@@ -116,6 +116,7 @@ typedef struct {
     /* [aggregate] */
     cfg_list_t aggregate;       /* shards' publish endpoints: aggregator mode */
     cfg_list_t aggregate_query; /* their query endpoints, in the same order */
+    cfg_list_t aggregate_keys;  /* their CURVE public certificates (security.curve) */
     uint64_t aggregate_stale_ms;
     /* [demo] */
     bool demo;

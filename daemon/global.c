@@ -534,6 +534,8 @@ s_add(global_t *g, const model_t *md, const int64_t *target, const xm_result_t *
                             g->p.window, closed);
         }
     }
+    if (sg)
+        sg->dirty = true;
     if (whole_trade) {
         if (sg)
             sg->count++;
@@ -542,6 +544,24 @@ s_add(global_t *g, const model_t *md, const int64_t *target, const xm_result_t *
     }
     gm->dirty = true;
     g->gen++;
+}
+
+gseg_t *
+global_segment_method(global_t *g, gepoch_t *e, const char *label, size_t len, int m, int *index)
+{
+    gseg_t *sg = s_segment(g, e, label, len);
+    if (!sg || s_seg_method(g, e, sg, m))
+        return NULL;
+    *index = segtab_find(&e->segs, label, len);
+    return sg;
+}
+
+void
+global_close_window_seg(global_t *g, const model_t *md, gepoch_t *e, int m, int seg,
+                        const evwin_view_t *v, global_closed_t *closed)
+{
+    if (seg >= 0 && (uint32_t)seg < e->segs.n && e->seg[seg])
+        s_close_window(g, md, e, m, seg, v, closed);
 }
 
 const gseg_t *
@@ -554,6 +574,23 @@ global_segment(const gepoch_t *e, const char *label, size_t len)
 }
 
 /* ---- topic seqs -------------------------------------------------------- */
+
+gseg_t *
+global_seg_take_changed(gepoch_t *e, uint32_t i)
+{
+    gseg_t *sg = e->seg && i < e->segs.n ? e->seg[i] : NULL;
+    if (!sg || !sg->dirty)
+        return NULL;
+    sg->dirty = false;
+    return sg;
+}
+
+void
+global_seg_glob_sent(gseg_t *sg, int64_t ts)
+{
+    sg->glob_seq++;
+    sg->glob_ts = ts;
+}
 
 const gepoch_t *
 global_take_changed(global_t *g, const model_t *md)
@@ -1102,7 +1139,8 @@ s_class_load(snap_rd_t *d, global_t *g, gepoch_t *e)
 }
 
 /* Segments of an epoch: {overflow, items: [{label, count, drift_seq,
-   methods: {name: {all, drift, detect, last}}}]}. */
+   glob_seq, methods: {name: {all, drift, detect, last}}}]} (glob_seq is
+   absent from snapshots written before segments had a glob/ topic). */
 static void
 s_segs_save(msgpack_packer *pk, const gepoch_t *e)
 {
@@ -1118,13 +1156,15 @@ s_segs_save(msgpack_packer *pk, const gepoch_t *e)
         const gseg_t *sg = e->seg[i];
         if (!sg)
             continue;
-        msgpack_pack_map(pk, 4);
+        msgpack_pack_map(pk, 5);
         snap_put_str(pk, "label");
         snap_put_str(pk, segtab_label(&e->segs, i));
         snap_put_str(pk, "count");
         msgpack_pack_uint64(pk, sg->count);
         snap_put_str(pk, "drift_seq");
         msgpack_pack_uint64(pk, sg->drift_seq);
+        snap_put_str(pk, "glob_seq");
+        msgpack_pack_uint64(pk, sg->glob_seq);
         snap_put_str(pk, "methods");
         msgpack_pack_map(pk, (size_t)__builtin_popcount(sg->methods));
         for (int m = 0; m < XM_NMETHODS; m++) {
@@ -1199,7 +1239,7 @@ s_seg_load(snap_rd_t *d, global_t *g, gepoch_t *e)
     uint32_t n;
     unsigned seen = 0;
     gseg_t *sg = NULL;
-    uint64_t count = 0, seq = 0;
+    uint64_t count = 0, seq = 0, glob_seq = 0;
     mpr_t methods_at = {0};
     if (snap_get_map(d, &n, w))
         return -1;
@@ -1218,6 +1258,8 @@ s_seg_load(snap_rd_t *d, global_t *g, gepoch_t *e)
             rc = snap_field(d, &seen, COUNT, w) || snap_get_u64(d, &count, w);
         } else if (mpr_str_eq(&key, "drift_seq")) {
             rc = snap_field(d, &seen, SEQ, w) || snap_get_u64(d, &seq, w);
+        } else if (mpr_str_eq(&key, "glob_seq")) {
+            rc = snap_get_u64(d, &glob_seq, w);     /* optional: older snapshots lack it */
         } else if (mpr_str_eq(&key, "methods")) {
             methods_at = d->r;      /* read once the label made the segment */
             rc = snap_field(d, &seen, METHODS, w) || snap_skip(d, w);
@@ -1248,6 +1290,8 @@ s_seg_load(snap_rd_t *d, global_t *g, gepoch_t *e)
     d->r = after;
     sg->count = count;
     sg->drift_seq = seq;
+    sg->glob_seq = glob_seq;
+    sg->dirty = true;           /* its glob/ goes out again with the state restored */
     return 0;
 }
 

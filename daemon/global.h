@@ -68,10 +68,15 @@ typedef struct {
 } gclass_t;
 
 /* One segment's state in an epoch (MATH.md, "Segments"): its global
-   means and drift, from its own trades only. */
+   means and drift, from its own trades only. No per-class means: those
+   would multiply a segment's memory by max_targets (the `global` query
+   refuses a segment with a target). */
 typedef struct {
     uint64_t count;                 /* trades */
     uint64_t drift_seq;             /* next seq on drift/<model>/<segment> */
+    uint64_t glob_seq;              /* next seq on glob/<model>/<segment> */
+    int64_t glob_ts;                /* when glob_seq - 1 was sent */
+    bool dirty;                     /* changed since its glob/ was last sent */
     unsigned methods;
     agg_t all[XM_NMETHODS];
     drift_t drift[XM_NMETHODS];
@@ -215,8 +220,24 @@ gclass_t *global_class(global_t *g, gepoch_t *e, int64_t target);
 void global_add_seg(global_t *g, const model_t *md, const int64_t *target, const xm_result_t *res,
                     const char *label, size_t len, global_closed_t *closed);
 
+/* For the aggregator, which fills segments from its shards: segment
+   `label` of epoch e with the state of method m, created while there is
+   room (NULL when not admitted, with segs.overflow + 1, or out of
+   memory); its index into *index. And the judging of a closed merged
+   event-time window of segment `seg`, as global_close_window overall. */
+gseg_t *global_segment_method(global_t *g, gepoch_t *e, const char *label, size_t len, int m,
+                              int *index);
+void global_close_window_seg(global_t *g, const model_t *md, gepoch_t *e, int m, int seg,
+                             const evwin_view_t *v, global_closed_t *closed);
+
 /* Segment `label` of epoch e, or NULL when not tracked. */
 const gseg_t *global_segment(const gepoch_t *e, const char *label, size_t len);
+
+/* Segment i (0 .. e->segs.n - 1) of md's current epoch e when it changed
+   since it was last taken, else NULL; takes the change. Its glob/ goes
+   out with seq sg->glob_seq, then global_seg_glob_sent counts it. */
+gseg_t *global_seg_take_changed(gepoch_t *e, uint32_t i);
+void global_seg_glob_sent(gseg_t *sg, int64_t ts);
 
 /* A further target of the trade just added: its methods go into the
    aggregates of class `target`, the model's and the trade's segment's,

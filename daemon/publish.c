@@ -325,7 +325,7 @@ publish_enc_glob(msgpack_packer *pk, const global_t *g, const model_t *md, const
 
 int
 publish_enc_glob_seg(msgpack_packer *pk, const global_t *g, const model_t *md, const gepoch_t *e,
-                     const gseg_t *sg, const char *label, unsigned mask)
+                     const gseg_t *sg, const char *label, unsigned mask, uint64_t seq, int64_t ts)
 {
     const schema_t *sc = model_schema(md, e->epoch);
     double *scratch = malloc(2 * (e->nf ? e->nf : 1) * sizeof *scratch);
@@ -335,8 +335,10 @@ publish_enc_glob_seg(msgpack_packer *pk, const global_t *g, const model_t *md, c
     enc_strn(pk, md->name, md->name_len);
     enc_str(pk, "segment");
     enc_str(pk, label);
+    enc_str(pk, "seq");
+    msgpack_pack_uint64(pk, seq);
     enc_str(pk, "ts");
-    msgpack_pack_int64(pk, now_wall_ns());
+    msgpack_pack_int64(pk, ts);
     enc_str(pk, "epoch");
     msgpack_pack_uint32(pk, e->epoch);
     enc_str(pk, "features");
@@ -479,6 +481,36 @@ publish_drift(publisher_t *p, const model_t *md, const global_closed_t *closed)
     }
 }
 
+/* glob/<model>/<segment> of every tracked segment that changed: the
+   segment's whole state with a seq of its own, as glob/<model> is the
+   model's. A subscriber to glob/<model> receives these too (ZeroMQ
+   matches prefixes) and tells them apart by the body's "segment". */
+static void
+s_publish_segs(publisher_t *p, global_t *g, const model_t *md, uint32_t epoch)
+{
+    gepoch_t *e = global_epoch(g, md, epoch, false);
+    if (!e || !e->seg)
+        return;
+    msgpack_packer *pk = &p->pk;
+    char topic[WIRE_MODEL_MAX + SEG_LABEL_MAX + 16];
+    for (uint32_t i = 0; i < e->segs.n; i++) {
+        gseg_t *sg = global_seg_take_changed(e, i);
+        if (!sg)
+            continue;
+        const char *label = segtab_label(&e->segs, i);
+        p->buf.size = 0;
+        msgpack_pack_map(pk, PUBLISH_GLOB_SEG_FIELDS + 1);
+        enc_str(pk, "v");
+        msgpack_pack_uint8(pk, 1);
+        int64_t ts = now_wall_ns();
+        if (publish_enc_glob_seg(pk, g, md, e, sg, label, e->methods, sg->glob_seq, ts))
+            continue;
+        global_seg_glob_sent(sg, ts);
+        int tlen = snprintf(topic, sizeof topic, "glob/%s/%s", md->name, label);
+        publish_send(p, topic, (size_t)tlen, p->buf.data, p->buf.size);
+    }
+}
+
 void
 publish_changed(publisher_t *p, global_t *g, const models_t *models)
 {
@@ -508,5 +540,6 @@ publish_changed(publisher_t *p, global_t *g, const models_t *models)
         s_enc_heads(pk, md, e, global_heads_seq_next(g, md));
         int tlen = snprintf(topic, sizeof topic, "heads/%s", md->name);
         publish_send(p, topic, (size_t)tlen, p->buf.data, p->buf.size);
+        s_publish_segs(p, g, md, e->epoch);
     }
 }

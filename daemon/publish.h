@@ -91,13 +91,15 @@ void enc_groups(msgpack_packer *pk, const schema_t *sc);
 int publish_enc_glob(msgpack_packer *pk, const global_t *g, const model_t *md, const gepoch_t *e,
                      unsigned mask, const int64_t *only_target, uint64_t seq, int64_t ts);
 
-/* The global reply for one segment (PUBLISH_GLOB_SEG_FIELDS pairs):
-   model, segment, ts, epoch, features, count, half_life and methods (the
-   segment's means, as in glob/; no targets: segments keep no per-class
-   means). Returns -1 when out of memory. */
-#define PUBLISH_GLOB_SEG_FIELDS 8
+/* The body of glob/<model>/<segment> and the global reply for one
+   segment (PUBLISH_GLOB_SEG_FIELDS pairs): model, segment, seq, ts,
+   epoch, features, count, half_life and methods (the segment's means,
+   as in glob/; no targets: segments keep no per-class means). Returns -1
+   when out of memory. */
+#define PUBLISH_GLOB_SEG_FIELDS 9
 int publish_enc_glob_seg(msgpack_packer *pk, const global_t *g, const model_t *md,
-                         const gepoch_t *e, const gseg_t *sg, const char *label, unsigned mask);
+                         const gepoch_t *e, const gseg_t *sg, const char *label, unsigned mask,
+                         uint64_t seq, int64_t ts);
 
 /* The fields of a closed window shared by drift/ and the drift reply
    (PUBLISH_WINDOW_FIELDS pairs): window, reference, compared, spearman,

@@ -80,10 +80,25 @@ query_op_global(query_t *s, qreq_t *q, msgpack_packer *pk)
             return qreq_fail(q, "not_found", "model '%s' epoch %" PRIu32 " tracks no segment '%.*s'",
                              md->name, e->epoch, so->v.raw.len > 64 ? 64 : (int)so->v.raw.len,
                              (const char *)so->v.raw.ptr);
+        if (qreq_arg(q, "target", NULL))
+            return qreq_fail(q, "bad_argument", "segments keep no per-class means (they would "
+                             "multiply a segment's memory by max_targets): ask for segment '%.*s' "
+                             "without 'target', or for 'target' without 'segment'",
+                             so->v.raw.len > 64 ? 64 : (int)so->v.raw.len,
+                             (const char *)so->v.raw.ptr);
         char label[SEG_LABEL_MAX + 1];
         snprintf(label, sizeof label, "%.*s", (int)so->v.raw.len, (const char *)so->v.raw.ptr);
+        /* The Clone pattern per segment, as for the model below: the seq
+           of the segment's last glob/, after sending a pending change. */
+        bool current = e->epoch == md->cur->epoch;
+        if (sg->dirty && current) {
+            gm->dirty = true;       /* publish_changed walks the segments of changed models */
+            publish_changed(s->pub, s->global, s->models);
+        }
+        uint64_t seq = sg->glob_seq ? sg->glob_seq - 1 : 0;
         qreply_ok(pk, PUBLISH_GLOB_SEG_FIELDS);
-        if (publish_enc_glob_seg(pk, s->global, md, e, sg, label, mask))
+        if (publish_enc_glob_seg(pk, s->global, md, e, sg, label, mask, seq,
+                                 current && sg->glob_seq ? sg->glob_ts : now_wall_ns()))
             return qreq_fail(q, "internal", "out of memory");
         return 0;
     }

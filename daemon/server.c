@@ -627,8 +627,8 @@ server_run(server_t *s)
             /* A shard's whole state, for its aggregator, every interval:
                also the heartbeat that tells the aggregator it is alive. */
             if (s->cfg.shard_n)
-                astate_publish(&s->publisher, &s->global, &s->models, s->cfg.shard_k,
-                               s->cfg.shard_n);
+                astate_publish(&s->publisher, &s->global, &s->models, &s->stats, s->cfg.shard_k,
+                               s->cfg.shard_n, NULL);
             next_glob = now + (int64_t)s->cfg.glob_interval_ms * 1000000;
         }
         if (s->cfg.state_dir[0] && now >= next_snap) {

@@ -142,18 +142,7 @@ s_moved(const s_opts_t *o, const xpl_drift_state_t *d)
         if (strcmp(d->methods[i].method, want) != 0 || v->nmoved == 0)
             continue;
         printf("moved (%s)", want);
-        for (uint32_t k = 0; k < v->nmoved && k < 4; k++) {
-            const xpl_moved_t *mv = &v->moved[k];
-            char name[24];
-            if (mv->feature)
-                snprintf(name, sizeof name, "%.14s", mv->feature);
-            else
-                snprintf(name, sizeof name, "#%u", mv->index);
-            printf("  %s %+.3g", name, mv->delta);
-            if (mv->rank_up)
-                printf(" %s%d", mv->rank_up > 0 ? (o->ascii ? "+" : "▲") : (o->ascii ? "-" : "▼"),
-                       mv->rank_up > 0 ? mv->rank_up : -mv->rank_up);
-        }
+        ctl_print_moved(stdout, v, 4, o->ascii);
         printf("\n");
     }
 }
@@ -230,8 +219,15 @@ s_drift(const s_opts_t *o, const xpl_drift_state_t *d)
         s_fmt_stat(rho, sizeof rho, a->spearman, "%.2f");
         s_fmt_stat(ndcg, sizeof ndcg, a->ndcg, "%.2f");
         s_fmt_stat(js, sizeof js, a->js, "%.3f");
-        printf(" %s  %-13s window %-5llu vs %-8s rho %s  nDCG %s  JS %s\n", when, a->method,
+        printf(" %s  %-13s window %-5llu vs %-8s rho %s  nDCG %s  JS %s", when, a->method,
                (unsigned long long)a->window, a->reference, rho, ndcg, js);
+        if (a->segment && !d->segment)
+            printf("  %s", a->segment);
+        if (a->verdict.nmoved) {
+            printf("  moved");
+            ctl_print_moved(stdout, &a->verdict, 2, o->ascii);
+        }
+        printf("\n");
     }
 }
 

@@ -112,6 +112,11 @@ xpl_id_t ctl_parse_id(const char *s, bool *has_alt, xpl_id_t *alt);
 int ctl_heatmap_svg(FILE *f, const xpl_explanation_t *e, const xpl_matrix_t *m,
                     const xpl_schema_t *s);
 
+/* The first `max` features of a window's what-moved list, each as
+   "  name +delta" and its rank change (up/down arrows, or +/- with
+   ascii). */
+void ctl_print_moved(FILE *out, const xpl_verdict_t *v, uint32_t max, bool ascii);
+
 int cmd_tail(int argc, char **argv);
 int cmd_top(int argc, char **argv);
 int cmd_query(int argc, char **argv);

@@ -279,3 +279,20 @@ ctl_parse_id(const char *s, bool *has_alt, xpl_id_t *alt)
     *alt = xpl_id_str(s);
     return xpl_id_uint(strtoull(s, NULL, 10));
 }
+
+void
+ctl_print_moved(FILE *out, const xpl_verdict_t *v, uint32_t max, bool ascii)
+{
+    for (uint32_t k = 0; k < v->nmoved && k < max; k++) {
+        const xpl_moved_t *mv = &v->moved[k];
+        char name[24];
+        if (mv->feature)
+            snprintf(name, sizeof name, "%.14s", mv->feature);
+        else
+            snprintf(name, sizeof name, "#%u", mv->index);
+        fprintf(out, "  %s %+.3g", name, mv->delta);
+        if (mv->rank_up)
+            fprintf(out, " %s%d", mv->rank_up > 0 ? (ascii ? "+" : "▲") : (ascii ? "-" : "▼"),
+                    mv->rank_up > 0 ? mv->rank_up : -mv->rank_up);
+    }
+}

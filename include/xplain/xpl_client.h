@@ -112,6 +112,15 @@ XPL_EXPORT xpl_global_t *xpl_client_global(xpl_client_t *self, const char *model
                                            const char *method, const int64_t *target,
                                            const uint64_t *epoch);
 
+/* `global` of one segment of a model (a label such as "desk=rates"):
+   its means, the seq of its glob/<model>/<segment> (the Clone pattern
+   per segment), `segment` set; no targets (segments keep no per-class
+   means). `segment` NULL is xpl_client_global for the model overall.
+   XPL_ENOT_FOUND when the segment is not tracked. Caller owns the
+   result. */
+XPL_EXPORT xpl_global_t *xpl_client_global_segment(xpl_client_t *self, const char *model,
+                                                   const char *method, const char *segment);
+
 /* `drift`: thresholds, each method's drift status and the last alerts of
    a model (`method`, `epoch` as for xpl_client_global). Caller owns the
    result (xpl_drift_state_destroy). */

@@ -34,8 +34,11 @@ typedef struct xpl_sub_t xpl_sub_t;
 /* What to subscribe to (bit set). */
 typedef enum {
     XPL_KIND_XPL = 1,           /* xpl/<model>: per-trade explanations */
-    XPL_KIND_GLOB = 2,          /* glob/<model>: whole global state */
-    XPL_KIND_DRIFT = 4,         /* drift/<model>: a closed drift window */
+    XPL_KIND_GLOB = 2,          /* glob/<model>: whole global state; also
+                                   glob/<model>/<segment>, a segment's
+                                   (xpl_global_t.segment set) */
+    XPL_KIND_DRIFT = 4,         /* drift/<model>: a closed drift window; also
+                                   drift/<model>/<segment> (xpl_drift_t.segment) */
     XPL_KIND_HEADS = 8,         /* heads/<model>: head statistics */
     XPL_KIND_ALL = 15
 } xpl_kind_t;

@@ -229,6 +229,9 @@ typedef struct {
     uint32_t ntargets;
     const xpl_target_state_t *targets;
     uint64_t untracked_targets; /* trades of classes beyond the tracked ones */
+    const char *segment;        /* glob/<model>/<segment> or the global reply for
+                                   a segment: its label (no targets then);
+                                   NULL: the model overall */
 } xpl_global_t;
 
 /* A method's aggregate over all trades, or NULL. */
@@ -277,6 +280,8 @@ typedef struct {
     double cusum[3];            /* the CUSUMs after this window; NAN outside mode cusum */
     uint32_t nmoved;
     const xpl_moved_t *moved;
+    bool alerted[3];            /* spearman, ndcg, js: the statistics that alerted
+                                   in this mode (the verdict's "alerts") */
 } xpl_verdict_t;
 
 /* A drift/ message: one method's window just closed. */
@@ -328,6 +333,9 @@ typedef struct {
     uint64_t window;
     const char *reference;
     double spearman, ndcg, js;  /* NAN when undefined */
+    const char *segment;        /* the segment that alerted, NULL: the model overall */
+    xpl_verdict_t verdict;      /* its mode, evidence and what moved (mode NULL
+                                   from a daemon that predates drift modes) */
 } xpl_alert_t;
 
 /* The `drift` query's reply: thresholds, per-method status, last alerts. */

@@ -65,6 +65,16 @@ XPL_EXPORT xpl_view_t *xpl_view_new_curve(const char *sub_endpoint, const char *
                                           const char *model, int timeout_ms,
                                           const xpl_curve_t *curve);
 
+/* The same for one segment of the model (a label such as "desk=rates",
+   daemon run with --segment-by): the view follows glob/<model>/<segment>
+   (its own seq) and snapshots with the `global` query for that segment;
+   segment NULL or "" follows the model overall (xpl_view_new_curve).
+   Either view applies only its own state: the subscription glob/<model>
+   also receives every segment's messages (ZeroMQ matches prefixes). */
+XPL_EXPORT xpl_view_t *xpl_view_new_segment(const char *sub_endpoint, const char *query_endpoint,
+                                            const char *model, const char *segment,
+                                            int timeout_ms, const xpl_curve_t *curve);
+
 /* Stop the thread, close the sockets and set *self_p to NULL; NULL-safe.
    States obtained from the view stay valid until their own destroy. */
 XPL_EXPORT void xpl_view_destroy(xpl_view_t **self_p);

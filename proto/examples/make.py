@@ -38,7 +38,8 @@ from examplegen.queries import REQUESTS  # noqa: E402
 from examplegen.reject import reject_examples  # noqa: E402
 from examplegen.render import dumps, render_body  # noqa: E402,F401
 from examplegen.replay import (SCENARIOS, Replay, capture, find_xplaind,  # noqa: E402,F401
-                               run_scenario, select_outputs, variants_outputs)
+                               run_scenario, select_outputs, shard_outputs,
+                               variants_outputs)
 
 
 def build_inputs():

@@ -123,6 +123,16 @@ def ids_on(shard, kind, count, start=10 ** 6):
     return out
 
 
+
+def more_state_rounds(agg, rounds=2, timeout=30):
+    """Wait until the aggregator has taken `rounds` more whole states from
+    every shard (its stats count them per shard)."""
+    def states():
+        return [sh["states"] for sh in agg.stats()["shards"]]
+    start = states()
+    wait_until(lambda: all(now >= was + rounds for now, was in zip(states(), start)), timeout,
+               f"{rounds} more state rounds from every shard")
+
 def test_three_shards_and_an_aggregator_equal_one_daemon():
     tmp = tempfile.mkdtemp(prefix="xplshard-")
     c = None
@@ -325,7 +335,7 @@ def test_three_shards_and_an_aggregator_equal_one_daemon():
         # ...and starts again from its snapshot: fresh, nothing twice.
         c.shards[1] = c.start_shard(1)
         wait_until(lambda: not shard_entry(1)["stale"], 20, "the aggregator to report shard 1 back")
-        time.sleep(0.5)     # a few more state rounds from every shard
+        more_state_rounds(c.agg)
         for m in MODELS:
             a, s = c.agg.query("global", model=m), c.single.query("global", model=m)
             assert a["count"] == total[m], f"{m}: {a['count']} after the restart, {total[m]} before"
@@ -345,7 +355,7 @@ def test_three_shards_and_an_aggregator_equal_one_daemon():
             for meth in s["methods"]:
                 close(a["methods"][meth]["mean"], s["methods"][meth]["mean"], what=f"{m} {meth} after "
                       "the aggregator restarted")
-        time.sleep(0.5)
+        more_state_rounds(c.agg)
         after = c.agg.query("drift", model="m1")["methods"]["rollout"]
         assert after["last"]["window"] == before["last"]["window"], (before, after)
         assert after["reference"] == before["reference"]

@@ -48,7 +48,9 @@ def test_outputs(examples):
         replies.update(mk.run_scenario(XPLAIND, frames, scenario)[0])
     got = mk.select_outputs(replies, published)
     got.update(mk.variants_outputs(XPLAIND, frames))
-    outputs = [m for m in examples.values() if m["kind"] in ("xpl", "glob", "drift", "heads", "reply")]
+    got.update(mk.shard_outputs(XPLAIND, frames))
+    outputs = [m for m in examples.values()
+               if m["kind"] in ("xpl", "glob", "drift", "heads", "state", "reply")]
     check(len(outputs) == len(got), "%d output examples on disk, the replay selects %d"
           % (len(outputs), len(got)))
     for m in outputs:

@@ -654,9 +654,11 @@ def test_publisher_daemon_restart():
     pub = xplain.Publisher("py_restart", bind=ep, tokens=["a", "b", "c", "CLS"], cls=3)
     rng = np.random.default_rng(5)
     for gen in range(2):
+        # This daemon's own subscription, not a count the stopped one left.
+        before = pub.subscriptions
         with xplain.Daemon(XPLAIND, ingest_connect=ep) as d:
             q = xplain.Client(d.query, timeout=5)
-            assert pub.wait_subscriber(10), "daemon %d did not subscribe" % gen
+            assert pub.wait_subscriptions(before, 10), "daemon %d did not subscribe" % gen
             A = random_attention(rng, (2, 1, 2, 4, 4))
             pub.send(A, ids=["g%d-a" % gen, "g%d-b" % gen])
             wait_until(lambda: q.stats()["counters"]["explained"] == 2, what="daemon %d to explain" % gen)

@@ -9,7 +9,6 @@ Run by Debian's /usr/bin/python3 (python3-zmq, -msgpack, -numpy, -pytest).
 """
 import os
 import sys
-import time
 
 import msgpack
 import numpy as np
@@ -111,15 +110,13 @@ def test_publisher_splits_batches_by_trade_id():
         for s in subs:
             assert not s.poll(100), "an extra message"
         # A shard's daemon re-subscribing gets the schema again, the others not.
+        before = pub.subscriptions
         s = ctx.socket(zmq.SUB)
         s.setsockopt(zmq.SUBSCRIBE, shard_prefix(1, 3))
         s.connect(pub.endpoint)
         subs.append(s)
-        deadline = time.monotonic() + 5
-        while pub.shard_subscriptions[1] < 2:
-            assert time.monotonic() < deadline, "the second subscription to shard 1 never came"
-            pub._poll_subscriptions()
-            time.sleep(0.01)
+        assert pub.wait_subscriptions(before, 5), "the second subscription to shard 1 never came"
+        assert pub.shard_subscriptions[1] == 2
         two = [i for i in range(1000, 5000) if shard_of(i, 3) == 1][:1] + \
               [i for i in range(1000, 5000) if shard_of(i, 3) == 2][:1]
         pub.send(np.stack([attn_of(0), attn_of(1)]), ids=two, ts=8)

@@ -93,6 +93,8 @@ feed(double *mean)
         mean[j] = sum[j] / NT;
 }
 
+static const stats_t no_stats;
+
 Test(aggregate, three_shard_states_merge_into_the_single_state_in_any_order)
 {
     fx_up(&single, OPTS);
@@ -102,7 +104,8 @@ Test(aggregate, three_shard_states_merge_into_the_single_state_in_any_order)
     double ref[NF];
     feed(ref);
     for (int k = 0; k < 3; k++) {
-        astate_publish(&shard[k].pub, &shard[k].global, &shard[k].models, (uint32_t)k, 3);
+        astate_publish(&shard[k].pub, &shard[k].global, &shard[k].models, &no_stats, (uint32_t)k, 3,
+                       NULL);
         cr_assert_eq(shard[k].cap.n, 1);
         cr_assert_str_eq(shard[k].cap.msg[0].topic, "state/m1");
     }
@@ -122,7 +125,7 @@ Test(aggregate, three_shard_states_merge_into_the_single_state_in_any_order)
         cr_assert_eq(model_restore_schema(am, (uint32_t)(o + 1), &shape, tok, true), 0);
         gepoch_t *e = global_epoch(&agg.global, am, (uint32_t)(o + 1), true);
         cr_assert(e);
-        astate_merged_t out = {0};
+        astate_merged_t out = {.fresh = true};
         for (int m = 0; m < XM_NMETHODS; m++)
             out.next_close[m] = INT64_MAX;
         for (int i = 0; i < 3; i++) {
@@ -210,7 +213,7 @@ Test(aggregate, refuses_other_windows_and_cut_states)
         md->last_ts = T0 + i * SEC / 10;
         global_add(&shard[0].global, md, NULL, mk(&t, &r, true), &c);
     }
-    astate_publish(&shard[0].pub, &shard[0].global, &shard[0].models, 0, 1);
+    astate_publish(&shard[0].pub, &shard[0].global, &shard[0].models, &no_stats, 0, 1, NULL);
     const fx_msg_t *msg = &shard[0].cap.msg[0];
     model_t *am = fx_model(&agg, "m1", 1, 1, 2, NF + 1, NF);
     gepoch_t *e = global_epoch(&agg.global, am, 1, true);
@@ -230,5 +233,105 @@ Test(aggregate, refuses_other_windows_and_cut_states)
     astate_scratch_destroy(&sc);
     agg_heads_destroy(&sc.heads);
     fx_down(&shard[0]);
+    fx_down(&agg);
+}
+
+/* Segments: three shards' segments merge into the single world's, and a
+   state with segments cut anywhere is refused. Rejections and the owned
+   shards read back from the head. */
+Test(aggregate, segments_merge_and_the_head_says_rejections_and_owns)
+{
+    static const char *const SEG[] = {"--drift-window-s", "1", "--drift-lateness-s", "0.5",
+                                      "--decay-half-life-s", "2", "--methods", "rollout",
+                                      "--segment-by", "desk", NULL};
+    static const char *const LAB[] = {"desk=a", "desk=b", "desk=c"};
+    fx_up(&single, SEG);
+    fx_up(&agg, SEG);
+    for (int k = 0; k < 3; k++)
+        fx_up(&shard[k], SEG);
+    model_t *sm[3], *one = fx_model(&single, "m1", 1, 1, 2, NF + 1, NF);
+    for (int k = 0; k < 3; k++)
+        sm[k] = fx_model(&shard[k], "m1", 1, 1, 2, NF + 1, NF);
+    rng_t r;
+    rng_seed(&r, 13);
+    for (int i = 0; i < NT; i++) {
+        trade_t t;
+        const xm_result_t *res = mk(&t, &r, true);
+        int64_t ts = T0 + i * (SEC / 25);
+        int k = (int)(rng_next(&r) % 3);
+        const char *l = LAB[rng_next(&r) % 3];
+        global_closed_t c;
+        sm[k]->last_ts = ts;
+        one->last_ts = ts;
+        global_add_seg(&shard[k].global, sm[k], NULL, res, l, strlen(l), &c);
+        global_add_seg(&single.global, one, NULL, res, l, strlen(l), &c);
+    }
+    stats_t st = {.rejected_total = 7};
+    st.rejected[XR_MSGPACK] = 5;
+    st.rejected[XR_TOPIC] = 2;
+    for (int k = 0; k < 3; k++)
+        astate_publish(&shard[k].pub, &shard[k].global, &shard[k].models, &st, (uint32_t)k, 3,
+                       NULL);
+    model_t *am = fx_model(&agg, "m1", 1, 1, 2, NF + 1, NF);
+    gepoch_t *e = global_epoch(&agg.global, am, 1, true);
+    const gepoch_t *se = global_current(&single.global, one);
+    cr_assert(e && se);
+    astate_scratch_t sc = {0};
+    astate_head_t *h = malloc(sizeof *h);
+    int64_t seg_close[16 * XM_NMETHODS];
+    unsigned seg_windows[16] = {0};
+    uint32_t seg_had[16] = {0};
+    for (size_t i = 0; i < 16 * XM_NMETHODS; i++)
+        seg_close[i] = INT64_MAX;
+    astate_merged_t out = {.fresh = true, .seg_close = seg_close, .seg_windows = seg_windows,
+                           .seg_had = seg_had};
+    for (int m = 0; m < XM_NMETHODS; m++)
+        out.next_close[m] = INT64_MAX;
+    for (int k = 0; k < 3; k++) {
+        const fx_msg_t *msg = &shard[k].cap.msg[0];
+        cr_assert_eq(astate_peek(msg->body, msg->len, h), 0);
+        cr_assert_eq(h->owns, 1ull << k);
+        cr_assert(h->has_rejected);
+        cr_assert_eq(h->rejected_total, 7);
+        cr_assert_eq(h->rejected[XR_MSGPACK], 5);
+        cr_assert_eq(h->rejected[XR_TOPIC], 2);
+        out.shard = k;
+        const char *why = NULL;
+        cr_assert_eq(astate_merge(msg->body, msg->len, &agg.global, e, &sc, &out, &why), 0, "%s",
+                     why);
+    }
+    cr_assert_eq(e->segs.n, 3);
+    cr_assert_eq(e->segs.overflow, 0);
+    for (int s = 0; s < 3; s++) {
+        const gseg_t *a = global_segment(e, LAB[s], 6), *b = global_segment(se, LAB[s], 6);
+        cr_assert(a && b, "%s", LAB[s]);
+        cr_assert_eq(a->count, b->count);
+        same_agg(&a->all[XM_ROLLOUT], &b->all[XM_ROLLOUT], LAB[s]);
+        double x[NF], y[NF];
+        evdecay_mean(&a->evd[XM_ROLLOUT], x);
+        evdecay_mean(&b->evd[XM_ROLLOUT], y);
+        close_arr(x, y, NF, "segment decayed");
+        cr_assert_eq(a->evw[XM_ROLLOUT].max_ts, b->evw[XM_ROLLOUT].max_ts);
+        int si = -1;
+        for (int i = 0; i < 3; i++)
+            if (strcmp(segtab_label(&e->segs, (uint32_t)i), LAB[s]) == 0)
+                si = i;
+        cr_assert_eq(seg_had[si], 7u, "every shard sent %s", LAB[s]);
+        cr_assert(seg_windows[si] & XM_BIT(XM_ROLLOUT));
+        cr_assert_leq(seg_close[si * XM_NMETHODS + XM_ROLLOUT], b->evw[XM_ROLLOUT].next_close);
+    }
+    /* Cut anywhere (the segments are at the end): refused. */
+    const fx_msg_t *msg = &shard[0].cap.msg[0];
+    for (size_t cut = 0; cut < msg->len; cut += 5) {
+        const char *why = NULL;
+        cr_assert_eq(astate_merge(msg->body, cut, &agg.global, e, &sc, &out, &why), -1,
+                     "a state cut at %zu of %zu merged", cut, msg->len);
+    }
+    free(h);
+    astate_scratch_destroy(&sc);
+    agg_heads_destroy(&sc.heads);
+    for (int k = 0; k < 3; k++)
+        fx_down(&shard[k]);
+    fx_down(&single);
     fx_down(&agg);
 }

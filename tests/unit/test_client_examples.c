@@ -589,6 +589,45 @@ expect_window(const ex_t *e, const xpl_window_t *w, const jv_t *b, const jv_t *t
     expect_int(e, "ts", w->ts, ts);
 }
 
+/* The verdict and what moved of a closed window (a drift/ body, a drift
+   reply's "last", or one of its alerts), both as the example says. */
+static void
+expect_verdict(const ex_t *e, const xpl_verdict_t *v, const jv_t *b)
+{
+    static const char *stats[3] = {"spearman", "ndcg", "js"};
+    const jv_t *vd = jv_get(b, "verdict");
+    cr_assert(vd && vd->t == JV_OBJ, "%s: the example has no verdict", e->name);
+    expect_str(e, "verdict.mode", v->mode, jv_get(vd, "mode"));
+    cr_assert_eq(v->calibrating, jv_get(vd, "calibrating")->b, "%s: calibrating", e->name);
+    const jv_t *al = jv_get(vd, "alerts");
+    for (int k = 0; k < 3; k++) {
+        expect_num(e, "verdict.z", v->z[k], jv_get(jv_get(vd, "z"), stats[k]));
+        expect_num(e, "verdict.cusum", v->cusum[k], jv_get(jv_get(vd, "cusum"), stats[k]));
+        bool listed = false;
+        for (size_t i = 0; al && i < al->n; i++)
+            listed |= strcmp(jv_str(al->items[i]), stats[k]) == 0;
+        cr_assert_eq(v->alerted[k], listed, "%s: verdict.alerts %s", e->name, stats[k]);
+    }
+    const jv_t *mv = jv_get(b, "moved");
+    cr_assert(mv && mv->t == JV_ARR && mv->n == v->nmoved, "%s: %u moved, example %zu", e->name,
+              v->nmoved, mv ? mv->n : 0);
+    for (uint32_t i = 0; i < v->nmoved; i++) {
+        const xpl_moved_t *m = &v->moved[i];
+        const jv_t *w = mv->items[i];
+        if (jv_get(w, "feature")->t == JV_NULL)
+            cr_assert_null(m->feature, "%s: moved[%u].feature", e->name, i);
+        else
+            expect_str(e, "moved.feature", m->feature, jv_get(w, "feature"));
+        expect_int(e, "moved.index", m->index, jv_get(w, "index"));
+        expect_num(e, "moved.ref", m->ref, jv_get(w, "ref"));
+        expect_num(e, "moved.cur", m->cur, jv_get(w, "cur"));
+        expect_num(e, "moved.delta", m->delta, jv_get(w, "delta"));
+        expect_int(e, "moved.ref_rank", m->ref_rank, jv_get(w, "ref_rank"));
+        expect_int(e, "moved.rank", m->rank, jv_get(w, "rank"));
+        expect_int(e, "moved.rank_up", m->rank_up, jv_get(w, "rank_up"));
+    }
+}
+
 static void
 expect_models(const ex_t *e, const xpl_model_info_t *m, uint32_t n, const jv_t *want)
 {
@@ -652,6 +691,7 @@ Test(client_examples, published_messages_decode_to_their_rendering, .init = setu
     } kinds[] = {{"xpl", XPL_KIND_XPL}, {"glob", XPL_KIND_GLOB}, {"drift", XPL_KIND_DRIFT},
                  {"heads", XPL_KIND_HEADS}};
     int total = 0;
+    uint32_t moved_seen = 0;
     for (size_t kk = 0; kk < sizeof kinds / sizeof *kinds; kk++) {
         size_t count;
         char **names = ex_names(EXAMPLES, kinds[kk].kind, &count);
@@ -693,6 +733,12 @@ Test(client_examples, published_messages_decode_to_their_rendering, .init = setu
                 expect_str(e, "method", d->method, jv_get(b, "method"));
                 expect_int(e, "trades", (int64_t)d->trades, jv_get(b, "trades"));
                 expect_window(e, &d->window, b, jv_get(b, "ts"));
+                expect_verdict(e, &d->verdict, b);
+                if (jv_get(b, "segment"))
+                    expect_str(e, "segment", d->segment, jv_get(b, "segment"));
+                else
+                    cr_assert_null(d->segment, "%s: segment", e->name);
+                moved_seen += d->verdict.nmoved;
                 break;
             }
             case XPL_KIND_HEADS: {
@@ -726,6 +772,7 @@ Test(client_examples, published_messages_decode_to_their_rendering, .init = setu
     }
     cr_assert_eq(xpl_sub_malformed(s), 0, "%s", xpl_sub_last_malformed(s));
     cr_assert_gt(total, 8);
+    cr_assert_gt(moved_seen, 0, "no drift/ example with what moved was decoded");
     xpl_sub_destroy(&s);
     zmq_close(pub);
     zmq_ctx_term(ctx);
@@ -890,8 +937,10 @@ replay_query(const char *name)
                 expect_int(rep, "windows", (int64_t)m->windows, jv_get(w, "windows"));
                 const jv_t *last = jv_get(w, "last");
                 cr_assert_eq(m->has_last, last && last->t != JV_NULL);
-                if (m->has_last)
+                if (m->has_last) {
                     expect_window(rep, &m->last, last, jv_get(last, "ts"));
+                    expect_verdict(rep, &d->verdicts[i], last);
+                }
                 cr_assert_eq(xpl_drift_state_method(d, m->method), m);
             }
             expect_int(rep, "alerts_total", (int64_t)d->alerts_total, jv_get(b, "alerts_total"));
@@ -908,6 +957,11 @@ replay_query(const char *name)
                 expect_num(rep, "spearman", a->spearman, jv_get(w, "spearman"));
                 expect_num(rep, "ndcg", a->ndcg, jv_get(w, "ndcg"));
                 expect_num(rep, "js", a->js, jv_get(w, "js"));
+                expect_verdict(rep, &a->verdict, w);
+                if (jv_get(w, "segment"))
+                    expect_str(rep, "segment", a->segment, jv_get(w, "segment"));
+                else
+                    cr_assert_null(a->segment, "%s: alert segment", rep->name);
             }
         }
         xpl_drift_state_destroy(&d);
@@ -1034,6 +1088,105 @@ Test(client_examples, publisher_sends_the_ingest_examples, .init = setup, .fini 
         zmq_msg_close(&body);
         free(attn);
         free(grad);
+        ex_free(e);
+    }
+    zmq_close(sub);
+    zmq_ctx_term(ctx);
+    xpl_pub_destroy(&p);
+}
+
+/* The examples with a relevance tensor and with several targets per
+   trade: what xpl_pub sends for their data (rel beside grad; targets
+   with grad [b][t][l][h][i][j]) is the example, schema included. */
+Test(client_examples, publisher_sends_rel_and_targets, .init = setup, .fini = teardown)
+{
+    static const char *names[] = {"ingest/m4-rel", "ingest/m5-targets", "ingest/m5-targets-fused"};
+    char ep[128];
+    snprintf(ep, sizeof ep, "ipc://%s/in2", g_dir);
+    xpl_pub_t *p = xpl_pub_new_bind(ep);
+    cr_assert_not_null(p, "%s", xpl_strerror());
+    void *ctx = zmq_ctx_new();
+    void *sub = zmq_socket(ctx, ZMQ_SUB);
+    zmq_setsockopt(sub, ZMQ_SUBSCRIBE, "attn/", 5);
+    cr_assert_eq(zmq_connect(sub, ep), 0);
+    cr_assert_eq(xpl_pub_wait_subscriber(p, 5000), 0, "%s", xpl_strerror());
+    for (size_t k = 0; k < sizeof names / sizeof *names; k++) {
+        ex_t *e = load(names[k]);
+        const jv_t *b = e->body;
+        const char *model = jv_str(jv_get(b, "model"));
+        const jv_t *tok = jv_get(b, "tokens");
+        const char *tokens[16];
+        for (size_t t = 0; tok && t < tok->n; t++)
+            tokens[t] = tok->items[t]->s;
+        /* The fused example follows the full one of its model (seq 1,
+           no schema): the schema is set from the full one. */
+        if (tok)
+            cr_assert_eq(xpl_pub_set_schema(p, model, (uint32_t)jv_int(jv_get(b, "L")),
+                                            (uint32_t)jv_int(jv_get(b, "H")),
+                                            (uint32_t)jv_int(jv_get(b, "n")),
+                                            (int32_t)jv_int(jv_get(b, "cls")), tokens), 0);
+        cr_assert_eq(xpl_pub_next_seq(p, model), (uint64_t)jv_int(jv_get(b, "seq")), "%s: seq",
+                     e->name);
+        const jv_t *ids = jv_get(b, "ids"), *tj = jv_get(b, "target"), *yj = jv_get(b, "y"),
+                   *tsj = jv_get(b, "targets");
+        xpl_id_t id[8];
+        int64_t target[8], targets[8];
+        double y[8];
+        for (size_t i = 0; i < ids->n; i++) {
+            const jv_t *v = ids->items[i];
+            id[i] = v->t == JV_STR ? xpl_id_str(v->s) : xpl_id_uint((uint64_t)v->i);
+            if (tj)
+                target[i] = jv_int(tj->items[i]);
+            if (yj)
+                y[i] = jv_num(yj->items[i]);
+        }
+        for (size_t t = 0; tsj && t < tsj->n; t++)
+            targets[t] = jv_int(tsj->items[t]);
+        cr_assert_str_eq(jv_str(jv_get(b, "dtype")), "f32");
+        size_t len;
+#define BIN(key) (jv_get(b, key) ? jv_bin(jv_get(b, key), &len) : NULL)
+        uint8_t *attn = BIN("attn"), *grad = BIN("grad"), *rel = BIN("rel"), *fattn = BIN("fattn"),
+                *fgrad = BIN("fgrad"), *imp = BIN("head_importance"), *conf = BIN("head_confidence");
+#undef BIN
+        cr_assert(rel || tsj, "%s has neither rel nor targets", e->name);
+        if (fattn) {
+            xpl_fused_batch_t fb = {.model = model, .B = (uint32_t)ids->n, .ids = id,
+                                    .dtype = XPL_F32, .fattn = fattn, .fgrad = fgrad,
+                                    .head_importance = (const float *)imp,
+                                    .head_confidence = (const float *)conf,
+                                    .target = tj ? target : NULL, .y = yj ? y : NULL,
+                                    .ts = jv_int(jv_get(b, "ts")),
+                                    .T = tsj ? (uint32_t)tsj->n : 0, .targets = tsj ? targets : NULL};
+            cr_assert_eq(xpl_pub_send_fused(p, &fb), 0, "%s: %s", e->name, xpl_strerror());
+        } else {
+            xpl_batch_t batch = {.model = model, .B = (uint32_t)ids->n, .ids = id,
+                                 .dtype = XPL_F32, .attn = attn, .grad = grad,
+                                 .target = tj ? target : NULL, .y = yj ? y : NULL,
+                                 .ts = jv_int(jv_get(b, "ts")), .rel = rel,
+                                 .T = tsj ? (uint32_t)tsj->n : 0, .targets = tsj ? targets : NULL};
+            cr_assert_eq(xpl_pub_send(p, &batch), 0, "%s: %s", e->name, xpl_strerror());
+        }
+        zmq_msg_t topic, body;
+        zmq_msg_init(&topic);
+        zmq_msg_init(&body);
+        zmq_pollitem_t it = {sub, 0, ZMQ_POLLIN, 0};
+        cr_assert_eq(zmq_poll(&it, 1, 5000), 1, "%s: nothing sent", e->name);
+        zmq_msg_recv(&topic, sub, 0);
+        zmq_msg_recv(&body, sub, 0);
+        cr_assert(zmq_msg_size(&topic) == e->len[0] &&
+                  memcmp(zmq_msg_data(&topic), e->frame[0], e->len[0]) == 0, "%s: topic", e->name);
+        static const char *none[] = {NULL};
+        assert_mp_eq(zmq_msg_data(&body), zmq_msg_size(&body), b, none, e->name);
+        assert_same_message(zmq_msg_data(&body), zmq_msg_size(&body), e, none);
+        zmq_msg_close(&topic);
+        zmq_msg_close(&body);
+        free(attn);
+        free(grad);
+        free(rel);
+        free(fattn);
+        free(fgrad);
+        free(imp);
+        free(conf);
         ex_free(e);
     }
     zmq_close(sub);

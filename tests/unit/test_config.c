@@ -514,13 +514,16 @@ Test(config, model_sections_reload_as_a_whole)
     ini_rm(&g);
 }
 
-/* Segments keep the model's modes, count or event time; an aggregator
-   merges no segments, so it refuses segment_by at startup. */
-Test(config, segments_take_every_mode_but_not_in_an_aggregator)
+/* Segments keep the model's modes, count or event time, in an
+   aggregator too (it merges its shards'). */
+Test(config, segments_take_every_mode_and_an_aggregator)
 {
-    USAGE("segments in an aggregator", "--segment-by", "desk", "--aggregate", "tcp://127.0.0.1:1",
-          "--aggregate-query", "tcp://127.0.0.1:2");
     config_t c;
+    cr_assert_eq(LOAD(&c, "--segment-by", "desk", "--aggregate", "tcp://127.0.0.1:1",
+                      "--aggregate-query", "tcp://127.0.0.1:2"),
+                 CFG_RUN);
+    cr_assert_eq(c.segkeys.n, 1);
+    config_free(&c);
     cr_assert_eq(LOAD(&c, "--demo", "--segment-by", "desk,venue", "--drift-window", "50"), CFG_RUN);
     cr_assert_eq(c.segkeys.n, 2);
     config_free(&c);
@@ -534,5 +537,33 @@ Test(config, segments_take_every_mode_but_not_in_an_aggregator)
     cr_assert_eq(LOAD(&c, "--aggregate", "tcp://127.0.0.1:1", "--aggregate-query",
                       "tcp://127.0.0.1:2"),
                  CFG_RUN);
+    config_free(&c);
+}
+
+/* CURVE in an aggregator needs the shards' public certificates: one for
+   all or one per shard; the certificates need an aggregator with CURVE. */
+Test(config, aggregator_curve_needs_the_shard_keys)
+{
+    USAGE("curve aggregator without shard keys", "--curve", "--aggregate", "tcp://127.0.0.1:1",
+          "--aggregate-query", "tcp://127.0.0.1:2");
+    USAGE("two certificates for three shards", "--curve", "--aggregate",
+          "tcp://127.0.0.1:1,tcp://127.0.0.1:3,tcp://127.0.0.1:5", "--aggregate-query",
+          "tcp://127.0.0.1:2,tcp://127.0.0.1:4,tcp://127.0.0.1:6", "--aggregate-shard-key",
+          "a.key,b.key");
+    USAGE("shard keys without curve", "--aggregate", "tcp://127.0.0.1:1", "--aggregate-query",
+          "tcp://127.0.0.1:2", "--aggregate-shard-key", "a.key");
+    USAGE("shard keys on a daemon", "--demo", "--curve", "--aggregate-shard-key", "a.key");
+    config_t c;
+    cr_assert_eq(LOAD(&c, "--curve", "--aggregate", "tcp://127.0.0.1:1,tcp://127.0.0.1:3",
+                      "--aggregate-query", "tcp://127.0.0.1:2,tcp://127.0.0.1:4",
+                      "--aggregate-shard-key", "a.key"),
+                 CFG_RUN);
+    cr_assert_eq(c.aggregate_keys.count, 1);
+    config_free(&c);
+    cr_assert_eq(LOAD(&c, "--curve", "--aggregate", "tcp://127.0.0.1:1,tcp://127.0.0.1:3",
+                      "--aggregate-query", "tcp://127.0.0.1:2,tcp://127.0.0.1:4",
+                      "--aggregate-shard-key", "a.key,b.key"),
+                 CFG_RUN);
+    cr_assert_eq(c.aggregate_keys.count, 2);
     config_free(&c);
 }

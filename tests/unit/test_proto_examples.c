@@ -97,18 +97,31 @@ check_tensor_as(const ex_t *e, const char *key, const uint8_t *view, xm_dtype_t 
 }
 
 /* attn, grad: [B][L][H][n][n]; the fused form's tensors [B][L][n][n] and
-   head statistics [B][L][H] (f32). */
+   head statistics [B][L][H] (f32). With targets, the gradient-like
+   tensors (grad, rel, fgrad, fgrad_signed, head_importance) have a block
+   per target: [B][T][...]. */
 static void
 check_tensor(const ex_t *e, const char *key, const uint8_t *view, const wire_ingest_t *in)
 {
-    const uint64_t full[5] = {in->B, in->shape.L, in->shape.H, in->shape.n, in->shape.n};
-    const uint64_t fused[4] = {in->B, in->shape.L, in->shape.n, in->shape.n};
-    const uint64_t heads[3] = {in->B, in->shape.L, in->shape.H};
-    if (strncmp(key, "head_", 5) == 0)
-        check_tensor_as(e, key, view, XM_F32, in->B * in->trade_head_bytes, heads, 3);
-    else
-        check_tensor_as(e, key, view, in->dtype, in->B * in->trade_bytes,
-                        in->fused ? fused : full, in->fused ? 4 : 5);
+    bool per_target = in->ntargets && strcmp(key, "attn") && strcmp(key, "fattn")
+                      && strcmp(key, "head_confidence");
+    uint64_t T = per_target ? in->ntargets : 1;
+    uint64_t dims[6] = {in->B};
+    size_t nd = 1;
+    if (per_target)
+        dims[nd++] = T;
+    if (strncmp(key, "head_", 5) == 0) {
+        dims[nd++] = in->shape.L;
+        dims[nd++] = in->shape.H;
+        check_tensor_as(e, key, view, XM_F32, in->B * T * in->trade_head_bytes, dims, nd);
+        return;
+    }
+    dims[nd++] = in->shape.L;
+    if (!in->fused)
+        dims[nd++] = in->shape.H;
+    dims[nd++] = in->shape.n;
+    dims[nd++] = in->shape.n;
+    check_tensor_as(e, key, view, in->dtype, in->B * T * in->trade_bytes, dims, nd);
 }
 
 static void
@@ -163,6 +176,10 @@ check_decoded(const ex_t *e, const wire_ingest_t *in)
         cr_assert_eq(in->target[k], jv_int(jv_at(target, k)), "%s: target[%u]", e->name, k);
     for (uint32_t k = 0; y && k < in->B; k++)
         cr_assert_eq(in->y[k], jv_num(jv_at(y, k)), "%s: y[%u]", e->name, k);
+    const jv_t *targets = jv_get(b, "targets");
+    cr_assert_eq(in->ntargets, targets ? targets->n : 0, "%s: targets", e->name);
+    for (uint32_t k = 0; targets && k < in->ntargets; k++)
+        cr_assert_eq(in->targets[k], jv_int(jv_at(targets, k)), "%s: targets[%u]", e->name, k);
     check_tensor(e, "attn", in->attn, in);
     check_tensor(e, "grad", in->grad, in);
     check_tensor(e, "fattn", in->fattn, in);

@@ -8,7 +8,17 @@
 The SUB socket subscribes to glob/<model> before the snapshot is asked for
 (the order that avoids the race of zguide issue 818); updates with a seq
 at or below the snapshot's are dropped; every glob/ message is a whole
-state, so a later one simply replaces the view. A seq at or below the
+state, so a later one simply replaces the view.
+
+With `segment` (a label such as "desk=rates", daemon run with
+--segment-by) the view follows that segment's state instead: topic
+glob/<model>/<segment>, which numbers its messages on its own, and the
+`global` query with that segment. Segments keep no per-class means.
+
+ZeroMQ matches topic prefixes, so the subscription glob/m1 also receives
+glob/m10 and every glob/m1/<segment>: the view applies only messages
+whose topic is exactly its own (and whose body names its model and
+segment, or no segment for the model overall). A seq at or below the
 last applied one in a message sent later (its `ts` is newer than the
 state's) means the daemon restarted and counts again: the view takes a new
 snapshot. (The `global` reply's `ts` is the time of the reply, so every
@@ -26,7 +36,8 @@ from .query import Client, QueryError, XplainError, arrays
 
 
 class GlobalView:
-    """Clone-pattern view of one model's glob/ state.
+    """Clone-pattern view of one model's glob/ state (or of one segment's,
+    glob/<model>/<segment>, with `segment`).
 
     state   the last whole state (dict as in glob/, vectors as numpy), or
             None while the daemon has none for the model
@@ -39,15 +50,17 @@ class GlobalView:
     """
 
     def __init__(self, publish: str, query: Union[str, Client], model: str, context: Optional[zmq.Context] = None,
-                 timeout: float = 5.0, curve_secret: Optional[Union[str, bytes]] = None, server_public: Optional[Union[str, bytes]] = None) -> None:
+                 timeout: float = 5.0, curve_secret: Optional[Union[str, bytes]] = None, server_public: Optional[Union[str, bytes]] = None,
+                 segment: Optional[str] = None) -> None:
         self.curve = _curve.keys(curve_secret, server_public)
         self._ctx = context or zmq.Context.instance()
         self.model = model
+        self.segment = segment or None
         self._sub = self._ctx.socket(zmq.SUB)
         if self.curve is not None:
             self.curve.apply(self._sub)
         self._sub.setsockopt(zmq.LINGER, 0)
-        self._sub.setsockopt(zmq.SUBSCRIBE, ("glob/" + model).encode())
+        self._sub.setsockopt(zmq.SUBSCRIBE, self.topic)
         self._sub.connect(publish)
         if isinstance(query, str):
             self._q, self._own_q = Client(query, timeout=timeout, context=self._ctx,
@@ -65,11 +78,18 @@ class GlobalView:
             self.close()
             raise
 
+    segment: Optional[str] = None
+
+    @property
+    def topic(self) -> bytes:
+        """The topic followed: glob/<model>, or glob/<model>/<segment>."""
+        return ("glob/" + self.model + ("/" + self.segment if self.segment else "")).encode()
+
     def snapshot(self) -> Dict[str, Any]:
         """Take a snapshot (the `global` query) now. Messages queued on the
         SUB socket stay queued and are filtered by seq in poll()."""
         try:
-            r = self._q.global_state(self.model)
+            r = self._q.global_state(self.model, segment=self.segment)
         except QueryError as e:
             if e.code not in ("unknown_model", "not_found"):
                 raise
@@ -88,18 +108,22 @@ class GlobalView:
         """Apply every glob/ update that arrives within `timeout` seconds
         (0: only those already queued). Returns the number applied."""
         applied = 0
+        want = self.topic
         deadline = time.monotonic() + timeout
         while True:
             left = max(0.0, deadline - time.monotonic())
             if not self._sub.poll(int(left * 1000), zmq.POLLIN):
                 return applied
             topic, body = self._sub.recv_multipart()[:2]
+            if topic != want:
+                continue          # glob/m10, glob/m1/<segment> also match the prefix glob/m1
             try:
                 m = msgpack.unpackb(body, raw=False, strict_map_key=False)
             except Exception:
                 continue
-            if not isinstance(m, dict) or m.get("model") != self.model or not isinstance(m.get("seq"), int):
-                continue          # glob/m10 also matches the prefix glob/m1
+            if not isinstance(m, dict) or m.get("model") != self.model or not isinstance(m.get("seq"), int) \
+                    or m.get("segment") != self.segment:
+                continue
             seq = m["seq"]
             if seq <= self.seq:
                 # Older than the state held: either sent before the snapshot

@@ -165,7 +165,8 @@ class Publisher:
         self.groups = groups
         self._sent_schema = None     # (L, H, n, cls, tokens, groups) last sent
         self._next_id = 0
-        self.subscriptions = 0       # subscribe events seen on the XPUB
+        self.subscriptions = 0       # subscriptions seen on the XPUB, never lowered
+        self._waited = 0             # self.subscriptions when wait_subscriber last returned
         self.curve = curve.keys(curve_secret, server_public)
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.XPUB)
@@ -187,6 +188,8 @@ class Publisher:
         return self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def _drain_subscriptions(self):
+        """Take in pending subscriptions; returns how many cover some of
+        this publisher's topics (each once, whatever shards it covers)."""
         new = 0
         # EVENTS first: a recv that raises Again costs more than the send.
         if not self._sock.get(zmq.EVENTS) & zmq.POLLIN:
@@ -202,13 +205,18 @@ class Publisher:
                 if self.topic.startswith(ev[1:]):
                     new += 1
                 continue
+            ours = False
             for k, topic in enumerate(self._topics):
                 if topic.startswith(ev[1:]):
-                    new += 1
+                    ours = True
                     self.shard_subscriptions[k] += 1
                     self._sent_schemas[k] = None
+            new += int(ours)
 
     def _poll_subscriptions(self):
+        """Called under the lock (sends, the batch timer, waits): whoever
+        takes a subscription in, it is counted in `subscriptions`, which
+        the waits compare, so no caller can take another's event away."""
         new = self._drain_subscriptions()
         if new:
             self.subscriptions += new
@@ -218,28 +226,51 @@ class Publisher:
     def _all_shards_subscribed(self):
         return all(c > 0 for c in self.shard_subscriptions)
 
-    def wait_subscriber(self, timeout: float = 5.0) -> bool:
-        """Block until a subscriber covering `attn/<model>` has subscribed
-        (returns True), or `timeout` seconds passed (returns False).
-        Returns at once if one has subscribed since the last call.
-        Sharded: until every shard has had a subscriber (at once if so)."""
+    def _wait(self, done, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while True:
             # In slices, under the lock: the batch timer may send meanwhile.
             with self._lock:
-                if self._subscribed():
+                self._poll_subscriptions()
+                if done():
                     return True
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                if self._sock.poll(int(min(left, 0.05) * 1000) + 1, zmq.POLLIN) and self._subscribed():
-                    return True
+                if self._sock.poll(int(min(left, 0.05) * 1000) + 1, zmq.POLLIN):
+                    self._poll_subscriptions()
+                    if done():
+                        return True
 
-    def _subscribed(self) -> bool:
-        """wait_subscriber's condition, after taking in new subscriptions:
-        a new one (unsharded), or one ever for every shard (sharded)."""
-        new = self._poll_subscriptions()
-        return self._all_shards_subscribed() if self.shards > 1 else bool(new)
+    def wait_subscriber(self, timeout: float = 5.0) -> bool:
+        """Block until a subscriber covering `attn/<model>` has subscribed
+        (returns True), or `timeout` seconds passed (returns False).
+        Returns at once if one has subscribed since this last returned True
+        (or since the publisher was created), whether a send or the batch
+        timer took the subscription in meanwhile or not.
+        Sharded: until every shard has had a subscriber (at once if so)."""
+        def done():                  # under the lock
+            if self.shards > 1:
+                return self._all_shards_subscribed()
+            if self.subscriptions > self._waited:
+                self._waited = self.subscriptions
+                return True
+            return False
+        return self._wait(done, timeout)
+
+    def wait_subscriptions(self, more_than: int, timeout: float = 5.0) -> bool:
+        """Block until `subscriptions` (subscriptions seen so far, a
+        monotonic count: sends and the batch timer add to it, nothing
+        lowers it; sharded: one covering several shards counts once)
+        exceeds `more_than` (returns True), or `timeout` seconds passed
+        (returns False). To wait for a daemon that (re)starts, read the
+        count before starting it:
+
+            before = pub.subscriptions
+            ... start the daemon ...
+            assert pub.wait_subscriptions(before, 10)
+        """
+        return self._wait(lambda: self.subscriptions > more_than, timeout)
 
     def send(self, attn: Any, grad: Any = None, ids: Optional[Iterable[Union[int, str]]] = None,
              target: Any = None, y: Any = None, ts: Optional[int] = None,

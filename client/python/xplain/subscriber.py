@@ -96,8 +96,10 @@ class Explanation:
 
 class Update:
     """A `glob/`, `drift/` or `heads/` message: `kind`, `model`, `seq`,
-    `epoch`, `body` (numeric vectors as numpy float64 arrays), `features`."""
-    __slots__ = ("kind", "model", "seq", "epoch", "body", "features")
+    `epoch`, `segment` (its label for glob/<model>/<segment> and
+    drift/<model>/<segment>, None for the model overall), `body` (numeric
+    vectors as numpy float64 arrays), `features`."""
+    __slots__ = ("kind", "model", "seq", "epoch", "segment", "body", "features")
 
     def __init__(self, kind: str, body: Dict[str, Any], features: Optional[List[str]] = None) -> None:
         self.kind = kind
@@ -105,6 +107,8 @@ class Update:
         self.model = body.get("model")
         self.seq = body.get("seq")
         self.epoch = body.get("epoch")
+        seg = body.get("segment")
+        self.segment = seg if isinstance(seg, str) else None
         self.features = features
 
     def __getitem__(self, k):
@@ -114,6 +118,9 @@ class Update:
         return self.body.get(k, default)
 
     def __repr__(self):
+        if self.segment is not None:
+            return "Update(kind=%r, model=%r, segment=%r, seq=%r)" % (
+                self.kind, self.model, self.segment, self.seq)
         return "Update(kind=%r, model=%r, seq=%r)" % (self.kind, self.model, self.seq)
 
 
@@ -124,6 +131,11 @@ class Subscriber:
     models    model names to receive (None: all); filtered exactly on the
               body's `model` too, since ZeroMQ topics are prefixes
     kinds     which topics: any of "xpl", "glob", "drift", "heads"
+    segments  None (default): the model overall and every segment
+              (glob/<model>/<segment>, drift/<model>/<segment> arrive with
+              the overall ones, ZeroMQ matching prefixes); else the
+              segment labels to keep, None among them for the model
+              overall: segments=[None] keeps only the overall messages
     query     a query endpoint or Client, for feature names (optional)
     rcvhwm    receive high-water mark
     curve_secret, server_public  for a daemon running with --curve: this
@@ -136,9 +148,12 @@ class Subscriber:
     def __init__(self, endpoint: Union[str, Sequence[str]], models: Optional[Sequence[str]] = None,
                  kinds: Sequence[str] = ("xpl",), query: Union[None, str, Client] = None,
                  context: Optional[zmq.Context] = None, rcvhwm: int = 100000, query_timeout: float = 2.0,
-                 curve_secret: Optional[Union[str, bytes]] = None, server_public: Optional[Union[str, bytes]] = None) -> None:
+                 curve_secret: Optional[Union[str, bytes]] = None, server_public: Optional[Union[str, bytes]] = None,
+                 segments: Optional[Sequence[Optional[str]]] = None) -> None:
         self.curve = _curve.keys(curve_secret, server_public)
         self._ctx = context or zmq.Context.instance()
+        self.segments = None if segments is None else set(
+            [segments] if isinstance(segments, str) else segments)
         self._sock = self._ctx.socket(zmq.SUB)
         if self.curve is not None:
             self.curve.apply(self._sock)
@@ -239,6 +254,10 @@ class Subscriber:
             return None
         if self.models is not None and model not in self.models:
             return None
+        if self.segments is not None and kind != "xpl":
+            seg = body.get("segment")
+            if (seg if isinstance(seg, str) else None) not in self.segments:
+                return None
         seq = body.get("seq")
         if isinstance(seq, int):
             last = self._last_seq.get(topic)

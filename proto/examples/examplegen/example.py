@@ -5,7 +5,7 @@ import msgpack
 
 from .render import dumps, render_body
 
-KINDS = ("ingest", "reject", "xpl", "glob", "drift", "heads", "request", "reply")
+KINDS = ("ingest", "reject", "xpl", "glob", "drift", "heads", "state", "request", "reply")
 
 
 class Example:

@@ -85,19 +85,40 @@ def ingest_bodies():
             body.update({"cls": -1, "tokens": TOKENS_M2})
         out["drift-" + pattern] = ("attn/m2", body)
     out.update(fused.ingest_bodies(m1_tensors, tensor_bytes, T0))
-    # Model m3 (CLS first) for the variants: grad and rel, the relevance
+    # Model m4 (CLS first) for the variants: grad and rel, the relevance
     # here gradient x attention, rounded once to float32 like the rest.
+    # (Not m3: that is the fused examples' model, with m1's schema.)
     a, g = m1_tensors(7, 1)
-    out["m3-rel"] = ("attn/m3", {
-        "v": 1, "model": "m3", "seq": 0, "ts": T0 + 20000000, "ids": ["v-1"], "L": 2, "H": 2,
+    out["m4-rel"] = ("attn/m4", {
+        "v": 1, "model": "m4", "seq": 0, "ts": T0 + 20000000, "ids": ["v-1"], "L": 2, "H": 2,
         "n": 5, "dtype": "f32", "attn": tensor_bytes(a, "f32"), "grad": tensor_bytes(g, "f32"),
         "rel": tensor_bytes(np.asarray(a, "<f4") * np.asarray(g, "<f4"), "f32"), "target": [1],
         "cls": 0, "tokens": ["CLS"] + TOKENS_M1[:4]})
-    # Model m4 (CLS last) with feature groups: price and spread are one
+    # Model m5 (m1's schema) explains each trade for two classes at once:
+    # grad [B][T][L][H][n][n], gradient t that of class targets[t].
+    a, _ = m1_tensors(8, 2)
+    g = np.stack([m1_tensors(9 + t, 2)[1] for t in range(2)], axis=1)
+    out["m5-targets"] = ("attn/m5", {
+        "v": 1, "model": "m5", "seq": 0, "ts": T0 + 30000000, "ids": ["k-1", "k-2"], "L": 2,
+        "H": 2, "n": 5, "dtype": "f32", "attn": tensor_bytes(a, "f32"),
+        "grad": tensor_bytes(g, "f32"), "targets": [2, 0], "y": [0.5, 0.25], "cls": 4,
+        "tokens": TOKENS_M1})
+    # The same trades in the fused form: fgrad [B][T][L][n][n] and
+    # head_importance [B][T][L][H], block t fused from gradient t.
+    parts = [fused.fuse(a, g[:, t]) for t in range(2)]
+    M, conf = parts[0][0], parts[0][3]
+    P = np.stack([q[1] for q in parts], axis=1)
+    imp = np.stack([q[2] for q in parts], axis=1)
+    out["m5-targets-fused"] = ("attn/m5", {
+        "v": 1, "model": "m5", "seq": 1, "ts": T0 + 31000000, "ids": ["k-1", "k-2"], "L": 2,
+        "H": 2, "n": 5, "dtype": "f32", "fattn": tensor_bytes(M, "f32"),
+        "fgrad": tensor_bytes(P, "f32"), "head_importance": imp.astype("<f4").tobytes(),
+        "head_confidence": conf.astype("<f4").tobytes(), "targets": [2, 0], "y": [0.5, 0.25]})
+    # Model m6 (CLS last) with feature groups: price and spread are one
     # feature, "quote", standing where price stands.
     a, g = m1_tensors(9, 1)
-    out["m4-groups"] = ("attn/m4", {
-        "v": 1, "model": "m4", "seq": 0, "ts": T0 + 30000000, "ids": ["g-1"], "L": 2, "H": 2,
+    out["m6-groups"] = ("attn/m6", {
+        "v": 1, "model": "m6", "seq": 0, "ts": T0 + 32000000, "ids": ["g-1"], "L": 2, "H": 2,
         "n": 5, "dtype": "f32", "attn": tensor_bytes(a, "f32"), "grad": tensor_bytes(g, "f32"),
         "target": [1], "cls": 4, "tokens": TOKENS_M1, "groups": {"quote": ["spread", "price"]}})
     return out
@@ -118,11 +139,18 @@ INGEST_DESCRIPTIONS = {
     "drift-flat": "4 trades of m2 with uniform attention: window 2 has a constant mean, so "
                   "Spearman's rho is undefined (nil).",
     **fused.DESCRIPTIONS,
-    "m3-rel": "Model m3 (L=2, H=2, n=5, CLS first) with grad and rel, the relevance of every "
+    "m4-rel": "Model m4 (L=2, H=2, n=5, CLS first) with grad and rel, the relevance of every "
               "attention probability (here gradient x attention), for lrp_rollout; fed to a "
               "daemon of its own that serves the variants (replay.py: VARIANTS_ARGS).",
-    "m4-groups": "Model m4 (L=2, H=2, n=5, CLS last) with feature groups: \"groups\" maps the "
+    "m5-targets": "Model m5 (m1's schema) with several targets per trade: 2 trades explained for "
+                  "classes 2 and 0 at once, grad [B][T][L][H][n][n] (gradient t that of class "
+                  "targets[t]), y, no target; fed to a daemon of its own (replay.py: "
+                  "TARGETS_ARGS).",
+    "m5-targets-fused": "The trades of ingest/m5-targets again, in the fused form: fattn and "
+                        "head_confidence once per trade, fgrad [B][T][L][n][n] and "
+                        "head_importance [B][T][L][H] with a block per target.",
+    "m6-groups": "Model m6 (L=2, H=2, n=5, CLS last) with feature groups: \"groups\" maps the "
                  "feature quote to the tokens spread and price, so the model has the features "
-                 "quote, size, side (quote where price, its lowest token, stands); fed to the "
-                 "variants daemon (replay.py: VARIANTS_ARGS).",
+                 "quote, size, side (quote where price, its lowest token, stands); fed to a "
+                 "daemon of its own (replay.py: SCENARIO_GROUPS).",
 }

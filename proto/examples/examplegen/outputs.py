@@ -36,14 +36,40 @@ PUBLISHED = {
 }
 # Published by the variants daemon (replay.py: VARIANTS_ARGS).
 VARIANTS_PUBLISHED = {
-    "xpl/m3-variants": ("xpl/m3", 0, "Trade v-1 of ingest/m3-rel from a daemon serving all nine "
+    "xpl/m4-variants": ("xpl/m4", 0, "Trade v-1 of ingest/m4-rel from a daemon serving all nine "
                         "methods but flow, with --discard 0.5 --start-layer -1: colsum, "
                         "grad_rollout_signed (may be negative) and lrp_rollout (rel was sent) "
                         "beside the classic ones. A subscriber that does not know a method name "
                         "skips it."),
-    "xpl/m4-groups": ("xpl/m4", 0, "Trade g-1 of ingest/m4-groups: every vector has one value per "
+}
+# Published by the groups daemon (replay.py: SCENARIO_GROUPS).
+GROUPS_PUBLISHED = {
+    "xpl/m6-groups": ("xpl/m6", 0, "Trade g-1 of ingest/m6-groups: every vector has one value per "
                       "feature (quote, size, side), quote the sum of spread's and price's values. "
                       "Nothing in the message is new: an old subscriber reads it as before."),
+}
+# Published by the targets daemon (replay.py: TARGETS_ARGS): one xpl/
+# message per trade and target, trade by trade, in target order.
+TARGETS_PUBLISHED = {
+    "xpl/m5-targets-0": ("xpl/m5", 0, "Trade k-1 of ingest/m5-targets for its first target, "
+                         "class 2: target 2, grad_rollout from gradient 0."),
+    "xpl/m5-targets-1": ("xpl/m5", 1, "Trade k-1 of ingest/m5-targets for class 0: the same "
+                         "rollout and attn_mean, grad_rollout from gradient 1."),
+    "xpl/m5-targets-2": ("xpl/m5", 2, "Trade k-2 of ingest/m5-targets for class 2."),
+    "xpl/m5-targets-3": ("xpl/m5", 3, "Trade k-2 of ingest/m5-targets for class 0."),
+    "xpl/m5-targets-fused-0": ("xpl/m5", 4, "Trade k-1 of ingest/m5-targets-fused for class 2: "
+                               "the numbers of xpl/m5-targets-0, from the fused form."),
+    "xpl/m5-targets-fused-1": ("xpl/m5", 5, "Trade k-1 of ingest/m5-targets-fused for class 0: "
+                               "the numbers of xpl/m5-targets-1."),
+}
+# Published by the shard daemon (replay.py: SHARD_ARGS): the state/ a
+# shard sends its aggregator, picked by its count of trades.
+SHARD_PUBLISHED = {
+    "state/m2": ("state/m2", 4, "m2's whole state from a daemon run with --shard 0/1 (the whole "
+                 "stream, and state/ for an aggregator) after the 4 trades of ingest/drift-a: "
+                 "counters, rejections, per method the aggregate (count, mean, m2) and the "
+                 "event-time windows and decayed sums (--drift-window-s 1, "
+                 "--decay-half-life-s 60), the head statistics."),
 }
 # Drift messages are picked by method and window (their seq depends on the
 # order the methods close in).
@@ -62,7 +88,7 @@ _TS = [(["ts"], NORM_TS)]
 _LAT = [([h, q], NORM_LATENCY) for h in ("latency_us", "latency_ts_us")
         for q in ("p50", "p90", "p99", "p999", "max", "mean")]
 NORMALISED = {
-    "glob": _TS, "heads": _TS, "drift": _TS,
+    "glob": _TS, "heads": _TS, "drift": _TS, "state": _TS,
     "reply/ping": [(["uptime_s"], NORM_UPTIME)],
     "reply/stats": [(["uptime_s"], NORM_UPTIME)] + _LAT,
     "reply/global": _TS, "reply/global-method-target": _TS, "reply/global-m2": _TS,

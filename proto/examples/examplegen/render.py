@@ -71,6 +71,9 @@ def render(node, key=None, ctx=None):
                 shape = [shape[0], shape[1], shape[3], shape[4]]     # [B, L, n, n]
             elif shape and heads:
                 shape = shape[:3]                                    # [B, L, H]
+            if shape and ctx.get("T") and key in ("grad", "rel", "fgrad", "fgrad_signed",
+                                                  "head_importance"):
+                shape = [shape[0], ctx["T"]] + shape[1:]            # a block per target
             if shape and int(np.prod(shape)) == len(out["$" + dtype]):
                 out["$shape"] = shape
         elif ctx.get("matrix_n") and len(node.v) == 4 * ctx["matrix_n"] ** 2:
@@ -92,6 +95,9 @@ def render(node, key=None, ctx=None):
             all(d.t == "int" for d in dims[1:]):
         n = dims[3].v
         sub["shape"] = [len(dims[0].items), dims[1].v, dims[2].v, n, n]
+    tg = node.get("targets")
+    if tg is not None and tg.t == "array":
+        sub["T"] = len(tg.items)
     nn = node.get("n")
     if node.get("matrices") is not None and nn is not None and nn.t == "int":
         sub["matrix_n"] = nn.v

@@ -9,7 +9,8 @@ import time
 import msgpack
 
 from .example import Example, pack
-from .outputs import DRIFT, PUBLISHED, VARIANTS_PUBLISHED, normalise
+from .outputs import (DRIFT, GROUPS_PUBLISHED, PUBLISHED, SHARD_PUBLISHED, TARGETS_PUBLISHED, VARIANTS_PUBLISHED,
+                      normalise)
 from .queries import REQUESTS
 
 EXAMPLES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,8 +42,19 @@ SCENARIOS = (SCENARIO, SCENARIO_NO_SCHEMA)
 VARIANTS_ARGS = ["--methods", "rollout,grad_rollout,first_layer,attn_mean,diag,colsum,"
                  "grad_rollout_signed,lrp_rollout", "--discard", "0.5", "--start-layer", "-1",
                  "--log-level", "notice"]
-SCENARIO_VARIANTS = [("ingest", "ingest/m3-rel"), ("ingest", "ingest/m4-groups"),
-                     ("query", "request/schema-groups")]
+SCENARIO_VARIANTS = [("ingest", "ingest/m4-rel")]
+# A fourth daemon for several targets per trade, with the default
+# methods but diag and flow.
+TARGETS_ARGS = ["--methods", "rollout,grad_rollout,first_layer,attn_mean", "--log-level", "notice"]
+SCENARIO_TARGETS = [("ingest", "ingest/m5-targets"), ("ingest", "ingest/m5-targets-fused")]
+
+
+# A shard (of one): its state/ for an aggregator, in the event-time modes.
+SHARD_ARGS = ["--shard", "0/1", "--methods", "rollout,attn_mean", "--drift-window-s", "1",
+              "--decay-half-life-s", "60", "--glob-interval-ms", "100", "--log-level", "notice"]
+SCENARIO_SHARD = [("ingest", "ingest/drift-a")]
+# A fifth daemon for feature groups (the variants' methods).
+SCENARIO_GROUPS = [("ingest", "ingest/m6-groups"), ("query", "request/schema-groups")]
 
 
 def find_xplaind():
@@ -180,7 +192,9 @@ def run_scenario(xplaind, frames, scenario=SCENARIO, args=DAEMON_ARGS):
             elif what == "ingest":
                 body = msgpack.unpackb(fr[1])
                 r.send(fr)
-                r.wait_for(("xpl/" + body["model"]).encode(), len(body["ids"]))
+                # One xpl/ message per trade and target.
+                r.wait_for(("xpl/" + body["model"]).encode(),
+                           len(body["ids"]) * len(body.get("targets") or [None]))
             else:
                 replies[name] = r.query_bytes(fr[0])
                 r.collect(0.0)
@@ -214,20 +228,67 @@ def select_outputs(replies, published):
     return out
 
 
+# The daemons of their own: (scenario, flags, examples they publish).
+OWN_DAEMONS = [(SCENARIO_VARIANTS, VARIANTS_ARGS, VARIANTS_PUBLISHED),
+               (SCENARIO_GROUPS, VARIANTS_ARGS, GROUPS_PUBLISHED),
+               (SCENARIO_TARGETS, TARGETS_ARGS, TARGETS_PUBLISHED)]
+
+
+def args_of(name):
+    """The daemon flags an output example was captured with."""
+    for scenario, args, published in OWN_DAEMONS:
+        if name in published or ("query", "request/" + name.split("/", 1)[-1]) in scenario \
+                and name.startswith("reply/"):
+            return args
+    if name in SHARD_PUBLISHED:
+        return SHARD_ARGS
+    return DAEMON_ARGS
+
+
 def variants_outputs(xplaind, frames):
-    """The output examples of the variants daemon: {name: (kind, topic,
-    body bytes as captured, description)}."""
-    replies, published = run_scenario(xplaind, frames, SCENARIO_VARIANTS, VARIANTS_ARGS)
+    """The output examples of the daemons of their own (the variants, the
+    targets, the groups): {name: (kind, topic, body bytes as captured,
+    description)}, their replies included."""
     out = {}
-    for name, op, _req, desc in REQUESTS:
-        if "request/" + name in replies:
-            out["reply/" + name] = ("reply", None, replies["request/" + name],
-                                    desc.rstrip(".") + ": the reply.")
-    for name, (topic, seq, desc) in VARIANTS_PUBLISHED.items():
-        hit = [b for t, b in published if t.decode() == topic and msgpack.unpackb(b).get("seq") == seq]
-        if len(hit) != 1:
-            raise RuntimeError("%s: %d messages on %s with seq %d" % (name, len(hit), topic, seq))
-        out[name] = (name.split("/")[0], topic, hit[0], desc)
+    for scenario, args, wanted in OWN_DAEMONS:
+        replies, published = run_scenario(xplaind, frames, scenario, args)
+        for name, op, _req, desc in REQUESTS:
+            if "request/" + name in replies:
+                out["reply/" + name] = ("reply", None, replies["request/" + name],
+                                        desc.rstrip(".") + ": the reply.")
+        for name, (topic, seq, desc) in wanted.items():
+            hit = [b for t, b in published
+                   if t.decode() == topic and msgpack.unpackb(b).get("seq") == seq]
+            if len(hit) != 1:
+                raise RuntimeError("%s: %d messages on %s with seq %d" % (name, len(hit), topic, seq))
+            out[name] = (name.split("/")[0], topic, hit[0], desc)
+    return out
+
+
+def shard_outputs(xplaind, frames, timeout=10.0):
+    """The state/ examples of the shard daemon: {name: (kind, topic, body
+    bytes as captured, description)}. The state goes out every interval;
+    the first one with the trades of the scenario is kept."""
+    r = Replay(xplaind, SHARD_ARGS)
+    out = {}
+    try:
+        for what, name in SCENARIO_SHARD:
+            fr = frames[name]
+            r.send(fr)
+            r.wait_for(("xpl/" + msgpack.unpackb(fr[1])["model"]).encode(),
+                       len(msgpack.unpackb(fr[1])["ids"]))
+        deadline = time.monotonic() + timeout
+        while len(out) < len(SHARD_PUBLISHED):
+            if time.monotonic() > deadline:
+                raise RuntimeError("no state/ with the trades of the scenario:\n" + r.stderr())
+            r.collect(0.05)
+            for name, (topic, count, desc) in SHARD_PUBLISHED.items():
+                hit = [b for t, b in r.received if t.decode() == topic and
+                       msgpack.unpackb(b).get("count") == count]
+                if hit and name not in out:
+                    out[name] = ("state", topic, hit[0], desc)
+    finally:
+        r.stop()
     return out
 
 
@@ -240,6 +301,8 @@ def capture(xplaind, inputs):
     selected = select_outputs(replies, published)
     variants = variants_outputs(xplaind, frames)
     selected.update(variants)
+    shard = shard_outputs(xplaind, frames)
+    selected.update(shard)
     for name, (kind, topic, raw, desc) in selected.items():
         body, done = normalise(name, kind, raw)
         meta = {}
@@ -247,8 +310,7 @@ def capture(xplaind, inputs):
             base = name.split("/", 1)[1]
             meta["op"] = next(r[1] for r in REQUESTS if r[0] == base)
             meta["request"] = "request/" + base
-        meta["source"] = "captured from xplaind " + " ".join(VARIANTS_ARGS if name in variants
-                                                             else DAEMON_ARGS)
+        meta["source"] = "captured from xplaind " + " ".join(args_of(name))
         if done:
             meta["normalised"] = done
         frames = [body] if topic is None else [topic.encode(), body]
