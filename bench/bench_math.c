@@ -439,6 +439,8 @@ typedef struct {
     int32_t start;
     uint32_t T;
     bool rel;
+    bool resnorm;           /* the residual normalisation of the gradient methods */
+    bool nocls;             /* the workload without its CLS token (cls = -1) */
 } s_variant_t;
 
 static const s_variant_t vs[] = {
@@ -450,6 +452,10 @@ static const s_variant_t vs[] = {
     {"+ lrp_rollout (rel)", XM_BIT(XM_LRP_ROLLOUT), 0, 0, 1, true},
     {"T = 2 targets", 0, 0, 0, 2, false},
     {"T = 4 targets", 0, 0, 0, 4, false},
+    {"grad_resnorm", 0, 0, 0, 1, false, true, false},
+    {"no CLS", 0, 0, 0, 1, false, false, true},
+    {"no CLS, grad_resnorm", 0, 0, 0, 1, false, true, true},
+    {"no CLS, + signed, grad_resnorm", XM_BIT(XM_GRAD_ROLLOUT_SIGNED), 0, 0, 1, false, true, true},
 };
 enum { NV = sizeof vs / sizeof *vs };
 
@@ -458,8 +464,9 @@ static double
 variant_once(xm_work_t *wk, const wl_t *w, const s_variant_t *v, const void *a, const void *g,
              const void *rel, double secs)
 {
-    xm_opts_t o = {.methods = FIVE | v->extra, .discard = v->rho, .start_layer = v->start};
-    xm_shape_t s = {w->L, w->H, w->n, w->cls};
+    xm_opts_t o = {.methods = FIVE | v->extra, .discard = v->rho, .start_layer = v->start,
+                   .grad_resnorm = v->resnorm};
+    xm_shape_t s = {w->L, w->H, w->n, v->nocls ? -1 : w->cls};
     xm_input_t in = {a, g, v->rel ? rel : NULL, v->T};
     xm_result_t res;
     uint64_t done = 0;

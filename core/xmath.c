@@ -34,9 +34,10 @@ struct xm_work_t {
     size_t cap_layers;          /* floats in fmean and ffus */
     float *fmean;               /* mean_h A_l, then Â_l (mean fusion) */
     float *ffus;                /* max/min over heads, then Â_l (that fusion) */
-    size_t cap_gbar, cap_gsig, cap_glrp;
+    size_t cap_gbar, cap_gsig, cap_glrp, cap_gsigd;
     float *gbar;                /* [T][L][n][n] Ā_l = mean_h max(0, G A) */
-    float *gsig;                /* [T][L][n][n] mean_h G A (signed) */
+    float *gsig;                /* [T][L][n][n] mean_h G A (signed), rounded */
+    double *gsigd;              /* the same in double: what the readout uses */
     float *glrp;                /* [T][L][n][n] mean_h max(0, G Rel) */
     size_t cap_sel;
     float *sel;                 /* n: one row's discard candidates */
@@ -51,9 +52,7 @@ struct xm_work_t {
     size_t cap_attr;
     float *attr;                /* per method n floats, T * n for gradient methods */
     size_t cap_vec;
-    double *v, *v2, *acc;       /* n each */
-    size_t cap_full;
-    float *full, *tmp;          /* n*n, for resnorm without CLS */
+    double *v, *v2, *acc, *u;   /* n each */
     flow_work_t *flow;
 };
 
@@ -156,13 +155,12 @@ xm_work_destroy(xm_work_t **self_p)
     if (!self_p || !*self_p)
         return;
     xm_work_t *w = *self_p;
-    free(w->fmean); free(w->ffus); free(w->gbar); free(w->gsig); free(w->glrp);
+    free(w->fmean); free(w->ffus); free(w->gbar); free(w->gsig); free(w->gsigd); free(w->glrp);
     free(w->sel); free(w->rowsum);
     free(w->rowa); free(w->rowg);
     free(w->imp); free(w->conf); free(w->imp_acc);
     free(w->attr);
-    free(w->v); free(w->v2); free(w->acc);
-    free(w->full); free(w->tmp);
+    free(w->v); free(w->v2); free(w->acc); free(w->u);
     flow_work_destroy(&w->flow);
     free(w);
     *self_p = NULL;
@@ -235,7 +233,7 @@ s_reserve(xm_work_t *w, const xm_shape_t *s)
     }
     if (s->n > w->cap_vec) {
         if (s_grow((void **)&w->v, s->n, 8) || s_grow((void **)&w->v2, s->n, 8) ||
-            s_grow((void **)&w->acc, s->n, 8))
+            s_grow((void **)&w->acc, s->n, 8) || s_grow((void **)&w->u, s->n, 8))
             return -1;
         w->cap_vec = s->n;
     }
@@ -278,6 +276,7 @@ s_vmin(v8f a, v8f b)
 
 /* Row statistics that come out of the fused pass. */
 typedef double v4d __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
 
 typedef struct {
     float rowmax;   /* max_j a_j */
@@ -464,10 +463,15 @@ s_layer_pass(xm_work_t *w, xm_fusion_t fusion, xm_dtype_t dt, uint32_t l, const 
 
    For the targets after the first, grad_rollout_signed and lrp_rollout:
    one more read of X (A, or the relevance Rel) and of one target's G, per
-   layer, leaving mean_h max(0, G X) in gc and/or mean_h G X in gs (either
-   may be NULL), |sum G X| per head in imp (or NULL), and the finiteness
-   check in *bad. Head sums are accumulated in float in head order and
-   scaled by 1/H at the last head, exactly as the fused pass does. */
+   layer, leaving mean_h max(0, G X) in gc and/or mean_h G X in gsd
+   (double) and gs (the same rounded to float; either both or neither
+   given), |sum G X| per head in imp (or NULL), and the finiteness check
+   in *bad. The clamped head sums are accumulated in float in head order
+   and scaled by 1/H at the last head, exactly as the fused pass does:
+   their terms are never negative, so float loses nothing that matters.
+   The signed ones cancel: the product of two floats is exact in double,
+   and the head sum and the mean are taken in double, so that a layer
+   entry far smaller than its terms keeps its digits. */
 
 /* No fused multiply-add here: a product must round the same way whether
    or not the clamped sum is taken beside it, so that a result does not
@@ -476,15 +480,19 @@ s_layer_pass(xm_work_t *w, xm_fusion_t fusion, xm_dtype_t dt, uint32_t l, const 
 #pragma GCC optimize("fp-contract=off")
 
 static inline __attribute__((always_inline)) void
-s_grow_row(const int first, const int last, const int clamp, const int sign, uint32_t n,
-           float invH, float *restrict gc, float *restrict gs, const uint8_t *x,
-           const uint8_t *y, v8f *vdot, float *dot, v8f *bad)
+s_grow_row(const int first, const int last, const int clamp, const int sign, const int fl,
+           uint32_t n,
+           float invH, double invHd, float *restrict gc, float *restrict gs,
+           double *restrict gsd, const uint8_t *x, const uint8_t *y, v8f *vdot, float *dot,
+           v8f *bad)
 {
     const v8f zero = {0};
     const v8f vinv = zero + invH;
     v8f vd = *vdot, b = *bad;
     size_t j = 0;
-    for (; j + 8 <= n; j += 8) {
+    /* the float loop: the clamped sums and the dot product (fl), or
+       nothing when only the signed sums are asked for */
+    for (; fl && j + 8 <= n; j += 8) {
         v8f a = s_ld(x + 4 * j), g = s_ld(y + 4 * j);
         b += a * zero;
         b += g * zero;
@@ -495,13 +503,9 @@ s_grow_row(const int first, const int last, const int clamp, const int sign, uin
             v8f q = first ? c : s_ld(gc + j) + c;
             s_st(gc + j, last ? q * vinv : q);
         }
-        if (sign) {
-            v8f q = first ? p : s_ld(gs + j) + p;
-            s_st(gs + j, last ? q * vinv : q);
-        }
     }
     float d = *dot;
-    for (; j < n; j++) {
+    for (; fl && j < n; j++) {
         float a, g;
         memcpy(&a, x + 4 * j, 4);
         memcpy(&g, y + 4 * j, 4);
@@ -514,10 +518,54 @@ s_grow_row(const int first, const int last, const int clamp, const int sign, uin
             float q = first ? c : gc[j] + c;
             gc[j] = last ? q * invH : q;
         }
-        if (sign) {
-            float q = first ? p : gs[j] + p;
-            gs[j] = last ? q * invH : q;
+    }
+    if (sign) {
+        /* four doubles at a time: the products are exact, the head sum
+           and the mean in double */
+        const v4d vinvd = (v4d){0} + invHd;
+        const v4f z4 = {0};
+        v4f b4 = z4;
+        float bf = 0.0f;
+        for (j = 0; j + 4 <= n; j += 4) {
+            v4f a4, g4;
+            memcpy(&a4, x + 4 * j, sizeof a4);
+            memcpy(&g4, y + 4 * j, sizeof g4);
+            if (!fl) {
+                b4 += a4 * z4;
+                b4 += g4 * z4;
+            }
+            v4d p = __builtin_convertvector(a4, v4d) * __builtin_convertvector(g4, v4d);
+            v4d q = p;
+            if (!first) {
+                v4d o;
+                memcpy(&o, gsd + j, sizeof o);
+                q = o + p;
+            }
+            if (last) {
+                q *= vinvd;
+                v4f f = __builtin_convertvector(q, v4f);
+                memcpy(gs + j, &f, sizeof f);
+            }
+            memcpy(gsd + j, &q, sizeof q);
         }
+        for (; j < n; j++) {
+            float a, g;
+            memcpy(&a, x + 4 * j, 4);
+            memcpy(&g, y + 4 * j, 4);
+            if (!fl) {
+                bf += a * 0.0f;
+                bf += g * 0.0f;
+            }
+            double p = (double)a * (double)g;
+            double q = first ? p : gsd[j] + p;
+            if (last) {
+                q *= invHd;
+                gs[j] = (float)q;
+            }
+            gsd[j] = q;
+        }
+        if (!fl)
+            b[0] += ((b4[0] + b4[1]) + (b4[2] + b4[3])) + bf;
     }
     *vdot = vd;
     *dot = d;
@@ -525,13 +573,15 @@ s_grow_row(const int first, const int last, const int clamp, const int sign, uin
 }
 
 static inline __attribute__((always_inline)) void
-s_gpass_body(const int clamp, const int sign, xm_work_t *w, xm_dtype_t dt, uint32_t l,
-             const uint8_t *X, const uint8_t *G, float *gc, float *gs, double *imp, v8f *bad)
+s_gpass_body(const int clamp, const int sign, const int fl, xm_work_t *w, xm_dtype_t dt, uint32_t l,
+             const uint8_t *X, const uint8_t *G, float *gc, float *gs, double *gsd, double *imp,
+             v8f *bad)
 {
     const xm_shape_t *s = &w->shape;
     const uint32_t n = s->n, H = s->H;
     const size_t nn = (size_t)n * n, es = xm_dtype_size(dt);
     const float invH = 1.0f / (float)H;
+    const double invHd = 1.0 / (double)H;
     const uint32_t flush = n >= 512 ? 1 : 512 / n;
     v8f b = *bad;
     for (uint32_t h = 0; h < H; h++) {
@@ -557,14 +607,15 @@ s_gpass_body(const int clamp, const int sign, xm_work_t *w, xm_dtype_t dt, uint3
         for (uint32_t i = 0; i < n; i++) {
             const uint8_t *x = hx + (size_t)i * n * hes, *y = hg + (size_t)i * n * hes;
             float *gcr = gc ? gc + (size_t)i * n : NULL, *gsr = gs ? gs + (size_t)i * n : NULL;
+            double *gdr = gsd ? gsd + (size_t)i * n : NULL;
             if (hf && hl)
-                s_grow_row(1, 1, clamp, sign, n, invH, gcr, gsr, x, y, &vd, &sd, &b);
+                s_grow_row(1, 1, clamp, sign, fl, n, invH, invHd, gcr, gsr, gdr, x, y, &vd, &sd, &b);
             else if (hf)
-                s_grow_row(1, 0, clamp, sign, n, invH, gcr, gsr, x, y, &vd, &sd, &b);
+                s_grow_row(1, 0, clamp, sign, fl, n, invH, invHd, gcr, gsr, gdr, x, y, &vd, &sd, &b);
             else if (hl)
-                s_grow_row(0, 1, clamp, sign, n, invH, gcr, gsr, x, y, &vd, &sd, &b);
+                s_grow_row(0, 1, clamp, sign, fl, n, invH, invHd, gcr, gsr, gdr, x, y, &vd, &sd, &b);
             else
-                s_grow_row(0, 0, clamp, sign, n, invH, gcr, gsr, x, y, &vd, &sd, &b);
+                s_grow_row(0, 0, clamp, sign, fl, n, invH, invHd, gcr, gsr, gdr, x, y, &vd, &sd, &b);
             if (i + 1 == n || (i + 1) % flush == 0) {
                 dot += (((double)vd[0] + vd[4]) + ((double)vd[1] + vd[5])) +
                        (((double)vd[2] + vd[6]) + ((double)vd[3] + vd[7])) + sd;
@@ -580,13 +631,20 @@ s_gpass_body(const int clamp, const int sign, xm_work_t *w, xm_dtype_t dt, uint3
 
 XM_CLONES static void
 s_gpass(xm_work_t *w, xm_dtype_t dt, uint32_t l, const uint8_t *X, const uint8_t *G, float *gc,
-        float *gs, double *imp, v8f *bad)
+        float *gs, double *gsd, double *imp, v8f *bad)
 {
+    /* fl = 0: only the signed sums, which read and check X and G in
+       their own double loop */
     switch ((gc != NULL) * 2 + (gs != NULL)) {
-    case 0: s_gpass_body(0, 0, w, dt, l, X, G, gc, gs, imp, bad); break;
-    case 1: s_gpass_body(0, 1, w, dt, l, X, G, gc, gs, imp, bad); break;
-    case 2: s_gpass_body(1, 0, w, dt, l, X, G, gc, gs, imp, bad); break;
-    default: s_gpass_body(1, 1, w, dt, l, X, G, gc, gs, imp, bad); break;
+    case 0: s_gpass_body(0, 0, 1, w, dt, l, X, G, gc, gs, gsd, imp, bad); break;
+    case 1:
+        if (imp)
+            s_gpass_body(0, 1, 1, w, dt, l, X, G, gc, gs, gsd, imp, bad);
+        else
+            s_gpass_body(0, 1, 0, w, dt, l, X, G, gc, gs, gsd, imp, bad);
+        break;
+    case 2: s_gpass_body(1, 0, 1, w, dt, l, X, G, gc, gs, gsd, imp, bad); break;
+    default: s_gpass_body(1, 1, 1, w, dt, l, X, G, gc, gs, gsd, imp, bad); break;
     }
 }
 
@@ -804,28 +862,96 @@ s_rollout_vec(xm_work_t *w, const float *layers, uint32_t start, float *out)
     s_vec_out(s, v, out);
 }
 
-/* r(R) for R = (I + Ā_{L-1}) ... (I + Ā_s), optionally residual-normalised,
-   from the per-layer Ā in `layers`. */
-static void
-s_grad_rollout_vec(xm_work_t *w, const float *layers, bool resnorm, uint32_t start, float *out)
+/* v <- v M for a double matrix (the signed layers). */
+XM_CLONES static void
+s_vecmat_d(const double *v, const double *M, uint32_t n, double *out)
 {
-    const xm_shape_t *s = &w->shape;
-    const uint32_t n = s->n;
-    size_t nn = (size_t)n * n;
-    if (resnorm && s->cls < 0) {
-        /* Column means of rownorm(R - I) + I need every row of R. */
-        xm_grad_rollout_matrix(s->L - start, n, layers + start * nn, true, w->full, w->tmp);
-        xm_readout(s, w->full, out);
-        return;
+    memset(out, 0, n * sizeof *out);
+    for (uint32_t i = 0; i < n; i++) {
+        double vi = v[i];
+        if (vi == 0.0)
+            continue;
+        const double *row = M + (size_t)i * n;
+        for (uint32_t j = 0; j < n; j++)
+            out[j] += vi * row[j];
     }
+}
+
+/* c <- c + M c (column vector), M float or double (the other NULL). */
+XM_CLONES static void
+s_matvec_acc(const float *Mf, const double *Md, uint32_t n, const double *c, double *out)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        double sum = 0.0;
+        if (Mf)
+            for (uint32_t j = 0; j < n; j++)
+                sum += (double)Mf[(size_t)i * n + j] * c[j];
+        else
+            for (uint32_t j = 0; j < n; j++)
+                sum += Md[(size_t)i * n + j] * c[j];
+        out[i] = c[i] + sum;
+    }
+}
+
+/* v <- v R for R = (I + Ā_{L-1}) ... (I + Ā_s), by row vectors, last
+   layer first; the layers float (lf) or double (ld). Leaves the result
+   in w->v or w->v2 and returns it. */
+static double *
+s_grad_vec_through(xm_work_t *w, const float *lf, const double *ld, uint32_t start)
+{
+    const uint32_t n = w->shape.n;
+    const size_t nn = (size_t)n * n;
     double *v = w->v, *t = w->v2;
-    s_vec_start(s, v);
-    for (uint32_t l = s->L; l-- > start;) {
-        s_vecmat(v, layers + l * nn, n, t);
+    for (uint32_t l = w->shape.L; l-- > start;) {
+        if (ld)
+            s_vecmat_d(v, ld + l * nn, n, t);
+        else
+            s_vecmat(v, lf + l * nn, n, t);
         for (uint32_t j = 0; j < n; j++)
             t[j] += v[j];
         double *x = v; v = t; t = x;
     }
+    return v;
+}
+
+/* r(R) for R = (I + Ā_{L-1}) ... (I + Ā_s), optionally residual-normalised,
+   from the per-layer Ā: float `lf` or double `ld` (the other NULL).
+   Everything after the layers is double: R - I is taken where it cancels
+   in double, never in float (the diagonal of R is 1 plus what matters). */
+static void
+s_grad_rollout_vec(xm_work_t *w, const float *lf, const double *ld, bool resnorm,
+                   uint32_t start, float *out)
+{
+    const xm_shape_t *s = &w->shape;
+    const uint32_t n = s->n, L = s->L;
+    const size_t nn = (size_t)n * n;
+    double *v;
+    if (resnorm && s->cls < 0) {
+        /* Column means of rownorm(R - I) + I without R itself: with the
+           row sums S = R 1 - 1 (1 pushed through the layers, first layer
+           first) and u_i = 1/S_i (0 for a row summing to 0),
+             r_j = (1/n) (sum_i u_i (R - I)_ij + 1) = ((u R)_j - u_j + 1) / n,
+           two vector passes in double instead of L float n x n products. */
+        double *c = w->v, *t = w->v2, *u = w->u;
+        for (uint32_t j = 0; j < n; j++)
+            c[j] = 1.0;
+        for (uint32_t l = start; l < L; l++) {
+            s_matvec_acc(ld ? NULL : lf + l * nn, ld ? ld + l * nn : NULL, n, c, t);
+            double *x = c; c = t; t = x;
+        }
+        for (uint32_t i = 0; i < n; i++) {
+            double S = c[i] - 1.0;
+            u[i] = S != 0.0 ? 1.0 / S : 0.0;
+        }
+        memcpy(w->v, u, n * sizeof *u);
+        v = s_grad_vec_through(w, lf, ld, start);
+        for (uint32_t j = 0; j < n; j++)
+            v[j] = (v[j] - u[j] + 1.0) / n;
+        s_vec_out(s, v, out);
+        return;
+    }
+    s_vec_start(s, w->v);
+    v = s_grad_vec_through(w, lf, ld, start);
     if (resnorm) {
         /* Row cls of rownorm(R - I) + I, column cls dropped. */
         v[s->cls] -= 1.0;
@@ -941,25 +1067,20 @@ s_prepare(xm_work_t *w, const xm_opts_t *o, const xm_shape_t *s, xm_dtype_t dt, 
     w->has_grad = T > 0;
 
     const uint32_t n = s->n, L = s->L, H = s->H;
-    const size_t nn = (size_t)n * n;
     unsigned want = o->methods & XM_ALL_METHODS_CORE & ~drop;
     if (!T)
         want &= ~XM_GRAD_METHODS;
     /* Entries each row loses to the discard ratio (vit-explain's int(m * ρ)). */
     const uint32_t kd = (uint32_t)(o->discard * (double)(s->cls >= 0 ? n - 1 : n));
     w->fused_separately = o->fusion != XM_FUSE_MEAN || (kd > 0 && !o->discard_flow);
-    if (T && o->grad_resnorm && s->cls < 0 && (want & XM_GRAD_METHODS) && w->cap_full < nn) {
-        if (s_grow((void **)&w->full, nn, 4) || s_grow((void **)&w->tmp, nn, 4))
-            return XM_ENOMEM;
-        w->cap_full = nn;
-    }
     if (T > 1 || (want & ~XM_CLASSIC_METHODS) || kd > 0) {
         const size_t lt = pl->tlayers * (T ? T : 1), heads = (size_t)L * H * (T ? T : 1);
         const size_t attr = ((size_t)XM_NMETHODS_CORE + 3u * (T ? T - 1 : 0)) * n;
         if ((T > 1 && (want & XM_BIT(XM_GRAD_ROLLOUT)) &&
              s_need((void **)&w->gbar, &w->cap_gbar, lt, 4)) ||
             ((want & XM_BIT(XM_GRAD_ROLLOUT_SIGNED)) &&
-             s_need((void **)&w->gsig, &w->cap_gsig, lt, 4)) ||
+             (s_need((void **)&w->gsig, &w->cap_gsig, lt, 4) ||
+              s_need((void **)&w->gsigd, &w->cap_gsigd, lt, 8))) ||
             ((want & XM_BIT(XM_LRP_ROLLOUT)) && s_need((void **)&w->glrp, &w->cap_glrp, lt, 4)) ||
             (kd > 0 && s_need((void **)&w->sel, &w->cap_sel, n, 4)) ||
             s_need((void **)&w->attr, &w->cap_attr, attr, 4))
@@ -1043,13 +1164,13 @@ s_finish(xm_work_t *w, const xm_opts_t *o, const s_plan_t *pl, bool imp_acc, xm_
         s_rollout_vec(w, xm_work_rollout_layers(w), pl->start, attr[XM_ROLLOUT]);
     for (uint32_t t = 0; t < T; t++) {
         if (want & XM_BIT(XM_GRAD_ROLLOUT))
-            s_grad_rollout_vec(w, w->gbar + t * tlayers, o->grad_resnorm, pl->start,
+            s_grad_rollout_vec(w, w->gbar + t * tlayers, NULL, o->grad_resnorm, pl->start,
                                attr[XM_GRAD_ROLLOUT] + (size_t)t * nf);
         if (want & XM_BIT(XM_GRAD_ROLLOUT_SIGNED))
-            s_grad_rollout_vec(w, w->gsig + t * tlayers, o->grad_resnorm, pl->start,
+            s_grad_rollout_vec(w, NULL, w->gsigd + t * tlayers, o->grad_resnorm, pl->start,
                                attr[XM_GRAD_ROLLOUT_SIGNED] + (size_t)t * nf);
         if (want & XM_BIT(XM_LRP_ROLLOUT))
-            s_grad_rollout_vec(w, w->glrp + t * tlayers, o->grad_resnorm, pl->start,
+            s_grad_rollout_vec(w, w->glrp + t * tlayers, NULL, o->grad_resnorm, pl->start,
                                attr[XM_LRP_ROLLOUT] + (size_t)t * nf);
     }
     if ((want & XM_BIT(XM_FLOW)) && flow_compute(w->flow, L, s->n, s->cls, w->fmean, attr[XM_FLOW]))
@@ -1110,16 +1231,17 @@ xm_explain_ex(xm_work_t *w, const xm_opts_t *o, const xm_shape_t *s, xm_dtype_t 
         const uint8_t *Gt = (const uint8_t *)grad + t * tbytes;
         float *gc = t > 0 && (want & XM_BIT(XM_GRAD_ROLLOUT)) ? w->gbar + t * tlayers : NULL;
         float *gs = want & XM_BIT(XM_GRAD_ROLLOUT_SIGNED) ? w->gsig + t * tlayers : NULL;
+        double *gsd = gs ? w->gsigd + t * tlayers : NULL;
         double *imp = t > 0 ? w->imp_acc + (size_t)t * L * H : NULL;
         if (t > 0 || gs)
             for (uint32_t l = 0; l < L; l++)
                 s_gpass(w, dt, l, (const uint8_t *)attn, Gt, gc ? gc + l * nn : NULL,
-                        gs ? gs + l * nn : NULL, imp, &bad);
+                        gs ? gs + l * nn : NULL, gsd ? gsd + l * nn : NULL, imp, &bad);
         if (rel) {
             const uint8_t *Rt = (const uint8_t *)rel + t * tbytes;
             float *gl = want & XM_BIT(XM_LRP_ROLLOUT) ? w->glrp + t * tlayers : NULL;
             for (uint32_t l = 0; l < L; l++)
-                s_gpass(w, dt, l, Rt, Gt, gl ? gl + l * nn : NULL, NULL, NULL, &bad);
+                s_gpass(w, dt, l, Rt, Gt, gl ? gl + l * nn : NULL, NULL, NULL, NULL, &bad);
         }
     }
     if (s_hsum(bad) != 0.0f)
@@ -1215,9 +1337,13 @@ xm_explain_fused(xm_work_t *w, const xm_opts_t *o, const xm_shape_t *s, xm_dtype
     for (uint32_t t = 0; t < T; t++) {
         s_load(w->gbar + t * pl.tlayers, (const uint8_t *)in->pos + t * tbytes, pl.tlayers, dt,
                &bad);
-        if (pl.want & XM_BIT(XM_GRAD_ROLLOUT_SIGNED))
-            s_load(w->gsig + t * pl.tlayers, (const uint8_t *)in->sign + t * tbytes, pl.tlayers,
-                   dt, &bad);
+        if (pl.want & XM_BIT(XM_GRAD_ROLLOUT_SIGNED)) {
+            float *gs = w->gsig + t * pl.tlayers;
+            double *gsd = w->gsigd + t * pl.tlayers;
+            s_load(gs, (const uint8_t *)in->sign + t * tbytes, pl.tlayers, dt, &bad);
+            for (size_t k = 0; k < pl.tlayers; k++)
+                gsd[k] = gs[k];
+        }
     }
     const size_t lh = (size_t)L * H;
     s_load(w->conf, (const uint8_t *)in->confidence, lh, XM_F32, &bad);
@@ -1293,28 +1419,45 @@ xm_grad_rollout_matrix(uint32_t L, uint32_t n, const float *layers, bool resnorm
                        float *tmp)
 {
     size_t nn = (size_t)n * n;
-    float *R = out, *T = tmp;
-    s_identity(R, n);
-    for (uint32_t l = 0; l < L; l++) {
-        memcpy(T, R, nn * sizeof *T);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)n, (int)n, 1.0f,
-                    layers + l * nn, (int)n, R, (int)n, 1.0f, T, (int)n);
-        float *x = R; R = T; T = x;
-    }
-    if (R != out)
-        memcpy(out, R, nn * sizeof *R);
-    if (resnorm) {
-        for (uint32_t i = 0; i < n; i++) {
-            float *row = out + (size_t)i * n;
-            row[i] -= 1.0f;
-            double sum = 0.0;
-            for (uint32_t j = 0; j < n; j++)
-                sum += row[j];
-            float inv = sum != 0.0 ? (float)(1.0 / sum) : 0.0f;
-            for (uint32_t j = 0; j < n; j++)
-                row[j] *= inv;
-            row[i] += 1.0f;
+    if (!resnorm) {
+        float *R = out, *T = tmp;
+        s_identity(R, n);
+        for (uint32_t l = 0; l < L; l++) {
+            memcpy(T, R, nn * sizeof *T);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)n, (int)n, 1.0f,
+                        layers + l * nn, (int)n, R, (int)n, 1.0f, T, (int)n);
+            float *x = R; R = T; T = x;
         }
+        if (R != out)
+            memcpy(out, R, nn * sizeof *R);
+        return;
+    }
+    /* The residual normalisation needs R - I: built directly as D,
+       D <- D + Ā_l (I + D) from D = 0. R's diagonal is 1 plus what the
+       normalisation keeps, which R - I taken in float32 would leave a
+       few digits only. */
+    float *D = out, *T = tmp;
+    memset(D, 0, nn * sizeof *D);
+    for (uint32_t l = 0; l < L; l++) {
+        const float *Al = layers + l * nn;
+        for (size_t k = 0; k < nn; k++)
+            T[k] = D[k] + Al[k];
+        if (l > 0)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)n, (int)n, 1.0f,
+                        Al, (int)n, D, (int)n, 1.0f, T, (int)n);
+        float *x = D; D = T; T = x;
+    }
+    if (D != out)
+        memcpy(out, D, nn * sizeof *D);
+    for (uint32_t i = 0; i < n; i++) {
+        float *row = out + (size_t)i * n;
+        double sum = 0.0;
+        for (uint32_t j = 0; j < n; j++)
+            sum += row[j];
+        float inv = sum != 0.0 ? (float)(1.0 / sum) : 0.0f;
+        for (uint32_t j = 0; j < n; j++)
+            row[j] *= inv;
+        row[i] += 1.0f;
     }
 }
 

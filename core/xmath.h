@@ -241,7 +241,9 @@ xm_err_t xm_explain_ex(xm_work_t *w, const xm_opts_t *opts, const xm_shape_t *sh
    needs only head means gives what xm_explain_ex gives for the full
    tensors the fused form was computed from (for mean values that the
    model side summed over heads in head order and scaled by 1/H in
-   float32, as the full pass does, bit for bit): rollout, grad_rollout,
+   float32, as the full pass does, bit for bit; grad_rollout_signed is
+   explained exactly from the S it is given, which the full form keeps in
+   double): rollout, grad_rollout,
    first_layer, attn_mean, diag, flow, colsum, grad_rollout_signed (when
    `sign` is given, else skipped), discard ratio, start layer, residual
    normalisation, several targets; head statistics are taken as given.

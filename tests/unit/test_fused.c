@@ -123,6 +123,36 @@ check_fuse(const cfg_t *c, const trade_t *t)
     free(conf);
 }
 
+/* grad_rollout_signed: its layers cancel, so the fused form's S, the
+   head mean rounded to float32 on the model's side, is not the full
+   form's (which keeps it in double). Each is checked against the float64
+   reference on what it was given: the full form on A and G, the fused
+   form on S (a one-head attention with G = 1). */
+static void
+check_signed(const cfg_t *c, const trade_t *t, const xm_opts_t *o, const xm_result_t *full,
+             const xm_result_t *fused)
+{
+    const int nf = c->n - (c->cls >= 0);
+    const size_t lnn = (size_t)c->L * c->n * c->n, cnt = lnn * c->H;
+    double *S = malloc(lnn * sizeof(double)), *one = malloc(lnn * sizeof(double));
+    double *want = malloc((size_t)c->n * sizeof(double));
+    for (size_t k = 0; k < lnn; k++)
+        one[k] = 1.0;
+    for (int k = 0; k < t->T; k++) {
+        ref_grad_rollout_v(c->L, c->H, c->n, c->cls, t->A, t->G + k * cnt, false, o->grad_resnorm,
+                           o->start_layer, want);
+        expect_ref("grad_rollout_signed full", c, full->attr[XM_GRAD_ROLLOUT_SIGNED] + k * nf, want,
+                   nf, REL);
+        for (size_t e = 0; e < lnn; e++)
+            S[e] = t->S[k * lnn + e];
+        ref_grad_rollout_v(c->L, 1, c->n, c->cls, S, one, false, o->grad_resnorm, o->start_layer,
+                           want);
+        expect_ref("grad_rollout_signed fused", c, fused->attr[XM_GRAD_ROLLOUT_SIGNED] + k * nf,
+                   want, nf, REL);
+    }
+    free(S); free(one); free(want);
+}
+
 /* Explain one configuration from both forms, with `o`, and compare. */
 static void
 check_both(const cfg_t *c, const trade_t *t, const xm_opts_t *o)
@@ -139,11 +169,13 @@ check_both(const cfg_t *c, const trade_t *t, const xm_opts_t *o)
     cr_assert_eq(fused.computed, full.computed, "methods %#x vs %#x", fused.computed, full.computed);
     cr_assert_eq(fused.ntargets, T);
     for (int m = 0; m < XM_NMETHODS_CORE; m++) {
-        if (!(full.computed & XM_BIT(m)))
+        if (!(full.computed & XM_BIT(m)) || m == XM_GRAD_ROLLOUT_SIGNED)
             continue;
         size_t cnt = (size_t)nf * ((XM_GRAD_METHODS & XM_BIT(m)) ? T : 1);
         expect_same(xm_method_name((xm_method_t)m), c, fused.attr[m], full.attr[m], cnt);
     }
+    if (full.computed & XM_BIT(XM_GRAD_ROLLOUT_SIGNED))
+        check_signed(c, t, o, &full, &fused);
     const size_t lh = (size_t)c->L * c->H;
     expect_same("head_confidence", c, fused.head_confidence, full.head_confidence, lh);
     /* |sum A G| cancels: the full form's own float sums are good to the
