@@ -155,7 +155,8 @@ xpl_decode_explanation(const xnode_t *root, bool trade, const char *what)
             xpl_fail(XPL_EPROTO, "%s: cls = %d for n = %u", what, e->cls, e->n);
             goto fail;
         }
-        if (e->features && e->nfeat != e->n - (e->cls >= 0 ? 1u : 0u)) {
+        /* fewer features than tokens when the schema has groups */
+        if (e->features && (e->nfeat > e->n - (e->cls >= 0 ? 1u : 0u) || e->nfeat == 0)) {
             xpl_fail(XPL_EPROTO, "%s: %u features for n = %u, cls = %d", what, e->nfeat, e->n,
                      e->cls);
             goto fail;

@@ -14,8 +14,9 @@
     Rejected, with a named reason: a group naming a token the schema does
     not have, a token in two groups (or twice in one), a group naming the
     CLS token (it has no attribution), a group with no token, two
-    features with one name. Core-only for now: the schema and the daemon
-    do not carry groups yet.  */
+    features with one name. The ingest decoder (wire.c) resolves a
+    message's "groups" with xm_groups_build; the daemon sums each trade's
+    vectors with xm_groups_apply.  */
 #ifndef XPL_GROUPS_H
 #define XPL_GROUPS_H
 

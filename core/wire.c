@@ -37,6 +37,12 @@ static const char *s_reason_names[XR_NREASONS] = {
     [XR_SCHEMA_RATE] = "schema_rate",
     [XR_FUSED_FORM] = "fused_form",
     [XR_NEEDS_HEADS] = "needs_heads",
+    [XR_GROUP_UNKNOWN_TOKEN] = "group_unknown_token",
+    [XR_GROUP_TOKEN_TWICE] = "group_token_twice",
+    [XR_GROUP_CLS_TOKEN] = "group_cls_token",
+    [XR_GROUP_EMPTY] = "group_empty",
+    [XR_GROUP_DUP_NAME] = "group_duplicate_feature_name",
+    [XR_GROUP_DUP_TOKEN_NAME] = "group_duplicate_token_name",
 };
 
 const char *
@@ -58,6 +64,7 @@ wire_limits_default(wire_limits_t *lim)
     lim->max_elems = 4u << 20;
     lim->max_str = 256;
     lim->max_targets = 16;
+    lim->max_groups = 0;        /* max_tokens */
     lim->fused = true;
 }
 
@@ -83,7 +90,7 @@ wire_max_body(const wire_limits_t *lim)
         tensor = UINT32_MAX;
     uint64_t id = lim->max_str + 5 > 9 ? lim->max_str + 5 : 9;
     uint64_t b = 5                                  /* the map header */
-                 + 17 * 8                           /* the known keys, "targets" longest */
+                 + 18 * 8                           /* the known keys, "targets" longest */
                  + 1 + (5 + WIRE_MODEL_MAX)         /* v, model */
                  + 6 * 9 + 5                        /* seq ts L H n cls, dtype */
                  + 3 * (5 + tensor)                 /* attn, grad, rel */
@@ -92,6 +99,11 @@ wire_max_body(const wire_limits_t *lim)
                  + 2 * (5 + (uint64_t)lim->max_batch * 9) /* target, y */
                  + 5 + (uint64_t)(lim->max_targets ? lim->max_targets : 16) * 9 /* targets */
                  + 5 + (uint64_t)lim->max_tokens * (lim->max_str + 5) /* tokens */
+                 /* groups: their tokens are at most max_tokens names, and
+                    each group adds a name and two headers */
+                 + 5 + (uint64_t)lim->max_tokens * (lim->max_str + 5)
+                 + (uint64_t)(lim->max_groups ? lim->max_groups : lim->max_tokens) *
+                       (lim->max_str + 5 + 5)
                  + WIRE_UNKNOWN_SLACK;
     return b;
 }
@@ -325,6 +337,10 @@ wire_decoder_destroy(wire_decoder_t *d)
     free(d->y);
     free(d->tokens);
     free(d->targets);
+    free(d->gdefs);
+    free(d->gtoks);
+    free(d->gnames);
+    xm_groups_free(&d->gmap);
     memset(d, 0, sizeof *d);
 }
 
@@ -410,14 +426,14 @@ s_msgpack_fail(wire_decoder_t *d, mpr_err_t e, const char *where)
 /* The keys the decoder knows, as bits for the seen/duplicate check. */
 enum {
     K_V, K_MODEL, K_SEQ, K_TS, K_IDS, K_L, K_H, K_N, K_DTYPE, K_ATTN, K_GRAD,
-    K_TARGET, K_Y, K_CLS, K_TOKENS, K_TAGS, K_REL, K_TARGETS,
+    K_TARGET, K_Y, K_CLS, K_TOKENS, K_TAGS, K_REL, K_TARGETS, K_GROUPS,
     K_FATTN, K_FGRAD, K_FGRAD_SIGNED, K_HEAD_IMP, K_HEAD_CONF,   /* the fused form */
     K_COUNT
 };
 #define K_FULL_COUNT K_FATTN
 static const char *s_keys[K_COUNT] = {"v", "model", "seq", "ts", "ids", "L", "H", "n",
                                       "dtype", "attn", "grad", "target", "y", "cls", "tokens",
-                                      "tags", "rel", "targets", "fattn", "fgrad", "fgrad_signed",
+                                      "tags", "rel", "targets", "groups", "fattn", "fgrad", "fgrad_signed",
                                       "head_importance", "head_confidence"};
 static const unsigned s_required = 1u << K_V | 1u << K_MODEL | 1u << K_SEQ | 1u << K_TS |
                                    1u << K_IDS | 1u << K_L | 1u << K_H | 1u << K_N |
@@ -560,12 +576,140 @@ s_mul_le(uint64_t a, uint64_t b, uint64_t limit, uint64_t *out)
     return *out <= limit;
 }
 
+/* Grow one of the groups' arrays to `count` entries of `size` bytes. */
+static int
+s_grow(void **arr, uint32_t *cap, uint32_t count, size_t size)
+{
+    if (count <= *cap)
+        return 0;
+    void *p = realloc(*arr, (size_t)count * size);
+    if (!p)
+        return -1;
+    *arr = p;
+    *cap = count;
+    return 0;
+}
+
+/* One group's token list: an array of str, appended to d->gtoks (whose
+   room was reserved for max_tokens names, so views stay put). */
+static xr_reason_t
+s_group_tokens(wire_decoder_t *d, mpr_t *r, uint32_t g, uint32_t *used)
+{
+    mpr_obj_t o;
+    mpr_err_t e;
+    if ((e = mpr_next(r, &o)))
+        return s_msgpack_fail(d, e, "groups");
+    if (o.type != MPR_ARRAY)
+        return s_fail(d, XR_WRONG_TYPE, "groups[%" PRIu32 "]: its tokens must be an array of str, "
+                      "got %s", g, mpr_type_name(o.type));
+    if (o.v.count > d->lim.max_tokens - *used)
+        return s_fail(d, XR_LENGTH, "groups name more than %" PRIu32 " tokens in all",
+                      d->lim.max_tokens);
+    d->gdefs[g].tokens = d->gtoks + *used;
+    d->gdefs[g].ntokens = o.v.count;
+    for (uint32_t q = 0; q < o.v.count; q++) {
+        mpr_obj_t it;
+        xr_reason_t rc;
+        if ((e = mpr_next(r, &it)))
+            return s_msgpack_fail(d, e, "groups");
+        if (it.type != MPR_STR)
+            return s_fail(d, XR_WRONG_TYPE, "groups[%" PRIu32 "] token %" PRIu32 ": expected str, "
+                          "got %s", g, q, mpr_type_name(it.type));
+        if ((rc = s_check_str(d, &it, "groups token", q)))
+            return rc;
+        d->gtoks[(*used)++] = (xm_str_t){(const char *)it.v.raw.ptr, it.v.raw.len};
+    }
+    return XR_OK;
+}
+
+/* "groups": a map of feature name to an array of token names, or an array
+   of [name, [token, ...]] pairs (the same thing, for languages whose maps
+   have no order); nil is no key. Only read and bounded here: resolved
+   against tokens and cls once both are known (s_groups_resolve). */
+static xr_reason_t
+s_groups_parse(wire_decoder_t *d, mpr_t *r, const mpr_obj_t *o, uint32_t *ngroups,
+               uint32_t *ntoks)
+{
+    const bool is_map = o->type == MPR_MAP;
+    if (!is_map && o->type != MPR_ARRAY)
+        return s_wrong_type(d, "groups", "map or array", o);
+    uint32_t lim = d->lim.max_groups ? d->lim.max_groups : d->lim.max_tokens;
+    if (o->v.count > lim)
+        return s_fail(d, XR_LENGTH, "groups has %" PRIu32 " entries (limit %" PRIu32 ")",
+                      o->v.count, lim);
+    uint32_t count = o->v.count, used = 0;
+    if (s_grow((void **)&d->gdefs, &d->cap_gdefs, count ? count : 1, sizeof *d->gdefs) ||
+        s_grow((void **)&d->gtoks, &d->cap_gtoks, d->lim.max_tokens, sizeof *d->gtoks))
+        return s_fail(d, XR_INTERNAL, "out of memory for %" PRIu32 " groups", count);
+    for (uint32_t g = 0; g < count; g++) {
+        mpr_obj_t name;
+        mpr_err_t e;
+        xr_reason_t rc;
+        if (!is_map) {
+            mpr_obj_t pair;
+            if ((e = mpr_next(r, &pair)))
+                return s_msgpack_fail(d, e, "groups");
+            if (pair.type != MPR_ARRAY || pair.v.count != 2)
+                return s_fail(d, XR_WRONG_TYPE, "groups[%" PRIu32 "]: expected [name, [token, ...]], "
+                              "got %s", g, pair.type == MPR_ARRAY ? "another array" :
+                              mpr_type_name(pair.type));
+        }
+        if ((e = mpr_next(r, &name)))
+            return s_msgpack_fail(d, e, "groups");
+        if (name.type != MPR_STR)
+            return s_fail(d, XR_WRONG_TYPE, "groups[%" PRIu32 "]: the name must be a str, got %s",
+                          g, mpr_type_name(name.type));
+        if ((rc = s_check_str(d, &name, "groups", g)))
+            return rc;
+        d->gdefs[g].name = (xm_str_t){(const char *)name.v.raw.ptr, name.v.raw.len};
+        if ((rc = s_group_tokens(d, r, g, &used)))
+            return rc;
+    }
+    *ngroups = count;
+    *ntoks = used;
+    return XR_OK;
+}
+
+/* Resolve the groups against the message's tokens and cls: every refusal
+   of groups.h under its own reason, naming the group and token. */
+static xr_reason_t
+s_groups_resolve(wire_decoder_t *d, const xm_shape_t *shape, uint32_t ngroups)
+{
+    if (s_grow((void **)&d->gnames, &d->cap_gnames, shape->n, sizeof *d->gnames))
+        return s_fail(d, XR_INTERNAL, "out of memory for the groups");
+    for (uint32_t j = 0; j < shape->n; j++)
+        d->gnames[j] = (xm_str_t){(const char *)d->tokens[j].ptr, d->tokens[j].len};
+    xm_group_where_t w;
+    xm_group_err_t ge = xm_groups_build(shape, d->gnames, d->gdefs, ngroups, &d->gmap, &w);
+    if (ge == XM_GROUP_OK)
+        return XR_OK;
+    static const xr_reason_t map[] = {
+        [XM_GROUP_UNKNOWN_TOKEN] = XR_GROUP_UNKNOWN_TOKEN, [XM_GROUP_TOKEN_TWICE] = XR_GROUP_TOKEN_TWICE,
+        [XM_GROUP_CLS_TOKEN] = XR_GROUP_CLS_TOKEN, [XM_GROUP_EMPTY] = XR_GROUP_EMPTY,
+        [XM_GROUP_DUP_NAME] = XR_GROUP_DUP_NAME, [XM_GROUP_DUP_TOKEN_NAME] = XR_GROUP_DUP_TOKEN_NAME,
+        [XM_GROUP_EARG] = XR_SHAPE, [XM_GROUP_ENOMEM] = XR_INTERNAL};
+    xr_reason_t r = (unsigned)ge < sizeof map / sizeof *map ? map[ge] : XR_INTERNAL;
+    if (w.group >= 0 && w.token >= 0) {
+        const xm_str_t *t = &d->gdefs[w.group].tokens[w.token];
+        return s_fail(d, r, "groups: group '%.*s' token '%.*s': %s",
+                      (int)(d->gdefs[w.group].name.len > 48 ? 48 : d->gdefs[w.group].name.len),
+                      d->gdefs[w.group].name.ptr, (int)(t->len > 48 ? 48 : t->len), t->ptr,
+                      xm_group_strerror(ge));
+    }
+    if (w.group >= 0)
+        return s_fail(d, r, "groups: group '%.*s': %s",
+                      (int)(d->gdefs[w.group].name.len > 48 ? 48 : d->gdefs[w.group].name.len),
+                      d->gdefs[w.group].name.ptr, xm_group_strerror(ge));
+    return s_fail(d, r, "groups: %s", xm_group_strerror(ge));
+}
+
 xr_reason_t
 wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const void *body,
                    size_t body_len, wire_ingest_t *out)
 {
     memset(out, 0, sizeof *out);
     d->detail[0] = '\0';
+    xm_groups_free(&d->gmap);
     const uint8_t *tp = (const uint8_t *)topic;
     if (topic_len < 5 || memcmp(tp, "attn/", 5) != 0)
         return s_fail(d, XR_TOPIC, "topic does not start with 'attn/'");
@@ -588,7 +732,9 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
     unsigned seen = 0;
     uint64_t L = 0, H = 0, n = 0, seq = 0;
     int64_t cls = -1;
-    uint32_t nids = 0, ntarget = 0, ny = 0, ntokens = 0, ntargets = 0;
+    uint32_t nids = 0, ntarget = 0, ny = 0, ntokens = 0, ntargets = 0, ngroups = 0;
+    uint32_t ngtoks = 0;
+    bool groups_nil = false;
     wire_sv_t attn = {0}, grad = {0}, tags = {0}, rel = {0};
     wire_sv_t fbin[5] = {{0}};      /* fattn .. head_confidence, by K_ - K_FATTN */
     bool grad_nil = false, rel_nil = false;
@@ -796,6 +942,14 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
             }
             break;
         }
+        case K_GROUPS:
+            if (o.type == MPR_NIL) {
+                groups_nil = true;
+                break;
+            }
+            if ((rc = s_groups_parse(d, &r, &o, &ngroups, &ngtoks)))
+                return rc;
+            break;
         case K_TOKENS:
             if (o.type != MPR_ARRAY)
                 return s_wrong_type(d, kn, "array", &o);
@@ -958,6 +1112,19 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
         return s_fail(d, XR_LENGTH, "y has %" PRIu32 " entries for %" PRIu32 " ids", ny, nids);
     if ((seen & (1u << K_TOKENS)) && ntokens != n)
         return s_fail(d, XR_LENGTH, "tokens has %" PRIu32 " entries for n=%" PRIu64, ntokens, n);
+    /* Groups name tokens: they come with the tokens and cls they name. */
+    const bool has_groups = (seen & (1u << K_GROUPS)) && !groups_nil;
+    if (has_groups && (!(seen & (1u << K_TOKENS)) || !out->has_cls))
+        return s_fail(d, XR_MISSING_KEY, "groups is given without %s (groups name tokens: send "
+                      "them with the tokens and cls)", (seen & (1u << K_TOKENS)) ? "cls" : "tokens");
+    if (has_groups && ngtoks > n)
+        return s_fail(d, XR_LENGTH, "groups name %" PRIu32 " tokens in all, the schema has n=%" PRIu64,
+                      ngtoks, n);
+    if (has_groups && ngroups) {
+        const xm_shape_t sh = {(uint32_t)L, (uint32_t)H, (uint32_t)n, (int32_t)cls};
+        if ((rc = s_groups_resolve(d, &sh, ngroups)))
+            return rc;
+    }
 
     if (tags.len && !(tags.len == 1 && tags.ptr[0] == 0xc0)) {
         seg_err_t se = seg_tags_validate(tags.ptr, tags.len, nids);
@@ -998,5 +1165,9 @@ wire_decode_ingest(wire_decoder_t *d, const void *topic, size_t topic_len, const
     out->target = (seen & (1u << K_TARGET)) ? d->target : NULL;
     out->y = (seen & (1u << K_Y)) ? d->y : NULL;
     out->tokens = (seen & (1u << K_TOKENS)) ? d->tokens : NULL;
+    out->has_groups = has_groups;
+    out->groups = ngroups ? d->gdefs : NULL;
+    out->ngroups = has_groups ? ngroups : 0;
+    out->gmap = has_groups && ngroups ? &d->gmap : NULL;
     return XR_OK;
 }

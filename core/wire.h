@@ -9,6 +9,7 @@
 #ifndef XPL_WIRE_H
 #define XPL_WIRE_H
 
+#include "groups.h"
 #include "mpr.h"
 #include "xmath.h"
 
@@ -47,6 +48,13 @@ typedef enum {
     XR_SCHEMA_RATE,     /* the model's schema changes faster than allowed */
     XR_FUSED_FORM,      /* the fused form mixed with the full one, or incomplete */
     XR_NEEDS_HEADS,     /* a fused message to a daemon whose options need every head */
+    /* Feature groups (groups.h): each refusal of a schema's groups. */
+    XR_GROUP_UNKNOWN_TOKEN,     /* a group names a token the schema does not have */
+    XR_GROUP_TOKEN_TWICE,       /* a token in two groups, or twice in one */
+    XR_GROUP_CLS_TOKEN,         /* a group names the CLS token */
+    XR_GROUP_EMPTY,             /* a group with no token */
+    XR_GROUP_DUP_NAME,          /* two features with one name */
+    XR_GROUP_DUP_TOKEN_NAME,    /* groups, and the schema names two tokens alike */
     XR_NREASONS
 } xr_reason_t;
 
@@ -73,6 +81,8 @@ typedef struct {
     uint64_t max_elems;     /* B*L*H*n*n */
     uint32_t max_str;       /* bytes of an id or token string */
     uint32_t max_targets;   /* T, entries of "targets" (0: the default, 16) */
+    uint32_t max_groups;    /* entries of "groups" (0: max_tokens); their
+                               tokens together at most max_tokens */
     bool fused;             /* accept the fused form (the default); when
                                false a fused message is what it is to an
                                older daemon: missing_key (no attn) */
@@ -121,6 +131,14 @@ typedef struct {
     const int64_t *target;  /* B, or NULL */
     const double *y;        /* B, or NULL */
     const wire_sv_t *tokens;/* n, or NULL */
+    /* Feature groups (only with tokens and cls): has_groups when the
+       message has "groups" (an empty one included: no groups); the
+       definitions (views into the message) and their resolved map. */
+    bool has_groups;
+    const xm_group_def_t *groups;
+    uint32_t ngroups;
+    const xm_groups_t *gmap; /* resolved against tokens and cls; NULL
+                                when ngroups is 0 */
     const uint8_t *tags;    /* the checked msgpack `tags` value (segment.h's
                                seg_iter reads it), or NULL: none or nil */
     size_t tags_len;
@@ -136,6 +154,11 @@ typedef struct {
     uint32_t cap_tokens;
     int64_t *targets;
     uint32_t cap_targets;
+    xm_group_def_t *gdefs;  /* groups: definitions, */
+    xm_str_t *gtoks;        /* their tokens back to back, */
+    xm_str_t *gnames;       /* the message's token names, */
+    uint32_t cap_gdefs, cap_gtoks, cap_gnames;
+    xm_groups_t gmap;       /* and the resolved map (freed by the next decode) */
     char detail[192];       /* why the last decode failed */
 } wire_decoder_t;
 

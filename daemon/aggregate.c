@@ -274,11 +274,27 @@ s_model(aggregate_t *a, const astate_head_t *h)
     for (uint32_t t = 0; same && t < h->shape.n; t++)
         same = strlen(cur->tokens[t]) == h->tokens[t].len &&
                memcmp(cur->tokens[t], h->tokens[t].ptr, h->tokens[t].len) == 0;
-    if (!same && (!cur || h->epoch >= cur->epoch) &&
-        model_restore_schema(md, h->epoch, &h->shape, h->tokens, true)) {
-        if (added)
-            models_drop_last(ms, md);
-        return NULL;
+    /* Feature groups are part of the schema: the records are over nf
+       features. */
+    same = same && cur->grouped == (h->groups != NULL) && cur->nf == h->nf;
+    if (!same && (!cur || h->epoch >= cur->epoch)) {
+        xm_group_def_t *defs = NULL;
+        xm_str_t *toks = NULL;
+        uint32_t ng = 0;
+        int rc = 0;
+        if (h->groups) {
+            snap_rd_t d;
+            snap_rd_init(&d, h->groups, h->groups_len);
+            rc = model_groups_read(&d, h->shape.n, &defs, &toks, &ng);
+        }
+        rc = rc || model_restore_schema_groups(md, h->epoch, &h->shape, h->tokens, defs, ng, true);
+        free(defs);
+        free(toks);
+        if (rc) {
+            if (added)
+                models_drop_last(ms, md);
+            return NULL;
+        }
     }
     if (added)
         log_info("aggregate: new model '%s'", md->name);
@@ -319,6 +335,15 @@ s_on_state(aggregate_t *a, int i, const void *body, size_t len)
     sh->last_ns = now;
     sh->states++;
     model_t *md = s_model(a, h);
+    if (md && md->cur->epoch == h->epoch && md->cur->nf != h->nf) {
+        /* a state whose features are not its schema's (groups the
+           aggregator could not take): merging it would misplace values */
+        a->state_rejected++;
+        log_limited(LOGK_AGGREGATE, LOG_WARN_, "aggregate: shard %s: model '%s' epoch %" PRIu32
+                    " has %" PRIu32 " features in its state and %" PRIu32 " in its schema; "
+                    "state not merged", sh->endpoint, h->model, h->epoch, h->nf, md->cur->nf);
+        return;
+    }
     astate_t *st = md ? s_state_slot(sh, h->model) : NULL;
     void *copy = st ? malloc(len) : NULL;
     if (!copy) {

@@ -101,6 +101,8 @@ typedef struct {
     xm_shape_t shape;
     uint32_t ntokens;
     wire_sv_t tokens[AGG_MAX_TOKENS];
+    const uint8_t *groups;      /* the schema's feature groups (raw msgpack), or NULL */
+    size_t groups_len;
     uint64_t owns;                      /* shards covered: bit k (0: shard >= 64) */
     bool has_rejected;                  /* the sender's daemon-wide rejections: */
     uint64_t rejected_total;

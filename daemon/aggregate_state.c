@@ -157,7 +157,7 @@ astate_publish(publisher_t *p, const global_t *g, const models_t *models, const 
             continue;
         bool segs = g->p.max_segments > 0;
         p->buf.size = 0;
-        msgpack_pack_map(pk, 19 + (a != NULL) + segs);
+        msgpack_pack_map(pk, 19 + (a != NULL) + segs + sc->grouped);
         enc_str(pk, "v");
         msgpack_pack_uint8(pk, 1);
         enc_str(pk, "model");
@@ -189,6 +189,10 @@ astate_publish(publisher_t *p, const global_t *g, const models_t *models, const 
         msgpack_pack_array(pk, sc->shape.n);
         for (uint32_t t = 0; t < sc->shape.n; t++)
             enc_str(pk, sc->tokens[t]);
+        if (sc->grouped) {      /* the features the records are over */
+            enc_str(pk, "groups");
+            enc_groups(pk, sc);
+        }
         enc_str(pk, "counters");
         s_counters(pk, md);
         enc_str(pk, "rejected");
@@ -288,6 +292,10 @@ astate_peek(const void *body, size_t len, astate_head_t *h)
             }
             h->ntokens = nt;
             seen |= TOKENS;
+        } else if (mpr_str_eq(&key, "groups")) {
+            h->groups = d.r.p;
+            rc = snap_skip(&d, "groups");
+            h->groups_len = rc ? 0 : (size_t)(d.r.p - h->groups);
         } else if (mpr_str_eq(&key, "owns")) {
             uint32_t no;
             rc = snap_get_array(&d, &no, "owns");

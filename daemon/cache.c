@@ -133,7 +133,7 @@ cache_put(cache_t *c, const cache_put_t *p)
     if (!c->nslots)
         return 0;
     const xm_shape_t *s = p->shape;
-    size_t nf = xm_nfeat(s), layers = (size_t)s->L * s->n * s->n * sizeof(float);
+    size_t nf = p->nf ? p->nf : xm_nfeat(s), layers = (size_t)s->L * s->n * s->n * sizeof(float);
     size_t need = s_align(p->id->is_str ? p->id->s.len + 1 : 0);
     for (int m = 0; m < XM_NMETHODS; m++)
         if (p->res->computed & XM_BIT(m))
@@ -215,6 +215,7 @@ cache_put(cache_t *c, const cache_put_t *p)
     e->y = p->y ? *p->y : 0;
     e->shape = *s;
     e->methods = p->res->computed;
+    e->nf = (uint32_t)nf;
     for (int m = 0; m < XM_NMETHODS; m++) {
         e->attr[m] = NULL;
         if (!(e->methods & XM_BIT(m)))

@@ -34,6 +34,7 @@ typedef struct {
     double y;
     xm_shape_t shape;
     unsigned methods;           /* attr[] present */
+    uint32_t nf;                /* values of each attr vector (per feature) */
     const float *attr[XM_NMETHODS];
     const float *roll;          /* [L][n][n] Â for rollout */
     const float *flow;          /* [L][n][n] Â with mean fusion */
@@ -66,6 +67,8 @@ typedef struct {
     const float *roll, *flow, *grad;
     bool resnorm;
     uint32_t start;             /* resolved start layer (0: every layer) */
+    uint32_t nf;                /* values of each attr vector: the schema's
+                                   features (0: xm_nfeat(shape), no groups) */
 } cache_put_t;
 
 int cache_init(cache_t *c, uint32_t entries, size_t budget_bytes);

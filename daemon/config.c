@@ -67,6 +67,9 @@ static const opt_t s_opts[] = {
      1, 4096, true,
      "Most targets one message may explain each trade for ('targets': one gradient per "
      "target); more are rejected as 'length'."},
+    {"ingest", "max_groups", "max-groups", T_UINT, O(max_groups), "0", 0, 1u << 20, true,
+     "Most feature groups one schema may have ('groups'), 0: ingest.max_tokens; more are "
+     "rejected as 'length', as are groups naming more than ingest.max_tokens tokens in all."},
     {"ingest", "attention_check", "attention-check", T_STR, O(attention_check), "reject", 0, 0,
      true,
      "What to do with a trade whose attention rows are not probability distributions: reject "
@@ -186,8 +189,9 @@ static const opt_t s_opts[] = {
     {"drift", "alerts_kept", "alerts-kept", T_UINT, O(alerts_kept), "100", 0, 1000000, false,
      "Alerts kept per model for the drift query."},
     {"drift", "reference_file", "reference-file", T_STR, O(reference_file), "", 0, 0, true,
-     "External reference attributions ('<model> <method> <v1> ... <v_nf>' per line), e.g. "
-     "permutation importance; read at start and on SIGHUP."},
+     "External reference attributions ('<model> <method> <v1> ... <v_nf>' per line, or "
+     "'<model> <method> <feature>=<v> ...' by name: features without attribution are dropped), "
+     "e.g. permutation importance; read at start and on SIGHUP."},
     {"drift", "window_s", "drift-window-s", T_DOUBLE, O(drift_window_s), "0", 0, 0, false,
      "Drift windows by event time: [k*W, (k+1)*W) seconds of the trades' ts, closed when the "
      "newest ts minus drift.lateness_s passes their end; later trades are counted as late, not "

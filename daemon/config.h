@@ -52,6 +52,7 @@ typedef struct {
     uint64_t max_msg_size;
     uint64_t max_batch, max_layers, max_heads, max_tokens, max_elems, max_str;
     uint64_t max_targets_per_trade;
+    uint64_t max_groups;
     cfg_list_t allow_models;
     uint64_t max_models;
     char *attention_check;      /* reject, warn, off */

@@ -20,7 +20,27 @@ typedef struct gpending_t {
     int method;
     uint32_t nf;
     double *values;
+    char **names;       /* nf feature names (name=value entries), or NULL */
 } pending_t;
+
+/* Forget an entry's values (a bad line): nf becomes 0. */
+static void
+s_pending_empty(pending_t *p)
+{
+    for (uint32_t k = 0; p->names && k < p->nf; k++)
+        free(p->names[k]);
+    free(p->names);
+    p->names = NULL;
+    p->nf = 0;
+}
+
+static void
+s_pending_free(pending_t *p)
+{
+    s_pending_empty(p);
+    free(p->values);
+    free(p);
+}
 
 static void
 s_pending_clear(global_t *g)
@@ -28,8 +48,7 @@ s_pending_clear(global_t *g)
     while (g->pending) {
         pending_t *p = g->pending;
         g->pending = p->next;
-        free(p->values);
-        free(p);
+        s_pending_free(p);
     }
 }
 
@@ -664,6 +683,35 @@ s_apply_pending(global_t *g, const model_t *md, gepoch_t *e)
     for (pending_t *p = g->pending; p; p = p->next) {
         if (strcmp(p->model, md->name) != 0)
             continue;
+        if (p->names) {
+            /* by name: features without attribution dropped, every
+               attributed one required */
+            const schema_t *sc = model_schema(md, e->epoch);
+            double *v = sc ? malloc((e->nf ? e->nf : 1) * sizeof *v) : NULL;
+            uint32_t found = 0;
+            for (uint32_t f = 0; v && f < e->nf; f++)
+                for (uint32_t k = 0; k < p->nf; k++)
+                    if (strcmp(p->names[k], sc->features[f]) == 0) {
+                        v[f] = p->values[k];
+                        found++;
+                        break;
+                    }
+            if (!v || found != e->nf) {
+                log_warn("reference file: model '%s' %s names %" PRIu32 " of epoch %" PRIu32
+                         "'s %" PRIu32 " features; not applied", md->name,
+                         xm_method_name((xm_method_t)p->method), found, e->epoch, e->nf);
+                free(v);
+                continue;
+            }
+            int rc = s_set_extref(g, e, p->method, v);
+            free(v);
+            if (rc)
+                continue;
+            g->gen++;
+            log_info("reference file: applied %s reference (by name) to model '%s' epoch %" PRIu32,
+                     xm_method_name((xm_method_t)p->method), md->name, e->epoch);
+            continue;
+        }
         if (p->nf != e->nf) {
             log_warn("reference file: model '%s' %s has %" PRIu32 " values but epoch %" PRIu32
                      " has %" PRIu32 " features; not applied", md->name,
@@ -711,12 +759,21 @@ global_load_references(global_t *g, const models_t *models, const char *path)
         uint32_t capv = 0;
         char *v;
         while ((v = strtok_r(NULL, " \t\r\n,", &save))) {
-            char *end;
-            double x = strtod(v, &end);
+            /* name=value: a reference by feature name (the last '=':
+               names may hold one) */
+            char *eq = strrchr(v, '=');
+            if ((eq != NULL) != (p->names != NULL) && p->nf > 0) {
+                log_err("reference file %s:%d: mixes name=value and plain values", path, lineno);
+                bad++;
+                s_pending_empty(p);
+                break;
+            }
+            char *end, *num = eq ? eq + 1 : v;
+            double x = strtod(num, &end);
             if (*end || !isfinite(x)) {
                 log_err("reference file %s:%d: '%s' is not a finite number", path, lineno, v);
                 bad++;
-                p->nf = 0;
+                s_pending_empty(p);
                 break;
             }
             if (p->nf == capv) {
@@ -725,12 +782,19 @@ global_load_references(global_t *g, const models_t *models, const char *path)
                 if (!nv)
                     break;
                 p->values = nv;
+                if (eq) {
+                    char **nn = realloc(p->names, capv * sizeof *nn);
+                    if (!nn)
+                        break;
+                    p->names = nn;
+                }
             }
+            if (eq && !(p->names[p->nf] = strndup(v, (size_t)(eq - v))))
+                break;
             p->values[p->nf++] = x;
         }
         if (p->nf == 0) {
-            free(p->values);
-            free(p);
+            s_pending_free(p);
             continue;
         }
         p->next = g->pending;

@@ -133,6 +133,35 @@ s_explain_one(ingest_t *s, model_t *md, const wire_ingest_t *in, uint32_t b, con
     return true;
 }
 
+/* A grouped schema's result: every method's vector (T of them for the
+   gradient methods) summed per feature after the readout (MATH.md,
+   "Feature groups"), into the schema's own buffer. Everything after
+   this, cache, xpl/, aggregates and drift, sees features only. False
+   when memory runs out. */
+static bool
+s_group_result(schema_t *sc, uint32_t T, xm_result_t *res)
+{
+    const uint32_t npos = sc->gmap.npos, nf = sc->nf;
+    const size_t need = (size_t)XM_NMETHODS * T * nf;
+    if (need > sc->gcap) {
+        float *p = realloc(sc->gout, need * sizeof *p);
+        if (!p)
+            return false;
+        sc->gout = p;
+        sc->gcap = need;
+    }
+    for (int m = 0; m < XM_NMETHODS; m++) {
+        if (!(res->computed & XM_BIT(m)) || !res->attr[m])
+            continue;
+        const uint32_t count = (XM_GRAD_METHODS & XM_BIT(m)) ? T : 1;
+        float *out = sc->gout + (size_t)m * T * nf;
+        xm_groups_apply(&sc->gmap, res->attr[m], count, out);
+        res->attr[m] = out;
+    }
+    (void)npos;
+    return true;
+}
+
 /* The explain options of a model: the global ones, or its own when the
    configuration has a [model.NAME] section for it (looked up only when
    there are such sections, so the default path costs nothing). */
@@ -152,7 +181,7 @@ static void
 s_publish_targets(ingest_t *s, model_t *md, const wire_ingest_t *in, uint32_t b,
                   const xm_result_t *res, const char *label, size_t llen)
 {
-    const uint32_t nf = xm_nfeat(&md->cur->shape);
+    const uint32_t nf = md->cur->nf;
     const size_t lh = (size_t)md->cur->shape.L * md->cur->shape.H;
     for (uint32_t t = 0; t < in->ntargets; t++) {
         xm_result_t rt = *res;
@@ -224,6 +253,11 @@ s_explain_trades(ingest_t *s, model_t *md, const wire_ingest_t *in, int64_t t_re
             ingest_reject(s->stats, md, r, md->name, md->name_len, why);
             continue;
         }
+        if (md->cur->grouped && !s_group_result(md->cur, in->ntargets ? in->ntargets : 1, &res)) {
+            ingest_reject(s->stats, md, XR_INTERNAL, md->name, md->name_len,
+                          "out of memory for the feature groups' sums");
+            continue;
+        }
         const float *roll = xm_work_rollout_layers(s->work);
         uint32_t start = 0;     /* resolved: xm_explain_ex accepted it */
         xm_start_layer(opts.start_layer, shape->L, &start);
@@ -231,7 +265,8 @@ s_explain_trades(ingest_t *s, model_t *md, const wire_ingest_t *in, int64_t t_re
             .model = md->index, .epoch = md->cur->epoch, .id = &in->ids[b], .ts = in->ts,
             .target = in->target ? &in->target[b] : NULL, .y = in->y ? &in->y[b] : NULL,
             .shape = shape, .res = &res, .roll = roll, .flow = xm_work_flow_layers(s->work),
-            .grad = xm_work_grad_layers(s->work), .resnorm = opts.grad_resnorm, .start = start});
+            .grad = xm_work_grad_layers(s->work), .resnorm = opts.grad_resnorm, .start = start,
+            .nf = md->cur->nf});
         global_closed_t closed;
         if (!in->ntargets) {
             publish_xpl(s->pub, md, in, b, &res);

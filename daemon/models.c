@@ -25,6 +25,12 @@ s_schema_free(schema_t *s)
         free(s->tokens[k]);
     free(s->tokens);
     free(s->features);
+    if (s->gnames)
+        for (uint32_t f = 0; f < s->nf; f++)
+            free(s->gnames[f]);
+    free(s->gnames);
+    free(s->gout);
+    xm_groups_free(&s->gmap);
     free(s);
 }
 
@@ -117,10 +123,94 @@ s_tokens_equal(const schema_t *s, const wire_ingest_t *in)
     return true;
 }
 
+/* A copy of a resolved group map. */
+static int
+s_gmap_copy(xm_groups_t *dst, const xm_groups_t *src)
+{
+    memset(dst, 0, sizeof *dst);
+    dst->npos = src->npos;
+    dst->nfeat = src->nfeat;
+    size_t np = src->npos ? src->npos : 1, nf = src->nfeat ? src->nfeat : 1;
+    dst->feat_of = malloc(np * sizeof *dst->feat_of);
+    dst->group_of = malloc(nf * sizeof *dst->group_of);
+    dst->token_of = malloc(nf * sizeof *dst->token_of);
+    dst->first = malloc((nf + 1) * sizeof *dst->first);
+    dst->pos = malloc(np * sizeof *dst->pos);
+    if (!dst->feat_of || !dst->group_of || !dst->token_of || !dst->first || !dst->pos) {
+        xm_groups_free(dst);
+        return -1;
+    }
+    memcpy(dst->feat_of, src->feat_of, src->npos * sizeof *dst->feat_of);
+    memcpy(dst->group_of, src->group_of, src->nfeat * sizeof *dst->group_of);
+    memcpy(dst->token_of, src->token_of, src->nfeat * sizeof *dst->token_of);
+    memcpy(dst->first, src->first, ((size_t)src->nfeat + 1) * sizeof *dst->first);
+    memcpy(dst->pos, src->pos, src->npos * sizeof *dst->pos);
+    return 0;
+}
+
+/* The features of a schema whose tokens are set: from a resolved group
+   map and its definitions (defs, or the names of `prev` when inherited),
+   or the tokens without CLS when map is NULL. */
+static int
+s_schema_features(schema_t *s, const xm_groups_t *map, const xm_group_def_t *defs,
+                  const schema_t *prev)
+{
+    const uint32_t n = s->shape.n;
+    if (!map) {
+        for (uint32_t k = 0; k < n; k++)
+            if ((int32_t)k != s->shape.cls)
+                s->features[s->nf++] = s->tokens[k];
+        return 0;
+    }
+    if (s_gmap_copy(&s->gmap, map))
+        return -1;
+    s->grouped = true;
+    s->nf = map->nfeat;
+    if (!(s->gnames = calloc(s->nf ? s->nf : 1, sizeof *s->gnames)))
+        return -1;
+    for (uint32_t f = 0; f < s->nf; f++) {
+        int32_t g = map->group_of[f];
+        if (g < 0) {
+            s->features[f] = s->tokens[map->token_of[f]];
+            continue;
+        }
+        s->gnames[f] = defs ? strndup(defs[g].name.ptr, defs[g].name.len) : strdup(prev->gnames[f]);
+        if (!s->gnames[f])
+            return -1;
+        s->features[f] = s->gnames[f];
+        s->ngroups++;
+    }
+    return 0;
+}
+
+/* Whether the message's groups (it has tokens and "groups") are those of
+   the schema: same features, same names, same tokens in each. */
+static bool
+s_groups_equal(const schema_t *s, const wire_ingest_t *in)
+{
+    if (!in->gmap)
+        return !s->grouped;
+    const xm_groups_t *m = in->gmap;
+    if (!s->grouped || m->nfeat != s->nf || m->npos != s->gmap.npos ||
+        memcmp(m->feat_of, s->gmap.feat_of, m->npos * sizeof *m->feat_of) != 0)
+        return false;
+    for (uint32_t f = 0; f < s->nf; f++) {
+        int32_t g = m->group_of[f];
+        if ((g < 0) != (s->gnames[f] == NULL))
+            return false;
+        if (g >= 0 && (strlen(s->gnames[f]) != in->groups[g].name.len ||
+                       memcmp(s->gnames[f], in->groups[g].name.ptr, in->groups[g].name.len) != 0))
+            return false;
+    }
+    return true;
+}
+
 /* A new schema from the message, tokens taken from the message or, when
-   it sent none (same n), from the previous schema. */
+   it sent none (same n), from the previous schema; its groups are the
+   message's when it has "groups", else the previous schema's when the
+   tokens and CLS are unchanged (`keep_groups`), else none. */
 static schema_t *
-s_schema_new(const schema_t *prev, const wire_ingest_t *in, int32_t cls)
+s_schema_new(const schema_t *prev, const wire_ingest_t *in, int32_t cls, bool keep_groups)
 {
     schema_t *s = calloc(1, sizeof *s);
     if (!s)
@@ -144,9 +234,12 @@ s_schema_new(const schema_t *prev, const wire_ingest_t *in, int32_t cls)
             return NULL;
         }
     }
-    for (uint32_t k = 0; k < n; k++)
-        if ((int32_t)k != cls)
-            s->features[s->nf++] = s->tokens[k];
+    const xm_groups_t *map = in->has_groups ? in->gmap
+                             : keep_groups && prev && prev->grouped ? &prev->gmap : NULL;
+    if (s_schema_features(s, map, in->has_groups ? in->groups : NULL, prev)) {
+        s_schema_free(s);
+        return NULL;
+    }
     return s;
 }
 
@@ -196,8 +289,13 @@ model_apply_schema_limited(model_t *md, const wire_ingest_t *in, uint32_t per_mi
         snprintf(why, wlen, "known cls=%" PRId32 " is out of range for n=%" PRIu32, cls, in->shape.n);
         return XR_NO_SCHEMA;
     }
-    if (cur && in->shape.L == cur->shape.L && in->shape.H == cur->shape.H &&
-        in->shape.n == cur->shape.n && cls == cur->shape.cls && (!in->tokens || s_tokens_equal(cur, in)))
+    /* Groups belong to the tokens: a message without "groups" keeps the
+       current ones while its tokens and CLS are those they were resolved
+       against. */
+    const bool same_tokens = cur && in->shape.n == cur->shape.n && cls == cur->shape.cls &&
+                             (!in->tokens || s_tokens_equal(cur, in));
+    if (same_tokens && in->shape.L == cur->shape.L && in->shape.H == cur->shape.H &&
+        (!in->has_groups || s_groups_equal(cur, in)))
         return XR_OK;
     if (!s_epoch_budget_take(md, per_min, now_ns)) {
         snprintf(why, wlen, "more than %" PRIu32 " schema epochs a minute (epoch %" PRIu32
@@ -206,7 +304,7 @@ model_apply_schema_limited(model_t *md, const wire_ingest_t *in, uint32_t per_mi
         return XR_SCHEMA_RATE;
     }
 
-    schema_t *s = s_schema_new(cur, in, cls);
+    schema_t *s = s_schema_new(cur, in, cls, same_tokens);
     if (!s) {
         snprintf(why, wlen, "out of memory for the schema");
         return XR_INTERNAL;
@@ -224,6 +322,14 @@ int
 model_restore_schema(model_t *md, uint32_t epoch, const xm_shape_t *shape, const wire_sv_t *tokens,
                      bool current)
 {
+    return model_restore_schema_groups(md, epoch, shape, tokens, NULL, 0, current);
+}
+
+int
+model_restore_schema_groups(model_t *md, uint32_t epoch, const xm_shape_t *shape,
+                            const wire_sv_t *tokens, const xm_group_def_t *groups, uint32_t ngroups,
+                            bool current)
+{
     if (epoch == 0 || shape->n == 0 || shape->cls < -1 || shape->cls >= (int32_t)shape->n)
         return -1;
     wire_ingest_t in;
@@ -231,7 +337,24 @@ model_restore_schema(model_t *md, uint32_t epoch, const xm_shape_t *shape, const
     in.shape = *shape;
     in.has_cls = true;
     in.tokens = tokens;
-    schema_t *s = s_schema_new(NULL, &in, shape->cls);
+    xm_groups_t map = {0};
+    if (ngroups) {
+        xm_str_t *names = malloc(shape->n * sizeof *names);
+        if (!names)
+            return -1;
+        for (uint32_t k = 0; k < shape->n; k++)
+            names[k] = (xm_str_t){(const char *)tokens[k].ptr, tokens[k].len};
+        xm_group_err_t ge = xm_groups_build(shape, names, groups, ngroups, &map, NULL);
+        free(names);
+        if (ge != XM_GROUP_OK)
+            return -1;
+        in.has_groups = true;
+        in.groups = groups;
+        in.ngroups = ngroups;
+        in.gmap = &map;
+    }
+    schema_t *s = s_schema_new(NULL, &in, shape->cls, false);
+    xm_groups_free(&map);
     if (!s)
         return -1;
     s->epoch = epoch;
@@ -242,5 +365,37 @@ model_restore_schema(model_t *md, uint32_t epoch, const xm_shape_t *shape, const
     *slot = s;
     if (current)
         md->cur = s;
+    return 0;
+}
+
+/* An epoch's groups, {name: [token, ...]}, as definitions whose names
+   point into the snapshot (freed by the caller: *defs and *toks). */
+int
+model_groups_read(snap_rd_t *d, uint32_t n, xm_group_def_t **defs, xm_str_t **toks, uint32_t *count)
+{
+    uint32_t ng, used = 0;
+    if (snap_get_map(d, &ng, "groups"))
+        return -1;
+    if (ng > n)
+        return snap_fail(d, "groups (more groups than tokens)");
+    *defs = calloc(ng ? ng : 1, sizeof **defs);
+    *toks = calloc(n, sizeof **toks);
+    if (!*defs || !*toks)
+        return snap_fail(d, "groups (out of memory)");
+    for (uint32_t g = 0; g < ng; g++) {
+        const uint8_t *p;
+        uint32_t len, nt;
+        if (snap_get_str(d, &p, &len, "group name") || snap_get_array(d, &nt, "group tokens"))
+            return -1;
+        if (nt > n - used)
+            return snap_fail(d, "groups (more tokens than the schema has)");
+        (*defs)[g] = (xm_group_def_t){{(const char *)p, len}, *toks + used, nt};
+        for (uint32_t q = 0; q < nt; q++, used++) {
+            if (snap_get_str(d, &p, &len, "group token"))
+                return -1;
+            (*toks)[used] = (xm_str_t){(const char *)p, len};
+        }
+    }
+    *count = ng;
     return 0;
 }

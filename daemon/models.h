@@ -9,6 +9,7 @@
 #ifndef XPLD_MODELS_H
 #define XPLD_MODELS_H
 
+#include "snap.h"
 #include "wire.h"
 #include "xmath.h"
 
@@ -17,14 +18,32 @@
 
 #define MODEL_EPOCHS_KEPT 8
 
-/* One schema epoch: the shape and the names of its tokens. */
+/* One schema epoch: the shape, the names of its tokens and its feature
+   groups (groups.h). Without groups the features are the tokens without
+   CLS; with them, a group is one feature under the group's name, standing
+   where its lowest token stands. Everything the daemon aggregates,
+   ranks, publishes and saves is per feature: nf values. */
 typedef struct {
     uint32_t epoch;         /* 1, 2, ... */
     xm_shape_t shape;
     char **tokens;          /* n names */
-    const char **features;  /* nf names: the tokens without CLS */
+    const char **features;  /* nf names */
     uint32_t nf;
+    bool grouped;           /* gmap and gnames are set */
+    xm_groups_t gmap;       /* readout position -> feature */
+    char **gnames;          /* [nf] a group's name (owned), NULL for a lone token */
+    uint32_t ngroups;       /* features that are groups */
+    float *gout;            /* ingest's per-feature sums of one trade */
+    size_t gcap;            /* floats at gout */
 } schema_t;
+
+/* Feature f's k-th token index (0..n-1) of a grouped schema. */
+static inline uint32_t
+schema_feature_token(const schema_t *s, uint32_t f, uint32_t k)
+{
+    uint32_t p = s->gmap.pos[s->gmap.first[f] + k];
+    return s->shape.cls >= 0 && p >= (uint32_t)s->shape.cls ? p + 1 : p;
+}
 
 typedef struct {
     char name[WIRE_MODEL_MAX + 1];
@@ -97,6 +116,19 @@ xr_reason_t model_apply_schema_limited(model_t *md, const wire_ingest_t *in, uin
    memory, or a shape the names do not fit). */
 int model_restore_schema(model_t *md, uint32_t epoch, const xm_shape_t *shape,
                          const wire_sv_t *tokens, bool current);
+
+/* As model_restore_schema, with the schema's feature groups (ngroups 0:
+   none), resolved against the tokens; -1 when they do not resolve. */
+int model_restore_schema_groups(model_t *md, uint32_t epoch, const xm_shape_t *shape,
+                                const wire_sv_t *tokens, const xm_group_def_t *groups,
+                                uint32_t ngroups, bool current);
+
+/* Read a schema's groups as saved and sent ({name: [token, ...]}, as
+   enc_groups writes them) for a schema of n tokens: definitions whose
+   names point into the reader's bytes; the caller frees *defs and *toks
+   (also on failure). */
+int model_groups_read(snap_rd_t *d, uint32_t n, xm_group_def_t **defs, xm_str_t **toks,
+                      uint32_t *count);
 
 /* Schema of a given epoch if still kept, else NULL. */
 const schema_t *model_schema(const model_t *md, uint32_t epoch);

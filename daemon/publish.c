@@ -73,6 +73,21 @@ enc_features(msgpack_packer *pk, const schema_t *sc)
         enc_str(pk, sc->features[k]);
 }
 
+void
+enc_groups(msgpack_packer *pk, const schema_t *sc)
+{
+    msgpack_pack_map(pk, sc->grouped ? sc->ngroups : 0);
+    for (uint32_t f = 0; sc->grouped && f < sc->nf; f++) {
+        if (!sc->gnames[f])
+            continue;
+        enc_str(pk, sc->gnames[f]);
+        uint32_t cnt = sc->gmap.first[f + 1] - sc->gmap.first[f];
+        msgpack_pack_array(pk, cnt);
+        for (uint32_t k = 0; k < cnt; k++)
+            enc_str(pk, sc->tokens[schema_feature_token(sc, f, k)]);
+    }
+}
+
 static void
 s_enc_stat(msgpack_packer *pk, const drift_stat_t *st)
 {
@@ -425,7 +440,7 @@ publish_xpl_target(publisher_t *p, model_t *md, const wire_ingest_t *in, uint32_
         msgpack_pack_double(pk, in->y[b]);
     }
     enc_str(pk, "attr");
-    enc_attr(pk, res->computed, res->attr, xm_nfeat(&md->cur->shape));
+    enc_attr(pk, res->computed, res->attr, md->cur->nf);
     publish_send(p, md->topic_xpl, md->topic_xpl_len, p->buf.data, p->buf.size);
 }
 

@@ -78,6 +78,10 @@ void enc_attr(msgpack_packer *pk, unsigned computed, const float *const attr[XM_
               uint32_t nf);
 void enc_features(msgpack_packer *pk, const schema_t *sc);
 
+/* The groups of a grouped schema: a map of each group feature's name to
+   its tokens' names, in feature order and token order. */
+void enc_groups(msgpack_packer *pk, const schema_t *sc);
+
 /* The fields of a glob/ body and of the global reply (PUBLISH_GLOB_FIELDS
    pairs): `mask` methods, all targets or one (`only_target`). Returns -1
    when out of memory. */

@@ -164,7 +164,7 @@ op_schema(query_t *s, qreq_t *q, msgpack_packer *pk)
     if (!md)
         return -1;
     const schema_t *sc = md->cur;
-    qreply_ok(pk, SCHEMA_FIELDS + 3);
+    qreply_ok(pk, SCHEMA_FIELDS + 3 + sc->grouped);
     s_enc_schema_head(pk, md);
     enc_str(pk, "tokens");
     msgpack_pack_array(pk, sc->shape.n);
@@ -172,6 +172,10 @@ op_schema(query_t *s, qreq_t *q, msgpack_packer *pk)
         enc_str(pk, sc->tokens[k]);
     enc_str(pk, "features");
     enc_features(pk, sc);
+    if (sc->grouped) {
+        enc_str(pk, "groups");
+        enc_groups(pk, sc);
+    }
     enc_str(pk, "dtype");
     enc_str(pk, wire_dtype_name(md->last_dtype));
     return 0;

@@ -192,25 +192,76 @@ query_op_reference(query_t *s, qreq_t *q, msgpack_packer *pk)
     gepoch_t *e = global_epoch(s->global, md, md->cur->epoch, true);
     if (!e)
         return qreq_fail(q, "internal", "out of memory");
-    if (vo->v.count != e->nf)
+    /* With "features" (names beside the values) a reference may cover
+       more features than the model attributes (a TabTransformer's
+       numerical columns): it is compared on those that have an
+       attribution, every one of which it must name. */
+    mpr_t fitems;
+    const mpr_obj_t *fo = qreq_arg(q, "features", &fitems);
+    const schema_t *sc = model_schema(md, e->epoch);
+    if (fo && (fo->type != MPR_ARRAY || fo->v.count != vo->v.count))
+        return qreq_fail(q, "bad_request", "argument 'features' must be an array of str, one "
+                         "per value");
+    if (fo && !sc)
+        return qreq_fail(q, "internal", "the schema of the current epoch is not kept");
+    if (!fo && vo->v.count != e->nf)
         return qreq_fail(q, "bad_argument", "'values' has %" PRIu32 " entries, model '%s' has %"
                          PRIu32 " features", vo->v.count, md->name, e->nf);
     double *v = malloc((e->nf ? e->nf : 1) * sizeof *v);
-    if (!v)
+    bool *have = calloc(e->nf ? e->nf : 1, sizeof *have);
+    if (!v || !have) {
+        free(v);
+        free(have);
         return qreq_fail(q, "internal", "out of memory");
-    for (uint32_t k = 0; k < e->nf; k++) {
-        mpr_obj_t it;
+    }
+    uint32_t used = 0;
+    for (uint32_t k = 0; k < vo->v.count; k++) {
+        mpr_obj_t it, name;
         if (mpr_next(&items, &it) ||
             !(it.type == MPR_FLOAT || it.type == MPR_UINT || it.type == MPR_INT)) {
             free(v);
+            free(have);
             return qreq_fail(q, "bad_request", "values[%" PRIu32 "] is not a number", k);
         }
-        v[k] = it.type == MPR_FLOAT ? it.v.f : it.type == MPR_UINT ? (double)it.v.u : (double)it.v.i;
-        if (!isfinite(v[k])) {
+        double x = it.type == MPR_FLOAT ? it.v.f : it.type == MPR_UINT ? (double)it.v.u : (double)it.v.i;
+        if (!isfinite(x)) {
             free(v);
+            free(have);
             return qreq_fail(q, "bad_argument", "values[%" PRIu32 "] is not finite", k);
         }
+        uint32_t f = k;
+        if (fo) {
+            if (mpr_next(&fitems, &name) || name.type != MPR_STR) {
+                free(v);
+                free(have);
+                return qreq_fail(q, "bad_request", "features[%" PRIu32 "] is not a str", k);
+            }
+            for (f = 0; f < e->nf; f++)
+                if (strlen(sc->features[f]) == name.v.raw.len &&
+                    memcmp(sc->features[f], name.v.raw.ptr, name.v.raw.len) == 0)
+                    break;
+            if (f == e->nf)
+                continue;       /* a feature without attribution: not compared */
+            if (have[f]) {
+                free(v);
+                free(have);
+                return qreq_fail(q, "bad_argument", "feature '%s' is named twice", sc->features[f]);
+            }
+        }
+        have[f] = true;
+        v[f] = x;
+        used++;
     }
+    if (used != e->nf) {
+        uint32_t f = 0;
+        while (f < e->nf && have[f])
+            f++;
+        free(v);
+        free(have);
+        return qreq_fail(q, "bad_argument", "the reference names %" PRIu32 " of model '%s''s %"
+                         PRIu32 " features (not '%s')", used, md->name, e->nf, sc->features[f]);
+    }
+    free(have);
     int rc = global_set_reference(s->global, md, e, m, v);
     free(v);
     if (rc)

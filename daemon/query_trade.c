@@ -113,17 +113,23 @@ query_op_trade(query_t *s, qreq_t *q, msgpack_packer *pk)
         return qreq_fail(q, "not_found", "trade not in the recent-trade cache of model '%s'", md->name);
 
     const xm_shape_t *sh = &e->shape;
-    uint32_t n = sh->n, nf = xm_nfeat(sh);
+    uint32_t n = sh->n, nf = e->nf ? e->nf : xm_nfeat(sh);
     size_t nn = (size_t)n * n;
     unsigned methods = e->methods;
     bool want_flow = (fo && fo->v.b) || (s->opts->methods & XM_BIT(XM_FLOW));
     want_flow = want_flow && !(methods & XM_BIT(XM_FLOW));
     const schema_t *sc = model_schema(md, e->epoch);
+    /* The cached vectors are per feature; an on-demand flow is per token
+       and is summed into the features here, on this thread. */
+    const bool group_flow = want_flow && sc && sc->grouped && sc->nf == nf;
+    if (want_flow && !group_flow && nf != xm_nfeat(sh))
+        return qreq_fail(q, "not_found", "the schema of epoch %u of model '%s' is no longer kept: "
+                         "flow cannot be summed into its features", e->epoch, md->name);
 
     /* A large trade's matrices and flow go to the worker thread, so that
        ingest goes on meanwhile (qjob.h). */
     qjob_t *job = NULL;
-    if (s->worker && s->env_n > 0 && qjob_work(sh, e->grad != NULL, want_flow) >= QJOB_MIN_WORK &&
+    if (s->worker && s->env_n > 0 && !group_flow && qjob_work(sh, e->grad != NULL, want_flow) >= QJOB_MIN_WORK &&
         !(job = s_job(s, e, nf, want_flow)))
         return qreq_fail(q, "internal", "out of memory for the matrices");
     msgpack_packer jpk;
@@ -139,6 +145,11 @@ query_op_trade(query_t *s, qreq_t *q, msgpack_packer *pk)
     if (!job && want_flow) {
         if (flow_compute(s->flow, sh->L, n, sh->cls, e->flow, s->fout))
             return qreq_fail(q, "internal", "out of memory for flow");
+        if (group_flow) {
+            /* nf <= n - 1 or n values: s->tmp (n*n floats) has room */
+            xm_groups_apply(&sc->gmap, s->fout, 1, s->tmp);
+            memcpy(s->fout, s->tmp, nf * sizeof(float));
+        }
         attr[XM_FLOW] = s->fout;
         methods |= XM_BIT(XM_FLOW);
     }

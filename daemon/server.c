@@ -39,6 +39,7 @@ s_limits(const config_t *c, wire_limits_t *lim)
     lim->max_elems = c->max_elems;
     lim->max_str = (uint32_t)c->max_str;
     lim->max_targets = (uint32_t)c->max_targets_per_trade;
+    lim->max_groups = (uint32_t)c->max_groups;
     lim->fused = true;      /* explained by xm_explain_fused, refused in ingest when the
                                options need every head */
 }

@@ -51,7 +51,8 @@ s_get_le(const uint8_t *p, int bytes)
 
 /* ---- the model record ---------------------------------------------------
    {name, seq_known, last_seq, last_ts, counters, global, epoch, epochs:
-   [{epoch, L, H, n, cls, tokens, state}]}; the global state's parts are
+   [{epoch, L, H, n, cls, tokens, [groups,] state}]}; groups (a grouped
+   schema only) maps each group's name to its tokens' names; the global state's parts are
    written and read by global.c (gmodel_*, gepoch_*). The first format
    (SNAP_V1) was one 19-item array: name, seq_known, last_seq, last_ts,
    the eight counters, the global seqs and alerts, epoch, epochs. */
@@ -93,7 +94,7 @@ s_counters_load(snap_rd_t *d, model_t *md, unsigned ver)
 static void
 s_schema_save(global_t *g, msgpack_packer *pk, model_t *md, const schema_t *sc)
 {
-    msgpack_pack_map(pk, 7);
+    msgpack_pack_map(pk, 7 + sc->grouped);
     snap_put_str(pk, "epoch");
     msgpack_pack_uint32(pk, sc->epoch);
     snap_put_str(pk, "L");
@@ -108,6 +109,10 @@ s_schema_save(global_t *g, msgpack_packer *pk, model_t *md, const schema_t *sc)
     msgpack_pack_array(pk, sc->shape.n);
     for (uint32_t t = 0; t < sc->shape.n; t++)
         enc_str(pk, sc->tokens[t]);
+    if (sc->grouped) {
+        snap_put_str(pk, "groups");
+        enc_groups(pk, sc);
+    }
     snap_put_str(pk, "state");
     gepoch_t *e = global_epoch(g, md, sc->epoch, false);
     if (e)
@@ -275,7 +280,8 @@ s_schema_load(global_t *g, snap_rd_t *d, model_t *md, uint64_t cur, unsigned ver
     uint64_t epoch = 0, L = 0, H = 0, n = 0;
     int64_t cls = 0;
     uint32_t nt = 0;
-    mpr_t tokens_at = {0}, state_at = {0};
+    mpr_t tokens_at = {0}, state_at = {0}, groups_at = {0};
+    bool has_groups = false;
     if (ver == SNAP_V1) {
         if (snap_get_array_n(d, 7, "epoch") || snap_get_u64(d, &epoch, "epoch") ||
             snap_get_u64(d, &L, "L") || snap_get_u64(d, &H, "H") || snap_get_u64(d, &n, "n") ||
@@ -288,7 +294,7 @@ s_schema_load(global_t *g, snap_rd_t *d, model_t *md, uint64_t cur, unsigned ver
         if (snap_skip(d, "epoch state"))
             return -1;
     } else {
-        enum { EPOCH = 1, FL = 2, FH = 4, FN = 8, CLS = 16, TOKENS = 32, STATE = 64 };
+        enum { EPOCH = 1, FL = 2, FH = 4, FN = 8, CLS = 16, TOKENS = 32, STATE = 64, GROUPS = 128 };
         uint32_t pairs;
         unsigned seen = 0;
         if (snap_get_map(d, &pairs, "epoch"))
@@ -314,12 +320,15 @@ s_schema_load(global_t *g, snap_rd_t *d, model_t *md, uint64_t cur, unsigned ver
             else if (mpr_str_eq(&key, "state"))
                 rc = snap_field(d, &seen, STATE, "epoch state") || (state_at = d->r, 0) ||
                      snap_skip(d, "epoch state");
+            else if (mpr_str_eq(&key, "groups"))
+                rc = snap_field(d, &seen, GROUPS, "groups") || (groups_at = d->r, 0) ||
+                     (has_groups = true, 0) || snap_skip(d, "groups");
             else
                 rc = snap_skip(d, "epoch field");
             if (rc)
                 return -1;
         }
-        if (snap_fields_all(d, seen, 127u, "epoch (a field is missing)"))
+        if (snap_fields_all(d, seen & 127u, 127u, "epoch (a field is missing)"))
             return -1;
     }
     mpr_t after = d->r;
@@ -338,10 +347,25 @@ s_schema_load(global_t *g, snap_rd_t *d, model_t *md, uint64_t cur, unsigned ver
             return -1;
         }
     xm_shape_t shape = {(uint32_t)L, (uint32_t)H, (uint32_t)n, (int32_t)cls};
-    int rc = model_restore_schema(md, (uint32_t)epoch, &shape, tokens, epoch == cur);
+    xm_group_def_t *defs = NULL;
+    xm_str_t *gtoks = NULL;
+    uint32_t ngroups = 0;
+    if (has_groups) {
+        d->r = groups_at;
+        if (model_groups_read(d, (uint32_t)n, &defs, &gtoks, &ngroups)) {
+            free(tokens);
+            free(defs);
+            free(gtoks);
+            return -1;
+        }
+    }
+    int rc = model_restore_schema_groups(md, (uint32_t)epoch, &shape, tokens, defs, ngroups,
+                                         epoch == cur);
     free(tokens);
+    free(defs);
+    free(gtoks);
     if (rc)
-        return snap_fail(d, "epoch schema");
+        return snap_fail(d, has_groups ? "epoch schema (its groups do not resolve)" : "epoch schema");
     d->r = state_at;
     if (!snap_get_nil(d)) {
         gepoch_t *e = global_epoch(g, md, (uint32_t)epoch, true);

@@ -30,10 +30,11 @@ static const char s_help[] =
     "\n" CTL_COMMON_HELP;
 
 /* Write the SVG: the matrix with the readout row outlined, and one bar
-   column per attribution method (feature k on the row of its token). */
+   column per attribution method (feature k on the row of its token; a
+   feature group's on the row of its lowest token, `row_of`). */
 static int
 s_write_chart(FILE *f, const xpl_explanation_t *e, const xpl_matrix_t *m,
-              const char *const *tokens)
+              const char *const *tokens, const uint32_t *row_of)
 {
     const uint32_t n = m->n;
     double *vals = malloc((size_t)n * n * sizeof *vals);
@@ -52,8 +53,10 @@ s_write_chart(FILE *f, const xpl_explanation_t *e, const xpl_matrix_t *m,
         double *col = bars + (size_t)a * n;
         for (uint32_t i = 0; i < n; i++)
             col[i] = NAN;
-        for (uint32_t k = 0; k < at->count && k < n; k++) {
-            uint32_t row = e->cls >= 0 && k >= (uint32_t)e->cls ? k + 1 : k;
+        /* per-feature vectors of an unknown grouping: no row to put them on */
+        const uint32_t per_token = n - (e->cls >= 0 ? 1u : 0u);
+        for (uint32_t k = 0; k < at->count && k < n && (row_of || at->count == per_token); k++) {
+            uint32_t row = row_of ? row_of[k] : e->cls >= 0 && k >= (uint32_t)e->cls ? k + 1 : k;
             if (row < n)
                 col[row] = at->values[k];
         }
@@ -108,17 +111,34 @@ ctl_heatmap_svg(FILE *f, const xpl_explanation_t *e, const xpl_matrix_t *m,
        the features with the CLS token put back. */
     const char **tokens = calloc(m->n ? m->n : 1, sizeof *tokens);
     char (*numbered)[16] = calloc(m->n ? m->n : 1, sizeof *numbered);
+    char (*grouped)[96] = calloc(m->n ? m->n : 1, sizeof *grouped);
+    uint32_t *row_of = calloc(m->n ? m->n : 1, sizeof *row_of);
     int rc = -1;
-    if (!tokens || !numbered)
+    if (!tokens || !numbered || !grouped || !row_of)
         goto done;
+    /* With feature groups a token is labelled with its group, and each
+       feature's bar goes on its lowest token's row. Without the schema,
+       features fewer than tokens cannot be placed: rows are numbered. */
+    const bool same = s && s->epoch == e->epoch && s->n == m->n;
+    const bool groups = same && s->ngroups && s->feature_of;
+    const bool by_feature = e->features && e->nfeat == m->n - (e->cls >= 0 ? 1u : 0u);
+    if (groups)
+        for (uint32_t i = m->n; i-- > 0;)
+            if (s->feature_of[i] >= 0 && (uint32_t)s->feature_of[i] < m->n)
+                row_of[s->feature_of[i]] = i;
     for (uint32_t i = 0; i < m->n; i++) {
-        if (s && s->epoch == e->epoch && s->n == m->n)
+        if (groups && s->feature_of[i] >= 0 && s->features &&
+            strcmp(s->features[s->feature_of[i]], s->tokens[i]) != 0) {
+            snprintf(grouped[i], sizeof grouped[i], "%s [%s]", s->tokens[i],
+                     s->features[s->feature_of[i]]);
+            tokens[i] = grouped[i];
+        } else if (same)
             tokens[i] = s->tokens[i];
         else if (e->cls >= 0 && i == (uint32_t)e->cls)
             tokens[i] = "[CLS]";
         else {
             uint32_t k = e->cls >= 0 && i > (uint32_t)e->cls ? i - 1 : i;
-            if (e->features && k < e->nfeat)
+            if (by_feature && k < e->nfeat)
                 tokens[i] = e->features[k];
             else {
                 snprintf(numbered[i], sizeof numbered[i], "#%u", i);
@@ -126,10 +146,12 @@ ctl_heatmap_svg(FILE *f, const xpl_explanation_t *e, const xpl_matrix_t *m,
             }
         }
     }
-    rc = s_write_chart(f, e, m, tokens);
+    rc = s_write_chart(f, e, m, tokens, groups ? row_of : NULL);
 done:
     free(tokens);
     free(numbered);
+    free(grouped);
+    free(row_of);
     return rc;
 }
 

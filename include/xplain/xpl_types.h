@@ -60,17 +60,30 @@ typedef struct {
     const float *values;        /* n * n */
 } xpl_matrix_t;
 
+/* A feature group of a schema: one feature summing several tokens. */
+typedef struct {
+    const char *name;           /* the feature's name */
+    uint32_t ntokens;
+    const char *const *tokens;  /* its tokens' names, in token order */
+} xpl_group_t;
+
 /* A model's schema in one epoch (the `schema` query). Reference-counted:
-   subscribers attach the same schema to every explanation of its epoch. */
+   subscribers attach the same schema to every explanation of its epoch.
+   Without feature groups the features are the tokens without CLS; with
+   them, each group is one feature (named in `groups`) standing where its
+   lowest token stands, and every attribution vector has nfeat values. */
 typedef struct {
     const char *model;
     uint64_t epoch;
     uint32_t L, H, n;
     int32_t cls;                /* CLS token index, -1 for none */
     const char *const *tokens;  /* n token names */
-    uint32_t nfeat;             /* n - 1 with CLS, n without */
+    uint32_t nfeat;             /* n - 1 with CLS, n without; fewer with groups */
     const char *const *features;/* nfeat names of attribution entries */
     const char *dtype;          /* dtype of the last ingest message, "" if not sent */
+    uint32_t ngroups;           /* feature groups, 0 without */
+    const xpl_group_t *groups;  /* ngroups, in feature order */
+    const int32_t *feature_of;  /* [n] feature index of each token, -1 for CLS */
 } xpl_schema_t;
 
 /* Take another reference to a schema (it is freed when the last one is

@@ -844,6 +844,30 @@ replay_query(const char *name)
             expect_strs(rep, "tokens", s->tokens, s->n, jv_get(b, "tokens"));
             expect_strs(rep, "features", s->features, s->nfeat, jv_get(b, "features"));
             expect_str(rep, "dtype", s->dtype, jv_get(b, "dtype"));
+            /* feature groups: each group's tokens, and every token's feature */
+            const jv_t *g = jv_get(b, "groups");
+            cr_assert_eq(s->ngroups, g ? (uint32_t)g->n : 0u, "%s: groups", rep->name);
+            for (uint32_t k = 0; g && k < s->ngroups; k++) {
+                cr_assert_str_eq(s->groups[k].name, g->keys[k], "%s: group %u", rep->name, k);
+                expect_strs(rep, "groups", s->groups[k].tokens, s->groups[k].ntokens, g->items[k]);
+            }
+            for (uint32_t j = 0; j < s->n; j++) {
+                int32_t f = s->feature_of[j];
+                if ((int32_t)j == s->cls) {
+                    cr_assert_eq(f, -1, "%s: CLS token %u has a feature", rep->name, j);
+                    continue;
+                }
+                cr_assert(f >= 0 && (uint32_t)f < s->nfeat, "%s: token %u", rep->name, j);
+                bool in_group = false;
+                for (uint32_t k = 0; g && k < s->ngroups; k++)
+                    for (uint32_t q = 0; q < s->groups[k].ntokens; q++)
+                        if (strcmp(s->groups[k].tokens[q], s->tokens[j]) == 0) {
+                            in_group = true;
+                            cr_assert_str_eq(s->features[f], s->groups[k].name);
+                        }
+                if (!in_group)
+                    cr_assert_str_eq(s->features[f], s->tokens[j]);
+            }
         }
         xpl_schema_destroy(&s);
     } else if (strcmp(op, "stats") == 0) {

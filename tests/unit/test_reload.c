@@ -15,7 +15,7 @@ static const char *const CHANGED[] = {
     "--max-elems", "1M", "--max-str", "100", "--attention-check", "warn", "--attention-tol", "0.05",
     "--schema-rate", "3", "--allow-models", "m1,m2", "--query-max-size", "128K",
     "--methods", "rollout,diag", "--fusion", "max", "--grad-resnorm=true", "--flow-every", "5",
-    "--discard", "0.5", "--discard-flow=true", "--start-layer", "-2", "--max-trade-targets", "4",
+    "--discard", "0.5", "--discard-flow=true", "--start-layer", "-2", "--max-trade-targets", "4", "--max-groups", "7",
     "--log-level", "debug", "--log-rate", "7", "--glob-interval-ms", "500",
     "--drift-rho-min", "0.5", "--drift-ndcg-min", "0.5", "--drift-ndcg-k", "5",
     "--drift-js-max", "0.2", "--reference-file", "/nonexistent/ref.txt",

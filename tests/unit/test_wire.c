@@ -1387,7 +1387,9 @@ Test(wire, reason_names_stable)
         "ok", "frames", "topic", "msgpack", "not_map", "version", "missing_key", "wrong_type",
         "duplicate_key", "model_name", "dtype", "shape", "too_large", "size", "length",
         "bad_string", "nonfinite", "not_allowed", "too_many_models", "no_schema", "internal",
-        "attention", "schema_rate", "fused_form", "needs_heads"};
+        "attention", "schema_rate", "fused_form", "needs_heads", "group_unknown_token",
+        "group_token_twice", "group_cls_token", "group_empty", "group_duplicate_feature_name",
+        "group_duplicate_token_name"};
     for (int r = 0; r < XR_NREASONS; r++)
         cr_assert_str_eq(xr_reason_name((xr_reason_t)r), names[r]);
     cr_assert_str_eq(xr_reason_name(XR_NREASONS), "unknown");
@@ -1517,7 +1519,7 @@ Test(wire, max_body_bounds_the_largest_valid_message)
     size_t tbytes = (size_t)B * L * H * n * n * 4;
     uint8_t *t = calloc(tbytes, 1);
     cr_assert_not_null(t);
-    msgpack_pack_map(&pk, 16);
+    msgpack_pack_map(&pk, 17);
 #define KEY(k) msgpack_pack_str_with_body(&pk, k, strlen(k))
     KEY("v"); msgpack_pack_uint64(&pk, 1);
     KEY("model"); msgpack_pack_str_with_body(&pk, str, 64);
@@ -1539,10 +1541,20 @@ Test(wire, max_body_bounds_the_largest_valid_message)
     KEY("cls"); msgpack_pack_int64(&pk, INT64_MIN);
     KEY("tokens"); msgpack_pack_array(&pk, n);
     for (uint32_t k = 0; k < n; k++) msgpack_pack_str_with_body(&pk, str, lim.max_str);
+    /* groups at their largest: one a token, names and tokens max_str long
+       (a valid one has unique names and no CLS; the size is the same) */
+    KEY("groups"); msgpack_pack_map(&pk, n);
+    for (uint32_t k = 0; k < n; k++) {
+        msgpack_pack_str_with_body(&pk, str, lim.max_str);
+        msgpack_pack_array(&pk, 1);
+        msgpack_pack_str_with_body(&pk, str, lim.max_str);
+    }
 #undef KEY
     uint64_t max = wire_max_body(&lim);
     cr_assert_leq(sb.size, max, "a message at the limits is %zu bytes, bound %" PRIu64, sb.size, max);
-    cr_assert_leq(max, sb.size + (64u << 10) + 512, "bound %" PRIu64 " is loose for %zu", max, sb.size);
+    /* every string's header counted as 5 bytes (2 here), every group's array as 5 (1) */
+    cr_assert_leq(max, sb.size + (64u << 10) + 512 + 10 * (size_t)n, "bound %" PRIu64
+                  " is loose for %zu", max, sb.size);
     free(t);
     msgpack_sbuffer_destroy(&sb);
 
@@ -1551,4 +1563,131 @@ Test(wire, max_body_bounds_the_largest_valid_message)
     max = wire_max_body(&lim);
     cr_assert_geq(max, 3 * lim.max_elems * 4);
     cr_assert_leq(max, 3 * lim.max_elems * 4 + (4u << 20), "default bound %" PRIu64, max);
+}
+
+/* ---- feature groups ------------------------------------------------------ */
+
+/* Pack "groups" from "name:tok,tok;name:..." as a map, or as an array of
+   [name, [tokens]] pairs. An empty spec is an empty map (array). */
+static void
+b_set_groups(body_t *b, const char *spec, bool as_map)
+{
+    char buf[256], *save = NULL;
+    snprintf(buf, sizeof buf, "%s", spec);
+    char *grp[16];
+    int ng = 0;
+    for (char *g = strtok_r(buf, ";", &save); g && ng < 16; g = strtok_r(NULL, ";", &save))
+        grp[ng++] = g;
+    pk_t p;
+    msgpack_packer *pk = pk_begin(&p);
+    if (as_map)
+        msgpack_pack_map(pk, (size_t)ng);
+    else
+        msgpack_pack_array(pk, (size_t)ng);
+    for (int k = 0; k < ng; k++) {
+        char *colon = strchr(grp[k], ':');
+        cr_assert_not_null(colon);
+        *colon = '\0';
+        if (!as_map)
+            msgpack_pack_array(pk, 2);
+        msgpack_pack_str_with_body(pk, grp[k], strlen(grp[k]));
+        char *toks[16], *s2 = NULL;
+        int nt = 0;
+        for (char *t = strtok_r(colon + 1, ",", &s2); t && nt < 16; t = strtok_r(NULL, ",", &s2))
+            toks[nt++] = t;
+        msgpack_pack_array(pk, (size_t)nt);
+        for (int q = 0; q < nt; q++)
+            msgpack_pack_str_with_body(pk, toks[q], strlen(toks[q]));
+    }
+    b_set_pk(b, "groups", &p);
+}
+
+Test(wire, groups_map_and_pairs_resolve_alike)
+{
+    /* tokens f0 f1 f2 CLS (cls 3): {"g": [f2, f0]} makes the features
+       g (where f0 stands) and f1 */
+    for (int as_map = 0; as_map < 2; as_map++) {
+        body_t b;
+        good_body(&b, &S_DEFAULT);
+        b_set_groups(&b, "g:f2,f0", as_map);
+        dec_t x;
+        cr_assert_eq(decode(&x, &b), XR_OK, "%s", wire_detail(&x.d));
+        cr_assert(x.in.has_groups && x.in.ngroups == 1 && x.in.gmap);
+        const xm_groups_t *g = x.in.gmap;
+        cr_assert_eq(g->npos, 3);
+        cr_assert_eq(g->nfeat, 2);
+        cr_assert(g->feat_of[0] == 0 && g->feat_of[1] == 1 && g->feat_of[2] == 0);
+        cr_assert(x.in.groups[0].name.len == 1 && x.in.groups[0].name.ptr[0] == 'g');
+        cr_assert_eq(x.in.groups[0].ntokens, 2);
+        wire_decoder_destroy(&x.d);
+        b_free(&b);
+    }
+}
+
+Test(wire, groups_nil_is_absent_and_empty_is_none)
+{
+    body_t b;
+    good_body(&b, &S_DEFAULT);
+    b_set_raw(&b, "groups", "\xc0", 1);
+    dec_t x;
+    cr_assert_eq(decode(&x, &b), XR_OK, "%s", wire_detail(&x.d));
+    cr_assert(!x.in.has_groups && x.in.gmap == NULL);
+    wire_decoder_destroy(&x.d);
+    b_set_groups(&b, "", true);
+    cr_assert_eq(decode(&x, &b), XR_OK, "%s", wire_detail(&x.d));
+    cr_assert(x.in.has_groups && x.in.ngroups == 0 && x.in.gmap == NULL);
+    wire_decoder_destroy(&x.d);
+    /* A decoder reused after a grouped message keeps nothing of it. */
+    b_set_groups(&b, "g:f0,f1", true);
+    cr_assert_eq(decode(&x, &b), XR_OK, "%s", wire_detail(&x.d));
+    b_del(&b, "groups");
+    b_encode(&b);
+    cr_assert_eq(wire_decode_ingest(&x.d, "attn/m1", 7, b.bytes, b.size, &x.in), XR_OK);
+    cr_assert(!x.in.has_groups && x.in.gmap == NULL && x.in.ngroups == 0);
+    wire_decoder_destroy(&x.d);
+    b_free(&b);
+}
+
+Test(wire, groups_refusals_by_name)
+{
+    CASE(XR_GROUP_UNKNOWN_TOKEN, "unknown token", b_set_groups(b, "g:f0,zz", true));
+    CASE(XR_GROUP_TOKEN_TWICE, "token in two groups", b_set_groups(b, "g:f0,f1;h:f1", true));
+    CASE(XR_GROUP_TOKEN_TWICE, "token twice in one", b_set_groups(b, "g:f0,f0", false));
+    CASE(XR_GROUP_CLS_TOKEN, "CLS in a group", b_set_groups(b, "g:f0,CLS", true));
+    CASE(XR_GROUP_EMPTY, "empty group", b_set_groups(b, "g:", true));
+    CASE(XR_GROUP_DUP_NAME, "group named as a lone token", b_set_groups(b, "f2:f0,f1", true));
+    CASE(XR_GROUP_DUP_NAME, "two groups of one name", b_set_groups(b, "g:f0;g:f1", false));
+    CASE(XR_GROUP_DUP_TOKEN_NAME, "tokens named alike", {
+        const char *toks[] = {"f0", "f0", "f2", "CLS"};
+        b_set_strs(b, "tokens", toks, 4);
+        b_set_groups(b, "g:f2", true);
+    });
+    CASE(XR_WRONG_TYPE, "groups a str", b_set_str(b, "groups", "f0", 2));
+    CASE(XR_WRONG_TYPE, "tokens not an array", b_set_raw(b, "groups", "\x81\xa1g\xa2" "f0", 6));
+    CASE(XR_WRONG_TYPE, "a token not a str", b_set_raw(b, "groups", "\x81\xa1g\x91\x07", 5));
+    CASE(XR_WRONG_TYPE, "a pair of three", b_set_raw(b, "groups", "\x91\x93\xa1g\x90\x01", 6));
+    CASE(XR_WRONG_TYPE, "a name not a str", b_set_raw(b, "groups", "\x81\x01\x91\xa2" "f0", 6));
+    CASE(XR_BAD_STRING, "a name with NUL", b_set_raw(b, "groups", "\x81\xa2g\x00\x91\xa2" "f0", 8));
+    CASE(XR_LENGTH, "more tokens than n", b_set_groups(b, "g:f0,f1,f2,f0,f1", true));
+    CASE(XR_MISSING_KEY, "groups without tokens", b_del(b, "tokens"); b_set_groups(b, "g:f0", true));
+    CASE(XR_MISSING_KEY, "groups without cls", b_del(b, "cls"); b_set_groups(b, "g:f0", true));
+}
+
+Test(wire, groups_limit_is_configurable)
+{
+    body_t b;
+    good_body(&b, &S_DEFAULT);
+    b_set_groups(&b, "g:f0;h:f1", true);
+    wire_limits_t l = limits();
+    l.max_groups = 1;
+    dec_t x;
+    decode_topic(&x, &l, "attn/m1", &b);
+    EXPECT_REJECT(&x, XR_LENGTH, "two groups, max_groups 1");
+    cr_assert(strstr(wire_detail(&x.d), "limit 1"), "%s", wire_detail(&x.d));
+    wire_decoder_destroy(&x.d);
+    l.max_groups = 2;
+    cr_assert_eq(decode_topic(&x, &l, "attn/m1", &b), XR_OK, "%s", wire_detail(&x.d));
+    cr_assert_eq(x.in.gmap->nfeat, 3);
+    wire_decoder_destroy(&x.d);
+    b_free(&b);
 }

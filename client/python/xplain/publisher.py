@@ -42,7 +42,7 @@ both.
 import re
 import threading
 import time
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import msgpack
 import numpy as np
@@ -55,6 +55,22 @@ from .shard import MAX_SHARDS, shard_of, shard_prefix
 MODEL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
+def _groups_map(groups) -> Dict[str, List[str]]:
+    """A schema's groups as {name: [token, ...]}, from a mapping or from
+    (name, tokens) pairs; {} for None."""
+    if groups is None:
+        return {}
+    items = groups.items() if isinstance(groups, Mapping) else groups
+    out: Dict[str, List[str]] = {}
+    for pair in items:
+        name, toks = pair
+        if not isinstance(name, str) or isinstance(toks, str) or \
+                not all(isinstance(t, str) for t in toks):
+            raise ValueError("groups: each is a str name and a list of str tokens, not %r" % (pair,))
+        out[name] = list(toks)
+    return out
+
+
 class Publisher:
     """Encodes attention (and gradient) tensors as `attn/<model>` messages.
 
@@ -64,6 +80,11 @@ class Publisher:
               runs --ingest-bind
     tokens, cls     the schema: n token names and the CLS index (-1: none);
               may also be given (or changed) per send()
+    groups    feature groups of the schema, {name: [token, ...]} (or
+              [(name, [token, ...]), ...]): each group is one feature, the
+              sum of its tokens' attributions (proto/ingest.md, "Feature
+              groups"); sent with cls and tokens. Set self.groups to
+              change them (None or {}: none)
     dtype     "f32" (default), "f16" or "bf16"
     seq       first sequence number (default 0)
     context   a zmq.Context to use (default: the process-wide instance)
@@ -103,7 +124,8 @@ class Publisher:
                  curve_secret: Optional[Union[str, bytes]] = None, server_public: Optional[Union[str, bytes]] = None,
                  fused: bool = False, batch: int = 1, delay: float = 0.005,
                  zero_copy: bool = False, fused_signed: bool = False,
-                 shards: int = 1) -> None:
+                 shards: int = 1,
+                 groups: Union[None, Mapping[str, Sequence[str]], Sequence[Tuple[str, Sequence[str]]]] = None) -> None:
         if not isinstance(model, str) or not MODEL_RE.match(model):
             raise ValueError("model name must be 1-64 bytes of [A-Za-z0-9_.-], not %r" % (model,))
         if dtype not in codec.DTYPES:
@@ -140,7 +162,8 @@ class Publisher:
         self.seq = int(seq)
         self.tokens = list(tokens) if tokens is not None else None
         self.cls = int(cls) if cls is not None else None
-        self._sent_schema = None     # (L, H, n, cls, tokens) last sent
+        self.groups = groups
+        self._sent_schema = None     # (L, H, n, cls, tokens, groups) last sent
         self._next_id = 0
         self.subscriptions = 0       # subscriptions seen on the XPUB, never lowered
         self._waited = 0             # self.subscriptions when wait_subscriber last returned
@@ -457,10 +480,15 @@ class Publisher:
             tail["target"] = target
         if y is not None:
             tail["y"] = y
-        schema = (L, H, n, self.cls, tuple(self.tokens))
-        if schema != (self._sent_schemas[k] if sharded else self._sent_schema):
+        groups = _groups_map(self.groups)
+        schema = (L, H, n, self.cls, tuple(self.tokens),
+                  tuple((g, tuple(t)) for g, t in groups.items()))
+        prev = self._sent_schemas[k] if sharded else self._sent_schema
+        if schema != prev:
             tail["cls"] = self.cls
             tail["tokens"] = list(self.tokens)
+            if groups or (prev is not None and prev[5]):
+                tail["groups"] = groups     # {} removes the groups sent before
         if extra:
             for key, v in extra.items():
                 if key not in head and key not in tail and all(key != t[0] for t in tensors):

@@ -177,8 +177,10 @@ class Client:
 
     def reference(self, model: str, method: str, values: Sequence[float], timeout: Optional[float] = None,
                   **args: Any) -> Dict[str, Any]:
-        """Set an external reference attribution (token order without CLS),
-        e.g. permutation importance."""
+        """Set an external reference attribution (feature order: tokens
+        without CLS, groups once), e.g. permutation importance. With
+        features=[names] (one per value) the values go by name and
+        features the model does not attribute are dropped."""
         vals = [float(v) for v in np.asarray(values, dtype=np.float64).reshape(-1)]
         return self.request("reference", model=model, method=method, values=vals,
                             timeout=timeout, **args)

@@ -7,9 +7,11 @@
 
 Per-trade explanations (`xpl/`, proto/explanations.md) come as Explanation
 objects with `attr` as numpy float32 vectors and `features` (the schema's
-token names without CLS) attached. Feature names come from the `schema`
-query, cached per (model, epoch); an epoch the daemon has moved past
-cannot be named any more and gets `features = None`.
+token names without CLS, or with feature groups each group once under
+its name) attached, and `groups` (each group feature's tokens). Feature
+names come from the `schema` query, cached per (model, epoch); an epoch
+the daemon has moved past cannot be named any more and gets
+`features = None`.
 
 Global state, drift and head statistics (`glob/`, `drift/`, `heads/`,
 proto/global.md) come as Update objects when asked for with `kinds`.
@@ -39,13 +41,16 @@ class Explanation:
     target, y                   None when the trade had none
     attr                        dict method -> numpy float32 vector
     features                    list of names (len = vector length) or None
+    groups                      dict group feature name -> its tokens' names
+                                ({} without feature groups, None when unknown)
     raw                         the decoded message body
     """
     kind = "xpl"
     __slots__ = ("model", "id", "seq", "ts", "epoch", "target", "y", "attr",
-                 "features", "raw")
+                 "features", "groups", "raw")
 
-    def __init__(self, body: Dict[str, Any], features: Optional[List[str]] = None) -> None:
+    def __init__(self, body: Dict[str, Any], features: Optional[List[str]] = None,
+                 groups: Optional[Dict[str, List[str]]] = None) -> None:
         """XplainError when `attr` is not a map of method name to vector;
         `features` is kept only when it names every entry of every vector."""
         self.raw = body
@@ -63,6 +68,14 @@ class Explanation:
         if features is not None and any(len(v) != len(features) for v in self.attr.values()):
             features = None     # another epoch's names: none rather than wrong ones
         self.features = features
+        self.groups = groups if features is not None else None
+
+    def tokens_of(self, feature: str) -> Optional[List[str]]:
+        """The tokens a feature sums: its group's tokens, or [feature] for
+        a token of its own; None when the features are unknown."""
+        if self.features is None or feature not in self.features:
+            return None
+        return list((self.groups or {}).get(feature, [feature]))
 
     def top(self, method: str, k: int = 5) -> List[Tuple[Any, float]]:
         """The k largest features of a method: list of (name or index, value)."""
@@ -161,6 +174,7 @@ class Subscriber:
         else:
             self._query, self._own_query = query, False
         self._features = {}          # (model, epoch) -> list of names
+        self._groups = {}            # (model, epoch) -> {group name: tokens}
         self._last_seq = {}          # topic -> last seq seen
         self.gaps = 0                # messages missed (seq gaps), all topics
         self.malformed = 0           # messages dropped as not of the contract
@@ -189,9 +203,20 @@ class Subscriber:
             self._features[key] = None       # a schema reply not of the contract
             return None
         self._features[(model, s_epoch)] = names
+        g = s.get("groups", {})
+        if isinstance(g, dict) and all(isinstance(k, str) and isinstance(v, list) and
+                                       all(isinstance(t, str) for t in v) for k, v in g.items()):
+            self._groups[(model, s_epoch)] = {k: list(v) for k, v in g.items()}
         if s_epoch != epoch and isinstance(epoch, int) and s_epoch > epoch:
             self._features[key] = None       # an epoch the daemon has left behind
         return self._features.get(key)
+
+    def groups(self, model: str, epoch: int) -> Optional[Dict[str, List[str]]]:
+        """The feature groups of (model, epoch): {group name: its tokens},
+        {} for a schema without groups; None when unknown (as features)."""
+        if self.features(model, epoch) is None:
+            return None
+        return self._groups.get((model, epoch), {})
 
     def recv(self, timeout: Optional[float] = None) -> Union["Explanation", "Update", None]:
         """The next message as Explanation or Update; None after `timeout`
@@ -242,7 +267,9 @@ class Subscriber:
         if kind == "xpl":
             epoch = body.get("epoch")
             try:
-                return Explanation(body, self.features(model, epoch) if isinstance(epoch, int) else None)
+                ok = isinstance(epoch, int)
+                return Explanation(body, self.features(model, epoch) if ok else None,
+                                   self.groups(model, epoch) if ok else None)
             except XplainError:
                 self.malformed += 1
                 return None

@@ -114,6 +114,13 @@ def ingest_bodies():
         "H": 2, "n": 5, "dtype": "f32", "fattn": tensor_bytes(M, "f32"),
         "fgrad": tensor_bytes(P, "f32"), "head_importance": imp.astype("<f4").tobytes(),
         "head_confidence": conf.astype("<f4").tobytes(), "targets": [2, 0], "y": [0.5, 0.25]})
+    # Model m6 (CLS last) with feature groups: price and spread are one
+    # feature, "quote", standing where price stands.
+    a, g = m1_tensors(9, 1)
+    out["m6-groups"] = ("attn/m6", {
+        "v": 1, "model": "m6", "seq": 0, "ts": T0 + 32000000, "ids": ["g-1"], "L": 2, "H": 2,
+        "n": 5, "dtype": "f32", "attn": tensor_bytes(a, "f32"), "grad": tensor_bytes(g, "f32"),
+        "target": [1], "cls": 4, "tokens": TOKENS_M1, "groups": {"quote": ["spread", "price"]}})
     return out
 
 
@@ -142,4 +149,8 @@ INGEST_DESCRIPTIONS = {
     "m5-targets-fused": "The trades of ingest/m5-targets again, in the fused form: fattn and "
                         "head_confidence once per trade, fgrad [B][T][L][n][n] and "
                         "head_importance [B][T][L][H] with a block per target.",
+    "m6-groups": "Model m6 (L=2, H=2, n=5, CLS last) with feature groups: \"groups\" maps the "
+                 "feature quote to the tokens spread and price, so the model has the features "
+                 "quote, size, side (quote where price, its lowest token, stands); fed to a "
+                 "daemon of its own (replay.py: SCENARIO_GROUPS).",
 }

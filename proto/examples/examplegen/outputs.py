@@ -42,6 +42,12 @@ VARIANTS_PUBLISHED = {
                         "beside the classic ones. A subscriber that does not know a method name "
                         "skips it."),
 }
+# Published by the groups daemon (replay.py: SCENARIO_GROUPS).
+GROUPS_PUBLISHED = {
+    "xpl/m6-groups": ("xpl/m6", 0, "Trade g-1 of ingest/m6-groups: every vector has one value per "
+                      "feature (quote, size, side), quote the sum of spread's and price's values. "
+                      "Nothing in the message is new: an old subscriber reads it as before."),
+}
 # Published by the targets daemon (replay.py: TARGETS_ARGS): one xpl/
 # message per trade and target, trade by trade, in target order.
 TARGETS_PUBLISHED = {

@@ -50,4 +50,7 @@ REQUESTS = [
     ("models-no-schema", "models", {"v": 1, "op": "models"},
      "The models of a daemon that rejected reject/no_schema, then explained ingest/drift-a: "
      "a rejected message changes nothing, so m1 is not in the table, only m2 is."),
+    ("schema-groups", "schema", {"v": 1, "op": "schema", "model": "m6"},
+     "m6's schema (ingest/m6-groups, replayed into a daemon of its own): its features, the "
+     "group quote among them, and \"groups\", each group's tokens."),
 ]

@@ -89,5 +89,21 @@ def reject_examples(valid):
                 "when it runs out of memory while handling it, which no message content "
                 "can cause.",
                 {"stage": "daemon", "reproducible": False}))
+    for reason, over, desc in (
+            ("group_unknown_token", {"groups": {"quote": ["price", "mid"]}},
+             "\"groups\" names the token mid, which the tokens do not have."),
+            ("group_token_twice", {"groups": {"quote": ["price", "spread"],
+                                              "book": ["spread", "size"]}},
+             "The token spread is in two groups."),
+            ("group_cls_token", {"groups": {"quote": ["price", "CLS"]}},
+             "A group names the CLS token (cls 4), which has no attribution."),
+            ("group_empty", {"groups": {"quote": []}}, "A group with no token."),
+            ("group_duplicate_feature_name", {"groups": {"side": ["price", "size"]}},
+             "A group named side, as the token side, which stays a feature of its own: two "
+             "features with one name."),
+            ("group_duplicate_token_name", {"tokens": ["price", "size", "price", "side", "CLS"],
+                                            "groups": {"quote": ["size", "side"]}},
+             "Groups, and the tokens name two tokens price: a group could not say which.")):
+        out.append((reason, [t, pack(body(**over))], desc, {}))
     out.extend(fused.reject_examples(valid))
     return out

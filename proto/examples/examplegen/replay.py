@@ -9,7 +9,7 @@ import time
 import msgpack
 
 from .example import Example, pack
-from .outputs import (DRIFT, PUBLISHED, SHARD_PUBLISHED, TARGETS_PUBLISHED, VARIANTS_PUBLISHED,
+from .outputs import (DRIFT, GROUPS_PUBLISHED, PUBLISHED, SHARD_PUBLISHED, TARGETS_PUBLISHED, VARIANTS_PUBLISHED,
                       normalise)
 from .queries import REQUESTS
 
@@ -29,7 +29,8 @@ SCENARIO = ([("ingest", "ingest/" + n) for n in ("f32-first", "f16-batch3", "bf1
                                                     "global-method-target")]
             + [("ingest", "ingest/" + n) for n in ("drift-a", "drift-b", "drift-flat",
                                                     "fused-f32", "fused-f16-nograd")]
-            + [("query", "request/" + r[0]) for r in REQUESTS[8:] if r[0] != "models-no-schema"])
+            + [("query", "request/" + r[0]) for r in REQUESTS[8:]
+               if r[0] not in ("models-no-schema", "schema-groups")])
 # A second daemon: a model's first message is rejected as no_schema, which
 # must leave no trace of the model. The rejected message is followed by a
 # valid one on the same connection, whose xpl/ says both were handled.
@@ -52,6 +53,8 @@ SCENARIO_TARGETS = [("ingest", "ingest/m5-targets"), ("ingest", "ingest/m5-targe
 SHARD_ARGS = ["--shard", "0/1", "--methods", "rollout,attn_mean", "--drift-window-s", "1",
               "--decay-half-life-s", "60", "--glob-interval-ms", "100", "--log-level", "notice"]
 SCENARIO_SHARD = [("ingest", "ingest/drift-a")]
+# A fifth daemon for feature groups (the variants' methods).
+SCENARIO_GROUPS = [("ingest", "ingest/m6-groups"), ("query", "request/schema-groups")]
 
 
 def find_xplaind():
@@ -206,6 +209,8 @@ def select_outputs(replies, published):
     None, body bytes as captured, description)}."""
     out = {}
     for name, op, _req, desc in REQUESTS:
+        if "request/" + name not in replies:
+            continue        # answered by another daemon
         out["reply/" + name] = ("reply", None, replies["request/" + name],
                                 desc.rstrip(".") + ": the reply.")
     bodies = [(t.decode(), b, msgpack.unpackb(b)) for t, b in published]
@@ -225,13 +230,15 @@ def select_outputs(replies, published):
 
 # The daemons of their own: (scenario, flags, examples they publish).
 OWN_DAEMONS = [(SCENARIO_VARIANTS, VARIANTS_ARGS, VARIANTS_PUBLISHED),
+               (SCENARIO_GROUPS, VARIANTS_ARGS, GROUPS_PUBLISHED),
                (SCENARIO_TARGETS, TARGETS_ARGS, TARGETS_PUBLISHED)]
 
 
 def args_of(name):
     """The daemon flags an output example was captured with."""
-    for _, args, published in OWN_DAEMONS:
-        if name in published:
+    for scenario, args, published in OWN_DAEMONS:
+        if name in published or ("query", "request/" + name.split("/", 1)[-1]) in scenario \
+                and name.startswith("reply/"):
             return args
     if name in SHARD_PUBLISHED:
         return SHARD_ARGS
@@ -240,10 +247,15 @@ def args_of(name):
 
 def variants_outputs(xplaind, frames):
     """The output examples of the daemons of their own (the variants, the
-    targets): {name: (kind, topic, body bytes as captured, description)}."""
+    targets, the groups): {name: (kind, topic, body bytes as captured,
+    description)}, their replies included."""
     out = {}
     for scenario, args, wanted in OWN_DAEMONS:
-        _, published = run_scenario(xplaind, frames, scenario, args)
+        replies, published = run_scenario(xplaind, frames, scenario, args)
+        for name, op, _req, desc in REQUESTS:
+            if "request/" + name in replies:
+                out["reply/" + name] = ("reply", None, replies["request/" + name],
+                                        desc.rstrip(".") + ": the reply.")
         for name, (topic, seq, desc) in wanted.items():
             hit = [b for t, b in published
                    if t.decode() == topic and msgpack.unpackb(b).get("seq") == seq]
