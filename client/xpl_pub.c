@@ -485,6 +485,25 @@ s_reserve(void **buf, size_t *cap, size_t bytes)
 }
 
 /* Pack `count` values of dtype `in` as a bin of dtype `out`. */
+
+/* `count` values of dtype `in` at src as float32: src itself, or widened
+   into the publisher's scratch. NULL when out of memory. */
+static const float *
+s_widen(xpl_pub_t *self, const void *src, size_t count, int in)
+{
+    if (in == XPL_F32)
+        return src;
+    void *fp = self->f32;
+    if (s_reserve(&fp, &self->f32_cap, count * sizeof(float)))
+        return NULL;
+    self->f32 = fp;
+    if (in == XPL_F16)
+        half_f16_decode(self->f32, src, count);
+    else
+        half_bf16_decode(self->f32, src, count);
+    return self->f32;
+}
+
 static int
 s_pack_tensor(xpl_pub_t *self, msgpack_packer *pk, const void *src, size_t count, int in,
               int out)
@@ -495,18 +514,9 @@ s_pack_tensor(xpl_pub_t *self, msgpack_packer *pk, const void *src, size_t count
         msgpack_pack_bin_body(pk, src, bytes);
         return 0;
     }
-    const float *f = src;
-    if (in != XPL_F32) {
-        void *fp = self->f32;
-        if (s_reserve(&fp, &self->f32_cap, count * sizeof(float)))
-            return -1;
-        self->f32 = fp;
-        if (in == XPL_F16)
-            half_f16_decode(self->f32, src, count);
-        else
-            half_bf16_decode(self->f32, src, count);
-        f = self->f32;
-    }
+    const float *f = s_widen(self, src, count, in);
+    if (!f)
+        return -1;
     const void *wire = f;
     if (out != XPL_F32) {
         if (s_reserve(&self->scratch, &self->scratch_cap, bytes))
@@ -923,18 +933,9 @@ s_convert(xpl_pub_t *self, void *dst, const void *src, size_t count, int in, int
         memcpy(dst, src, count * s_dtype_size(in));
         return 0;
     }
-    const float *f = src;
-    if (in != XPL_F32) {
-        void *fp = self->f32;
-        if (s_reserve(&fp, &self->f32_cap, count * sizeof(float)))
-            return -1;
-        self->f32 = fp;
-        if (in == XPL_F16)
-            half_f16_decode(self->f32, src, count);
-        else
-            half_bf16_decode(self->f32, src, count);
-        f = self->f32;
-    }
+    const float *f = s_widen(self, src, count, in);
+    if (!f)
+        return -1;
     if (out == XPL_F32)
         memcpy(dst, f, count * 4);
     else if (out == XPL_F16)

@@ -108,6 +108,23 @@ s_id(uint32_t t, char *buf, size_t cap)
     return xpl_id_str(buf);
 }
 
+/* The index among ids[count] of the trade whose id reads `txt` as s_recv
+   writes it ("s:<str>" or "u:<uint>"), or count. */
+static uint32_t
+s_trade_of(const xpl_id_t *ids, uint32_t count, const char *txt)
+{
+    for (uint32_t t = 0; t < count; t++) {
+        char have[40];
+        if (ids[t].is_str)
+            snprintf(have, sizeof have, "s:%s", ids[t].s);
+        else
+            snprintf(have, sizeof have, "u:%llu", (unsigned long long)ids[t].u);
+        if (strcmp(have, txt) == 0)
+            return t;
+    }
+    return count;
+}
+
 static void
 s_fill(uint32_t t, float *attn, float *grad)
 {
@@ -183,16 +200,7 @@ Test(client_shard, batches_split_by_trade_id_over_three_shards)
             seq++;
             msgs++;
             for (uint32_t i = 0; i < m->B; i++) {
-                uint32_t t = 0;
-                for (; t < TRADES; t++) {
-                    char txt[40];
-                    if (ids[t].is_str)
-                        snprintf(txt, sizeof txt, "s:%s", ids[t].s);
-                    else
-                        snprintf(txt, sizeof txt, "u:%llu", (unsigned long long)ids[t].u);
-                    if (strcmp(txt, m->ids[i]) == 0)
-                        break;
-                }
+                uint32_t t = s_trade_of(ids, TRADES, m->ids[i]);
                 cr_assert_lt(t, TRADES, "unknown id %s", m->ids[i]);
                 cr_assert(!seen[t], "trade %u twice", t);
                 seen[t] = true;
@@ -395,16 +403,7 @@ Test(client_shard, fused_micro_batches_split_over_shards)
             seq++;
             msgs++;
             for (uint32_t i = 0; i < m->B; i++) {
-                uint32_t t = 0;
-                for (; t < TRADES; t++) {
-                    char txt[40];
-                    if (ids[t].is_str)
-                        snprintf(txt, sizeof txt, "s:%s", ids[t].s);
-                    else
-                        snprintf(txt, sizeof txt, "u:%llu", (unsigned long long)ids[t].u);
-                    if (strcmp(txt, m->ids[i]) == 0)
-                        break;
-                }
+                uint32_t t = s_trade_of(ids, TRADES, m->ids[i]);
                 cr_assert_lt(t, TRADES, "unknown id %s", m->ids[i]);
                 cr_assert(!seen[t], "trade %u twice", t);
                 cr_assert_eq(xpl_shard_of(&ids[t], NS), (uint32_t)k, "trade %u on shard %d", t, k);
