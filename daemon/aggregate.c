@@ -150,6 +150,10 @@ aggregate_new(server_t *s)
         sh->endpoint = c->aggregate.items[i];
         sh->query_ep = c->aggregate_query.items[i];
         sh->k = -1;
+        /* Not heard from yet: it holds every window open (it may hold
+           trades of any of them) until it sends a state, or until
+           stale_ms from now makes it stale like a shard gone silent. */
+        sh->last_ns = now_mono_ns();
         char server[KEY_Z85_LEN + 1] = "", err[512];
         if (s->auth.enabled) {
             const char *cert = c->aggregate_keys.items[c->aggregate_keys.count == 1 ? 0 : i];
@@ -325,8 +329,12 @@ s_on_state(aggregate_t *a, int i, const void *body, size_t len)
     }
     int64_t now = now_mono_ns();
     if (sh->stale) {
-        log_notice("aggregate: shard %d/%u (%s) is back; its state replaces its last one", sh->k,
-                   sh->n, sh->endpoint);
+        if (sh->seen)
+            log_notice("aggregate: shard %d/%u (%s) is back; its state replaces its last one",
+                       sh->k, sh->n, sh->endpoint);
+        else
+            log_notice("aggregate: shard %d/%u (%s) is up, late: its state now counts", sh->k,
+                       sh->n, sh->endpoint);
         sh->stale = false;
         for (uint32_t m = 0; m < a->s->models.count; m++)
             a->models[m].dirty = true;
@@ -494,9 +502,10 @@ s_rebuild(aggregate_t *a, model_t *md)
                 if (strcmp(sh->st[j].model, md->name) == 0 && sh->st[j].body)
                     st = &sh->st[j];
             if (!st || st->epoch != epoch) {
-                /* A live shard without this model's state yet may still
-                   hold trades of any open window: close nothing. */
-                if (sh->seen && !sh->stale)
+                /* A shard not stale without this model's state yet (or
+                   not heard from at all) may still hold trades of any
+                   open window: close nothing. */
+                if (!sh->stale)
                     absent = true;
                 continue;
             }
@@ -877,12 +886,17 @@ s_timers(aggregate_t *a)
     int64_t stale_ns = (int64_t)a->s->cfg.aggregate_stale_ms * 1000000;
     for (int i = 0; i < a->nshards; i++) {
         ashard_t *sh = &a->shards[i];
-        if (!sh->seen || sh->stale || now - sh->last_ns < stale_ns)
+        if (sh->stale || now - sh->last_ns < stale_ns)
             continue;
         sh->stale = true;
         a->stale_events++;
-        log_warn("aggregate: shard %d/%u (%s) is stale: no state for %" PRIu64 " ms; its last "
-                 "state still counts", sh->k, sh->n, sh->endpoint, a->s->cfg.aggregate_stale_ms);
+        if (sh->seen)
+            log_warn("aggregate: shard %d/%u (%s) is stale: no state for %" PRIu64 " ms; its last "
+                     "state still counts", sh->k, sh->n, sh->endpoint, a->s->cfg.aggregate_stale_ms);
+        else
+            log_warn("aggregate: shard %s is stale: no state in the %" PRIu64 " ms since the "
+                     "aggregator started; windows now close without it", sh->endpoint,
+                     a->s->cfg.aggregate_stale_ms);
         for (uint32_t m = 0; m < a->s->models.count; m++)
             a->models[m].dirty = true;
     }

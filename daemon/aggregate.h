@@ -16,7 +16,9 @@
     that owns the id (core/shard.h) through a DEALER, its reply back to
     the client.
 
-    A shard from which no state came for aggregate.stale_ms is stale: its
+    A shard from which no state came for aggregate.stale_ms is stale (one
+    never heard from: stale_ms after the aggregator started; until then
+    it holds every window open, as it may hold trades of any): its
     last state still counts, it is listed in glob/ (stale_shards), the
     stats reply, the metrics and the log, and the next state it sends
     (after a restart, its restored one) replaces it: whole states, never

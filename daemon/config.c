@@ -243,7 +243,9 @@ static const opt_t s_opts[] = {
     {"aggregate", "stale_ms", "aggregate-stale-ms", T_UINT, O(aggregate_stale_ms), "5000", 100,
      3600000, false,
      "A shard whose state has not arrived for this long is reported stale (stats, glob/, "
-     "metrics, log); its last state still counts."},
+     "metrics, log); its last state still counts. Until then, and until a shard's first "
+     "state arrives (at most this long after the aggregator starts), no event-time window "
+     "closes without it."},
     {"demo", "enabled", "demo", T_BOOL, O(demo), "false", 0, 0, false,
      "Run a built-in synthetic model stream into the daemon (its importance changes every "
      "demo.drift_every trades)."},
