@@ -214,6 +214,21 @@ class Daemon:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class ShardDaemon(Daemon):
+    """A Daemon on endpoints fixed by the test (eps: {"in", "pub", "q"}), which outlive it:
+    a restarted shard comes back where the aggregator and the publishers
+    look for it."""
+
+    def __init__(self, eps, *args, **kw):
+        self.fixed = eps
+        super().__init__(*args, "--ingest-bind", eps["in"], "--publish", eps["pub"], "--query", eps["q"],
+                         **kw)
+
+    def _wait_ready(self):
+        self.ingest, self.publish, self.query_ep = self.fixed["in"], self.fixed["pub"], self.fixed["q"]
+        super()._wait_ready()
+
+
 def free_port():
     """A TCP port of 127.0.0.1 that is free now, for a daemon to bind. It
     is drawn at random below the kernel's ephemeral range, so no outgoing

@@ -17,11 +17,12 @@ import os
 import shutil
 import sys
 import tempfile
+from contextlib import contextmanager
 
 import msgpack
 import numpy as np
 
-from xpltest import SOURCE, Daemon, wait_until
+from xpltest import SOURCE, Daemon, ShardDaemon, wait_until
 
 sys.path.insert(0, os.path.join(SOURCE, "client", "python"))
 from xplain import Publisher, shard_of  # noqa: E402
@@ -35,20 +36,6 @@ COMMON = ["--drift-window-s", "1", "--drift-lateness-s", "0.5", "--glob-interval
           "--methods", "rollout,attn_mean", "--log-level", "info"]
 L, H, n = 2, 2, 4
 TOKENS = ["f0", "f1", "f2", "CLS"]
-
-
-class ShardDaemon(Daemon):
-    """A shard on endpoints fixed before it starts (the aggregator is
-    given them first)."""
-
-    def __init__(self, eps, *args, **kw):
-        self.fixed = eps
-        super().__init__(*args, "--ingest-bind", eps["in"], "--publish", eps["pub"], "--query", eps["q"],
-                         **kw)
-
-    def _wait_ready(self):
-        self.ingest, self.publish, self.query_ep = self.fixed["in"], self.fixed["pub"], self.fixed["q"]
-        super()._wait_ready()
 
 
 def attention(rng):
@@ -126,76 +113,77 @@ class Reader:
         wait_until(done, timeout, what)
 
 
-def cluster(tmp, stale_ms):
-    eps = {k: {w: f"ipc://{tmp}/s{k}-{w}" for w in ("in", "pub", "q")} for k in range(NS)}
-    agg = Daemon("--aggregate", ",".join(eps[k]["pub"] for k in range(NS)),
-                 "--aggregate-query", ",".join(eps[k]["q"] for k in range(NS)),
-                 "--aggregate-stale-ms", str(stale_ms), *COMMON, ingest_bind=False)
-    sub = agg.subscriber(b"drift/")
-    sub.subscribe(b"glob/")
-    r = Reader(sub)
-    pub = Publisher("m", connect=[eps[k]["in"] for k in range(NS)], tokens=TOKENS, cls=3, shards=NS)
-    return eps, agg, r, pub
+class Cluster:
+    """An aggregator of NS shard endpoints (its drift/ and glob/ read by
+    `r`), a publisher sharded over them, the stream, and shard 0 running
+    with its trades sent (n0 of them). Shard 1 is started by the test."""
+
+    def __init__(self, tmp, stale_ms, daemons):
+        self.daemons = daemons      # the caller's: it stops them, even if this fails half-way
+        self.eps = {k: {w: f"ipc://{tmp}/s{k}-{w}" for w in ("in", "pub", "q")} for k in range(NS)}
+        self.agg = self.add(Daemon("--aggregate", ",".join(self.eps[k]["pub"] for k in range(NS)),
+                                   "--aggregate-query", ",".join(self.eps[k]["q"] for k in range(NS)),
+                                   "--aggregate-stale-ms", str(stale_ms), *COMMON, ingest_bind=False))
+        sub = self.agg.subscriber(b"drift/")
+        sub.subscribe(b"glob/")
+        self.r = Reader(sub)
+        self.pub = Publisher("m", connect=[self.eps[k]["in"] for k in range(NS)], tokens=TOKENS, cls=3,
+                             shards=NS)
+        self.s = Stream()
+        self.start_shard(0)
+        self.n0 = self.s.send(self.pub, 0)
+
+    def add(self, d):
+        self.daemons.append(d)
+        return d
+
+    def start_shard(self, k):
+        before = self.pub.subscriptions
+        self.add(ShardDaemon(self.eps[k], "--shard", f"{k}/{NS}", *COMMON))
+        assert self.pub.wait_subscriptions(before, 20), f"shard {k} did not subscribe"
 
 
-def start_shard(eps, k, tmp):
-    return ShardDaemon(eps[k], "--shard", f"{k}/{NS}", *COMMON)
-
-
-def test_late_shard():
+@contextmanager
+def cluster(stale_ms):
     tmp = tempfile.mkdtemp(prefix="xpllate-")
     daemons = []
     try:
-        eps, agg, r, pub = cluster(tmp, 600000)
-        daemons.append(agg)
-        s = Stream()
-        daemons.append(start_shard(eps, 0, tmp))
-        assert pub.wait_subscriptions(0, 20), "shard 0 did not subscribe"
-        n0 = s.send(pub, 0)
+        yield Cluster(tmp, stale_ms, daemons)
+    finally:
+        for d in daemons:
+            if d.proc.poll() is None:
+                d.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_late_shard():
+    with cluster(600000) as c:
+        agg, r, s, n0 = c.agg, c.r, c.s, c.n0
         wait_until(lambda: count(agg) == n0, 30, "the aggregator to merge shard 0's trades")
         # Shard 0 has closed the three windows (its closer is 1000 s
         # later) and the aggregator merged that state; the glob/ it sends
         # now comes after it. Shard 1 may still hold trades of them.
         r.wait_glob(lambda g: g["count"] == n0, "glob/m with shard 0's trades")
-        before = pub.subscriptions
-        daemons.append(start_shard(eps, 1, tmp))
-        assert pub.wait_subscriptions(before, 20), "shard 1 did not subscribe"
-        n1 = s.send(pub, 1)
+        c.start_shard(1)
+        n1 = s.send(c.pub, 1)
         wait_until(lambda: count(agg) == n0 + n1, 30, "the aggregator to merge both shards")
-        want = {(m, w): c for w, c in s.per_window(range(NS)).items() for m in ("rollout", "attn_mean")}
+        want = {(m, w): n for w, n in s.per_window(range(NS)).items() for m in ("rollout", "attn_mean")}
         r.wait_windows(want)
-        for key, c in sorted(want.items()):
-            assert r.drift[key] == [c], f"{key}: the aggregator judged it on {r.drift[key]} " \
-                                        f"trades, the two shards hold {c}"
-    finally:
-        for d in daemons:
-            if d.proc.poll() is None:
-                d.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        for key, n in sorted(want.items()):
+            assert r.drift[key] == [n], f"{key}: the aggregator judged it on {r.drift[key]} " \
+                                        f"trades, the two shards hold {n}"
 
 
 def test_shard_never_up():
-    tmp = tempfile.mkdtemp(prefix="xpllate-")
-    daemons = []
-    try:
-        eps, agg, r, pub = cluster(tmp, 1500)
-        daemons.append(agg)
-        s = Stream()
-        daemons.append(start_shard(eps, 0, tmp))
-        assert pub.wait_subscriptions(0, 20), "shard 0 did not subscribe"
-        n0 = s.send(pub, 0)
-        want = {(m, w): c for w, c in s.per_window([0]).items() for m in ("rollout", "attn_mean")}
+    with cluster(1500) as c:
+        agg, r = c.agg, c.r
+        want = {(m, w): n for w, n in c.s.per_window([0]).items() for m in ("rollout", "attn_mean")}
         r.wait_windows(want)
-        for key, c in sorted(want.items()):
-            assert r.drift[key] == [c], f"{key}: judged on {r.drift[key]} trades, shard 0 holds {c}"
-        assert count(agg) == n0
+        for key, n in sorted(want.items()):
+            assert r.drift[key] == [n], f"{key}: judged on {r.drift[key]} trades, shard 0 holds {n}"
+        assert count(agg) == c.n0
         shards = agg.stats()["shards"]
         assert shards[1]["stale"] and shards[1]["states"] == 0 and not shards[0]["stale"], shards
         r.wait_glob(lambda g: g.get("stale_shards") == [1], "glob/m from the aggregator to list shard 1 "
                     "stale")
         assert "no state in the 1500 ms since the aggregator started" in agg.stderr()
-    finally:
-        for d in daemons:
-            if d.proc.poll() is None:
-                d.stop()
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -32,7 +32,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from xpltest import SOURCE, Daemon, wait_until
+from xpltest import SOURCE, Daemon, ShardDaemon, wait_until
 
 sys.path.insert(0, os.path.join(SOURCE, "client", "python"))
 from xplain import Publisher, shard_of  # noqa: E402
@@ -71,21 +71,6 @@ def close(a, b, rel=REL, what=""):
     tol = rel * np.maximum(np.abs(a), np.abs(b)) + 1e-300
     bad = np.abs(a - b) > tol
     assert not bad.any(), f"{what}: {a[bad][:4]} vs {b[bad][:4]}"
-
-
-class ShardDaemon(Daemon):
-    """A Daemon on endpoints of the test's own directory, which outlive it:
-    a restarted shard comes back where the aggregator and the publishers
-    look for it."""
-
-    def __init__(self, eps, *args, **kw):
-        self.fixed = eps
-        super().__init__(*args, "--ingest-bind", eps["in"], "--publish", eps["pub"], "--query", eps["q"],
-                         **kw)
-
-    def _wait_ready(self):
-        self.ingest, self.publish, self.query_ep = self.fixed["in"], self.fixed["pub"], self.fixed["q"]
-        super()._wait_ready()
 
 
 class Cluster:
