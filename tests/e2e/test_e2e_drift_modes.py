@@ -219,6 +219,7 @@ def test_cusum_mode(daemon):
                "--methods", "rollout,first_layer")
     s = Sender(d, "cu")
     sub = d.subscriber(b"drift/cu")
+    join(d, s.pub, sub)     # subscribed before window 0 can close
     rng = np.random.default_rng(6)
     calib, quiet, after = 5, 6, 3
     windows = 1 + calib + quiet + after

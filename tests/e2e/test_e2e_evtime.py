@@ -54,7 +54,7 @@ def test_event_time_decay_and_windows():
             sent.append((seq, ts, target))
             seq += 1
 
-        join(d, pub)
+        join(d, pub, sub)   # sub too: the first explanation must not meet a slow joiner
         send(T0, 0)
         # 12 s of trades, 20 a second, each up to 0.4 s older than the newest.
         newest = T0
