@@ -207,7 +207,8 @@ cmd_run(int argc, char **argv)
     row_t r32, r16;
     char list[1024];
     snprintf(list, sizeof list, "%s", wls);
-    for (char *t = strtok(list, ","); t; t = strtok(NULL, ",")) {
+    char *save = NULL;
+    for (char *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
         if (strcmp(t, "sweep") == 0) {
             static const unsigned ns[] = {8, 16, 32, 64, 128, 256}, Ls[] = {1, 2, 4, 8, 12};
             for (size_t i = 0; i < 6; i++)

@@ -95,7 +95,8 @@ run_one(const drv_t *d, const wl_t *w, kind_t kind, double rate, double seconds,
         char extra[512];
         if (d->daemon_args) {
             snprintf(extra, sizeof extra, "%s", d->daemon_args);
-            for (char *t = strtok(extra, " "); t && a < 62; t = strtok(NULL, " "))
+            char *save = NULL;
+            for (char *t = strtok_r(extra, " ", &save); t && a < 62; t = strtok_r(NULL, " ", &save))
                 argv[a++] = t;
         }
         argv[a] = NULL;
