@@ -45,10 +45,11 @@ class Sender:
     explained each batch, so that no message is dropped at a high-water
     mark and windows close where the test expects them."""
 
-    def __init__(self, d, model):
+    def __init__(self, d, model, sub=None):
+        """`sub`: a subscriber that must hear from the first trade on (join)."""
         self.d, self.model, self.seq, self.sent = d, model, 0, 0
         self.pub = d.publisher()
-        join(d, self.pub)
+        join(d, self.pub, sub)
 
     def explained(self):
         for m in self.d.stats()["models"]:
@@ -217,9 +218,8 @@ def test_segments(daemon_on_free_ports):
 def test_cusum_mode(daemon):
     d = daemon("--drift-window", str(W), "--drift-mode", "cusum", "--drift-calib-windows", "5",
                "--methods", "rollout,first_layer")
-    s = Sender(d, "cu")
     sub = d.subscriber(b"drift/cu")
-    join(d, s.pub, sub)     # subscribed before window 0 can close
+    s = Sender(d, "cu", sub)    # sub joined before window 0 can close
     rng = np.random.default_rng(6)
     calib, quiet, after = 5, 6, 3
     windows = 1 + calib + quiet + after
